@@ -1,0 +1,201 @@
+"""Carry out a deploy plan on one device over a Fabric connection `c`.
+
+Every command is built from quoted parts. Uploads land in an incoming dir and enter
+objects/ only after `sha256sum -c` passed on the device; nothing is activated before that.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+
+from ..inventory import Target
+from ..render import UNIT_NAME
+from .plan import DeployPlan
+from .release import Release
+
+__all__ = ["Device", "DeployError", "apply_plan", "switch_current", "record_state", "device_lock"]
+
+q = shlex.quote
+
+
+class DeployError(Exception):
+    """A step failed on the device; the message names the target and the step."""
+
+
+@dataclass
+class Device:
+    """A target plus its connection: runs commands, privileged ones through sudo when asked."""
+
+    c: object
+    target: Target
+
+    @property
+    def root(self) -> str:
+        return self.target.settings.root
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def run(self, command: str, step: str, privileged: bool = True, warn: bool = False):
+        if privileged and self.target.settings.sudo:
+            command = "sudo -n sh -c " + q(command)
+        result = self.c.run(command, hide=True, warn=True, in_stream=False)
+        if result.exited != 0 and not warn:
+            detail = (result.stderr or result.stdout).strip()[-800:]
+            raise DeployError(f"{self.target.name}: {step} failed (exit {result.exited}): {detail}")
+        return result
+
+
+def _incoming(dev: Device) -> str:
+    if dev.target.settings.sudo:
+        return f"/var/tmp/edgefleet-incoming-{dev.target.user}"
+    return dev.path("objects", ".incoming")
+
+
+def upload_objects(dev: Device, plan: DeployPlan, log) -> None:
+    """Upload the missing objects, verify their sha256 on the device, then move them in."""
+    if not plan.upload:
+        return
+    incoming = _incoming(dev)
+    dev.run(f"mkdir -p {q(incoming)}", "create the incoming dir", privileged=False)
+    sent = 0
+    t0 = time.monotonic()
+    for obj in plan.upload:
+        remote = posixpath.join(incoming, obj.sha256)
+        local = str(obj.source) if obj.source is not None else io.BytesIO(obj.data)
+        try:
+            dev.c.put(local, remote=remote)
+        except (OSError, EOFError, socket.error) as exc:
+            raise DeployError(f"{dev.target.name}: upload of {obj.path} failed: {exc}") from None
+        sent += obj.size
+    sums = "".join(f"{o.sha256}  {o.sha256}\n" for o in plan.upload)
+    dev.c.put(io.BytesIO(sums.encode()), remote=posixpath.join(incoming, "SHA256SUMS"))
+    names = " ".join(q(o.sha256) for o in plan.upload)
+    verify = dev.run(f"cd {q(incoming)} && sha256sum --check --quiet --strict SHA256SUMS",
+                     "verify uploads", privileged=False, warn=True)
+    if verify.exited != 0:
+        dev.run(f"cd {q(incoming)} && rm -f -- {names} SHA256SUMS", "discard bad uploads", privileged=False, warn=True)
+        raise DeployError(f"{dev.target.name}: uploaded files failed sha256 verification; nothing was "
+                          f"activated: {(verify.stdout + verify.stderr).strip()[-400:]}")
+    dev.run(f"cd {q(incoming)} && chmod 0644 -- {names} && mv -f -- {names} {q(dev.path('objects'))}/ "
+            f"&& rm -f SHA256SUMS", "move verified objects in")
+    secs = time.monotonic() - t0
+    log(f"  uploaded {len(plan.upload)} objects, {sent / 1e6:.1f} MB in {secs:.1f} s, sha256 verified")
+
+
+def _build_release_script(dev: Device, release: Release) -> str:
+    objects = dev.path("objects")
+    tmp = dev.path("releases", f"{release.release_id}.tmp")
+    final = dev.path("releases", release.release_id)
+    env_dir = dev.path("envs", release.env.sha256)
+    lines = [f"rm -rf {q(tmp)}", f"mkdir -p {q(tmp)}"]
+    dirs = sorted({posixpath.dirname(f.path) for f in release.files if posixpath.dirname(f.path)})
+    if dirs:
+        lines.append("cd " + q(tmp) + " && mkdir -p " + " ".join(q(d) for d in dirs))
+    for f in (*release.files, release.manifest):
+        lines.append(f"ln -f {q(posixpath.join(objects, f.sha256))} {q(posixpath.join(tmp, f.path))}")
+    lines += [
+        f"ln -s {q(env_dir)} {q(posixpath.join(tmp, 'site'))}",
+        # byte-compile with the device's own python; only start-up time depends on it
+        f"python3 -m compileall -q -s {q(tmp)} -p {q(final)} {q(posixpath.join(tmp, 'payload'))} >/dev/null || true",
+        f"mv -T {q(tmp)} {q(final)}",
+    ]
+    return " && ".join(lines)
+
+
+def _install_env_script(dev: Device, release: Release) -> str:
+    env_dir = dev.path("envs", release.env.sha256)
+    tmp = env_dir + ".tmp"
+    tarball = dev.path("objects", release.env.sha256)
+    return " && ".join([
+        f"rm -rf {q(tmp)}",
+        f"mkdir -p {q(tmp)}",
+        f"tar -xzf {q(tarball)} -C {q(tmp)}",
+        # a missing .pyc only costs start-up time, so a file compileall rejects is not fatal
+        f"(python3 -m compileall -q -j 0 -s {q(tmp)} -p {q(env_dir)} {q(tmp)} >/dev/null 2>&1 || true)",
+        f"mv -T {q(tmp)} {q(env_dir)}",
+    ])
+
+
+def switch_current(dev: Device, release_id: str) -> None:
+    """Point `current` at `release_id` atomically (rename of a symlink)."""
+    new = dev.path("current.new")
+    dev.run(f"ln -sfn {q(posixpath.join('releases', release_id))} {q(new)} && mv -Tf {q(new)} {q(dev.path('current'))}",
+            f"switch current to {release_id}")
+
+
+def restart_service(dev: Device) -> None:
+    dev.run(f"systemctl enable --quiet {UNIT_NAME} && systemctl restart {UNIT_NAME}", "restart the service")
+
+
+def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
+    """Run every step of `plan` up to and including the restart (not the health gate)."""
+    s = dev.target.settings
+    dev.run(f"mkdir -p {q(dev.path('objects'))} {q(dev.path('releases'))} {q(dev.path('envs'))} "
+            f"&& chmod 0755 {q(dev.root)}", "create the device layout")
+    upload_objects(dev, plan, log)
+    if plan.create_user:
+        user = q(s.service_user)
+        dev.run(f"id -u {user} >/dev/null 2>&1 || useradd --system --no-create-home --home-dir / "
+                f"--shell /usr/sbin/nologin {user}", "create the service user")
+        log(f"  created service user {s.service_user}")
+    if plan.install_env:
+        t0 = time.monotonic()
+        dev.run(_install_env_script(dev, release), "unpack the Python packages")
+        log(f"  unpacked Python packages into envs/{release.env.sha256[:12]} in {time.monotonic() - t0:.1f} s")
+    if plan.build_release:
+        dev.run(_build_release_script(dev, release), f"build releases/{release.release_id}")
+        log(f"  built releases/{release.release_id} ({len(release.files)} files, hard links into objects/)")
+    if plan.install_unit:
+        unit_obj = dev.path("objects", release.unit.sha256)
+        dev.run(f"install -m 0644 {q(unit_obj)} {q('/etc/systemd/system/' + UNIT_NAME)} && systemctl daemon-reload",
+                f"install {UNIT_NAME}")
+        log(f"  installed {UNIT_NAME}")
+    if plan.activate:
+        switch_current(dev, release.release_id)
+        log(f"  current -> releases/{release.release_id}")
+    if plan.restart:
+        restart_service(dev)
+        log(f"  restarted {UNIT_NAME}")
+
+
+class device_lock:
+    """Hold `<root>/.lock` (an atomic mkdir) for the duration of a `with` block."""
+
+    def __init__(self, dev: Device, owner: str):
+        self.dev, self.owner = dev, owner
+
+    def __enter__(self):
+        lock = self.dev.path(".lock")
+        res = self.dev.run(f"mkdir -p {q(self.dev.root)} && mkdir {q(lock)} && echo {q(self.owner)} > {q(lock + '/owner')}",
+                           "take the deploy lock", warn=True)
+        if res.exited != 0:
+            raise DeployError(f"{self.dev.target.name}: another deploy holds {lock}; "
+                              f"if none is running, remove it on the device: rm -r {lock}")
+        return self
+
+    def __exit__(self, *exc):
+        self.dev.run(f"rm -rf {q(self.dev.path('.lock'))}", "release the deploy lock", warn=True)
+        return False
+
+
+def record_state(dev: Device, entry: dict, keep: int = 50) -> None:
+    """Append `entry` to the device's state.json history (atomic replace)."""
+    path = dev.path("state.json")
+    res = dev.run(f"cat {q(path)} 2>/dev/null || true", "read state.json", privileged=False, warn=True)
+    try:
+        state = json.loads(res.stdout or "{}")
+    except ValueError:
+        state = {}
+    history = (state.get("history") or [])[-(keep - 1):] + [entry]
+    state = {"current": entry.get("active"), "history": history}
+    tmp = posixpath.join(_incoming(dev), "state.json")
+    dev.run(f"mkdir -p {q(_incoming(dev))}", "create the incoming dir", privileged=False)
+    dev.c.put(io.BytesIO(json.dumps(state, indent=2).encode() + b"\n"), remote=tmp)
+    dev.run(f"chmod 0644 {q(tmp)} && mv -f {q(tmp)} {q(path)}", "write state.json")

@@ -1,0 +1,109 @@
+"""Resolve the device runtime's Python packages on the host, for the device's arch and Python."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DeviceEnv", "EnvError", "build_device_env", "pip_platforms"]
+
+# Newest first; pip accepts a wheel tagged with any of them.
+_PLATFORMS = {
+    "arm64": ["manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"],
+    "amd64": ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"],
+}
+
+
+class EnvError(Exception):
+    """The device's packages could not be resolved."""
+
+
+@dataclass(frozen=True)
+class DeviceEnv:
+    """A deterministic tarball of site-packages for one (arch, python, requirements)."""
+
+    arch: str
+    python: str
+    tarball: Path
+    sha256: str
+
+
+def pip_platforms(arch: str) -> list[str]:
+    """Return the pip `--platform` tags for a device architecture."""
+    try:
+        return _PLATFORMS[arch]
+    except KeyError:
+        raise EnvError(f"no wheel platform known for arch {arch!r}") from None
+
+
+def _key(requirements: str, arch: str, python: str) -> str:
+    text = "\n".join([requirements, arch, python, *pip_platforms(arch)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _deterministic_tar(src: Path, dest: Path) -> None:
+    """Pack `src` into a gzip tarball whose bytes depend only on the file contents."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(src.rglob("*")):
+            rel = path.relative_to(src).as_posix()
+            if "__pycache__" in rel.split("/"):
+                continue
+            info = tar.gettarinfo(str(path), arcname=rel)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "root", "root"
+            info.mode = 0o755 if (path.is_dir() or os.access(path, os.X_OK)) else 0o644
+            if info.isreg():
+                with path.open("rb") as fh:
+                    tar.addfile(info, fh)
+            else:
+                tar.addfile(info)
+    tmp = dest.with_suffix(".tmp")
+    with open(tmp, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=6) as gz:
+        gz.write(raw.getvalue())
+    tmp.replace(dest)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_device_env(requirements: Path, arch: str, python: str, cache_dir: Path) -> DeviceEnv:
+    """Install `requirements` for the device with pip (wheels only, no deps) and pack them."""
+    req_text = requirements.read_text()
+    out_dir = cache_dir / f"{arch}-cp{python.replace('.', '')}-{_key(req_text, arch, python)}"
+    tarball = out_dir / "site.tar.gz"
+    if tarball.is_file():
+        return DeviceEnv(arch, python, tarball, _sha256(tarball))
+    site = out_dir / "site"
+    shutil.rmtree(site, ignore_errors=True)
+    site.mkdir(parents=True)
+    abi = "cp" + python.replace(".", "")
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+           "--no-deps", "--no-compile", "--only-binary=:all:", "--target", str(site),
+           "--python-version", python, "--implementation", "cp", "--abi", abi]
+    for platform in pip_platforms(arch):
+        cmd += ["--platform", platform]
+    cmd += ["-r", str(requirements)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        errors = [ln for ln in proc.stderr.splitlines() if not ln.startswith("WARNING: Location")]
+        raise EnvError(
+            f"pip could not resolve {requirements} for {arch}/python {python} "
+            f"(platforms {', '.join(pip_platforms(arch))}):\n" + "\n".join(errors[-15:])
+        )
+    shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts point at the host's python
+    _deterministic_tar(site, tarball)
+    shutil.rmtree(site)
+    return DeviceEnv(arch, python, tarball, _sha256(tarball))

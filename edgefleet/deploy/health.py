@@ -1,0 +1,97 @@
+"""Health gate: the running service is ready and reproduces the bundle's golden outputs."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["HealthResult", "compare_golden", "wait_ready", "golden_check", "http_json"]
+
+
+@dataclass
+class HealthResult:
+    ok: bool
+    reason: str
+    min_cosine: float | None = None
+    latency_ms: list[float] = field(default_factory=list)
+    ready_after_s: float | None = None
+
+    def summary(self) -> str:
+        parts = [("healthy" if self.ok else "UNHEALTHY") + (f": {self.reason}" if self.reason else "")]
+        if self.ready_after_s is not None:
+            parts.append(f"ready after {self.ready_after_s:.1f} s")
+        if self.min_cosine is not None:
+            parts.append(f"golden min cosine {self.min_cosine:.5f}")
+        if self.latency_ms:
+            parts.append(f"embed latency median {float(np.median(self.latency_ms)):.1f} ms (through SSH)")
+        return ", ".join(parts)
+
+
+def compare_golden(expected: list[list[float]], got: list[list[float]], min_cosine: float) -> tuple[bool, list[float]]:
+    """Return whether every row of `got` is within `min_cosine` of `expected`, and the cosines."""
+    a = np.asarray(expected, dtype=np.float64)
+    b = np.asarray(got, dtype=np.float64)
+    if a.shape != b.shape:
+        return False, []
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cosines = (a * b).sum(axis=1) / np.where(norms == 0, 1, norms)
+    return bool((cosines >= min_cosine).all()), [float(c) for c in cosines]
+
+
+def http_json(url: str, payload: dict | None = None, timeout: float = 120.0) -> tuple[int, dict]:
+    """GET (or POST `payload` as JSON to) `url`; return the status and the decoded body."""
+    data = None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body or b"{}")
+        except ValueError:
+            return exc.code, {"error": body.decode(errors="replace")[:200]}
+
+
+def wait_ready(base_url: str, timeout_s: float, still_starting=lambda: True, poll_s: float = 1.0) -> float:
+    """Poll `/readyz` until 200; return seconds waited. `still_starting()` False stops early."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            status, body = http_json(f"{base_url}/readyz", timeout=10)
+            if status == 200:
+                return time.monotonic() - start
+            last = f"/readyz {status} {body}"
+        except (OSError, ValueError) as exc:
+            last = str(exc) or type(exc).__name__
+        if not still_starting():
+            raise TimeoutError(f"service stopped before it was ready (last: {last})")
+        time.sleep(poll_s)
+    raise TimeoutError(f"not ready after {timeout_s:.0f} s (last: {last})")
+
+
+def golden_check(base_url: str, golden: dict, runs: int = 3) -> HealthResult:
+    """Embed the golden texts on the service; compare with the expected embeddings."""
+    latencies = []
+    result = None
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        status, body = http_json(f"{base_url}/v1/embed", {"texts": golden["texts"]})
+        latencies.append((time.perf_counter() - t0) * 1000)
+        if status != 200:
+            return HealthResult(False, f"/v1/embed answered {status}: {body}", latency_ms=latencies)
+        result = body["embeddings"]
+    ok, cosines = compare_golden(golden["embeddings"], result, golden["min_cosine"])
+    min_cos = min(cosines) if cosines else None
+    reason = "" if ok else (
+        f"golden outputs differ (min cosine {min_cos}, need >= {golden['min_cosine']})" if cosines
+        else "golden outputs have the wrong shape"
+    )
+    return HealthResult(ok, reason, min_cosine=min_cos, latency_ms=latencies)

@@ -1,0 +1,172 @@
+"""Decide what a deploy must do: device facts (command + pure parser) -> a plan."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from ..inventory import Target
+from ..render import UNIT_NAME
+from .release import Release, ReleaseFile
+
+__all__ = ["Facts", "DeployPlan", "PlanError", "facts_command", "parse_facts", "make_plan", "ARCH_NAMES"]
+
+ARCH_NAMES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "amd64", "amd64": "amd64"}
+_OBJECTS_MARK = "--objects--"
+
+
+class PlanError(Exception):
+    """The device cannot take this release (the message says why and what to do)."""
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the device has now."""
+
+    arch: str
+    python: str
+    systemd: bool
+    current: str | None
+    lock_owner: str | None
+    free_bytes: int
+    unit_sha256: str | None
+    service_active: str
+    user_exists: bool
+    envs: frozenset[str]
+    releases: frozenset[str]
+    objects: frozenset[str]
+
+
+def facts_command(target: Target) -> str:
+    """Return one shell command that prints the device's facts for `parse_facts`."""
+    s = target.settings
+    q = shlex.quote
+    root, user = q(s.root), q(s.service_user)
+    lines = [
+        f"root={root}",
+        'echo "arch=$(uname -m)"',
+        "echo \"python=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null)\"",
+        'echo "systemd=$([ -d /run/systemd/system ] && echo yes || echo no)"',
+        'echo "current=$(readlink "$root/current" 2>/dev/null)"',
+        'echo "lock=$(cat "$root/.lock/owner" 2>/dev/null || { [ -e "$root/.lock" ] && echo unknown; })"',
+        'd="$root"; while [ ! -d "$d" ]; do d=$(dirname "$d"); done',
+        'echo "free_kb=$(df -Pk "$d" | awk \'NR==2 {print $4}\')"',
+        f"echo \"unit_sha=$(sha256sum /etc/systemd/system/{UNIT_NAME} 2>/dev/null | cut -d' ' -f1)\"",
+        f'echo "active=$(systemctl is-active {UNIT_NAME} 2>/dev/null)"',
+        f'echo "user=$(id -u {user} >/dev/null 2>&1 && echo yes || echo no)"',
+        'echo "envs=$(ls "$root/envs" 2>/dev/null | tr "\\n" " ")"',
+        'echo "releases=$(ls "$root/releases" 2>/dev/null | tr "\\n" " ")"',
+        f'echo {_OBJECTS_MARK}',
+        'ls -1 "$root/objects" 2>/dev/null',
+        "true",
+    ]
+    return "\n".join(lines)
+
+
+def parse_facts(output: str) -> Facts:
+    """Parse the output of `facts_command`."""
+    head, _, objects = output.partition(_OBJECTS_MARK)
+    values: dict[str, str] = {}
+    for line in head.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    missing = {"arch", "python", "systemd", "free_kb"} - values.keys()
+    if missing or not objects and _OBJECTS_MARK not in output:
+        raise PlanError(f"device facts incomplete (missing {', '.join(sorted(missing)) or 'objects'}): {output[:300]!r}")
+    return Facts(
+        arch=ARCH_NAMES.get(values["arch"], values["arch"]),
+        python=values["python"],
+        systemd=values["systemd"] == "yes",
+        current=values.get("current", "").rsplit("/", 1)[-1] or None,
+        lock_owner=values.get("lock") or None,
+        free_bytes=int(values["free_kb"] or 0) * 1024,
+        unit_sha256=values.get("unit_sha") or None,
+        service_active=values.get("active") or "unknown",
+        user_exists=values.get("user") == "yes",
+        envs=frozenset(values.get("envs", "").split()),
+        releases=frozenset(values.get("releases", "").split()),
+        objects=frozenset(n for n in objects.split() if len(n) == 64),
+    )
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    """The steps a deploy takes on one device; empty steps mean nothing changes."""
+
+    target: str
+    release_id: str
+    previous: str | None
+    upload: tuple[ReleaseFile, ...]
+    install_env: bool
+    build_release: bool
+    install_unit: bool
+    create_user: bool
+    activate: bool
+    restart: bool
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def upload_bytes(self) -> int:
+        return sum(f.size for f in self.upload)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not (self.upload or self.install_env or self.build_release or self.install_unit
+                    or self.create_user or self.activate or self.restart)
+
+    def describe(self) -> list[str]:
+        """Return the plan as lines a person reads."""
+        if self.nothing_to_do:
+            return [f"{self.target}: release {self.release_id} is already active and running; nothing to do"]
+        steps = [f"{self.target}: {self.previous or '(none)'} -> {self.release_id}"]
+        if self.upload:
+            steps.append(f"  upload {len(self.upload)} objects, {self.upload_bytes / 1e6:.1f} MB (verified by sha256)")
+        if self.create_user:
+            steps.append("  create the service user")
+        if self.install_env:
+            steps.append("  unpack the Python packages for this device")
+        if self.build_release:
+            steps.append(f"  build releases/{self.release_id} from objects")
+        if self.install_unit:
+            steps.append(f"  install {UNIT_NAME} and reload systemd")
+        if self.activate:
+            steps.append(f"  switch current -> releases/{self.release_id}")
+        if self.restart:
+            steps.append("  restart the service, then run the health gate")
+        return steps + [f"  note: {n}" for n in self.notes]
+
+
+def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
+    """Check the device can take `release` and decide the steps."""
+    s = target.settings
+    where = f"{target.name} ({target.user}@{target.host}:{target.port})"
+    if facts.arch != s.arch:
+        raise PlanError(f"{where}: device is {facts.arch}, inventory says {s.arch} ({target.source})")
+    if facts.python != s.python:
+        raise PlanError(f"{where}: device has python {facts.python or 'none'}, inventory says {s.python} "
+                        f"({target.source}); the packages are built for the inventory's version")
+    if not facts.systemd:
+        raise PlanError(f"{where}: systemd is not running on the device; the runtime service needs it")
+    if facts.lock_owner:
+        raise PlanError(f"{where}: another deploy holds {s.root}/.lock ({facts.lock_owner}); "
+                        f"if no deploy is running, remove it on the device: rm -r {s.root}/.lock")
+    upload = tuple(f for sha, f in sorted(release.objects().items()) if sha not in facts.objects)
+    needed = sum(f.size for f in upload) * 2 + (0 if release.env.sha256 in facts.envs else 400_000_000)
+    if facts.free_bytes < needed:
+        raise PlanError(f"{where}: {facts.free_bytes / 1e6:.0f} MB free under {s.root}, "
+                        f"this release needs about {needed / 1e6:.0f} MB")
+    unit_changed = facts.unit_sha256 != release.unit.sha256
+    activate = facts.current != release.release_id
+    return DeployPlan(
+        target=target.name,
+        release_id=release.release_id,
+        previous=facts.current,
+        upload=upload,
+        install_env=release.env.sha256 not in facts.envs,
+        build_release=release.release_id not in facts.releases,
+        install_unit=unit_changed,
+        create_user=not facts.user_exists,
+        activate=activate,
+        restart=activate or unit_changed or facts.service_active != "active",
+    )

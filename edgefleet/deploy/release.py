@@ -1,0 +1,116 @@
+"""Describe a release: every file by sha256, a manifest, and a content-derived release id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..render import UNIT_NAME, RenderedFile
+from .env import DeviceEnv
+
+__all__ = ["ReleaseFile", "Release", "make_release", "sha256_bytes", "sha256_file", "ReleaseError"]
+
+MANIFEST_FORMAT = 1
+
+
+class ReleaseError(Exception):
+    """The inputs of a release are incomplete or inconsistent."""
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    """A file of a release: its path inside the release dir, its hash, and where its bytes are."""
+
+    path: str
+    sha256: str
+    size: int
+    source: Path | None = None
+    data: bytes | None = None
+
+    def read(self) -> bytes:
+        return self.data if self.data is not None else self.source.read_bytes()
+
+
+@dataclass(frozen=True)
+class Release:
+    release_id: str
+    target: str
+    files: tuple[ReleaseFile, ...]
+    env: DeviceEnv
+    unit: ReleaseFile
+    manifest: ReleaseFile
+
+    def objects(self) -> dict[str, ReleaseFile]:
+        """Return every object the device must hold, by sha256."""
+        objects = {f.sha256: f for f in (*self.files, self.unit, self.manifest)}
+        objects[self.env.sha256] = ReleaseFile("site.tar.gz", self.env.sha256, self.env.tarball.stat().st_size,
+                                               source=self.env.tarball)
+        return objects
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _from_path(rel: str, path: Path) -> ReleaseFile:
+    return ReleaseFile(rel, sha256_file(path), path.stat().st_size, source=path)
+
+
+def _from_bytes(rel: str, data: bytes) -> ReleaseFile:
+    return ReleaseFile(rel, sha256_bytes(data), len(data), data=data)
+
+
+def _tree(prefix: str, root: Path) -> list[ReleaseFile]:
+    files = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and "__pycache__" not in rel and not rel.endswith(".pyc"):
+            files.append(_from_path(f"{prefix}/{rel}", path))
+    return files
+
+
+def make_release(
+    target: str,
+    bundle_dir: Path,
+    payload_dir: Path,
+    rendered: list[RenderedFile],
+    env: DeviceEnv,
+) -> Release:
+    """Collect the release for `target`; its id depends only on the content."""
+    bundle_files = ("model.onnx", "tokenizer.json", "bundle.json")
+    missing = [n for n in bundle_files if not (bundle_dir / n).is_file()]
+    if missing:
+        raise ReleaseError(f"{bundle_dir}: not a bundle, missing {', '.join(missing)} (run: invoke model.quantize)")
+    files = [_from_path(f"bundle/{n}", bundle_dir / n) for n in bundle_files]
+    files += _tree("payload/edge_runtime", payload_dir / "edge_runtime")
+    by_name = {f.name: f for f in rendered}
+    if UNIT_NAME not in by_name or "runtime.yaml" not in by_name:
+        raise ReleaseError(f"rendered files for {target} must include runtime.yaml and {UNIT_NAME}")
+    files.append(_from_bytes("runtime.yaml", by_name["runtime.yaml"].text.encode()))
+    unit = _from_bytes(UNIT_NAME, by_name[UNIT_NAME].text.encode())
+    content = {
+        "files": {f.path: f.sha256 for f in files},
+        "env": {"sha256": env.sha256, "arch": env.arch, "python": env.python},
+        "unit": {"name": UNIT_NAME, "sha256": unit.sha256},
+    }
+    release_id = "r-" + sha256_bytes(json.dumps(content, sort_keys=True).encode())[:12]
+    bundle_meta = json.loads((bundle_dir / "bundle.json").read_text())
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "release_id": release_id,
+        "target": target,
+        "bundle": bundle_meta.get("name", bundle_dir.name),
+        **content,
+    }
+    manifest_file = _from_bytes("manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+    return Release(release_id, target, tuple(files), env, unit, manifest_file)

@@ -1,0 +1,79 @@
+"""Fleet tasks: render, deploy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import Collection, Exit, task
+
+from ..deploy import DeployError, deploy as deploy_target
+from ..deploy.env import EnvError
+from ..deploy.plan import PlanError
+from ..deploy.release import ReleaseError
+from ..inventory import InventoryError, load_inventory
+from ..paths import build_dir, bundle_dir, targets_dir
+from ..render import RenderError, check_rendered, render_target, write_rendered
+from ..ssh import SSHError
+
+USER_ERRORS = (InventoryError, RenderError, SSHError, PlanError, DeployError, EnvError, ReleaseError)
+
+
+def _target(c, name: str):
+    try:
+        return load_inventory(targets_dir(c)).target(name)
+    except InventoryError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+
+
+@task(help={
+    "target": "device name from the inventory (targets/)",
+    "out": "directory to write into (default: build/rendered/<target>)",
+    "dry_run": "print the rendered files instead of writing them",
+})
+def render(c, target, out=None, dry_run=False):
+    """Render a device's runtime config and systemd unit from templates/."""
+    tgt = _target(c, target)
+    try:
+        files = render_target(tgt)
+        notes = check_rendered(files)
+    except RenderError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+    if dry_run:
+        for f in files:
+            print(f"# --- {f.name} -> {tgt.name}:{f.device_path}")
+            print(f.text, end="" if f.text.endswith("\n") else "\n")
+    else:
+        out_dir = Path(out) if out else build_dir(c) / "rendered" / tgt.name
+        for path in write_rendered(files, out_dir):
+            print(f"wrote {path}")
+    for note in notes:
+        print(f"note: {note}")
+
+
+@task(help={
+    "target": "device name from the inventory (targets/)",
+    "bundle": "bundle directory (default: config edgefleet.bundle)",
+    "dry_run": "gather facts and print the plan; change nothing",
+})
+def deploy(c, target, bundle=None, dry_run=False):
+    """Deploy the bundle and the runtime to a device over SSH, then gate on health."""
+    tgt = _target(c, target)
+    bundle_path = Path(bundle) if bundle else bundle_dir(c)
+    try:
+        result = deploy_target(tgt, bundle_path, build_dir(c), dry_run=dry_run)
+    except USER_ERRORS as exc:
+        raise Exit(f"error: {exc}", code=1) from None
+    if dry_run:
+        print("dry run: nothing was changed")
+        return
+    if result.rolled_back:
+        raise Exit(f"{tgt.name}: release {result.release_id} failed its health gate; rolled back to {result.previous}", code=1)
+    if not result.ok:
+        raise Exit(f"{tgt.name}: release {result.release_id} is UNHEALTHY: {result.health.reason}", code=1)
+    verb = "deployed" if result.changed else "unchanged"
+    print(f"{tgt.name}: {verb} {result.release_id} in {result.seconds:.1f} s")
+
+
+ns = Collection("fleet")
+ns.add_task(render)
+ns.add_task(deploy)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The README's two commands. Installs whatever is missing (idempotent), then:
+#   bash scripts/run.sh demo   export -> INT8 bundle -> lab device (arm64 under QEMU) -> deploy -> query
+#   bash scripts/run.sh test   every test tier: unit, integration (real sshd, docker, ORT), e2e (arm64 lab)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+what="${1:-}"
+case "$what" in
+  demo|test) ;;
+  *) echo "usage: bash scripts/run.sh demo|test" >&2; exit 2 ;;
+esac
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+case "$what" in
+  demo) exec .venv/bin/invoke demo ;;
+  test) exec .venv/bin/python -m pytest -p no:cacheprovider --timeout=2400 "${@:2}" ;;
+esac

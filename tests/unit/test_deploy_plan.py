@@ -1,0 +1,150 @@
+"""Deploy decisions: facts parsing, preflight refusals, and the plan (tables, no SSH)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edgefleet.deploy.env import DeviceEnv
+from edgefleet.deploy.health import compare_golden
+from edgefleet.deploy.plan import Facts, PlanError, facts_command, make_plan, parse_facts
+from edgefleet.deploy.release import ReleaseError, make_release, sha256_file
+from edgefleet.inventory import load_inventory
+from edgefleet.render import render_target
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return load_inventory(REPO / "targets").target("pi5-01")
+
+
+def fake_bundle(root: Path, model: bytes = b"onnx") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "model.onnx").write_bytes(model)
+    (root / "tokenizer.json").write_text("{}")
+    (root / "bundle.json").write_text(json.dumps({"name": "tiny-int8", "golden": {}}))
+    return root
+
+
+def fake_env(tmp_path: Path) -> DeviceEnv:
+    tarball = tmp_path / "site.tar.gz"
+    tarball.write_bytes(b"site-packages")
+    return DeviceEnv("arm64", "3.11", tarball, sha256_file(tarball))
+
+
+@pytest.fixture
+def release(tmp_path, target):
+    return make_release(target.name, fake_bundle(tmp_path / "b"), REPO / "payload", render_target(target), fake_env(tmp_path))
+
+
+def facts(**over) -> Facts:
+    base = Facts(arch="arm64", python="3.11", systemd=True, current=None, lock_owner=None,
+                 free_bytes=10**10, unit_sha256=None, service_active="inactive", user_exists=False,
+                 envs=frozenset(), releases=frozenset(), objects=frozenset())
+    return dataclasses.replace(base, **over)
+
+
+def test_facts_command_runs_in_sh_and_parses(tmp_path, target):
+    """The fact script is valid sh, and on a machine with nothing deployed parses to 'empty'."""
+    settings = target.settings.model_copy(update={"root": str(tmp_path / "opt" / "edgefleet")})
+    tgt = dataclasses.replace(target, settings=settings)
+    out = subprocess.run(["sh", "-c", facts_command(tgt)], capture_output=True, text=True, check=True).stdout
+    got = parse_facts(out)
+    assert got.current is None and got.objects == frozenset() and got.free_bytes > 0
+    assert got.arch in ("amd64", "arm64")
+
+
+@pytest.mark.parametrize("output, field, expected", [
+    ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=10\n--objects--\n", "arch", "arm64"),
+    ("arch=x86_64\npython=3.11\nsystemd=no\nfree_kb=10\n--objects--\n", "systemd", False),
+    ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=10\ncurrent=releases/r-abc\n--objects--\n", "current", "r-abc"),
+    ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\n--objects--\n", "free_bytes", 2048),
+    ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\nenvs=a b \n--objects--\n", "envs", frozenset({"a", "b"})),
+    ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\n--objects--\n" + "a" * 64 + "\nx.tmp\n",
+     "objects", frozenset({"a" * 64})),
+])
+def test_parse_facts(output, field, expected):
+    assert getattr(parse_facts(output), field) == expected
+
+
+def test_parse_facts_rejects_truncated_output():
+    with pytest.raises(PlanError, match="incomplete"):
+        parse_facts("arch=aarch64\n")
+
+
+def test_fresh_device_gets_everything(target, release):
+    plan = make_plan(target, release, facts())
+    assert {f.sha256 for f in plan.upload} == set(release.objects())
+    assert plan.install_env and plan.build_release and plan.install_unit and plan.create_user
+    assert plan.activate and plan.restart and not plan.nothing_to_do
+    assert any("upload" in line for line in plan.describe())
+
+
+def test_same_release_again_is_a_no_op(target, release):
+    now = facts(current=release.release_id, unit_sha256=release.unit.sha256, service_active="active",
+                user_exists=True, envs=frozenset({release.env.sha256}),
+                releases=frozenset({release.release_id}), objects=frozenset(release.objects()))
+    plan = make_plan(target, release, now)
+    assert plan.nothing_to_do
+    assert plan.describe() == [f"pi5-01: release {release.release_id} is already active and running; nothing to do"]
+
+
+def test_stopped_service_is_restarted_without_upload(target, release):
+    now = facts(current=release.release_id, unit_sha256=release.unit.sha256, service_active="failed",
+                user_exists=True, envs=frozenset({release.env.sha256}),
+                releases=frozenset({release.release_id}), objects=frozenset(release.objects()))
+    plan = make_plan(target, release, now)
+    assert plan.restart and not plan.upload and not plan.activate
+
+
+def test_only_changed_model_is_uploaded(tmp_path, target, release):
+    other = make_release(target.name, fake_bundle(tmp_path / "b2", model=b"onnx v2"), REPO / "payload",
+                         render_target(target), release.env)
+    assert other.release_id != release.release_id
+    now = facts(current=release.release_id, objects=frozenset(release.objects()),
+                envs=frozenset({release.env.sha256}), user_exists=True, unit_sha256=release.unit.sha256)
+    plan = make_plan(target, other, now)
+    assert sorted(f.path for f in plan.upload) == ["bundle/model.onnx", "manifest.json"]
+    assert not plan.install_env and not plan.install_unit and plan.activate
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"arch": "amd64"}, "device is amd64, inventory says arm64"),
+    ({"python": "3.10"}, "device has python 3.10, inventory says 3.11"),
+    ({"python": ""}, "device has python none"),
+    ({"systemd": False}, "systemd is not running"),
+    ({"lock_owner": "host pid 1"}, "another deploy holds /opt/edgefleet/.lock"),
+    ({"free_bytes": 1000}, "MB free under /opt/edgefleet"),
+])
+def test_preflight_refuses(target, release, over, message):
+    with pytest.raises(PlanError, match=message):
+        make_plan(target, release, facts(**over))
+
+
+def test_release_id_depends_only_on_content(tmp_path, target):
+    env = fake_env(tmp_path)
+    a = make_release(target.name, fake_bundle(tmp_path / "a"), REPO / "payload", render_target(target), env)
+    b = make_release(target.name, fake_bundle(tmp_path / "b"), REPO / "payload", render_target(target), env)
+    assert a.release_id == b.release_id and a.release_id.startswith("r-")
+
+
+def test_release_needs_a_bundle(tmp_path, target):
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ReleaseError, match="missing model.onnx, tokenizer.json, bundle.json"):
+        make_release(target.name, tmp_path / "b", REPO / "payload", render_target(target), fake_env(tmp_path))
+
+
+@pytest.mark.parametrize("expected, got, tol, ok", [
+    ([[1, 0], [0, 1]], [[1, 0], [0, 1]], 0.999, True),
+    ([[1, 0], [0, 1]], [[0.99, 0.1], [0, 1]], 0.999, False),
+    ([[1, 0]], [[2, 0]], 0.999, True),  # scale does not matter
+    ([[1, 0]], [[1, 0], [0, 1]], 0.5, False),  # wrong shape
+])
+def test_compare_golden(expected, got, tol, ok):
+    assert compare_golden(expected, got, tol)[0] is ok
