@@ -66,8 +66,7 @@ def _deterministic_tar(src: Path, dest: Path) -> None:
             else:
                 tar.addfile(info)
     tmp = dest.with_suffix(".tmp")
-    with open(tmp, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=6) as gz:
-        gz.write(raw.getvalue())
+    tmp.write_bytes(gzip.compress(raw.getvalue(), compresslevel=6, mtime=0))  # no name, no time
     tmp.replace(dest)
 
 
