@@ -1,0 +1,6 @@
+"""On-device runtime: load an edgefleet bundle and embed texts with ONNX Runtime."""
+
+from edge_runtime.model import BundleFormatError, EmbeddingModel, load
+
+__all__ = ["load", "EmbeddingModel", "BundleFormatError"]
+__version__ = "0.1.0"

