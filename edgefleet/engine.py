@@ -1,0 +1,251 @@
+"""The one place that talks to docker: the SDK to inspect and run, the CLI to build and import.
+
+Builds go through the `docker buildx` CLI (the SDK has no BuildKit); `docker import` reads a
+zstd tarball through a pipe. Everything else (containers, exec, copying files in) uses the SDK.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shlex
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+from docker.errors import APIError, ImageNotFound, NotFound
+
+__all__ = [
+    "EngineError", "ContainerSpec", "ContainerInfo", "client", "image_labels",
+    "import_image", "image_platform", "remove_image", "load_rootfs", "build_image", "create_container", "put_files", "start",
+    "remove", "exec_run", "containers", "logs",
+]
+
+
+class EngineError(RuntimeError):
+    """A docker operation failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What a container is made from and how it runs."""
+
+    name: str
+    image: str
+    labels: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    tmpfs: dict[str, str] = field(default_factory=dict)
+    binds: dict[str, dict] = field(default_factory=dict)  # host path -> {"bind", "mode"}
+    cap_add: tuple[str, ...] = ()
+    privileged: bool = False
+    network_mode: str = "host"
+    stop_timeout: int = 10
+    platform: str | None = None
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """A container as docker reports it."""
+
+    name: str
+    status: str
+    labels: dict[str, str]
+
+
+_client = None
+
+
+def client() -> docker.DockerClient:
+    """Return a docker client for the local engine (made once)."""
+    global _client
+    if _client is None:
+        try:
+            _client = docker.from_env(timeout=120)
+            _client.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure means the same to the user
+            _client = None
+            raise EngineError(f"docker engine not reachable ({exc}); run scripts/setup.sh") from exc
+    return _client
+
+
+def _run(argv: list[str], *, stdin=None, quiet: bool = False) -> str:
+    """Run a docker CLI command; raise EngineError with its output on failure."""
+    if not quiet:
+        print("+ " + shlex.join(argv), flush=True)
+    proc = subprocess.run(argv, stdin=stdin, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EngineError(f"{shlex.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def image_labels(tag: str) -> dict[str, str] | None:
+    """Return the labels of a local image, or None when there is no such image."""
+    try:
+        image = client().images.get(tag)
+    except ImageNotFound:
+        return None
+    return dict(image.labels or {})
+
+
+def import_image(tarball: Path, tag: str, platform: str, changes: list[str]) -> None:
+    """Import a zstd-compressed rootfs tarball as an image (`docker import`)."""
+    argv = ["docker", "import", "--platform", platform]
+    for change in changes:
+        argv += ["--change", change]
+    argv += ["-", tag]
+    print("+ zstd -dc " + shlex.quote(str(tarball)) + " | " + shlex.join(argv), flush=True)
+    with _zstd_stream(tarball) as unzstd:
+        try:
+            _run(argv, stdin=unzstd.stdout, quiet=True)
+        finally:
+            unzstd.stdout.close()
+    if unzstd.returncode != 0:
+        raise EngineError(f"zstd -dc {tarball} failed ({unzstd.returncode})")
+
+
+def image_platform(tag: str) -> str:
+    """Return the os/arch a local image is recorded as (e.g. linux/arm64)."""
+    attrs = client().images.get(tag).attrs
+    return f"{attrs.get('Os')}/{attrs.get('Architecture')}"
+
+
+def remove_image(tag: str) -> None:
+    """Remove a local image tag."""
+    client().images.remove(tag, force=True)
+
+
+def _zstd_stream(tarball: Path) -> subprocess.Popen:
+    return subprocess.Popen(["zstd", "-dcq", str(tarball)], stdout=subprocess.PIPE)
+
+
+def load_rootfs(tarball: Path, tag: str, arch: str, labels: dict[str, str]) -> None:
+    """Load a zstd rootfs tarball as a one-layer image recorded with the right arch.
+
+    `docker import --platform` on dockerd 20.10 records the host's arch, and BuildKit then
+    looks for the base in a registry; `docker load` of an image archive keeps what its
+    config says.
+    """
+    digest, size = hashlib.sha256(), 0
+    with _zstd_stream(tarball) as unzstd:
+        for chunk in iter(lambda: unzstd.stdout.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    config = json.dumps({
+        "architecture": arch, "os": "linux", **({"variant": "v8"} if arch == "arm64" else {}),
+        "config": {"Labels": labels,
+                   "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{digest.hexdigest()}"]},
+        "history": [{"created_by": f"edgefleet rootfs {tarball.name}"}],
+    }).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [tag],
+                            "Layers": ["layer.tar"]}]).encode()
+    print(f"+ docker load  # {tarball.name} as {tag} (linux/{arch})", flush=True)
+    loader = subprocess.Popen(["docker", "load", "-q"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with tarfile.open(fileobj=loader.stdin, mode="w|") as archive:
+        for name, content in ((config_name, config), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+        info = tarfile.TarInfo("layer.tar")
+        info.size = size
+        with _zstd_stream(tarball) as unzstd:
+            archive.addfile(info, unzstd.stdout)
+    loader.stdin.close()
+    err = loader.stderr.read()
+    loader.stdout.read()
+    if loader.wait() != 0:
+        raise EngineError(f"docker load of {tarball} failed: {err.decode()[-2000:]}")
+
+
+def _has_buildx() -> bool:
+    probe = subprocess.run(["docker", "buildx", "version"], capture_output=True)
+    return probe.returncode == 0
+
+
+def build_image(context: Path, tag: str, platform: str, build_args: dict[str, str],
+                labels: dict[str, str]) -> None:
+    """Build an image with the buildx CLI (plain `docker build` when buildx is missing)."""
+    if shutil.which("docker") is None:
+        raise EngineError("docker CLI not found; run scripts/setup.sh")
+    argv = ["docker", "buildx", "build", "--load"] if _has_buildx() else ["docker", "build"]
+    argv += ["--platform", platform, "--network", "none", "-t", tag]
+    for key, value in build_args.items():
+        argv += ["--build-arg", f"{key}={value}"]
+    for key, value in labels.items():
+        argv += ["--label", f"{key}={value}"]
+    _run(argv + [str(context)])
+
+
+def create_container(spec: ContainerSpec) -> None:
+    """Create (not start) a container from a spec."""
+    api = client().api
+    host_config = api.create_host_config(
+        network_mode=spec.network_mode, tmpfs=dict(spec.tmpfs), binds=dict(spec.binds),
+        cap_add=list(spec.cap_add) or None, privileged=spec.privileged,
+    )
+    try:
+        api.create_container(
+            spec.image, name=spec.name, labels=dict(spec.labels),
+            environment=dict(spec.environment), host_config=host_config,
+            stop_timeout=spec.stop_timeout, platform=spec.platform,
+        )
+    except APIError as exc:
+        raise EngineError(f"creating container {spec.name}: {exc.explanation or exc}") from exc
+
+
+def put_files(name: str, files: dict[str, tuple[bytes, int]]) -> None:
+    """Copy files (absolute path -> (content, mode)) into a container, owned by root."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, (content, mode) in sorted(files.items()):
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode, info.uid, info.gid = len(content), mode, 0, 0
+            tar.addfile(info, io.BytesIO(content))
+    if not client().api.put_archive(name, "/", buf.getvalue()):
+        raise EngineError(f"copying files into {name} failed")
+
+
+def start(name: str) -> None:
+    """Start a created or stopped container."""
+    client().api.start(name)
+
+
+def remove(name: str, timeout: int = 10) -> bool:
+    """Stop (bounded) and remove a container; return False when it did not exist."""
+    try:
+        container = client().containers.get(name)
+    except NotFound:
+        return False
+    try:
+        container.stop(timeout=timeout)
+    except APIError:
+        pass  # already stopped or dying; the forced remove below settles it
+    container.remove(force=True, v=True)
+    return True
+
+
+def exec_run(name: str, argv: list[str]) -> tuple[int, str]:
+    """Run a command in a running container; return (exit code, combined output)."""
+    code, output = client().containers.get(name).exec_run(argv)
+    return code, output.decode(errors="replace")
+
+
+def containers(label: str) -> list[ContainerInfo]:
+    """List containers (running or not) carrying a label, sorted by name."""
+    found = client().containers.list(all=True, filters={"label": label})
+    infos = [ContainerInfo(c.name, c.status, dict(c.labels)) for c in found]
+    return sorted(infos, key=lambda info: info.name)
+
+
+def logs(name: str, tail: int = 40) -> str:
+    """Return the last lines a container wrote (empty when it does not exist)."""
+    try:
+        return client().containers.get(name).logs(tail=tail).decode(errors="replace")
+    except NotFound:
+        return ""

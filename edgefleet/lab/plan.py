@@ -1,0 +1,99 @@
+"""Pure parts of the lab: device names and ports, known_hosts lines, inventory and sshd text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+__all__ = [
+    "ARCHES", "SSH_PORT_BASE", "RUNTIME_PORT_BASE", "MAX_DEVICES", "LABEL", "LabDevice",
+    "plan_devices", "container_name", "known_hosts_line", "sshd_config", "inventory_yaml",
+]
+
+ARCHES = ("arm64", "amd64")
+SSH_PORT_BASE = 2200
+RUNTIME_PORT_BASE = 18080
+MAX_DEVICES = 99
+LABEL = "edgefleet.lab"
+BOARD = "qemu-virt"
+
+
+@dataclass(frozen=True)
+class LabDevice:
+    """One simulated device: its target name, arch and the host ports it owns."""
+
+    index: int
+    arch: str
+
+    @property
+    def name(self) -> str:
+        return f"lab-{self.index:02d}"
+
+    @property
+    def container(self) -> str:
+        return container_name(self.index)
+
+    @property
+    def ssh_port(self) -> int:
+        return SSH_PORT_BASE + self.index
+
+    @property
+    def runtime_port(self) -> int:
+        return RUNTIME_PORT_BASE + self.index
+
+
+def container_name(index: int) -> str:
+    """Return the container name of lab device number `index` (1-based)."""
+    return f"edgefleet-lab-{index:02d}"
+
+
+def plan_devices(count: int, arch: str) -> list[LabDevice]:
+    """Return devices 1..count for an arch; reject counts and arches the lab cannot serve."""
+    if arch not in ARCHES:
+        raise ValueError(f"arch: expected one of {', '.join(ARCHES)}, got {arch!r}")
+    if not 1 <= count <= MAX_DEVICES:
+        raise ValueError(f"devices: expected 1..{MAX_DEVICES}, got {count}")
+    return [LabDevice(index, arch) for index in range(1, count + 1)]
+
+
+def known_hosts_line(port: int, public_key: str, host: str = "127.0.0.1") -> str:
+    """Return an OpenSSH known_hosts line for a host key served on host:port."""
+    parts = public_key.split()
+    if len(parts) < 2 or not parts[0].startswith("ssh-"):
+        raise ValueError(f"not an OpenSSH public key: {public_key[:40]!r}")
+    address = host if port == 22 else f"[{host}]:{port}"
+    return f"{address} {parts[0]} {parts[1]}"
+
+
+def sshd_config(port: int, host: str = "127.0.0.1") -> str:
+    """Return the per-device sshd drop-in: listen on one loopback port, one host key."""
+    return (
+        "# written by edgefleet.lab for this device\n"
+        f"ListenAddress {host}:{port}\n"
+        "HostKey /etc/ssh/ssh_host_ed25519_key\n"
+    )
+
+
+def inventory_yaml(devices: list[LabDevice], ssh_key: Path, known_hosts: Path) -> str:
+    """Return targets/lab.yaml text for the devices (absolute key and known_hosts paths)."""
+    document = {
+        "groups": {"lab": {"description": "simulated devices on this machine"}},
+        "devices": {
+            device.name: {
+                "board": BOARD,
+                "arch": device.arch,
+                "host": "127.0.0.1",
+                "port": device.ssh_port,
+                "user": "root",
+                "ssh_key": str(Path(ssh_key).resolve()),
+                "known_hosts": str(Path(known_hosts).resolve()),
+                "groups": ["lab"],
+                "runtime": {"port": device.runtime_port},
+            }
+            for device in sorted(devices, key=lambda d: d.index)
+        },
+    }
+    header = "# written by `invoke lab.up`; removed by `invoke lab.down`\n"
+    return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)

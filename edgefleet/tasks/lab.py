@@ -1,0 +1,47 @@
+"""Tasks for the lab: `lab.up`, `lab.down`, `lab.status`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from invoke import Collection, task
+
+from edgefleet import lab, paths
+
+
+def _lab_paths(c) -> lab.LabPaths:
+    return lab.LabPaths(build_dir=paths.build_dir(c), targets_dir=paths.targets_dir(c))
+
+
+@task(help={
+    "devices": "number of simulated devices, lab-01..lab-NN (default 1)",
+    "arch": "arm64 (emulated with qemu-user, default) or amd64 (native, fast)",
+    "timeout": "seconds to wait for SSH and systemd (default 120 amd64, 300 arm64)",
+})
+def up(c, devices=1, arch="arm64", timeout=0):
+    """Start lab devices and write their inventory (targets/lab.yaml)."""
+    lab.up(_lab_paths(c), devices=int(devices), arch=arch, timeout=float(timeout) or None)
+
+
+@task
+def down(c):
+    """Remove the lab's containers, inventory and state (image caches stay)."""
+    lab.down(_lab_paths(c))
+
+
+@task(help={"json": "print one JSON document instead of a table"})
+def status(c, json_=False):
+    """Show each lab device: container state, arch, ssh and runtime ports."""
+    devices = lab.status(_lab_paths(c))
+    if json_:
+        print(json.dumps({"devices": [asdict(d) for d in devices]}, indent=2))
+        return
+    if not devices:
+        print("lab: no devices")
+    for d in devices:
+        print(f"{d.name:8} {d.state:9} {d.arch:6} ssh 127.0.0.1:{d.ssh_port}  "
+              f"runtime :{d.runtime_port}  ({d.container})")
+
+
+ns = Collection("lab", up, down, status)

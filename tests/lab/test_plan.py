@@ -1,0 +1,86 @@
+"""Pure parts of the lab: ports, names, known_hosts lines, sshd drop-in, inventory YAML."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgefleet.lab import plan
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDrMddYStF7dvf1fKUSDfaOWjMvqvs+U0ZmKQUFPdfDu"
+
+
+@pytest.mark.parametrize("index, name, container, ssh_port, runtime_port", [
+    (1, "lab-01", "edgefleet-lab-01", 2201, 18081),
+    (9, "lab-09", "edgefleet-lab-09", 2209, 18089),
+    (10, "lab-10", "edgefleet-lab-10", 2210, 18090),
+    (99, "lab-99", "edgefleet-lab-99", 2299, 18179),
+])
+def test_device_names_and_ports(index, name, container, ssh_port, runtime_port):
+    device = plan.LabDevice(index, "arm64")
+    assert (device.name, device.container, device.ssh_port, device.runtime_port) == (
+        name, container, ssh_port, runtime_port)
+
+
+@pytest.mark.parametrize("count, arch, error", [
+    (0, "arm64", "devices: expected 1..99, got 0"),
+    (100, "amd64", "devices: expected 1..99, got 100"),
+    (1, "riscv64", "arch: expected one of arm64, amd64, got 'riscv64'"),
+])
+def test_plan_rejects(count, arch, error):
+    with pytest.raises(ValueError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        plan.plan_devices(count, arch)
+
+
+def test_plan_ports_are_unique():
+    devices = plan.plan_devices(plan.MAX_DEVICES, "amd64")
+    ports = [d.ssh_port for d in devices] + [d.runtime_port for d in devices]
+    assert len(set(ports)) == len(ports)
+    assert [d.name for d in devices[:2]] == ["lab-01", "lab-02"]
+
+
+@pytest.mark.parametrize("port, key, expected", [
+    (2201, KEY, "[127.0.0.1]:2201 " + KEY),
+    (2201, KEY + " root@lab-01", "[127.0.0.1]:2201 " + KEY),
+    (22, KEY, "127.0.0.1 " + KEY),
+])
+def test_known_hosts_line(port, key, expected):
+    assert plan.known_hosts_line(port, key) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "AAAA", "not-a-key AAAA"])
+def test_known_hosts_line_rejects(bad):
+    with pytest.raises(ValueError):
+        plan.known_hosts_line(2201, bad)
+
+
+def test_sshd_config_listens_on_one_loopback_port():
+    text = plan.sshd_config(2203)
+    assert "ListenAddress 127.0.0.1:2203\n" in text
+    assert "HostKey /etc/ssh/ssh_host_ed25519_key\n" in text
+
+
+def test_inventory_yaml_matches_contract(tmp_path):
+    key, known = tmp_path / "id_ed25519", tmp_path / "known_hosts"
+    text = plan.inventory_yaml(plan.plan_devices(2, "arm64"), key, known)
+    assert text.startswith("# written by `invoke lab.up`; removed by `invoke lab.down`\n")
+    assert yaml.safe_load(text) == {
+        "groups": {"lab": {"description": "simulated devices on this machine"}},
+        "devices": {
+            f"lab-0{i}": {
+                "board": "qemu-virt", "arch": "arm64", "host": "127.0.0.1",
+                "port": 2200 + i, "user": "root", "ssh_key": str(key),
+                "known_hosts": str(known), "groups": ["lab"],
+                "runtime": {"port": 18080 + i},
+            }
+            for i in (1, 2)
+        },
+    }
+
+
+def test_inventory_paths_are_absolute(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    text = plan.inventory_yaml(plan.plan_devices(1, "amd64"), Path("k"), Path("kh"))
+    device = yaml.safe_load(text)["devices"]["lab-01"]
+    assert device["ssh_key"] == str(tmp_path / "k")
+    assert device["known_hosts"] == str(tmp_path / "kh")
