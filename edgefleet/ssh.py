@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import logging
 import socket
 from pathlib import Path
 
@@ -10,7 +13,12 @@ from fabric import Connection
 
 from .inventory import Target
 
-__all__ = ["connect", "SSHError", "free_local_port"]
+__all__ = ["connect", "SSHError", "http_json_over_ssh"]
+
+
+# paramiko logs a refused channel (service not listening yet) as an ERROR before raising it;
+# we handle the exception, so the log line is only noise.
+logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 
 
 class SSHError(Exception):
@@ -69,8 +77,42 @@ def connect(target: Target, timeout: float = 15.0) -> Connection:
     return conn
 
 
-def free_local_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class _ChannelHTTPConnection(http.client.HTTPConnection):
+    """HTTP over an SSH direct-tcpip channel: no local port, nothing left listening."""
+
+    def __init__(self, transport: paramiko.Transport, host: str, port: int, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self._transport = transport
+
+    def connect(self) -> None:
+        channel = self._transport.open_channel("direct-tcpip", (self.host, self.port), ("127.0.0.1", 0),
+                                               timeout=self.timeout)
+        channel.settimeout(self.timeout)
+        self.sock = channel
+
+
+def http_json_over_ssh(conn: Connection, port: int, path: str, payload: dict | None = None,
+                       timeout: float = 120.0) -> tuple[int, dict]:
+    """Send one HTTP request to 127.0.0.1:`port` on the device through `conn`; decode the JSON answer.
+
+    A refused connection (service not listening yet) raises ConnectionRefusedError.
+    """
+    transport = conn.client.get_transport()
+    if transport is None or not transport.is_active():
+        raise SSHError(f"{conn.host}:{conn.port}: SSH connection is closed")
+    http = _ChannelHTTPConnection(transport, "127.0.0.1", port, timeout)
+    try:
+        body = None if payload is None else json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json", "Connection": "close"}
+        try:
+            http.request("GET" if body is None else "POST", path, body=body, headers=headers)
+        except paramiko.ChannelException as exc:
+            raise ConnectionRefusedError(f"127.0.0.1:{port} on the device: {exc}") from None
+        response = http.getresponse()
+        raw = response.read()
+        try:
+            return response.status, json.loads(raw or b"{}")
+        except ValueError:
+            return response.status, {"error": raw.decode(errors="replace")[:200]}
+    finally:
+        http.close()

@@ -6,7 +6,6 @@ import json
 import os
 import socket
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,14 +13,14 @@ from pathlib import Path
 from ..inventory import Target
 from ..paths import repo_root
 from ..render import UNIT_NAME, check_rendered, render_target
-from ..ssh import connect, free_local_port
+from ..ssh import connect, http_json_over_ssh
 from .apply import DeployError, Device, apply_plan, device_lock, record_state, restart_service, switch_current
 from .env import build_device_env
-from .health import HealthResult, golden_check, wait_ready
+from .health import Call, HealthResult, NotReady, golden_check, wait_ready
 from .plan import DeployPlan, facts_command, make_plan, parse_facts
 from .release import Release, make_release
 
-__all__ = ["DeployResult", "DeployError", "prepare_release", "deploy", "service_tunnel"]
+__all__ = ["DeployResult", "DeployError", "prepare_release", "deploy", "service_call"]
 
 
 @dataclass
@@ -49,13 +48,10 @@ def prepare_release(target: Target, bundle_dir: Path, build_dir: Path) -> Releas
     return make_release(target.name, bundle_dir, repo_root() / "payload", rendered, env)
 
 
-@contextmanager
-def service_tunnel(dev: Device):
-    """Forward a local port to the service port on the device; yield the base URL."""
-    port = free_local_port()
-    remote = dev.target.settings.runtime.port
-    with dev.c.forward_local(local_port=port, remote_port=remote, remote_host="127.0.0.1", local_host="127.0.0.1"):
-        yield f"http://127.0.0.1:{port}"
+def service_call(dev: Device) -> Call:
+    """Return a `Call` to the runtime service on the device, through the SSH connection."""
+    port = dev.target.settings.runtime.port
+    return lambda path, payload=None, timeout=120.0: http_json_over_ssh(dev.c, port, path, payload, timeout)
 
 
 def _service_state(dev: Device) -> str:
@@ -76,16 +72,16 @@ def health_gate(dev: Device, golden: dict, check_golden: bool = True) -> HealthR
         polls["n"] += 1
         return polls["n"] % 5 or _service_state(dev) in ("active", "activating")
 
-    with service_tunnel(dev) as url:
-        try:
-            waited = wait_ready(url, timeout, still_starting)
-        except TimeoutError as exc:
-            return HealthResult(False, f"{exc}; journal:\n{_journal(dev)}")
-        if not check_golden:
-            return HealthResult(True, "", ready_after_s=waited)
-        result = golden_check(url, golden)
-        result.ready_after_s = waited
-        return result
+    call = service_call(dev)
+    try:
+        waited = wait_ready(call, timeout, still_starting)
+    except NotReady as exc:
+        return HealthResult(False, f"{exc}; journal:\n{_journal(dev)}")
+    if not check_golden:
+        return HealthResult(True, "", ready_after_s=waited)
+    result = golden_check(call, golden)
+    result.ready_after_s = waited
+    return result
 
 
 def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = False, log=print) -> DeployResult:
@@ -115,18 +111,20 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
             log("  health gate: waiting for /readyz, then the golden outputs ...")
             result.health = health_gate(dev, golden)
             log(f"  {result.health.summary()}")
-            if not result.health.ok and plan.activate and facts.current:
-                log(f"  rolling back to {facts.current}")
-                switch_current(dev, facts.current)
+            # back to the last release that passed its gate (not merely the one that was current)
+            good = facts.committed if facts.committed in facts.releases - {release.release_id} else None
+            if not result.health.ok and good:
+                log(f"  rolling back to {good}")
+                switch_current(dev, good)
                 restart_service(dev)
-                result.rolled_back = True
+                result.rolled_back, result.previous = True, good
             record_state(dev, {
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "release": release.release_id,
                 "previous": facts.current,
                 "healthy": result.health.ok,
                 "reason": result.health.reason[:300],
-                "active": facts.current if result.rolled_back else release.release_id,
+                "active": result.previous if result.rolled_back else release.release_id,
             })
         result.seconds = time.monotonic() - t0
         return result

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
-__all__ = ["HealthResult", "compare_golden", "wait_ready", "golden_check", "http_json"]
+__all__ = ["HealthResult", "Call", "NotReady", "compare_golden", "wait_ready", "golden_check"]
 
 
 @dataclass
@@ -43,43 +41,39 @@ def compare_golden(expected: list[list[float]], got: list[list[float]], min_cosi
     return bool((cosines >= min_cosine).all()), [float(c) for c in cosines]
 
 
-def http_json(url: str, payload: dict | None = None, timeout: float = 120.0) -> tuple[int, dict]:
-    """GET (or POST `payload` as JSON to) `url`; return the status and the decoded body."""
-    data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            return exc.code, json.loads(body or b"{}")
-        except ValueError:
-            return exc.code, {"error": body.decode(errors="replace")[:200]}
+# call(path, payload=None, timeout=...) -> (status, body): the one seam to the service,
+# over SSH in deploys (edgefleet.ssh.http_json_over_ssh), a fake in unit tests.
+Call = Callable[..., tuple[int, dict]]
 
 
-def wait_ready(base_url: str, timeout_s: float, still_starting=lambda: True, poll_s: float = 1.0) -> float:
+class NotReady(Exception):
+    """The service did not become ready; the message says what it last answered."""
+
+
+def wait_ready(call: Call, timeout_s: float, still_starting=lambda: True, poll_s: float = 1.0) -> float:
     """Poll `/readyz` until 200; return seconds waited. `still_starting()` False stops early."""
     start = time.monotonic()
     deadline = start + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            status, body = http_json(f"{base_url}/readyz", timeout=10)
-            if status == 200:
-                return time.monotonic() - start
-            last = f"/readyz {status} {body}"
-            if body.get("state") == "failed":  # loaded but the selftest failed: waiting won't help
-                raise TimeoutError(f"service is up but not ready ({body.get('error')})")
-        except (OSError, ValueError) as exc:
+            status, body = call("/readyz", timeout=10)
+        except (OSError, ValueError) as exc:  # not listening yet, or a garbled answer
+            status, body = None, {}
             last = str(exc) or type(exc).__name__
+        if status == 200:
+            return time.monotonic() - start
+        if status is not None:
+            last = f"/readyz {status} {body}"
+        if body.get("state") == "failed":  # loaded, but the selftest failed: waiting won't help
+            raise NotReady(f"service is up but not ready: {body.get('error')}")
         if not still_starting():
-            raise TimeoutError(f"service stopped before it was ready (last: {last})")
+            raise NotReady(f"service stopped before it was ready (last: {last})")
         time.sleep(poll_s)
-    raise TimeoutError(f"not ready after {timeout_s:.0f} s (last: {last})")
+    raise NotReady(f"not ready after {timeout_s:.0f} s (last: {last})")
 
 
-def golden_check(base_url: str, golden: dict) -> HealthResult:
+def golden_check(call: Call, golden: dict) -> HealthResult:
     """Embed each golden text on the service, one per request as the goldens were made.
 
     One text per request matters: dynamic INT8 picks activation scales per call, so a padded
@@ -88,7 +82,7 @@ def golden_check(base_url: str, golden: dict) -> HealthResult:
     latencies, result = [], []
     for text in golden["texts"]:
         t0 = time.perf_counter()
-        status, body = http_json(f"{base_url}/v1/embed", {"texts": [text]})
+        status, body = call("/v1/embed", {"texts": [text]})
         latencies.append((time.perf_counter() - t0) * 1000)
         if status != 200:
             return HealthResult(False, f"/v1/embed answered {status}: {body}", latency_ms=latencies)

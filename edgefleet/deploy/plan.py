@@ -27,6 +27,7 @@ class Facts:
     python: str
     systemd: bool
     current: str | None
+    committed: str | None
     lock_owner: str | None
     free_bytes: int
     unit_sha256: str | None
@@ -48,6 +49,8 @@ def facts_command(target: Target) -> str:
         "echo \"python=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null)\"",
         'echo "systemd=$([ -d /run/systemd/system ] && echo yes || echo no)"',
         'echo "current=$(readlink "$root/current" 2>/dev/null)"',
+        # the release the last health gate passed for (state.json is written by us, one key a line)
+        'echo "committed=$(sed -n \'s/^  "current": "\\(r-[0-9a-f]*\\)".*/\\1/p\' "$root/state.json" 2>/dev/null)"',
         'echo "lock=$(cat "$root/.lock/owner" 2>/dev/null || { [ -e "$root/.lock" ] && echo unknown; })"',
         'd="$root"; while [ ! -d "$d" ]; do d=$(dirname "$d"); done',
         'echo "free_kb=$(df -Pk "$d" | awk \'NR==2 {print $4}\')"',
@@ -79,6 +82,7 @@ def parse_facts(output: str) -> Facts:
         python=values["python"],
         systemd=values["systemd"] == "yes",
         current=values.get("current", "").rsplit("/", 1)[-1] or None,
+        committed=values.get("committed") or None,
         lock_owner=values.get("lock") or None,
         free_bytes=int(values["free_kb"] or 0) * 1024,
         unit_sha256=values.get("unit_sha") or None,
@@ -104,6 +108,7 @@ class DeployPlan:
     create_user: bool
     activate: bool
     restart: bool
+    gate: bool
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -113,7 +118,7 @@ class DeployPlan:
     @property
     def nothing_to_do(self) -> bool:
         return not (self.upload or self.install_env or self.build_release or self.install_unit
-                    or self.create_user or self.activate or self.restart)
+                    or self.create_user or self.activate or self.restart or self.gate)
 
     def describe(self) -> list[str]:
         """Return the plan as lines a person reads."""
@@ -133,7 +138,9 @@ class DeployPlan:
         if self.activate:
             steps.append(f"  switch current -> releases/{self.release_id}")
         if self.restart:
-            steps.append("  restart the service, then run the health gate")
+            steps.append("  restart the service")
+        if self.gate:
+            steps.append("  health gate (/readyz, golden outputs), then commit or roll back")
         return steps + [f"  note: {n}" for n in self.notes]
 
 
@@ -158,6 +165,7 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
                         f"this release needs about {needed / 1e6:.0f} MB")
     unit_changed = facts.unit_sha256 != release.unit.sha256
     activate = facts.current != release.release_id
+    restart = activate or unit_changed or facts.service_active != "active"
     return DeployPlan(
         target=target.name,
         release_id=release.release_id,
@@ -168,5 +176,7 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
         install_unit=unit_changed,
         create_user=not facts.user_exists,
         activate=activate,
-        restart=activate or unit_changed or facts.service_active != "active",
+        restart=restart,
+        # also when a deploy died after activating: its release was never judged
+        gate=restart or facts.committed != release.release_id,
     )

@@ -10,8 +10,7 @@ from invoke import Collection, Exit, task
 from rich.console import Console
 from rich.table import Table
 
-from ..deploy import Device, deploy as deploy_target, service_tunnel
-from ..deploy.health import http_json
+from ..deploy import Device, deploy as deploy_target, service_call
 from ..inventory import load_inventory
 from ..paths import build_dir, bundle_dir, targets_dir
 from ..ssh import connect
@@ -31,14 +30,14 @@ PAIRS = [
 def query_device(dev: Device) -> tuple[list[float], list[float]]:
     """Embed the sentence pairs on the device, one text per request; return similarities and latencies."""
     vectors, latencies = [], []
-    with service_tunnel(dev) as url:
-        for text in (t for pair in PAIRS for t in pair):
-            t0 = time.perf_counter()
-            status, body = http_json(f"{url}/v1/embed", {"texts": [text]})
-            latencies.append((time.perf_counter() - t0) * 1000)
-            if status != 200:
-                raise Exit(f"{dev.target.name}: /v1/embed answered {status}: {body}")
-            vectors.append(np.asarray(body["embeddings"][0], dtype=np.float32))
+    call = service_call(dev)
+    for text in (t for pair in PAIRS for t in pair):
+        t0 = time.perf_counter()
+        status, body = call("/v1/embed", {"texts": [text]})
+        latencies.append((time.perf_counter() - t0) * 1000)
+        if status != 200:
+            raise Exit(f"{dev.target.name}: /v1/embed answered {status}: {body}")
+        vectors.append(np.asarray(body["embeddings"][0], dtype=np.float32))
     sims = [float(vectors[2 * i] @ vectors[2 * i + 1]) for i in range(len(PAIRS))]
     return sims, latencies
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 from invoke import Collection, Exit, task
@@ -16,6 +17,13 @@ from ..render import RenderError, check_rendered, render_target, write_rendered
 from ..ssh import SSHError
 
 USER_ERRORS = (InventoryError, RenderError, SSHError, PlanError, DeployError, EnvError, ReleaseError)
+
+
+def _sigterm_unwinds() -> None:
+    """Turn SIGTERM into SystemExit so a stopped deploy still releases the device lock."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _target(c, name: str):
@@ -59,6 +67,7 @@ def deploy(c, target, bundle=None, dry_run=False):
     """Deploy the bundle and the runtime to a device over SSH, then gate on health."""
     tgt = _target(c, target)
     bundle_path = Path(bundle) if bundle else bundle_dir(c)
+    _sigterm_unwinds()
     try:
         result = deploy_target(tgt, bundle_path, build_dir(c), dry_run=dry_run)
     except USER_ERRORS as exc:

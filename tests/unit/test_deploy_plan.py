@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.deploy.env import DeviceEnv
-from edgefleet.deploy.health import compare_golden
+from edgefleet.deploy.health import NotReady, compare_golden
 from edgefleet.deploy.plan import Facts, PlanError, facts_command, make_plan, parse_facts
 from edgefleet.deploy.release import ReleaseError, make_release, sha256_file
 from edgefleet.inventory import load_inventory
@@ -44,7 +44,7 @@ def release(tmp_path, target):
 
 
 def facts(**over) -> Facts:
-    base = Facts(arch="arm64", python="3.11", systemd=True, current=None, lock_owner=None,
+    base = Facts(arch="arm64", python="3.11", systemd=True, current=None, committed=None, lock_owner=None,
                  free_bytes=10**10, unit_sha256=None, service_active="inactive", user_exists=False,
                  envs=frozenset(), releases=frozenset(), objects=frozenset())
     return dataclasses.replace(base, **over)
@@ -57,7 +57,18 @@ def test_facts_command_runs_in_sh_and_parses(tmp_path, target):
     out = subprocess.run(["sh", "-c", facts_command(tgt)], capture_output=True, text=True, check=True).stdout
     got = parse_facts(out)
     assert got.current is None and got.objects == frozenset() and got.free_bytes > 0
-    assert got.arch in ("amd64", "arm64")
+    assert got.arch in ("amd64", "arm64") and got.committed is None
+
+    # state.json as record_state writes it
+    root = Path(settings.root)
+    root.mkdir(parents=True)
+    state = {"current": "r-0123456789ab", "history": [{"release": "r-ffffffffffff", "active": "r-0123456789ab"}]}
+    (root / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    (root / "objects").mkdir()
+    (root / "objects" / ("a" * 64)).write_text("x")
+    out = subprocess.run(["sh", "-c", facts_command(tgt)], capture_output=True, text=True, check=True).stdout
+    got = parse_facts(out)
+    assert got.committed == "r-0123456789ab" and got.objects == frozenset({"a" * 64})
 
 
 @pytest.mark.parametrize("output, field, expected", [
@@ -65,6 +76,7 @@ def test_facts_command_runs_in_sh_and_parses(tmp_path, target):
     ("arch=x86_64\npython=3.11\nsystemd=no\nfree_kb=10\n--objects--\n", "systemd", False),
     ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=10\ncurrent=releases/r-abc\n--objects--\n", "current", "r-abc"),
     ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\n--objects--\n", "free_bytes", 2048),
+    ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\ncommitted=r-0a1b\n--objects--\n", "committed", "r-0a1b"),
     ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\nenvs=a b \n--objects--\n", "envs", frozenset({"a", "b"})),
     ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\n--objects--\n" + "a" * 64 + "\nx.tmp\n",
      "objects", frozenset({"a" * 64})),
@@ -87,12 +99,21 @@ def test_fresh_device_gets_everything(target, release):
 
 
 def test_same_release_again_is_a_no_op(target, release):
-    now = facts(current=release.release_id, unit_sha256=release.unit.sha256, service_active="active",
+    now = facts(current=release.release_id, committed=release.release_id, unit_sha256=release.unit.sha256, service_active="active",
                 user_exists=True, envs=frozenset({release.env.sha256}),
                 releases=frozenset({release.release_id}), objects=frozenset(release.objects()))
     plan = make_plan(target, release, now)
     assert plan.nothing_to_do
     assert plan.describe() == [f"pi5-01: release {release.release_id} is already active and running; nothing to do"]
+
+
+def test_activated_but_never_judged_release_gets_the_gate(target, release):
+    """A deploy killed after the switch left a release nobody checked: check it now."""
+    now = facts(current=release.release_id, committed="r-000000000000", unit_sha256=release.unit.sha256,
+                service_active="active", user_exists=True, envs=frozenset({release.env.sha256}),
+                releases=frozenset({release.release_id}), objects=frozenset(release.objects()))
+    plan = make_plan(target, release, now)
+    assert plan.gate and not plan.restart and not plan.upload and not plan.nothing_to_do
 
 
 def test_stopped_service_is_restarted_without_upload(target, release):
@@ -148,3 +169,49 @@ def test_release_needs_a_bundle(tmp_path, target):
 ])
 def test_compare_golden(expected, got, tol, ok):
     assert compare_golden(expected, got, tol)[0] is ok
+
+
+def scripted(answers):
+    """A fake service `Call` that plays back (status, body) answers or raises exceptions."""
+    answers = list(answers)
+
+    def call(path, payload=None, timeout=120.0):
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    return call
+
+
+@pytest.mark.parametrize("answers, outcome", [
+    ([(200, {"status": "ready"})], None),
+    ([ConnectionRefusedError("not listening"), (503, {"state": "loading"}), (200, {})], None),
+    ([(503, {"state": "failed", "error": "2 of 8 golden texts below 0.999"})], "up but not ready: 2 of 8"),
+    ([ConnectionRefusedError("not listening")], "not ready after 0 s"),
+    ([(503, {"state": "loading"})], r"not ready after 0 s \(last: /readyz 503"),
+])
+def test_wait_ready(answers, outcome):
+    from edgefleet.deploy.health import wait_ready
+    # a timeout of 0.3 s: the failed state must end the wait at once, not by timing out
+    if outcome is None:
+        assert wait_ready(scripted(answers), timeout_s=5, poll_s=0.01) >= 0
+    else:
+        with pytest.raises(NotReady, match=outcome):
+            wait_ready(scripted(answers), timeout_s=0.3, poll_s=0.01)
+
+
+def test_wait_ready_stops_when_the_service_dies():
+    from edgefleet.deploy.health import wait_ready
+    with pytest.raises(NotReady, match="stopped before it was ready"):
+        wait_ready(scripted([ConnectionRefusedError("x")]), timeout_s=5, still_starting=lambda: False, poll_s=0.01)
+
+
+def test_golden_check_sends_one_text_per_request():
+    from edgefleet.deploy.health import golden_check
+    seen = []
+
+    def call(path, payload=None, timeout=120.0):
+        seen.append(payload["texts"])
+        return 200, {"embeddings": [[1.0, 0.0]]}
+    result = golden_check(call, {"texts": ["a", "b"], "embeddings": [[1, 0], [0.9, 0.1]], "min_cosine": 0.99})
+    assert seen == [["a"], ["b"]] and result.ok and len(result.latency_ms) == 2

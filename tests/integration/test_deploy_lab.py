@@ -1,0 +1,98 @@
+"""Deploy through real sshd and systemd to a lab device (amd64 container, native speed).
+
+The lab is shared machine state (container names, ports): this module refuses to run over a
+lab that is already up, and takes down the one it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgefleet import lab
+from edgefleet.deploy import Device, deploy, service_call
+from edgefleet.inventory import load_inventory
+from edgefleet.model.tiny import tiny_bundle
+from edgefleet.ssh import connect
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return tiny_bundle(tmp_path_factory.mktemp("tiny"))["bundle_dir"]
+
+
+@pytest.fixture(scope="module")
+def lab_target(tmp_path_factory):
+    targets = tmp_path_factory.mktemp("targets")
+    shutil.copytree(REPO / "targets" / "boards", targets / "boards")
+    paths = lab.LabPaths(build_dir=REPO / "build", targets_dir=targets)
+    if lab.status(paths):
+        pytest.fail("a lab is already up; run `invoke lab.down` before these tests")
+    lab.up(paths, devices=1, arch="amd64")
+    try:
+        yield load_inventory(targets).target("lab-01")
+    finally:
+        lab.down(paths)
+
+
+def on_device(target, command: str) -> str:
+    conn = connect(target)
+    try:
+        return conn.run(command, hide=True, warn=True, in_stream=False).stdout.strip()
+    finally:
+        conn.close()
+
+
+def test_deploy_then_nothing_changed(lab_target, bundle, tmp_path):
+    lines = []
+    first = deploy(lab_target, bundle, REPO / "build", log=lines.append)
+    assert first.ok and first.changed, "\n".join(lines)
+    assert first.health.min_cosine >= 0.999
+    assert any("upload" in line for line in lines)
+
+    root = lab_target.settings.root
+    assert on_device(lab_target, f"readlink {root}/current") == f"releases/{first.release_id}"
+    assert on_device(lab_target, "systemctl is-active edgefleet-runtime.service") == "active"
+    # the service runs unprivileged, as the edgefleet user
+    pid = on_device(lab_target, "systemctl show -p MainPID --value edgefleet-runtime.service")
+    assert on_device(lab_target, f"ps -o user= -p {pid}") == "edgefleet"
+    state = json.loads(on_device(lab_target, f"cat {root}/state.json"))
+    assert state["current"] == first.release_id and state["history"][-1]["healthy"] is True
+
+    # the running service answers through an SSH tunnel, like the demo does
+    conn = connect(lab_target)
+    try:
+        status, body = service_call(Device(conn, lab_target))("/v1/embed", {"texts": ["hello device"]})
+    finally:
+        conn.close()
+    assert status == 200 and len(body["embeddings"]) == 1
+
+    lines.clear()
+    second = deploy(lab_target, bundle, REPO / "build", log=lines.append)
+    assert not second.changed and second.ok
+    assert second.release_id == first.release_id
+    assert "nothing to do" in lines[0]
+
+
+def test_unhealthy_release_rolls_back(lab_target, bundle, tmp_path):
+    good = deploy(lab_target, bundle, REPO / "build", log=lambda _: None)
+    assert good.ok
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    meta = json.loads((bad / "bundle.json").read_text())
+    # expectations no model can meet: every golden vector flipped
+    meta["golden"]["embeddings"] = [[-v for v in row] for row in meta["golden"]["embeddings"]]
+    (bad / "bundle.json").write_text(json.dumps(meta))
+    lines = []
+    result = deploy(lab_target, bad, REPO / "build", log=lines.append)
+    assert not result.ok and result.rolled_back, "\n".join(lines)
+    root = lab_target.settings.root
+    assert on_device(lab_target, f"readlink {root}/current") == f"releases/{good.release_id}"
+    state = json.loads(on_device(lab_target, f"cat {root}/state.json"))
+    assert state["history"][-1]["healthy"] is False and state["current"] == good.release_id
