@@ -1,9 +1,12 @@
 """Bring lab devices up and down: containers with systemd as PID 1 and sshd on loopback.
 
-Privileges: no capabilities and docker's default seccomp profile. systemd needs its
-name=systemd cgroup writable, which the read-only bind of /sys/fs/cgroup gives on this
-cgroup-v1 host (docker makes only the top mount read-only, the hierarchies under it stay
-writable); /run and /run/lock are tmpfs as systemd expects.
+Privileges: docker's default seccomp profile plus CAP_SYS_ADMIN, which systemd needs to set
+up the namespaces of the units it runs (ProtectSystem=, PrivateTmp=, ...): without it those
+settings are silently not applied, and the lab would not test the hardened unit real boards
+run. systemd needs its name=systemd cgroup writable, which the read-only bind of
+/sys/fs/cgroup gives on this cgroup-v1 host (docker makes only the top mount read-only, the
+hierarchies under it stay writable); /run and /run/lock are tmpfs as systemd expects. Both
+mean root in a lab container can reach the host: a lab is for this machine's tests only.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def _spec(device: plan.LabDevice, tag: str) -> engine.ContainerSpec:
         environment=env,
         tmpfs={"/run": "rw,nosuid,nodev,mode=755", "/run/lock": "rw,nosuid,nodev,noexec"},
         binds={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"}},
+        cap_add=("SYS_ADMIN",),
         stop_timeout=10,
     )
 

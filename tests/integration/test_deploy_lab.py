@@ -62,6 +62,10 @@ def test_deploy_then_nothing_changed(lab_target, bundle, tmp_path):
     # the service runs unprivileged, as the edgefleet user
     pid = on_device(lab_target, "systemctl show -p MainPID --value edgefleet-runtime.service")
     assert on_device(lab_target, f"ps -o user= -p {pid}") == "edgefleet"
+    # ...with no capabilities, and the unit's sandbox applied: / is read-only in its namespace
+    assert on_device(lab_target, f"grep CapBnd /proc/{pid}/status").split() == ["CapBnd:", "0000000000000000"]
+    root_mount = on_device(lab_target, f"awk '$5 == \"/\" {{print $6}}' /proc/{pid}/mountinfo")
+    assert root_mount.split(",")[0] == "ro"
     state = json.loads(on_device(lab_target, f"cat {root}/state.json"))
     assert state["current"] == first.release_id and state["history"][-1]["healthy"] is True
 
