@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
@@ -13,7 +13,7 @@ from fabric import Connection
 
 from .inventory import Target
 
-__all__ = ["connect", "SSHError", "http_json_over_ssh"]
+__all__ = ["connect", "Endpoint", "SSHError", "http_json_over_ssh"]
 
 
 # paramiko logs a refused channel (service not listening yet) as an ERROR before raising it;
@@ -25,55 +25,64 @@ class SSHError(Exception):
     """A target could not be reached or did not prove who it is."""
 
 
-def _endpoint(target: Target) -> str:
-    return target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and as whom to log in, and which host keys to trust."""
+
+    name: str
+    host: str
+    port: int
+    user: str
+    ssh_key: Path | None
+    known_hosts: Path | None
+
+    @classmethod
+    def of(cls, target: Target) -> "Endpoint":
+        return cls(target.name, target.host, target.port, target.user, target.ssh_key, target.known_hosts)
+
+    @property
+    def address(self) -> str:
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
 
 
-def _trust_hint(target: Target, known_hosts: Path) -> str:
+def _trust_hint(ep: Endpoint, known_hosts: Path) -> str:
     return (
         f"check the key out of band (e.g. on the device: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), "
-        f"then add it: ssh-keyscan -p {target.port} -t ed25519 {target.host} >> {known_hosts} "
+        f"then add it: ssh-keyscan -p {ep.port} -t ed25519 {ep.host} >> {known_hosts} "
         f"and compare: ssh-keygen -lf {known_hosts}"
     )
 
 
-def connect(target: Target, timeout: float = 15.0) -> Connection:
-    """Open a Fabric connection to `target`, refusing unknown or changed host keys."""
-    known_hosts = target.known_hosts or Path("~/.ssh/known_hosts").expanduser()
+def connect(target: Target | Endpoint, timeout: float = 15.0) -> Connection:
+    """Open a Fabric connection to a target, refusing unknown or changed host keys."""
+    ep = target if isinstance(target, Endpoint) else Endpoint.of(target)
+    known_hosts = ep.known_hosts or Path("~/.ssh/known_hosts").expanduser()
     connect_kwargs: dict = {"banner_timeout": timeout, "auth_timeout": timeout}
-    if target.ssh_key is not None:
-        if not target.ssh_key.is_file():
-            raise SSHError(f"{target.name}: ssh_key {target.ssh_key} does not exist (from {target.source})")
-        connect_kwargs.update(key_filename=str(target.ssh_key), look_for_keys=False, allow_agent=False)
-    conn = Connection(
-        host=target.host,
-        port=target.port,
-        user=target.user,
-        connect_timeout=int(timeout),
-        connect_kwargs=connect_kwargs,
-    )
+    if ep.ssh_key is not None:
+        if not ep.ssh_key.is_file():
+            raise SSHError(f"{ep.name}: ssh_key {ep.ssh_key} does not exist")
+        connect_kwargs.update(key_filename=str(ep.ssh_key), look_for_keys=False, allow_agent=False)
+    conn = Connection(host=ep.host, port=ep.port, user=ep.user, connect_timeout=int(timeout),
+                      connect_kwargs=connect_kwargs)
     # Fabric auto-adds unknown host keys by default; we never do.
     conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     if known_hosts.is_file():
         conn.client.load_host_keys(str(known_hosts))
-    endpoint = _endpoint(target)
     try:
         conn.open()
     except paramiko.BadHostKeyException as exc:
         raise SSHError(
-            f"{target.name}: HOST KEY CHANGED for {endpoint}: got {exc.key.get_name()} "
+            f"{ep.name}: HOST KEY CHANGED for {ep.address}: got {exc.key.get_name()} "
             f"{exc.key.fingerprint}, expected {exc.expected_key.fingerprint} from {known_hosts}. "
             "Refusing to connect; if the device was reinstalled, remove the old line and trust the new key."
         ) from None
     except paramiko.SSHException as exc:
         if "not found in known_hosts" in str(exc):
-            raise SSHError(
-                f"{target.name}: unknown host key for {endpoint} (not in {known_hosts}); "
-                + _trust_hint(target, known_hosts)
-            ) from None
-        raise SSHError(f"{target.name}: SSH to {target.user}@{endpoint} failed: {exc}") from None
-    except (OSError, socket.timeout) as exc:
-        raise SSHError(f"{target.name}: cannot reach {endpoint}: {exc}") from None
+            raise SSHError(f"{ep.name}: unknown host key for {ep.address} (not in {known_hosts}); "
+                           + _trust_hint(ep, known_hosts)) from None
+        raise SSHError(f"{ep.name}: SSH to {ep.user}@{ep.address} failed: {exc}") from None
+    except (OSError, EOFError) as exc:
+        raise SSHError(f"{ep.name}: cannot reach {ep.address}: {exc}") from None
     return conn
 
 

@@ -13,6 +13,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..digest import sha256_file
+
 __all__ = ["DeviceEnv", "EnvError", "build_device_env", "pip_platforms"]
 
 # Newest first; pip accepts a wheel tagged with any of them.
@@ -70,21 +72,13 @@ def _deterministic_tar(src: Path, dest: Path) -> None:
     tmp.replace(dest)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def build_device_env(requirements: Path, arch: str, python: str, cache_dir: Path) -> DeviceEnv:
     """Install `requirements` for the device with pip (wheels only, no deps) and pack them."""
     req_text = requirements.read_text()
     out_dir = cache_dir / f"{arch}-cp{python.replace('.', '')}-{_key(req_text, arch, python)}"
     tarball = out_dir / "site.tar.gz"
     if tarball.is_file():
-        return DeviceEnv(arch, python, tarball, _sha256(tarball))
+        return DeviceEnv(arch, python, tarball, sha256_file(tarball))
     site = out_dir / "site"
     shutil.rmtree(site, ignore_errors=True)
     site.mkdir(parents=True)
@@ -105,4 +99,4 @@ def build_device_env(requirements: Path, arch: str, python: str, cache_dir: Path
     shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts point at the host's python
     _deterministic_tar(site, tarball)
     shutil.rmtree(site)
-    return DeviceEnv(arch, python, tarball, _sha256(tarball))
+    return DeviceEnv(arch, python, tarball, sha256_file(tarball))

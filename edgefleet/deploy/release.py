@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..digest import sha256_bytes, sha256_file
 from ..render import UNIT_NAME, RenderedFile
 from .env import DeviceEnv
 
-__all__ = ["ReleaseFile", "Release", "make_release", "sha256_bytes", "sha256_file", "ReleaseError"]
+__all__ = ["ReleaseFile", "Release", "make_release", "ReleaseError"]
 
 MANIFEST_FORMAT = 1
 
@@ -48,18 +48,6 @@ class Release:
         objects[self.env.sha256] = ReleaseFile("site.tar.gz", self.env.sha256, self.env.tarball.stat().st_size,
                                                source=self.env.tarball)
         return objects
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _from_path(rel: str, path: Path) -> ReleaseFile:

@@ -1,13 +1,10 @@
-"""Ask a lab device over SSH whether it is up (strict host key check, no auto-add).
-
-This is the lab's readiness probe only; deploys go through edgefleet.ssh.
-"""
+"""Ask a lab device over SSH whether it is up (strict host key check, no auto-add)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import paramiko
+from edgefleet.ssh import Endpoint, SSHError, connect
 
 __all__ = ["READY_STATES", "system_state"]
 
@@ -16,18 +13,16 @@ READY_STATES = ("running", "degraded")
 
 def system_state(port: int, key: Path, known_hosts: Path, timeout: float = 10.0) -> str:
     """Return `systemctl is-system-running` from the device, or why it could not be asked."""
-    ssh = paramiko.SSHClient()
-    ssh.load_host_keys(str(known_hosts))
-    ssh.set_missing_host_key_policy(paramiko.RejectPolicy())
+    endpoint = Endpoint(f"lab device on port {port}", "127.0.0.1", port, "root", key, known_hosts)
     try:
-        ssh.connect(
-            "127.0.0.1", port=port, username="root", key_filename=str(key),
-            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-            allow_agent=False, look_for_keys=False,
-        )
-        _, stdout, _ = ssh.exec_command("systemctl is-system-running", timeout=timeout * 3)
-        return stdout.read().decode(errors="replace").strip() or "unknown"
-    except (OSError, paramiko.SSHException, EOFError) as exc:
-        return f"no ssh ({type(exc).__name__}: {exc})"
+        conn = connect(endpoint, timeout=timeout)
+    except SSHError as exc:
+        return f"no ssh ({exc})"
+    try:
+        result = conn.run("systemctl is-system-running", hide=True, warn=True, in_stream=False,
+                          timeout=timeout * 3)
+        return result.stdout.strip() or "unknown"
+    except Exception as exc:  # a half-booted device may drop the channel; keep polling
+        return f"no answer ({type(exc).__name__}: {exc})"
     finally:
-        ssh.close()
+        conn.close()

@@ -10,16 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from edgefleet.digest import sha256_file
+
 __all__ = ["sha256_file", "file_record", "atomic_dir", "inputs_digest"]
-
-
-def sha256_file(path: Path) -> str:
-    """Return the hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_record(path: Path) -> dict:

@@ -12,7 +12,8 @@ import pytest
 from edgefleet.deploy.env import DeviceEnv
 from edgefleet.deploy.health import NotReady, compare_golden
 from edgefleet.deploy.plan import Facts, PlanError, facts_command, make_plan, parse_facts
-from edgefleet.deploy.release import ReleaseError, make_release, sha256_file
+from edgefleet.deploy.release import ReleaseError, make_release
+from edgefleet.digest import sha256_file
 from edgefleet.inventory import load_inventory
 from edgefleet.render import render_target
 

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from edgefleet.deploy.env import EnvError, _deterministic_tar, pip_platforms
-from edgefleet.deploy.release import sha256_file
+from edgefleet.digest import sha256_file
 
 
 def test_tarball_ignores_mtimes_and_pycache(tmp_path):
