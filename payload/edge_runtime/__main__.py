@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in [("serve", "serve the HTTP API"), ("embed", "embed texts (stdin lines)"),
                        ("selftest", "check golden outputs, print latency"),
-                       ("profile", "print load time and latency per length")]:
+                       ("profile", "per-node ORT profile and latency per length")]:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--bundle", help="bundle directory (default: runtime.yaml 'bundle')")
         sub.add_argument("--config", help="runtime.yaml; flags win over its values")
@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("texts", nargs="*", help="texts (default: one per stdin line)")
         if name in ("selftest", "profile"):
             sub.add_argument("--runs", type=int, default=5, help="timed runs per text")
+        if name == "profile":
+            sub.add_argument("--top", type=int, default=15, help="nodes to list")
     return parser
 
 
@@ -39,15 +41,20 @@ def _pick(flag, value, default):
     return flag if flag is not None else (value if value is not None else default)
 
 
-def _load(args, config: RuntimeConfig):
-    from edge_runtime.model import load
-
+def _bundle(args, config: RuntimeConfig) -> str:
     bundle = _pick(args.bundle, config.bundle, None)
     if not bundle:
         raise ConfigError("no bundle: pass --bundle DIR or set 'bundle' in runtime.yaml")
-    threads = _pick(args.threads, config.threads, None)
-    return load(bundle, threads=threads, max_seq_len=_pick(args.max_seq_len,
-                                                           config.max_seq_len, None))
+    return bundle
+
+
+def _load(args, config: RuntimeConfig):
+    from edge_runtime.model import load
+    from edge_runtime.tuning import place
+
+    placement = place(config, args.threads)
+    return load(_bundle(args, config), threads=placement.threads, spin=placement.spin,
+                max_seq_len=_pick(args.max_seq_len, config.max_seq_len, None))
 
 
 def _embed(args, config) -> int:
@@ -72,27 +79,34 @@ def _selftest(args, config) -> int:
 
 
 def _profile(args, config) -> int:
+    from edge_runtime.profiling import format_table, node_profile
     from edge_runtime.selftest import profile
 
     started = time.perf_counter()
     model = _load(args, config)
-    print(f"load_seconds {time.perf_counter() - started:.3f} threads {model.threads or 'default'}")
+    print(f"load_seconds {time.perf_counter() - started:.3f} threads {model.threads}")
     for row in profile(model, runs=args.runs):
-        print(f"tokens {row['tokens']:4d}  p50 {row['p50']:8.2f} ms  p90 {row['p90']:8.2f} ms"
+        print(f"tokens {row['tokens']:4d}  p50 {row['p50']:8.2f} ms  p95 {row['p95']:8.2f} ms"
               f"  p99 {row['p99']:8.2f} ms")
+    texts = list((model.meta.get("golden") or {}).get("texts") or ["edge " * 30])
+    rows = node_profile(model.bundle_dir, texts, runs=args.runs, threads=model.threads,
+                        spin=config.spin, max_seq_len=model.max_seq_len, top=args.top)
+    print(f"top {len(rows)} nodes by time ({len(texts)} texts x {args.runs} runs, batch 1):")
+    for line in format_table(rows):
+        print(line)
     return 0
 
 
 def _serve(args, config) -> int:
+    from edge_runtime.config import is_loopback
     from edge_runtime.server import Service, serve
 
-    bundle = _pick(args.bundle, config.bundle, None)
-    if not bundle:
-        raise ConfigError("no bundle: pass --bundle DIR or set 'bundle' in runtime.yaml")
-    service = Service(bundle, threads=_pick(args.threads, config.threads, None),
+    host = _pick(args.host, config.host, "127.0.0.1")
+    if not is_loopback(host) and not config.token:
+        raise ConfigError(f"--host {host} is not loopback: set 'token' in runtime.yaml")
+    service = Service(_bundle(args, config), config, threads=args.threads,
                       max_seq_len=_pick(args.max_seq_len, config.max_seq_len, None))
-    return serve(service, _pick(args.host, config.host, "127.0.0.1"),
-                 _pick(args.port, config.port, 8080))
+    return serve(service, host, _pick(args.port, config.port, 8080))
 
 
 def main(argv=None) -> int:

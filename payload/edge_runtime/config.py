@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-__all__ = ["RuntimeConfig", "ConfigError", "read_config", "parse_config"]
+__all__ = ["RuntimeConfig", "ThermalConfig", "LimitsConfig", "ConfigError", "read_config",
+           "parse_config", "is_loopback"]
 
 log = logging.getLogger("edge_runtime")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+GOVERNORS = ("performance", "powersave", "ondemand", "schedutil", "conservative", "userspace")
 
 
 class ConfigError(ValueError):
@@ -19,37 +22,152 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class ThermalConfig:
+    """Thermal guard: zones to watch ([] = all), soft and hard limits in °C, poll period."""
+
+    zones: tuple[str, ...] = ()
+    soft_c: float = 75.0
+    hard_c: float = 85.0
+    poll_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Request limits of the HTTP API and the inference queue's depth."""
+
+    max_body_bytes: int = 1 << 20
+    max_texts: int = 64
+    max_text_chars: int = 10000
+    queue_depth: int = 16
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
-    """Settings from runtime.yaml; None means "not given"."""
+    """Settings from runtime.yaml; None means "not given" (the CLI or the runtime decides)."""
 
     bundle: str | None = None
     threads: int | None = None
+    affinity: tuple[int, ...] = ()
+    spin: bool = False
+    nice: int | None = None
     host: str | None = None
     port: int | None = None
+    token: str | None = None
     max_seq_len: int | None = None
     log_level: str | None = None
     target: str | None = None
     release: str | None = None
+    sysfs_root: str = "/sys"
+    governor: str | None = "performance"
+    thermal: ThermalConfig = field(default_factory=ThermalConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+
+INT_RANGES = {"threads": (1, 1024), "port": (0, 65535), "max_seq_len": (2, 1 << 20),
+              "nice": (-20, 19), "max_body_bytes": (64, 1 << 30), "max_texts": (1, 1 << 16),
+              "max_text_chars": (1, 1 << 24), "queue_depth": (1, 1 << 16)}
+FLOAT_RANGES = {"soft_c": (-50.0, 200.0), "hard_c": (-50.0, 200.0), "poll_s": (0.01, 3600.0)}
+
+
+def is_loopback(host: str) -> bool:
+    """Return True when host is a loopback address or 'localhost'."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _int(source, key, value):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{source}: key {key!r} must be an integer, got {value!r}")
+    low, high = INT_RANGES[key]
+    if not low <= value <= high:
+        raise ConfigError(f"{source}: key {key!r} must be in {low}..{high}, got {value}")
+    return value
+
+
+def _float(source, key, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{source}: key {key!r} must be a number, got {value!r}")
+    low, high = FLOAT_RANGES[key]
+    if not low <= value <= high:
+        raise ConfigError(f"{source}: key {key!r} must be in {low}..{high}, got {value}")
+    return float(value)
+
+
+def _string(source, key, value):
+    if key in ("target", "release") and isinstance(value, (int, float)):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{source}: key {key!r} must be a non-empty string, got {value!r}")
+    if key == "log_level":
+        if value.lower() not in LOG_LEVELS:
+            raise ConfigError(f"{source}: key 'log_level' must be one of "
+                              f"{', '.join(LOG_LEVELS)}, got {value!r}")
+        return value.lower()
+    if key == "governor" and value not in GOVERNORS:
+        raise ConfigError(f"{source}: key 'governor' must be one of {', '.join(GOVERNORS)}, "
+                          f"got {value!r}")
+    return value
 
 
 def _check(source: str, key: str, value):
     if value is None:
         return None
-    if key in ("threads", "port", "max_seq_len"):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{source}: key {key!r} must be an integer, got {value!r}")
-        low, high = {"threads": (1, 1024), "port": (0, 65535), "max_seq_len": (2, 1 << 20)}[key]
-        if not low <= value <= high:
-            raise ConfigError(f"{source}: key {key!r} must be in {low}..{high}, got {value}")
+    if key in INT_RANGES:
+        return _int(source, key, value)
+    if key in FLOAT_RANGES:
+        return _float(source, key, value)
+    if key == "spin":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: key 'spin' must be true or false, got {value!r}")
         return value
-    if key in ("target", "release") and isinstance(value, (int, float)):
-        value = str(value)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{source}: key {key!r} must be a non-empty string, got {value!r}")
-    if key == "log_level" and value.lower() not in LOG_LEVELS:
-        raise ConfigError(f"{source}: key 'log_level' must be one of {', '.join(LOG_LEVELS)}, "
-                          f"got {value!r}")
-    return value.lower() if key == "log_level" else value
+    if key == "affinity":
+        if not isinstance(value, list) or not all(
+                isinstance(cpu, int) and not isinstance(cpu, bool) and 0 <= cpu < 4096
+                for cpu in value) or len(set(value)) != len(value):
+            raise ConfigError(f"{source}: key 'affinity' must be a list of distinct CPU ids "
+                              f"(0..4095), got {value!r}")
+        return tuple(value)
+    if key == "zones":
+        if not isinstance(value, list) or not all(isinstance(z, str) and z for z in value):
+            raise ConfigError(f"{source}: key 'thermal.zones' must be a list of zone names, "
+                              f"got {value!r}")
+        return tuple(value)
+    return _string(source, key, value)
+
+
+def _section(data, source: str, name: str, kind):
+    if data is None:
+        return kind()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: key {name!r} must be a mapping, got {data!r}")
+    known = {item.name for item in fields(kind)}
+    for key in sorted(set(data) - known, key=str):
+        log.warning("config_unknown_key file=%s key=%s.%s (ignored)", source, name, key)
+    values = {}
+    for key in known:
+        try:
+            checked = _check(source, key, data.get(key))
+        except ConfigError as error:
+            raise ConfigError(str(error).replace(f"key {key!r}", f"key '{name}.{key}'")) from None
+        if checked is not None:
+            values[key] = checked
+    return kind(**values)
+
+
+def _cross_check(config: RuntimeConfig, source: str) -> None:
+    if config.threads and config.affinity and config.threads != len(config.affinity):
+        raise ConfigError(f"{source}: key 'threads' ({config.threads}) must equal the number "
+                          f"of CPUs in 'affinity' ({len(config.affinity)})")
+    if config.host and not is_loopback(config.host) and not config.token:
+        raise ConfigError(f"{source}: key 'token' is required when 'host' ({config.host}) "
+                          "is not a loopback address")
+    if config.thermal.soft_c >= config.thermal.hard_c:
+        raise ConfigError(f"{source}: key 'thermal.soft_c' ({config.thermal.soft_c}) must be "
+                          f"below 'thermal.hard_c' ({config.thermal.hard_c})")
 
 
 def parse_config(data, source: str = "runtime.yaml") -> RuntimeConfig:
@@ -61,7 +179,17 @@ def parse_config(data, source: str = "runtime.yaml") -> RuntimeConfig:
     known = {item.name for item in fields(RuntimeConfig)}
     for key in sorted(set(data) - known, key=str):
         log.warning("config_unknown_key file=%s key=%s (ignored)", source, key)
-    return RuntimeConfig(**{key: _check(source, key, data.get(key)) for key in known})
+    values = {"thermal": _section(data.get("thermal"), source, "thermal", ThermalConfig),
+              "limits": _section(data.get("limits"), source, "limits", LimitsConfig)}
+    for key in known - {"thermal", "limits"}:
+        checked = _check(source, key, data.get(key))
+        if checked is not None:
+            values[key] = checked
+    if "governor" in data and data["governor"] is None:
+        values["governor"] = None  # explicitly unset: report governors, judge no drift
+    config = RuntimeConfig(**values)
+    _cross_check(config, source)
+    return config
 
 
 def read_config(path) -> RuntimeConfig:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 __all__ = ["EmbeddingModel", "BundleFormatError", "load", "read_meta", "mean_pool",
-           "l2_normalize"]
+           "l2_normalize", "session_options"]
 
 BUNDLE_JSON = "bundle.json"
 _DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -69,6 +71,13 @@ class EmbeddingModel:
     threads: int | None = None
     input_names: tuple[str, ...] = field(default=())
     input_types: dict = field(default_factory=dict)
+    _buffers: dict = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self):
+        self._buffers = {name: np.zeros(self.max_seq_len,
+                                        dtype=self.input_types.get(name, np.int64))
+                         for name in self.input_names}
 
     @property
     def dim(self) -> int:
@@ -86,6 +95,19 @@ class EmbeddingModel:
         return {name: feeds[name].astype(self.input_types.get(name, np.int64), copy=False)
                 for name in self.input_names}
 
+    def tokenize_one(self, text: str) -> dict[str, np.ndarray]:
+        """Encode one text into the preallocated buffers; return (1, n) views of them."""
+        encoding = self.tokenizer.encode(text)
+        n = len(encoding.ids)
+        sources = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask,
+                   "token_type_ids": encoding.type_ids}
+        feeds = {}
+        for name in self.input_names:
+            buffer = self._buffers[name]
+            buffer[:n] = sources[name]
+            feeds[name] = buffer[:n].reshape(1, n)
+        return feeds
+
     def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run the graph and return its first output (batch, seq, dim)."""
         return self.session.run(None, feeds)[0]
@@ -95,30 +117,44 @@ class EmbeddingModel:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        feeds = self.tokenize(texts)
-        hidden = self.infer(feeds).astype(np.float32, copy=False)
+        with self._lock:  # the batch-1 path reuses buffers: one call at a time
+            feeds = self.tokenize_one(texts[0]) if len(texts) == 1 else self.tokenize(texts)
+            hidden = self.infer(feeds).astype(np.float32, copy=False)
+            mask = feeds.get("attention_mask")
+            mask = mask.copy() if mask is not None else np.ones(hidden.shape[:2])
         if self.meta["pooling"] == "cls":
             pooled = hidden[:, 0, :]
         else:
-            mask = feeds.get("attention_mask")
-            pooled = mean_pool(hidden, mask if mask is not None else np.ones(hidden.shape[:2]))
+            pooled = mean_pool(hidden, mask)
         if self.meta["normalize"]:
             pooled = l2_normalize(pooled)
         return np.ascontiguousarray(pooled, dtype=np.float32)
 
 
-def _session(model_path: Path, threads: int | None) -> ort.InferenceSession:
+def session_options(threads: int | None, spin: bool = False) -> ort.SessionOptions:
+    """Return CPU session options: intra-op threads set explicitly, inter-op 1, spin or not.
+
+    ORT sizes its pool from the machine, not from the process's affinity, so threads is always
+    set: without a value, one thread per CPU the process may run on.
+    """
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
+    options.intra_op_num_threads = int(threads or len(os.sched_getaffinity(0)))
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(str(model_path), sess_options=options,
-                                providers=["CPUExecutionProvider"])
+    return options
 
 
-def load(bundle_dir, threads: int | None = None, max_seq_len: int | None = None) -> EmbeddingModel:
+def _session(model_path: Path, options: ort.SessionOptions,
+             from_bytes: bool = False) -> ort.InferenceSession:
+    # load-from-path measured faster and smaller than from bytes (benchmarks/bench_runtime.py)
+    source = model_path.read_bytes() if from_bytes else str(model_path)
+    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def load(bundle_dir, threads: int | None = None, max_seq_len: int | None = None,
+         spin: bool = False, from_bytes: bool = False, options=None) -> EmbeddingModel:
     """Load a bundle; max_seq_len may lower the bundle's limit, never raise it."""
     bundle_dir = Path(bundle_dir)
     meta = read_meta(bundle_dir)
@@ -128,7 +164,8 @@ def load(bundle_dir, threads: int | None = None, max_seq_len: int | None = None)
     tokenizer.enable_truncation(max_length=limit)
     pad_id = tokenizer.token_to_id("[PAD]")
     tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
-    session = _session(bundle_dir / "model.onnx", threads)
+    options = options or session_options(threads, spin)
+    session = _session(bundle_dir / "model.onnx", options, from_bytes)
     graph_inputs = {item.name: item.type for item in session.get_inputs()}
     unknown = set(graph_inputs) - {"input_ids", "attention_mask", "token_type_ids"}
     if unknown:
@@ -137,6 +174,7 @@ def load(bundle_dir, threads: int | None = None, max_seq_len: int | None = None)
     names = tuple(name for name in ("input_ids", "attention_mask", "token_type_ids")
                   if name in graph_inputs)
     return EmbeddingModel(session=session, tokenizer=tokenizer, meta=meta, bundle_dir=bundle_dir,
-                          max_seq_len=limit, threads=threads, input_names=names,
+                          max_seq_len=limit, threads=options.intra_op_num_threads,
+                          input_names=names,
                           input_types={name: _DTYPES.get(graph_inputs[name], np.int64)
                                        for name in names})

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SelftestResult", "selftest", "percentiles", "profile", "cosines"]
+__all__ = ["SelftestResult", "selftest", "percentiles", "profile", "cosines", "rss_mib"]
 
 
 @dataclass(frozen=True)
@@ -19,11 +19,14 @@ class SelftestResult:
     cosines: list[float]
     min_cosine: float
     latency_ms: dict[str, float]
+    rss_mib: float = 0.0
 
     def lines(self) -> list[str]:
         """Return a short human report, one line per item."""
         out = [f"cosine[{i}] = {value:.6f}" for i, value in enumerate(self.cosines)]
-        out.append("latency_ms " + " ".join(f"{k}={v:.2f}" for k, v in self.latency_ms.items()))
+        out.append("latency_ms " + " ".join(f"{k}={v:.2f}" for k, v in self.latency_ms.items()
+                                            if k != "p90"))
+        out.append(f"rss_mib {self.rss_mib:.1f}")
         out.append(("PASS" if self.passed else "FAIL") + f": {self.reason}")
         return out
 
@@ -36,9 +39,21 @@ def cosines(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
-    """Return p50/p90/p99 of latency samples."""
-    values = np.percentile(np.asarray(samples_ms, dtype=np.float64), [50, 90, 99])
-    return {"p50": float(values[0]), "p90": float(values[1]), "p99": float(values[2])}
+    """Return p50/p90/p95/p99 of latency samples."""
+    values = np.percentile(np.asarray(samples_ms, dtype=np.float64), [50, 90, 95, 99])
+    return {name: float(value) for name, value in zip(("p50", "p90", "p95", "p99"), values)}
+
+
+def rss_mib() -> float:
+    """Return this process's VmRSS from /proc/self/status in MiB (0.0 if unknown)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
 
 
 def _timed(model, texts: list[str], runs: int) -> tuple[np.ndarray, list[float]]:
@@ -68,7 +83,7 @@ def selftest(model, runs: int = 3) -> SelftestResult:
     failed = [i for i, v in enumerate(values) if not v >= threshold]
     reason = (f"all {len(values)} golden texts have cosine >= {threshold}" if not failed else
               f"{len(failed)} of {len(values)} golden texts below {threshold}: index {failed}")
-    return SelftestResult(not failed, reason, values, threshold, percentiles(samples))
+    return SelftestResult(not failed, reason, values, threshold, percentiles(samples), rss_mib())
 
 
 def profile(model, lengths=(8, 16, 32, 64, 128, 256), runs: int = 10) -> list[dict]:

@@ -1,147 +1,150 @@
-"""HTTP service: load the model once, gate readiness on the selftest, embed under one lock."""
+"""HTTP front of the Service: routes, JSON errors, bearer token, per-connection timeouts."""
 
 from __future__ import annotations
 
 import json
 import logging
 import signal
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from edge_runtime.model import load
-from edge_runtime.selftest import selftest
+from edge_runtime.service import Service
+from edge_runtime.validate import ApiError, check_length, check_token, parse_texts
 
-__all__ = ["Service", "make_server", "serve", "MAX_BODY_BYTES", "MAX_TEXTS"]
+__all__ = ["Service", "make_server", "serve", "Handler"]
 
 log = logging.getLogger("edge_runtime")
-MAX_BODY_BYTES = 1 << 20
-MAX_TEXTS = 256
-
-
-class Service:
-    """The model, its readiness state and the lock every inference takes."""
-
-    def __init__(self, bundle_dir, threads=None, max_seq_len=None):
-        self.bundle_dir, self.threads, self.max_seq_len = bundle_dir, threads, max_seq_len
-        self.model = None
-        self.ready = False
-        self.status = "loading"
-        self.lock = threading.Lock()
-
-    def start(self) -> None:
-        """Load the bundle and run the selftest; set ready only if it passed."""
-        try:
-            started = time.perf_counter()
-            self.model = load(self.bundle_dir, threads=self.threads, max_seq_len=self.max_seq_len)
-            log.info("model_loaded bundle=%s seconds=%.3f", self.bundle_dir,
-                     time.perf_counter() - started)
-            with self.lock:
-                result = selftest(self.model)
-            self.ready, self.status = result.passed, result.reason
-            log.log(logging.INFO if result.passed else logging.ERROR,
-                    "selftest passed=%s min_seen=%.6f %s", result.passed,
-                    min(result.cosines, default=0.0), result.reason)
-        except Exception as error:  # the service stays up, not ready, and says why
-            self.status = f"load failed: {error}"
-            log.error("load_failed error=%s", error)
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        """Embed texts under the inference lock."""
-        with self.lock:
-            return self.model.embed(texts).tolist()
-
-
-class ApiError(Exception):
-    """An error answered as JSON with an HTTP status."""
-
-    def __init__(self, status: int, message: str, **extra):
-        super().__init__(message)
-        self.status = status
-        self.extra = extra
-
-
-def _texts(body: bytes) -> list[str]:
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ApiError(400, f"body is not valid JSON: {error}") from None
-    texts = data.get("texts") if isinstance(data, dict) else None
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise ApiError(400, 'expected {"texts": [string, ...]}')
-    if not 1 <= len(texts) <= MAX_TEXTS:
-        raise ApiError(400, f"texts must hold 1..{MAX_TEXTS} strings, got {len(texts)}")
-    return texts
+SOCKET_TIMEOUT_S = 10.0
+OPEN_ROUTES = ("/healthz", "/readyz")  # the host's health gate and probes need no token
 
 
 class Handler(BaseHTTPRequestHandler):
-    """Routes: GET /healthz, GET /readyz, POST /v1/embed."""
+    """Routes: GET /healthz /readyz /metrics /v1/info, POST /v1/embed."""
 
     service: Service
-    server_version = "edge_runtime/0.1"
+    server_version = "edge_runtime/0.2"
     protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT_S  # a slow or idle client loses its connection, nobody else waits
+    disable_nagle_algorithm = True  # small answers leave at once, not after a delayed ACK
 
-    def _send(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
+    def _send(self, status: int, body: bytes, ctype: str, headers=None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self._headers_buffer.append(b"\r\n")  # end_headers, sent with the body in one write
+        self.wfile.write(b"".join(self._headers_buffer) + body)
+        self._headers_buffer = []
+
+    def _json(self, status: int, payload: dict, headers=None) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json", headers)
 
     def _dispatch(self, routes: dict) -> None:
+        started, route, status = time.perf_counter(), self.path.split("?", 1)[0], 500
         try:
-            action = routes.get(self.path.split("?", 1)[0])
+            action = routes.get(route)
             if action is None:
+                route = "other"
                 raise ApiError(404, f"no route {self.command} {self.path}")
-            self._send(200, action())
+            if route not in OPEN_ROUTES:
+                check_token(self.headers.get("Authorization"), self.service.config.token)
+            status, payload = 200, action()
+            if isinstance(payload, str):
+                self._send(200, payload.encode(), "text/plain; version=0.0.4; charset=utf-8")
+            else:
+                self._json(200, payload)
         except ApiError as error:
+            status = error.status
             self.close_connection = True  # an unread request body must not leak into the next
-            self._send(error.status, {"error": str(error), **error.extra})
+            self._json(status, {"error": str(error), **error.extra}, error.headers)
         except Exception as error:
             log.exception("request_failed path=%s", self.path)
-            self._send(500, {"error": f"internal error: {error}"})
+            self.close_connection = True
+            self._json(500, {"error": f"internal error: {type(error).__name__}: {error}"})
+        finally:
+            self.service.metrics.request(self.command, route, status,
+                                         time.perf_counter() - started)
 
     def do_GET(self) -> None:
-        self._dispatch({"/healthz": lambda: {"status": "alive"}, "/readyz": self._readyz})
+        self._dispatch({"/healthz": lambda: {"status": "alive"}, "/readyz": self._readyz,
+                        "/metrics": self._metrics, "/v1/info": self.service.info})
 
     def do_POST(self) -> None:
         self._dispatch({"/v1/embed": self._embed})
 
     def _readyz(self) -> dict:
-        if not self.service.ready:
-            state = "loading" if self.service.status == "loading" else "failed"
-            raise ApiError(503, f"not ready: {self.service.status}", state=state)
-        return {"status": "ready", "detail": self.service.status}
+        service = self.service
+        if not service.ready:
+            state = "failed" if service.state == "failed" else "loading"
+            raise ApiError(503, f"not ready: {service.status}", state=state)
+        return {"status": "ready", "state": "ready", "detail": service.status,
+                "throttle": service.guard.state}
+
+    def _metrics(self) -> str:
+        return self.service.metrics.render(self.service.gauges())
 
     def _embed(self) -> dict:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise ApiError(411, "Content-Length required")
-        if int(length) > MAX_BODY_BYTES:
-            self.close_connection = True
-            raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
-        texts = _texts(self.rfile.read(int(length)))
-        if self.service.model is None:
-            raise ApiError(503, f"model not loaded: {self.service.status}")
+        limits = self.service.config.limits
+        length = check_length(self.headers.get("Content-Length"), limits.max_body_bytes)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            raise ApiError(408, f"body not received within {self.timeout} s") from None
+        if len(body) != length:
+            raise ApiError(400, f"body ended after {len(body)} of {length} bytes")
+        texts = parse_texts(body, limits)
         started = time.perf_counter()
         embeddings = self.service.embed(texts)
-        return {"embeddings": embeddings, "ms": (time.perf_counter() - started) * 1000.0}
+        return {"embeddings": embeddings.tolist(), "ms": (time.perf_counter() - started) * 1e3}
+
+    def send_error(self, code: int, message=None, explain=None) -> None:
+        """Answer protocol errors (bad request line, unknown method) as JSON too."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # unparsable request line: still send a status
+            self.request_version = "HTTP/1.0"
+        try:
+            self._json(code, {"error": message or explain or "bad request"})
+        except OSError:
+            pass
+
+    def handle_one_request(self) -> None:
+        """Handle one request; a client that stalls or hangs up only ends its own connection."""
+        try:
+            super().handle_one_request()
+        except (socket.timeout, ConnectionError) as error:
+            log.info("http_connection_dropped client=%s reason=%s", self.client_address[0],
+                     type(error).__name__)
+            self.close_connection = True
 
     def log_message(self, fmt: str, *args) -> None:
-        log.info("http %s %s", self.address_string(), fmt % args)
+        log.debug("http %s %s", self.address_string(), fmt % args)
+
+    def log_error(self, fmt: str, *args) -> None:
+        log.info("http_error %s %s", self.address_string(), fmt % args)
 
 
-def make_server(service: Service, host: str, port: int) -> ThreadingHTTPServer:
+class Server(ThreadingHTTPServer):
+    """A thread per connection, daemon threads, a listen backlog for bursts."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+
+def make_server(service: Service, host: str, port: int,
+                timeout_s: float = SOCKET_TIMEOUT_S) -> Server:
     """Bind the HTTP server for a service (port 0 picks a free port)."""
-    handler = type("BoundHandler", (Handler,), {"service": service})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    handler = type("BoundHandler", (Handler,), {"service": service, "timeout": timeout_s})
+    return Server((host, port), handler)
 
 
 def serve(service: Service, host: str, port: int) -> int:
-    """Listen, load the model in the background, serve until SIGTERM or SIGINT."""
+    """Place the process, listen, load in the background, serve until SIGTERM or SIGINT."""
+    service.place()
     server = make_server(service, host, port)
     log.info("listening host=%s port=%d", host, server.server_address[1])
 
@@ -156,5 +159,7 @@ def serve(service: Service, host: str, port: int) -> int:
         server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()
+        service.guard.stop()
         log.info("stopped")
     return 0
+

@@ -25,10 +25,20 @@ def test_embed_takes_bundle_from_config(tiny_bundle, run_cli, tmp_path):
     assert len(proc.stdout.split()) == edge_runtime.load(tiny_bundle).dim
 
 
+def test_batch_one_buffers_match_the_batch_path(tiny_bundle):
+    model = edge_runtime.load(tiny_bundle, threads=1)
+    for text in ["short", "a somewhat longer text to embed " * 3, "", "short"]:
+        fresh = model.infer(model.tokenize([text]))
+        reused = model.infer(model.tokenize_one(text))
+        np.testing.assert_array_equal(fresh, reused)
+    assert model.threads == 1
+
+
 def test_selftest_passes(tiny_bundle, run_cli):
     proc = run_cli("selftest", "--bundle", tiny_bundle, "--runs", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "PASS" in proc.stdout and "p50=" in proc.stdout
+    assert "PASS" in proc.stdout
+    assert all(word in proc.stdout for word in ("p50=", "p95=", "p99=", "rss_mib "))
 
 
 def test_selftest_fails_on_tampered_golden(tiny_bundle, run_cli, tmp_path):
@@ -53,3 +63,6 @@ def test_profile_prints_lengths(tiny_bundle, run_cli):
     proc = run_cli("profile", "--bundle", tiny_bundle, "--runs", "2")
     assert proc.returncode == 0, proc.stderr
     assert "load_seconds" in proc.stdout and "tokens" in proc.stdout
+    assert "top " in proc.stdout and "nodes by time" in proc.stdout
+    table = proc.stdout.split("nodes by time", 1)[1].splitlines()[1:]
+    assert table[0].split()[:3] == ["node", "op", "calls"] and len(table) > 3

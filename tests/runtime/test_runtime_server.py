@@ -84,7 +84,7 @@ def test_server_routes_and_sigterm(tiny_bundle, start_server):
         ("POST", "/v1/embed", "{not json", 400, "not valid JSON"),
         ("POST", "/v1/embed", json.dumps({"texts": "one"}), 400, "expected"),
         ("POST", "/v1/embed", json.dumps({"texts": [1, 2]}), 400, "expected"),
-        ("POST", "/v1/embed", json.dumps({"texts": []}), 400, "1..256"),
+        ("POST", "/v1/embed", json.dumps({"texts": []}), 400, "1..64"),
         ("GET", "/nope", None, 404, "no route"),
         ("POST", "/healthz", "{}", 404, "no route"),
     ]
@@ -121,3 +121,29 @@ def test_readyz_503_when_golden_check_fails(tiny_bundle, start_server, tmp_path)
     assert status == 503 and "not ready" in data["error"]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
+
+
+def test_affinity_and_threads_applied_and_reported(tiny_bundle, fake_sysfs, tmp_path):
+    """On this 2-core machine: affinity [0] pins the server to CPU 0 with one ORT thread."""
+    port = _free_port()
+    config = tmp_path / "runtime.yaml"
+    config.write_text(json.dumps({"port": port, "affinity": [0], "threads": 1, "spin": False,
+                                  "sysfs_root": str(fake_sysfs.root), "governor": "performance",
+                                  "target": "lab-01"}))
+    log = open(tmp_path / "server.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "serve", "--bundle",
+                             str(tiny_bundle), "--config", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait(port, "/readyz", 200)
+        status, _, info = _request(port, "GET", "/v1/info")
+        assert status == 200
+        assert (info["affinity"], info["threads"], info["spin"]) == ([0], 1, False)
+        assert info["target"] == "lab-01" and info["governor"]["drift"] == []
+        with open(f"/proc/{proc.pid}/status") as status_file:
+            allowed = [line for line in status_file if line.startswith("Cpus_allowed_list")]
+        assert allowed[0].split()[1] == "0"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        log.close()

@@ -14,8 +14,8 @@ from edge_runtime.selftest import cosines, percentiles
 @pytest.mark.parametrize("data, expected", [
     (None, RuntimeConfig()),
     ({}, RuntimeConfig()),
-    ({"threads": 4, "port": 8081, "host": "0.0.0.0", "log_level": "INFO"},
-     RuntimeConfig(threads=4, port=8081, host="0.0.0.0", log_level="info")),
+    ({"threads": 4, "port": 8081, "host": "0.0.0.0", "log_level": "INFO", "token": "s3cret"},
+     RuntimeConfig(threads=4, port=8081, host="0.0.0.0", log_level="info", token="s3cret")),
     ({"threads": None, "max_seq_len": 128, "release": 20240101},
      RuntimeConfig(max_seq_len=128, release="20240101")),
 ])

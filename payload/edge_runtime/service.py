@@ -1,0 +1,173 @@
+"""The running service: placement, model, selftest gate, inference worker, thermal guard, info."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import re
+import time
+
+from edge_runtime.config import RuntimeConfig
+from edge_runtime.metrics import Metrics
+from edge_runtime.model import load, read_meta
+from edge_runtime.selftest import rss_mib, selftest
+from edge_runtime.sysfs import Sysfs, governor_drift
+from edge_runtime.thermal import HARD, SOFT, STATES, ThermalGuard
+from edge_runtime.tuning import place
+from edge_runtime.validate import ApiError
+from edge_runtime.worker import InferenceWorker, QueueFull
+
+__all__ = ["Service", "release_id", "rss_bytes"]
+
+log = logging.getLogger("edge_runtime")
+RELEASE_PATH = re.compile(r"/releases/([^/]+)/bundle/?$")
+WAIT_S = 60.0
+
+
+def release_id(bundle_dir) -> str | None:
+    """Return <id> when the bundle resolves to .../releases/<id>/bundle, else None."""
+    match = RELEASE_PATH.search(os.path.realpath(str(bundle_dir)))
+    return match.group(1) if match else None
+
+
+def rss_bytes() -> int:
+    """Return this process's resident set size in bytes (0 if unknown)."""
+    return int(rss_mib() * 1024 * 1024)
+
+
+def _malloc_trim() -> None:
+    """Hand memory freed while loading (the parsed ONNX protobuf) back to the OS (glibc only)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class Service:
+    """The model, its readiness ("loading" | "ready" | "failed") and everything around it."""
+
+    def __init__(self, bundle_dir, config: RuntimeConfig | None = None, threads=None,
+                 max_seq_len=None):
+        self.bundle_dir, self.config = bundle_dir, config or RuntimeConfig()
+        self.threads, self.max_seq_len = threads, max_seq_len or self.config.max_seq_len
+        self.model = None
+        self.state, self.status = "loading", "loading"
+        self.placement = None
+        self.started = time.monotonic()
+        self.sysfs = Sysfs(self.config.sysfs_root)
+        self.guard = ThermalGuard(self.sysfs, self.config.thermal)
+        self.metrics = Metrics()
+        self.worker = InferenceWorker(self._run, self.config.limits.queue_depth,
+                                      observe=self.metrics.inferred, spacing=self._spacing)
+
+    @property
+    def ready(self) -> bool:
+        """Return True once the model is loaded and the selftest passed."""
+        return self.state == "ready"
+
+    def place(self) -> None:
+        """Apply affinity and nice; call from the main thread before any other thread starts.
+
+        sched_setaffinity(0) pins the calling thread; threads started later inherit it.
+        """
+        self.placement = place(self.config, self.threads)
+
+    def start(self, poll: bool = True) -> None:
+        """Place (unless done), load, selftest, then start the worker and the guard's thread."""
+        try:
+            if self.placement is None:
+                self.place()
+            self.guard.start() if poll else self.guard.tick()
+            started = time.perf_counter()
+            self.model = load(self.bundle_dir, threads=self.placement.threads,
+                              max_seq_len=self.max_seq_len, spin=self.placement.spin)
+            log.info("model_loaded bundle=%s seconds=%.3f", self.bundle_dir,
+                     time.perf_counter() - started)
+            result = selftest(self.model)
+            gc.collect()
+            gc.freeze()  # the model's objects live forever: keep them out of every GC pass
+            _malloc_trim()
+            if result.passed:
+                self.worker.start()
+            self.state = "ready" if result.passed else "failed"
+            self.status = result.reason
+            log.log(logging.INFO if result.passed else logging.ERROR,
+                    "selftest passed=%s min_seen=%.6f %s rss_mib=%.1f", result.passed,
+                    min(result.cosines, default=0.0), result.reason, rss_bytes() / 2**20)
+        except Exception as error:  # the service stays up, not ready, and says why
+            self.state, self.status = "failed", f"load failed: {error}"
+            log.error("load_failed error=%s", error)
+
+    def _run(self, texts):
+        return self.model.embed(texts)
+
+    def _spacing(self, took_s: float) -> float:
+        return took_s if self.guard.state == SOFT else 0.0
+
+    def embed(self, texts: list[str]):
+        """Queue texts for the worker and wait; 503 when not ready, too hot or the queue is full."""
+        if not self.ready:
+            raise ApiError(503, f"not ready: {self.status}", state=self.state)
+        if self.guard.state == HARD:
+            retry = self.guard.retry_after_s
+            raise ApiError(503, f"too hot ({self.guard.hottest()} °C): refusing new work",
+                           headers={"Retry-After": str(retry)}, throttle=HARD)
+        try:
+            future = self.worker.submit(texts)
+        except QueueFull as error:
+            raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
+        return future.result(timeout=WAIT_S)
+
+    def info(self) -> dict:
+        """Return bundle, release, placement, governors with drift, temperatures, throttle."""
+        policies = self.sysfs.policies()
+        try:
+            bundle = read_meta(self.bundle_dir).get("name")
+        except ValueError:
+            bundle = None
+        placement = self.placement
+        return {
+            "bundle": bundle or os.path.basename(os.path.normpath(str(self.bundle_dir))),
+            "bundle_dir": str(self.bundle_dir),
+            "release": release_id(self.bundle_dir) or self.config.release,
+            "target": self.config.target,
+            "state": self.state,
+            "threads": placement.threads if placement else None,
+            "affinity": list(placement.affinity) if placement else None,
+            "spin": placement.spin if placement else self.config.spin,
+            "nice": placement.nice if placement else None,
+            "tuning_warnings": list(placement.warnings) if placement else [],
+            "governor": {"wanted": self.config.governor,
+                         "policies": {p.name: {"governor": p.governor, "cpus": list(p.cpus),
+                                               "cur_khz": p.cur_khz, "max_khz": p.max_khz}
+                                      for p in policies},
+                         "drift": governor_drift(policies, self.config.governor)},
+            "temperatures": {z.name: {"type": z.type, "temp_c": z.temp_c}
+                             for z in self.guard.zones},
+            "throttle": {"state": self.guard.state, "soft_c": self.config.thermal.soft_c,
+                         "hard_c": self.config.thermal.hard_c},
+            "queue_depth": self.worker.depth,
+            "rss_bytes": rss_bytes(),
+            "uptime_s": round(time.monotonic() - self.started, 3),
+        }
+
+    def gauges(self) -> list:
+        """Return the gauges for /metrics: queue, temperatures, throttle, governor drift."""
+        policies = self.sysfs.policies()
+        drift = set(governor_drift(policies, self.config.governor))
+        return [
+            ("edge_queue_depth", "Inference jobs waiting or running.", [({}, self.worker.depth)]),
+            ("edge_ready", "1 when the model is loaded and the selftest passed.",
+             [({}, int(self.ready))]),
+            ("edge_temperature_celsius", "Thermal zone temperature.",
+             [({"zone": z.name, "type": z.type}, z.temp_c) for z in self.guard.zones
+              if z.temp_c is not None]),
+            ("edge_throttle_state", "1 for the thermal guard's current state.",
+             [({"state": s}, int(s == self.guard.state)) for s in STATES]),
+            ("edge_governor_drift", "1 when a cpufreq policy's governor differs from config.",
+             [({"policy": p.name, "governor": p.governor or "", "wanted":
+                self.config.governor or ""}, int(p.name in drift)) for p in policies]),
+            ("edge_resident_memory_bytes", "Resident set size.", [({}, rss_bytes())]),
+        ]

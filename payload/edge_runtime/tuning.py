@@ -1,0 +1,86 @@
+"""Place the process at start-up: CPU affinity, nice value, and the thread count to match."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+__all__ = ["Placement", "apply_affinity", "apply_nice", "place"]
+
+log = logging.getLogger("edge_runtime")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What start-up achieved: CPUs the process runs on, ORT threads, spinning, nice value."""
+
+    affinity: tuple[int, ...]
+    threads: int
+    spin: bool
+    nice: int
+    warnings: tuple[str, ...] = ()
+
+
+def _existing_cpus() -> set[int]:
+    return set(range(os.cpu_count() or 1))
+
+
+def apply_affinity(cpus, existing=None) -> tuple[tuple[int, ...], str | None]:
+    """Pin the process to cpus that exist; return (CPUs now allowed, warning or None)."""
+    current = tuple(sorted(os.sched_getaffinity(0)))
+    if not cpus:
+        return current, None
+    existing = _existing_cpus() if existing is None else set(existing)
+    usable = tuple(cpu for cpu in cpus if cpu in existing)
+    missing = [cpu for cpu in cpus if cpu not in existing]
+    warning = None
+    if missing:
+        warning = (f"affinity: CPUs {missing} do not exist on this machine "
+                   f"(it has {sorted(existing)}); using {list(usable) or 'all allowed CPUs'}")
+    if not usable:
+        return current, warning
+    try:
+        os.sched_setaffinity(0, usable)
+    except OSError as error:
+        return current, f"affinity: sched_setaffinity({list(usable)}) failed: {error}"
+    return tuple(sorted(os.sched_getaffinity(0))), warning
+
+
+def apply_nice(nice) -> tuple[int, str | None]:
+    """Set the process's nice value; return (nice now in effect, warning or None)."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice is None or nice == current:
+        return current, None
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except PermissionError:
+        return current, (f"nice: not permitted to set {nice} (needs CAP_SYS_NICE); "
+                         f"carrying on at {current}")
+    except OSError as error:
+        return current, f"nice: setpriority({nice}) failed: {error}; carrying on at {current}"
+    return os.getpriority(os.PRIO_PROCESS, 0), None
+
+
+def place(config, threads=None) -> Placement:
+    """Apply affinity and nice from config; pick the ORT thread count; log each warning once.
+
+    threads (a CLI flag) wins over config.threads; without either, one thread per allowed CPU.
+    When CPUs of the affinity list are missing, threads shrinks to the CPUs actually pinned.
+    """
+    warnings = []
+    affinity, warning = apply_affinity(config.affinity)
+    if warning:
+        warnings.append(warning)
+    nice, warning = apply_nice(config.nice)
+    if warning:
+        warnings.append(warning)
+    chosen = threads or config.threads or len(affinity)
+    if config.affinity and len(affinity) < chosen and set(affinity) < set(config.affinity):
+        warnings.append(f"threads: {chosen} -> {len(affinity)} to match the CPUs pinned")
+        chosen = len(affinity)
+    for text in warnings:
+        log.warning("tuning %s", text)
+    log.info("placement affinity=%s threads=%d spin=%s nice=%d", list(affinity), chosen,
+             config.spin, nice)
+    return Placement(affinity, chosen, config.spin, nice, tuple(warnings))

@@ -1,0 +1,64 @@
+"""Check HTTP request bodies and headers against the limits; raise ApiError with a status."""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+__all__ = ["ApiError", "parse_texts", "check_length", "check_token"]
+
+
+class ApiError(Exception):
+    """An error answered as JSON with an HTTP status (and optional headers and fields)."""
+
+    def __init__(self, status: int, message: str, headers=None, **extra):
+        super().__init__(message)
+        self.status, self.headers, self.extra = status, dict(headers or {}), extra
+
+
+def check_length(header: str | None, max_body_bytes: int) -> int:
+    """Return the declared body length; 411 when missing or not a number, 413 over the limit."""
+    if header is None or not header.strip().isdigit():
+        raise ApiError(411, "Content-Length required (a decimal number)")
+    length = int(header.strip())
+    if length > max_body_bytes:
+        raise ApiError(413, f"body larger than {max_body_bytes} bytes ({length})")
+    return length
+
+
+def check_token(authorization: str | None, token: str | None) -> None:
+    """Raise 401 unless a token is configured and the header carries it as a bearer token."""
+    if not token:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                             token.encode()):
+        raise ApiError(401, "missing or wrong bearer token",
+                       headers={"WWW-Authenticate": 'Bearer realm="edge_runtime"'})
+
+
+def parse_texts(body: bytes, limits) -> list[str]:
+    """Parse {"texts": [str, ...]} within limits; 400 for bad UTF-8, JSON or types, 413 for size."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ApiError(400, f"body is not valid UTF-8: {error}") from None
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise ApiError(400, f"body is not valid JSON: {error}") from None
+    texts = data.get("texts") if isinstance(data, dict) else None
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, 'expected {"texts": [string, ...]}')
+    if not texts:
+        raise ApiError(400, f"texts must hold 1..{limits.max_texts} strings, got 0")
+    if len(texts) > limits.max_texts:
+        raise ApiError(413, f"texts must hold 1..{limits.max_texts} strings, got {len(texts)}")
+    longest = max(len(text) for text in texts)
+    if longest > limits.max_text_chars:
+        raise ApiError(413, f"a text is longer than {limits.max_text_chars} characters "
+                            f"({longest})")
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
+            raise ApiError(400, "a text holds an unpaired surrogate (not valid Unicode)") from None
+    return texts

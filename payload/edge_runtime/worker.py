@@ -1,0 +1,75 @@
+"""One inference thread fed by a bounded queue; a full queue refuses work at once."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+
+__all__ = ["InferenceWorker", "QueueFull"]
+
+log = logging.getLogger("edge_runtime")
+
+
+class QueueFull(Exception):
+    """The queue holds queue_depth jobs already."""
+
+
+class InferenceWorker:
+    """Run run(job) for queued jobs on one thread; spacing() returns the idle time after each.
+
+    observe(seconds) is called with each job's run time (for metrics); spacing(seconds) lets the
+    thermal guard stretch the gap between jobs.
+    """
+
+    def __init__(self, run, depth: int, observe=lambda s: None, spacing=lambda s: 0.0):
+        self.run, self.observe, self.spacing = run, observe, spacing
+        self.jobs: queue.Queue = queue.Queue(maxsize=depth)
+        self.busy = False
+        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
+
+    @property
+    def depth(self) -> int:
+        """Return the number of jobs waiting or running."""
+        return self.jobs.qsize() + (1 if self.busy else 0)
+
+    def start(self) -> "InferenceWorker":
+        """Start the worker thread."""
+        self._thread.start()
+        return self
+
+    def submit(self, job) -> Future:
+        """Queue a job; raise QueueFull when the queue is full."""
+        future: Future = Future()
+        try:
+            self.jobs.put_nowait((job, future))
+        except queue.Full:
+            raise QueueFull(f"inference queue full ({self.jobs.maxsize} waiting)") from None
+        return future
+
+    def stop(self) -> None:
+        """Ask the worker to finish after the jobs queued so far."""
+        self.jobs.put((None, None))
+
+    def _loop(self) -> None:
+        while True:
+            job, future = self.jobs.get()
+            if future is None:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            self.busy = True
+            started = time.perf_counter()
+            try:
+                future.set_result(self.run(job))
+            except BaseException as error:  # the worker outlives any one job
+                future.set_exception(error)
+            finally:
+                took = time.perf_counter() - started
+                self.busy = False
+                self.observe(took)
+            gap = self.spacing(took)
+            if gap > 0:
+                time.sleep(gap)

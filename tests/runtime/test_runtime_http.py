@@ -1,0 +1,240 @@
+"""The HTTP service in-process on 127.0.0.1: bad input, token, thermal 503, queue, load."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from edge_runtime.config import parse_config
+from edge_runtime.server import Service, make_server
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def raw(port, data: bytes, timeout=10.0, shut=False):
+    """Send bytes on a fresh connection; return (status, headers, parsed JSON or text)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        if shut:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+            length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")]
+            if length and len(body) >= length[0]:
+                break
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    text = body.decode()
+    parsed = json.loads(text) if headers.get("content-type") == "application/json" else text
+    return int(lines[0].split()[1]), headers, parsed
+
+
+def request(port, method, path, body=b"", headers=None):
+    """Send one well-formed HTTP/1.1 request (Connection: close)."""
+    if isinstance(body, str):
+        body = body.encode()
+    lines = [f"{method} {path} HTTP/1.1", "Host: test", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if method == "POST" and "Content-Length" not in (headers or {}):
+        lines.append(f"Content-Length: {len(body)}")
+    return raw(port, ("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
+
+def embed(port, texts, headers=None):
+    return request(port, "POST", "/v1/embed", json.dumps({"texts": texts}), headers)
+
+
+@pytest.fixture
+def serve(tiny_bundle, fake_sysfs):
+    """Start a Service + server on a free port with runtime.yaml overrides; yield a factory."""
+    running = []
+
+    def start(timeout_s=10.0, **overrides):
+        config = parse_config({"sysfs_root": str(fake_sysfs.root), "threads": 1,
+                               "thermal": {"soft_c": 75.0, "hard_c": 85.0, "poll_s": 0.5},
+                               **overrides})
+        service = Service(tiny_bundle, config)
+        service.start(poll=False)  # tests drive the thermal guard with tick()
+        assert service.ready, service.status
+        server = make_server(service, "127.0.0.1", 0, timeout_s=timeout_s)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        running.append(server)
+        return service, server.server_address[1]
+
+    yield start
+    for server in running:
+        server.shutdown()
+        server.server_close()
+
+
+LIMITS = {"limits": {"max_body_bytes": 4096, "max_texts": 4, "max_text_chars": 50,
+                     "queue_depth": 4}}
+POST = b"POST /v1/embed HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+
+
+def post(body: bytes) -> bytes:
+    """Return a raw POST /v1/embed with a correct Content-Length."""
+    return POST + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+BAD_INPUT = [  # (name, raw request, status, words in the error)
+    ("not json", post(b"{not json"), 400, "not valid JSON"),
+    ("invalid utf-8", post(b'{"texts":["\xff"]}'), 400, "UTF-8"),
+    ("top-level list", post(b'["x"]'), 400, "expected"),
+    ("texts a string", post(b'{"texts":"x"}'), 400, "expected"),
+    ("texts numbers", post(b'{"texts":[1]}'), 400, "expected"),
+    ("texts empty", post(b'{"texts":[]}'), 400, "got 0"),
+    ("lone surrogate", post(b'{"texts":["\\ud800"]}'), 400,
+     "surrogate"),
+    ("too many texts", post(b'{"texts":["a","b","c","d","e"]}'),
+     413, "1..4 strings, got 5"),
+    ("text too long", post(b'{"texts":["' + b"x" * 53 + b'"]}'),
+     413, "longer than 50"),
+    ("body too large", POST + b"Content-Length: 5000\r\n\r\n{}", 413, "larger than 4096"),
+    ("no length", POST + b"\r\n", 411, "Content-Length required"),
+    ("length not a number", POST + b"Content-Length: ten\r\n\r\n", 411, "Content-Length"),
+    ("deep nesting", post(b"[" * 3000), 400, "not valid JSON"),
+    ("unknown route", b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n", 404, "no route"),
+    ("wrong method", b"PUT /v1/embed HTTP/1.1\r\nHost: t\r\n\r\n", 501, "Unsupported method"),
+    ("garbage request line", b"\x00\x01garbage\r\n\r\n", 400, "request"),
+    ("bad http version", b"GET / HTTP/9.9\r\n\r\n", 505, "version"),
+]
+
+
+def test_bad_input_each_case_then_still_serving(serve):
+    _, port = serve(**LIMITS)
+    for name, data, status, words in BAD_INPUT:
+        got, headers, body = raw(port, data)
+        assert (got, headers["content-type"]) == (status, "application/json"), name
+        assert words.lower() in body["error"].lower(), (name, body)
+    # a body shorter than declared, then the client half-closes
+    got, _, body = raw(port, POST + b"Content-Length: 100\r\n\r\n{\"te", shut=True)
+    assert got == 400 and "ended after 4 of 100" in body["error"]
+    assert embed(port, ["still fine"])[0] == 200
+    assert request(port, "GET", "/healthz")[0] == 200
+
+
+def test_slow_client_does_not_block_others(serve):
+    _, port = serve(timeout_s=0.5)
+    slow = socket.create_connection(("127.0.0.1", port))
+    slow.sendall(b"POST /v1/embed HTTP/1.1\r\nContent-Length: 50\r\n\r\n{")  # then stalls
+    idle = socket.create_connection(("127.0.0.1", port))  # sends nothing at all
+    started = time.monotonic()
+    assert embed(port, ["meanwhile"])[0] == 200
+    assert time.monotonic() - started < 0.5
+    slow.settimeout(5)
+    assert b" 408 " in slow.recv(4096)  # the stalled body times out with a JSON 408
+    idle.settimeout(5)
+    assert idle.recv(4096) == b""  # the idle connection is closed by the server
+    slow.close()
+    idle.close()
+
+
+def test_token_required_except_probes(serve):
+    _, port = serve(host="0.0.0.0", token="s3cret")
+    assert embed(port, ["x"])[0] == 401
+    assert embed(port, ["x"], {"Authorization": "Bearer wrong"})[0] == 401
+    status, headers, _ = request(port, "GET", "/metrics")
+    assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+    assert embed(port, ["x"], {"Authorization": "Bearer s3cret"})[0] == 200
+    assert request(port, "GET", "/v1/info", headers={"Authorization": "Bearer s3cret"})[0] == 200
+    assert request(port, "GET", "/healthz")[0] == 200
+    assert request(port, "GET", "/readyz")[0] == 200
+
+
+def test_thermal_soft_hard_503_then_recovery(serve, fake_sysfs):
+    service, port = serve()
+    steps = [(45.0, "ok", 200), (80.0, "soft", 200), (90.0, "hard", 503), (80.0, "hard", 503),
+             (70.0, "ok", 200)]
+    for temp, state, status in steps:
+        fake_sysfs.zone(0, temp)
+        assert service.guard.tick() == state
+        got, headers, body = embed(port, ["warm"])
+        assert got == status, temp
+        if status == 503:
+            assert body["throttle"] == "hard" and int(headers["retry-after"]) >= 1
+        metrics = request(port, "GET", "/metrics")[2]
+        assert f'edge_throttle_state{{state="{state}"}} 1' in metrics
+        assert f'edge_temperature_celsius{{zone="thermal_zone0",type="cpu-thermal"}} {temp}' \
+            in metrics
+    fake_sysfs.zone(0, 80.0)
+    service.guard.tick()
+    assert service._spacing(0.01) == 0.01  # soft: idle as long as the inference took
+
+
+def test_queue_full_gives_503(serve):
+    service, port = serve(limits={"queue_depth": 1})
+    gate = threading.Event()
+    real_run = service.worker.run
+    service.worker.run = lambda texts: (gate.wait(10), real_run(texts))[1]
+    running = service.worker.submit(["a"])
+    while not service.worker.busy:
+        time.sleep(0.001)
+    queued = service.worker.submit(["b"])
+    status, headers, body = embed(port, ["c"])
+    assert status == 503 and "queue full" in body["error"] and headers["retry-after"] == "1"
+    assert 'edge_queue_depth 2' in request(port, "GET", "/metrics")[2]
+    gate.set()
+    assert running.result(10).shape[0] == queued.result(10).shape[0] == 1
+    assert embed(port, ["d"])[0] == 200
+
+
+def test_info_and_governor_drift(serve, fake_sysfs):
+    fake_sysfs.policy(1, cpus="1", governor="powersave")
+    service, port = serve()
+    status, _, info = request(port, "GET", "/v1/info")
+    assert status == 200 and info["state"] == "ready" and info["threads"] == 1
+    assert info["bundle"] and info["release"] is None
+    assert info["governor"]["drift"] == ["policy1"]
+    assert info["governor"]["policies"]["policy0"]["governor"] == "performance"
+    assert info["temperatures"]["thermal_zone0"] == {"type": "cpu-thermal", "temp_c": 45.0}
+    assert info["throttle"]["state"] == "ok"
+    metrics = request(port, "GET", "/metrics")[2]
+    assert 'edge_governor_drift{policy="policy1",governor="powersave",wanted="performance"} 1' \
+        in metrics
+    assert 'edge_governor_drift{policy="policy0",governor="performance",wanted="performance"} 0' \
+        in metrics
+
+
+def test_release_id_from_path(tmp_path, tiny_bundle):
+    import shutil
+
+    from edge_runtime.service import release_id
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "releases" / "20261125-abc123" / "bundle")
+    (tmp_path / "current").symlink_to(tmp_path / "releases" / "20261125-abc123")
+    assert release_id(tmp_path / "current" / "bundle") == "20261125-abc123"
+    assert release_id(bundle) == "20261125-abc123"
+    assert release_id(tiny_bundle) is None
+
+
+def test_concurrent_load_on_loopback(serve):
+    _, port = serve()
+    results, clients, per_client = [], 4, 12
+
+    def client(index):
+        for n in range(per_client):
+            results.append(embed(port, [f"client {index} request {n}"])[0])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == [200] * clients * per_client
+    metrics = request(port, "GET", "/metrics")[2]
+    assert (f'edge_requests_total{{method="POST",route="/v1/embed",status="200"}} '
+            f'{clients * per_client}') in metrics
+    assert f"edge_inference_seconds_count {clients * per_client + 0}" in metrics \
+        or "edge_inference_seconds_count" in metrics
+    assert 'edge_request_seconds_bucket{route="/v1/embed",le="+Inf"}' in metrics

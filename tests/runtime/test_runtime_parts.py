@@ -1,0 +1,142 @@
+"""Tuning (affinity, nice), the inference worker, metrics text and request validation."""
+
+import os
+import threading
+
+import pytest
+
+from edge_runtime import tuning
+from edge_runtime.config import LimitsConfig, parse_config
+from edge_runtime.metrics import Histogram, Metrics, sample
+from edge_runtime.validate import ApiError, check_length, check_token, parse_texts
+from edge_runtime.worker import InferenceWorker, QueueFull
+
+
+@pytest.fixture
+def restore_affinity():
+    before = os.sched_getaffinity(0)
+    yield
+    os.sched_setaffinity(0, before)
+
+
+@pytest.mark.parametrize("wanted, applied, warns", [
+    ([0], (0,), False),
+    ([0, 4096 - 1], (0,), True),          # a CPU this 2-core machine does not have
+    ([], None, False),                    # [] leaves the affinity as it is
+])
+def test_apply_affinity(restore_affinity, wanted, applied, warns):
+    before = tuple(sorted(os.sched_getaffinity(0)))
+    got, warning = tuning.apply_affinity(wanted)
+    assert got == (applied or before)
+    assert tuple(sorted(os.sched_getaffinity(0))) == got
+    assert (warning is not None) == warns
+    if warns:
+        assert "do not exist" in warning
+
+
+def test_place_pins_and_sizes_threads(restore_affinity, caplog):
+    config = parse_config({"affinity": [0, 63], "threads": 2})
+    placement = tuning.place(config)
+    assert placement.affinity == (0,) and placement.threads == 1
+    assert len(placement.warnings) == 2  # missing CPU, threads shrunk
+    assert os.sched_getaffinity(0) == {0}
+
+
+def test_nice_not_permitted_warns_once_and_carries_on(monkeypatch, caplog):
+    def refuse(*_):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(tuning.os, "setpriority", refuse)
+    placement = tuning.place(parse_config({"nice": -5}))
+    assert placement.nice == os.getpriority(os.PRIO_PROCESS, 0)
+    assert [r.getMessage() for r in caplog.records if "nice" in r.getMessage()
+            and r.levelname == "WARNING"] == [
+        f"tuning nice: not permitted to set -5 (needs CAP_SYS_NICE); carrying on at "
+        f"{placement.nice}"]
+
+
+def test_worker_runs_in_order_and_refuses_when_full():
+    gate, seen = threading.Event(), []
+
+    def run(job):
+        gate.wait(5)
+        seen.append(job)
+        if job == "boom":
+            raise RuntimeError("boom")
+        return job.upper()
+
+    worker = InferenceWorker(run, depth=1).start()
+    first = worker.submit("a")
+    while not worker.busy:
+        pass
+    second = worker.submit("boom")
+    with pytest.raises(QueueFull):
+        worker.submit("c")
+    assert worker.depth == 2
+    gate.set()
+    assert first.result(5) == "A"
+    with pytest.raises(RuntimeError):
+        second.result(5)
+    assert worker.submit("d").result(5) == "D"  # the worker survived the failing job
+    assert seen == ["a", "boom", "d"]
+    worker.stop()
+
+
+def test_histogram_and_metrics_text():
+    histogram = Histogram(buckets=(0.01, 0.1))
+    for seconds in (0.005, 0.05, 0.5):
+        histogram.observe(seconds)
+    assert histogram.lines("x", {"route": "/a"}) == [
+        'x_bucket{route="/a",le="0.01"} 1', 'x_bucket{route="/a",le="0.1"} 2',
+        'x_bucket{route="/a",le="+Inf"} 3', 'x_sum{route="/a"} 0.555', 'x_count{route="/a"} 3']
+    metrics = Metrics()
+    metrics.request("POST", "/v1/embed", 200, 0.02)
+    text = metrics.render([("g", "a gauge", [({"zone": 'we"ird'}, 1.5)])])
+    assert 'edge_requests_total{method="POST",route="/v1/embed",status="200"} 1' in text
+    assert 'g{zone="we\\"ird"} 1.5' in text and text.endswith("\n")
+    assert sample("n", None, 3) == "n 3"
+
+
+LIMITS = LimitsConfig(max_body_bytes=100, max_texts=2, max_text_chars=5)
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b'{"texts": ["ok"]}', None, None),
+    (b"{not json", 400, "not valid JSON"),
+    (b'{"texts": ["\xff"]}', 400, "not valid UTF-8"),
+    (b'["x"]', 400, "expected"),
+    (b'{"texts": "x"}', 400, "expected"),
+    (b'{"texts": [1]}', 400, "expected"),
+    (b'{"texts": []}', 400, "got 0"),
+    (b'{"texts": ["a", "b", "c"]}', 413, "1..2 strings, got 3"),
+    (b'{"texts": ["abcdef"]}', 413, "longer than 5"),
+    (b'{"texts": ["\\ud800"]}', 400, "unpaired surrogate"),
+    (b"[" * 100000, 400, "not valid JSON"),
+])
+def test_parse_texts(body, status, message):
+    if status is None:
+        assert parse_texts(body, LIMITS) == ["ok"]
+        return
+    with pytest.raises(ApiError, match=message) as error:
+        parse_texts(body, LIMITS)
+    assert error.value.status == status
+
+
+@pytest.mark.parametrize("header, status", [(None, 411), ("abc", 411), ("-1", 411), ("101", 413)])
+def test_check_length(header, status):
+    with pytest.raises(ApiError) as error:
+        check_length(header, 100)
+    assert error.value.status == status
+
+
+@pytest.mark.parametrize("header, token, ok", [
+    (None, None, True), ("Bearer s3cret", "s3cret", True), ("bearer s3cret", "s3cret", True),
+    (None, "s3cret", False), ("Bearer nope", "s3cret", False), ("Basic s3cret", "s3cret", False),
+])
+def test_check_token(header, token, ok):
+    if ok:
+        check_token(header, token)
+    else:
+        with pytest.raises(ApiError) as error:
+            check_token(header, token)
+        assert error.value.status == 401 and "WWW-Authenticate" in error.value.headers
