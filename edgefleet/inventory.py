@@ -1,63 +1,31 @@
 """Load the inventory (boards, groups, devices) into typed, validated targets.
 
-Values resolve board profile -> groups (in the order the device lists them) -> device; later
-wins, dicts merge key by key. Every error names the file and the key.
+Values resolve board profile -> groups (parents before children, in the order the device
+lists them) -> device; later wins, dicts merge key by key. Every error names the file, the
+line and the key. Ansible YAML inventories (a top-level `all:`) are read too (edgefleet.ansible).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = [
-    "InventoryError",
-    "Inventory",
-    "Target",
-    "Settings",
-    "load_inventory",
-]
+from .settings import SETTING_KEYS, Settings
+from .yamlsrc import Document, Origin, SourceError, layer_origins, read_document
+
+__all__ = ["InventoryError", "Inventory", "Target", "Settings", "Origin", "load_inventory", "merge"]
 
 
 class InventoryError(Exception):
-    """The inventory is invalid; the message names the file and the key."""
+    """The inventory is invalid; the message names the file, the line and the key."""
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RuntimeSettings(_Strict):
-    threads: int | None = Field(default=None, ge=1, le=256)
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
-    max_seq_len: int | None = Field(default=None, ge=8, le=8192)
-    token: str | None = None
-
-
-class HealthSettings(_Strict):
-    ready_timeout_s: float = Field(default=120.0, gt=0)
-    latency_budget_ms: float | None = Field(default=None, gt=0)
-
-
-class Settings(_Strict):
-    """Everything a board, a group or a device may set."""
-
-    arch: Literal["arm64", "amd64"]
-    python: str = Field(pattern=r"^3\.\d+$")
-    root: str = "/opt/edgefleet"
-    service_user: str = Field(default="edgefleet", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
-    sudo: bool = False
-    big_cores: list[int] = Field(default_factory=list)
-    runtime: RuntimeSettings = RuntimeSettings()
-    health: HealthSettings = HealthSettings()
-    emulated: bool = False
-
-
-SETTING_KEYS = set(Settings.model_fields)
 
 
 class BoardFile(_Strict):
@@ -70,6 +38,7 @@ class BoardFile(_Strict):
 class GroupEntry(_Strict):
     description: str = ""
     vars: dict[str, Any] = Field(default_factory=dict)
+    children: list[str] = Field(default_factory=list)
 
 
 class DeviceEntry(_Strict):
@@ -85,7 +54,7 @@ class DeviceEntry(_Strict):
 
 
 class InventoryFile(_Strict):
-    groups: dict[str, GroupEntry] = Field(default_factory=dict)
+    groups: dict[str, GroupEntry | None] = Field(default_factory=dict)
     devices: dict[str, DeviceEntry] = Field(default_factory=dict)
 
 
@@ -96,11 +65,12 @@ class Board:
     cpu: str
     cores: int
     settings: dict[str, Any]
+    doc: Document | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Target:
-    """One device, with every value resolved."""
+    """One device, with every value resolved and where each value came from."""
 
     name: str
     board: Board
@@ -112,6 +82,7 @@ class Target:
     groups: tuple[str, ...]
     settings: Settings
     source: Path
+    origins: dict[tuple[str, ...], Origin] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass
@@ -128,43 +99,56 @@ class Inventory:
             raise InventoryError(f"unknown target {name!r} (known: {known})") from None
 
     def group(self, name: str) -> list[Target]:
-        """Return the targets in group `name`, sorted by name."""
+        """Return the targets in group `name` (directly or through child groups), sorted by name."""
         if name not in self.groups:
             known = ", ".join(sorted(self.groups)) or "none"
             raise InventoryError(f"unknown group {name!r} (known: {known})")
         return [t for _, t in sorted(self.targets.items()) if name in t.groups]
 
 
-def _read_yaml(path: Path) -> Any:
+def _read(path: Path) -> Document:
     try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InventoryError(f"{path}: not valid YAML: {exc}") from None
+        return read_document(path)
+    except SourceError as exc:
+        raise InventoryError(str(exc)) from None
 
 
-def _explain(path: Path, exc: ValidationError, prefix: str = "") -> InventoryError:
+def _errors(doc: Document, exc: ValidationError, base: tuple = (), origins: dict | None = None) -> InventoryError:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
-        key = f"{prefix}.{key}" if prefix and key else (prefix or key)
+        loc = tuple(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        named = re.match(r"([a-z_]+(?:\.[a-z_]+)*) ", msg)  # a model check names its key first
+        if named and origins is not None and loc + tuple(named.group(1).split(".")) in origins:
+            loc = loc + tuple(named.group(1).split("."))
+        key = ".".join(base + loc)
+        where = doc.where(*base, *loc)
+        if origins is not None:  # a resolved setting: point at the layer that set it
+            for n in range(len(loc), 0, -1):
+                if loc[:n] in origins:
+                    o = origins[loc[:n]]
+                    where = f"{o.path}:{o.line}"
+                    key = f"{key} (set by {o.layer})" if o.path != doc.path else key
+                    break
         got = err.get("input")
-        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{path}: {key}: {err['msg']}{got_text}")
+        got_text = "" if isinstance(got, (dict, list)) or err["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"{where}: {key or '(top)'}: {msg}{got_text}")
     return InventoryError("\n".join(lines))
 
 
-def _validate(model: type[BaseModel], data: Any, path: Path, prefix: str = "") -> Any:
+def _validate(model: type[BaseModel], data: Any, doc: Document, base: tuple = (), origins=None) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise _explain(path, exc, prefix) from None
+        raise _errors(doc, exc, base, origins) from None
 
 
-def _check_setting_keys(data: dict[str, Any], path: Path, where: str) -> None:
+def _check_setting_keys(data: dict[str, Any], doc: Document, base: tuple) -> None:
     for key in data:
         if key not in SETTING_KEYS:
             allowed = ", ".join(sorted(SETTING_KEYS))
-            raise InventoryError(f"{path}: {where}.{key}: unknown setting (allowed: {allowed})")
+            raise InventoryError(f"{doc.where(*base, key)}: {'.'.join((*base, str(key)))}: "
+                                 f"unknown setting (allowed: {allowed})")
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -182,9 +166,10 @@ def load_boards(boards_dir: Path) -> dict[str, Board]:
     """Load every board profile in `boards_dir`."""
     boards = {}
     for path in sorted(boards_dir.glob("*.yaml")):
-        entry = _validate(BoardFile, _read_yaml(path), path)
-        _check_setting_keys(entry.settings, path, "settings")
-        boards[path.stem] = Board(path.stem, entry.description, entry.cpu, entry.cores, entry.settings)
+        doc = _read(path)
+        entry = _validate(BoardFile, doc.data, doc)
+        _check_setting_keys(entry.settings, doc, ("settings",))
+        boards[path.stem] = Board(path.stem, entry.description, entry.cpu, entry.cores, entry.settings, doc)
     return boards
 
 
@@ -195,56 +180,119 @@ def _resolve_path(value: str | None, base: Path) -> Path | None:
     return path if path.is_absolute() else (base / path).resolve()
 
 
+def _read_inventory_file(path: Path) -> Document:
+    doc = _read(path)
+    if isinstance(doc.data, dict) and "all" in doc.data:
+        from .ansible import AnsibleError, ansible_to_native
+        try:
+            return ansible_to_native(doc)
+        except AnsibleError as exc:
+            raise InventoryError(str(exc)) from None
+    return doc
+
+
+def _ancestors(name: str, parents: dict[str, list[str]], groups, trail: tuple[str, ...] = ()) -> list[str]:
+    """Return the groups `name` belongs to through `children`, outermost first, then `name`."""
+    if name in trail:
+        group_doc = groups[name][0]
+        cycle = " -> ".join((*trail[trail.index(name):], name))
+        raise InventoryError(f"{group_doc.where('groups', name, 'children')}: groups.{name}.children: "
+                             f"cycle in groups: {cycle}")
+    out: list[str] = []
+    for parent in parents.get(name, []):
+        for g in _ancestors(parent, parents, groups, trail + (name,)):
+            if g not in out:
+                out.append(g)
+    return out + [name]
+
+
+def _boards_dir(targets_dir: Path) -> Path:
+    from .paths import repo_root  # an inventory without its own boards uses the shipped profiles
+    return targets_dir / "boards" if (targets_dir / "boards").is_dir() else repo_root() / "targets" / "boards"
+
+
 def load_inventory(targets_dir: Path) -> Inventory:
     """Load and validate every inventory file in `targets_dir`."""
     targets_dir = Path(targets_dir)
     if not targets_dir.is_dir():
         raise InventoryError(f"{targets_dir}: inventory directory not found")
-    boards = load_boards(targets_dir / "boards")
-    files = [(p, _validate(InventoryFile, _read_yaml(p), p)) for p in sorted(targets_dir.glob("*.yaml"))]
+    boards = load_boards(_boards_dir(targets_dir))
+    files = []
+    for path in sorted(targets_dir.glob("*.yaml")):
+        doc = _read_inventory_file(path)
+        files.append((doc, _validate(InventoryFile, doc.data, doc)))
 
-    groups: dict[str, tuple[Path, GroupEntry]] = {}
-    for path, inv in files:
+    groups: dict[str, tuple[Document, GroupEntry]] = {}
+    for doc, inv in files:
         for name, group in inv.groups.items():
+            group = group or GroupEntry()
             if name in groups and groups[name][1] != group:
-                raise InventoryError(f"{path}: groups.{name}: also defined in {groups[name][0]}")
-            _check_setting_keys(group.vars, path, f"groups.{name}.vars")
-            groups[name] = (path, group)
+                raise InventoryError(f"{doc.where('groups', name)}: groups.{name}: also defined in "
+                                     f"{groups[name][0].where('groups', name)}")
+            _check_setting_keys(group.vars, doc, ("groups", name, "vars"))
+            groups[name] = (doc, group)
+    parents: dict[str, list[str]] = {}
+    for name, (doc, group) in groups.items():
+        for index, child in enumerate(group.children):
+            if child not in groups:
+                raise InventoryError(f"{doc.where('groups', name, 'children', index)}: groups.{name}.children: "
+                                     f"unknown group {child!r}")
+            parents.setdefault(child, []).append(name)
+    for name in groups:
+        _ancestors(name, parents, groups)
 
     inventory = Inventory(groups={name: g for name, (_, g) in groups.items()})
-    for path, inv in files:
+    for doc, inv in files:
         for name, dev in inv.devices.items():
-            where = f"devices.{name}"
-            if name in inventory.targets:
-                raise InventoryError(f"{path}: {where}: duplicate device (also in {inventory.targets[name].source})")
-            if dev.board not in boards:
-                known = ", ".join(sorted(boards)) or "none"
-                raise InventoryError(f"{path}: {where}.board: unknown board {dev.board!r} (known: {known})")
-            extra = dict(dev.model_extra or {})
-            _check_setting_keys(extra, path, where)
-            layered = boards[dev.board].settings
-            for group_name in dev.groups:
-                if group_name not in groups:
-                    raise InventoryError(f"{path}: {where}.groups: unknown group {group_name!r}")
-                layered = merge(layered, groups[group_name][1].vars)
-            layered = merge(layered, extra)
-            settings = _validate(Settings, layered, path, where)
-            bad = [c for c in settings.big_cores if c >= boards[dev.board].cores]
-            if bad:
-                raise InventoryError(
-                    f"{path}: {where}.big_cores: cores {bad} do not exist on board {dev.board!r} "
-                    f"({boards[dev.board].cores} cores)"
-                )
-            inventory.targets[name] = Target(
-                name=name,
-                board=boards[dev.board],
-                host=dev.host,
-                port=dev.port,
-                user=dev.user,
-                ssh_key=_resolve_path(dev.ssh_key, path.parent),
-                known_hosts=_resolve_path(dev.known_hosts, path.parent),
-                groups=tuple(dev.groups),
-                settings=settings,
-                source=path,
-            )
+            inventory.targets[name] = _resolve_device(doc, name, dev, boards, groups, parents, inventory)
     return inventory
+
+
+def _resolve_device(doc: Document, name: str, dev: DeviceEntry, boards, groups, parents, inventory) -> Target:
+    base = ("devices", name)
+    where = f"devices.{name}"
+    if name in inventory.targets:
+        raise InventoryError(f"{doc.where(*base)}: {where}: duplicate device (also in {inventory.targets[name].source})")
+    if dev.board not in boards:
+        known = ", ".join(sorted(boards)) or "none"
+        raise InventoryError(f"{doc.where(*base, 'board')}: {where}.board: unknown board {dev.board!r} (known: {known})")
+    extra = dict(dev.model_extra or {})
+    _check_setting_keys(extra, doc, base)
+    board = boards[dev.board]
+    origins: dict[tuple[str, ...], Origin] = {}
+    layered = board.settings
+    layer_origins(origins, board.settings, board.doc, ("settings",), f"board {board.name}")
+    member_of: list[str] = []
+    for index, group_name in enumerate(dev.groups):
+        if group_name not in groups:
+            raise InventoryError(f"{doc.where(*base, 'groups', index)}: {where}.groups: unknown group {group_name!r}")
+        for g in _ancestors(group_name, parents, groups):
+            if g not in member_of:
+                member_of.append(g)
+    for g in member_of:
+        gdoc, group = groups[g]
+        layered = merge(layered, group.vars)
+        layer_origins(origins, group.vars, gdoc, ("groups", g, "vars"), f"group {g}")
+    layered = merge(layered, extra)
+    layer_origins(origins, extra, doc, base, f"device {name}")
+    settings = _validate(Settings, layered, doc, base, origins)
+    for key, cores in (("big_cores", settings.big_cores), ("runtime.affinity", settings.runtime.affinity or [])):
+        bad = [c for c in cores if not 0 <= c < board.cores]
+        if bad:
+            o = origins.get(tuple(key.split(".")))
+            at = f"{o.path}:{o.line}" if o else doc.where(*base)
+            raise InventoryError(f"{at}: {where}.{key}: cores {bad} do not exist on board {board.name!r} "
+                                 f"({board.cores} cores: 0-{board.cores - 1})")
+    return Target(
+        name=name,
+        board=board,
+        host=dev.host,
+        port=dev.port,
+        user=dev.user,
+        ssh_key=_resolve_path(dev.ssh_key, doc.path.parent),
+        known_hosts=_resolve_path(dev.known_hosts, doc.path.parent),
+        groups=tuple(member_of),
+        settings=settings,
+        source=doc.path,
+        origins=origins,
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -13,11 +15,17 @@ import yaml
 
 from .inventory import Target
 from .paths import repo_root
+from .settings import LOOPBACK
 
-__all__ = ["RenderedFile", "render_target", "write_rendered", "check_rendered", "RenderError", "UNIT_NAME"]
+__all__ = ["RenderedFile", "render_target", "write_rendered", "check_rendered", "security_exposure",
+           "RenderError", "UNIT_NAME", "TUNING_UNIT", "TUNING_SCRIPT", "MAX_EXPOSURE"]
 
 UNIT_NAME = "edgefleet-runtime.service"
+TUNING_UNIT = "edgefleet-tuning.service"
+TUNING_SCRIPT = "edgefleet-tuning.sh"
+TUNING_SCRIPT_PATH = f"/usr/local/lib/edgefleet/{TUNING_SCRIPT}"
 DEVICE_PYTHON = "/usr/bin/python3"
+MAX_EXPOSURE = 2.0
 
 
 class RenderError(Exception):
@@ -34,7 +42,7 @@ class RenderedFile:
 
 
 def _environment(templates_dir: Path) -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
@@ -42,10 +50,12 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
+    env.filters["q"] = lambda value: shlex.quote(str(value))
+    return env
 
 
 def render_target(target: Target, templates_dir: Path | None = None) -> list[RenderedFile]:
-    """Render the runtime config and the runtime unit for `target`."""
+    """Render the runtime config, the runtime unit, and the tuning unit and script for `target`."""
     env = _environment(templates_dir or repo_root() / "templates")
     settings = target.settings
     context = {
@@ -54,10 +64,16 @@ def render_target(target: Target, templates_dir: Path | None = None) -> list[Ren
         "runtime": settings.runtime,
         "root": settings.root,
         "python": DEVICE_PYTHON,
+        "loopback": LOOPBACK,
+        "runtime_unit": UNIT_NAME,
+        "tuning_unit": TUNING_UNIT,
+        "tuning_script_path": TUNING_SCRIPT_PATH,
     }
     plan = [
         ("runtime.yaml", "runtime.yaml.j2", f"{settings.root}/current/runtime.yaml"),
         (UNIT_NAME, f"{UNIT_NAME}.j2", f"/etc/systemd/system/{UNIT_NAME}"),
+        (TUNING_UNIT, f"{TUNING_UNIT}.j2", f"/etc/systemd/system/{TUNING_UNIT}"),
+        (TUNING_SCRIPT, f"{TUNING_SCRIPT}.j2", TUNING_SCRIPT_PATH),
     ]
     rendered = []
     for name, template, device_path in plan:
@@ -70,7 +86,7 @@ def render_target(target: Target, templates_dir: Path | None = None) -> list[Ren
 
 
 def check_rendered(files: list[RenderedFile]) -> list[str]:
-    """Check rendered files (YAML parses; units pass `systemd-analyze verify`); return notes."""
+    """Check rendered files (YAML parses, units verify, scripts pass sh -n/shellcheck); return notes."""
     notes = []
     for f in files:
         if f.name.endswith(".yaml"):
@@ -80,32 +96,59 @@ def check_rendered(files: list[RenderedFile]) -> list[str]:
                 raise RenderError(f"{f.name}: rendered YAML does not parse: {exc}") from None
         elif f.name.endswith(".service"):
             notes.append(_verify_unit(f))
+        elif f.name.endswith(".sh"):
+            notes.extend(_check_script(f))
     return [n for n in notes if n]
+
+
+def _run_on_file(f: RenderedFile, argv: list[str]) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f.name
+        path.write_text(f.text)
+        return subprocess.run([*argv, str(path)], capture_output=True, text=True, timeout=60)
+
+
+def _check_script(script: RenderedFile) -> list[str]:
+    proc = _run_on_file(script, ["sh", "-n"])
+    if proc.returncode != 0:
+        raise RenderError(f"{script.name}: sh -n failed:\n{proc.stderr.strip()}")
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        return [f"{script.name}: shellcheck not installed, only sh -n checked"]
+    proc = _run_on_file(script, [shellcheck, "--shell=sh", "--severity=style"])
+    if proc.returncode != 0:
+        raise RenderError(f"{script.name}: shellcheck failed:\n{proc.stdout.strip()}")
+    return []
 
 
 def _verify_unit(unit: RenderedFile) -> str:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         return f"{unit.name}: systemd-analyze not installed, unit not verified"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / unit.name
-        path.write_text(unit.text)
-        proc = subprocess.run(
-            [analyze, "verify", "--man=no", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    proc = _run_on_file(unit, [analyze, "verify", "--man=no"])
     # verify also complains about the host's own units and about paths that exist only on
-    # the device (the release dir); keep what is about our unit's syntax.
+    # the device (the release dir, the tuning script); keep what is about our unit's syntax.
     problems = [
         line
         for line in (proc.stderr + proc.stdout).splitlines()
         if unit.name in line and "Command" not in line and "not executable" not in line
+        and "is not a unit" not in line
     ]
     if problems:
         raise RenderError(f"{unit.name}: systemd-analyze verify failed:\n" + "\n".join(problems))
     return ""
+
+
+def security_exposure(unit: RenderedFile) -> float | None:
+    """Return `systemd-analyze security --offline` exposure of a unit (None without systemd-analyze)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return None
+    proc = _run_on_file(unit, [analyze, "security", "--offline=yes", "--no-pager"])
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", proc.stdout + proc.stderr)
+    if match is None:
+        raise RenderError(f"{unit.name}: systemd-analyze security gave no score:\n{(proc.stdout + proc.stderr)[-600:]}")
+    return float(match.group(1))
 
 
 def write_rendered(files: list[RenderedFile], out_dir: Path) -> list[Path]:

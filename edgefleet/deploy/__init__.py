@@ -15,7 +15,7 @@ from ..paths import repo_root
 from ..render import UNIT_NAME, check_rendered, render_target
 from ..ssh import connect, http_json_over_ssh
 from .apply import DeployError, Device, apply_plan, device_lock, record_state, restart_service, switch_current
-from .env import build_device_env
+from .env import build_target_env
 from .health import Call, HealthResult, NotReady, golden_check, wait_ready
 from .plan import DeployPlan, facts_command, make_plan, parse_facts
 from .release import Release, make_release
@@ -43,8 +43,7 @@ def prepare_release(target: Target, bundle_dir: Path, build_dir: Path) -> Releas
     """Render, check and collect everything the device gets, on the host."""
     rendered = render_target(target)
     check_rendered(rendered)
-    env = build_device_env(repo_root() / "payload" / "requirements.txt", target.settings.arch,
-                           target.settings.python, build_dir / "device-envs")
+    env = build_target_env(target, repo_root() / "payload" / "requirements.txt", build_dir / "device-envs")
     return make_release(target.name, bundle_dir, repo_root() / "payload", rendered, env)
 
 

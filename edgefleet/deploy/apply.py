@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from ..inventory import Target
-from ..render import UNIT_NAME
+from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
 from .plan import DeployPlan
 from .release import Release
 
@@ -157,12 +157,28 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
         dev.run(f"install -m 0644 {q(unit_obj)} {q('/etc/systemd/system/' + UNIT_NAME)} && systemctl daemon-reload",
                 f"install {UNIT_NAME}")
         log(f"  installed {UNIT_NAME}")
+    if plan.install_tuning:
+        install_tuning(dev, release, log)
     if plan.activate:
         switch_current(dev, release.release_id)
         log(f"  current -> releases/{release.release_id}")
     if plan.restart:
         restart_service(dev)
         log(f"  restarted {UNIT_NAME}")
+
+
+def install_tuning(dev: Device, release: Release, log) -> None:
+    """Install the tuning unit and script, enable the one-shot and (re)start it (stop reverts, start applies)."""
+    unit, script = release.tuning
+    unit_path = "/etc/systemd/system/" + TUNING_UNIT
+    dev.run(f"install -D -m 0755 {q(dev.path('objects', script.sha256))} {q(TUNING_SCRIPT_PATH)} && "
+            f"install -m 0644 {q(dev.path('objects', unit.sha256))} {q(unit_path)} && systemctl daemon-reload "
+            f"&& systemctl enable --quiet {TUNING_UNIT}", f"install {TUNING_UNIT}")
+    res = dev.run(f"systemctl restart {TUNING_UNIT}", f"start {TUNING_UNIT}", warn=True)
+    if res.exited == 0:
+        log(f"  installed, enabled and started {TUNING_UNIT}")
+    else:  # tuning is best effort: the runtime works untuned, and status reports the drift
+        log(f"  warning: {TUNING_UNIT} failed to start (see journalctl -u {TUNING_UNIT}); continuing")
 
 
 class device_lock:

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from ..digest import sha256_file
 
-__all__ = ["DeviceEnv", "EnvError", "build_device_env", "pip_platforms"]
+__all__ = ["DeviceEnv", "EnvError", "build_device_env", "build_target_env", "pin_requirements", "pip_platforms"]
 
 # Newest first; pip accepts a wheel tagged with any of them.
 _PLATFORMS = {
@@ -72,23 +73,52 @@ def _deterministic_tar(src: Path, dest: Path) -> None:
     tmp.replace(dest)
 
 
-def build_device_env(requirements: Path, arch: str, python: str, cache_dir: Path) -> DeviceEnv:
-    """Install `requirements` for the device with pip (wheels only, no deps) and pack them."""
-    req_text = requirements.read_text()
-    out_dir = cache_dir / f"{arch}-cp{python.replace('.', '')}-{_key(req_text, arch, python)}"
+def pin_requirements(text: str, pins: dict[str, str]) -> str:
+    """Return requirements `text` with each pinned package set to `name==version` (added if absent)."""
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+    wanted = {norm(n): (n, v) for n, v in pins.items()}
+    out = []
+    for line in text.splitlines():
+        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+        if match and not line.lstrip().startswith("#") and norm(match.group(1)) in wanted:
+            name, version = wanted.pop(norm(match.group(1)))
+            out.append(f"{name}=={version}  # pinned by the board profile")
+        else:
+            out.append(line)
+    out += [f"{n}=={v}  # pinned by the board profile" for n, v in wanted.values()]
+    return "\n".join(out) + "\n"
+
+
+def build_target_env(target, requirements: Path, cache_dir: Path) -> DeviceEnv:
+    """Resolve `requirements` for a target: its arch, Python, package pins and wheel sources."""
+    s = target.settings
+    return build_device_env(requirements, s.arch, s.python, cache_dir, pins=s.packages.pins,
+                            find_links=s.packages.find_links, index_url=s.packages.index_url)
+
+
+def build_device_env(requirements: Path, arch: str, python: str, cache_dir: Path, pins: dict[str, str] | None = None,
+                     find_links: str | None = None, index_url: str | None = None) -> DeviceEnv:
+    """Install `requirements` (with `pins` applied) for the device with pip (wheels only, no deps) and pack them."""
+    req_text = pin_requirements(requirements.read_text(), pins) if pins else requirements.read_text()
+    sources = [f"--find-links={find_links}"] * bool(find_links) + [f"--index-url={index_url}"] * bool(index_url)
+    out_dir = cache_dir / f"{arch}-cp{python.replace('.', '')}-{_key(chr(10).join([req_text, *sources]), arch, python)}"
     tarball = out_dir / "site.tar.gz"
     if tarball.is_file():
         return DeviceEnv(arch, python, tarball, sha256_file(tarball))
     site = out_dir / "site"
     shutil.rmtree(site, ignore_errors=True)
     site.mkdir(parents=True)
+    if req_text != requirements.read_text():
+        (out_dir / "requirements.txt").write_text(req_text)
+        requirements = out_dir / "requirements.txt"
     abi = "cp" + python.replace(".", "")
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
            "--no-deps", "--no-compile", "--only-binary=:all:", "--target", str(site),
            "--python-version", python, "--implementation", "cp", "--abi", abi]
     for platform in pip_platforms(arch):
         cmd += ["--platform", platform]
-    cmd += ["-r", str(requirements)]
+    cmd += [*sources, "-r", str(requirements)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         errors = [ln for ln in proc.stderr.splitlines() if not ln.startswith("WARNING: Location")]

@@ -6,7 +6,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from ..inventory import Target
-from ..render import UNIT_NAME
+from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
 from .release import Release, ReleaseFile
 
 __all__ = ["Facts", "DeployPlan", "PlanError", "facts_command", "parse_facts", "make_plan", "ARCH_NAMES"]
@@ -36,6 +36,8 @@ class Facts:
     envs: frozenset[str]
     releases: frozenset[str]
     objects: frozenset[str]
+    tuning_unit_sha256: str | None = None
+    tuning_script_sha256: str | None = None
 
 
 def facts_command(target: Target) -> str:
@@ -56,6 +58,8 @@ def facts_command(target: Target) -> str:
         'echo "free_kb=$(df -Pk "$d" | awk \'NR==2 {print $4}\')"',
         f"echo \"unit_sha=$(sha256sum /etc/systemd/system/{UNIT_NAME} 2>/dev/null | cut -d' ' -f1)\"",
         f'echo "active=$(systemctl is-active {UNIT_NAME} 2>/dev/null)"',
+        f"echo \"tuning_unit_sha=$(sha256sum /etc/systemd/system/{TUNING_UNIT} 2>/dev/null | cut -d' ' -f1)\"",
+        f"echo \"tuning_script_sha=$(sha256sum {q(TUNING_SCRIPT_PATH)} 2>/dev/null | cut -d' ' -f1)\"",
         f'echo "user=$(id -u {user} >/dev/null 2>&1 && echo yes || echo no)"',
         'echo "envs=$(ls "$root/envs" 2>/dev/null | tr "\\n" " ")"',
         'echo "releases=$(ls "$root/releases" 2>/dev/null | tr "\\n" " ")"',
@@ -91,6 +95,8 @@ def parse_facts(output: str) -> Facts:
         envs=frozenset(values.get("envs", "").split()),
         releases=frozenset(values.get("releases", "").split()),
         objects=frozenset(n for n in objects.split() if len(n) == 64),
+        tuning_unit_sha256=values.get("tuning_unit_sha") or None,
+        tuning_script_sha256=values.get("tuning_script_sha") or None,
     )
 
 
@@ -110,6 +116,7 @@ class DeployPlan:
     restart: bool
     gate: bool
     notes: tuple[str, ...] = field(default_factory=tuple)
+    install_tuning: bool = False
 
     @property
     def upload_bytes(self) -> int:
@@ -118,7 +125,7 @@ class DeployPlan:
     @property
     def nothing_to_do(self) -> bool:
         return not (self.upload or self.install_env or self.build_release or self.install_unit
-                    or self.create_user or self.activate or self.restart or self.gate)
+                    or self.install_tuning or self.create_user or self.activate or self.restart or self.gate)
 
     def describe(self) -> list[str]:
         """Return the plan as lines a person reads."""
@@ -135,6 +142,8 @@ class DeployPlan:
             steps.append(f"  build releases/{self.release_id} from objects")
         if self.install_unit:
             steps.append(f"  install {UNIT_NAME} and reload systemd")
+        if self.install_tuning:
+            steps.append(f"  install {TUNING_UNIT} and its script, enable and (re)start it")
         if self.activate:
             steps.append(f"  switch current -> releases/{self.release_id}")
         if self.restart:
@@ -179,4 +188,6 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
         restart=restart,
         # also when a deploy died after activating: its release was never judged
         gate=restart or facts.committed != release.release_id,
+        install_tuning=bool(release.tuning) and (facts.tuning_unit_sha256, facts.tuning_script_sha256)
+        != tuple(f.sha256 for f in release.tuning),
     )

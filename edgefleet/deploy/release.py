@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..digest import sha256_bytes, sha256_file
-from ..render import UNIT_NAME, RenderedFile
+from ..render import TUNING_SCRIPT, TUNING_UNIT, UNIT_NAME, RenderedFile
 from .env import DeviceEnv
 
 __all__ = ["ReleaseFile", "Release", "make_release", "ReleaseError"]
@@ -41,10 +41,11 @@ class Release:
     env: DeviceEnv
     unit: ReleaseFile
     manifest: ReleaseFile
+    tuning: tuple[ReleaseFile, ...] = ()  # the tuning unit and script, when rendered
 
     def objects(self) -> dict[str, ReleaseFile]:
         """Return every object the device must hold, by sha256."""
-        objects = {f.sha256: f for f in (*self.files, self.unit, self.manifest)}
+        objects = {f.sha256: f for f in (*self.files, self.unit, *self.tuning, self.manifest)}
         objects[self.env.sha256] = ReleaseFile("site.tar.gz", self.env.sha256, self.env.tarball.stat().st_size,
                                                source=self.env.tarball)
         return objects
@@ -86,11 +87,14 @@ def make_release(
         raise ReleaseError(f"rendered files for {target} must include runtime.yaml and {UNIT_NAME}")
     files.append(_from_bytes("runtime.yaml", by_name["runtime.yaml"].text.encode()))
     unit = _from_bytes(UNIT_NAME, by_name[UNIT_NAME].text.encode())
+    tuning = tuple(_from_bytes(n, by_name[n].text.encode()) for n in (TUNING_UNIT, TUNING_SCRIPT) if n in by_name)
     content = {
         "files": {f.path: f.sha256 for f in files},
         "env": {"sha256": env.sha256, "arch": env.arch, "python": env.python},
         "unit": {"name": UNIT_NAME, "sha256": unit.sha256},
     }
+    if tuning:
+        content["tuning"] = {f.path: f.sha256 for f in tuning}
     release_id = "r-" + sha256_bytes(json.dumps(content, sort_keys=True).encode())[:12]
     bundle_meta = json.loads((bundle_dir / "bundle.json").read_text())
     manifest = {
@@ -101,4 +105,4 @@ def make_release(
         **content,
     }
     manifest_file = _from_bytes("manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
-    return Release(release_id, target, tuple(files), env, unit, manifest_file)
+    return Release(release_id, target, tuple(files), env, unit, manifest_file, tuning)

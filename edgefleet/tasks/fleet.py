@@ -13,7 +13,8 @@ from ..deploy.plan import PlanError
 from ..deploy.release import ReleaseError
 from ..inventory import InventoryError, load_inventory
 from ..paths import build_dir, bundle_dir, targets_dir
-from ..render import RenderError, check_rendered, render_target, write_rendered
+from ..explain import explain_target
+from ..render import UNIT_NAME, MAX_EXPOSURE, RenderError, check_rendered, render_target, security_exposure, write_rendered
 from ..ssh import SSHError
 
 USER_ERRORS = (InventoryError, RenderError, SSHError, PlanError, DeployError, EnvError, ReleaseError)
@@ -37,15 +38,24 @@ def _target(c, name: str):
     "target": "device name from the inventory (targets/)",
     "out": "directory to write into (default: build/rendered/<target>)",
     "dry_run": "print the rendered files instead of writing them",
+    "explain": "print where each resolved value came from (board / group / device file:line)",
 })
-def render(c, target, out=None, dry_run=False):
-    """Render a device's runtime config and systemd unit from templates/."""
+def render(c, target, out=None, dry_run=False, explain=False):
+    """Render a device's runtime config, systemd units and tuning script from templates/."""
     tgt = _target(c, target)
+    if explain:
+        print("\n".join(explain_target(tgt)))
+        return
     try:
         files = render_target(tgt)
         notes = check_rendered(files)
+        exposure = security_exposure(next(f for f in files if f.name == UNIT_NAME))
     except RenderError as exc:
         raise Exit(f"error: {exc}", code=2) from None
+    if exposure is not None:
+        if exposure > MAX_EXPOSURE:
+            raise Exit(f"error: {UNIT_NAME}: systemd-analyze security exposure {exposure} > {MAX_EXPOSURE}", code=2)
+        notes.append(f"{UNIT_NAME}: systemd-analyze security exposure {exposure} (<= {MAX_EXPOSURE})")
     if dry_run:
         for f in files:
             print(f"# --- {f.name} -> {tgt.name}:{f.device_path}")

@@ -102,10 +102,26 @@ def test_fresh_device_gets_everything(target, release):
 def test_same_release_again_is_a_no_op(target, release):
     now = facts(current=release.release_id, committed=release.release_id, unit_sha256=release.unit.sha256, service_active="active",
                 user_exists=True, envs=frozenset({release.env.sha256}),
-                releases=frozenset({release.release_id}), objects=frozenset(release.objects()))
+                releases=frozenset({release.release_id}), objects=frozenset(release.objects()),
+                tuning_unit_sha256=release.tuning[0].sha256, tuning_script_sha256=release.tuning[1].sha256)
     plan = make_plan(target, release, now)
     assert plan.nothing_to_do
     assert plan.describe() == [f"pi5-01: release {release.release_id} is already active and running; nothing to do"]
+
+
+@pytest.mark.parametrize("unit_same, script_same, install", [
+    (True, True, False), (False, True, True), (True, False, True), (False, False, True),
+])
+def test_tuning_is_installed_only_when_changed(target, release, unit_same, script_same, install):
+    unit, script = release.tuning
+    now = facts(current=release.release_id, committed=release.release_id, unit_sha256=release.unit.sha256,
+                service_active="active", user_exists=True, envs=frozenset({release.env.sha256}),
+                releases=frozenset({release.release_id}), objects=frozenset(release.objects()),
+                tuning_unit_sha256=unit.sha256 if unit_same else "0" * 64,
+                tuning_script_sha256=script.sha256 if script_same else None)
+    plan = make_plan(target, release, now)
+    assert plan.install_tuning is install and plan.nothing_to_do is not install
+    assert any("edgefleet-tuning.service" in line for line in plan.describe()) is install
 
 
 def test_activated_but_never_judged_release_gets_the_gate(target, release):

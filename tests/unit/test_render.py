@@ -19,25 +19,49 @@ def inventory():
     return load_inventory(REPO / "targets")
 
 
-@pytest.mark.parametrize("name, threads, max_len, affinity", [
-    ("pi5-01", 4, 128, "CPUAffinity=0 1 2 3"),
-    ("orin-01", 4, 256, "CPUAffinity=0 1 2 3 4 5"),
+@pytest.mark.parametrize("name, threads, max_len, affinity, thermal_zones", [
+    ("pi5-01", 4, 128, [0, 1, 2, 3], ["cpu-thermal"]),
+    ("orin-01", 4, 256, [2, 3, 4, 5], ["cpu-thermal", "gpu-thermal", "tj-thermal"]),
 ])
-def test_render_values_come_from_the_target(inventory, name, threads, max_len, affinity):
+def test_render_values_come_from_the_target(inventory, name, threads, max_len, affinity, thermal_zones):
     files = {f.name: f for f in render_target(inventory.target(name))}
     config = yaml.safe_load(files["runtime.yaml"].text)
-    assert config == {"target": name, "threads": threads, "host": "127.0.0.1", "port": 8080,
-                      "max_seq_len": max_len, "log_level": "info"}
-    unit = files[UNIT_NAME].text
-    assert affinity in unit.splitlines()
-    assert "User=edgefleet" in unit and "CapabilityBoundingSet=" in unit and "NoNewPrivileges=yes" in unit
+    assert {k: config[k] for k in ("target", "threads", "affinity", "host", "port", "max_seq_len", "nice", "spin")} == {
+        "target": name, "threads": threads, "affinity": affinity, "host": "127.0.0.1", "port": 8080,
+        "max_seq_len": max_len, "nice": -5, "spin": False}
+    assert config["thermal"]["zones"] == thermal_zones and config["sysfs_root"] == "/sys"
+    unit = files[UNIT_NAME].text.splitlines()
+    assert "CPUAffinity=" + " ".join(map(str, affinity)) in unit and "Nice=-5" in unit
+    for line in ("User=edgefleet", "CapabilityBoundingSet=CAP_SYS_NICE", "AmbientCapabilities=CAP_SYS_NICE",
+                 "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes"):
+        assert line in unit
     assert files[UNIT_NAME].device_path == f"/etc/systemd/system/{UNIT_NAME}"
 
 
 def test_rendered_files_pass_checks(inventory):
     files = render_target(inventory.target("pi5-01"))
     notes = check_rendered(files)
-    assert all("not verified" in n for n in notes)  # only when systemd-analyze is missing
+    assert all("not installed" in n for n in notes)  # only when systemd-analyze / shellcheck are missing
+
+
+@pytest.mark.parametrize("broken, expected", [
+    ("edgefleet-tuning.sh.j2", "sh -n failed"),
+])
+def test_bad_script_fails_its_check(inventory, tmp_path, broken, expected):
+    shutil.copytree(REPO / "templates", tmp_path, dirs_exist_ok=True)
+    (tmp_path / broken).write_text((tmp_path / broken).read_text() + "\nif then fi\n")
+    with pytest.raises(RenderError, match=expected):
+        check_rendered(render_target(inventory.target("pi5-01"), templates_dir=tmp_path))
+
+
+def test_explain_names_board_group_and_device_lines(inventory):
+    from edgefleet.explain import explain_target
+    lines = explain_target(inventory.target("orin-01"))
+    by_key = {ln.split(" = ")[0].strip(): ln for ln in lines[1:]}
+    assert "board orin-nano" in by_key["arch"] and "orin-nano.yaml:5" in by_key["arch"]
+    assert "group jetsons" in by_key["runtime.max_seq_len"] and "fleet.yaml:" in by_key["runtime.max_seq_len"]
+    assert "device orin-01" in by_key["runtime.affinity"]
+    assert by_key["root"].endswith("<- default")
 
 
 def test_undefined_variable_is_an_error(inventory, tmp_path):
