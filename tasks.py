@@ -8,7 +8,7 @@ from edgefleet.tasks import demo, fleet, lab, model
 ns = Collection()
 ns.add_collection(model.ns)
 ns.add_collection(lab.ns)
-for name in ("render", "deploy"):
+for name in ("render", "deploy", "status"):
     ns.add_task(fleet.ns.tasks[name])
 ns.add_task(demo.demo)
 ns.configure({"edgefleet": dict(DEFAULTS)})

@@ -1,7 +1,8 @@
-"""Fleet tasks: render, deploy."""
+"""Fleet tasks: render, deploy, status."""
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from ..deploy.release import ReleaseError
 from ..inventory import InventoryError, load_inventory
 from ..paths import build_dir, bundle_dir, targets_dir
 from ..explain import explain_target
+from ..inspect import collect_status, device_diff
 from ..render import UNIT_NAME, MAX_EXPOSURE, RenderError, check_rendered, render_target, security_exposure, write_rendered
 from ..ssh import SSHError
 
@@ -39,8 +41,9 @@ def _target(c, name: str):
     "out": "directory to write into (default: build/rendered/<target>)",
     "dry_run": "print the rendered files instead of writing them",
     "explain": "print where each resolved value came from (board / group / device file:line)",
+    "diff": "fetch the files now on the device over SSH and show what a deploy would change",
 })
-def render(c, target, out=None, dry_run=False, explain=False):
+def render(c, target, out=None, dry_run=False, explain=False, diff=False):
     """Render a device's runtime config, systemd units and tuning script from templates/."""
     tgt = _target(c, target)
     if explain:
@@ -56,7 +59,13 @@ def render(c, target, out=None, dry_run=False, explain=False):
         if exposure > MAX_EXPOSURE:
             raise Exit(f"error: {UNIT_NAME}: systemd-analyze security exposure {exposure} > {MAX_EXPOSURE}", code=2)
         notes.append(f"{UNIT_NAME}: systemd-analyze security exposure {exposure} (<= {MAX_EXPOSURE})")
-    if dry_run:
+    if diff:
+        try:
+            diffs = device_diff(tgt)
+        except USER_ERRORS as exc:
+            raise Exit(f"error: {exc}", code=1) from None
+        print("".join(diffs) if diffs else f"{tgt.name}: the device's files match the rendered ones")
+    elif dry_run:
         for f in files:
             print(f"# --- {f.name} -> {tgt.name}:{f.device_path}")
             print(f.text, end="" if f.text.endswith("\n") else "\n")
@@ -93,6 +102,47 @@ def deploy(c, target, bundle=None, dry_run=False):
     print(f"{tgt.name}: {verb} {result.release_id} in {result.seconds:.1f} s")
 
 
+def _print_status_table(statuses) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="edgefleet status")
+    for column in ("target", "release", "healthy", "service", "governor", "temperature", "drift"):
+        table.add_column(column)
+    for st in statuses:
+        if not st.reachable:
+            table.add_row(st.target, "-", "-", "unreachable", "-", "-", st.error)
+            continue
+        governors = ", ".join(sorted(set(st.governors.values()))) or "no cpufreq"
+        table.add_row(st.target, st.release or "-", {True: "yes", False: "NO", None: "?"}[st.healthy],
+                      st.service, governors, st.throttling, "\n".join(st.drift) or "none")
+    Console().print(table)
+
+
+@task(help={
+    "target": "one device name",
+    "group": "every device of a group",
+    "json": "print one JSON document instead of a table",
+})
+def status(c, target=None, group=None, json_=False):
+    """Report release, health, governor, temperatures and drift for a device or a group."""
+    if bool(target) == bool(group):
+        raise Exit("error: give exactly one of --target or --group", code=2)
+    try:
+        inventory = load_inventory(targets_dir(c))
+        targets = [inventory.target(target)] if target else inventory.group(group)
+        statuses = [collect_status(t) for t in targets]
+    except USER_ERRORS as exc:
+        raise Exit(f"error: {exc}", code=1) from None
+    if json_:
+        print(json.dumps({"targets": {st.target: st.as_dict() for st in statuses}}, indent=2))
+    else:
+        _print_status_table(statuses)
+    if any(not st.reachable or st.healthy is False or st.drift for st in statuses):
+        raise Exit(code=1)
+
+
 ns = Collection("fleet")
 ns.add_task(render)
 ns.add_task(deploy)
+ns.add_task(status)

@@ -100,3 +100,28 @@ def test_unhealthy_release_rolls_back(lab_target, bundle, tmp_path):
     assert on_device(lab_target, f"readlink {root}/current") == f"releases/{good.release_id}"
     state = json.loads(on_device(lab_target, f"cat {root}/state.json"))
     assert state["history"][-1]["healthy"] is False and state["current"] == good.release_id
+
+
+def test_status_reports_drift_and_deploy_repairs_it(lab_target, bundle):
+    from edgefleet.inspect import collect_status, device_diff
+
+    assert deploy(lab_target, bundle, REPO / "build", log=lambda _: None).ok
+    clean = collect_status(lab_target)
+    assert clean.reachable and clean.healthy and clean.drift == [], clean
+    assert clean.governors == {} and clean.throttling == "no thermal zones"  # the lab has no cpufreq/thermal yet
+    assert device_diff(lab_target) == []
+
+    unit = "/etc/systemd/system/edgefleet-runtime.service"
+    on_device(lab_target, f"sed -i 's/^RestartSec=.*/RestartSec=30/' {unit} && systemctl daemon-reload "
+                          "&& systemctl disable --now edgefleet-runtime.service")
+    drifted = collect_status(lab_target)
+    assert drifted.healthy is False
+    assert f"{unit} differs from the rendered file (render --target lab-01 --diff)" in drifted.drift
+    assert "edgefleet-runtime.service is disabled, not enabled" in drifted.drift
+    assert "edgefleet-runtime.service is inactive, not active" in drifted.drift
+    [diff] = device_diff(lab_target)
+    assert "-RestartSec=30" in diff and f"--- device:{unit}" in diff
+
+    repaired = deploy(lab_target, bundle, REPO / "build", log=lambda _: None)
+    assert repaired.ok and repaired.changed
+    assert collect_status(lab_target).drift == []

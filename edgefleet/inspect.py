@@ -1,0 +1,54 @@
+"""Look at devices over SSH without changing them: status with drift, and diffs of rendered files."""
+
+from __future__ import annotations
+
+from .deploy import Device, service_call
+from .inventory import Target
+from .render import check_rendered, render_target
+from .ssh import SSHError, connect
+from .status import (TargetStatus, find_drift, parse_status, read_files_command, status_command, throttling,
+                     unified_diffs)
+
+__all__ = ["collect_status", "device_diff"]
+
+
+def collect_status(target: Target) -> TargetStatus:
+    """Gather one target's status; an unreachable target is reported, not raised."""
+    files = render_target(target)
+    try:
+        conn = connect(target)
+    except SSHError as exc:
+        return TargetStatus(target.name, reachable=False, error=str(exc))
+    try:
+        dev = Device(conn, target)
+        state = parse_status(dev.run(status_command(target, files), "read status", privileged=False).stdout)
+        result = TargetStatus(
+            target.name, reachable=True, release=state.current, committed=state.committed,
+            service=f"{state.service_active}/{state.service_enabled}", governors=state.governors,
+            temperatures=state.temperatures, throttling=throttling(target, state.temperatures),
+            drift=find_drift(target, files, state),
+        )
+        if state.service_active == "active":
+            try:
+                code, body = service_call(dev)("/readyz", timeout=10)
+                result.healthy = code == 200
+                result.ready_detail = str(body.get("detail") or body.get("error") or "")
+            except (OSError, ValueError) as exc:
+                result.healthy, result.ready_detail = False, f"/readyz: {exc}"
+        else:
+            result.healthy, result.ready_detail = False, f"service {state.service_active}"
+        return result
+    finally:
+        conn.close()
+
+
+def device_diff(target: Target) -> list[str]:
+    """Return unified diffs between the files on the device and freshly rendered ones."""
+    files = render_target(target)
+    check_rendered(files)
+    conn = connect(target)
+    try:
+        output = Device(conn, target).run(read_files_command(files), "read device files", privileged=True).stdout
+    finally:
+        conn.close()
+    return unified_diffs(files, output)
