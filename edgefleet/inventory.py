@@ -46,8 +46,8 @@ class DeviceEntry(_Strict):
 
     board: str
     host: str
-    port: int = Field(default=22, ge=1, le=65535)
-    user: str = "root"
+    port: int | None = Field(default=None, ge=1, le=65535)  # None: ~/.ssh/config, else 22
+    user: str | None = None  # None: ~/.ssh/config, else the local user
     ssh_key: str | None = None
     known_hosts: str | None = None
     groups: list[str] = Field(default_factory=list)
@@ -75,8 +75,8 @@ class Target:
     name: str
     board: Board
     host: str
-    port: int
-    user: str
+    port: int | None
+    user: str | None
     ssh_key: Path | None
     known_hosts: Path | None
     groups: tuple[str, ...]

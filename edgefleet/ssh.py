@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +28,16 @@ class SSHError(Exception):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where and as whom to log in, and which host keys to trust."""
+    """Where and as whom to log in, and which host keys to trust.
+
+    `port`, `user`, `ssh_key` and `known_hosts` may be None: then ~/.ssh/config decides
+    (Port, User, IdentityFile, UserKnownHostsFile, ProxyJump), else OpenSSH's defaults.
+    """
 
     name: str
     host: str
-    port: int
-    user: str
+    port: int | None
+    user: str | None
     ssh_key: Path | None
     known_hosts: Path | None
 
@@ -40,49 +45,70 @@ class Endpoint:
     def of(cls, target: Target) -> "Endpoint":
         return cls(target.name, target.host, target.port, target.user, target.ssh_key, target.known_hosts)
 
-    @property
-    def address(self) -> str:
-        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+def _address(conn: Connection) -> str:
+    return conn.host if conn.port == 22 else f"[{conn.host}]:{conn.port}"
 
 
-def _trust_hint(ep: Endpoint, known_hosts: Path) -> str:
+def _trust_hint(server: str, known_hosts: Path) -> str:
+    """Say how to trust `server` ("host" or "[host]:port", as paramiko names it) after checking it."""
+    match = re.fullmatch(r"\[(.+)\]:(\d+)", server)
+    host, port = (match.group(1), match.group(2)) if match else (server, "22")
     return (
         f"check the key out of band (e.g. on the device: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), "
-        f"then add it: ssh-keyscan -p {ep.port} -t ed25519 {ep.host} >> {known_hosts} "
+        f"then add it: ssh-keyscan -p {port} -t ed25519 {host} >> {known_hosts} "
         f"and compare: ssh-keygen -lf {known_hosts}"
     )
 
 
+def _known_hosts(ep: Endpoint, conn: Connection) -> Path:
+    if ep.known_hosts is not None:
+        return ep.known_hosts
+    configured = conn.ssh_config.get("userknownhostsfile")
+    first = configured.split()[0] if configured else "~/.ssh/known_hosts"
+    return Path(first).expanduser()
+
+
+def _verify_host_keys(conn: Connection, known_hosts: Path) -> None:
+    """Make `conn` and every ProxyJump hop before it refuse keys not in `known_hosts`."""
+    hop = conn
+    while isinstance(hop, Connection):  # Fabric builds jump hosts as Connections that auto-add keys
+        hop.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        if known_hosts.is_file():
+            hop.client.load_host_keys(str(known_hosts))
+        hop = hop.gateway
+
+
 def connect(target: Target | Endpoint, timeout: float = 15.0) -> Connection:
-    """Open a Fabric connection to a target, refusing unknown or changed host keys."""
+    """Open a Fabric connection to a target, refusing unknown or changed host keys (jump hosts too)."""
     ep = target if isinstance(target, Endpoint) else Endpoint.of(target)
-    known_hosts = ep.known_hosts or Path("~/.ssh/known_hosts").expanduser()
     connect_kwargs: dict = {"banner_timeout": timeout, "auth_timeout": timeout}
     if ep.ssh_key is not None:
         if not ep.ssh_key.is_file():
             raise SSHError(f"{ep.name}: ssh_key {ep.ssh_key} does not exist")
         connect_kwargs.update(key_filename=str(ep.ssh_key), look_for_keys=False, allow_agent=False)
-    conn = Connection(host=ep.host, port=ep.port, user=ep.user, connect_timeout=int(timeout),
-                      connect_kwargs=connect_kwargs)
-    # Fabric auto-adds unknown host keys by default; we never do.
-    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    if known_hosts.is_file():
-        conn.client.load_host_keys(str(known_hosts))
+    given = {k: v for k, v in (("port", ep.port), ("user", ep.user)) if v is not None}
+    conn = Connection(host=ep.host, connect_timeout=int(timeout), connect_kwargs=connect_kwargs, **given)
+    known_hosts = _known_hosts(ep, conn)
+    _verify_host_keys(conn, known_hosts)
     try:
         conn.open()
     except paramiko.BadHostKeyException as exc:
         raise SSHError(
-            f"{ep.name}: HOST KEY CHANGED for {ep.address}: got {exc.key.get_name()} "
+            f"{ep.name}: HOST KEY CHANGED for {exc.hostname}: got {exc.key.get_name()} "
             f"{exc.key.fingerprint}, expected {exc.expected_key.fingerprint} from {known_hosts}. "
             "Refusing to connect; if the device was reinstalled, remove the old line and trust the new key."
         ) from None
     except paramiko.SSHException as exc:
-        if "not found in known_hosts" in str(exc):
-            raise SSHError(f"{ep.name}: unknown host key for {ep.address} (not in {known_hosts}); "
-                           + _trust_hint(ep, known_hosts)) from None
-        raise SSHError(f"{ep.name}: SSH to {ep.user}@{ep.address} failed: {exc}") from None
+        unknown = re.search(r"Server '(.+)' not found in known_hosts", str(exc))
+        if unknown:  # the device itself or a jump host before it
+            server = unknown.group(1)
+            hop = "" if server == _address(conn) else " (a ProxyJump host on the way)"
+            raise SSHError(f"{ep.name}: unknown host key for {server}{hop} (not in {known_hosts}); "
+                           + _trust_hint(server, known_hosts)) from None
+        raise SSHError(f"{ep.name}: SSH to {conn.user}@{_address(conn)} failed: {exc}") from None
     except (OSError, EOFError) as exc:
-        raise SSHError(f"{ep.name}: cannot reach {ep.address}: {exc}") from None
+        raise SSHError(f"{ep.name}: cannot reach {_address(conn)}: {exc}") from None
     return conn
 
 

@@ -54,7 +54,7 @@ class Device:
 
 def _incoming(dev: Device) -> str:
     if dev.target.settings.sudo:
-        return f"/var/tmp/edgefleet-incoming-{dev.target.user}"
+        return f"/var/tmp/edgefleet-incoming-{dev.c.user}"
     return dev.path("objects", ".incoming")
 
 

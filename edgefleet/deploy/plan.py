@@ -156,7 +156,7 @@ class DeployPlan:
 def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
     """Check the device can take `release` and decide the steps."""
     s = target.settings
-    where = f"{target.name} ({target.user}@{target.host}:{target.port})"
+    where = f"{target.name} ({target.host})"
     if facts.arch != s.arch:
         raise PlanError(f"{where}: device is {facts.arch}, inventory says {s.arch} ({target.source})")
     if facts.python != s.python:

@@ -33,6 +33,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_sshd(d: Path, client_pub: Path):
+    """Start sshd as root on 127.0.0.1:<free port> with its own host key, trusting `client_pub`."""
+    d.mkdir(parents=True)
+    _keygen(d / "host_ed25519")
+    (d / "authorized_keys").write_text(client_pub.read_text())
+    port = _free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n"
+        f"AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\n"
+        f"PidFile {d}/sshd.pid\nUsePAM no\nSubsystem sftp internal-sftp\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if proc.poll() is not None:
+            pytest.fail(f"sshd exited: {proc.stdout.read().decode()}")
+        time.sleep(0.1)
+    kind, key = (d / "host_ed25519.pub").read_text().split()[:2]
+    return proc, port, f"[127.0.0.1]:{port} {kind} {key}\n"
+
+
+@pytest.fixture
+def sshd_pair(tmp_path):
+    """Two sshds on loopback (a bastion and a device), one client key, one known_hosts for both."""
+    if not Path(SSHD).exists():
+        pytest.fail("sshd is missing: scripts/setup.sh installs openssh-server")
+    _keygen(tmp_path / "client")
+    procs = []
+    try:
+        bastion, bastion_port, bastion_line = _start_sshd(tmp_path / "bastion", tmp_path / "client.pub")
+        procs.append(bastion)
+        device, device_port, device_line = _start_sshd(tmp_path / "device", tmp_path / "client.pub")
+        procs.append(device)
+        yield {"client_key": tmp_path / "client", "bastion_port": bastion_port, "device_port": device_port,
+               "bastion_line": bastion_line, "device_line": device_line}
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
 @pytest.fixture
 def local_sshd(tmp_path):
     """Run sshd as root on 127.0.0.1:<free port> for one test; stop it afterwards."""

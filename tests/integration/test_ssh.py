@@ -54,3 +54,45 @@ def test_unreachable_port_names_the_target(local_sshd):
     tgt = dataclasses.replace(target_for(local_sshd, local_sshd.known_hosts), port=1)
     with pytest.raises(SSHError, match=r"local: cannot reach \[127.0.0.1\]:1"):
         connect(tgt, timeout=3)
+
+
+def ssh_config(home: Path, pair: dict, known_hosts: Path) -> None:
+    (home / ".ssh").mkdir(exist_ok=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host edge-device\n  HostName 127.0.0.1\n  Port {pair['device_port']}\n  User root\n"
+        f"  IdentityFile {pair['client_key']}\n  UserKnownHostsFile {known_hosts}\n  ProxyJump bastion\n"
+        f"Host bastion\n  HostName 127.0.0.1\n  Port {pair['bastion_port']}\n  User root\n"
+        f"  IdentityFile {pair['client_key']}\n  UserKnownHostsFile {known_hosts}\n"
+    )
+
+
+def config_only_target():
+    """A device the inventory names by an ssh_config alias, with nothing else set."""
+    base = load_inventory(REPO / "targets").target("pi5-01")
+    return dataclasses.replace(base, name="edge", host="edge-device", port=None, user=None,
+                               ssh_key=None, known_hosts=None)
+
+
+def test_ssh_config_and_proxyjump(sshd_pair, _hide_user_ssh, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd_pair["bastion_line"] + sshd_pair["device_line"])
+    ssh_config(_hide_user_ssh, sshd_pair, known)
+    conn = connect(config_only_target())
+    try:
+        assert (conn.port, conn.user) == (sshd_pair["device_port"], "root")
+        assert conn.gateway is not None and conn.gateway.is_connected  # it went through the bastion
+        assert conn.run("echo via-bastion", hide=True, in_stream=False).stdout.strip() == "via-bastion"
+    finally:
+        conn.close()
+
+
+def test_unknown_bastion_key_is_refused(sshd_pair, _hide_user_ssh, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd_pair["device_line"])  # the device is known, the jump host is not
+    ssh_config(_hide_user_ssh, sshd_pair, known)
+    with pytest.raises(SSHError) as err:
+        connect(config_only_target())
+    bastion = f"[127.0.0.1]:{sshd_pair['bastion_port']}"
+    assert f"unknown host key for {bastion} (a ProxyJump host on the way)" in str(err.value)
+    assert f"ssh-keyscan -p {sshd_pair['bastion_port']} -t ed25519 127.0.0.1" in str(err.value)
+    assert known.read_text() == sshd_pair["device_line"]
