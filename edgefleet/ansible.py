@@ -1,6 +1,7 @@
 """Read an Ansible YAML inventory (hosts, groups, children, vars) as a native edgefleet one.
 
-Connection: `ansible_host`, `ansible_port`, `ansible_user`, `ansible_ssh_private_key_file`,
+Vars come inline and from `group_vars/` and `host_vars/` next to the inventory file (those win,
+as in Ansible). Connection: `ansible_host`, `ansible_port`, `ansible_user`, `ansible_ssh_private_key_file`,
 and `edgefleet_board` / `edgefleet_known_hosts`, as host vars or inherited group vars. Settings
 go under an `edgefleet:` var (host or group). Other Ansible vars are ignored. Lines stay those
 of the Ansible file, so errors point into it.
@@ -8,7 +9,10 @@ of the Ansible file, so errors point into it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .yamlsrc import Document
 
@@ -44,7 +48,8 @@ class _Reader:
             if key not in ("hosts", "children", "vars"):
                 raise AnsibleError(f"{self.doc.where(*at, key)}: {'.'.join((*at, key))}: unknown key "
                                    "(an Ansible group has hosts, children, vars)")
-        gvars = self.mapping(body.get("vars"), at + ("vars",))
+        # as in Ansible, group_vars/<group>.yml next to the inventory wins over inline vars
+        gvars = {**self.mapping(body.get("vars"), at + ("vars",)), **self.vars_file("group_vars", name)}
         entry = self.groups.setdefault(name, {"vars": {}, "children": [], "connection": {}})
         entry["vars"].update(self.mapping(gvars.get("edgefleet"), at + ("vars", "edgefleet")))
         entry["connection"].update({k: v for k, v in gvars.items() if k in CONNECTION})
@@ -52,7 +57,7 @@ class _Reader:
         for key in gvars.get("edgefleet") or {}:
             self._map_lines(at + ("vars", "edgefleet"), ("groups", name, "vars"))
         for host, hvars in self.mapping(body.get("hosts"), at + ("hosts",)).items():
-            hvars = self.mapping(hvars, at + ("hosts", host))
+            hvars = {**self.mapping(hvars, at + ("hosts", host)), **self.vars_file("host_vars", host)}
             self.host_groups.setdefault(host, [])
             if name not in self.host_groups[host]:
                 self.host_groups[host].append(name)
@@ -66,6 +71,20 @@ class _Reader:
             if child not in entry["children"]:
                 entry["children"].append(child)
             self.group(child, child_body, at + ("children", child))
+
+    def vars_file(self, kind: str, name: str) -> dict:
+        """Return the vars of `group_vars/<name>.yml` (or host_vars/, .yaml, no suffix) if present."""
+        folder = Path(self.doc.path).parent / kind
+        for candidate in (folder / f"{name}.yml", folder / f"{name}.yaml", folder / name):
+            if candidate.is_file():
+                try:
+                    data = yaml.safe_load(candidate.read_text())
+                except yaml.YAMLError as exc:
+                    raise AnsibleError(f"{candidate}: not valid YAML: {exc}") from None
+                if data is not None and not isinstance(data, dict):
+                    raise AnsibleError(f"{candidate}: expected a mapping of vars, got {type(data).__name__}")
+                return data or {}
+        return {}
 
     def _map_lines(self, src: tuple[str, ...], dest: tuple[str, ...]) -> None:
         n = len(src)
