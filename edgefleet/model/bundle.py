@@ -42,6 +42,10 @@ class Quantization(_Strict):
     weight_type: Literal["QInt8", "QUInt8"]
     per_channel: bool
     onnxruntime: str
+    smooth_alpha: float | None = Field(default=None, gt=0.0, le=1.0)
+    calibration_texts: str | None = None
+    fp32_nodes: list[str] = Field(default_factory=list)
+    outlier_channels: dict[str, int] = Field(default_factory=dict)
 
 
 class Golden(_Strict):
@@ -70,6 +74,8 @@ class Bundle(_Strict):
     normalize: bool
     source_model: SourceModel
     quantization: Quantization
+    # ONNX Runtime session config entries the runtime should set (add_session_config_entry)
+    session_config: dict[str, str] = Field(default_factory=dict)
     files: dict[str, FileRecord]
     golden: Golden
     created_by: str

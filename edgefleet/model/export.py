@@ -19,6 +19,13 @@ OUTPUTS = ["last_hidden_state"]
 FUSED_OPS = ["Attention", "MultiHeadAttention", "SkipLayerNormalization",
              "EmbedLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "LayerNormalization"]
 EXPORT_META = "export.json"
+# Fuse Add+LayerNormalization into SkipLayerNormalization? No: on x86 (ORT 1.32, MiniLM-L6, batch
+# 1, one thread) the SkipLayerNormalization kernel took 1.67 ms per run at 64 tokens against
+# 0.32 ms for Add + LayerNormalization (per-node profile), INT8 end to end 1.23x faster. ORT
+# re-fuses at session load unless the session disables SkipLayerNormFusion, so the bundle
+# carries that in `session_config` (benchmarks/bench_fusion.py measures both).
+SKIP_LAYER_NORM = False
+SESSION_CONFIG_UNFUSED = {"optimization.disable_specified_optimizers": "SkipLayerNormFusion"}
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,8 @@ def source_name(model_dir: Path) -> str:
     return name if name and not Path(name).is_absolute() else model_dir.resolve().name
 
 
-def export_key(model_dir, max_seq_len: int | None, opset: int) -> str:
+def export_key(model_dir, max_seq_len: int | None, opset: int,
+               skip_layer_norm: bool = SKIP_LAYER_NORM) -> str:
     """Hash the model files and export settings (plus tool versions): the export cache key."""
     import onnxruntime
     import torch
@@ -79,7 +87,8 @@ def export_key(model_dir, max_seq_len: int | None, opset: int) -> str:
     names = ["config.json", "tokenizer.json", "sentence_bert_config.json", "model.safetensors",
              "pytorch_model.bin"]
     files = [model_dir / name for name in names if (model_dir / name).is_file()]
-    settings = {"max_seq_len": max_seq_len, "opset": opset, "torch": torch.__version__,
+    settings = {"max_seq_len": max_seq_len, "opset": opset, "skip_layer_norm": skip_layer_norm,
+                "torch": torch.__version__,
                 "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__}
     return inputs_digest(files, settings)
 
@@ -144,15 +153,21 @@ def _torch_export(model_dir: Path, onnx_path: Path, opset: int) -> None:
                           dynamo=False)
 
 
-def _optimize(raw_path: Path, out_path: Path, num_heads: int, hidden_size: int) -> None:
+def _optimize(raw_path: Path, out_path: Path, num_heads: int, hidden_size: int,
+              skip_layer_norm: bool = SKIP_LAYER_NORM) -> None:
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = skip_layer_norm
+    options.enable_bias_skip_layer_norm = skip_layer_norm
     optimized = optimize_model(str(raw_path), model_type="bert", num_heads=num_heads,
-                               hidden_size=hidden_size, opt_level=0)
+                               hidden_size=hidden_size, opt_level=0, optimization_options=options)
     optimized.save_model_to_file(str(out_path))
 
 
-def export(model_dir, out_dir, max_seq_len: int | None = None, opset: int = 17) -> ExportResult:
+def export(model_dir, out_dir, max_seq_len: int | None = None, opset: int = 17,
+           skip_layer_norm: bool = SKIP_LAYER_NORM) -> ExportResult:
     """Write out_dir: optimized FP32 model.onnx, reset tokenizer.json and export.json."""
     started = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -166,7 +181,7 @@ def export(model_dir, out_dir, max_seq_len: int | None = None, opset: int = 17) 
             warnings.simplefilter("ignore")
             _torch_export(model_dir, raw, opset)
         _optimize(raw, tmp / "model.onnx", int(config["num_attention_heads"]),
-                  int(config["hidden_size"]))
+                  int(config["hidden_size"]), skip_layer_norm)
         raw.unlink()
         for extra in tmp.glob("raw.onnx*"):
             extra.unlink()
@@ -174,9 +189,10 @@ def export(model_dir, out_dir, max_seq_len: int | None = None, opset: int = 17) 
         fused = count_ops(tmp / "model.onnx")
         source = {"name": source_name(model_dir), "dir": str(model_dir.resolve()),
                   "config_sha256": sha256_file(model_dir / "config.json")}
-        meta = {"inputs_sha256": export_key(model_dir, max_seq_len_arg, opset),
+        meta = {"inputs_sha256": export_key(model_dir, max_seq_len_arg, opset, skip_layer_norm),
                 "source_model": source, "max_seq_len": max_seq_len, "opset": opset,
-                "inputs": INPUTS, "outputs": OUTPUTS, "fused_ops": fused}
+                "inputs": INPUTS, "outputs": OUTPUTS, "fused_ops": fused,
+                "skip_layer_norm": skip_layer_norm}
         (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
     onnx_path = out_dir / "model.onnx"
     return ExportResult(out_dir=out_dir, onnx_path=onnx_path,

@@ -1,4 +1,4 @@
-"""Model tasks: export a Hugging Face model to ONNX, quantize it into a bundle."""
+"""Model tasks: export to ONNX, quantize into a bundle, bench and check it side by side."""
 
 from __future__ import annotations
 
@@ -97,4 +97,48 @@ def quantize(c, model=None, out=None, name=None, per_tensor=False, force=False):
     print(f"golden: {len(bundle.golden.texts)} texts, min_cosine {bundle.golden.min_cosine}")
 
 
-ns = Collection("model", export, quantize)
+@task(help={
+    "threads": "comma-separated intra-op thread counts, e.g. 1,2",
+    "batch": "comma-separated batch sizes, e.g. 1,8",
+    "rounds": "interleaved rounds per length (median of these)",
+    "json": "print one JSON document instead of the table",
+})
+def bench(c, threads="1,2", batch="1,8", rounds=30, json=False):
+    """Time PyTorch FP32, ORT FP32, naive INT8 and our bundle side by side; print ratios."""
+    import shlex
+    import sys
+
+    from edgefleet.paths import repo_root
+
+    script = repo_root() / "benchmarks" / "bench_model.py"
+    parts = [sys.executable, str(script), "--threads", str(threads), "--batch", str(batch),
+             "--rounds", str(int(rounds))] + (["--json"] if json else [])
+    c.run(" ".join(shlex.quote(part) for part in parts), pty=False)
+
+
+@task(help={
+    "texts": "text file, one text a line (default: tests/data/texts.txt)",
+    "threads": "intra-op threads",
+    "rounds": "interleaved rounds per length (median of these)",
+    "plot": "PNG path (default: <repo>/build/reports/model-check.png)",
+    "json": "print one JSON document instead of the tables",
+})
+def check(c, texts=None, threads=1, rounds=15, plot=None, json=False):
+    """Accuracy vs FP32 PyTorch and latency per length: tables, --json and a PNG plot."""
+    import shlex
+    import sys
+
+    from edgefleet.paths import repo_root
+
+    parts = [sys.executable, str(repo_root() / "benchmarks" / "check_model.py"),
+             "--threads", str(int(threads)), "--rounds", str(int(rounds))]
+    if texts:
+        parts += ["--texts", str(_resolve(texts))]
+    if plot:
+        parts += ["--plot", str(_resolve(plot))]
+    if json:
+        parts.append("--json")
+    c.run(" ".join(shlex.quote(part) for part in parts), pty=False)
+
+
+ns = Collection("model", export, quantize, bench, check)

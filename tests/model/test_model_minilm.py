@@ -34,7 +34,7 @@ def minilm(tmp_path_factory):
 @pytest.fixture(scope="session")
 def texts():
     lines = [line for line in TEXTS_FILE.read_text(encoding="utf-8").splitlines() if line]
-    assert len(lines) >= 50
+    assert len(lines) >= 100
     return lines
 
 
@@ -62,11 +62,11 @@ def test_attention_fused(minilm):
     assert minilm["max_seq_len"] == 256
 
 
-def test_int8_size_at_most_30_percent(minilm):
+def test_int8_size_at_most_35_percent(minilm):
     fp32 = (minilm["fp32_dir"] / "model.onnx").stat().st_size
     int8 = (minilm["bundle_dir"] / "model.onnx").stat().st_size
     print(f"\nFP32 {fp32 / 1e6:.1f} MB, INT8 {int8 / 1e6:.1f} MB ({100 * int8 / fp32:.1f}%)")
-    assert int8 <= 0.30 * fp32
+    assert int8 <= 0.30 * fp32  # issue 2 asks <= 30%, issue 3 <= 35%: hold the stricter
 
 
 def test_int8_cosine_vs_pytorch(minilm, texts):
@@ -82,7 +82,7 @@ def test_int8_cosine_vs_pytorch(minilm, texts):
           f"min {values.min():.5f} (text {worst}: {texts[worst][:40]!r})")
     print(f"INT8 one padded batch of {len(texts)}: mean {batch_values.mean():.5f} "
           f"min {batch_values.min():.5f}")
-    assert values.mean() >= 0.99
+    assert values.mean() >= 0.998 and values.min() >= 0.99
     assert batch_values.mean() >= 0.98
 
 

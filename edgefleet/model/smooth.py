@@ -1,0 +1,144 @@
+"""SmoothQuant for dynamic INT8: move activation outliers into the weights before quantizing.
+
+BERT's hidden states have a few channels far larger than the rest, so a per-tensor activation
+scale (dynamic INT8) wastes most of its 256 levels on them. For each MatMul/Attention input X
+and weight W (K x N), with per-channel maxima a (of X, from calibration) and w (of W's rows):
+s = a**alpha / w**(1 - alpha); X W = (X / s)(s W). The division becomes one Mul node before the
+op; s W is folded into the weight, which per-channel weight quantization absorbs well.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["SMOOTH_OPS", "activation_absmax", "smooth", "resolve_outliers"]
+
+SMOOTH_OPS = ("MatMul", "Attention")
+
+
+def _targets(model, nodes: set[str] | None = None):
+    """Yield (node, weight initializer) for MatMul/Attention nodes with a constant 2-D weight."""
+    init = {item.name: item for item in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in SMOOTH_OPS and node.input[1] in init and (
+                nodes is None or node.name in nodes):
+            if len(init[node.input[1]].dims) == 2:
+                yield node, init[node.input[1]]
+
+
+def activation_absmax(onnx_path, tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
+    """Run the FP32 graph on texts; return per-channel max |input| of each target node."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(onnx_path))
+    watch = {node.name: node.input[0] for node, _ in _targets(model)}
+    known = {item.name for item in model.graph.output}
+    for tensor in sorted(set(watch.values()) - known):
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    names = [item.name for item in session.get_outputs()]
+    inputs = {item.name for item in session.get_inputs()}
+    maxima: dict[str, np.ndarray] = {}
+    for text in texts:
+        enc = tokenizer.encode(text)
+        feeds = {"input_ids": np.array([enc.ids]), "attention_mask": np.array([enc.attention_mask]),
+                 "token_type_ids": np.array([enc.type_ids])}
+        outputs = dict(zip(names, session.run(names, {k: v for k, v in feeds.items()
+                                                       if k in inputs})))
+        for tensor in set(watch.values()):
+            value = np.abs(outputs[tensor]).reshape(-1, outputs[tensor].shape[-1]).max(axis=0)
+            maxima[tensor] = np.maximum(maxima.get(tensor, value), value)
+    return {node: maxima[tensor] for node, tensor in watch.items()}
+
+
+def smooth(model, absmax: dict[str, np.ndarray], alpha: float | dict[str, float] = 0.5,
+           outliers: dict[str, int] | None = None):
+    """Return a copy of model with a Mul(1/s) before each target node and s folded into W.
+
+    alpha is one value for every node or {node name: alpha}; nodes missing from the dict (or
+    given 0) are left alone. outliers {MatMul name: k} also splits off the k input channels
+    with the largest calibrated maxima: the smoothing Mul zeroes them, and a Gather + small
+    FP32 MatMul (k x N) + Add computes their share exactly (LLM.int8()-style decomposition).
+    """
+    outliers = outliers or {}
+    extra_inits: list = []
+    import copy
+
+    import onnx
+    from onnx import numpy_helper
+
+    model = copy.deepcopy(model)
+    new_nodes = []
+    targets = {node.name: weight for node, weight in _targets(model, set(absmax))}
+    for original in model.graph.node:
+        node = onnx.NodeProto()
+        node.CopyFrom(original)
+        weight = targets.get(node.name)
+        node_alpha = alpha.get(node.name, 0.0) if isinstance(alpha, dict) else alpha
+        if weight is not None and node_alpha > 0:
+            w = numpy_helper.to_array(weight).astype(np.float32)
+            a = np.maximum(absmax[node.name].astype(np.float32), 1e-5)
+            w_max = np.maximum(np.abs(w).max(axis=1), 1e-5)
+            s = np.power(a, node_alpha) / np.power(w_max, 1 - node_alpha)
+            s = np.clip(s, 1e-3, 1e3).astype(np.float32)
+            inverse = (1.0 / s).astype(np.float32)
+            scaled = w * s[:, None]
+            k = outliers.get(node.name, 0) if node.op_type == "MatMul" else 0
+            if k:
+                picked = np.sort(np.argsort(a)[::-1][:k]).astype(np.int64)
+                inverse[picked] = 0.0
+                scaled[picked, :] = 0.0
+                path_nodes, path_inits = _outlier_path(node, w[picked, :], picked)
+                new_nodes.extend(path_nodes)
+                extra_inits.extend(path_inits)
+            weight.CopyFrom(numpy_helper.from_array(scaled, weight.name))
+            scale_name = f"{node.name}_smooth_scale"
+            out_name = f"{node.input[0]}_smoothed_for_{node.name}"
+            model.graph.initializer.append(numpy_helper.from_array(inverse, scale_name))
+            new_nodes.append(onnx.helper.make_node("Mul", [node.input[0], scale_name], [out_name],
+                                                   name=f"{node.name}_smooth"))
+            node.input[0] = out_name
+        new_nodes.append(node)
+        if weight is not None and node_alpha > 0 and outliers.get(node.name, 0) and \
+                node.op_type == "MatMul":
+            exact = f"{node.name}_outlier_out"
+            merged = node.output[0]
+            node.output[0] = f"{merged}_int8_part"
+            new_nodes.append(onnx.helper.make_node("Add", [node.output[0], exact], [merged],
+                                                   name=f"{node.name}_outlier_add"))
+    model.graph.initializer.extend(extra_inits)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    return model
+
+
+def _outlier_path(node, rows: np.ndarray, picked: np.ndarray) -> tuple[list, list]:
+    """Return (nodes, initializers) of Gather(input, picked, axis=-1) -> MatMul(rows)."""
+    import onnx
+    from onnx import numpy_helper
+
+    index, weight = f"{node.name}_outlier_index", f"{node.name}_outlier_weight"
+    inits = [numpy_helper.from_array(picked, index),
+             numpy_helper.from_array(rows.astype(np.float32), weight)]
+    gathered = f"{node.name}_outlier_in"
+    return [onnx.helper.make_node("Gather", [node.input[0], index], [gathered], axis=-1,
+                                  name=f"{node.name}_outlier_gather"),
+            onnx.helper.make_node("MatMul", [gathered, weight], [f"{node.name}_outlier_out"],
+                                  name=f"{node.name}_outlier_matmul")], inits
+
+
+def resolve_outliers(node_names, patterns: dict[str, int]) -> dict[str, int]:
+    """Map {regex over node names: k} to {node name: k} for the nodes of one graph."""
+    import re
+
+    resolved = {}
+    for name in node_names:
+        for pattern, k in patterns.items():
+            if re.search(pattern, name):
+                resolved[name] = k
+    return resolved
