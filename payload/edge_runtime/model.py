@@ -73,6 +73,7 @@ class EmbeddingModel:
     input_types: dict = field(default_factory=dict)
     _buffers: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    last_tokens: int = 0  # batch x sequence length of the latest call
 
     def __post_init__(self):
         self._buffers = {name: np.zeros(self.max_seq_len,
@@ -120,6 +121,7 @@ class EmbeddingModel:
         with self._lock:  # the batch-1 path reuses buffers: one call at a time
             feeds = self.tokenize_one(texts[0]) if len(texts) == 1 else self.tokenize(texts)
             hidden = self.infer(feeds).astype(np.float32, copy=False)
+            self.last_tokens = int(hidden.shape[0] * hidden.shape[1])
             mask = feeds.get("attention_mask")
             mask = mask.copy() if mask is not None else np.ones(hidden.shape[:2])
         if self.meta["pooling"] == "cls":
@@ -131,8 +133,10 @@ class EmbeddingModel:
         return np.ascontiguousarray(pooled, dtype=np.float32)
 
 
-def session_options(threads: int | None, spin: bool = False) -> ort.SessionOptions:
-    """Return CPU session options: intra-op threads set explicitly, inter-op 1, spin or not.
+def session_options(threads: int | None, spin: bool = False,
+                    flush_denormals: bool = False) -> ort.SessionOptions:
+    """Return CPU session options: intra-op threads set explicitly, inter-op 1, spin or not,
+    denormals flushed to zero or not (session.set_denormal_as_zero).
 
     ORT sizes its pool from the machine, not from the process's affinity, so threads is always
     set: without a value, one thread per CPU the process may run on.
@@ -141,6 +145,13 @@ def session_options(threads: int | None, spin: bool = False) -> ort.SessionOptio
     options.intra_op_num_threads = int(threads or len(os.sched_getaffinity(0)))
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if flush_denormals:
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    # No CPU memory arena: the arena keeps its peak for ever (server RSS 218 MiB after 3 batches
+    # of 8 x 256 tokens with it, 105 MiB without it plus the service's idle malloc_trim and one
+    # malloc arena), and batch-1 latency is the same within noise at 16..256 tokens
+    # (x86_64, 2 threads, MiniLM INT8, benchmarks/bench_runtime.py).
+    options.enable_cpu_mem_arena = False
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     return options
@@ -154,7 +165,8 @@ def _session(model_path: Path, options: ort.SessionOptions,
 
 
 def load(bundle_dir, threads: int | None = None, max_seq_len: int | None = None,
-         spin: bool = False, from_bytes: bool = False, options=None) -> EmbeddingModel:
+         spin: bool = False, from_bytes: bool = False, options=None,
+         flush_denormals: bool = False) -> EmbeddingModel:
     """Load a bundle; max_seq_len may lower the bundle's limit, never raise it."""
     bundle_dir = Path(bundle_dir)
     meta = read_meta(bundle_dir)
@@ -164,7 +176,10 @@ def load(bundle_dir, threads: int | None = None, max_seq_len: int | None = None,
     tokenizer.enable_truncation(max_length=limit)
     pad_id = tokenizer.token_to_id("[PAD]")
     tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
-    options = options or session_options(threads, spin)
+    options = options or session_options(threads, spin, flush_denormals)
+    # bundle-chosen ORT settings, e.g. keeping SkipLayerNorm unfused where that measured faster
+    for key, value in (meta.get("session_config") or {}).items():
+        options.add_session_config_entry(str(key), str(value))
     session = _session(bundle_dir / "model.onnx", options, from_bytes)
     graph_inputs = {item.name: item.type for item in session.get_inputs()}
     unknown = set(graph_inputs) - {"input_ids", "attention_mask", "token_type_ids"}

@@ -24,6 +24,7 @@ __all__ = ["Service", "release_id", "rss_bytes"]
 log = logging.getLogger("edge_runtime")
 RELEASE_PATH = re.compile(r"/releases/([^/]+)/bundle/?$")
 WAIT_S = 60.0
+TRIM_TOKENS = 128  # after a call over this many tokens, hand freed memory back when idle
 
 
 def release_id(bundle_dir) -> str | None:
@@ -45,6 +46,19 @@ def _malloc_trim() -> None:
         pass
 
 
+def single_malloc_arena() -> bool:
+    """Make glibc use one malloc arena for all threads (mallopt M_ARENA_MAX=1); call early.
+
+    Measured with 3 batches of 8 x 256 tokens: RSS afterwards 104-105 MiB every time with one
+    arena, 105-141 MiB with the default (per-thread arenas defeat malloc_trim), batch-1 p50 the
+    same within noise. Returns False when not glibc.
+    """
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-8, 1))  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
+
+
 class Service:
     """The model, its readiness ("loading" | "ready" | "failed") and everything around it."""
 
@@ -59,8 +73,10 @@ class Service:
         self.sysfs = Sysfs(self.config.sysfs_root)
         self.guard = ThermalGuard(self.sysfs, self.config.thermal)
         self.metrics = Metrics()
+        self._trim = False
         self.worker = InferenceWorker(self._run, self.config.limits.queue_depth,
-                                      observe=self.metrics.inferred, spacing=self._spacing)
+                                      observe=self.metrics.inferred, spacing=self._spacing,
+                                      idle=self._idle)
 
     @property
     def ready(self) -> bool:
@@ -101,7 +117,16 @@ class Service:
             log.error("load_failed error=%s", error)
 
     def _run(self, texts):
-        return self.model.embed(texts)
+        result = self.model.embed(texts)
+        self._trim = self._trim or self.model.last_tokens > TRIM_TOKENS
+        return result
+
+    def _idle(self) -> None:
+        """After long inputs, return glibc's freed blocks to the OS (~6 ms, off the answer path):
+        without it RSS stays at its peak (207 MiB after 8 x 256 tokens, 99 MiB with it)."""
+        if self._trim:
+            self._trim = False
+            _malloc_trim()
 
     def _spacing(self, took_s: float) -> float:
         return took_s if self.guard.state == SOFT else 0.0

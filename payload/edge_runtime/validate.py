@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 import json
+
+try:  # the function hmac.compare_digest is, without hmac's import of OpenSSL (~4 MiB RSS)
+    from _operator import _compare_digest as compare_digest
+except ImportError:  # pragma: no cover - not CPython
+    from hmac import compare_digest
 
 __all__ = ["ApiError", "parse_texts", "check_length", "check_token"]
 
@@ -31,7 +35,7 @@ def check_token(authorization: str | None, token: str | None) -> None:
     if not token:
         return
     scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+    if scheme.lower() != "bearer" or not compare_digest(given.strip().encode(),
                                                              token.encode()):
         raise ApiError(401, "missing or wrong bearer token",
                        headers={"WWW-Authenticate": 'Bearer realm="edge_runtime"'})

@@ -21,11 +21,13 @@ class InferenceWorker:
     """Run run(job) for queued jobs on one thread; spacing() returns the idle time after each.
 
     observe(seconds) is called with each job's run time (for metrics); spacing(seconds) lets the
-    thermal guard stretch the gap between jobs.
+    thermal guard stretch the gap between jobs; idle() runs after a job when no other waits
+    (housekeeping nobody has to wait for).
     """
 
-    def __init__(self, run, depth: int, observe=lambda s: None, spacing=lambda s: 0.0):
-        self.run, self.observe, self.spacing = run, observe, spacing
+    def __init__(self, run, depth: int, observe=lambda s: None, spacing=lambda s: 0.0,
+                 idle=lambda: None):
+        self.run, self.observe, self.spacing, self.idle = run, observe, spacing, idle
         self.jobs: queue.Queue = queue.Queue(maxsize=depth)
         self.busy = False
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
@@ -70,6 +72,11 @@ class InferenceWorker:
                 took = time.perf_counter() - started
                 self.busy = False
                 self.observe(took)
+            if self.jobs.empty():
+                try:
+                    self.idle()
+                except Exception:  # housekeeping must never stop the worker
+                    log.exception("worker_idle_failed")
             gap = self.spacing(took)
             if gap > 0:
                 time.sleep(gap)

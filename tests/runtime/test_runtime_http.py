@@ -238,3 +238,163 @@ def test_concurrent_load_on_loopback(serve):
     assert f"edge_inference_seconds_count {clients * per_client + 0}" in metrics \
         or "edge_inference_seconds_count" in metrics
     assert 'edge_request_seconds_bucket{route="/v1/embed",le="+Inf"}' in metrics
+
+
+_LEFTOVER: dict = {}  # bytes read past one response (pipelining), per socket
+
+
+def read_response(sock) -> tuple[int, dict, bytes]:
+    """Read exactly one response (status, headers, body) from a keep-alive socket."""
+    data = _LEFTOVER.pop(sock.fileno(), b"")
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers["content-length"])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed inside a body"
+        body += chunk
+    if len(body) > length:
+        _LEFTOVER[sock.fileno()] = body[length:]
+    return int(lines[0].split()[1]), headers, body[:length]
+
+
+def test_keep_alive_many_requests_one_connection(serve):
+    service, port = serve(**LIMITS)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        body = b'{"texts": ["one"]}'
+        # two requests in one write (pipelined), then a 400 after the body was read, then more
+        sock.sendall(b"POST /v1/embed HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                     + b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, data = read_response(sock)
+        assert status == 200 and "connection" not in headers
+        assert len(json.loads(data)["embeddings"][0]) == service.model.dim
+        assert headers["date"].endswith(" GMT") and headers["content-type"] == "application/json"
+        assert read_response(sock)[0] == 200
+        sock.sendall(post(b"{bad").replace(b"Connection: close\r\n", b""))
+        status, headers, data = read_response(sock)
+        assert status == 400 and "connection" not in headers  # body consumed: stays open
+        sock.sendall(b"GET /readyz HTTP/1.1\r\n\r\n")
+        status, _, data = read_response(sock)
+        assert status == 200 and json.loads(data)["state"] == "ready"
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+        status, headers, _ = read_response(sock)
+        assert status == 200 and headers["connection"] == "close"
+        assert sock.recv(10) == b""
+
+
+def test_http10_closes_unless_keep_alive(serve):
+    _, port = serve()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, headers, _ = read_response(sock)
+        assert status == 200 and headers["connection"] == "keep-alive"
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        status, headers, _ = read_response(sock)
+        assert status == 200 and headers["connection"] == "close"
+        assert sock.recv(10) == b""
+
+
+def test_head_limits_and_framing_errors_close(serve):
+    from edge_runtime.server import MAX_HEADERS, MAX_LINE
+
+    _, port = serve(**LIMITS)
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(MAX_HEADERS + 1))
+    cases = [
+        (b"GET /" + b"a" * (MAX_LINE + 10) + b" HTTP/1.1\r\n\r\n", 414, "too long"),
+        (b"GET /healthz HTTP/1.1\r\nX-Long: " + b"v" * (MAX_LINE + 10) + b"\r\n\r\n", 431,
+         "too long"),
+        (b"GET /healthz HTTP/1.1\r\n" + many + b"\r\n", 431, "too many headers"),
+        (b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n", 400, "bad header"),
+        (b"GET /healthz HTTP/1.1\r\n folded: x\r\n\r\n", 400, "bad header"),
+        (POST + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 411, "content-length"),
+        (POST + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400, "duplicate"),
+        (b"GET healthz HTTP/1.1\r\n\r\n", 400, "request syntax"),
+        (b"GET  /healthz HTTP/1.1\r\n\r\n", 400, "request syntax"),
+    ]
+    for data, status, words in cases:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(data)
+            got, headers, body = read_response(sock)
+            assert (got, headers["connection"]) == (status, "close"), data[:40]
+            assert words in json.loads(body)["error"].lower(), (data[:40], body)
+    assert embed(port, ["still fine"])[0] == 200
+
+
+def test_early_error_with_unread_body_closes(serve):
+    _, port = serve(host="0.0.0.0", token="s3cret")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/embed HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+        status, headers, _ = read_response(sock)
+        assert status == 401 and headers["connection"] == "close"  # body unread: no reuse
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
+        status, headers, _ = read_response(sock)
+        assert status == 200 and headers["connection"] == "close"
+        assert sock.recv(10) == b""
+
+
+def test_expect_100_continue(serve):
+    _, port = serve()
+    body = b'{"texts": ["after continue"]}'
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/embed HTTP/1.1\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        assert sock.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        assert read_response(sock)[0] == 200
+
+
+def test_connection_limit_gives_503(serve, monkeypatch):
+    from edge_runtime import server as server_module
+
+    monkeypatch.setattr(server_module.Server, "max_connections", 2)
+    _, port = serve(timeout_s=5.0)
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    try:
+        for sock in held:  # make sure both are being served (each answered once)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+            sock.settimeout(5)
+            assert read_response(sock)[0] == 200
+        status, headers, body = raw(port, b"GET /healthz HTTP/1.1\r\n\r\n")
+        assert status == 503 and headers["retry-after"] == "1"
+        assert "too many connections" in body["error"]
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the slots come back once the connections end
+        if request(port, "GET", "/healthz")[0] == 200:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("connection slots never released")
+
+
+def test_server_does_not_import_http_server_or_email(run_cli):
+    import subprocess
+    import sys
+
+    code = ("import sys, edge_runtime.server, edge_runtime.__main__; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('http', 'email', 'hmac', 'hashlib', 'asyncio')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_float32_json_round_trips_exactly():
+    import numpy as np
+
+    from edge_runtime.server import float32_json
+
+    rows = (np.random.default_rng(1).random((3, 384), dtype=np.float32) - 0.5) / 7
+    rows[0, 0], rows[1, 1] = 0.0, -1e-38
+    back = np.asarray(json.loads(float32_json(rows)), dtype=np.float32)
+    assert np.array_equal(back, rows)
+    assert json.loads(float32_json(np.zeros((0, 4), dtype=np.float32))) == []
+    assert float32_json(np.array([[np.nan]], dtype=np.float32)) == b"[[NaN]]"

@@ -2,6 +2,7 @@
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -80,6 +81,45 @@ def test_worker_runs_in_order_and_refuses_when_full():
     assert worker.submit("d").result(5) == "D"  # the worker survived the failing job
     assert seen == ["a", "boom", "d"]
     worker.stop()
+
+
+def test_worker_idle_hook_runs_when_queue_empty_and_survives_errors():
+    calls = []
+
+    def idle():
+        calls.append("idle")
+        if len(calls) == 1:
+            raise RuntimeError("housekeeping failed")
+
+    worker = InferenceWorker(lambda job: job * 2, depth=4, idle=idle).start()
+    assert worker.submit(1).result(5) == 2
+    assert worker.submit(2).result(5) == 4  # the worker outlived the failing idle()
+    deadline = time.monotonic() + 5
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert calls == ["idle", "idle"]
+    worker.stop()
+
+
+def test_service_trims_memory_only_after_long_inputs(tiny_bundle, fake_sysfs, monkeypatch):
+    from edge_runtime import service as service_module
+    from edge_runtime.config import parse_config
+
+    trims = []
+    monkeypatch.setattr(service_module, "_malloc_trim", lambda: trims.append(1))
+    service = service_module.Service(tiny_bundle, parse_config(
+        {"sysfs_root": str(fake_sysfs.root), "threads": 1}))
+    service.start(poll=False)
+    assert service.ready
+    trims.clear()
+    service._run(["short"])
+    service._idle()
+    assert trims == [] and service.model.last_tokens < service_module.TRIM_TOKENS
+    service._run(["word " * 400] * 4)  # batch x max_seq_len over the threshold
+    assert service.model.last_tokens > service_module.TRIM_TOKENS
+    service._idle()
+    service._idle()
+    assert trims == [1]
 
 
 def test_histogram_and_metrics_text():
