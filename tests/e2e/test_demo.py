@@ -39,8 +39,8 @@ def test_invoke_demo_on_emulated_arm64():
         ssh = ["ssh", "-i", str(paths.client_key), "-o", f"UserKnownHostsFile={paths.known_hosts}",
                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", "2201", "root@127.0.0.1"]
         check = subprocess.run(ssh + ["uname -m; readlink /opt/edgefleet/current; "
-                                      "systemctl is-active edgefleet-runtime.service"],
+                                      "systemctl is-active edgefleet-runtime.service edgefleet-tuning.service"],
                                capture_output=True, text=True, timeout=60)
-        assert check.stdout.split() == ["aarch64", f"releases/{release.group(1)}", "active"], check
+        assert check.stdout.split() == ["aarch64", f"releases/{release.group(1)}", "active", "active"], check
     finally:
         lab.down(paths)

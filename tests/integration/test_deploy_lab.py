@@ -59,6 +59,7 @@ def test_deploy_then_nothing_changed(lab_target, bundle, tmp_path):
     root = lab_target.settings.root
     assert on_device(lab_target, f"readlink {root}/current") == f"releases/{first.release_id}"
     assert on_device(lab_target, "systemctl is-active edgefleet-runtime.service") == "active"
+    assert on_device(lab_target, "systemctl is-active edgefleet-tuning.service") == "active"
     # the service runs unprivileged, as the edgefleet user
     pid = on_device(lab_target, "systemctl show -p MainPID --value edgefleet-runtime.service")
     assert on_device(lab_target, f"ps -o user= -p {pid}") == "edgefleet"
