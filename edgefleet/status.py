@@ -129,6 +129,8 @@ def find_drift(target: Target, files: list[RenderedFile], state: DeviceState) ->
         drift.append(f"{UNIT_NAME} is {state.service_enabled}, not enabled")
     if state.service_active != "active":
         drift.append(f"{UNIT_NAME} is {state.service_active}, not active")
+    if state.tuning_active != "active":
+        drift.append(f"{TUNING_UNIT} is {state.tuning_active}: governor and power mode not applied")
     for policy, governor in sorted(state.governors.items()):
         if governor != s.governor:
             drift.append(f"cpufreq {policy} governor is {governor}, expected {s.governor}")

@@ -61,6 +61,7 @@ def test_status_command_runs_in_sh(tmp_path, target, files):
     ({}, []),
     ({"service_enabled": "disabled"}, [f"{UNIT_NAME} is disabled, not enabled"]),
     ({"service_active": "failed"}, [f"{UNIT_NAME} is failed, not active"]),
+    ({"tuning_active": "failed"}, ["edgefleet-tuning.service is failed: governor and power mode not applied"]),
     ({"governors": {"policy0": "powersave"}}, ["cpufreq policy0 governor is powersave, expected performance"]),
     ({"committed": "r-bbbbbbbbbbbb"}, ["current release r-aaaaaaaaaaaa never passed a health gate (committed: r-bbbbbbbbbbbb)"]),
     ({"arch": "amd64"}, ["arch is amd64, inventory says arm64"]),
