@@ -85,34 +85,12 @@ def local_sshd(tmp_path):
     """Run sshd as root on 127.0.0.1:<free port> for one test; stop it afterwards."""
     if not Path(SSHD).exists():
         pytest.fail("sshd is missing: scripts/setup.sh installs openssh-server")
-    d = tmp_path / "sshd"
-    d.mkdir()
-    _keygen(d / "host_ed25519")
-    _keygen(d / "client")
-    (d / "authorized_keys").write_text((d / "client.pub").read_text())
-    port = _free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n"
-        f"AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\n"
-        f"PidFile {d}/sshd.pid\nUsePAM no\nSubsystem sftp internal-sftp\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)
-    host_pub = (d / "host_ed25519.pub").read_text().split()
-    known = d / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _keygen(tmp_path / "client")
+    proc, port, line = _start_sshd(tmp_path / "sshd", tmp_path / "client.pub")
+    known = tmp_path / "known_hosts"
+    known.write_text(line)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None:
-                pytest.fail(f"sshd exited: {proc.stdout.read().decode()}")
-            time.sleep(0.1)
-        yield LocalSSHD(port, d / "client", " ".join(host_pub[:2]), known, d)
+        yield LocalSSHD(port, tmp_path / "client", " ".join(line.split()[1:3]), known, tmp_path / "sshd")
     finally:
         proc.terminate()
         proc.wait(timeout=10)
