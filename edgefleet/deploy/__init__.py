@@ -15,12 +15,12 @@ from ..paths import repo_root
 from ..render import UNIT_NAME, check_rendered, render_target
 from ..ssh import connect, http_json_over_ssh
 from .apply import DeployError, Device, apply_plan, device_lock, record_state, restart_service, switch_current
-from .env import build_target_env
+from .env import DeviceEnv, build_target_env
 from .health import Call, HealthResult, NotReady, golden_check, wait_ready
 from .plan import DeployPlan, facts_command, make_plan, parse_facts
 from .release import Release, make_release
 
-__all__ = ["DeployResult", "DeployError", "prepare_release", "deploy", "service_call"]
+__all__ = ["DeployResult", "DeployError", "prepare_release", "deploy", "revert", "service_call"]
 
 
 @dataclass
@@ -33,17 +33,19 @@ class DeployResult:
     rolled_back: bool = False
     plan: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    temperature_c: float | None = None  # hottest thermal zone after the gate, when the device has any
 
     @property
     def ok(self) -> bool:
         return self.health is None or self.health.ok
 
 
-def prepare_release(target: Target, bundle_dir: Path, build_dir: Path) -> Release:
-    """Render, check and collect everything the device gets, on the host."""
+def prepare_release(target: Target, bundle_dir: Path, build_dir: Path, env: DeviceEnv | None = None) -> Release:
+    """Render, check and collect everything the device gets, on the host (`env`: packages resolved already)."""
     rendered = render_target(target)
     check_rendered(rendered)
-    env = build_target_env(target, repo_root() / "payload" / "requirements.txt", build_dir / "device-envs")
+    if env is None:
+        env = build_target_env(target, repo_root() / "payload" / "requirements.txt", build_dir / "device-envs")
     return make_release(target.name, bundle_dir, repo_root() / "payload", rendered, env)
 
 
@@ -83,10 +85,29 @@ def health_gate(dev: Device, golden: dict, check_golden: bool = True) -> HealthR
     return result
 
 
-def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = False, log=print) -> DeployResult:
-    """Deploy `bundle_dir` to `target` and gate on health; roll back by itself on failure."""
+def _hottest(dev: Device) -> float | None:
+    """Return the hottest temperature /v1/info reports, or None (no zones, or no answer)."""
+    try:
+        status, info = service_call(dev)("/v1/info", timeout=10)
+    except (OSError, ValueError):
+        return None
+    temps = [z.get("temp_c") for z in (info.get("temperatures") or {}).values() if isinstance(z, dict)]
+    temps = [t for t in temps if isinstance(t, (int, float))]
+    return max(temps) if status == 200 and temps else None
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()} pid {os.getpid()} {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
+
+
+def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = False, log=print,
+           release: Release | None = None) -> DeployResult:
+    """Deploy `bundle_dir` to `target` and gate on health; roll back by itself on failure.
+
+    `release`: prepared already for this target (a rollout prepares all of them before its first wave).
+    """
     t0 = time.monotonic()
-    release = prepare_release(target, bundle_dir, build_dir)
+    release = release or prepare_release(target, bundle_dir, build_dir)
     golden = json.loads((bundle_dir / "bundle.json").read_text())["golden"]
     conn = connect(target)
     try:
@@ -102,10 +123,10 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
         if plan.nothing_to_do:
             result.health = health_gate(dev, golden, check_golden=False)
             log(f"  {result.health.summary()}")
+            result.temperature_c = _hottest(dev) if result.health.ok else None
             result.seconds = time.monotonic() - t0
             return result
-        owner = f"{socket.gethostname()} pid {os.getpid()} {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
-        with device_lock(dev, owner):
+        with device_lock(dev, _owner()):
             apply_plan(dev, plan, release, log)
             log("  health gate: waiting for /readyz, then the golden outputs ...")
             result.health = health_gate(dev, golden)
@@ -125,7 +146,40 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
                 "reason": result.health.reason[:300],
                 "active": result.previous if result.rolled_back else release.release_id,
             })
+            if result.health.ok:
+                result.temperature_c = _hottest(dev)
         result.seconds = time.monotonic() - t0
         return result
+    finally:
+        conn.close()
+
+
+def revert(target: Target, release_id: str, reason: str, log=print) -> HealthResult:
+    """Switch `target` back to `release_id` (still on the device), restart, wait for /readyz, record it.
+
+    For a rollout whose wave failed after this device had committed the new release. The
+    runtime's /readyz passes only after its own bundle's golden selftest.
+    """
+    conn = connect(target)
+    try:
+        dev = Device(conn, target)
+        facts = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout)
+        if release_id not in facts.releases:
+            raise DeployError(f"{target.name}: cannot roll back, releases/{release_id} is not on the device")
+        with device_lock(dev, _owner()):
+            log(f"  rolling back {facts.current} -> {release_id} ({reason})")
+            switch_current(dev, release_id)
+            restart_service(dev)
+            health = health_gate(dev, {}, check_golden=False)
+            log(f"  {health.summary()}")
+            record_state(dev, {
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "release": release_id,
+                "previous": facts.current,
+                "healthy": health.ok,
+                "reason": f"rollback: {reason}"[:300],
+                "active": release_id,
+            })
+        return health
     finally:
         conn.close()

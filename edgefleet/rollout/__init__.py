@@ -1,0 +1,34 @@
+"""Roll a bundle out to many devices: canary and batch waves, a failure limit, rollback, resume, a record."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..inventory import Target
+from .plan import RolloutError, RolloutPlan, plan_rollout, resume_targets
+from .report import LiveProgress, RolloutRecord, latest_record, print_table
+from .run import DeviceOutcome, prepare_releases, run_rollout, summary_counts
+
+__all__ = ["RolloutError", "RolloutPlan", "DeviceOutcome", "plan_rollout", "resume_targets", "latest_record",
+           "print_table", "rollout", "prepare_releases"]
+
+
+def rollout(targets: list[Target], plan: RolloutPlan, bundle_dir: Path, build_dir: Path, meta: dict | None = None,
+            progress: bool = True, log=print) -> dict:
+    """Prepare the releases, run `plan` and return the rollout's record (also under build/rollouts/<id>/)."""
+    t0 = time.monotonic()
+    by_name = {t.name: t for t in targets}
+    chosen = [by_name[n] for n in plan.targets]
+    releases = prepare_releases(chosen, bundle_dir, build_dir, log=log)
+    record = RolloutRecord(build_dir / "rollouts", plan, bundle_dir, meta or {})
+    live = LiveProgress(plan, enabled=progress)
+
+    def on_event(kind: str, wave: int, payload) -> None:
+        if kind in ("device", "reverted"):
+            record.device(payload)
+        live(kind, wave, payload)
+
+    with live:
+        outcomes, stopped = run_rollout(chosen, plan, releases, bundle_dir, build_dir, record.log_dir, on_event)
+    return record.finish(stopped, time.monotonic() - t0, summary_counts(outcomes))

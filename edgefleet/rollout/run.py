@@ -1,0 +1,171 @@
+"""Carry out a rollout plan: prepare releases once, deploy wave by wave in threads, stop and roll back.
+
+Each device's deploy is independent (its own SSH connection, lock and health gate); a wave runs
+at most `plan.parallel` of them at a time. When failures pass the limit, devices of the wave
+not yet started are left alone, the wave's devices that took the new release go back to the
+one they had, and later waves are not reached.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..deploy import deploy, prepare_release, revert
+from ..deploy.env import build_target_env
+from ..deploy.release import Release
+from ..inventory import Target
+from ..paths import repo_root
+from .plan import (FAILED, NOT_REACHED, OK_RESULTS, ROLLBACK_FAILED, ROLLED_BACK, RolloutPlan, env_key,
+                   limit_exceeded, to_roll_back)
+
+__all__ = ["DeviceOutcome", "prepare_releases", "run_rollout"]
+
+
+@dataclass
+class DeviceOutcome:
+    """How one device ended the rollout."""
+
+    target: str
+    wave: int
+    result: str = NOT_REACHED
+    previous: str | None = None  # release active before
+    new: str | None = None  # release the rollout brought
+    active: str | None = None  # release active at the end, when known
+    latency_ms: float | None = None  # median golden-output request, through SSH
+    temperature_c: float | None = None
+    seconds: float = 0.0
+    error: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def prepare_releases(targets: list[Target], bundle_dir: Path, build_dir: Path, log=print) -> dict[str, Release]:
+    """Resolve Python packages once per (arch, python, pins, sources), then collect each target's release."""
+    def key(t: Target) -> tuple:
+        s = t.settings
+        return env_key(s.arch, s.python, s.packages.pins, s.packages.find_links, s.packages.index_url)
+
+    envs = {}
+    requirements = repo_root() / "payload" / "requirements.txt"
+    for t in targets:
+        if key(t) not in envs:
+            t0 = time.monotonic()
+            envs[key(t)] = build_target_env(t, requirements, build_dir / "device-envs")
+            log(f"packages for {t.settings.arch}/python {t.settings.python}{' with pins' if key(t)[2] else ''}: "
+                f"{envs[key(t)].sha256[:12]} ({time.monotonic() - t0:.1f} s)")
+    return {t.name: prepare_release(t, bundle_dir, build_dir, env=envs[key(t)]) for t in targets}
+
+
+def _file_log(path: Path) -> Callable[[str], None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+
+    def log(line: str) -> None:
+        with lock, path.open("a") as fh:
+            fh.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+    return log
+
+
+def _deploy_one(target: Target, release: Release, bundle_dir: Path, build_dir: Path, out: DeviceOutcome,
+                log: Callable[[str], None]) -> DeviceOutcome:
+    t0 = time.monotonic()
+    out.new = release.release_id
+    try:
+        r = deploy(target, bundle_dir, build_dir, log=log, release=release)
+    except Exception as exc:  # one device's failure is a result, not the rollout's end
+        out.result, out.error = FAILED, str(exc) or type(exc).__name__
+        log(f"FAILED: {out.error}")
+        if not str(exc):
+            log(traceback.format_exc())
+    else:
+        out.previous, out.temperature_c = r.previous, r.temperature_c
+        if r.health is not None and r.health.latency_ms:
+            out.latency_ms = float(np.median(r.health.latency_ms))
+        if r.ok:
+            out.result, out.active = ("updated" if r.changed else "unchanged"), r.release_id
+        else:
+            out.result, out.error = FAILED, r.health.reason[:500]
+            out.active = r.previous if r.rolled_back else r.release_id
+            log(f"FAILED: {out.error}" + (f"; the device rolled back to {r.previous}" if r.rolled_back else ""))
+    out.seconds = time.monotonic() - t0
+    return out
+
+
+def _revert_one(target: Target, out: DeviceOutcome, reason: str, log: Callable[[str], None]) -> DeviceOutcome:
+    t0 = time.monotonic()
+    try:
+        health = revert(target, out.previous, reason, log=log)
+        ok, why = health.ok, health.reason
+    except Exception as exc:
+        ok, why = False, str(exc) or type(exc).__name__
+    out.result = ROLLED_BACK if ok else ROLLBACK_FAILED
+    out.active = out.previous if ok else None
+    if not ok:
+        out.error = f"rollback to {out.previous} failed: {why}"[:500]
+        log(out.error)
+    out.seconds += time.monotonic() - t0
+    return out
+
+
+def run_rollout(targets: list[Target], plan: RolloutPlan, releases: dict[str, Release], bundle_dir: Path,
+                build_dir: Path, log_dir: Path, on_event: Callable[..., None] = lambda *a: None) -> tuple[list[DeviceOutcome], bool]:
+    """Run `plan`; return every device's outcome (in plan order) and whether the rollout stopped early.
+
+    `on_event(kind, wave, payload)`: ("wave", i, names), ("device", i, outcome), ("stopped", i, failures),
+    ("rollback", i, names), ("reverted", i, outcome); called from worker threads.
+    """
+    by_name = {t.name: t for t in targets}
+    outcomes = {name: DeviceOutcome(name, i) for i, wave in enumerate(plan.waves, 1) for name in wave}
+    logs = {name: _file_log(log_dir / f"{name}.log") for name in outcomes}
+    failures, lock, stop = 0, threading.Lock(), threading.Event()
+
+    def work(name: str) -> DeviceOutcome:
+        nonlocal failures
+        out = outcomes[name]
+        if stop.is_set():  # the limit was passed while this device waited for a connection slot
+            logs[name]("not reached: the rollout stopped")
+        else:
+            _deploy_one(by_name[name], releases[name], bundle_dir, build_dir, out, logs[name])
+            with lock:
+                failures += out.result == FAILED
+                if limit_exceeded(failures, plan.max_fail):
+                    stop.set()
+        on_event("device", out.wave, out)
+        return out
+
+    stopped = False
+    with ThreadPoolExecutor(max_workers=plan.parallel, thread_name_prefix="rollout") as pool:
+        for i, wave in enumerate(plan.waves, 1):
+            on_event("wave", i, list(wave))
+            list(pool.map(work, wave))
+            if not stop.is_set():
+                continue
+            stopped = True
+            on_event("stopped", i, failures)
+            back = to_roll_back({n: outcomes[n].as_dict() for n in wave})
+            on_event("rollback", i, back)
+            reason = f"wave {i} failed ({failures} device(s) failed, limit {plan.max_fail})"
+            for out in pool.map(lambda n: _revert_one(by_name[n], outcomes[n], reason, logs[n]), back):
+                on_event("reverted", i, out)
+            for n in (n for w in plan.waves[i:] for n in w):
+                logs[n]("not reached: the rollout stopped")
+            break
+    return [outcomes[n] for n in plan.targets], stopped
+
+
+def summary_counts(outcomes: list[DeviceOutcome]) -> dict[str, int]:
+    """Return how many devices ended in each result."""
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.result] = counts.get(o.result, 0) + 1
+    counts["ok"] = sum(counts.get(r, 0) for r in OK_RESULTS)
+    return counts
