@@ -6,7 +6,7 @@ import difflib
 import shlex
 from dataclasses import asdict, dataclass, field
 
-from .deploy.plan import ARCH_NAMES
+from .deploy.plan import ARCH_NAMES, COMMITTED_FACT
 from .inventory import Target
 from .render import TUNING_UNIT, UNIT_NAME, RenderedFile
 
@@ -59,7 +59,7 @@ def status_command(target: Target, files: list[RenderedFile]) -> str:
         f"root={q(target.settings.root)}",
         'echo "arch=$(uname -m)"',
         'echo "current=$(readlink "$root/current" 2>/dev/null)"',
-        'echo "committed=$(sed -n \'s/^  "current": "\\(r-[0-9a-f]*\\)".*/\\1/p\' "$root/state.json" 2>/dev/null)"',
+        COMMITTED_FACT,
         f'echo "active=$(systemctl is-active {UNIT_NAME} 2>/dev/null)"',
         f'echo "enabled=$(systemctl is-enabled {UNIT_NAME} 2>/dev/null)"',
         f'echo "tuning=$(systemctl is-active {TUNING_UNIT} 2>/dev/null)"',

@@ -9,10 +9,12 @@ from ..inventory import Target
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
 from .release import Release, ReleaseFile
 
-__all__ = ["Facts", "DeployPlan", "PlanError", "facts_command", "parse_facts", "make_plan", "ARCH_NAMES"]
+__all__ = ["Facts", "DeployPlan", "PlanError", "facts_command", "parse_facts", "make_plan", "ARCH_NAMES", "COMMITTED_FACT"]
 
 ARCH_NAMES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "amd64", "amd64": "amd64"}
 _OBJECTS_MARK = "--objects--"
+# the release the last health gate passed for (state.json is written by us, one key a line)
+COMMITTED_FACT = 'echo "committed=$(sed -n \'s/^  "current": "\\(r-[0-9a-f]*\\)".*/\\1/p\' "$root/state.json" 2>/dev/null)"'
 
 
 class PlanError(Exception):
@@ -51,8 +53,7 @@ def facts_command(target: Target) -> str:
         "echo \"python=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null)\"",
         'echo "systemd=$([ -d /run/systemd/system ] && echo yes || echo no)"',
         'echo "current=$(readlink "$root/current" 2>/dev/null)"',
-        # the release the last health gate passed for (state.json is written by us, one key a line)
-        'echo "committed=$(sed -n \'s/^  "current": "\\(r-[0-9a-f]*\\)".*/\\1/p\' "$root/state.json" 2>/dev/null)"',
+        COMMITTED_FACT,
         'echo "lock=$(cat "$root/.lock/owner" 2>/dev/null || { [ -e "$root/.lock" ] && echo unknown; })"',
         'd="$root"; while [ ! -d "$d" ]; do d=$(dirname "$d"); done',
         'echo "free_kb=$(df -Pk "$d" | awk \'NR==2 {print $4}\')"',
