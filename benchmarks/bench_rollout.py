@@ -79,31 +79,30 @@ def main() -> int:
     (REPO / "build" / "device-envs").mkdir(parents=True, exist_ok=True)
     (build / "device-envs").symlink_to(REPO / "build" / "device-envs")
     paths = lab.LabPaths(build_dir=REPO / "build", targets_dir=targets_dir)
-    if lab.status(paths):
-        print("a lab is already up; run `invoke lab.down` first", file=sys.stderr)
-        return 2
-    lab.up(paths, devices=args.devices, arch=args.arch)
     try:
-        inventory = load_inventory(targets_dir)
-        targets = [inventory.target(n) for n in sorted(inventory.targets) if n.startswith("lab-")]
-        firsts, noops = [], []
-        for _ in range(args.rounds):
-            reset(targets)
-            secs, sent, doc = timed(targets, args.bundle, build)
-            assert doc["counts"]["ok"] == len(targets), doc
-            firsts.append((secs, sent))
-            secs, sent, doc = timed(targets, args.bundle, build)
-            assert doc["counts"].get("unchanged") == len(targets), doc
-            noops.append((secs, sent))
-        first_s, noop_s = statistics.median(s for s, _ in firsts), statistics.median(s for s, _ in noops)
-        print(f"\nrollout to {len(targets)} {args.arch} lab device(s), {args.rounds} rounds, medians")
-        print(f"{'':10} {'wall s':>8} {'sent MB':>9}")
-        print(f"{'first':10} {first_s:8.2f} {statistics.median(b for _, b in firsts) / 1e6:9.2f}")
-        print(f"{'no-op':10} {noop_s:8.2f} {statistics.median(b for _, b in noops) / 1e6:9.3f}")
-        print(f"no-op / first: {noop_s / first_s:.3f}")
+        with lab.session(paths, devices=args.devices, arch=args.arch):
+            inventory = load_inventory(targets_dir)
+            targets = [inventory.target(n) for n in sorted(inventory.targets) if n.startswith("lab-")]
+            firsts, noops = [], []
+            for _ in range(args.rounds):
+                reset(targets)
+                secs, sent, doc = timed(targets, args.bundle, build)
+                assert doc["counts"]["ok"] == len(targets), doc
+                firsts.append((secs, sent))
+                secs, sent, doc = timed(targets, args.bundle, build)
+                assert doc["counts"].get("unchanged") == len(targets), doc
+                noops.append((secs, sent))
+    except lab.LabBusy as exc:
+        print(exc, file=sys.stderr)
+        return 2
     finally:
-        lab.down(paths)
         shutil.rmtree(tmp, ignore_errors=True)
+    first_s, noop_s = statistics.median(s for s, _ in firsts), statistics.median(s for s, _ in noops)
+    print(f"\nrollout to {len(targets)} {args.arch} lab device(s), {args.rounds} rounds, medians")
+    print(f"{'':10} {'wall s':>8} {'sent MB':>9}")
+    print(f"{'first':10} {first_s:8.2f} {statistics.median(b for _, b in firsts) / 1e6:9.2f}")
+    print(f"{'no-op':10} {noop_s:8.2f} {statistics.median(b for _, b in noops) / 1e6:9.3f}")
+    print(f"no-op / first: {noop_s / first_s:.3f}")
     return 0
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet import engine
 from edgefleet.lab import image, keys, plan, probe
 
-__all__ = ["LabPaths", "DeviceStatus", "up", "down", "status"]
+__all__ = ["LabPaths", "DeviceStatus", "LabBusy", "up", "down", "status", "session"]
 
 UP_TIMEOUT_S = {"amd64": 120.0, "arm64": 300.0}
 
@@ -190,3 +191,19 @@ def status(paths: LabPaths) -> list[DeviceStatus]:
         result.append(DeviceStatus(device.name, info.name, info.status, device.arch,
                                    device.ssh_port, device.runtime_port))
     return result
+
+
+class LabBusy(RuntimeError):
+    """A lab is up already; a session would take it over."""
+
+
+@contextmanager
+def session(paths: LabPaths, devices: int = 1, arch: str = "amd64"):
+    """Bring up a lab of its own for a `with` block, then remove it; refuse if one is up already."""
+    if status(paths):
+        raise LabBusy("a lab is already up; run `invoke lab.down` first")
+    up(paths, devices=devices, arch=arch)
+    try:
+        yield paths
+    finally:
+        down(paths)

@@ -11,6 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet import lab
+from edgefleet.inventory import load_inventory
+from edgefleet.ssh import connect
+
+REPO = Path(__file__).resolve().parents[2]
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
@@ -94,3 +100,43 @@ def local_sshd(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def lab_targets(tmp_path_factory, names: list[str]):
+    """Yield the targets of a fresh amd64 lab with an inventory of its own; remove the lab after."""
+    targets = tmp_path_factory.mktemp("targets")
+    shutil.copytree(REPO / "targets" / "boards", targets / "boards")
+    paths = lab.LabPaths(build_dir=REPO / "build", targets_dir=targets)
+    try:
+        with lab.session(paths, devices=len(names), arch="amd64"):
+            inventory = load_inventory(targets)
+            yield [inventory.target(n) for n in names]
+    except lab.LabBusy as exc:
+        pytest.fail(f"{exc} before these tests")
+
+
+@pytest.fixture(scope="module")
+def one_lab_device(tmp_path_factory):
+    """A lab of one amd64 device, lab-01, for this test module."""
+    for targets in lab_targets(tmp_path_factory, ["lab-01"]):
+        yield targets[0]
+
+
+@pytest.fixture(scope="module")
+def three_lab_devices(tmp_path_factory):
+    """A lab of three amd64 devices, lab-01..lab-03, for this test module."""
+    yield from lab_targets(tmp_path_factory, ["lab-01", "lab-02", "lab-03"])
+
+
+def on_device(target, command: str) -> str:
+    """Run `command` on a target over a verified SSH connection; return its stdout."""
+    conn = connect(target)
+    try:
+        return conn.run(command, hide=True, warn=True, in_stream=False).stdout.strip()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def run_on():
+    return on_device

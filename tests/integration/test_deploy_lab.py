@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet import lab
 from edgefleet.deploy import Device, deploy, service_call
-from edgefleet.inventory import load_inventory
 from edgefleet.model.tiny import tiny_bundle
 from edgefleet.ssh import connect
 
@@ -28,28 +26,11 @@ def bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lab_target(tmp_path_factory):
-    targets = tmp_path_factory.mktemp("targets")
-    shutil.copytree(REPO / "targets" / "boards", targets / "boards")
-    paths = lab.LabPaths(build_dir=REPO / "build", targets_dir=targets)
-    if lab.status(paths):
-        pytest.fail("a lab is already up; run `invoke lab.down` before these tests")
-    lab.up(paths, devices=1, arch="amd64")
-    try:
-        yield load_inventory(targets).target("lab-01")
-    finally:
-        lab.down(paths)
+def lab_target(one_lab_device):
+    return one_lab_device
 
 
-def on_device(target, command: str) -> str:
-    conn = connect(target)
-    try:
-        return conn.run(command, hide=True, warn=True, in_stream=False).stdout.strip()
-    finally:
-        conn.close()
-
-
-def test_deploy_then_nothing_changed(lab_target, bundle, tmp_path):
+def test_deploy_then_nothing_changed(run_on, lab_target, bundle, tmp_path):
     lines = []
     first = deploy(lab_target, bundle, REPO / "build", log=lines.append)
     assert first.ok and first.changed, "\n".join(lines)
@@ -57,17 +38,17 @@ def test_deploy_then_nothing_changed(lab_target, bundle, tmp_path):
     assert any("upload" in line for line in lines)
 
     root = lab_target.settings.root
-    assert on_device(lab_target, f"readlink {root}/current") == f"releases/{first.release_id}"
-    assert on_device(lab_target, "systemctl is-active edgefleet-runtime.service") == "active"
-    assert on_device(lab_target, "systemctl is-active edgefleet-tuning.service") == "active"
+    assert run_on(lab_target, f"readlink {root}/current") == f"releases/{first.release_id}"
+    assert run_on(lab_target, "systemctl is-active edgefleet-runtime.service") == "active"
+    assert run_on(lab_target, "systemctl is-active edgefleet-tuning.service") == "active"
     # the service runs unprivileged, as the edgefleet user
-    pid = on_device(lab_target, "systemctl show -p MainPID --value edgefleet-runtime.service")
-    assert on_device(lab_target, f"ps -o user= -p {pid}") == "edgefleet"
+    pid = run_on(lab_target, "systemctl show -p MainPID --value edgefleet-runtime.service")
+    assert run_on(lab_target, f"ps -o user= -p {pid}") == "edgefleet"
     # ...with no capabilities, and the unit's sandbox applied: / is read-only in its namespace
-    assert on_device(lab_target, f"grep CapBnd /proc/{pid}/status").split() == ["CapBnd:", "0000000000000000"]
-    root_mount = on_device(lab_target, f"awk '$5 == \"/\" {{print $6}}' /proc/{pid}/mountinfo")
+    assert run_on(lab_target, f"grep CapBnd /proc/{pid}/status").split() == ["CapBnd:", "0000000000000000"]
+    root_mount = run_on(lab_target, f"awk '$5 == \"/\" {{print $6}}' /proc/{pid}/mountinfo")
     assert root_mount.split(",")[0] == "ro"
-    state = json.loads(on_device(lab_target, f"cat {root}/state.json"))
+    state = json.loads(run_on(lab_target, f"cat {root}/state.json"))
     assert state["current"] == first.release_id and state["history"][-1]["healthy"] is True
 
     # the running service answers through an SSH tunnel, like the demo does
@@ -85,7 +66,7 @@ def test_deploy_then_nothing_changed(lab_target, bundle, tmp_path):
     assert "nothing to do" in lines[0]
 
 
-def test_unhealthy_release_rolls_back(lab_target, bundle, tmp_path):
+def test_unhealthy_release_rolls_back(run_on, lab_target, bundle, tmp_path):
     good = deploy(lab_target, bundle, REPO / "build", log=lambda _: None)
     assert good.ok
     bad = tmp_path / "bad"
@@ -98,12 +79,12 @@ def test_unhealthy_release_rolls_back(lab_target, bundle, tmp_path):
     result = deploy(lab_target, bad, REPO / "build", log=lines.append)
     assert not result.ok and result.rolled_back, "\n".join(lines)
     root = lab_target.settings.root
-    assert on_device(lab_target, f"readlink {root}/current") == f"releases/{good.release_id}"
-    state = json.loads(on_device(lab_target, f"cat {root}/state.json"))
+    assert run_on(lab_target, f"readlink {root}/current") == f"releases/{good.release_id}"
+    state = json.loads(run_on(lab_target, f"cat {root}/state.json"))
     assert state["history"][-1]["healthy"] is False and state["current"] == good.release_id
 
 
-def test_status_reports_drift_and_deploy_repairs_it(lab_target, bundle):
+def test_status_reports_drift_and_deploy_repairs_it(run_on, lab_target, bundle):
     from edgefleet.inspect import collect_status, device_diff
 
     assert deploy(lab_target, bundle, REPO / "build", log=lambda _: None).ok
@@ -113,7 +94,7 @@ def test_status_reports_drift_and_deploy_repairs_it(lab_target, bundle):
     assert device_diff(lab_target) == []
 
     unit = "/etc/systemd/system/edgefleet-runtime.service"
-    on_device(lab_target, f"sed -i 's/^RestartSec=.*/RestartSec=30/' {unit} && systemctl daemon-reload "
+    run_on(lab_target, f"sed -i 's/^RestartSec=.*/RestartSec=30/' {unit} && systemctl daemon-reload "
                           "&& systemctl disable --now edgefleet-runtime.service")
     drifted = collect_status(lab_target)
     assert drifted.healthy is False

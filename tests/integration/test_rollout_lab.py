@@ -12,11 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet import lab
-from edgefleet.inventory import load_inventory
 from edgefleet.model.tiny import tiny_bundle
 from edgefleet.rollout import latest_record, plan_rollout, resume_targets, rollout
-from edgefleet.ssh import connect
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -24,18 +21,8 @@ NAMES = ["lab-01", "lab-02", "lab-03"]
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    targets = tmp_path_factory.mktemp("targets")
-    shutil.copytree(REPO / "targets" / "boards", targets / "boards")
-    paths = lab.LabPaths(build_dir=REPO / "build", targets_dir=targets)
-    if lab.status(paths):
-        pytest.fail("a lab is already up; run `invoke lab.down` before these tests")
-    lab.up(paths, devices=3, arch="amd64")
-    try:
-        inventory = load_inventory(targets)
-        yield [inventory.target(n) for n in NAMES]
-    finally:
-        lab.down(paths)
+def fleet(three_lab_devices):
+    return three_lab_devices
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +42,8 @@ def bundles(tmp_path_factory):
     return {"v1": v1, "v2": v2, "bad": bad}
 
 
-def on_device(target, command: str) -> str:
-    conn = connect(target)
-    try:
-        return conn.run(command, hide=True, warn=True, in_stream=False).stdout.strip()
-    finally:
-        conn.close()
-
-
-def active(fleet) -> dict[str, str]:
-    return {t.name: on_device(t, f"readlink {t.settings.root}/current").rsplit("/", 1)[-1] for t in fleet}
+def active(fleet, run_on) -> dict[str, str]:
+    return {t.name: run_on(t, f"readlink {t.settings.root}/current").rsplit("/", 1)[-1] for t in fleet}
 
 
 def releases(doc: dict) -> dict[str, str]:
@@ -75,7 +54,7 @@ def results(doc: dict) -> dict[str, str]:
     return {n: d["result"] for n, d in doc["devices"].items()}
 
 
-def test_rollout_waves_rollback_resume_and_canary_stop(fleet, bundles, tmp_path):
+def test_rollout_waves_rollback_resume_and_canary_stop(run_on, fleet, bundles, tmp_path):
     build = tmp_path / "build"  # records of its own under build/rollouts/; the packages cache is shared
     build.mkdir()
     (REPO / "build" / "device-envs").mkdir(parents=True, exist_ok=True)
@@ -88,36 +67,36 @@ def test_rollout_waves_rollback_resume_and_canary_stop(fleet, bundles, tmp_path)
     assert first["plan"]["waves"] == [["lab-01"], ["lab-02", "lab-03"]]
     assert first["status"] == "completed" and set(results(first).values()) == {"updated"}, first
     v1 = releases(first)  # a release per device: its rendered config is part of it
-    assert active(fleet) == v1 and len(set(v1.values())) == 3
+    assert active(fleet, run_on) == v1 and len(set(v1.values())) == 3
     assert all(d["latency_ms"] for d in first["devices"].values())
     log = Path(first["devices"]["lab-02"]["log"]).read_text()
     assert "health gate" in log and "healthy" in log
 
     # 2. lab-02 is locked by "another deploy": wave 2 fails, so lab-03 (updated in that wave) goes back to v1
     lock = f"{fleet[1].settings.root}/.lock"
-    on_device(fleet[1], f"mkdir {lock} && echo someone-else > {lock}/owner")
+    run_on(fleet[1], f"mkdir {lock} && echo someone-else > {lock}/owner")
     second = run(NAMES, bundles["v2"], canary=1, batch=2, max_fail=0)
     assert second["status"] == "stopped"
     assert results(second) == {"lab-01": "updated", "lab-02": "failed", "lab-03": "rolled back"}, second
     assert "another deploy holds" in second["devices"]["lab-02"]["error"]
     v2 = releases(second)
-    assert active(fleet) == {"lab-01": v2["lab-01"], "lab-02": v1["lab-02"], "lab-03": v1["lab-03"]}
-    state = json.loads(on_device(fleet[2], f"cat {fleet[2].settings.root}/state.json"))
+    assert active(fleet, run_on) == {"lab-01": v2["lab-01"], "lab-02": v1["lab-02"], "lab-03": v1["lab-03"]}
+    state = json.loads(run_on(fleet[2], f"cat {fleet[2].settings.root}/state.json"))
     assert state["current"] == v1["lab-03"] and state["history"][-1]["reason"].startswith("rollback: wave 2 failed")
 
     # 3. the lock is gone: --resume re-runs only lab-02 and lab-03
-    on_device(fleet[1], f"rm -r {lock}")
+    run_on(fleet[1], f"rm -r {lock}")
     record = latest_record(build / "rollouts")
     assert record["rollout"] == second["rollout"]
     assert resume_targets(record) == ["lab-02", "lab-03"]
     third = run(resume_targets(record), Path(record["bundle"]), canary=0, batch="100%", max_fail=0)
     assert third["order"] == ["lab-02", "lab-03"] and set(results(third).values()) == {"updated"}, third
-    assert active(fleet) == v2
+    assert active(fleet, run_on) == v2
 
     # 4. a release that fails its gate on the canary stops the rollout there; nobody leaves v2
     fourth = run(NAMES, bundles["bad"], canary=1, batch=2, max_fail=0)
     assert fourth["status"] == "stopped"
     assert results(fourth) == {"lab-01": "failed", "lab-02": "not reached", "lab-03": "not reached"}, fourth
     assert "golden" in fourth["devices"]["lab-01"]["error"]
-    assert active(fleet) == v2
+    assert active(fleet, run_on) == v2
     assert resume_targets(latest_record(build / "rollouts")) == NAMES
