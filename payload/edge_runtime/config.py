@@ -143,14 +143,20 @@ def _check(source: str, key: str, value):
     return _string(source, key, value)
 
 
+def _known_keys(data: dict, kind, source: str, prefix: str = "") -> set[str]:
+    """Return the keys `kind` has; warn once about each key of `data` it does not."""
+    known = {item.name for item in fields(kind)}
+    for key in sorted(set(data) - known, key=str):
+        log.warning("config_unknown_key file=%s key=%s%s (ignored)", source, prefix, key)
+    return known
+
+
 def _section(data, source: str, name: str, kind):
     if data is None:
         return kind()
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: key {name!r} must be a mapping, got {data!r}")
-    known = {item.name for item in fields(kind)}
-    for key in sorted(set(data) - known, key=str):
-        log.warning("config_unknown_key file=%s key=%s.%s (ignored)", source, name, key)
+    known = _known_keys(data, kind, source, f"{name}.")
     values = {}
     for key in known:
         try:
@@ -180,9 +186,7 @@ def parse_config(data, source: str = "runtime.yaml") -> RuntimeConfig:
         return RuntimeConfig()
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
-    known = {item.name for item in fields(RuntimeConfig)}
-    for key in sorted(set(data) - known, key=str):
-        log.warning("config_unknown_key file=%s key=%s (ignored)", source, key)
+    known = _known_keys(data, RuntimeConfig, source)
     values = {"thermal": _section(data.get("thermal"), source, "thermal", ThermalConfig),
               "limits": _section(data.get("limits"), source, "limits", LimitsConfig)}
     for key in known - {"thermal", "limits"}:
