@@ -70,7 +70,7 @@ def _spec(device: plan.LabDevice, tag: str) -> engine.ContainerSpec:
         env["QEMU_CPU"] = "neoverse-n1"
     return engine.ContainerSpec(
         name=device.container, image=tag,
-        labels={plan.LABEL: "1", f"{plan.LABEL}.device": device.name,
+        labels={plan.LABEL: str(plan.slot()), f"{plan.LABEL}.device": device.name,
                 f"{plan.LABEL}.arch": device.arch, f"{plan.LABEL}.index": str(device.index)},
         environment=env,
         tmpfs={"/run": "rw,nosuid,nodev,mode=755", "/run/lock": "rw,nosuid,nodev,noexec"},
@@ -94,7 +94,7 @@ def _device_files(device: plan.LabDevice, paths: LabPaths, client_public: str) -
 
 
 def _existing() -> dict[str, engine.ContainerInfo]:
-    return {info.name: info for info in engine.containers(plan.LABEL)}
+    return {info.name: info for info in engine.containers(plan.selector())}
 
 
 def _write_known_hosts(devices: list[plan.LabDevice], paths: LabPaths) -> None:
@@ -171,7 +171,7 @@ def up(paths: LabPaths, devices: int = 1, arch: str = "arm64",
 
 def down(paths: LabPaths) -> list[str]:
     """Remove lab containers, the inventory and lab state; keep image and rootfs caches."""
-    removed = [info.name for info in engine.containers(plan.LABEL) if engine.remove(info.name)]
+    removed = [info.name for info in engine.containers(plan.selector()) if engine.remove(info.name)]
     for name in removed:
         print(f"lab: removed {name}", flush=True)
     paths.inventory.unlink(missing_ok=True)
@@ -185,7 +185,7 @@ def down(paths: LabPaths) -> list[str]:
 def status(paths: LabPaths) -> list[DeviceStatus]:
     """Return every lab container with its state, ssh port and arch."""
     result = []
-    for info in engine.containers(plan.LABEL):
+    for info in engine.containers(plan.selector()):
         device = plan.LabDevice(int(info.labels.get(f"{plan.LABEL}.index", "0")),
                                 info.labels.get(f"{plan.LABEL}.arch", "?"))
         result.append(DeviceStatus(device.name, info.name, info.status, device.arch,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 __all__ = [
-    "ARCHES", "SSH_PORT_BASE", "RUNTIME_PORT_BASE", "MAX_DEVICES", "LABEL", "LabDevice",
+    "ARCHES", "SLOT_ENV", "slot", "selector", "SSH_PORT_BASE", "RUNTIME_PORT_BASE", "MAX_DEVICES", "LABEL", "LabDevice",
     "plan_devices", "container_name", "known_hosts_line", "sshd_config", "inventory_yaml",
 ]
 
@@ -18,6 +19,25 @@ RUNTIME_PORT_BASE = 18080
 MAX_DEVICES = 99
 LABEL = "edgefleet.lab"
 BOARD = "qemu-virt"
+SLOT_ENV = "EDGEFLEET_LAB_SLOT"
+SLOTS = 10
+
+
+def slot() -> int:
+    """Return this lab's slot (EDGEFLEET_LAB_SLOT, default 0): several labs can share a machine.
+
+    Slot k owns containers `edgefleet-lab<k>-NN` (plain `edgefleet-lab-NN` for slot 0) and the
+    port ranges SSH_PORT_BASE + 100k + i and RUNTIME_PORT_BASE + 100k + i.
+    """
+    raw = os.environ.get(SLOT_ENV, "0").strip() or "0"
+    if not raw.isdigit() or not 0 <= int(raw) < SLOTS:
+        raise ValueError(f"{SLOT_ENV}: expected 0..{SLOTS - 1}, got {raw!r}")
+    return int(raw)
+
+
+def selector() -> str:
+    """Return the docker label filter that selects this slot's containers."""
+    return f"{LABEL}={slot()}"
 
 
 @dataclass(frozen=True)
@@ -37,16 +57,17 @@ class LabDevice:
 
     @property
     def ssh_port(self) -> int:
-        return SSH_PORT_BASE + self.index
+        return SSH_PORT_BASE + 100 * slot() + self.index
 
     @property
     def runtime_port(self) -> int:
-        return RUNTIME_PORT_BASE + self.index
+        return RUNTIME_PORT_BASE + 100 * slot() + self.index
 
 
 def container_name(index: int) -> str:
     """Return the container name of lab device number `index` (1-based)."""
-    return f"edgefleet-lab-{index:02d}"
+    number = slot()
+    return f"edgefleet-lab{number or ''}-{index:02d}"
 
 
 def plan_devices(count: int, arch: str) -> list[LabDevice]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet import lab
+from edgefleet.lab import plan
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +38,8 @@ def test_invoke_demo_on_emulated_arm64():
         lab_yaml = (REPO / "targets" / "lab.yaml").read_text()
         assert "arch: arm64" in lab_yaml
         ssh = ["ssh", "-i", str(paths.client_key), "-o", f"UserKnownHostsFile={paths.known_hosts}",
-               "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", "2201", "root@127.0.0.1"]
+               "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", str(plan.LabDevice(1, "arm64").ssh_port),
+               "root@127.0.0.1"]
         check = subprocess.run(ssh + ["uname -m; readlink /opt/edgefleet/current; "
                                       "systemctl is-active edgefleet-runtime.service edgefleet-tuning.service"],
                                capture_output=True, text=True, timeout=60)

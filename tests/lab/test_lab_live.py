@@ -9,17 +9,18 @@ import pytest
 import yaml
 
 from edgefleet import engine, lab
+from edgefleet.lab import plan
 from edgefleet.paths import build_dir
 
 
 @pytest.fixture
 def lab_paths(tmp_path):
-    if engine.containers("edgefleet.lab"):
+    if engine.containers(plan.selector()):
         pytest.fail("a lab is already up; run `invoke lab.down` before these tests")
     paths = lab.LabPaths(build_dir=build_dir(None), targets_dir=tmp_path / "targets")
     yield paths
     lab.down(paths)
-    assert engine.containers("edgefleet.lab") == []
+    assert engine.containers(plan.selector()) == []
     assert not paths.inventory.exists()
 
 
@@ -47,9 +48,10 @@ def _bring_up(paths, arch):
 @pytest.mark.timeout(900)
 def test_amd64_device_runs_systemd_and_sshd(lab_paths):
     device = _bring_up(lab_paths, "amd64")
-    assert device["arch"] == "amd64" and device["port"] == 2201
+    port = plan.LabDevice(1, "amd64").ssh_port
+    assert device["arch"] == "amd64" and device["port"] == port
     assert _run(device, "systemctl is-system-running") == "running"
-    assert _run(device, "ss -Hltn '( sport = :2201 )' | awk '{print $4}'") == "127.0.0.1:2201"
+    assert _run(device, f"ss -Hltn '( sport = :{port} )' | awk '{{print $4}}'") == f"127.0.0.1:{port}"
     again = lab.up(lab_paths, devices=1, arch="amd64")  # idempotent
     assert [d.name for d in again] == ["lab-01"]
     assert [s.state for s in lab.status(lab_paths)] == ["running"]

@@ -16,10 +16,30 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDrMddYStF7dvf1fKUSDfaOWjMvqvs+U0ZmKQ
     (10, "lab-10", "edgefleet-lab-10", 2210, 18090),
     (99, "lab-99", "edgefleet-lab-99", 2299, 18179),
 ])
-def test_device_names_and_ports(index, name, container, ssh_port, runtime_port):
+def test_device_names_and_ports(monkeypatch, index, name, container, ssh_port, runtime_port):
+    monkeypatch.delenv(plan.SLOT_ENV, raising=False)
     device = plan.LabDevice(index, "arm64")
     assert (device.name, device.container, device.ssh_port, device.runtime_port) == (
         name, container, ssh_port, runtime_port)
+
+
+@pytest.mark.parametrize("value, container, ssh_port, runtime_port, selector", [
+    ("", "edgefleet-lab-03", 2203, 18083, "edgefleet.lab=0"),
+    ("0", "edgefleet-lab-03", 2203, 18083, "edgefleet.lab=0"),
+    ("4", "edgefleet-lab4-03", 2603, 18483, "edgefleet.lab=4"),
+])
+def test_slot_moves_names_and_ports(monkeypatch, value, container, ssh_port, runtime_port, selector):
+    monkeypatch.setenv(plan.SLOT_ENV, value)
+    device = plan.LabDevice(3, "amd64")
+    assert (device.container, device.ssh_port, device.runtime_port, plan.selector()) == (
+        container, ssh_port, runtime_port, selector)
+
+
+@pytest.mark.parametrize("value", ["10", "-1", "x"])
+def test_slot_rejects(monkeypatch, value):
+    monkeypatch.setenv(plan.SLOT_ENV, value)
+    with pytest.raises(ValueError, match="EDGEFLEET_LAB_SLOT: expected 0..9"):
+        plan.slot()
 
 
 @pytest.mark.parametrize("count, arch, error", [
