@@ -1,6 +1,7 @@
 #!/bin/bash
-# Make this machine ready for edgefleet: Debian packages, trixie's qemu-user and buildx,
-# the qemu-aarch64 binfmt handler, a running dockerd, and the project's .venv.
+# Make this machine ready for edgefleet: Debian packages (qemu-system-arm for the lab VM),
+# trixie's qemu-user and buildx, the qemu-aarch64 binfmt handler, a running dockerd, and the
+# project's .venv.
 #
 # Idempotent and quick when all is in place. Runs as root on Debian 12 (bookworm), with or
 # without systemd, with no terminal (CI=true). Each step says what it found or did.
@@ -16,7 +17,8 @@ die() { echo "setup: ERROR: $*" >&2; exit 1; }
 
 # -- 1. Debian bookworm packages -------------------------------------------------------------
 bookworm_pkgs=(docker.io containerd runc debootstrap openssh-client openssh-server systemd
-    iproute2 zstd ca-certificates python3 python3-venv tar shellcheck)
+    iproute2 zstd ca-certificates python3 python3-venv tar shellcheck
+    qemu-system-arm qemu-utils e2fsprogs)   # the lab VM: qemu-system-aarch64 7.2, qemu-img, mkfs.ext4 -d
 trixie_pkgs=(qemu-user docker-buildx)
 trixie_list=/etc/apt/sources.list.d/edgefleet-trixie.sources
 trixie_pin=/etc/apt/preferences.d/edgefleet-trixie
