@@ -56,7 +56,7 @@ def service_call(dev: Device) -> Call:
 
 
 def _service_state(dev: Device) -> str:
-    return dev.run(f"systemctl is-active {UNIT_NAME}", "query the service", warn=True).stdout.strip()
+    return dev.run(f"systemctl is-active {UNIT_NAME}", "query the service", privileged=False, warn=True).stdout.strip()
 
 
 def _journal(dev: Device, lines: int = 25) -> str:
@@ -113,6 +113,7 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
     try:
         dev = Device(conn, target)
         facts = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout)
+        dev.owns_root = facts.owns_root
         plan: DeployPlan = make_plan(target, release, facts)
         lines = plan.describe()
         for line in lines:
@@ -164,6 +165,7 @@ def revert(target: Target, release_id: str, reason: str, log=print) -> HealthRes
     try:
         dev = Device(conn, target)
         facts = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout)
+        dev.owns_root = facts.owns_root
         if release_id not in facts.releases:
             raise DeployError(f"{target.name}: cannot roll back, releases/{release_id} is not on the device")
         with device_lock(dev, _owner()):

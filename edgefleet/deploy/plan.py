@@ -40,6 +40,7 @@ class Facts:
     objects: frozenset[str]
     tuning_unit_sha256: str | None = None
     tuning_script_sha256: str | None = None
+    owns_root: bool = False  # the login user owns the device root: writing it needs no sudo
 
 
 def facts_command(target: Target) -> str:
@@ -62,6 +63,7 @@ def facts_command(target: Target) -> str:
         f"echo \"tuning_unit_sha=$(sha256sum /etc/systemd/system/{TUNING_UNIT} 2>/dev/null | cut -d' ' -f1)\"",
         f"echo \"tuning_script_sha=$(sha256sum {q(TUNING_SCRIPT_PATH)} 2>/dev/null | cut -d' ' -f1)\"",
         f'echo "user=$(id -u {user} >/dev/null 2>&1 && echo yes || echo no)"',
+        'echo "owns_root=$([ -d "$root" ] && [ -O "$root" ] && [ -w "$root" ] && echo yes || echo no)"',
         'echo "envs=$(ls "$root/envs" 2>/dev/null | tr "\\n" " ")"',
         'echo "releases=$(ls "$root/releases" 2>/dev/null | tr "\\n" " ")"',
         f'echo {_OBJECTS_MARK}',
@@ -98,6 +100,7 @@ def parse_facts(output: str) -> Facts:
         objects=frozenset(n for n in objects.split() if len(n) == 64),
         tuning_unit_sha256=values.get("tuning_unit_sha") or None,
         tuning_script_sha256=values.get("tuning_script_sha") or None,
+        owns_root=values.get("owns_root") == "yes",
     )
 
 
