@@ -18,6 +18,7 @@ class HealthResult:
     min_cosine: float | None = None
     latency_ms: list[float] = field(default_factory=list)
     ready_after_s: float | None = None
+    emulated: bool = False  # measured under emulation: latency is reported, never judged
 
     def summary(self) -> str:
         parts = [("healthy" if self.ok else "UNHEALTHY") + (f": {self.reason}" if self.reason else "")]
@@ -27,6 +28,8 @@ class HealthResult:
             parts.append(f"golden min cosine {self.min_cosine:.5f}")
         if self.latency_ms:
             parts.append(f"embed latency median {float(np.median(self.latency_ms)):.1f} ms (through SSH)")
+        if self.emulated:
+            parts.append("emulated: speed not judged")
         return ", ".join(parts)
 
 
