@@ -3,7 +3,9 @@
 # Debian kernel, its own small initrd, and a raw ext4 disk made with `mkfs.ext4 -d` (no loop
 # mounts, so no privileges beyond writing files as root).
 #
-# usage: build.sh KERNEL_PACKAGE PROVISION_DIR OUT_DIR DEB_CACHE_DIR
+# usage: build.sh KERNEL_PACKAGE[/SUITE] PROVISION_DIR OUT_DIR DEB_CACHE_DIR
+#   SUITE: take the kernel from there (bookworm-backports for the 16K-page flavour, which
+#   bookworm itself lacks), installed with apt in the rootfs after debootstrap.
 #   PROVISION_DIR holds files edgefleet.lab.vmplan wrote: `files/` (copied over the rootfs as
 #   is: host key, sshd drop-in, sudoers, authorized_keys, network), `deploy-user` (its name)
 #   and `root-dir` (the device root, owned by the deploy user).
@@ -11,11 +13,12 @@
 # debootstrap stage runs arm64 binaries through the host's qemu binfmt handler (F flag).
 set -euo pipefail
 
-kernel_pkg=$1 provision=$(realpath "$2") out=$(realpath -m "$3") cache=$(realpath -m "$4")
+kernel_pkg=${1%%/*} kernel_suite=$([[ $1 == */* ]] && echo "${1#*/}" || true)
+provision=$(realpath "$2") out=$(realpath -m "$3") cache=$(realpath -m "$4")
 here=$(cd "$(dirname "$0")" && pwd)
 mirror=${EDGEFLEET_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 disk_size=${EDGEFLEET_VM_DISK_SIZE:-4G}
-include=$( (grep -v '^#' "$here/packages.txt"; echo "$kernel_pkg") | xargs | tr ' ' ',')
+include=$( (grep -v '^#' "$here/packages.txt"; [ -n "$kernel_suite" ] || echo "$kernel_pkg") | xargs | tr ' ' ',')
 user=$(cat "$provision/deploy-user") device_root=$(cat "$provision/root-dir")
 
 mkdir -p "$cache" "${out%/*}"
@@ -45,6 +48,18 @@ debootstrap --arch=arm64 --variant=minbase --include="$include" \
     tail -n 40 "$root/debootstrap/debootstrap.log" >&2 2>/dev/null || true
     exit 1
 }
+if [ -n "$kernel_suite" ]; then
+    say "kernel $kernel_pkg from $kernel_suite"
+    echo "deb $mirror $kernel_suite main" >"$root/etc/apt/sources.list.d/edgefleet-kernel.list"
+    cp /etc/resolv.conf "$root/etc/resolv.conf"
+    mount -t proc proc "$root/proc"
+    chroot "$root" apt-get -qq update
+    DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get -qq -y --no-install-recommends \
+        -t "$kernel_suite" install "$kernel_pkg" >"$work/kernel.log" 2>&1 ||
+        { tail -n 40 "$work/kernel.log" >&2; exit 1; }
+    umount "$root/proc"
+    rm -f "$root/etc/apt/sources.list.d/edgefleet-kernel.list" "$root/etc/resolv.conf"
+fi
 ls "$root"/boot/vmlinuz-* "$root"/boot/initrd.img-* >/dev/null ||
     { echo "vm image: the kernel package made no vmlinuz/initrd in /boot" >&2; exit 1; }
 

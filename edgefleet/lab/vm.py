@@ -23,7 +23,7 @@ from pathlib import Path
 from edgefleet.lab import image, keys, plan, probe, vmplan
 from edgefleet.paths import repo_root
 
-__all__ = ["VmPaths", "VmImage", "VmStatus", "ensure_image", "up", "down", "reboot", "status", "pid", "ssh_argv"]
+__all__ = ["VmPaths", "VmImage", "VmStatus", "ensure_image", "up", "down", "reboot", "status", "pid", "is_ours", "ssh_argv"]
 
 BOOT_TIMEOUT_S = 300.0
 POWERDOWN_TIMEOUT_S = 90.0
@@ -166,11 +166,16 @@ def pid(paths: VmPaths) -> int | None:
         number = int(paths.pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
+    return number if is_ours(number, paths) else None
+
+
+def is_ours(number: int, paths: VmPaths) -> bool:
+    """Return whether process `number` is this lab's QEMU (its command line names our pidfile)."""
     try:
         cmdline = Path(f"/proc/{number}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return None
-    return number if str(paths.pidfile).encode() in cmdline else None
+        return False
+    return str(paths.pidfile).encode() in cmdline
 
 
 def _qmp(paths: VmPaths, command: str, timeout: float = 10.0) -> dict:

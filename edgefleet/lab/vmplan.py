@@ -30,7 +30,8 @@ SERVICE_USER = "edgefleet"
 # 2190..2199: below every container range (2200 + 100*slot + 1..99), one port per slot
 SSH_PORT_BASE = 2190
 INVENTORY_FILE = "lab-vm.yaml"
-KERNELS = {"4k": "linux-image-arm64", "16k": "linux-image-arm64-16k"}
+# page size -> Debian kernel package[/suite]: bookworm has no 16K flavour, its backports do
+KERNELS = {"4k": "linux-image-arm64", "16k": "linux-image-arm64-16k/bookworm-backports"}
 KERNEL_CMDLINE = "root=/dev/vda rw console=ttyAMA0 net.ifnames=1 quiet"
 
 

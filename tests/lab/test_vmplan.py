@@ -34,7 +34,7 @@ def test_spec_rejects(kwargs, error):
         vmplan.VmSpec(**kwargs)
 
 
-@pytest.mark.parametrize("kernel, package", [("4k", "linux-image-arm64"), ("16k", "linux-image-arm64-16k")])
+@pytest.mark.parametrize("kernel, package", [("4k", "linux-image-arm64"), ("16k", "linux-image-arm64-16k/bookworm-backports")])
 def test_kernel_packages(kernel, package):
     assert vmplan.VmSpec(kernel=kernel).kernel_package == package
 
