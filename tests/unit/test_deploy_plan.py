@@ -81,6 +81,8 @@ def test_facts_command_runs_in_sh_and_parses(tmp_path, target):
     ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\nenvs=a b \n--objects--\n", "envs", frozenset({"a", "b"})),
     ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\n--objects--\n" + "a" * 64 + "\nx.tmp\n",
      "objects", frozenset({"a" * 64})),
+    ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\ngovernor:policy4=powersave\ngovernor:policy0=performance\n"
+     "--objects--\n", "governors", (("policy0", "performance"), ("policy4", "powersave"))),
 ])
 def test_parse_facts(output, field, expected):
     assert getattr(parse_facts(output), field) == expected
@@ -122,6 +124,23 @@ def test_tuning_is_installed_only_when_changed(target, release, unit_same, scrip
     plan = make_plan(target, release, now)
     assert plan.install_tuning is install and plan.nothing_to_do is not install
     assert any("edgefleet-tuning.service" in line for line in plan.describe()) is install
+
+
+@pytest.mark.parametrize("governors, retune", [
+    ((), False),                                                    # no cpufreq (a VM, a container)
+    ((("policy0", "performance"),), False),
+    ((("policy0", "performance"), ("policy4", "powersave")), True),  # changed by hand since the last deploy
+])
+def test_governor_drift_re_applies_the_tuning(target, release, governors, retune):
+    unit, script = release.tuning
+    now = facts(current=release.release_id, committed=release.release_id, unit_sha256=release.unit.sha256,
+                service_active="active", user_exists=True, envs=frozenset({release.env.sha256}),
+                releases=frozenset({release.release_id}), objects=frozenset(release.objects()),
+                tuning_unit_sha256=unit.sha256, tuning_script_sha256=script.sha256, governors=governors)
+    plan = make_plan(target, release, now)
+    assert plan.install_tuning is retune and plan.nothing_to_do is not retune
+    assert plan.notes == (("cpufreq policy4: governor is not performance; the tuning unit re-applies it",)
+                          if retune else ())
 
 
 def test_activated_but_never_judged_release_gets_the_gate(target, release):
