@@ -201,5 +201,5 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
         gate=restart or facts.committed != release.release_id,
         install_tuning=bool(release.tuning) and (tuning_changed or bool(drifted)),
         notes=(f"cpufreq {', '.join(drifted)}: governor is not {s.governor}; the tuning unit re-applies it",)
-        if release.tuning and drifted else (),
+        if release.tuning and drifted and not tuning_changed else (),
     )

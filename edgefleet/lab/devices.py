@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,19 +121,26 @@ def _write_known_hosts(devices: list[plan.LabDevice], paths: LabPaths) -> None:
 
 
 def _wait_ready(devices: list[plan.LabDevice], paths: LabPaths, timeout: float) -> None:
+    """Ask every waiting device at once (one SSH probe each) until all are up or time runs out."""
     started = time.monotonic()
     waiting = {d.name: d for d in devices}
     last: dict[str, str] = {}
-    while waiting and time.monotonic() - started < timeout:
-        for name, device in list(waiting.items()):
-            last[name] = probe.system_state(device.ssh_port, paths.client_key, paths.known_hosts)
-            if last[name] in probe.READY_STATES:
-                print(f"lab: {name} ready ({last[name]}) after "
-                      f"{time.monotonic() - started:.1f} s, ssh 127.0.0.1:{device.ssh_port}",
-                      flush=True)
-                del waiting[name]
-        if waiting:
-            time.sleep(1.0)
+
+    def ask(device: plan.LabDevice) -> str:
+        return probe.system_state(device.ssh_port, paths.client_key, paths.known_hosts)
+
+    with ThreadPoolExecutor(max_workers=min(16, len(devices) or 1)) as pool:
+        while waiting and time.monotonic() - started < timeout:
+            names = list(waiting)
+            last.update(zip(names, pool.map(ask, [waiting[n] for n in names])))
+            for name in names:
+                if last[name] in probe.READY_STATES:
+                    print(f"lab: {name} ready ({last[name]}) after "
+                          f"{time.monotonic() - started:.1f} s, ssh 127.0.0.1:{waiting[name].ssh_port}",
+                          flush=True)
+                    del waiting[name]
+            if waiting:
+                time.sleep(1.0)
     if waiting:
         details = "\n".join(f"  {n}: {last.get(n)}\n{engine.logs(d.container, 10)}"
                             for n, d in waiting.items())
