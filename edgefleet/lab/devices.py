@@ -4,11 +4,13 @@ Privileges: docker's default seccomp profile plus CAP_SYS_ADMIN, which systemd n
 up the namespaces of the units it runs (ProtectSystem=, PrivateTmp=, ...): without it those
 settings are silently not applied, and the lab would not test the hardened unit real boards
 run; and CAP_SYS_NICE, which the runtime unit grants on boards whose profile sets nice < 0.
+systemd needs its name=systemd cgroup writable, which the read-only bind of /sys/fs/cgroup
+gives on this cgroup-v1 host (docker makes only the top mount read-only, the hierarchies under
+it stay writable); /run and /run/lock are tmpfs as systemd expects. Both mean root in a lab
+container can reach the host: a lab is for this machine's tests only.
+
 Each device gets a fake sysfs shaped like its board (edgefleet.lab.sysfs), bind-mounted at
-/sys/devices/system/cpu/cpufreq and /sys/class/thermal. systemd needs its name=systemd cgroup writable, which the read-only bind of
-/sys/fs/cgroup gives on this cgroup-v1 host (docker makes only the top mount read-only, the
-hierarchies under it stay writable); /run and /run/lock are tmpfs as systemd expects. Both
-mean root in a lab container can reach the host: a lab is for this machine's tests only.
+/sys/devices/system/cpu/cpufreq and /sys/class/thermal.
 """
 
 from __future__ import annotations

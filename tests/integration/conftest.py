@@ -126,6 +126,13 @@ def one_lab_device(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def rk3588_lab_device(tmp_path_factory):
+    """A lab of one amd64 device shaped like an RK3588 (big cores 4-7, which this host lacks), lab-01."""
+    for targets in lab_targets(tmp_path_factory, ["lab-01"], board="rk3588"):
+        yield targets[0]
+
+
+@pytest.fixture(scope="module")
 def three_lab_devices(tmp_path_factory):
     """A lab of three amd64 devices, lab-01..lab-03, for this test module."""
     yield from lab_targets(tmp_path_factory, ["lab-01", "lab-02", "lab-03"])

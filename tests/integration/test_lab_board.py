@@ -25,8 +25,6 @@ from edgefleet.lab import knobs, sysfs
 from edgefleet.model.tiny import tiny_bundle
 from edgefleet.ssh import connect, http_over_ssh
 
-from .conftest import lab_targets
-
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[2]
 POLICY = "/sys/devices/system/cpu/cpufreq/policy4/scaling_governor"
@@ -38,13 +36,13 @@ def bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def rk3588(tmp_path_factory, bundle):
-    """lab-01 as an rk3588 board, deployed once; yields (target, lab paths, first deploy's result)."""
-    for [target] in lab_targets(tmp_path_factory, ["lab-01"], board="rk3588"):
-        lines = []
-        result = deploy(target, bundle, REPO / "build", log=lines.append)
-        assert result.ok, "\n".join(lines)
-        yield target, lab.LabPaths(build_dir=REPO / "build", targets_dir=target.source.parent), result
+def rk3588(rk3588_lab_device, bundle):
+    """lab-01 as an rk3588 board, deployed once: (target, lab paths, the first deploy's result)."""
+    target = rk3588_lab_device
+    lines = []
+    result = deploy(target, bundle, REPO / "build", log=lines.append)
+    assert result.ok, "\n".join(lines)
+    return target, lab.LabPaths(build_dir=REPO / "build", targets_dir=target.source.parent), result
 
 
 def call(target, path: str, payload: dict | None = None) -> tuple[int, dict, str]:
