@@ -70,15 +70,17 @@ def main() -> int:
     print(f"invoke rollout --group lab ({args.devices} devices, canary 1 then the rest, parallel "
           f"{args.parallel}): {rollout_s:.1f} s, status {doc['status']}, counts {doc['counts']}")
     print(f"load average after: {' '.join(load)}")
-    print(f"{'device':8} {'board':10} {'result':9} {'deploy s':>8} {'idle MiB':>8} {'peak MiB':>8} "
-          f"{'end MiB':>8} {'CPU s':>7}")
+    print("memory per container (cgroup): rss = anonymous memory, all = rss + page cache, peak = all's maximum")
+    print(f"{'device':8} {'board':10} {'result':9} {'deploy s':>8} {'idle rss':>8} {'end rss':>8} "
+          f"{'end all':>8} {'peak all':>8} {'CPU s':>7}")
     for name, device in sorted(doc["devices"].items()):
         container = lab_plan.container_name(int(name.split("-")[1]))
         print(f"{name:8} {boards.get(name, '?'):10} {device['result']:9} {device.get('seconds') or 0:8.1f} "
-              f"{idle[container]['memory_mib']:8.0f} {after[container]['peak_mib']:8.0f} "
-              f"{after[container]['memory_mib']:8.0f} {after[container]['cpu_s']:7.1f}")
-    total_peak = sum(u["peak_mib"] for u in after.values())
-    print(f"sum of peaks {total_peak:.0f} MiB; sum at end {sum(u['memory_mib'] for u in after.values()):.0f} MiB; "
+              f"{idle[container]['rss_mib']:8.0f} {after[container]['rss_mib']:8.0f} "
+              f"{after[container]['memory_mib']:8.0f} {after[container]['peak_mib']:8.0f} "
+              f"{after[container]['cpu_s']:7.1f}")
+    print(f"all devices: rss at end {sum(u['rss_mib'] for u in after.values()):.0f} MiB, "
+          f"rss + cache at end {sum(u['memory_mib'] for u in after.values()):.0f} MiB, "
           f"CPU {sum(u['cpu_s'] for u in after.values()):.0f} s")
     ok = doc["status"] == "completed" and doc["counts"].get("ok") == args.devices
     return 0 if ok else 1

@@ -98,11 +98,13 @@ def test_boards_round_robin_unless_one_is_given(count, board, boards):
 
 @pytest.mark.parametrize("index, arch, board, expected", [
     (1, "arm64", "pi5", {"arch": "arm64", "sudo": False, "emulated": True,
-                         "health": {"ready_timeout_s": 300.0}, "runtime": {"port": 18081}}),
+                         "health": {"ready_timeout_s": 600.0}, "runtime": {"port": 18081}}),
     (2, "arm64", "orin-nano", {"arch": "arm64", "python": "3.11", "sudo": False, "emulated": True,
-                               "health": {"ready_timeout_s": 300.0}, "runtime": {"port": 18082}}),
+                               "health": {"ready_timeout_s": 600.0}, "runtime": {"port": 18082}}),
     (3, "amd64", "rk3588", {"arch": "amd64", "sudo": False, "emulated": True, "runtime": {"port": 18083}}),
-    (4, "arm64", "qemu-virt", {"arch": "arm64", "emulated": True, "runtime": {"port": 18084}}),
+    (4, "arm64", "qemu-virt", {"arch": "arm64", "emulated": True, "health": {"ready_timeout_s": 600.0},
+                               "runtime": {"port": 18084}}),
+    (5, "amd64", "qemu-virt", {"arch": "amd64", "emulated": True, "runtime": {"port": 18085}}),
 ])
 def test_device_overrides_only_what_the_lab_cannot_be(monkeypatch, index, arch, board, expected):
     monkeypatch.delenv(plan.SLOT_ENV, raising=False)
@@ -117,7 +119,7 @@ def test_inventory_yaml_matches_contract(monkeypatch, tmp_path):
     assert text.startswith("# written by `invoke lab.up`; removed by `invoke lab.down`\n")
     common = {"host": "127.0.0.1", "user": "root", "ssh_key": str(key), "known_hosts": str(known),
               "groups": ["lab"], "arch": "arm64", "sudo": False, "emulated": True,
-              "health": {"ready_timeout_s": 300.0}}
+              "health": {"ready_timeout_s": 600.0}}
     assert yaml.safe_load(text) == {
         "groups": {"lab": {"description": "simulated devices on this machine"}},
         "devices": {
