@@ -13,3 +13,19 @@ def tiny(tmp_path_factory):
     from edgefleet.model.tiny import tiny_bundle
 
     return tiny_bundle(tmp_path_factory.mktemp("tiny-model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_classify(tmp_path_factory):
+    """Return paths of a tiny random BertForSequenceClassification, FP32 export, INT8 bundle."""
+    from edgefleet.model.tiny import tiny_bundle
+
+    return tiny_bundle(tmp_path_factory.mktemp("tiny-classify"), seed=2, task="classify")
+
+
+@pytest.fixture(scope="session")
+def tiny_qa(tmp_path_factory):
+    """Return paths of a tiny random BertForQuestionAnswering, FP32 export, INT8 bundle."""
+    from edgefleet.model.tiny import tiny_bundle
+
+    return tiny_bundle(tmp_path_factory.mktemp("tiny-qa"), seed=3, task="qa")
