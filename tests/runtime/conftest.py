@@ -17,6 +17,15 @@ def tiny_bundle(tmp_path_factory):
     return build(tmp_path_factory.mktemp("tiny-runtime"), seed=1)["bundle_dir"]
 
 
+@pytest.fixture(scope="session")
+def task_bundles(tmp_path_factory):
+    """Return {"classify": dir, "qa": dir}: tiny random-BERT INT8 bundles with those heads."""
+    from edgefleet.model.tiny import tiny_bundle as build
+
+    return {task: build(tmp_path_factory.mktemp(f"tiny-{task}"), seed=seed, task=task)[
+        "bundle_dir"] for task, seed in (("classify", 4), ("qa", 5))}
+
+
 @pytest.fixture
 def run_cli():
     """Run `python -m edge_runtime ARGS` with a bounded wait; return the CompletedProcess."""
