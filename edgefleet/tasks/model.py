@@ -159,4 +159,52 @@ def check(c, texts=None, threads=1, rounds=15, plot=None, json=False):
     c.run(" ".join(shlex.quote(part) for part in parts), pty=False)
 
 
-ns = Collection("model", export, quantize, bench, check)
+@task(help={
+    "bundle": "bundle directory (default: config edgefleet.bundle)",
+    "threads": "intra-op threads (default: one per CPU this process may use)",
+    "runs": "timed runs per golden input",
+    "top": "nodes in the table and the chart",
+    "png": "chart path (default: <build_dir>/reports/profile-<bundle-name>.png)",
+    "json": "print one JSON document (the runtime's profile plus the chart's path)",
+})
+def profile(c, bundle=None, threads=None, runs=5, top=15, png=None, json=False):
+    """Per-node ORT profile of a bundle by the runtime itself: top nodes as a table and a PNG."""
+    import json as jsonlib
+    import shlex
+    import sys
+
+    from edge_runtime.profiling import format_table
+
+    from edgefleet.model.charts import parse_profile, profile_chart
+    from edgefleet.paths import bundle_dir
+
+    bundle = _resolve(bundle) if bundle else bundle_dir(c)
+    # the payload runs as on a device (its own process, only its own dependencies) and prints
+    # JSON; matplotlib stays on the host
+    parts = [sys.executable, "-m", "edge_runtime", "profile", "--bundle", str(bundle), "--json",
+             "--runs", str(int(runs)), "--top", str(int(top))]
+    if threads:
+        parts += ["--threads", str(int(threads))]
+    result = c.run(" ".join(shlex.quote(part) for part in parts), hide=True, warn=True,
+                   in_stream=False)
+    if result.exited != 0:
+        raise SystemExit(f"edge_runtime profile failed for {bundle}:\n{result.stderr.strip()}")
+    try:
+        doc = parse_profile(result.stdout)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    name = doc.get("bundle") or bundle.name
+    path = _resolve(png) if png else build_dir(c) / "reports" / f"profile-{name}.png"
+    profile_chart(doc, path)
+    if json:
+        print(jsonlib.dumps({**doc, "png": str(path)}))
+        return
+    print(f"{name} ({doc['task']}): load {doc['load_seconds']:.3f} s, {doc['threads']} "
+          f"thread(s); top {len(doc['nodes'])} nodes by time ({doc['inputs']} golden inputs x "
+          f"{doc['runs']} runs, batch 1):")
+    for line in format_table(doc["nodes"]):
+        print(line)
+    print(f"wrote {path}")
+
+
+ns = Collection("model", export, quantize, bench, check, profile)
