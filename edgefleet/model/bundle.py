@@ -53,6 +53,7 @@ class Golden(_Strict):
     texts: list[str] = Field(min_length=1)
     embeddings: list[list[float]] = Field(min_length=1)
     min_cosine: float = Field(gt=0.0, le=1.0)
+    tokens: list[int] | None = None  # each input's length (edge_runtime.golden.fitting)
 
     @model_validator(mode="after")
     def _shapes_match(self) -> "Golden":
@@ -70,6 +71,7 @@ class ClassifyGolden(_Strict):
     texts: list[str] = Field(min_length=1)
     scores: list[dict[str, float]] = Field(min_length=1)
     max_abs_diff: float = Field(gt=0.0, le=1.0)
+    tokens: list[int] | None = None
 
     @model_validator(mode="after")
     def _shapes_match(self) -> "ClassifyGolden":
@@ -92,6 +94,7 @@ class QaGolden(_Strict):
     contexts: list[str] = Field(min_length=1)
     answers: list[Answer] = Field(min_length=1)
     max_abs_diff: float = Field(gt=0.0, le=1.0)
+    tokens: list[int] | None = None
 
     @model_validator(mode="after")
     def _shapes_match(self) -> "QaGolden":
@@ -146,6 +149,9 @@ class Bundle(_Strict):
                 if (getattr(self, key) is None) == (task == self.task):
                     rule = "required" if task == self.task else "not allowed"
                     raise ValueError(f"key {key!r} is {rule} for task {self.task!r}")
+        count = len(getattr(self.golden, "texts", None) or self.golden.questions)
+        if self.golden.tokens is not None and len(self.golden.tokens) != count:
+            raise ValueError(f"golden has {count} inputs but {len(self.golden.tokens)} tokens")
         if _golden_tag(self.golden) != self.task:
             raise ValueError(f"golden outputs are for task {_golden_tag(self.golden)!r}, "
                              f"not {self.task!r}")

@@ -9,6 +9,10 @@ scales per call, so a padded batch gives slightly different outputs.
   classify  {"texts", "scores", "max_abs_diff"}            same label, |p - p_golden| <= tol
   qa        {"questions", "contexts", "answers", "max_abs_diff"}
                                                            same span, |score - golden| <= tol
+
+Each section also holds "tokens": every input's length in tokens at the bundle's max_seq_len.
+A target may run the bundle with a lower max_seq_len; inputs longer than that are truncated
+there, so their outputs cannot match, and only the goldens that fit are checked (fitting()).
 """
 
 from __future__ import annotations
@@ -57,6 +61,21 @@ def items(golden: dict) -> list:
     return list(golden["texts"])
 
 
+def fitting(golden: dict, max_seq_len: int | None) -> dict:
+    """Return the golden section restricted to the inputs of at most max_seq_len tokens."""
+    tokens = golden.get("tokens")
+    if max_seq_len is None or tokens is None:
+        return golden
+    keep = [i for i, n in enumerate(tokens) if n <= max_seq_len]
+    return {key: [value[i] for i in keep] if isinstance(value, list) else value
+            for key, value in golden.items()}
+
+
+def _tokens(model, item) -> int:
+    pair = list(item) if model.task == "qa" else [item]
+    return len(model.tokenizer.encode(*pair).ids)
+
+
 def run(model, item):
     """Run one golden input at batch 1; return the output as the HTTP API gives it."""
     if model.task == "qa":
@@ -69,14 +88,15 @@ def run(model, item):
 def expected(model, inputs: list, tolerance: float) -> dict:
     """Return a golden section for the model's task: inputs, their outputs, the tolerance."""
     outputs = [run(model, item) for item in inputs]
+    tokens = [_tokens(model, item) for item in inputs]
     if model.task == "embed":
-        return {"texts": list(inputs), "min_cosine": tolerance,
+        return {"texts": list(inputs), "min_cosine": tolerance, "tokens": tokens,
                 "embeddings": [[round(float(v), 7) for v in row] for row in outputs]}
     if model.task == "classify":
-        return {"texts": list(inputs), "max_abs_diff": tolerance,
+        return {"texts": list(inputs), "max_abs_diff": tolerance, "tokens": tokens,
                 "scores": [{k: round(v, 7) for k, v in out["scores"].items()} for out in outputs]}
     return {"questions": [q for q, _ in inputs], "contexts": [c for _, c in inputs],
-            "max_abs_diff": tolerance,
+            "max_abs_diff": tolerance, "tokens": tokens,
             "answers": [{**out, "score": round(out["score"], 7)} for out in outputs]}
 
 

@@ -229,10 +229,16 @@ def test_golden_check_sends_one_text_per_request():
     seen = []
 
     def call(path, payload=None, timeout=120.0):
+        if path == "/v1/info":
+            return 200, {"max_seq_len": 16}
         seen.append(payload["texts"])
         return 200, {"embeddings": [[1.0, 0.0]]}
-    result = golden_check(call, {"texts": ["a", "b"], "embeddings": [[1, 0], [0.9, 0.1]], "min_cosine": 0.99})
+    golden = {"texts": ["a", "b", "c"], "embeddings": [[1, 0], [0.9, 0.1], [0, 1]], "min_cosine": 0.99,
+              "tokens": [3, 16, 17]}
+    result = golden_check(call, golden)  # "c" does not fit the device's max_seq_len: not sent
     assert seen == [["a"], ["b"]] and result.ok and len(result.latency_ms) == 2
+    result = golden_check(call, {**golden, "tokens": [17, 18, 19]})
+    assert not result.ok and "no golden input fits max_seq_len 16" in result.reason
 
 
 QA_GOLDEN = {"questions": ["q1", "q2"], "contexts": ["c1", "c2"], "max_abs_diff": 0.02,
@@ -255,6 +261,8 @@ def test_golden_check_uses_the_task_route(golden, answer, route, ok, reason):
     seen = []
 
     def call(path, payload=None, timeout=120.0):
+        if path == "/v1/info":
+            return 401, {"error": "token"}  # no info: every golden is checked
         seen.append((path, payload))
         return 200, answer
     result = golden_check(call, golden)
