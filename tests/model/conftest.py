@@ -16,16 +16,12 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_classify(tmp_path_factory):
+def tiny_classify(task_models):
     """Return paths of a tiny random BertForSequenceClassification, FP32 export, INT8 bundle."""
-    from edgefleet.model.tiny import tiny_bundle
-
-    return tiny_bundle(tmp_path_factory.mktemp("tiny-classify"), seed=2, task="classify")
+    return task_models["classify"]
 
 
 @pytest.fixture(scope="session")
-def tiny_qa(tmp_path_factory):
+def tiny_qa(task_models):
     """Return paths of a tiny random BertForQuestionAnswering, FP32 export, INT8 bundle."""
-    from edgefleet.model.tiny import tiny_bundle
-
-    return tiny_bundle(tmp_path_factory.mktemp("tiny-qa"), seed=3, task="qa")
+    return task_models["qa"]

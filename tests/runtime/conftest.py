@@ -18,12 +18,9 @@ def tiny_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def task_bundles(tmp_path_factory):
+def task_bundles(task_models):
     """Return {"classify": dir, "qa": dir}: tiny random-BERT INT8 bundles with those heads."""
-    from edgefleet.model.tiny import tiny_bundle as build
-
-    return {task: build(tmp_path_factory.mktemp(f"tiny-{task}"), seed=seed, task=task)[
-        "bundle_dir"] for task, seed in (("classify", 4), ("qa", 5))}
+    return {task: paths["bundle_dir"] for task, paths in task_models.items()}
 
 
 @pytest.fixture
