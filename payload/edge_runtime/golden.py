@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Check", "cosines", "task_of", "items", "run", "expected", "compare", "request", "from_response",
-           "ROUTES"]
+__all__ = ["Check", "cosines", "task_of", "items", "run", "expected", "compare", "request",
+           "from_response", "fitting", "ROUTES"]
 
 ROUTES = {"embed": "/v1/embed", "classify": "/v1/classify", "qa": "/v1/qa"}
 _OUTPUT_KEY = {"embeddings": "embed", "scores": "classify", "answers": "qa"}
