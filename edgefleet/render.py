@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import shutil
@@ -86,19 +87,30 @@ def render_target(target: Target, templates_dir: Path | None = None) -> list[Ren
 
 
 def check_rendered(files: list[RenderedFile]) -> list[str]:
-    """Check rendered files (YAML parses, units verify, scripts pass sh -n/shellcheck); return notes."""
+    """Check rendered files (YAML parses, units verify, scripts pass sh -n/shellcheck); return notes.
+
+    A text that passed is not checked again in this process: a rollout renders the same unit
+    and script for many devices, and each check is a subprocess.
+    """
     notes = []
     for f in files:
-        if f.name.endswith(".yaml"):
-            try:
-                yaml.safe_load(f.text)
-            except yaml.YAMLError as exc:
-                raise RenderError(f"{f.name}: rendered YAML does not parse: {exc}") from None
-        elif f.name.endswith(".service"):
-            notes.append(_verify_unit(f))
-        elif f.name.endswith(".sh"):
-            notes.extend(_check_script(f))
+        notes.extend(_check_text(f.name, f.device_path, f.text))
     return [n for n in notes if n]
+
+
+@functools.lru_cache(maxsize=512)
+def _check_text(name: str, device_path: str, text: str) -> tuple[str, ...]:
+    f = RenderedFile(name, device_path, text)
+    if name.endswith(".yaml"):
+        try:
+            yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise RenderError(f"{name}: rendered YAML does not parse: {exc}") from None
+    elif name.endswith(".service"):
+        return (_verify_unit(f),)
+    elif name.endswith(".sh"):
+        return tuple(_check_script(f))
+    return ()
 
 
 def _run_on_file(f: RenderedFile, argv: list[str]) -> subprocess.CompletedProcess:
