@@ -123,10 +123,10 @@ def test_service_trims_memory_only_after_long_inputs(tiny_bundle, fake_sysfs, mo
     service.start(poll=False)
     assert service.ready
     trims.clear()
-    service._run(["short"])
+    service._run(("embed", (["short"],)))
     service._idle()
     assert trims == [] and service.model.last_tokens < service_module.TRIM_TOKENS
-    service._run(["word " * 400] * 4)  # batch x max_seq_len over the threshold
+    service._run(("embed", (["word " * 400] * 4,)))  # batch x max_seq_len over the threshold
     assert service.model.last_tokens > service_module.TRIM_TOKENS
     service._idle()
     service._idle()

@@ -45,6 +45,20 @@ def test_rendered_files_pass_checks(inventory):
     assert all("not installed" in n for n in notes)  # only when systemd-analyze / shellcheck are missing
 
 
+def test_a_text_that_passed_is_not_checked_again(inventory, monkeypatch, tmp_path):
+    import edgefleet.render as render
+
+    files = render_target(inventory.target("pi5-01"))
+    assert check_rendered(files, cache_dir=tmp_path) == []
+    monkeypatch.setattr(render.subprocess, "run", lambda *a, **k: pytest.fail(f"checked again: {a}"))
+    assert check_rendered(files, cache_dir=tmp_path) == []  # a re-run of a rollout: no subprocess
+    changed = [f if f.name != UNIT_NAME else render.RenderedFile(f.name, f.device_path, f.text + "\n") for f in files]
+    with pytest.raises(pytest.fail.Exception, match="checked again"):
+        check_rendered(changed, cache_dir=tmp_path)  # new text: checked
+    with pytest.raises(pytest.fail.Exception, match="checked again"):
+        check_rendered(files)  # no cache: checked
+
+
 @pytest.mark.parametrize("broken, expected", [
     ("edgefleet-tuning.sh.j2", "sh -n failed"),
 ])
