@@ -91,6 +91,13 @@ else
     say "binfmt qemu-aarch64 registered already ($(sed -n 's/^flags: //p' "$entry"))"
 fi
 
+# -- 2b. inotify instances: systemd in each lab container takes several; 128 (the default) stops
+#        a lab at ~30 devices with "Failed to create inotify object: Too many open files" -------
+if [ "$(sysctl -n fs.inotify.max_user_instances)" -lt 1024 ]; then
+    sysctl -qw fs.inotify.max_user_instances=1024
+    say "fs.inotify.max_user_instances raised to 1024 (lab devices run systemd)"
+fi
+
 # -- 3. dockerd ------------------------------------------------------------------------------
 if docker info >/dev/null 2>&1; then
     say "dockerd answers"

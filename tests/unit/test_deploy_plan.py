@@ -72,6 +72,23 @@ def test_facts_command_runs_in_sh_and_parses(tmp_path, target):
     assert got.committed == "r-0123456789ab" and got.objects == frozenset({"a" * 64})
 
 
+@pytest.mark.parametrize("interpreter, link, expected", [
+    ("python3.9", True, "3.9"),  # a versioned file name is read, the interpreter is not started
+    ("python3", False, "3.12"),  # anything else is asked
+])
+def test_facts_python_version(tmp_path, target, interpreter, link, expected):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / interpreter
+    fake.write_text("#!/bin/sh\necho 3.12\n" if not link else "#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    if link:
+        (bin_dir / "python3").symlink_to(fake)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    out = subprocess.run(["sh", "-c", facts_command(target)], capture_output=True, text=True, check=True, env=env).stdout
+    assert parse_facts(out).python == expected
+
+
 @pytest.mark.parametrize("output, field, expected", [
     ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=10\n--objects--\n", "arch", "arm64"),
     ("arch=x86_64\npython=3.11\nsystemd=no\nfree_kb=10\n--objects--\n", "systemd", False),
