@@ -111,15 +111,20 @@ def text_of(tokens: int, tokenizer) -> str:
     return " ".join(words)
 
 
-def interleaved_medians(engines: dict, arg, rounds: int, warmup: int = 2) -> dict[str, float]:
-    """Call each engine on arg round-robin; return the median ms of each."""
+def interleaved_medians(engines: dict, arg, rounds: int, warmup: int = 2,
+                        clock=time.perf_counter) -> dict[str, float]:
+    """Call each engine on arg round-robin; return the median ms of each.
+
+    clock=time.thread_time counts only the CPU time of the calling thread: with one intra-op
+    thread ORT runs every kernel on it, so a loaded machine's time slicing drops out.
+    """
     for fn in engines.values():
         for _ in range(warmup):
             fn(arg)
     samples: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(rounds):
         for name, fn in engines.items():
-            started = time.perf_counter()
+            started = clock()
             fn(arg)
-            samples[name].append((time.perf_counter() - started) * 1000)
+            samples[name].append((clock() - started) * 1000)
     return {name: statistics.median(values) for name, values in samples.items()}
