@@ -9,21 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 __all__ = ["CALIBRATION_METHODS", "TextCalibrationReader", "quantize_static_graph"]
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-
-
-def _feeds(tokenizer, text: str, names: set[str], length: int = 0) -> dict[str, np.ndarray]:
-    enc = tokenizer.encode(text)
-    if length:
-        enc.pad(length)
-    feeds = {"input_ids": np.array([enc.ids], dtype=np.int64),
-             "attention_mask": np.array([enc.attention_mask], dtype=np.int64),
-             "token_type_ids": np.array([enc.type_ids], dtype=np.int64)}
-    return {name: value for name, value in feeds.items() if name in names}
 
 
 def _reader_base():
@@ -42,8 +30,11 @@ class TextCalibrationReader(_reader_base()):
     def __init__(self, tokenizer, texts: list[str], input_names, pad: bool = False):
         if not texts:
             raise ValueError("calibration needs at least one text")
+        from edgefleet.model.evaluate import encode_feeds
+
         length = max(len(tokenizer.encode(text).ids) for text in texts) if pad else 0
-        self._feeds = [_feeds(tokenizer, text, set(input_names), length) for text in texts]
+        self._feeds = [encode_feeds(tokenizer, text, set(input_names), length)
+                       for text in texts]
         self._next = 0
 
     def get_next(self):

@@ -49,12 +49,10 @@ def activation_absmax(onnx_path, tokenizer, texts: list[str]) -> dict[str, np.nd
     names = [item.name for item in session.get_outputs()]
     inputs = {item.name for item in session.get_inputs()}
     maxima: dict[str, np.ndarray] = {}
+    from edgefleet.model.evaluate import encode_feeds
+
     for text in texts:
-        enc = tokenizer.encode(text)
-        feeds = {"input_ids": np.array([enc.ids]), "attention_mask": np.array([enc.attention_mask]),
-                 "token_type_ids": np.array([enc.type_ids])}
-        outputs = dict(zip(names, session.run(names, {k: v for k, v in feeds.items()
-                                                       if k in inputs})))
+        outputs = dict(zip(names, session.run(names, encode_feeds(tokenizer, text, inputs))))
         for tensor in set(watch.values()):
             value = np.abs(outputs[tensor]).reshape(-1, outputs[tensor].shape[-1]).max(axis=0)
             maxima[tensor] = np.maximum(maxima.get(tensor, value), value)

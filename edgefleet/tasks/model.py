@@ -175,9 +175,11 @@ def _search(c, model: Path, out: Path, calib: Path, texts, mode: str, min_cosine
     "threads": "comma-separated intra-op thread counts, e.g. 1,2",
     "batch": "comma-separated batch sizes, e.g. 1,8",
     "rounds": "interleaved rounds per length (median of these)",
+    "clock": "wall (default) or cpu: CPU time of the calling thread, steadier on a shared "
+             "machine (--threads 1 only)",
     "json": "print one JSON document instead of the table",
 })
-def bench(c, threads="1,2", batch="1,8", rounds=30, json=False):
+def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False):
     """Time PyTorch FP32, ORT FP32, naive INT8 and our bundle side by side; print ratios."""
     import shlex
     import sys
@@ -186,7 +188,7 @@ def bench(c, threads="1,2", batch="1,8", rounds=30, json=False):
 
     script = repo_root() / "benchmarks" / "bench_model.py"
     parts = [sys.executable, str(script), "--threads", str(threads), "--batch", str(batch),
-             "--rounds", str(int(rounds))] + (["--json"] if json else [])
+             "--rounds", str(int(rounds)), "--clock", str(clock)] + (["--json"] if json else [])
     c.run(" ".join(shlex.quote(part) for part in parts), pty=False)
 
 
