@@ -8,8 +8,7 @@ op; s W is folded into the weight, which per-channel weight quantization absorbs
 
 Where it is exact, fewer nodes run: a MatMul fed only by a fused Attention gets its 1/s folded
 into the Attention's V columns (output channel j of attention is a mix of V's column j), and an
-outlier path's Add joins the residual Add in one Sum after the bias Add (which ORT fuses into
-the INT8 MatMul).
+outlier path's Add comes after the bias Add, which ORT then fuses into the INT8 MatMul.
 """
 
 from __future__ import annotations
@@ -125,7 +124,7 @@ def smooth(model, absmax: dict[str, np.ndarray], alpha: float | dict[str, float]
                                                    name=f"{node.name}_outlier_add"))
     model.graph.initializer.extend(extra_inits)
     del model.graph.node[:]
-    model.graph.node.extend(_sum_after_bias(new_nodes, init))
+    model.graph.node.extend(_exact_after_bias(new_nodes, init))
     return model
 
 
@@ -151,10 +150,10 @@ def _fold_into_values(attention, init: dict, inverse: np.ndarray) -> bool:
     return True
 
 
-def _sum_after_bias(nodes: list, init: dict) -> list:
-    """Rewrite int8 -> Add(exact) -> Add(bias) -> Add(residual) as int8 -> Add(bias) ->
-    Sum(biased, exact, residual): the bias Add then fuses into the INT8 MatMul, and one node
-    replaces two. Other patterns are left as they are."""
+def _exact_after_bias(nodes: list, init: dict) -> list:
+    """Rewrite int8 -> Add(exact) -> Add(bias) as int8 -> Add(bias) -> Add(exact), so that ORT
+    fuses the bias Add into the INT8 MatMul (one node fewer). Other patterns stay as they are.
+    (A 3-input Sum for exact + residual measured 5x slower than the two Adds.)"""
     import onnx
 
     readers: dict[str, list] = {}
@@ -170,20 +169,16 @@ def _sum_after_bias(nodes: list, init: dict) -> list:
             continue
         bias_add = after[0]
         bias = [name for name in bias_add.input if name in init and len(init[name].dims) == 1]
-        then = readers.get(bias_add.output[0], [])
-        if len(bias) != 1 or len(then) != 1 or then[0].op_type != "Add":
+        if len(bias) != 1:
             continue
-        residual_add = then[0]
         int8_part, exact = node.input
-        residual = [name for name in residual_add.input if name != bias_add.output[0]]
         biased = f"{int8_part}_biased"
-        replace[id(bias_add)] = onnx.helper.make_node("Add", [int8_part, bias[0]], [biased],
-                                                      name=bias_add.name)
-        replace[id(residual_add)] = onnx.helper.make_node(
-            "Sum", [biased, exact, *residual], list(residual_add.output),
-            name=f"{node.name[: -len('_add')]}_sum")
+        replace[id(bias_add)] = [
+            onnx.helper.make_node("Add", [int8_part, bias[0]], [biased], name=bias_add.name),
+            onnx.helper.make_node("Add", [biased, exact], list(bias_add.output), name=node.name)]
         drop.add(id(node))
-    return [replace.get(id(node), node) for node in nodes if id(node) not in drop]
+    return [new for node in nodes if id(node) not in drop
+            for new in replace.get(id(node), [node])]
 
 
 def _outlier_path(node, rows: np.ndarray, picked: np.ndarray) -> tuple[list, list]:
