@@ -101,7 +101,7 @@ def quantize_key(fp32_dir, recipe: Recipe = Recipe(), min_cosine: float = MIN_CO
     files = [fp32_dir / "model.onnx", fp32_dir / "tokenizer.json", fp32_dir / EXPORT_META,
              Path(calibration_texts)]
     settings = {"recipe": recipe.settings(), "min_cosine": min_cosine, "golden": GOLDEN_TEXTS,
-                "onnxruntime": onnxruntime.__version__, "format": 2}
+                "onnxruntime": onnxruntime.__version__, "format": 3}
     return inputs_digest(files, settings)
 
 
