@@ -142,9 +142,11 @@ def search(fp32_dir, work, texts: list[str], target: Target = Target(),
     """Build and measure dynamic, per-tensor, static (each calibration method) and mixed
     candidates under work/; return them with the fastest that meets target picked.
 
-    Mixed precision starts from the most accurate all-INT8 dynamic and static candidates and
-    keeps the k most sensitive ops in FP32, k found by doubling then bisection (each step is
-    one build and one evaluation), the fewest that meets the target.
+    Mixed precision starts from the all-INT8 dynamic candidate and the static one with the
+    highest min cosine (each only if it misses the target) and keeps the k most sensitive ops
+    in FP32, k found by doubling then bisection (each step is one build and one evaluation),
+    the fewest that meets the target. Bisection assumes accuracy grows with k; where it does
+    not, the k found meets the target but may not be the fewest.
     """
     from edgefleet.model.evaluate import read_texts
 
@@ -172,7 +174,8 @@ def search(fp32_dir, work, texts: list[str], target: Target = Target(),
     ops = quantizable_ops(smoothed)
     log(f"sensitivity of {len(ops)} ops (only that op in INT8) on {calibration_texts.name}")
     ranked = sensitivity(evaluator, smoothed, fp32_dir, work, ops, read_texts(calibration_texts))
-    for start in [starts[0]] + sorted(statics, key=lambda m: m.accuracy.mean)[-1:]:
+    best_static = sorted(statics, key=lambda m: (m.accuracy.min, m.accuracy.mean))[-1:]
+    for start in [starts[0]] + best_static:
         if not start.meets:
             _mixed(build, start.recipe, [op for op, _ in ranked])
     _time(measured, evaluator, tokens, rounds)
