@@ -77,7 +77,8 @@ MODES = ("dynamic", "static", "mixed", "search")
     "min_cosine": "mixed/search: every text's cosine vs FP32 at least this",
     "mean_cosine": "mixed/search: mean cosine vs FP32 at least this",
     "per_tensor": "quantize weights per tensor instead of per channel (less accurate)",
-    "json": "mixed/search: print the candidates as one JSON document instead of a table",
+    "json": "print one JSON document (the bundle, its size and quantization; with mixed/search "
+            "also every candidate) instead of tables",
     "force": "quantize even when the inputs are unchanged",
 })
 def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="minmax",
@@ -104,10 +105,10 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
                            per_channel=not per_tensor)
     except ValueError as error:
         raise SystemExit(f"--calibration: {error}") from None
-    graph = None
+    graph, searched = None, None
     if mode in ("mixed", "search"):
-        recipe, graph = _search(c, model, out, calib, texts, mode, float(min_cosine),
-                                float(mean_cosine), json)
+        recipe, graph, searched = _search(c, model, out, calib, texts, mode, float(min_cosine),
+                                          float(mean_cosine), json)
     key = qz.quantize_key(model, recipe, calibration_texts=calib)
     try:
         current = verify(out) if (out / "bundle.json").is_file() else None
@@ -132,6 +133,13 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
           f"{fp32 / MB:.1f} MB), tokenizer.json, bundle.json", file=_stream(json))
     print(f"golden: {len(bundle.golden.texts)} texts, min_cosine {bundle.golden.min_cosine}",
           file=_stream(json))
+    if json:
+        import json as jsonlib
+
+        print(jsonlib.dumps({"bundle": str(out), "model_bytes": int8, "fp32_bytes": fp32,
+                             "size_vs_fp32": round(int8 / fp32, 4),
+                             "quantization": bundle.quantization.model_dump(),
+                             "search": searched}, indent=1))
 
 
 def _stream(as_json: bool):
@@ -142,8 +150,8 @@ def _stream(as_json: bool):
 
 def _search(c, model: Path, out: Path, calib: Path, texts, mode: str, min_cosine: float,
             mean_cosine: float, as_json: bool):
-    """Run the candidate search; print the table (or JSON); return (recipe, graph) picked."""
-    import json as jsonlib
+    """Run the candidate search; print the table (unless as_json); return the picked recipe,
+    its graph and the search as plain data."""
     import sys
 
     from edgefleet.model import export as ex
@@ -161,14 +169,12 @@ def _search(c, model: Path, out: Path, calib: Path, texts, mode: str, min_cosine
                        methods=se.CALIBRATION_METHODS if mode == "search" else (),
                        log=lambda line: print(line, file=sys.stderr))
     se.keep(result, build_dir(c) / "reports" / f"quantize-{out.name}.json")
-    if as_json:
-        print(jsonlib.dumps(se.as_json(result), indent=1))
-    else:
+    if not as_json:
         se.render_table(result)
     if not result.picked.meets:
         print(f"WARNING: no candidate met the target; writing the most accurate, "
               f"{result.picked.name}", file=sys.stderr)
-    return result.picked.recipe, result.picked.graph
+    return result.picked.recipe, result.picked.graph, se.as_json(result)
 
 
 @task(help={

@@ -152,13 +152,25 @@ def test_quantize_task_search_json_writes_the_pick(tiny, tmp_path, capsys):
                    mode="mixed", texts=str(_texts_file(tmp_path)), min_cosine=0.9999,
                    mean_cosine=0.99995, json=True)
     document = json.loads(capsys.readouterr().out)  # stdout is one JSON document
-    picked = next(m for m in document["candidates"] if m["name"] == document["picked"])
+    searched = document["search"]
+    picked = next(m for m in searched["candidates"] if m["name"] == searched["picked"])
     assert picked["meets_target"]
-    assert not any(m["method"] == "static" for m in document["candidates"])
+    assert not any(m["method"] == "static" for m in searched["candidates"])
     bundle = verify(out)
     assert bundle.quantization.fp32_nodes == picked["fp32_nodes"]
+    assert document["quantization"]["fp32_nodes"] == picked["fp32_nodes"]
+    assert document["model_bytes"] == (out / "model.onnx").stat().st_size
     assert (tmp_path / "build" / "reports" / "quantize-bundle.json").is_file()
     assert not (tmp_path / "build" / "cache" / "quantize-mixed-bundle").exists()
+
+
+def test_quantize_task_static_json(tiny, tmp_path, capsys):
+    c = Context(Config(overrides={"edgefleet": {"build_dir": str(tmp_path / "build")}}))
+    tasks.quantize(c, model=str(tiny["fp32_dir"]), out=str(tmp_path / "b"), mode="static",
+                   calibration="entropy", json=True)
+    document = json.loads(capsys.readouterr().out)
+    assert document["search"] is None and 0 < document["size_vs_fp32"] < 1
+    assert document["quantization"]["calibration_method"] == "entropy"
 
 
 @pytest.mark.parametrize("kwargs, message", [
