@@ -203,9 +203,10 @@ def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False):
     "threads": "intra-op threads",
     "rounds": "interleaved rounds per length (median of these)",
     "plot": "PNG path (default: <repo>/build/reports/model-check.png)",
+    "clock": "wall (default) or cpu: CPU time of the calling thread (--threads 1 only)",
     "json": "print one JSON document instead of the tables",
 })
-def check(c, texts=None, threads=1, rounds=15, plot=None, json=False):
+def check(c, texts=None, threads=1, rounds=15, plot=None, clock="wall", json=False):
     """Accuracy vs FP32 PyTorch and latency per length: tables, --json and a PNG plot."""
     import shlex
     import sys
@@ -213,7 +214,7 @@ def check(c, texts=None, threads=1, rounds=15, plot=None, json=False):
     from edgefleet.paths import repo_root
 
     parts = [sys.executable, str(repo_root() / "benchmarks" / "check_model.py"),
-             "--threads", str(int(threads)), "--rounds", str(int(rounds))]
+             "--threads", str(int(threads)), "--rounds", str(int(rounds)), "--clock", str(clock)]
     if texts:
         parts += ["--texts", str(_resolve(texts))]
     if plot:
