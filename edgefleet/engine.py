@@ -22,7 +22,7 @@ from docker.errors import APIError, ImageNotFound, NotFound
 __all__ = [
     "EngineError", "ContainerSpec", "ContainerInfo", "client", "image_labels",
     "import_image", "image_platform", "remove_image", "load_rootfs", "build_image", "create_container", "put_files", "start",
-    "remove", "exec_run", "containers", "logs",
+    "remove", "exec_run", "containers", "logs", "usage",
 ]
 
 
@@ -249,3 +249,15 @@ def logs(name: str, tail: int = 40) -> str:
         return client().containers.get(name).logs(tail=tail).decode(errors="replace")
     except NotFound:
         return ""
+
+
+def usage(name: str) -> dict[str, float]:
+    """Return a running container's memory now and at its peak (MiB) and CPU time used (s)."""
+    try:
+        stats = client().api.stats(name, stream=False)
+    except NotFound:
+        raise EngineError(f"no container {name}") from None
+    memory = stats.get("memory_stats") or {}
+    cpu = (stats.get("cpu_stats") or {}).get("cpu_usage") or {}
+    return {"memory_mib": memory.get("usage", 0) / 2**20, "peak_mib": memory.get("max_usage", 0) / 2**20,
+            "cpu_s": cpu.get("total_usage", 0) / 1e9}

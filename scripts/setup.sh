@@ -16,7 +16,7 @@ die() { echo "setup: ERROR: $*" >&2; exit 1; }
 
 # -- 1. Debian bookworm packages -------------------------------------------------------------
 bookworm_pkgs=(docker.io containerd runc debootstrap openssh-client openssh-server systemd
-    iproute2 zstd ca-certificates python3 python3-venv tar shellcheck)
+    iproute2 zstd ca-certificates python3 python3-venv tar shellcheck rsync nftables)
 trixie_pkgs=(qemu-user docker-buildx)
 trixie_list=/etc/apt/sources.list.d/edgefleet-trixie.sources
 trixie_pin=/etc/apt/preferences.d/edgefleet-trixie

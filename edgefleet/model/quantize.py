@@ -27,6 +27,17 @@ GOLDEN_TEXTS = [
     "Was kostet ein Kaffee?",
     "error: connection refused on port 8080",
 ]
+# QA bundles' goldens: question/context pairs (the answer is a span of the context).
+GOLDEN_QA = [
+    ("What runs on the board?", "The edge board runs a quantized BERT model with ONNX Runtime."),
+    ("Where is it raining?", "It is raining in Berlin today, 12 degrees, and sunny in Rome."),
+    ("Who sat on the mat?", "A cat sat on the mat while the dog slept by the door."),
+    ("Which port refused the connection?", "error: connection refused on port 8080 after 3 "
+                                           "retries; port 9090 answered."),
+]
+# Classify and QA goldens hold probabilities (label scores, span score): the device must give
+# the same label or span, each probability within this of the host's.
+MAX_ABS_DIFF = 0.02
 # The golden outputs come from this same INT8 bundle run by edge_runtime on the host, so a
 # device differs from them only by kernel-level arithmetic (x86 VNNI vs ARM SDOT, thread
 # splits, activation rounding); a wrong model, tokenizer or pooling gives cosines far below.
@@ -101,18 +112,21 @@ def quantize_key(fp32_dir, recipe: Recipe = Recipe(), min_cosine: float = MIN_CO
     files = [fp32_dir / "model.onnx", fp32_dir / "tokenizer.json", fp32_dir / EXPORT_META,
              Path(calibration_texts)]
     settings = {"recipe": recipe.settings(), "min_cosine": min_cosine, "golden": GOLDEN_TEXTS,
+                "golden_qa": GOLDEN_QA, "max_abs_diff": MAX_ABS_DIFF,
                 "onnxruntime": onnxruntime.__version__, "format": 3}
     return inputs_digest(files, settings)
 
 
-def _golden(bundle_dir: Path, texts: list[str]) -> list[list[float]]:
+def _golden(bundle_dir: Path, min_cosine: float) -> dict:
     import edge_runtime
+    from edge_runtime.golden import expected
 
     model = edge_runtime.load(bundle_dir)
-    # One text per call, as the device's selftest does: dynamic INT8 picks its activation
+    # One input per call, as the device's selftest does: dynamic INT8 picks its activation
     # scales per call, so a padded batch gives (slightly) different vectors than batch 1.
-    rows = [model.embed([text])[0] for text in texts]
-    return [[round(float(v), 7) for v in row] for row in rows]
+    if model.task == "qa":
+        return expected(model, GOLDEN_QA, MAX_ABS_DIFF)
+    return expected(model, GOLDEN_TEXTS, min_cosine if model.task == "embed" else MAX_ABS_DIFF)
 
 
 def _document(meta: dict, name: str, recipe: Recipe, tmp: Path, key: str,
@@ -121,10 +135,14 @@ def _document(meta: dict, name: str, recipe: Recipe, tmp: Path, key: str,
 
     from importlib.metadata import version
 
+    task = meta.get("task", "embed")
+    heads = {"embed": {"pooling": "mean", "normalize": True},
+             "classify": {"labels": meta.get("labels")},
+             "qa": {"max_answer_len": meta.get("max_answer_len")}}[task]
     return {
-        "format": 1, "name": name, "task": "embed", "max_seq_len": meta["max_seq_len"],
-        "inputs": meta["inputs"], "outputs": meta["outputs"], "pooling": "mean",
-        "normalize": True, "source_model": meta["source_model"],
+        "format": 1, "name": name, "task": task, "max_seq_len": meta["max_seq_len"],
+        "inputs": meta["inputs"], "outputs": meta["outputs"], **heads,
+        "source_model": meta["source_model"],
         "quantization": {"method": recipe.method, "weight_type": "QInt8",
                          "per_channel": recipe.per_channel,
                          "onnxruntime": onnxruntime.__version__,
@@ -255,8 +273,7 @@ def quantize(fp32_dir, out_dir, name: str | None = None, recipe: Recipe = Recipe
         shutil.copyfile(fp32_dir / "tokenizer.json", tmp / "tokenizer.json")
         document = _document(meta, name, recipe, tmp, key, excluded, split, calibration_texts)
         (tmp / BUNDLE_JSON).write_text(json.dumps(document) + "\n")  # runtime needs it to load
-        document["golden"] = {"texts": GOLDEN_TEXTS, "min_cosine": min_cosine,
-                              "embeddings": _golden(tmp, GOLDEN_TEXTS)}
+        document["golden"] = _golden(tmp, min_cosine)
         bundle = parse_bundle(document, str(tmp / BUNDLE_JSON))
         (tmp / BUNDLE_JSON).write_text(json.dumps(document, indent=1) + "\n")
     return QuantizeResult(bundle_dir=out_dir, bundle=bundle,

@@ -32,9 +32,13 @@ def _resolve(path) -> Path:
     "max_seq_len": "max tokens (default: min(max_position_embeddings, sentence-transformers "
                    "max_seq_length))",
     "opset": "ONNX opset for the legacy TorchScript exporter",
+    "task": "embed, classify or qa (default: from config.json's architectures, e.g. "
+            "BertForQuestionAnswering -> qa)",
+    "max_answer_len": "qa: longest answer span in tokens (default 30)",
     "force": "export even when the inputs are unchanged",
 })
-def export(c, model_dir=None, out=None, max_seq_len=None, opset=17, force=False):
+def export(c, model_dir=None, out=None, max_seq_len=None, opset=17, task=None,
+           max_answer_len=None, force=False):
     """Export a model to optimized FP32 ONNX (legacy exporter + ORT transformer fusions)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from edgefleet.model import export as ex
@@ -43,18 +47,28 @@ def export(c, model_dir=None, out=None, max_seq_len=None, opset=17, force=False)
     slug = ex.source_name(model_dir).rsplit("/", 1)[-1].lower()
     out = _resolve(out) if out else build_dir(c) / "models" / slug
     seq = int(max_seq_len) if max_seq_len else None
-    key = ex.export_key(model_dir, seq, int(opset))
+    answer_len = int(max_answer_len) if max_answer_len else None
+    if task is not None and task not in ex.TASKS:
+        raise SystemExit(f"--task {task}: expected one of {', '.join(ex.TASKS)}")
+    key = ex.export_key(model_dir, seq, int(opset), task=task, max_answer_len=answer_len)
     meta = ex.read_meta(out)
     if not force and meta.get("inputs_sha256") == key and (out / "model.onnx").is_file():
         print(f"up to date: {out} (inputs unchanged)")
     else:
-        result = ex.export(model_dir, out, max_seq_len=seq, opset=int(opset))
+        try:
+            result = ex.export(model_dir, out, max_seq_len=seq, opset=int(opset), task=task,
+                               max_answer_len=answer_len)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
         print(f"exported {model_dir} in {result.seconds:.1f} s")
         meta = ex.read_meta(out)
     size = (out / "model.onnx").stat().st_size
     print(f"wrote {out / 'model.onnx'} ({size / MB:.1f} MB), {out / 'tokenizer.json'}, "
           f"{out / ex.EXPORT_META}")
-    print(f"max_seq_len {meta['max_seq_len']}; fused ops: {json.dumps(meta['fused_ops'])}")
+    heads = {"classify": f"; labels {meta.get('labels')}",
+             "qa": f"; max_answer_len {meta.get('max_answer_len')}"}.get(meta.get("task"), "")
+    print(f"task {meta.get('task', 'embed')}{heads}; max_seq_len {meta['max_seq_len']}; "
+          f"fused ops: {json.dumps(meta['fused_ops'])}")
     if not meta["fused_ops"].get("Attention") and not meta["fused_ops"].get("MultiHeadAttention"):
         print("WARNING: attention was not fused; the model will run slower")
 
@@ -106,6 +120,10 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
     except ValueError as error:
         raise SystemExit(f"--calibration: {error}") from None
     graph, searched = None, None
+    export_task = ex.read_meta(model).get("task", "embed")
+    if mode in ("mixed", "search") and export_task != "embed":
+        raise SystemExit(f"--mode {mode} compares embeddings; {model} is a {export_task} "
+                         "export (use dynamic or static)")
     if mode in ("mixed", "search"):
         recipe, graph, searched = _search(c, model, out, calib, texts, mode, float(min_cosine),
                                           float(mean_cosine), json)
@@ -131,8 +149,11 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
     int8 = bundle.files["model.onnx"].bytes
     print(f"wrote {out}: model.onnx {int8 / MB:.1f} MB ({100 * int8 / fp32:.1f}% of FP32 "
           f"{fp32 / MB:.1f} MB), tokenizer.json, bundle.json", file=_stream(json))
-    print(f"golden: {len(bundle.golden.texts)} texts, min_cosine {bundle.golden.min_cosine}",
-          file=_stream(json))
+    golden = bundle.golden.model_dump()
+    count = len(golden.get("texts") or golden.get("questions"))
+    tolerance = ", ".join(f"{key} {golden[key]}" for key in ("min_cosine", "max_abs_diff")
+                          if key in golden)
+    print(f"task {bundle.task}; golden: {count} inputs, {tolerance}", file=_stream(json))
     if json:
         import json as jsonlib
 
@@ -224,4 +245,52 @@ def check(c, texts=None, threads=1, rounds=15, plot=None, clock="wall", json=Fal
     c.run(" ".join(shlex.quote(part) for part in parts), pty=False)
 
 
-ns = Collection("model", export, quantize, bench, check)
+@task(help={
+    "bundle": "bundle directory (default: config edgefleet.bundle)",
+    "threads": "intra-op threads (default: one per CPU this process may use)",
+    "runs": "timed runs per golden input",
+    "top": "nodes in the table and the chart",
+    "png": "chart path (default: <build_dir>/reports/profile-<bundle-name>.png)",
+    "json": "print one JSON document (the runtime's profile plus the chart's path)",
+})
+def profile(c, bundle=None, threads=None, runs=5, top=15, png=None, json=False):
+    """Per-node ORT profile of a bundle by the runtime itself: top nodes as a table and a PNG."""
+    import json as jsonlib
+    import shlex
+    import sys
+
+    from edge_runtime.profiling import format_table
+
+    from edgefleet.model.charts import parse_profile, profile_chart
+    from edgefleet.paths import bundle_dir
+
+    bundle = _resolve(bundle) if bundle else bundle_dir(c)
+    # the payload runs as on a device (its own process, only its own dependencies) and prints
+    # JSON; matplotlib stays on the host
+    parts = [sys.executable, "-m", "edge_runtime", "profile", "--bundle", str(bundle), "--json",
+             "--runs", str(int(runs)), "--top", str(int(top))]
+    if threads:
+        parts += ["--threads", str(int(threads))]
+    result = c.run(" ".join(shlex.quote(part) for part in parts), hide=True, warn=True,
+                   in_stream=False)
+    if result.exited != 0:
+        raise SystemExit(f"edge_runtime profile failed for {bundle}:\n{result.stderr.strip()}")
+    try:
+        doc = parse_profile(result.stdout)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    name = doc.get("bundle") or bundle.name
+    path = _resolve(png) if png else build_dir(c) / "reports" / f"profile-{name}.png"
+    profile_chart(doc, path)
+    if json:
+        print(jsonlib.dumps({**doc, "png": str(path)}))
+        return
+    print(f"{name} ({doc['task']}): load {doc['load_seconds']:.3f} s, {doc['threads']} "
+          f"thread(s); top {len(doc['nodes'])} nodes by time ({doc['inputs']} golden inputs x "
+          f"{doc['runs']} runs, batch 1):")
+    for line in format_table(doc["nodes"]):
+        print(line)
+    print(f"wrote {path}")
+
+
+ns = Collection("model", export, quantize, bench, check, profile)
