@@ -187,3 +187,23 @@ def _texts_file(tmp_path):
     path = tmp_path / "texts.txt"
     path.write_text("\n".join(TEXTS) + "\n")
     return path
+
+
+@pytest.mark.parametrize("task", ["classify", "qa"])
+def test_static_mode_for_task_heads(task_models, tmp_path, task):
+    """Static QDQ works on graphs with heads too; the goldens come from the static bundle."""
+    from edge_runtime.selftest import selftest
+
+    out = tmp_path / task
+    quantize(task_models[task]["fp32_dir"], out,
+             recipe=Recipe(method="static", calibration="minmax"))
+    bundle = verify(out)
+    assert bundle.task == task and bundle.quantization.method == "static"
+    assert selftest(edge_runtime.load(out), runs=1).passed
+
+
+def test_search_modes_refuse_task_heads(task_models, tmp_path):
+    c = Context(Config(overrides={"edgefleet": {"build_dir": str(tmp_path / "build")}}))
+    with pytest.raises(SystemExit, match="compares embeddings"):
+        tasks.quantize(c, model=str(task_models["qa"]["fp32_dir"]), out=str(tmp_path / "b"),
+                       mode="mixed")
