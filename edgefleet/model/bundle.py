@@ -39,12 +39,13 @@ class SourceModel(_Strict):
 
 
 class Quantization(_Strict):
-    method: Literal["dynamic"]
+    method: Literal["dynamic", "static"]
     weight_type: Literal["QInt8", "QUInt8"]
     per_channel: bool
     onnxruntime: str
     smooth_alpha: float | None = Field(default=None, gt=0.0, le=1.0)
     calibration_texts: str | None = None
+    calibration_method: Literal["minmax", "entropy", "percentile"] | None = None
     fp32_nodes: list[str] = Field(default_factory=list)
     outlier_channels: dict[str, int] = Field(default_factory=dict)
 

@@ -88,6 +88,7 @@ class EmbeddingModel:
     input_types: dict = field(default_factory=dict)
     _buffers: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _constant: dict = field(default_factory=dict, repr=False)
     last_tokens: int = 0  # batch x sequence length of the latest call
     last_encoding: object = field(default=None, repr=False)
 
@@ -95,6 +96,16 @@ class EmbeddingModel:
         self._buffers = {name: np.zeros(self.max_seq_len,
                                         dtype=self.input_types.get(name, np.int64))
                          for name in self.input_names}
+        # One input is never padded, so its attention mask is all ones; one text's type ids are
+        # all zeros when the tokenizer says so for a probe (a QA pair's are not: tokenize_one
+        # gives those their own array). Those two buffers are then filled once
+        # here instead of from Python lists on every call (~0.1 ms of 0.3 at 64 tokens).
+        probe = self.tokenizer.encode("a probe, with two words")
+        self._constant = {"attention_mask": True,
+                          "token_type_ids": not any(probe.type_ids)}
+        for name, value in (("attention_mask", 1), ("token_type_ids", 0)):
+            if name in self._buffers:
+                self._buffers[name][:] = value
 
     @property
     def task(self) -> str:
@@ -134,12 +145,16 @@ class EmbeddingModel:
                              f"{error}") from None
         self.last_encoding = encoding
         n = len(encoding.ids)
-        sources = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask,
-                   "token_type_ids": encoding.type_ids}
+        sources = {"input_ids": "ids", "attention_mask": "attention_mask",
+                   "token_type_ids": "type_ids"}
         feeds = {}
         for name in self.input_names:
             buffer = self._buffers[name]
-            buffer[:n] = sources[name]
+            if name == "token_type_ids" and pair is not None:  # the pair's segment is 1
+                feeds[name] = np.array([encoding.type_ids], dtype=buffer.dtype)
+                continue
+            if not self._constant.get(name):
+                buffer[:n] = getattr(encoding, sources[name])
             feeds[name] = buffer[:n].reshape(1, n)
         return feeds
 
@@ -188,6 +203,8 @@ class EmbeddingModel:
             mask = mask.copy() if mask is not None else np.ones(hidden.shape[:2])
         if self.meta["pooling"] == "cls":
             pooled = hidden[:, 0, :]
+        elif len(texts) == 1:  # one text, no padding: a plain mean (2x faster than masked)
+            pooled = hidden.mean(axis=1)
         else:
             pooled = mean_pool(hidden, mask)
         if self.meta["normalize"]:
