@@ -17,7 +17,7 @@ die() { echo "setup: ERROR: $*" >&2; exit 1; }
 
 # -- 1. Debian bookworm packages -------------------------------------------------------------
 bookworm_pkgs=(docker.io containerd runc debootstrap openssh-client openssh-server systemd
-    iproute2 zstd ca-certificates python3 python3-venv tar shellcheck
+    iproute2 zstd ca-certificates python3 python3-venv tar shellcheck rsync nftables
     qemu-system-arm qemu-utils e2fsprogs)   # the lab VM: qemu-system-aarch64 7.2, qemu-img, mkfs.ext4 -d
 trixie_pkgs=(qemu-user docker-buildx)
 trixie_list=/etc/apt/sources.list.d/edgefleet-trixie.sources
@@ -91,6 +91,13 @@ if [ ! -e "$entry" ]; then
     say "binfmt qemu-aarch64 registered ($(sed -n 's/^flags: //p' "$entry"))"
 else
     say "binfmt qemu-aarch64 registered already ($(sed -n 's/^flags: //p' "$entry"))"
+fi
+
+# -- 2b. inotify instances: systemd in each lab container takes several; 128 (the default) stops
+#        a lab at ~30 devices with "Failed to create inotify object: Too many open files" -------
+if [ "$(sysctl -n fs.inotify.max_user_instances)" -lt 1024 ]; then
+    sysctl -qw fs.inotify.max_user_instances=1024
+    say "fs.inotify.max_user_instances raised to 1024 (lab devices run systemd)"
 fi
 
 # -- 3. dockerd ------------------------------------------------------------------------------

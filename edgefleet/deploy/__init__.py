@@ -45,7 +45,7 @@ class DeployResult:
 def prepare_release(target: Target, bundle_dir: Path, build_dir: Path, env: DeviceEnv | None = None) -> Release:
     """Render, check and collect everything the device gets, on the host (`env`: packages resolved already)."""
     rendered = render_target(target)
-    check_rendered(rendered)
+    check_rendered(rendered, cache_dir=build_dir / "checked")
     if env is None:
         env = build_target_env(target, repo_root() / "payload" / "requirements.txt", build_dir / "device-envs")
     return make_release(target.name, bundle_dir, repo_root() / "payload", rendered, env)

@@ -16,7 +16,7 @@ from edgefleet.deploy.env import DeviceEnv
 from edgefleet.deploy.plan import Facts, make_plan
 from edgefleet.deploy.release import make_release
 from edgefleet.digest import sha256_file
-from edgefleet.inventory import load_inventory
+from edgefleet.inventory import load_boards, load_inventory
 from edgefleet.lab import plan, vmplan
 from edgefleet.render import render_target
 
@@ -62,7 +62,10 @@ def test_qemu_argv_loopback_only_and_shape(tmp_path):
 def test_inventory_entry_loads_beside_the_container_lab(tmp_path):
     targets = tmp_path / "targets"
     targets.mkdir()
-    (targets / "lab.yaml").write_text(plan.inventory_yaml(plan.plan_devices(2, "arm64"), tmp_path / "k", tmp_path / "kh"))
+    devices = plan.plan_devices(2, "arm64")
+    boards = load_boards(REPO / "targets" / "boards")
+    settings = {d.board: boards[d.board].settings for d in devices}
+    (targets / "lab.yaml").write_text(plan.inventory_yaml(devices, tmp_path / "k", tmp_path / "kh", settings))
     (targets / vmplan.INVENTORY_FILE).write_text(vmplan.inventory_yaml(2193, tmp_path / "vk", tmp_path / "vkh"))
     inventory = load_inventory(targets)
     vm = inventory.target("lab-vm")
