@@ -178,7 +178,7 @@ def has_buildx() -> bool:
 
 
 def build_image(context: Path, tag: str, platform: str, build_args: dict[str, str],
-                labels: dict[str, str], dockerfile: Path | None = None) -> None:
+                labels: dict[str, str], dockerfile: Path | None = None, no_cache: bool = False) -> None:
     """Build an image with the buildx CLI (plain `docker build` when buildx is missing).
 
     `platform` may list several (`linux/arm64,linux/amd64`); that needs buildx and an engine
@@ -190,6 +190,8 @@ def build_image(context: Path, tag: str, platform: str, build_args: dict[str, st
     argv += ["--platform", platform, "--network", "none", "-t", tag]
     if dockerfile is not None:
         argv += ["-f", str(dockerfile)]
+    if no_cache:
+        argv.append("--no-cache")
     for key, value in build_args.items():
         argv += ["--build-arg", f"{key}={value}"]
     for key, value in labels.items():

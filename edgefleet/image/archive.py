@@ -18,7 +18,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-__all__ = ["ArchiveError", "find_manifest", "platform_archive", "compress"]
+__all__ = ["ArchiveError", "find_manifest", "platform_archive", "compress", "layer_sizes"]
 
 _INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                 "application/vnd.docker.distribution.manifest.list.v2+json")
@@ -121,3 +121,15 @@ def compress(src: Path, dest: Path, level: int = 19) -> None:
         tmp.unlink(missing_ok=True)
         raise ArchiveError(f"zstd failed writing {dest}: {proc.stderr.strip()}")
     tmp.replace(dest)
+
+
+def layer_sizes(docker_archive: Path) -> list[tuple[str, int]]:
+    """Return (instruction that made it, uncompressed bytes) per layer of a docker-archive."""
+    with tarfile.open(docker_archive) as tar:
+        entry = json.loads(tar.extractfile("manifest.json").read())[0]
+        config = json.loads(tar.extractfile(entry["Config"]).read())
+        steps = [h.get("created_by", "") for h in config.get("history", []) if not h.get("empty_layer")]
+        sizes = [tar.getmember(name).size for name in entry["Layers"]]
+    if len(steps) != len(sizes):
+        steps = [""] * len(sizes)
+    return list(zip(steps, sizes))

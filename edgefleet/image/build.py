@@ -112,7 +112,7 @@ def _base_args(base_image: str, arches: list[str], build_dir: Path) -> dict[str,
 
 
 def build(build_dir: Path, platforms: list[str], tag: str, base_image: str,
-          python: str = "3.11") -> BuildPlan:
+          python: str = "3.11", payload: Path | None = None, no_cache: bool = False) -> BuildPlan:
     """Assemble the context, make the bases if local, and build every step of the plan."""
     features = engine.features()
     plan = plan_builds(platforms, tag, features)
@@ -121,7 +121,7 @@ def build(build_dir: Path, platforms: list[str], tag: str, base_image: str,
     arches = [arch_of(p) for p in platforms]
     started = time.monotonic()
     try:
-        ctx = context.assemble(build_dir, arches, python)
+        ctx = context.assemble(build_dir, arches, python, payload)
     except (context.ContextError, EnvError) as exc:
         raise ImageError(str(exc)) from exc
     args = _base_args(base_image, arches, build_dir)
@@ -131,7 +131,7 @@ def build(build_dir: Path, platforms: list[str], tag: str, base_image: str,
                   "edgefleet.base": base_image}
         started = time.monotonic()
         engine.build_image(ctx.directory, step.tag, ",".join(step.platforms), args, labels,
-                           dockerfile=ctx.dockerfile)
+                           dockerfile=ctx.dockerfile, no_cache=no_cache)
         print(f"image: {step.tag} ({', '.join(step.platforms)}) built in "
               f"{time.monotonic() - started:.1f} s", flush=True)
     return plan

@@ -138,8 +138,12 @@ def _sync_tree(src: Path, dest: Path) -> None:
             _sync_file(src / rel, dest / rel)
 
 
-def assemble(build_dir: Path, arches: list[str], python: str) -> RuntimeContext:
-    """Resolve and prune the wheels for each arch and lay out the context under build_dir."""
+def assemble(build_dir: Path, arches: list[str], python: str,
+             payload: Path | None = None) -> RuntimeContext:
+    """Resolve and prune the wheels for each arch and lay out the context under build_dir.
+
+    `payload` is the edge_runtime package directory (default: the repo's payload/edge_runtime).
+    """
     recipe = recipe_dir()
     lock = recipe / "requirements.lock"
     if not lock.is_file():
@@ -158,7 +162,7 @@ def assemble(build_dir: Path, arches: list[str], python: str) -> RuntimeContext:
             prune_site(env.tarball, site, patterns)
             stamp.write_text(source)
         sites[arch] = site
-    _sync_tree(repo_root() / "payload" / "edge_runtime", context / "runtime" / "edge_runtime")
+    _sync_tree(payload or repo_root() / "payload" / "edge_runtime", context / "runtime" / "edge_runtime")
     _sync_file(recipe / "Dockerfile", context / "Dockerfile")
     (context / ".dockerignore").write_text("*.source\n")
     return RuntimeContext(context, context / "Dockerfile", sites)
