@@ -48,6 +48,7 @@ class ContainerSpec:
     stop_timeout: int = 10
     platform: str | None = None
     command: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] = ()  # empty: the image's
     init: bool = False  # docker-init as PID 1: signals and reaping (a crashing python as PID 1 hangs under qemu)
     user: str | None = None
     read_only: bool = False
@@ -291,6 +292,7 @@ def create_container(spec: ContainerSpec) -> None:
     try:
         api.create_container(
             spec.image, name=spec.name, labels=dict(spec.labels), command=list(spec.command) or None,
+            entrypoint=list(spec.entrypoint) or None,
             environment=dict(spec.environment), host_config=host_config, user=spec.user,
             stop_timeout=spec.stop_timeout, platform=spec.platform,
         )

@@ -130,8 +130,13 @@ def build(build_dir: Path, platforms: list[str], tag: str, base_image: str,
         labels = {PLATFORMS_LABEL: ",".join(step.platforms), "edgefleet.python": python,
                   "edgefleet.base": base_image}
         started = time.monotonic()
-        engine.build_image(ctx.directory, step.tag, ",".join(step.platforms), args, labels,
-                           dockerfile=ctx.dockerfile, no_cache=no_cache)
+        try:
+            engine.build_image(ctx.directory, step.tag, ",".join(step.platforms), args, labels,
+                               dockerfile=ctx.dockerfile, no_cache=no_cache)
+        except engine.EngineError as exc:
+            hint = ("" if base_image == LOCAL_BASE else
+                    f"\n(base {base_image} must be local or pullable; offline, use --base local)")
+            raise ImageError(f"{exc}{hint}") from exc
         print(f"image: {step.tag} ({', '.join(step.platforms)}) built in "
               f"{time.monotonic() - started:.1f} s", flush=True)
     return plan

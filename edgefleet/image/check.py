@@ -1,8 +1,9 @@
 """Test runtime images: the runtime's selftest in each platform's image, then embeddings compared.
 
-Each platform runs `python -m edge_runtime selftest` and `embed --json` on the bundle's golden
-texts in a throw-away container (docker-init as PID 1, no network, read-only root, bundle
-mounted read-only, killed on timeout). A platform foreign to this host runs under qemu-user
+Each platform runs the runtime's CLI, `selftest` and then `embed --json` on the bundle's golden
+texts, in one python process (imports under emulation cost more than the model: the CLI's
+`main` is called twice) in a throw-away container (docker-init as PID 1, no network, read-only
+root, bundle mounted read-only, killed on timeout). A platform foreign to this host runs under qemu-user
 with QEMU_CPU=neoverse-n1; its results are marked `emulated` and its latency is not judged.
 """
 
@@ -27,6 +28,16 @@ CROSS_MIN_COSINE = 0.9999
 QEMU_CPU = "neoverse-n1"  # no SME: ORT would use it and QEMU emulates it ~25x slower
 TIMEOUT_S = {False: 180.0, True: 600.0}  # native, emulated
 BUNDLE_MOUNT = "/bundle"
+EMBED_MARKER = "=== edgefleet image.test: embed ==="
+# argv: selftest args, "--", embed args; exit status: selftest's unless embed fails
+PROGRAM = f"""import sys
+from edge_runtime.__main__ import main
+args = sys.argv[1:]
+cut = args.index("--")
+status = main(args[:cut])
+print({EMBED_MARKER!r}, flush=True)
+sys.exit(main(args[cut + 1:]) or status)
+"""
 
 
 @dataclass
@@ -112,7 +123,8 @@ def _spec(ref: str, platform: str, emulated: bool, bundle_dir: Path, command: li
 
     return engine.ContainerSpec(
         name=f"edgefleet-image-test{slot()}-{arch_of(platform)}-{purpose}-{os.getpid()}",
-        image=ref, platform=platform, command=tuple(command), init=True, read_only=True,
+        image=ref, platform=platform, entrypoint=(command[0],), command=tuple(command[1:]),
+        init=True, read_only=True,
         network_mode="none", labels={"edgefleet.image-test": str(slot())},
         environment={"QEMU_CPU": QEMU_CPU} if emulated else {},
         tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"},
@@ -137,16 +149,17 @@ def run_platform(ref: str, platform: str, bundle_dir: Path, runs: int = 1,
     timeout = timeout or TIMEOUT_S[emulated]
     texts = _golden_texts(bundle_dir)
     result = PlatformResult(platform, ref, emulated, False, "", [], {})
+    command = ["python3", "-c", PROGRAM, "selftest", "--bundle", BUNDLE_MOUNT, "--runs", str(runs),
+               "--", "embed", "--json", "--bundle", BUNDLE_MOUNT, *texts]
     try:
-        out = _run(_spec(ref, platform, emulated, bundle_dir,
-                         ["selftest", "--bundle", BUNDLE_MOUNT, "--runs", str(runs)], "selftest"),
-                   timeout, "selftest")
+        out = _run(_spec(ref, platform, emulated, bundle_dir, command, "check"), timeout,
+                   "selftest + embed")
+        selftest_out, marker, embed_out = out.partition(EMBED_MARKER)
         (result.golden_cosines, result.latency_ms, result.selftest_passed,
-         result.selftest_reason) = parse_selftest(out)
-        out = _run(_spec(ref, platform, emulated, bundle_dir,
-                         ["embed", "--json", "--bundle", BUNDLE_MOUNT, *texts], "embed"),
-                   timeout, "embed")
-        result.embeddings = json.loads(out)["embeddings"]
+         result.selftest_reason) = parse_selftest(selftest_out)
+        if not marker:
+            raise ImageError(f"selftest did not finish in {ref} ({platform}):\n{out[-1500:]}")
+        result.embeddings = json.loads(embed_out)["embeddings"]
     except (ImageError, ValueError, KeyError) as exc:
         result.error = str(exc)
         result.selftest_reason = result.selftest_reason or str(exc).splitlines()[0]
