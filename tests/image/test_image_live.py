@@ -57,9 +57,9 @@ def test_saved_arm64_archive_is_small_and_loads(runtime_tag, tmp_path):
     archive.platform_archive(raw, cut, "linux/arm64", loaded_tag)
     with tarfile.open(cut) as tar:
         layers = [m.size for m in tar.getmembers() if m.name.endswith("/layer.tar")]
-    archive.compress(cut, packed, level=19)
+    archive.compress(cut, packed, level=3)  # the goal is for -19 (image.save's); -3 is larger and quick
     print(f"arm64 image: {sum(layers) / MB:.1f} MB in {len(layers)} layers, "
-          f"{packed.stat().st_size / MB:.1f} MB zstd")
+          f"{packed.stat().st_size / MB:.1f} MB zstd -3")
     assert sum(layers) <= 200 * MB
     assert packed.stat().st_size <= 70 * MB
     try:
