@@ -22,7 +22,7 @@ from edgefleet import engine
 from edgefleet.image.build import ImageError, arch_of, resolve_ref
 
 __all__ = ["CROSS_MIN_COSINE", "PlatformResult", "host_arch", "parse_selftest", "cross_cosines",
-           "judge", "run_platform", "check_images"]
+           "judge", "parse_check_output", "run_platform", "check_images"]
 
 CROSS_MIN_COSINE = 0.9999
 QEMU_CPU = "neoverse-n1"  # no SME: ORT would use it and QEMU emulates it ~25x slower
@@ -70,6 +70,18 @@ def parse_selftest(stdout: str) -> tuple[list[float], dict[str, float], bool, st
     if verdict is None:
         return cosines, latency, False, "no PASS/FAIL line in the selftest output"
     return cosines, latency, verdict.group(1) == "PASS", verdict.group(2)
+
+
+def parse_check_output(stdout: str) -> tuple[tuple[list[float], dict[str, float], bool, str], list]:
+    """Split PROGRAM's output into the parsed selftest and the embeddings (ImageError if cut short)."""
+    selftest_out, marker, embed_out = stdout.partition(EMBED_MARKER)
+    if not marker:
+        raise ImageError("selftest did not finish:\n" + stdout[-1500:])
+    try:
+        embeddings = json.loads(embed_out)["embeddings"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ImageError(f"embed printed no embeddings ({exc}):\n{embed_out[-1500:]}") from exc
+    return parse_selftest(selftest_out), embeddings
 
 
 def cross_cosines(a: list[list[float]], b: list[list[float]]) -> list[float]:
@@ -154,13 +166,10 @@ def run_platform(ref: str, platform: str, bundle_dir: Path, runs: int = 1,
     try:
         out = _run(_spec(ref, platform, emulated, bundle_dir, command, "check"), timeout,
                    "selftest + embed")
-        selftest_out, marker, embed_out = out.partition(EMBED_MARKER)
+        selftest, result.embeddings = parse_check_output(out)
         (result.golden_cosines, result.latency_ms, result.selftest_passed,
-         result.selftest_reason) = parse_selftest(selftest_out)
-        if not marker:
-            raise ImageError(f"selftest did not finish in {ref} ({platform}):\n{out[-1500:]}")
-        result.embeddings = json.loads(embed_out)["embeddings"]
-    except (ImageError, ValueError, KeyError) as exc:
+         result.selftest_reason) = selftest
+    except ImageError as exc:
         result.error = str(exc)
         result.selftest_reason = result.selftest_reason or str(exc).splitlines()[0]
     return result

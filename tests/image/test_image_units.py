@@ -175,6 +175,20 @@ def test_parse_selftest(out, passed, reason):
         assert cosines == [0.99995, 1.0] and latency == {"p50": 2.0, "p95": 4.5, "p99": 5.0}
 
 
+@pytest.mark.parametrize("out, error", [
+    (SELFTEST_OUT + check.EMBED_MARKER + '\n{"embeddings": [[1.0, 0.0]]}\n', None),
+    (SELFTEST_OUT, "selftest did not finish"),
+    (SELFTEST_OUT + check.EMBED_MARKER + "\nTraceback", "embed printed no embeddings"),
+])
+def test_parse_check_output(out, error):
+    if error:
+        with pytest.raises(build.ImageError, match=error):
+            check.parse_check_output(out)
+    else:
+        (cosines, _, passed, _), embeddings = check.parse_check_output(out)
+        assert (cosines, passed, embeddings) == ([0.99995, 1.0], True, [[1.0, 0.0]])
+
+
 def _result(platform, emulated, embeddings, passed=True):
     return check.PlatformResult(platform, "img", emulated, passed, "r", [1.0], {"p50": 1.0},
                                 embeddings=embeddings)
