@@ -89,7 +89,7 @@ def main() -> int:
         print(f"{platform}: {size['uncompressed_mb']:.1f} MB uncompressed (goal <= 200), "
               f"{size['zstd_mb']:.1f} MB zstd -19 (goal <= 70; {size['zstd_seconds']:.0f} s to compress)")
         for layer in size["layers"]:
-            print(f"    {layer['mb']:8.2f} MB  {layer['step'][:90]}")
+            print(f"    {layer['mb']:8.2f} MB  {layer['step'][:90] or '(base image)'}")
     return 0
 
 
