@@ -281,11 +281,26 @@ def image_layers(tag: str) -> list[tuple[str, int]]:
             for entry in reversed(history)]
 
 
+def _readonly_mounts(binds: dict[str, dict]) -> list[dict]:
+    """Return the read-only binds as mounts that are read-only at the top only.
+
+    dockerd >= 25 makes a `ro` bind recursively read-only for API >= 1.44 clients; 20.10 made
+    only the top mount read-only. The lab relies on the latter (the cgroup hierarchies under a
+    read-only /sys/fs/cgroup stay writable for systemd), so ask for it on every engine
+    (ReadOnlyNonRecursive is ignored by engines that predate it, which behave that way anyway).
+    """
+    return [{"Type": "bind", "Source": src, "Target": b["bind"], "ReadOnly": True,
+             "BindOptions": {"ReadOnlyNonRecursive": True}}
+            for src, b in binds.items() if b.get("mode") == "ro"]
+
+
 def create_container(spec: ContainerSpec) -> None:
     """Create (not start) a container from a spec."""
     api = client().api
     host_config = api.create_host_config(
-        network_mode=spec.network_mode, tmpfs=dict(spec.tmpfs), binds=dict(spec.binds),
+        network_mode=spec.network_mode, tmpfs=dict(spec.tmpfs),
+        binds={src: b for src, b in spec.binds.items() if b.get("mode") != "ro"},
+        mounts=_readonly_mounts(spec.binds) or None,
         cap_add=list(spec.cap_add) or None, privileged=spec.privileged,
         init=spec.init or None, read_only=spec.read_only or None,
     )
