@@ -271,3 +271,13 @@ def test_platform_archive_names_what_it_found(tmp_path):
     with pytest.raises(archive.ArchiveError, match=r"no linux/arm64 image .*found: linux/amd64"):
         archive.platform_archive(tmp_path / "save.tar", tmp_path / "out.tar", "linux/arm64", "x")
     assert not (tmp_path / "out.tar").exists()
+
+
+def test_readonly_binds_become_top_only_readonly_mounts():
+    from edgefleet.engine import _readonly_mounts
+
+    binds = {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"},
+             "/srv/data": {"bind": "/data", "mode": "rw"}}
+    assert _readonly_mounts(binds) == [{
+        "Type": "bind", "Source": "/sys/fs/cgroup", "Target": "/sys/fs/cgroup", "ReadOnly": True,
+        "BindOptions": {"ReadOnlyNonRecursive": True}}]
