@@ -9,7 +9,7 @@ ns = Collection()
 ns.add_collection(model.ns)
 ns.add_collection(lab.ns)
 ns.add_collection(image.ns)
-for name in ("render", "deploy", "status"):
+for name in ("render", "deploy", "rollback", "status"):
     ns.add_task(fleet.ns.tasks[name])
 ns.add_task(rollout.rollout)
 ns.add_task(demo.demo)

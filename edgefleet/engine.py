@@ -23,7 +23,7 @@ from docker.errors import APIError, ImageNotFound, NotFound
 __all__ = [
     "EngineError", "ContainerSpec", "ContainerInfo", "client", "image_labels",
     "import_image", "image_platform", "remove_image", "load_rootfs", "build_image", "create_container", "put_files", "start",
-    "remove", "exec_run", "containers", "logs", "Features", "features", "run_to_exit",
+    "remove", "exec_run", "containers", "logs", "usage", "Features", "features", "run_to_exit",
     "save_image", "load_image", "image_size", "image_layers", "has_buildx",
 ]
 
@@ -365,3 +365,37 @@ def logs(name: str, tail: int = 40) -> str:
         return client().containers.get(name).logs(tail=tail).decode(errors="replace")
     except NotFound:
         return ""
+
+
+_CGROUP_V1 = Path("/sys/fs/cgroup")
+
+
+def _cgroup_int(path: Path, key: str | None = None) -> int:
+    text = path.read_text()
+    if key is None:
+        return int(text.strip())
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    return 0
+
+
+def usage(name: str) -> dict[str, float]:
+    """Return a running container's memory (MiB: rss now, all now, peak; page cache included) and CPU time (s).
+
+    Read from its cgroup-v1 files (`docker stats` gives nothing for these systemd containers
+    on this host's dockerd 20.10); zeros where the host has no cgroup v1 docker hierarchy.
+    """
+    try:
+        container_id = client().containers.get(name).id
+    except NotFound:
+        raise EngineError(f"no container {name}") from None
+    memory = _CGROUP_V1 / "memory" / "docker" / container_id
+    cpu = _CGROUP_V1 / "cpuacct" / "docker" / container_id
+    if not memory.is_dir():
+        return {"rss_mib": 0.0, "memory_mib": 0.0, "peak_mib": 0.0, "cpu_s": 0.0}
+    return {"rss_mib": _cgroup_int(memory / "memory.stat", "total_rss") / 2**20,
+            "memory_mib": _cgroup_int(memory / "memory.usage_in_bytes") / 2**20,
+            "peak_mib": _cgroup_int(memory / "memory.max_usage_in_bytes") / 2**20,
+            "cpu_s": _cgroup_int(cpu / "cpuacct.usage") / 1e9 if cpu.is_dir() else 0.0}

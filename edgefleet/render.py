@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 import re
 import shlex
 import shutil
@@ -41,7 +44,12 @@ class RenderedFile:
     text: str
 
 
+@functools.lru_cache(maxsize=8)
 def _environment(templates_dir: Path) -> jinja2.Environment:
+    """Return the Jinja2 environment for `templates_dir`: one per process, so templates compile once.
+
+    (The loader re-reads a template whose file changed.)
+    """
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir)),
         undefined=jinja2.StrictUndefined,
@@ -85,20 +93,52 @@ def render_target(target: Target, templates_dir: Path | None = None) -> list[Ren
     return rendered
 
 
-def check_rendered(files: list[RenderedFile]) -> list[str]:
-    """Check rendered files (YAML parses, units verify, scripts pass sh -n/shellcheck); return notes."""
+def check_rendered(files: list[RenderedFile], cache_dir: Path | None = None) -> list[str]:
+    """Check rendered files (YAML parses, units verify, scripts pass sh -n/shellcheck); return notes.
+
+    `cache_dir`: remember each text that passed without a note (by the sha256 of the text and
+    the checkers' identity), so a re-run of a rollout does not run 4 subprocesses per device.
+    """
     notes = []
     for f in files:
-        if f.name.endswith(".yaml"):
-            try:
-                yaml.safe_load(f.text)
-            except yaml.YAMLError as exc:
-                raise RenderError(f"{f.name}: rendered YAML does not parse: {exc}") from None
-        elif f.name.endswith(".service"):
-            notes.append(_verify_unit(f))
-        elif f.name.endswith(".sh"):
-            notes.extend(_check_script(f))
-    return [n for n in notes if n]
+        mark = cache_dir / _check_key(f) if cache_dir is not None else None
+        if mark is not None and mark.exists():
+            continue
+        found = [n for n in _check_one(f) if n]
+        notes.extend(found)
+        if mark is not None and not found:
+            mark.parent.mkdir(parents=True, exist_ok=True)
+            mark.touch()
+    return notes
+
+
+@functools.lru_cache(maxsize=1)
+def _checkers() -> str:
+    """Return which checkers this host has (path, size, mtime): a new version checks everything again."""
+    found = []
+    for tool in ("systemd-analyze", "shellcheck", "sh"):
+        path = shutil.which(tool)
+        st = os.stat(path) if path else None
+        found.append(f"{tool}={path}:{st.st_size}:{st.st_mtime_ns}" if st else f"{tool}=none")
+    return " ".join(found)
+
+
+def _check_key(f: RenderedFile) -> str:
+    text = "\0".join((_checkers(), f.name, f.device_path, f.text))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_one(f: RenderedFile) -> list[str]:
+    if f.name.endswith(".yaml"):
+        try:
+            yaml.safe_load(f.text)
+        except yaml.YAMLError as exc:
+            raise RenderError(f"{f.name}: rendered YAML does not parse: {exc}") from None
+    elif f.name.endswith(".service"):
+        return [_verify_unit(f)]
+    elif f.name.endswith(".sh"):
+        return _check_script(f)
+    return []
 
 
 def _run_on_file(f: RenderedFile, argv: list[str]) -> subprocess.CompletedProcess:

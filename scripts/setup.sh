@@ -1,7 +1,8 @@
 #!/bin/bash
-# Make this machine ready for edgefleet: Debian packages, trixie's qemu-user, buildx and
-# docker engine (dockerd 26 + containerd 1.7 with the containerd image store, so one tag can
-# hold arm64 and amd64), the qemu-aarch64 binfmt handler, a running dockerd, and the .venv.
+# Make this machine ready for edgefleet: Debian packages (qemu-system-arm for the lab VM),
+# trixie's qemu-user, buildx and docker engine (dockerd 26 + containerd 1.7 with the containerd
+# image store, so one tag can hold arm64 and amd64), the qemu-aarch64 binfmt handler, a running
+# dockerd, and the project's .venv.
 #
 # Idempotent and quick when all is in place. Runs as root on Debian 12 (bookworm), with or
 # without systemd, with no terminal (CI=true). Each step says what it found or did.
@@ -17,7 +18,8 @@ die() { echo "setup: ERROR: $*" >&2; exit 1; }
 
 # -- 1. Debian bookworm packages -------------------------------------------------------------
 bookworm_pkgs=(runc debootstrap openssh-client openssh-server systemd
-    iproute2 zstd ca-certificates python3 python3-venv tar shellcheck)
+    iproute2 zstd ca-certificates python3 python3-venv tar shellcheck rsync nftables
+    qemu-system-arm qemu-utils e2fsprogs)   # the lab VM: qemu-system-aarch64 7.2, qemu-img, mkfs.ext4 -d
 # from trixie, and nothing else from it (checked below): multi-platform images need dockerd
 # >= 26 with containerd >= 1.7 (bookworm has 20.10 and 1.6); trixie splits the CLI out
 trixie_pkgs=(qemu-user docker-buildx docker.io docker-cli containerd)
@@ -119,6 +121,13 @@ if [ ! -e "$entry" ]; then
     say "binfmt qemu-aarch64 registered ($(sed -n 's/^flags: //p' "$entry"))"
 else
     say "binfmt qemu-aarch64 registered already ($(sed -n 's/^flags: //p' "$entry"))"
+fi
+
+# -- 2b. inotify instances: systemd in each lab container takes several; 128 (the default) stops
+#        a lab at ~30 devices with "Failed to create inotify object: Too many open files" -------
+if [ "$(sysctl -n fs.inotify.max_user_instances)" -lt 1024 ]; then
+    sysctl -qw fs.inotify.max_user_instances=1024
+    say "fs.inotify.max_user_instances raised to 1024 (lab devices run systemd)"
 fi
 
 # -- 3. dockerd: >= 26 with the containerd image store ------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from .health import Call, HealthResult, NotReady, golden_check, wait_ready
 from .plan import DeployPlan, facts_command, make_plan, parse_facts
 from .release import Release, make_release
 
-__all__ = ["DeployResult", "DeployError", "prepare_release", "deploy", "revert", "service_call"]
+__all__ = ["DeployResult", "DeployError", "prepare_release", "deploy", "revert", "rollback", "previous_good",
+           "service_call"]
 
 
 @dataclass
@@ -43,7 +45,7 @@ class DeployResult:
 def prepare_release(target: Target, bundle_dir: Path, build_dir: Path, env: DeviceEnv | None = None) -> Release:
     """Render, check and collect everything the device gets, on the host (`env`: packages resolved already)."""
     rendered = render_target(target)
-    check_rendered(rendered)
+    check_rendered(rendered, cache_dir=build_dir / "checked")
     if env is None:
         env = build_target_env(target, repo_root() / "payload" / "requirements.txt", build_dir / "device-envs")
     return make_release(target.name, bundle_dir, repo_root() / "payload", rendered, env)
@@ -56,7 +58,7 @@ def service_call(dev: Device) -> Call:
 
 
 def _service_state(dev: Device) -> str:
-    return dev.run(f"systemctl is-active {UNIT_NAME}", "query the service", warn=True).stdout.strip()
+    return dev.run(f"systemctl is-active {UNIT_NAME}", "query the service", privileged=False, warn=True).stdout.strip()
 
 
 def _journal(dev: Device, lines: int = 25) -> str:
@@ -74,14 +76,15 @@ def health_gate(dev: Device, golden: dict, check_golden: bool = True) -> HealthR
         return polls["n"] % 5 or _service_state(dev) in ("active", "activating")
 
     call = service_call(dev)
+    emulated = dev.target.settings.emulated
     try:
         waited = wait_ready(call, timeout, still_starting)
     except NotReady as exc:
-        return HealthResult(False, f"{exc}; journal:\n{_journal(dev)}")
+        return HealthResult(False, f"{exc}; journal:\n{_journal(dev)}", emulated=emulated)
     if not check_golden:
-        return HealthResult(True, "", ready_after_s=waited)
+        return HealthResult(True, "", ready_after_s=waited, emulated=emulated)
     result = golden_check(call, golden)
-    result.ready_after_s = waited
+    result.ready_after_s, result.emulated = waited, emulated
     return result
 
 
@@ -113,6 +116,7 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
     try:
         dev = Device(conn, target)
         facts = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout)
+        dev.owns_root = facts.owns_root
         plan: DeployPlan = make_plan(target, release, facts)
         lines = plan.describe()
         for line in lines:
@@ -164,6 +168,7 @@ def revert(target: Target, release_id: str, reason: str, log=print) -> HealthRes
     try:
         dev = Device(conn, target)
         facts = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout)
+        dev.owns_root = facts.owns_root
         if release_id not in facts.releases:
             raise DeployError(f"{target.name}: cannot roll back, releases/{release_id} is not on the device")
         with device_lock(dev, _owner()):
@@ -183,3 +188,35 @@ def revert(target: Target, release_id: str, reason: str, log=print) -> HealthRes
         return health
     finally:
         conn.close()
+
+
+def previous_good(history: list[dict], current: str | None, on_device: frozenset[str]) -> str | None:
+    """Return the newest release in a device's history, other than `current`, that passed its gate and is still there."""
+    for entry in reversed(history):
+        release = entry.get("active") or entry.get("release")
+        if entry.get("healthy") and release and release != current and release in on_device:
+            return release
+    return None
+
+
+def rollback(target: Target, release_id: str | None = None, log=print) -> tuple[str, HealthResult]:
+    """Roll `target` back to `release_id`, by default to the last good release before the current one."""
+    if release_id is None:
+        conn = connect(target)
+        try:
+            dev = Device(conn, target)
+            facts = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout)
+            raw = dev.run(f"cat {shlex.quote(dev.path('state.json'))} 2>/dev/null || true", "read state.json",
+                          privileged=False, warn=True).stdout
+        finally:
+            conn.close()
+        try:
+            history = (json.loads(raw or "{}").get("history") or [])
+        except ValueError:
+            raise DeployError(f"{target.name}: {target.settings.root}/state.json is not JSON; "
+                              "name the release with --to") from None
+        release_id = previous_good(history, facts.current, facts.releases)
+        if release_id is None:
+            raise DeployError(f"{target.name}: no earlier healthy release on the device to roll back to "
+                              f"(current {facts.current}; on the device: {', '.join(sorted(facts.releases)) or 'none'})")
+    return release_id, revert(target, release_id, "rollback requested", log)

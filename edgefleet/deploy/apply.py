@@ -30,10 +30,17 @@ class DeployError(Exception):
 
 @dataclass
 class Device:
-    """A target plus its connection: runs commands, privileged ones through sudo when asked."""
+    """A target plus its connection: runs commands, privileged ones through sudo when asked.
+
+    Two kinds of privilege: writing the device root (`run(..., privileged=True)`), which needs
+    no sudo when the login user owns the root (`owns_root`, from the facts), and root-only
+    system steps (`system`: units, useradd), each one plain `sudo -n` argv with no shell, so a
+    sudoers list can name exactly what a deploy runs.
+    """
 
     c: object
     target: Target
+    owns_root: bool = False
 
     @property
     def root(self) -> str:
@@ -43,8 +50,18 @@ class Device:
         return posixpath.join(self.root, *parts)
 
     def run(self, command: str, step: str, privileged: bool = True, warn: bool = False):
-        if privileged and self.target.settings.sudo:
+        if privileged and self.target.settings.sudo and not self.owns_root:
             command = "sudo -n sh -c " + q(command)
+        return self._exec(command, step, warn)
+
+    def system(self, argv: list[str], step: str, warn: bool = False):
+        """Run one root-only command, through `sudo -n` when the target uses sudo."""
+        command = " ".join(q(a) for a in argv)
+        if self.target.settings.sudo:
+            command = "sudo -n " + command
+        return self._exec(command, step, warn)
+
+    def _exec(self, command: str, step: str, warn: bool):
         result = self.c.run(command, hide=True, warn=True, in_stream=False)
         if result.exited != 0 and not warn:
             detail = (result.stderr or result.stdout).strip()[-800:]
@@ -131,7 +148,8 @@ def switch_current(dev: Device, release_id: str) -> None:
 
 
 def restart_service(dev: Device) -> None:
-    dev.run(f"systemctl enable --quiet {UNIT_NAME} && systemctl restart {UNIT_NAME}", "restart the service")
+    dev.system(["systemctl", "enable", "--quiet", UNIT_NAME], "enable the service")
+    dev.system(["systemctl", "restart", UNIT_NAME], "restart the service")
 
 
 def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
@@ -142,8 +160,9 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
     upload_objects(dev, plan, log)
     if plan.create_user:
         user = q(s.service_user)
-        dev.run(f"id -u {user} >/dev/null 2>&1 || useradd --system --no-create-home --home-dir / "
-                f"--shell /usr/sbin/nologin {user}", "create the service user")
+        if dev.run(f"id -u {user}", "look up the service user", privileged=False, warn=True).exited != 0:
+            dev.system(["useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell",
+                        "/usr/sbin/nologin", s.service_user], "create the service user")
         log(f"  created service user {s.service_user}")
     if plan.install_env:
         t0 = time.monotonic()
@@ -154,8 +173,8 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
         log(f"  built releases/{release.release_id} ({len(release.files)} files, hard links into objects/)")
     if plan.install_unit:
         unit_obj = dev.path("objects", release.unit.sha256)
-        dev.run(f"install -m 0644 {q(unit_obj)} {q('/etc/systemd/system/' + UNIT_NAME)} && systemctl daemon-reload",
-                f"install {UNIT_NAME}")
+        dev.system(["install", "-m", "0644", unit_obj, "/etc/systemd/system/" + UNIT_NAME], f"install {UNIT_NAME}")
+        dev.system(["systemctl", "daemon-reload"], "reload systemd")
         log(f"  installed {UNIT_NAME}")
     if plan.install_tuning:
         install_tuning(dev, release, log)
@@ -171,10 +190,12 @@ def install_tuning(dev: Device, release: Release, log) -> None:
     """Install the tuning unit and script, enable the one-shot and (re)start it (stop reverts, start applies)."""
     unit, script = release.tuning
     unit_path = "/etc/systemd/system/" + TUNING_UNIT
-    dev.run(f"install -D -m 0755 {q(dev.path('objects', script.sha256))} {q(TUNING_SCRIPT_PATH)} && "
-            f"install -m 0644 {q(dev.path('objects', unit.sha256))} {q(unit_path)} && systemctl daemon-reload "
-            f"&& systemctl enable --quiet {TUNING_UNIT}", f"install {TUNING_UNIT}")
-    res = dev.run(f"systemctl restart {TUNING_UNIT}", f"start {TUNING_UNIT}", warn=True)
+    step = f"install {TUNING_UNIT}"
+    dev.system(["install", "-D", "-m", "0755", dev.path("objects", script.sha256), TUNING_SCRIPT_PATH], step)
+    dev.system(["install", "-m", "0644", dev.path("objects", unit.sha256), unit_path], step)
+    dev.system(["systemctl", "daemon-reload"], "reload systemd")
+    dev.system(["systemctl", "enable", "--quiet", TUNING_UNIT], f"enable {TUNING_UNIT}")
+    res = dev.system(["systemctl", "restart", TUNING_UNIT], f"start {TUNING_UNIT}", warn=True)
     if res.exited == 0:
         log(f"  installed, enabled and started {TUNING_UNIT}")
     else:  # tuning is best effort: the runtime works untuned, and status reports the drift

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["HealthResult", "Call", "NotReady", "compare_golden", "wait_ready", "golden_check"]
+__all__ = ["HealthResult", "Call", "NotReady", "wait_ready", "golden_check"]
 
 
 @dataclass
@@ -16,8 +16,10 @@ class HealthResult:
     ok: bool
     reason: str
     min_cosine: float | None = None
+    max_abs_diff: float | None = None  # classify and qa bundles: worst probability difference
     latency_ms: list[float] = field(default_factory=list)
     ready_after_s: float | None = None
+    emulated: bool = False  # measured under emulation: latency is reported, never judged
 
     def summary(self) -> str:
         parts = [("healthy" if self.ok else "UNHEALTHY") + (f": {self.reason}" if self.reason else "")]
@@ -25,20 +27,13 @@ class HealthResult:
             parts.append(f"ready after {self.ready_after_s:.1f} s")
         if self.min_cosine is not None:
             parts.append(f"golden min cosine {self.min_cosine:.5f}")
+        if self.max_abs_diff is not None:
+            parts.append(f"golden max difference {self.max_abs_diff:.5f}")
         if self.latency_ms:
-            parts.append(f"embed latency median {float(np.median(self.latency_ms)):.1f} ms (through SSH)")
+            parts.append(f"golden request latency median {float(np.median(self.latency_ms)):.1f} ms (through SSH)")
+        if self.emulated:
+            parts.append("emulated: speed not judged")
         return ", ".join(parts)
-
-
-def compare_golden(expected: list[list[float]], got: list[list[float]], min_cosine: float) -> tuple[bool, list[float]]:
-    """Return whether every row of `got` is within `min_cosine` of `expected`, and the cosines."""
-    a = np.asarray(expected, dtype=np.float64)
-    b = np.asarray(got, dtype=np.float64)
-    if a.shape != b.shape:
-        return False, []
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cosines = (a * b).sum(axis=1) / np.where(norms == 0, 1, norms)
-    return bool((cosines >= min_cosine).all()), [float(c) for c in cosines]
 
 
 # call(path, payload=None, timeout=...) -> (status, body): the one seam to the service,
@@ -74,23 +69,38 @@ def wait_ready(call: Call, timeout_s: float, still_starting=lambda: True, poll_s
 
 
 def golden_check(call: Call, golden: dict) -> HealthResult:
-    """Embed each golden text on the service, one per request as the goldens were made.
+    """Run each golden input on the service, one per request as the goldens were made.
 
-    One text per request matters: dynamic INT8 picks activation scales per call, so a padded
-    batch of the same texts lands ~0.01 lower in cosine than the goldens' batch-1 vectors.
+    The route follows the bundle's task (/v1/embed, /v1/classify or /v1/qa), the comparison is
+    the device selftest's (edge_runtime.golden). One input per request matters: dynamic INT8
+    picks activation scales per call, so a padded batch of the same texts lands ~0.01 lower in
+    cosine than the goldens' batch-1 vectors.
     """
-    latencies, result = [], []
-    for text in golden["texts"]:
+    from edge_runtime import golden as goldens
+
+    task = goldens.task_of(golden)
+    # a target may run with a lower max_seq_len: goldens longer than that are not comparable
+    status, info = call("/v1/info")
+    if status == 200 and isinstance(info, dict):
+        golden = goldens.fitting(golden, info.get("max_seq_len"))
+        if not goldens.items(golden):
+            return HealthResult(False, f"no golden input fits max_seq_len {info['max_seq_len']}")
+    latencies, outputs = [], []
+    for item in goldens.items(golden):
+        route, payload = goldens.request(task, item)
         t0 = time.perf_counter()
-        status, body = call("/v1/embed", {"texts": [text]})
+        status, body = call(route, payload)
         latencies.append((time.perf_counter() - t0) * 1000)
         if status != 200:
-            return HealthResult(False, f"/v1/embed answered {status}: {body}", latency_ms=latencies)
-        result.extend(body["embeddings"])
-    ok, cosines = compare_golden(golden["embeddings"], result, golden["min_cosine"])
-    min_cos = min(cosines) if cosines else None
-    reason = "" if ok else (
-        f"golden outputs differ (min cosine {min_cos}, need >= {golden['min_cosine']})" if cosines
-        else "golden outputs have the wrong shape"
-    )
-    return HealthResult(ok, reason, min_cosine=min_cos, latency_ms=latencies)
+            return HealthResult(False, f"{route} answered {status}: {body}", latency_ms=latencies)
+        try:
+            outputs.append(goldens.from_response(task, body))
+        except (KeyError, IndexError, TypeError) as error:
+            return HealthResult(False, f"{route} answered without {error}: {body}",
+                                latency_ms=latencies)
+    check = goldens.compare(golden, outputs)
+    worst = check.worst if check.values else None
+    reason = "" if check.passed else f"golden outputs differ: {check.reason}"
+    if check.metric == "cosine":
+        return HealthResult(check.passed, reason, min_cosine=worst, latency_ms=latencies)
+    return HealthResult(check.passed, reason, max_abs_diff=worst, latency_ms=latencies)

@@ -14,9 +14,10 @@ from pathlib import Path
 from edgefleet import engine
 from edgefleet.image import base
 
-__all__ = ["RECIPE", "LAYER_FILES", "recipe_dir", "image_tag", "ensure_image"]
+__all__ = ["RECIPE", "LAYER_FILES", "recipe_dir", "recipe_hash", "image_tag", "ensure_image"]
 
 RECIPE = base.Recipe("lab-device", "edgefleet/lab-base")
+recipe_hash = base.recipe_hash  # the lab VM hashes its recipe the same way
 LAYER_FILES = ("Dockerfile", "overlay")
 
 

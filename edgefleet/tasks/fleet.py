@@ -8,7 +8,7 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from ..deploy import DeployError, deploy as deploy_target
+from ..deploy import DeployError, deploy as deploy_target, rollback as rollback_target
 from ..deploy.env import EnvError
 from ..deploy.plan import PlanError
 from ..deploy.release import ReleaseError
@@ -102,6 +102,23 @@ def deploy(c, target, bundle=None, dry_run=False):
     print(f"{tgt.name}: {verb} {result.release_id} in {result.seconds:.1f} s")
 
 
+@task(help={
+    "target": "device name from the inventory (targets/)",
+    "to": "release id to go back to (default: the newest earlier release that passed its health gate)",
+})
+def rollback(c, target, to=None):
+    """Switch a device back to an earlier release still on it, restart it and wait until ready."""
+    tgt = _target(c, target)
+    _sigterm_unwinds()
+    try:
+        release_id, health = rollback_target(tgt, to)
+    except USER_ERRORS as exc:
+        raise Exit(f"error: {exc}", code=1) from None
+    if not health.ok:
+        raise Exit(f"{tgt.name}: rolled back to {release_id} but it is UNHEALTHY: {health.reason}", code=1)
+    print(f"{tgt.name}: rolled back to {release_id}")
+
+
 def _print_status_table(statuses) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -145,4 +162,5 @@ def status(c, target=None, group=None, json_=False):
 ns = Collection("fleet")
 ns.add_task(render)
 ns.add_task(deploy)
+ns.add_task(rollback)
 ns.add_task(status)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.deploy.env import DeviceEnv
-from edgefleet.deploy.health import NotReady, compare_golden
+from edgefleet.deploy.health import NotReady
 from edgefleet.deploy.plan import Facts, PlanError, facts_command, make_plan, parse_facts
 from edgefleet.deploy.release import ReleaseError, make_release
 from edgefleet.digest import sha256_file
@@ -72,6 +72,23 @@ def test_facts_command_runs_in_sh_and_parses(tmp_path, target):
     assert got.committed == "r-0123456789ab" and got.objects == frozenset({"a" * 64})
 
 
+@pytest.mark.parametrize("interpreter, link, expected", [
+    ("python3.9", True, "3.9"),  # a versioned file name is read, the interpreter is not started
+    ("python3", False, "3.12"),  # anything else is asked
+])
+def test_facts_python_version(tmp_path, target, interpreter, link, expected):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / interpreter
+    fake.write_text("#!/bin/sh\necho 3.12\n" if not link else "#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    if link:
+        (bin_dir / "python3").symlink_to(fake)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    out = subprocess.run(["sh", "-c", facts_command(target)], capture_output=True, text=True, check=True, env=env).stdout
+    assert parse_facts(out).python == expected
+
+
 @pytest.mark.parametrize("output, field, expected", [
     ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=10\n--objects--\n", "arch", "arm64"),
     ("arch=x86_64\npython=3.11\nsystemd=no\nfree_kb=10\n--objects--\n", "systemd", False),
@@ -81,6 +98,8 @@ def test_facts_command_runs_in_sh_and_parses(tmp_path, target):
     ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\nenvs=a b \n--objects--\n", "envs", frozenset({"a", "b"})),
     ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\n--objects--\n" + "a" * 64 + "\nx.tmp\n",
      "objects", frozenset({"a" * 64})),
+    ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\ngovernor:policy4=powersave\ngovernor:policy0=performance\n"
+     "--objects--\n", "governors", (("policy0", "performance"), ("policy4", "powersave"))),
 ])
 def test_parse_facts(output, field, expected):
     assert getattr(parse_facts(output), field) == expected
@@ -122,6 +141,23 @@ def test_tuning_is_installed_only_when_changed(target, release, unit_same, scrip
     plan = make_plan(target, release, now)
     assert plan.install_tuning is install and plan.nothing_to_do is not install
     assert any("edgefleet-tuning.service" in line for line in plan.describe()) is install
+
+
+@pytest.mark.parametrize("governors, retune", [
+    ((), False),                                                    # no cpufreq (a VM, a container)
+    ((("policy0", "performance"),), False),
+    ((("policy0", "performance"), ("policy4", "powersave")), True),  # changed by hand since the last deploy
+])
+def test_governor_drift_re_applies_the_tuning(target, release, governors, retune):
+    unit, script = release.tuning
+    now = facts(current=release.release_id, committed=release.release_id, unit_sha256=release.unit.sha256,
+                service_active="active", user_exists=True, envs=frozenset({release.env.sha256}),
+                releases=frozenset({release.release_id}), objects=frozenset(release.objects()),
+                tuning_unit_sha256=unit.sha256, tuning_script_sha256=script.sha256, governors=governors)
+    plan = make_plan(target, release, now)
+    assert plan.install_tuning is retune and plan.nothing_to_do is not retune
+    assert plan.notes == (("cpufreq policy4: governor is not performance; the tuning unit re-applies it",)
+                          if retune else ())
 
 
 def test_activated_but_never_judged_release_gets_the_gate(target, release):
@@ -185,7 +221,8 @@ def test_release_needs_a_bundle(tmp_path, target):
     ([[1, 0]], [[1, 0], [0, 1]], 0.5, False),  # wrong shape
 ])
 def test_compare_golden(expected, got, tol, ok):
-    assert compare_golden(expected, got, tol)[0] is ok
+    from edge_runtime.golden import compare
+    assert compare({"texts": ["x"] * len(expected), "embeddings": expected, "min_cosine": tol}, got).passed is ok
 
 
 def scripted(answers):
@@ -228,7 +265,44 @@ def test_golden_check_sends_one_text_per_request():
     seen = []
 
     def call(path, payload=None, timeout=120.0):
+        if path == "/v1/info":
+            return 200, {"max_seq_len": 16}
         seen.append(payload["texts"])
         return 200, {"embeddings": [[1.0, 0.0]]}
-    result = golden_check(call, {"texts": ["a", "b"], "embeddings": [[1, 0], [0.9, 0.1]], "min_cosine": 0.99})
+    golden = {"texts": ["a", "b", "c"], "embeddings": [[1, 0], [0.9, 0.1], [0, 1]], "min_cosine": 0.99,
+              "tokens": [3, 16, 17]}
+    result = golden_check(call, golden)  # "c" does not fit the device's max_seq_len: not sent
     assert seen == [["a"], ["b"]] and result.ok and len(result.latency_ms) == 2
+    result = golden_check(call, {**golden, "tokens": [17, 18, 19]})
+    assert not result.ok and "no golden input fits max_seq_len 16" in result.reason
+
+
+QA_GOLDEN = {"questions": ["q1", "q2"], "contexts": ["c1", "c2"], "max_abs_diff": 0.02,
+             "answers": [{"answer": "c", "score": 0.5, "start": 0, "end": 1},
+                         {"answer": "2", "score": 0.9, "start": 1, "end": 2}]}
+CLASSIFY_GOLDEN = {"texts": ["a"], "max_abs_diff": 0.02, "scores": [{"no": 0.2, "yes": 0.8}]}
+
+
+@pytest.mark.parametrize("golden, answer, route, ok, reason", [
+    (QA_GOLDEN, {"answer": "c", "score": 0.51, "start": 0, "end": 1}, "/v1/qa", False, "index [1]"),
+    (QA_GOLDEN, {"answer": "2", "score": 0.91, "start": 1, "end": 2}, "/v1/qa", False, "index [0]"),
+    (CLASSIFY_GOLDEN, {"results": [{"label": "yes", "score": 0.79, "scores": {"no": 0.21, "yes": 0.79}}]},
+     "/v1/classify", True, ""),
+    (CLASSIFY_GOLDEN, {"results": [{"label": "no", "score": 0.5, "scores": {"no": 0.5, "yes": 0.5}}]},
+     "/v1/classify", False, "differ"),
+    (CLASSIFY_GOLDEN, {"error": "this runtime serves an 'embed' bundle"}, "/v1/classify", False, "without"),
+])
+def test_golden_check_uses_the_task_route(golden, answer, route, ok, reason):
+    from edgefleet.deploy.health import golden_check
+    seen = []
+
+    def call(path, payload=None, timeout=120.0):
+        if path == "/v1/info":
+            return 401, {"error": "token"}  # no info: every golden is checked
+        seen.append((path, payload))
+        return 200, answer
+    result = golden_check(call, golden)
+    assert {path for path, _ in seen} == {route} and result.ok is ok and reason in result.reason
+    if route == "/v1/qa":
+        assert [payload for _, payload in seen] == [{"question": "q1", "context": "c1"},
+                                                    {"question": "q2", "context": "c2"}]

@@ -1,0 +1,347 @@
+"""Race edgefleet's real rollout against Ansible, Ansible + mitogen, pyinfra and a parallel rsync loop.
+
+    .venv/bin/python benchmarks/bench_race.py [--devices 10] [--rounds 3] [--tools edgefleet,rsync,...]
+
+Same job for all (see race_tools.py): edgefleet's release for each lab device, placed, plus a
+restart. Three phases, each a fresh set of rounds, tools interleaved (order rotated every
+round): `first` (devices wiped), `noop` (run again, nothing changed), `config` (one rendered
+value, runtime.log_level, changes on every device). Wall time is the tool's whole command,
+start-up included (edgefleet runs as a child process too). Bytes are counted by nft
+counters on the loopback hook for the lab slot's SSH port range: "sent" is towards the
+devices, summed over them. edgefleet's `gate` column is the tail its health gate adds after
+the last device was restarted; `placed` is the wall time without that tail.
+
+Needs root (nft), the lab (docker), and pulls the contenders (pinned) into build/race/venv.
+Starts its own lab unless --reuse-lab; the lab uses EDGEFLEET_LAB_SLOT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import race_tools as rt  # noqa: E402
+
+from edgefleet.inventory import load_inventory  # noqa: E402
+
+# ansible: ssh + pipelining, synchronize; mitogen: mitogen_linear strategy with synchronize or copy
+ANSIBLE_TOOLS = {"ansible": (False, "synchronize"), "ansible-copy": (False, "copy"),
+                 "mitogen": (True, "synchronize"), "mitogen-copy": (True, "copy")}
+TOOLS = ("edgefleet", "rsync", *ANSIBLE_TOOLS, "pyinfra")
+DEFAULT_TOOLS = ("edgefleet", "rsync", "ansible", "mitogen", "mitogen-copy", "pyinfra")
+PHASES = ("first", "noop", "config")
+BUNDLE = REPO / "build" / "bundles" / "all-minilm-l6-v2-int8"
+RUN_TIMEOUT_S = 1800
+
+
+class Counters:
+    """nft byte counters on the output hook for this lab slot's SSH ports (loopback traffic passes it once)."""
+
+    def __init__(self):
+        from edgefleet.lab import plan as lab_plan
+
+        base = lab_plan.SSH_PORT_BASE + 100 * lab_plan.slot()
+        self.table = f"edgefleet_race{lab_plan.slot()}"
+        self.ports = f"{base + 1}-{base + lab_plan.MAX_DEVICES}"
+
+    def __enter__(self):
+        subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True)
+        rules = (f"table inet {self.table} {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n"
+                 f"  tcp dport {self.ports} counter comment \"sent\"\n"
+                 f"  tcp sport {self.ports} counter comment \"received\"\n }}\n}}\n")
+        subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+        return self
+
+    def read(self) -> dict[str, int]:
+        doc = json.loads(subprocess.run(["nft", "-j", "list", "table", "inet", self.table], capture_output=True,
+                                        text=True, check=True).stdout)
+        out = {}
+        for item in doc["nftables"]:
+            rule = item.get("rule")
+            if rule:
+                counter = next(e["counter"] for e in rule["expr"] if "counter" in e)
+                out[rule["comment"]] = counter["bytes"]
+        return out
+
+    def __exit__(self, *exc):
+        subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True)
+
+
+def on_devices(targets, command: str, puts: list[tuple[Path | bytes, str]] = ()) -> None:
+    """Run `command` on every device (after uploading `puts`), in parallel, through edgefleet.ssh."""
+    import io
+
+    from edgefleet.ssh import connect
+
+    def one(t):
+        c = connect(t)
+        try:
+            for src, remote in puts:
+                c.put(io.BytesIO(src) if isinstance(src, bytes) else str(src), remote=remote)
+            r = c.run(command, hide=True, warn=True, in_stream=False)
+            if r.exited != 0:
+                raise RuntimeError(f"{t.name}: {command[:60]}... failed: {r.stderr.strip()[-400:]}")
+        finally:
+            c.close()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, targets))
+
+
+def provision(targets) -> None:
+    """Give the devices what the contenders need and edgefleet does not: rsync, and the race@ stand-in unit."""
+    debs = rt.rsync_debs()
+    puts = [(d, f"/tmp/{d.name}") for d in debs] + [(rt.RACE_UNIT.encode(), "/etc/systemd/system/race@.service")]
+    names = " ".join(f"/tmp/{d.name}" for d in debs)
+    on_devices(targets, f"(command -v rsync >/dev/null || dpkg -i {names} >/dev/null) && rm -f {names} "
+                        f"&& systemctl daemon-reload && mkdir -p {rt.REMOTE_ROOT}", puts)
+
+
+def reset(targets) -> None:
+    """Remove what every tool put on the devices, so the next run is a first deploy."""
+    on_devices(targets, "systemctl disable --now edgefleet-runtime.service edgefleet-tuning.service >/dev/null 2>&1; "
+                        "rm -rf /opt/edgefleet /etc/systemd/system/edgefleet-*.service /usr/local/lib/edgefleet "
+                        f"/var/tmp/edgefleet-incoming-* {rt.REMOTE_ROOT}/*; systemctl daemon-reload")
+
+
+def set_log_level(targets_dir: Path, level: str) -> None:
+    """Set runtime.log_level of every lab device in the inventory (the config-only change)."""
+    path = targets_dir / "lab.yaml"
+    doc = yaml.safe_load(path.read_text())
+    for entry in doc["devices"].values():
+        entry.setdefault("runtime", {})["log_level"] = level
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def lab_targets(targets_dir: Path):
+    inventory = load_inventory(targets_dir)
+    return [inventory.target(n) for n in sorted(inventory.targets) if n.startswith("lab-")]
+
+
+def stage(targets, build: Path, stage_dir: Path) -> None:
+    """Render edgefleet's release for each target and lay it out for the other tools."""
+    from edgefleet.rollout import prepare_releases
+
+    releases = prepare_releases(targets, BUNDLE, build, log=lambda _: None)
+    for t in targets:
+        rt.stage_release(releases[t.name], stage_dir / t.name)
+
+
+def edgefleet_child(targets_dir: Path, build: Path) -> int:
+    """Run one rollout of all lab devices (one wave, N connections); print timings as JSON."""
+    import edgefleet.deploy as deploy_mod
+    from edgefleet.rollout import plan_rollout, rollout
+
+    t0 = time.monotonic()
+    gates: list[tuple[float, float]] = []
+    lock = threading.Lock()
+    real_gate = deploy_mod.health_gate
+
+    def timed_gate(*args, **kwargs):
+        start = time.monotonic()
+        try:
+            return real_gate(*args, **kwargs)
+        finally:
+            with lock:
+                gates.append((start - t0, time.monotonic() - t0))
+    deploy_mod.health_gate = timed_gate
+    targets = lab_targets(targets_dir)
+    plan = plan_rollout([t.name for t in targets], canary=0, batch="100%", max_fail=0, parallel=len(targets))
+    doc = rollout(targets, plan, BUNDLE, build, progress=False, log=lambda _: None)
+    wall = time.monotonic() - t0
+    placed = max((s for s, _ in gates), default=wall)
+    print(json.dumps({"counts": doc["counts"], "wall": wall, "placed": placed,
+                      "gate_median": statistics.median(e - s for s, e in gates) if gates else 0.0}))
+    return 0
+
+
+def run_tool(tool: str, ctx: dict) -> dict:
+    """Run one tool once against all devices; return wall seconds and, for edgefleet, its own timings."""
+    env, cwd = None, None
+    if tool == "edgefleet":
+        argv = [sys.executable, __file__, "--edgefleet-child", str(ctx["targets_dir"]), str(ctx["build"])]
+    elif tool == "rsync":
+        script = rt.rsync_loop_script(ctx["hosts"], ctx["stage"], ctx["key"], ctx["known_hosts"])
+        argv = ["bash", "-c", script]
+    elif tool in ANSIBLE_TOOLS:
+        work = ctx["work"] / tool
+        shutil.rmtree(work / "cp", ignore_errors=True)  # every run opens its connections afresh
+        mitogen, module = ANSIBLE_TOOLS[tool]
+        argv, env = rt.ansible_files(work, ctx["hosts"], ctx["stage"], ctx["key"], ctx["known_hosts"],
+                                     forks=len(ctx["hosts"]), mitogen=mitogen, module=module, tool=tool)
+        cwd = work
+    elif tool == "pyinfra":
+        argv = rt.pyinfra_files(ctx["work"] / tool, ctx["hosts"], ctx["stage"], ctx["key"], ctx["known_hosts"],
+                                parallel=len(ctx["hosts"]))
+        cwd = ctx["work"] / tool
+    t0 = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=RUN_TIMEOUT_S)
+    wall = time.monotonic() - t0
+    if tool in ANSIBLE_TOOLS:
+        stop_control_masters(ctx["work"] / tool / "cp")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{tool} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    out = {"wall": wall}
+    if tool == "edgefleet":
+        child = json.loads(proc.stdout.strip().splitlines()[-1])
+        if child["counts"].get("ok") != len(ctx["hosts"]):
+            raise RuntimeError(f"edgefleet rollout not ok: {child}")
+        out.update(placed=child["placed"] + (wall - child["wall"]), gate=child["wall"] - child["placed"],
+                   counts=child["counts"])
+    return out
+
+
+def stop_control_masters(cp_dir: Path) -> None:
+    """Close the OpenSSH control masters an Ansible run left (ControlPersist), so no run reuses them."""
+    for sock in cp_dir.glob("*") if cp_dir.is_dir() else []:
+        subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x"], capture_output=True)
+
+
+def load() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def race(args, targets_dir: Path, build: Path) -> tuple[dict, int]:
+    """Run every phase and round; return {phase: {tool: [run, ...]}} and the number of devices."""
+    from edgefleet import lab
+
+    paths = lab.LabPaths(build_dir=REPO / "build", targets_dir=targets_dir)
+    targets = lab_targets(targets_dir)
+    ctx = {"targets_dir": targets_dir, "build": build, "hosts": [(t.name, t.port) for t in targets],
+           "key": paths.client_key.resolve(), "known_hosts": paths.known_hosts.resolve(),
+           "stage": build / "stage", "work": build / "work"}
+    provision(targets)
+    results: dict = {p: {t: [] for t in args.tools} for p in PHASES}
+    with Counters() as counters:
+        for rnd in range(args.rounds):
+            order = args.tools[rnd % len(args.tools):] + args.tools[:rnd % len(args.tools)]
+            set_log_level(targets_dir, "info")
+            reset(targets)
+            stage(lab_targets(targets_dir), build, ctx["stage"])
+            for phase in PHASES:
+                if phase == "config":
+                    set_log_level(targets_dir, "warning")
+                    stage(lab_targets(targets_dir), build, ctx["stage"])
+                for tool in order:
+                    before = counters.read()
+                    run = run_tool(tool, ctx)
+                    after = counters.read()
+                    run.update(sent=after["sent"] - before["sent"], received=after["received"] - before["received"])
+                    results[phase][tool].append(run)
+                    extra = f" (placed {run['placed']:.1f} s, gate {run['gate']:.1f} s)" if "gate" in run else ""
+                    print(f"round {rnd + 1} {phase:6} {tool:9} {run['wall']:7.1f} s{extra}, "
+                          f"sent {run['sent'] / 1e6:8.3f} MB", flush=True)
+    return results, len(targets)
+
+
+def med(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def table(results: dict, n: int, rounds: int, loads: tuple[str, str]) -> str:
+    lines = [f"\ndeploy race: {n} amd64 lab devices, {rounds} round(s), medians; load before: {loads[0]}",
+             f"{'':36}after:  {loads[1]}",
+             f"{'phase':7} {'tool':10} {'wall s':>8} {'placed s':>9} {'gate s':>7} {'sent MB':>9} "
+             f"{'recv MB':>8} {'x edgefleet':>11}"]
+    for phase, by_tool in results.items():
+        ef = med(by_tool["edgefleet"], "placed" if phase == "first" else "wall") if by_tool.get("edgefleet") else None
+        for tool, runs in by_tool.items():
+            if not runs:
+                continue
+            wall = med(runs, "wall")
+            placed = f"{med(runs, 'placed'):9.2f}" if "placed" in runs[0] else f"{'':9}"
+            gate = f"{med(runs, 'gate'):7.2f}" if "gate" in runs[0] else f"{'':7}"
+            ratio = f"{wall / ef:11.2f}" if ef and tool != "edgefleet" else f"{'':11}"
+            lines.append(f"{phase:7} {tool:10} {wall:8.2f} {placed} {gate} {med(runs, 'sent') / 1e6:9.3f} "
+                         f"{med(runs, 'received') / 1e6:8.3f} {ratio}")
+    lines.append("x edgefleet: the tool's wall time / edgefleet's (first: edgefleet's placed time, without the gate)")
+    return "\n".join(lines)
+
+
+def verdict(results: dict) -> str:
+    """Say how edgefleet stands against the issue's done-when targets."""
+    r = {p: {t: med(runs, "wall") for t, runs in by.items() if runs} for p, by in results.items()}
+    lines = []
+    first, noop = results["first"], results["noop"]
+    if first.get("edgefleet") and "rsync" in r["first"]:
+        placed = med(first["edgefleet"], "placed")
+        lines.append(f"first, placed (no gate) {placed:.1f} s vs rsync loop {r['first']['rsync']:.1f} s: "
+                     f"{'met' if placed <= r['first']['rsync'] else 'MISSED'} (target: no slower)")
+    if noop.get("edgefleet"):
+        ef = r["noop"]["edgefleet"]
+        for label, tools, want in (("the rsync loop", ("rsync",), 3.0),
+                                   ("Ansible + mitogen (its faster variant)", ("mitogen", "mitogen-copy"), 8.0)):
+            walls = [r["noop"][t] for t in tools if t in r["noop"]]
+            if walls:
+                got = min(walls) / ef
+                lines.append(f"no-op vs {label}: {got:.1f}x faster ({'met' if got >= want else 'MISSED'}, "
+                             f"target >= {want:g}x)")
+        lines.append(f"no-op sent {med(noop['edgefleet'], 'sent') / 1e3:.0f} kB in all (no payload)")
+    if results["config"].get("edgefleet"):
+        lines.append(f"config change sent {med(results['config']['edgefleet'], 'sent') / 1e3:.0f} kB in all")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tools", default=",".join(DEFAULT_TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
+    ap.add_argument("--reuse-lab", type=Path, metavar="TARGETS_DIR",
+                    help="use the lab that is up, with its inventory in TARGETS_DIR (left up)")
+    ap.add_argument("--json", type=Path, help="also write every run to this file")
+    ap.add_argument("--edgefleet-child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.edgefleet_child:
+        return edgefleet_child(*args.edgefleet_child)
+    args.tools = [t for t in args.tools.split(",") if t]
+    unknown = set(args.tools) - set(TOOLS)
+    if unknown:
+        ap.error(f"--tools: unknown {', '.join(sorted(unknown))} (choose from {', '.join(TOOLS)})")
+    rt.ensure_venv()
+    from edgefleet import lab
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-race-", dir=rt.RACE))
+    build = tmp / "build"
+    build.mkdir()
+    (REPO / "build" / "device-envs").mkdir(parents=True, exist_ok=True)
+    (build / "device-envs").symlink_to(REPO / "build" / "device-envs")
+    loads = [load()]
+    try:
+        if args.reuse_lab:
+            results, n = race(args, args.reuse_lab.resolve(), build)
+        else:
+            targets_dir = tmp / "targets"
+            shutil.copytree(REPO / "targets" / "boards", targets_dir / "boards")
+            paths = lab.LabPaths(build_dir=REPO / "build", targets_dir=targets_dir)
+            with lab.session(paths, devices=args.devices, arch="amd64"):
+                results, n = race(args, targets_dir, build)
+    except lab.LabBusy as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    loads.append(load())
+    print(table(results, n, args.rounds, tuple(loads)))
+    print(verdict(results))
+    if args.json:
+        args.json.write_text(json.dumps({"devices": n, "rounds": args.rounds, "load": loads, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
