@@ -68,7 +68,7 @@ def host_arch() -> str:
 
 def parse_selftest(stdout: str) -> tuple[list[float], dict[str, float], bool, str]:
     """Return (cosines, latency percentiles, passed, reason) from `selftest` output."""
-    cosines = [float(v) for v in re.findall(r"^cosine\[\d+\] = (\S+)$", stdout, re.M)]
+    cosines = [float(v) for v in re.findall(r"^\w+\[\d+\] = (\S+)$", stdout, re.M)]
     latency = {k: float(v) for k, v in re.findall(r"(p\d+)=([\d.]+)", " ".join(
         line for line in stdout.splitlines() if line.startswith("latency_ms")))}
     verdict = re.search(r"^(PASS|FAIL): (.*)$", stdout, re.M)
