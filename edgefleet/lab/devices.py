@@ -212,7 +212,7 @@ def down(paths: LabPaths) -> list[str]:
     for leftover in (paths.client_key, paths.client_key.with_suffix(".pub"), paths.known_hosts):
         leftover.unlink(missing_ok=True)
     shutil.rmtree(paths.state / "devices", ignore_errors=True)
-    print("lab: down (kept caches: build/lab/cache, images edgefleet/lab-*)", flush=True)
+    print("lab: down (kept caches: build/rootfs, images edgefleet/lab-*)", flush=True)
     return removed
 
 
