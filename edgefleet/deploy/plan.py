@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..inventory import Target
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
+from .lock import LOCK_FACTS
 from .release import Release, ReleaseFile
 
 __all__ = ["Facts", "DeployPlan", "PlanError", "facts_command", "parse_facts", "make_plan", "ARCH_NAMES", "COMMITTED_FACT"]
@@ -40,6 +41,7 @@ class Facts:
     objects: frozenset[str]
     tuning_unit_sha256: str | None = None
     tuning_script_sha256: str | None = None
+    lock_age_s: int | None = None
 
 
 def facts_command(target: Target) -> str:
@@ -54,7 +56,7 @@ def facts_command(target: Target) -> str:
         'echo "systemd=$([ -d /run/systemd/system ] && echo yes || echo no)"',
         'echo "current=$(readlink "$root/current" 2>/dev/null)"',
         COMMITTED_FACT,
-        'echo "lock=$(cat "$root/.lock/owner" 2>/dev/null || { [ -e "$root/.lock" ] && echo unknown; })"',
+        *LOCK_FACTS,
         'd="$root"; while [ ! -d "$d" ]; do d=$(dirname "$d"); done',
         'echo "free_kb=$(df -Pk "$d" | awk \'NR==2 {print $4}\')"',
         f"echo \"unit_sha=$(sha256sum /etc/systemd/system/{UNIT_NAME} 2>/dev/null | cut -d' ' -f1)\"",
@@ -98,6 +100,7 @@ def parse_facts(output: str) -> Facts:
         objects=frozenset(n for n in objects.split() if len(n) == 64),
         tuning_unit_sha256=values.get("tuning_unit_sha") or None,
         tuning_script_sha256=values.get("tuning_script_sha") or None,
+        lock_age_s=int(values["lock_age"]) if values.get("lock_age", "").lstrip("-").isdigit() else None,
     )
 
 

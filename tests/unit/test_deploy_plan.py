@@ -221,14 +221,3 @@ def test_wait_ready_stops_when_the_service_dies():
     from edgefleet.deploy.health import wait_ready
     with pytest.raises(NotReady, match="stopped before it was ready"):
         wait_ready(scripted([ConnectionRefusedError("x")]), timeout_s=5, still_starting=lambda: False, poll_s=0.01)
-
-
-def test_golden_check_sends_one_text_per_request():
-    from edgefleet.deploy.health import golden_check
-    seen = []
-
-    def call(path, payload=None, timeout=120.0):
-        seen.append(payload["texts"])
-        return 200, {"embeddings": [[1.0, 0.0]]}
-    result = golden_check(call, {"texts": ["a", "b"], "embeddings": [[1, 0], [0.9, 0.1]], "min_cosine": 0.99})
-    assert seen == [["a"], ["b"]] and result.ok and len(result.latency_ms) == 2
