@@ -8,7 +8,7 @@ from edgefleet.tasks import demo, fleet, lab, model, rollout
 ns = Collection()
 ns.add_collection(model.ns)
 ns.add_collection(lab.ns)
-for name in ("render", "deploy", "status"):
+for name in ("render", "deploy", "rollback", "status"):
     ns.add_task(fleet.ns.tasks[name])
 ns.add_task(rollout.rollout)
 ns.add_task(demo.demo)

@@ -86,7 +86,7 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
             log(f"  {result.health.summary()}")
             result.seconds = time.monotonic() - t0
             return result
-        with device_lock(dev, log, now()):
+        with device_lock(dev, log, now(), reconnect=lambda: connect(target)):
             apply_plan(dev, plan, release, log)
             log("  health gate: /readyz, then golden outputs, p95 latency, RSS and throttling on the device ...")
             result.health = health_gate(dev, golden)

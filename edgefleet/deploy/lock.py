@@ -83,8 +83,9 @@ def stale_reason(owner: str | None, age_s: int | None, ttl_s: float, me: dict[st
 class device_lock:
     """Hold the device's deploy lock for a `with` block; break a stale one (saying so) first."""
 
-    def __init__(self, dev, log=print, when: str = ""):
-        self.dev, self.log = dev, log
+    def __init__(self, dev, log=print, when: str = "", reconnect: Callable[[], object] | None = None):
+        """`reconnect()` opens a fresh connection: the lock is released through it when the link died."""
+        self.dev, self.log, self.reconnect = dev, log, reconnect
         self.me = controller_identity()
         self.owner = owner_line(self.me, when)
         self.path = dev.path(".lock")
@@ -129,6 +130,20 @@ class device_lock:
 
     def __exit__(self, *exc):
         lock = q(self.path)
-        self.dev.run(f'[ "$(cat {lock}/owner 2>/dev/null)" = {q(self.owner)} ] && rm -rf {lock}',
-                     "release the deploy lock", warn=True)
+        release = f'[ "$(cat {lock}/owner 2>/dev/null)" = {q(self.owner)} ] && rm -rf {lock}'
+        try:
+            self.dev.run(release, "release the deploy lock", warn=True)
+        except Exception as first:  # the link died mid-deploy: try once more on a new one
+            if self.reconnect is None:
+                raise
+            try:
+                conn = self.reconnect()
+            except Exception:
+                self.log(f"  could not release {self.path} ({first}); the next deploy breaks it once this "
+                         f"controller (pid {self.me['pid']}) has exited")
+                return False
+            try:
+                type(self.dev)(conn, self.dev.target).run(release, "release the deploy lock", warn=True)
+            finally:
+                conn.close()
         return False

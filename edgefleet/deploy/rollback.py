@@ -53,7 +53,7 @@ def revert(target: Target, release_id: str | None, reason: str, log=print) -> Ro
     conn = connect(target)
     try:
         dev = Device(conn, target)
-        with device_lock(dev, log, now()):
+        with device_lock(dev, log, now(), reconnect=lambda: connect(target)):
             facts = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout)
             to = release_id or previous_committed(_history(dev), facts.current)
             result = RollbackResult(target.name, facts.current, to, False, facts.current)
