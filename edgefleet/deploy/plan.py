@@ -153,7 +153,8 @@ class DeployPlan:
         if self.restart:
             steps.append("  restart the service")
         if self.gate:
-            steps.append("  health gate (/readyz, golden outputs), then commit or roll back")
+            steps.append("  health gate (/readyz; golden outputs, p95 latency, RSS, throttling on the device), "
+                         "then commit and prune old releases, or roll back")
         return steps + [f"  note: {n}" for n in self.notes]
 
 

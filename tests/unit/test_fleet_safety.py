@@ -172,3 +172,63 @@ def test_listing_command_runs_in_sh(tmp_path):
     state, manifests, releases, envs, objects = parse_listing(out)
     assert state["current"] == "r-1" and releases == {"r-1", "r-2.tmp"} and envs == {"e1"} and objects == {"o1"}
     assert manifests["r-1"][1] == {"files": {"a": "o1"}} and len(manifests["r-1"][0]) == 64
+
+
+@pytest.fixture
+def local_device(tmp_path):
+    """A Device whose commands run here (invoke's local Context), rooted in tmp_path."""
+    import dataclasses
+    from pathlib import Path
+
+    from invoke import Context
+
+    from edgefleet.deploy import Device
+    from edgefleet.inventory import load_inventory
+
+    target = load_inventory(Path(__file__).resolve().parents[2] / "targets").target("pi5-01")
+    target = dataclasses.replace(target, settings=target.settings.model_copy(
+        update={"root": str(tmp_path / "root"), "sudo": False}))
+    return Device(Context(), target)
+
+
+def test_device_lock_breaks_a_dead_controllers_lock_and_refuses_a_live_one(local_device):
+    import os
+    import socket
+
+    from edgefleet.deploy import DeployError
+    from edgefleet.deploy.lock import controller_identity, device_lock
+
+    root = local_device.root
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ghost = owner_line({**controller_identity(), "pid": str(dead.pid), "start": "1"}, "then")
+    os.makedirs(f"{root}/.lock")
+    with open(f"{root}/.lock/owner", "w") as fh:
+        fh.write(ghost + "\n")
+    lines = []
+    with device_lock(local_device, lines.append, "now") as lock:
+        assert open(f"{root}/.lock/owner").read().strip() == lock.owner
+        assert "breaking a stale deploy lock" in lines[0] and "is gone" in lines[0]
+        # a second controller (here: this very process, alive) is refused and names the holder
+        with pytest.raises(DeployError, match=f"another deploy holds .*pid={os.getpid()}"):
+            device_lock(local_device, lines.append, "now").__enter__()
+    assert not os.path.exists(f"{root}/.lock")
+
+    live = owner_line({"host": socket.gethostname() + "-elsewhere", "pid": "1"}, "now")
+    os.makedirs(f"{root}/.lock")
+    with open(f"{root}/.lock/owner", "w") as fh:
+        fh.write(live + "\n")
+    with pytest.raises(DeployError, match="another deploy holds"):
+        device_lock(local_device, lines.append, "now").__enter__()
+    assert open(f"{root}/.lock/owner").read().strip() == live  # left alone
+
+
+def test_fault_knob_scripts_parse_and_names_map_to_this_slot(monkeypatch):
+    from edgefleet.lab import faults
+
+    monkeypatch.setenv("EDGEFLEET_LAB_SLOT", "4")
+    assert faults.container_of("lab-03") == "edgefleet-lab4-03"
+    with pytest.raises(faults.FaultError, match="not a lab device"):
+        faults.container_of("pi5-01")
+    for script in (faults._fill_to("/opt/edgefleet", 0), faults._upload_started("/opt/x/.incoming", 4 << 20)):
+        subprocess.run(["sh", "-n", "-c", script], check=True)
