@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import socket
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -133,17 +134,22 @@ class device_lock:
         release = f'[ "$(cat {lock}/owner 2>/dev/null)" = {q(self.owner)} ] && rm -rf {lock}'
         try:
             self.dev.run(release, "release the deploy lock", warn=True)
-        except Exception as first:  # the link died mid-deploy: try once more on a new one
+        except Exception as first:  # the link died mid-deploy: try again on a new one, for a while
             if self.reconnect is None:
                 raise
-            try:
-                conn = self.reconnect()
-            except Exception:
-                self.log(f"  could not release {self.path} ({first}); the next deploy breaks it once this "
-                         f"controller (pid {self.me['pid']}) has exited")
-                return False
-            try:
-                type(self.dev)(conn, self.dev.target).run(release, "release the deploy lock", warn=True)
-            finally:
-                conn.close()
+            for wait in (0, 1, 2, 4, 8):
+                time.sleep(wait)
+                try:
+                    conn = self.reconnect()
+                except Exception:
+                    continue
+                try:
+                    type(self.dev)(conn, self.dev.target).run(release, "release the deploy lock", warn=True)
+                    return False
+                except Exception:
+                    continue
+                finally:
+                    conn.close()
+            self.log(f"  could not release {self.path} ({first}); the next deploy breaks it once this "
+                     f"controller (pid {self.me['pid']}) has exited")
         return False

@@ -18,6 +18,7 @@ from edgefleet import engine
 from edgefleet.lab import plan
 
 __all__ = ["FaultError", "KNOBS", "container_of", "sshd_stop", "sshd_start", "sshd_kill", "kill_sshd_during_upload",
+           "settle",
            "small_disk", "restore_disk", "fill_disk", "fill_disk_during_upload", "free_disk", "DeviceState",
            "device_state", "incoming_dir"]
 
@@ -85,6 +86,15 @@ def kill_sshd_during_upload(device: str, incoming: str, min_bytes: int = 1 << 20
     action = ("systemctl kill --signal=KILL --kill-whom=all ssh.service; sleep 0.5; "
               "systemctl reset-failed ssh.service; systemctl start ssh.service")
     _watch(device, "kill-sshd", _upload_started(incoming, min_bytes), action)
+
+
+def settle(device: str, timeout_s: float = 120.0) -> None:
+    """Wait until no watcher of this module is running on the device and sshd is active again."""
+    script = (f"end=$(( $(date +%s) + {int(timeout_s)} )); "
+              "while systemctl list-units --plain --no-legend --state=active,activating 'edgefleet-fault-*' "
+              "| grep -q . || ! systemctl is-active --quiet ssh.service; do "
+              "[ $(date +%s) -lt $end ] || exit 3; sleep 0.2; done")
+    _sh(device, script, "wait for the fault watchers and sshd")
 
 
 def small_disk(device: str, path: str, mb: int) -> None:

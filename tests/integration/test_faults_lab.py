@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from edgefleet.lab import faults
 from edgefleet.model.tiny import tiny_bundle
 from edgefleet.render import render_target
 from edgefleet.rollout import latest_record, plan_rollout, resume_targets, rollout
+from edgefleet.rollout.run import run_rollout
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -119,11 +119,16 @@ def invoke(build, fleet, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-@pytest.mark.timeout(300)
-def test_device_down_before_the_rollout(fleet, build, bundles):
-    first = run(fleet, build, NAMES, bundles["v1"], canary=1, batch=2)
+@pytest.fixture(scope="module")
+def v1(fleet, build, bundles):
+    """Every device on v1 (a fresh device unpacks its 48 MB package env: the slowest step here)."""
+    first = run(fleet, build, NAMES, bundles["v1"], canary=0, batch="100%")
     assert set(results(first).values()) == {"updated"}, first
-    v1 = {n: d["new"] for n, d in first["devices"].items()}
+    return {n: d["new"] for n, d in first["devices"].items()}
+
+
+@pytest.mark.timeout(900)
+def test_device_down_before_the_rollout(fleet, build, bundles, v1):
     t0 = time.monotonic()
     faults.sshd_stop("lab-03")
     try:
@@ -141,7 +146,7 @@ def test_device_down_before_the_rollout(fleet, build, bundles):
         brief(st), t0)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_sshd_killed_mid_upload(fleet, build, bundles, run_on):
     """A fresh small disk makes lab-01 take the whole 48 MB package env; sshd dies while it uploads."""
     t, root = fleet["lab-01"], fleet["lab-01"].settings.root
@@ -153,6 +158,7 @@ def test_sshd_killed_mid_upload(fleet, build, bundles, run_on):
         with pytest.raises((DeployError, PlanError)) as failed:
             deploy(t, bundles["v2"], build, log=lambda _: None)
         assert "upload of site.tar.gz failed" in str(failed.value)
+        faults.settle("lab-01")  # sshd is back (the watcher restarts it, as systemd would)
         st = faults.device_state(t)
         assert st.current is None and st.releases == () and st.lock is None, st  # nothing activated, lock freed
         again = deploy(t, bundles["v2"], build, log=lambda _: None)  # re-run: the leftovers are cleared
@@ -167,7 +173,7 @@ def test_sshd_killed_mid_upload(fleet, build, bundles, run_on):
         brief(st), t0)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_disk_full(fleet, build, bundles):
     t, root = fleet["lab-02"], fleet["lab-02"].settings.root
     before = settled(t)
@@ -181,6 +187,7 @@ def test_disk_full(fleet, build, bundles):
         faults.fill_disk_during_upload("lab-02", root, faults.incoming_dir(root), min_bytes=4 << 20)
         with pytest.raises(DeployError, match="upload of site.tar.gz failed") as enospc:
             deploy(t, bundles["v2"], build, log=lambda _: None)
+        faults.settle("lab-02")
         st = faults.device_state(t)
         assert st.current is None and st.releases == () and st.lock is None and not st.incoming, st
     finally:
@@ -191,7 +198,7 @@ def test_disk_full(fleet, build, bundles):
         brief(st), t0)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_corrupted_upload_is_never_activated(fleet, build, bundles, tmp_path):
     t = fleet["lab-03"]
     before = settled(t)
@@ -208,7 +215,7 @@ def test_corrupted_upload_is_never_activated(fleet, build, bundles, tmp_path):
     row("corrupted upload (sha256 mismatch)", "lab-03", "refused before activation", brief(st), t0)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_release_failing_the_model_gate_rolls_back(fleet, build, bundles):
     """lab-02 judged as a real board (not emulated) with a p95 budget no model meets."""
     t = fleet["lab-02"]
@@ -224,7 +231,7 @@ def test_release_failing_the_model_gate_rolls_back(fleet, build, bundles):
     row("release fails the health gate (p95)", "lab-02", "rolled back: " + result.health.reason[:40], brief(st), t0)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_crash_looping_service_rolls_back(fleet, build, bundles):
     """A release whose runtime.yaml the runtime refuses: systemd restarts it again and again."""
     t = fleet["lab-03"]
@@ -242,10 +249,12 @@ def test_crash_looping_service_rolls_back(fleet, build, bundles):
     row("service crash-loops", "lab-03", "rolled back: crash-looping", brief(st), t0)
 
 
-@pytest.mark.timeout(300)
-def test_two_rollouts_racing_for_one_device(fleet, build, bundles):
+@pytest.mark.timeout(600)
+def test_two_rollouts_racing_for_one_device(fleet, build, bundles, tmp_path):
+    """A real `invoke rollout` holds lab-01; a second rollout (this process, its release ready) tries it meanwhile."""
     t = fleet["lab-01"]
     t0 = time.monotonic()
+    ready = {"lab-01": prepare_release(t, bundles["v6"], build)}
     a = invoke(build, fleet, "rollout", "--targets", "lab-01", "--bundle", str(bundles["v6"]), "--canary", "0",
                "--json")
     try:
@@ -254,30 +263,32 @@ def test_two_rollouts_racing_for_one_device(fleet, build, bundles):
             assert a.poll() is None, a.communicate()
             assert time.monotonic() < deadline, "the first rollout never took the lock"
             time.sleep(0.1)
-        second = run(fleet, build, ["lab-01"], bundles["v6"], canary=0)  # this process: another controller
+        [second], stopped = run_rollout([t], plan_rollout(["lab-01"], canary=0), ready, bundles["v6"], build,
+                                        tmp_path / "logs")
         out, err = a.communicate(timeout=240)
     finally:
         if a.poll() is None:
             a.kill()
     assert a.returncode == 0, err
     first = json.loads(out)
-    assert results(first) == {"lab-01": "updated"} and results(second) == {"lab-01": "failed"}, second
-    assert "another deploy holds" in second["devices"]["lab-01"]["error"]
-    assert f"pid={a.pid}" in second["devices"]["lab-01"]["error"]  # a live owner: never broken
+    assert results(first) == {"lab-01": "updated"} and second.result == "failed" and stopped, second
+    assert "another deploy holds" in second.error and f"pid={a.pid}" in second.error  # a live owner: never broken
     st = settled(t, first["devices"]["lab-01"]["new"])
+    assert st.current == ready["lab-01"].release_id
     row("two rollouts racing for one device", "lab-01", "one updated, the other refused (live lock)", brief(st), t0)
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_controller_killed_mid_wave_then_resumed(fleet, build, bundles):
     t0 = time.monotonic()
+    earlier = set((build / "rollouts").glob("*"))
     a = invoke(build, fleet, "rollout", "--targets", ",".join(NAMES), "--bundle", str(bundles["v7"]), "--canary",
                "0", "--batch", "100%", "--parallel", "3", "--json")
     deadline = time.monotonic() + 180
     try:
         while True:  # kill once a device has switched to the new release, before its gate ends
-            logs = "".join(p.read_text() for p in (build / "rollouts").glob("*/logs/*.log")
-                           if p.stat().st_mtime > time.time() - 300) if (build / "rollouts").is_dir() else ""
+            logs = "".join(p.read_text() for d in set((build / "rollouts").glob("*")) - earlier
+                           for p in d.glob("logs/*.log"))
             if "current -> releases/" in logs and a.poll() is None:
                 break
             assert a.poll() is None, a.communicate()
@@ -308,7 +319,7 @@ def test_controller_killed_mid_wave_then_resumed(fleet, build, bundles):
         brief(st), t0)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_rollback_group_and_kept_releases(fleet, build):
     t0 = time.monotonic()
     before = {n: settled(fleet[n]) for n in NAMES}
