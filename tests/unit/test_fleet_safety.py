@@ -232,3 +232,28 @@ def test_fault_knob_scripts_parse_and_names_map_to_this_slot(monkeypatch):
         faults.container_of("pi5-01")
     for script in (faults._fill_to("/opt/edgefleet", 0), faults._upload_started("/opt/x/.incoming", 4 << 20)):
         subprocess.run(["sh", "-n", "-c", script], check=True)
+
+
+def test_final_table_shows_old_new_release_p95_marks_and_temperature():
+    from rich.console import Console
+
+    from edgefleet.rollout import print_table
+
+    doc = {"rollout": "x", "status": "completed", "record": "/r", "seconds": 9.5, "order": ["a", "b", "c"],
+           "counts": {"updated": 2, "failed": 1, "ok": 2},
+           "devices": {
+               "a": {"wave": 1, "result": "updated", "previous": "r-1", "new": "r-2", "latency_ms": 12.25,
+                     "temperature_c": 51.0, "seconds": 3.0, "gate_notes": []},
+               "b": {"wave": 2, "result": "updated", "previous": None, "new": "r-3", "latency_ms": 80.0,
+                     "temperature_c": None, "seconds": 4.0, "gate_notes": ["emulated: latency reported, not judged"]},
+               "c": {"wave": 2, "result": "failed", "previous": "r-1", "new": "r-4", "latency_ms": 9.0,
+                     "temperature_c": 88.0, "seconds": 5.0, "gate_notes": ["throttled (hard) during the check"],
+                     "error": "RSS 900 MiB over the budget of 250 MiB; journal:\nlots"}}}
+    console = Console(record=True, width=220)
+    print_table(doc, console=console)
+    text = console.export_text()
+    assert "old -> new release" in text and "p95 ms" in text and "temp °C" in text
+    assert "r-1 -> r-2" in text and "12.2" in text and "51.0" in text
+    assert "(none) -> r-3" in text and "80.0 (emulated)" in text
+    assert "9.0 (throttled)" in text and "RSS 900 MiB over the budget of 250 MiB" in text and "lots" not in text
+    assert "2/3 on the new release" in text and "1 failed" in text
