@@ -135,6 +135,9 @@ KNOBS = {
     "sshd-stop": (sshd_stop, ()), "sshd-start": (sshd_start, ()), "sshd-kill": (sshd_kill, ()),
     "disk-small": (small_disk, ("path", "mb")), "disk-restore": (restore_disk, ("path",)),
     "disk-fill": (fill_disk, ("path", "leave_mb")), "disk-free": (free_disk, ("path",)),
+    # armed now, strike once the next deploy's upload into <path>/objects/.incoming passes 1 MiB
+    "sshd-kill-on-upload": (lambda device, path: kill_sshd_during_upload(device, incoming_dir(path)), ("path",)),
+    "disk-fill-on-upload": (lambda device, path: fill_disk_during_upload(device, path, incoming_dir(path)), ("path",)),
 }
 
 

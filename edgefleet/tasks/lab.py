@@ -46,8 +46,9 @@ def status(c, json_=False):
 
 @task(help={
     "device": "lab device name (lab-NN) in this lab slot (EDGEFLEET_LAB_SLOT)",
-    "knob": "sshd-stop | sshd-start | sshd-kill | disk-small | disk-restore | disk-fill | disk-free",
-    "path": "for disk-*: the directory whose filesystem it acts on (default /opt/edgefleet)",
+    "knob": "sshd-stop | sshd-start | sshd-kill | disk-small | disk-restore | disk-fill | disk-free | "
+            "sshd-kill-on-upload | disk-fill-on-upload (armed now, strike during the next upload)",
+    "path": "for disk-* and *-on-upload: the device root it acts on (default /opt/edgefleet)",
     "mb": "for disk-small: size of the small filesystem in MiB (default 64)",
     "leave_mb": "for disk-fill: MiB left free (default 1)",
 })
