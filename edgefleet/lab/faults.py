@@ -19,7 +19,8 @@ from edgefleet.lab import plan
 
 __all__ = ["FaultError", "KNOBS", "container_of", "sshd_stop", "sshd_start", "sshd_kill", "kill_sshd_during_upload",
            "settle",
-           "small_disk", "restore_disk", "fill_disk", "fill_disk_during_upload", "free_disk", "DeviceState",
+           "small_disk", "restore_disk", "fill_disk", "fill_disk_during_upload", "free_after_fill_kb", "free_disk",
+           "DeviceState",
            "device_state", "incoming_dir"]
 
 q = shlex.quote
@@ -109,10 +110,16 @@ def restore_disk(device: str, path: str) -> None:
                 f"umount -l {q(path)}; fi", "unmount the small filesystem")
 
 
+FILLED = "/run/edgefleet-fault-filled"  # kB free right after a fill during an upload
+
+
 def _fill_to(path: str, leave_kb: int) -> str:
     avail = f"$(df -Pk {q(path)} | awk 'NR==2 {{print $4}}')"
-    return (f"rm -f {q(path)}/{FILLER}; n=$(( {avail} - {int(leave_kb)} )); "
-            f"[ $n -le 0 ] || fallocate -l $(( n * 1024 )) {q(path)}/{FILLER}")
+    filler = f"{q(path)}/{FILLER}"
+    script = f"rm -f {filler}; n=$(( {avail} - {int(leave_kb)} )); [ $n -le 0 ] || fallocate -l $(( n * 1024 )) {filler}"
+    if leave_kb <= 0:  # someone else is writing: top up until the filesystem refuses (ENOSPC)
+        script += f"; cat /dev/zero >> {filler} 2>/dev/null; echo {avail} > {FILLED}"
+    return script
 
 
 def fill_disk(device: str, path: str, leave_mb: float = 1.0) -> None:
@@ -125,9 +132,15 @@ def fill_disk_during_upload(device: str, path: str, incoming: str, min_bytes: in
     _watch(device, "fill-disk", _upload_started(incoming, min_bytes), _fill_to(path, 0))
 
 
+def free_after_fill_kb(device: str) -> int:
+    """Return the kB that were free right after `fill_disk_during_upload` struck (-1: it has not)."""
+    out = _sh(device, f"cat {FILLED} 2>/dev/null || echo -1", "read the fill result").strip()
+    return int(out) if out.lstrip("-").isdigit() else -1
+
+
 def free_disk(device: str, path: str) -> None:
     """Remove the filler file."""
-    _sh(device, f"rm -f {q(path)}/{FILLER}", "free the disk")
+    _sh(device, f"rm -f {q(path)}/{FILLER} {FILLED}", "free the disk")
 
 
 # what `invoke lab.fault` offers: name -> (function, the arguments it takes besides the device)
