@@ -51,9 +51,9 @@ def _report(request) -> None:
     if tr is None or not ROWS:
         return
     tr.write_line("")
-    tr.write_line(f"{'fault':38} {'device':8} {'outcome':64} {'after (over SSH)':44} {'s':>5}")
+    tr.write_line(f"{'fault':40} {'device':8} {'outcome':72} {'after (over SSH)':50} {'s':>5}")
     for r in ROWS:
-        tr.write_line(f"{r['fault'][:38]:38} {r['device']:8} {r['outcome'][:64]:64} {r['after'][:44]:44} "
+        tr.write_line(f"{r['fault'][:40]:40} {r['device']:8} {r['outcome'][:72]:72} {r['after'][:50]:50} "
                       f"{r['seconds']:5.1f}")
     tr.write_line(f"{len(ROWS)} faults, {sum(r['seconds'] for r in ROWS):.0f} s; {out}")
 
