@@ -9,6 +9,7 @@ service is active and no lock is left behind. The module prints a table of fault
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -48,8 +49,14 @@ def _report(request) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(ROWS, indent=2) + "\n")
     tr = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
     if tr is None or not ROWS:
         return
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        _write_table(tr, out)
+
+
+def _write_table(tr, out: Path) -> None:
     tr.write_line("")
     tr.write_line(f"{'fault':40} {'device':8} {'outcome':72} {'after (over SSH)':50} {'s':>5}")
     for r in ROWS:
