@@ -10,16 +10,18 @@ import io
 import json
 import posixpath
 import shlex
-import socket
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import paramiko
 
 from ..inventory import Target
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
 from .plan import DeployPlan
 from .release import Release
 
-__all__ = ["Device", "DeployError", "apply_plan", "switch_current", "record_state", "device_lock"]
+__all__ = ["Device", "DeployError", "apply_plan", "switch_current", "restart_service", "record_state", "now"]
 
 q = shlex.quote
 
@@ -80,19 +82,23 @@ def upload_objects(dev: Device, plan: DeployPlan, log) -> None:
     if not plan.upload:
         return
     incoming = _incoming(dev)
-    dev.run(f"mkdir -p {q(incoming)}", "create the incoming dir", privileged=False)
+    # we hold the lock: anything in incoming is left over from a deploy that died mid-upload
+    dev.run(f"rm -rf {q(incoming)} && mkdir -p {q(incoming)}", "clear the incoming dir", privileged=False)
     sent = 0
     t0 = time.monotonic()
-    for obj in plan.upload:
-        remote = posixpath.join(incoming, obj.sha256)
-        local = str(obj.source) if obj.source is not None else io.BytesIO(obj.data)
-        try:
-            dev.c.put(local, remote=remote)
-        except (OSError, EOFError, socket.error) as exc:
-            raise DeployError(f"{dev.target.name}: upload of {obj.path} failed: {exc}") from None
-        sent += obj.size
     sums = "".join(f"{o.sha256}  {o.sha256}\n" for o in plan.upload)
-    dev.c.put(io.BytesIO(sums.encode()), remote=posixpath.join(incoming, "SHA256SUMS"))
+    uploads = [(o.path, str(o.source) if o.source is not None else io.BytesIO(o.data), o.sha256) for o in plan.upload]
+    for what, local, name in [*uploads, ("SHA256SUMS", io.BytesIO(sums.encode()), "SHA256SUMS")]:
+        try:
+            dev.c.put(local, remote=posixpath.join(incoming, name))
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            try:  # a full disk: leave no partial file behind (a dead link: the next deploy clears it)
+                dev.run(f"rm -rf {q(incoming)}", "discard a partial upload", privileged=False, warn=True)
+            except Exception:
+                pass
+            raise DeployError(f"{dev.target.name}: upload of {what} failed, nothing was activated: "
+                              f"{exc or type(exc).__name__}") from None
+    sent = sum(o.size for o in plan.upload)
     names = " ".join(q(o.sha256) for o in plan.upload)
     verify = dev.run(f"cd {q(incoming)} && sha256sum --check --quiet --strict SHA256SUMS",
                      "verify uploads", privileged=False, warn=True)
@@ -148,6 +154,8 @@ def switch_current(dev: Device, release_id: str) -> None:
 
 
 def restart_service(dev: Device) -> None:
+    """Enable and restart the service; forget an earlier crash loop (systemd's start limit) first."""
+    dev.system(["systemctl", "reset-failed", UNIT_NAME], "reset the service's failed state", warn=True)
     dev.system(["systemctl", "enable", "--quiet", UNIT_NAME], "enable the service")
     dev.system(["systemctl", "restart", UNIT_NAME], "restart the service")
 
@@ -202,24 +210,9 @@ def install_tuning(dev: Device, release: Release, log) -> None:
         log(f"  warning: {TUNING_UNIT} failed to start (see journalctl -u {TUNING_UNIT}); continuing")
 
 
-class device_lock:
-    """Hold `<root>/.lock` (an atomic mkdir) for the duration of a `with` block."""
-
-    def __init__(self, dev: Device, owner: str):
-        self.dev, self.owner = dev, owner
-
-    def __enter__(self):
-        lock = self.dev.path(".lock")
-        res = self.dev.run(f"mkdir -p {q(self.dev.root)} && mkdir {q(lock)} && echo {q(self.owner)} > {q(lock + '/owner')}",
-                           "take the deploy lock", warn=True)
-        if res.exited != 0:
-            raise DeployError(f"{self.dev.target.name}: another deploy holds {lock}; "
-                              f"if none is running, remove it on the device: rm -r {lock}")
-        return self
-
-    def __exit__(self, *exc):
-        self.dev.run(f"rm -rf {q(self.dev.path('.lock'))}", "release the deploy lock", warn=True)
-        return False
+def now() -> str:
+    """Return the time for state.json and lock records (UTC, ISO 8601, seconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def record_state(dev: Device, entry: dict, keep: int = 50) -> None:
@@ -231,7 +224,8 @@ def record_state(dev: Device, entry: dict, keep: int = 50) -> None:
     except ValueError:
         state = {}
     history = (state.get("history") or [])[-(keep - 1):] + [entry]
-    state = {"current": entry.get("active"), "history": history}
+    # "current" is the last release that passed its gate: an unhealthy one never becomes it
+    state = {"current": entry.get("active") if entry.get("healthy") else state.get("current"), "history": history}
     tmp = posixpath.join(_incoming(dev), "state.json")
     dev.run(f"mkdir -p {q(_incoming(dev))}", "create the incoming dir", privileged=False)
     dev.c.put(io.BytesIO(json.dumps(state, indent=2).encode() + b"\n"), remote=tmp)

@@ -6,9 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 
-__all__ = ["HealthResult", "Call", "NotReady", "wait_ready", "golden_check"]
+__all__ = ["HealthResult", "Call", "NotReady", "wait_ready", "golden_verdict"]
 
 
 @dataclass
@@ -16,10 +15,14 @@ class HealthResult:
     ok: bool
     reason: str
     min_cosine: float | None = None
-    max_abs_diff: float | None = None  # classify and qa bundles: worst probability difference
-    latency_ms: list[float] = field(default_factory=list)
+    max_abs_diff: float | None = None  # classify and qa bundles: worst probability/score difference
+    latency_ms: list[float] = field(default_factory=list)  # golden requests, measured on the device
     ready_after_s: float | None = None
-    emulated: bool = False  # measured under emulation: latency is reported, never judged
+    p95_ms: float | None = None
+    rss_mib: float | None = None
+    temperature_c: float | None = None
+    throttled: str | None = None  # worst thermal state during the check, when not "ok"
+    notes: list[str] = field(default_factory=list)  # what was measured but not judged, and why
 
     def summary(self) -> str:
         parts = [("healthy" if self.ok else "UNHEALTHY") + (f": {self.reason}" if self.reason else "")]
@@ -29,11 +32,13 @@ class HealthResult:
             parts.append(f"golden min cosine {self.min_cosine:.5f}")
         if self.max_abs_diff is not None:
             parts.append(f"golden max difference {self.max_abs_diff:.5f}")
-        if self.latency_ms:
-            parts.append(f"golden request latency median {float(np.median(self.latency_ms)):.1f} ms (through SSH)")
-        if self.emulated:
-            parts.append("emulated: speed not judged")
-        return ", ".join(parts)
+        if self.p95_ms is not None:
+            parts.append(f"p95 {self.p95_ms:.1f} ms on the device ({len(self.latency_ms)} requests)")
+        if self.rss_mib is not None:
+            parts.append(f"RSS {self.rss_mib:.0f} MiB")
+        if self.temperature_c is not None:
+            parts.append(f"hottest {self.temperature_c:.1f} °C")
+        return ", ".join(parts + self.notes)
 
 
 # call(path, payload=None, timeout=...) -> (status, body): the one seam to the service,
@@ -68,39 +73,20 @@ def wait_ready(call: Call, timeout_s: float, still_starting=lambda: True, poll_s
     raise NotReady(f"not ready after {timeout_s:.0f} s (last: {last})")
 
 
-def golden_check(call: Call, golden: dict) -> HealthResult:
-    """Run each golden input on the service, one per request as the goldens were made.
+def golden_verdict(golden: dict, bodies: list) -> tuple[bool, str, float | None, str]:
+    """Compare the service's answers (one response body per golden input, sent one per request
+    as the goldens were made: dynamic INT8 picks activation scales per call) with the goldens.
 
-    The route follows the bundle's task (/v1/embed, /v1/classify or /v1/qa), the comparison is
-    the device selftest's (edge_runtime.golden). One input per request matters: dynamic INT8
-    picks activation scales per call, so a padded batch of the same texts lands ~0.01 lower in
-    cosine than the goldens' batch-1 vectors.
+    The comparison is the device selftest's (edge_runtime.golden), for the bundle's task.
+    Return (ok, metric "cosine" or "abs_diff", worst value or None, reason when not ok).
     """
     from edge_runtime import golden as goldens
 
     task = goldens.task_of(golden)
-    # a target may run with a lower max_seq_len: goldens longer than that are not comparable
-    status, info = call("/v1/info")
-    if status == 200 and isinstance(info, dict):
-        golden = goldens.fitting(golden, info.get("max_seq_len"))
-        if not goldens.items(golden):
-            return HealthResult(False, f"no golden input fits max_seq_len {info['max_seq_len']}")
-    latencies, outputs = [], []
-    for item in goldens.items(golden):
-        route, payload = goldens.request(task, item)
-        t0 = time.perf_counter()
-        status, body = call(route, payload)
-        latencies.append((time.perf_counter() - t0) * 1000)
-        if status != 200:
-            return HealthResult(False, f"{route} answered {status}: {body}", latency_ms=latencies)
-        try:
-            outputs.append(goldens.from_response(task, body))
-        except (KeyError, IndexError, TypeError) as error:
-            return HealthResult(False, f"{route} answered without {error}: {body}",
-                                latency_ms=latencies)
+    try:
+        outputs = [goldens.from_response(task, body) for body in bodies]
+    except (KeyError, IndexError, TypeError) as error:
+        return False, "", None, f"{goldens.ROUTES[task]} answered without {error}"
     check = goldens.compare(golden, outputs)
     worst = check.worst if check.values else None
-    reason = "" if check.passed else f"golden outputs differ: {check.reason}"
-    if check.metric == "cosine":
-        return HealthResult(check.passed, reason, min_cosine=worst, latency_ms=latencies)
-    return HealthResult(check.passed, reason, max_abs_diff=worst, latency_ms=latencies)
+    return check.passed, check.metric, worst, "" if check.passed else f"golden outputs differ: {check.reason}"

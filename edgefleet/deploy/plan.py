@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..inventory import Target
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
+from .lock import LOCK_FACTS
 from .release import Release, ReleaseFile
 
 __all__ = ["Facts", "DeployPlan", "PlanError", "facts_command", "parse_facts", "make_plan", "ARCH_NAMES", "COMMITTED_FACT",
@@ -46,6 +47,7 @@ class Facts:
     tuning_script_sha256: str | None = None
     governors: tuple[tuple[str, str], ...] = ()  # (policy, governor) pairs
     owns_root: bool = False  # the login user owns the device root: writing it needs no sudo
+    lock_age_s: int | None = None
 
 
 def facts_command(target: Target) -> str:
@@ -64,7 +66,7 @@ def facts_command(target: Target) -> str:
         'if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi',
         'echo "current=$(readlink "$root/current" 2>/dev/null)"',
         COMMITTED_FACT,
-        'echo "lock=$(cat "$root/.lock/owner" 2>/dev/null || { [ -e "$root/.lock" ] && echo unknown; })"',
+        *LOCK_FACTS,
         'd="$root"; while [ ! -d "$d" ]; do d=$(dirname "$d"); done',
         'echo "free_kb=$(df -Pk "$d" | awk \'NR==2 {print $4}\')"',
         f"echo \"unit_sha=$(sha256sum /etc/systemd/system/{UNIT_NAME} 2>/dev/null | cut -d' ' -f1)\"",
@@ -113,6 +115,7 @@ def parse_facts(output: str) -> Facts:
         governors=tuple(sorted((key.split(":", 1)[1], value) for key, value in values.items()
                                if key.startswith("governor:"))),
         owns_root=values.get("owns_root") == "yes",
+        lock_age_s=int(values["lock_age"]) if values.get("lock_age", "").lstrip("-").isdigit() else None,
     )
 
 
@@ -165,7 +168,8 @@ class DeployPlan:
         if self.restart:
             steps.append("  restart the service")
         if self.gate:
-            steps.append("  health gate (/readyz, golden outputs), then commit or roll back")
+            steps.append("  health gate (/readyz; golden outputs, p95 latency, RSS, throttling on the device), "
+                         "then commit and prune old releases, or roll back")
         return steps + [f"  note: {n}" for n in self.notes]
 
 

@@ -1,4 +1,4 @@
-"""Tasks for the lab: `lab.up`, `lab.down`, `lab.status`, `lab.heat`, and the VM: `lab.vm.up|down|ssh|status`."""
+"""Tasks for the lab: `lab.up`, `lab.down`, `lab.status`, `lab.heat`, `lab.fault`, and the VM: `lab.vm.up|down|ssh|status`."""
 
 from __future__ import annotations
 
@@ -118,4 +118,32 @@ def vm_status(c, json_=False):
 vm = Collection("vm")
 for _task in (vm_up, vm_down, vm_ssh, vm_status):
     vm.add_task(_task)
-ns = Collection("lab", up, down, status, heat, vm)
+
+
+@task(help={
+    "device": "lab device name (lab-NN) in this lab slot (EDGEFLEET_LAB_SLOT)",
+    "knob": "sshd-stop | sshd-start | sshd-kill | disk-small | disk-restore | disk-fill | disk-free | "
+            "sshd-kill-on-upload | disk-fill-on-upload (armed now, strike during the next upload)",
+    "path": "for disk-* and *-on-upload: the device root it acts on (default /opt/edgefleet)",
+    "mb": "for disk-small: size of the small filesystem in MiB (default 64)",
+    "leave_mb": "for disk-fill: MiB left free (default 1)",
+})
+def fault(c, device, knob, path="/opt/edgefleet", mb=64, leave_mb="1"):
+    """Inject a fault into a lab device: stop/start/kill sshd, a small or full disk."""
+    from edgefleet.engine import EngineError
+    from edgefleet.lab import faults
+
+    if knob not in faults.KNOBS:
+        raise Exit(f"error: --knob {knob!r}: expected one of {', '.join(faults.KNOBS)}", code=2)
+    fn, wants = faults.KNOBS[knob]
+    given = {"path": path, "mb": int(mb), "leave_mb": float(leave_mb)}
+    try:
+        fn(device, *(given[w] for w in wants))
+    except (faults.FaultError, EngineError) as exc:
+        raise Exit(f"error: {exc}", code=1) from None
+    except Exception as exc:  # docker's NotFound for a device that is not up
+        raise Exit(f"error: {device}: {exc}", code=1) from None
+    print(f"lab: {knob} applied to {device}")
+
+
+ns = Collection("lab", up, down, status, heat, fault, vm)

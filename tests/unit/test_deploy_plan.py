@@ -260,49 +260,35 @@ def test_wait_ready_stops_when_the_service_dies():
         wait_ready(scripted([ConnectionRefusedError("x")]), timeout_s=5, still_starting=lambda: False, poll_s=0.01)
 
 
-def test_golden_check_sends_one_text_per_request():
-    from edgefleet.deploy.health import golden_check
-    seen = []
-
-    def call(path, payload=None, timeout=120.0):
-        if path == "/v1/info":
-            return 200, {"max_seq_len": 16}
-        seen.append(payload["texts"])
-        return 200, {"embeddings": [[1.0, 0.0]]}
-    golden = {"texts": ["a", "b", "c"], "embeddings": [[1, 0], [0.9, 0.1], [0, 1]], "min_cosine": 0.99,
-              "tokens": [3, 16, 17]}
-    result = golden_check(call, golden)  # "c" does not fit the device's max_seq_len: not sent
-    assert seen == [["a"], ["b"]] and result.ok and len(result.latency_ms) == 2
-    result = golden_check(call, {**golden, "tokens": [17, 18, 19]})
-    assert not result.ok and "no golden input fits max_seq_len 16" in result.reason
-
-
 QA_GOLDEN = {"questions": ["q1", "q2"], "contexts": ["c1", "c2"], "max_abs_diff": 0.02,
              "answers": [{"answer": "c", "score": 0.5, "start": 0, "end": 1},
                          {"answer": "2", "score": 0.9, "start": 1, "end": 2}]}
 CLASSIFY_GOLDEN = {"texts": ["a"], "max_abs_diff": 0.02, "scores": [{"no": 0.2, "yes": 0.8}]}
+EMBED_GOLDEN = {"texts": ["a", "b"], "embeddings": [[1, 0], [0.9, 0.1]], "min_cosine": 0.99}
 
 
-@pytest.mark.parametrize("golden, answer, route, ok, reason", [
-    (QA_GOLDEN, {"answer": "c", "score": 0.51, "start": 0, "end": 1}, "/v1/qa", False, "index [1]"),
-    (QA_GOLDEN, {"answer": "2", "score": 0.91, "start": 1, "end": 2}, "/v1/qa", False, "index [0]"),
-    (CLASSIFY_GOLDEN, {"results": [{"label": "yes", "score": 0.79, "scores": {"no": 0.21, "yes": 0.79}}]},
-     "/v1/classify", True, ""),
-    (CLASSIFY_GOLDEN, {"results": [{"label": "no", "score": 0.5, "scores": {"no": 0.5, "yes": 0.5}}]},
-     "/v1/classify", False, "differ"),
-    (CLASSIFY_GOLDEN, {"error": "this runtime serves an 'embed' bundle"}, "/v1/classify", False, "without"),
+@pytest.mark.parametrize("golden, bodies, ok, metric, reason", [
+    (QA_GOLDEN, [{"answer": "c", "score": 0.51, "start": 0, "end": 1}] * 2, False, "abs_diff", "index [1]"),
+    (QA_GOLDEN, [{"answer": "2", "score": 0.91, "start": 1, "end": 2}] * 2, False, "abs_diff", "index [0]"),
+    (CLASSIFY_GOLDEN, [{"results": [{"label": "yes", "score": 0.79, "scores": {"no": 0.21, "yes": 0.79}}]}],
+     True, "abs_diff", ""),
+    (CLASSIFY_GOLDEN, [{"results": [{"label": "no", "score": 0.5, "scores": {"no": 0.5, "yes": 0.5}}]}],
+     False, "abs_diff", "differ"),
+    (CLASSIFY_GOLDEN, [{"error": "this runtime serves an 'embed' bundle"}], False, "", "/v1/classify answered without"),
+    (EMBED_GOLDEN, [{"embeddings": [[1.0, 0.0]]}, {"embeddings": [[0.9, 0.1]]}], True, "cosine", ""),
+    (EMBED_GOLDEN, [{"embeddings": [[1.0, 0.0]]}, {"embeddings": [[0.0, 1.0]]}], False, "cosine", "index [1]"),
+    (EMBED_GOLDEN, [{"embeddings": [[1.0, 0.0]]}], False, "cosine", "shape"),
 ])
-def test_golden_check_uses_the_task_route(golden, answer, route, ok, reason):
-    from edgefleet.deploy.health import golden_check
-    seen = []
+def test_golden_verdict_per_task(golden, bodies, ok, metric, reason):
+    from edgefleet.deploy.health import golden_verdict
+    got_ok, got_metric, _, why = golden_verdict(golden, bodies)
+    assert (got_ok, got_metric) == (ok, metric) and reason in why
 
-    def call(path, payload=None, timeout=120.0):
-        if path == "/v1/info":
-            return 401, {"error": "token"}  # no info: every golden is checked
-        seen.append((path, payload))
-        return 200, answer
-    result = golden_check(call, golden)
-    assert {path for path, _ in seen} == {route} and result.ok is ok and reason in result.reason
-    if route == "/v1/qa":
-        assert [payload for _, payload in seen] == [{"question": "q1", "context": "c1"},
-                                                    {"question": "q2", "context": "c2"}]
+
+def test_probe_request_carries_route_payloads_and_token():
+    from edge_runtime import golden as goldens
+    from edgefleet.deploy.gate import probe_request
+    requests = [goldens.request("qa", item) for item in goldens.items(QA_GOLDEN)]
+    line = json.loads(probe_request(18081, "/v1/qa", [p for _, p in requests], 3, "s3cret"))
+    assert line == {"port": 18081, "route": "/v1/qa", "rounds": 3, "token": "s3cret",
+                    "payloads": [{"question": "q1", "context": "c1"}, {"question": "q2", "context": "c2"}]}
