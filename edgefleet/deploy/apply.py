@@ -18,6 +18,7 @@ import paramiko
 
 from ..inventory import Target
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
+from .env import PYC_MARK
 from .plan import DeployPlan
 from .release import Release
 
@@ -140,8 +141,10 @@ def _install_env_script(dev: Device, release: Release) -> str:
         f"rm -rf {q(tmp)}",
         f"mkdir -p {q(tmp)}",
         f"tar -xzf {q(tarball)} -C {q(tmp)}",
-        # a missing .pyc only costs start-up time, so a file compileall rejects is not fatal
-        f"(python3 -m compileall -q -j 0 -s {q(tmp)} -p {q(env_dir)} {q(tmp)} >/dev/null 2>&1 || true)",
+        # compiled on the host already (the mark), or here; a missing .pyc only costs start-up
+        # time, so a file compileall rejects is not fatal
+        f"{{ [ -e {q(posixpath.join(tmp, PYC_MARK))} ] || python3 -m compileall -q -j 0 -s {q(tmp)} "
+        f"-p {q(env_dir)} {q(tmp)} >/dev/null 2>&1 || true; }}",
         f"mv -T {q(tmp)} {q(env_dir)}",
     ])
 

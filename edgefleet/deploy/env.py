@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..digest import sha256_file
 
-__all__ = ["DeviceEnv", "EnvError", "build_device_env", "build_target_env", "pin_requirements", "pip_platforms"]
+__all__ = ["PYC_MARK", "DeviceEnv", "EnvError", "build_device_env", "build_target_env", "pin_requirements", "pip_platforms"]
 
 # Newest first; pip accepts a wheel tagged with any of them.
 _PLATFORMS = {
@@ -47,18 +47,40 @@ def pip_platforms(arch: str) -> list[str]:
         raise EnvError(f"no wheel platform known for arch {arch!r}") from None
 
 
-def _key(requirements: str, arch: str, python: str) -> str:
-    text = "\n".join([requirements, arch, python, *pip_platforms(arch)])
+def _key(requirements: str, arch: str, python: str, compile_pyc: bool = True) -> str:
+    compiled = ["pyc"] if compile_pyc and _host_can_compile(python) else []
+    text = "\n".join([requirements, arch, python, *pip_platforms(arch), *compiled])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# In an env tarball whose .pyc files the host compiled (for the device's Python): the device
+# then skips compileall, which under emulation or on a slow board is most of unpacking.
+PYC_MARK = ".edgefleet-pyc"
+
+
+def _host_can_compile(python: str) -> bool:
+    """Return whether this interpreter writes .pyc files the device's Python accepts (same X.Y)."""
+    return python == "%d.%d" % sys.version_info[:2]
+
+
+def _compile(site: Path) -> None:
+    """Byte-compile `site` for this Python: unchecked-hash .pyc files need no source mtimes (the
+    tarball sets every mtime to 0) and the import system fixes their file names at load."""
+    proc = subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
+                           "unchecked-hash", str(site)], capture_output=True, text=True)
+    if proc.returncode != 0:  # a file compileall rejects is compiled (or not) on the device as before
+        return
+    (site / PYC_MARK).write_text("%d.%d\n" % sys.version_info[:2])
 
 
 def _deterministic_tar(src: Path, dest: Path) -> None:
     """Pack `src` into a gzip tarball whose bytes depend only on the file contents."""
     raw = io.BytesIO()
+    keep_pyc = (src / PYC_MARK).is_file()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(src.rglob("*")):
             rel = path.relative_to(src).as_posix()
-            if "__pycache__" in rel.split("/"):
+            if "__pycache__" in rel.split("/") and not keep_pyc:
                 continue
             info = tar.gettarinfo(str(path), arcname=rel)
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "root", "root"
@@ -98,11 +120,15 @@ def build_target_env(target, requirements: Path, cache_dir: Path) -> DeviceEnv:
 
 
 def build_device_env(requirements: Path, arch: str, python: str, cache_dir: Path, pins: dict[str, str] | None = None,
-                     find_links: str | None = None, index_url: str | None = None) -> DeviceEnv:
-    """Install `requirements` (with `pins` applied) for the device with pip (wheels only, no deps) and pack them."""
+                     find_links: str | None = None, index_url: str | None = None,
+                     compile_pyc: bool = True) -> DeviceEnv:
+    """Install `requirements` (with `pins` applied) for the device with pip (wheels only, no deps) and pack them.
+
+    `compile_pyc`: when this interpreter is the device's Python version, ship .pyc files too.
+    """
     req_text = pin_requirements(requirements.read_text(), pins) if pins else requirements.read_text()
     sources = [f"--find-links={find_links}"] * bool(find_links) + [f"--index-url={index_url}"] * bool(index_url)
-    out_dir = cache_dir / f"{arch}-cp{python.replace('.', '')}-{_key(chr(10).join([req_text, *sources]), arch, python)}"
+    out_dir = cache_dir / f"{arch}-cp{python.replace('.', '')}-{_key(chr(10).join([req_text, *sources]), arch, python, compile_pyc)}"
     tarball = out_dir / "site.tar.gz"
     if tarball.is_file():
         return DeviceEnv(arch, python, tarball, sha256_file(tarball))
@@ -127,6 +153,8 @@ def build_device_env(requirements: Path, arch: str, python: str, cache_dir: Path
             f"(platforms {', '.join(pip_platforms(arch))}):\n" + "\n".join(errors[-15:])
         )
     shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts point at the host's python
+    if compile_pyc and _host_can_compile(python):
+        _compile(site)
     _deterministic_tar(site, tarball)
     shutil.rmtree(site)
     return DeviceEnv(arch, python, tarball, sha256_file(tarball))

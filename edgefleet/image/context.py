@@ -154,7 +154,8 @@ def assemble(build_dir: Path, arches: list[str], python: str,
     prune_key = hashlib.sha256("\n".join(patterns).encode()).hexdigest()[:12]
     sites = {}
     for arch in arches:
-        env = build_device_env(lock, arch, python, build_dir / "images" / "envs")
+        # no .pyc in the image: the size goals are for the wheels as shipped
+        env = build_device_env(lock, arch, python, build_dir / "images" / "envs", compile_pyc=False)
         site = context / f"site-{arch}.tar"
         stamp = context / f"site-{arch}.source"
         source = f"{env.sha256} {prune_key}\n"
