@@ -195,7 +195,9 @@ def run_tool(tool: str, ctx: dict) -> dict:
     if tool in ANSIBLE_TOOLS:
         stop_control_masters(ctx["work"] / tool / "cp")
     if proc.returncode != 0:
-        raise RuntimeError(f"{tool} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        why = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "UNREACHABLE" in ln or "fatal:" in ln]
+        raise RuntimeError(f"{tool} failed (exit {proc.returncode}):\n" + "\n".join(why[:5]) +
+                           f"\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
     # CPU the tool's own processes used on the host (user + sys of it and its waited-for children)
     out = {"wall": wall, "cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)}
     if tool == "edgefleet":
@@ -228,6 +230,7 @@ def race(args, targets_dir: Path, build: Path) -> tuple[dict, int]:
            "stage": build / "stage", "work": build / "work"}
     provision(targets)
     results: dict = {p: {t: [] for t in args.tools} for p in args.phases}
+    failures: list[str] = []
     with Counters() as counters:
         for rnd in range(args.rounds):
             order = args.tools[rnd % len(args.tools):] + args.tools[:rnd % len(args.tools)]
@@ -247,13 +250,20 @@ def race(args, targets_dir: Path, build: Path) -> tuple[dict, int]:
                     if phase == "first":  # a new fleet's configs were never checked: no host-side cache
                         shutil.rmtree(build / "checked", ignore_errors=True)
                     before = counters.read()
-                    run = run_tool(tool, ctx)
+                    try:
+                        run = run_tool(tool, ctx)
+                    except RuntimeError as exc:  # reported and left out of the medians, the race goes on
+                        print(f"round {rnd + 1} {phase:6} {tool:12} FAILED: {str(exc)[:1500]}", flush=True)
+                        failures.append(f"round {rnd + 1} {phase} {tool}")
+                        continue
                     after = counters.read()
                     run.update(sent=after["sent"] - before["sent"], received=after["received"] - before["received"])
                     results[phase][tool].append(run)
                     extra = f" (placed {run['placed']:.1f} s, gate {run['gate']:.1f} s)" if "gate" in run else ""
                     print(f"round {rnd + 1} {phase:6} {tool:12} {run['wall']:7.1f} s{extra}, host CPU "
                           f"{run['cpu']:6.1f} s, sent {run['sent'] / 1e6:8.3f} MB", flush=True)
+    if failures:
+        print("failed runs (not in the medians): " + "; ".join(failures))
     return results, len(targets)
 
 
