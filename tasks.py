@@ -3,13 +3,15 @@
 from invoke import Collection
 
 from edgefleet.paths import DEFAULTS
-from edgefleet.tasks import demo, fleet, lab, model, rollout
+from edgefleet.tasks import demo, fleet, image, lab, model, rollout
 
 ns = Collection()
 ns.add_collection(model.ns)
 ns.add_collection(lab.ns)
-for name in ("render", "deploy", "status"):
+ns.add_collection(image.ns)
+for name in ("render", "deploy", "rollback", "status"):
     ns.add_task(fleet.ns.tasks[name])
 ns.add_task(rollout.rollout)
 ns.add_task(demo.demo)
-ns.configure({"edgefleet": dict(DEFAULTS)})
+# sub-collections' `edgefleet` sections would be shadowed by this one: merged here
+ns.configure({"edgefleet": {**DEFAULTS, "image": dict(image.DEFAULTS)}})

@@ -1,11 +1,12 @@
 """Accuracy against FP32 PyTorch on a text file, latency per length, a table and a PNG plot.
 
     .venv/bin/python benchmarks/check_model.py [--texts FILE] [--threads 1] [--rounds 15]
-        [--plot build/reports/model-check.png] [--json]
+        [--plot build/reports/model-check.png] [--clock wall|cpu] [--json]
 
 Accuracy: every text embedded one per call (batch 1) by ORT FP32, naive INT8 and our bundle,
 compared with FP32 PyTorch (eager): mean/min cosine and nearest-neighbour agreement.
-Latency: batch 1, end to end (tokenize + infer + pool), interleaved medians per length.
+Latency: batch 1, end to end (tokenize + infer + pool), interleaved medians per length, in
+wall time or (`--clock cpu`, one thread) CPU time of the calling thread (see bench_model.py).
 """
 
 from __future__ import annotations
@@ -74,10 +75,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--plot", type=Path, default=REPO / "build/reports/model-check.png")
+    parser.add_argument("--clock", choices=sorted(bm.CLOCKS), default="wall")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--fp32", type=Path, default=REPO / "build/models/all-minilm-l6-v2")
     parser.add_argument("--bundle", type=Path, default=REPO / "build/bundles/all-minilm-l6-v2-int8")
     args = parser.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        sys.exit("--clock cpu needs --threads 1: with a pool, CPU time is not latency")
     texts = ev.read_texts(args.texts)
     model_dir, max_len, engine_map, tokenizer = engines(args)
     reference = ev.torch_reference(model_dir, texts, max_len)
@@ -90,9 +94,11 @@ def main() -> int:
     for length in LENGTHS:
         if length <= max_len:
             text = ev.text_of(length, tokenizer)
-            latency[length] = ev.interleaved_medians(engine_map, [text], args.rounds)
+            latency[length] = ev.interleaved_medians(engine_map, [text], args.rounds,
+                                                     clock=bm.CLOCKS[args.clock])
     plot(latency, args.plot)
     report = {"texts": str(args.texts), "count": len(texts), "threads": args.threads,
+              "clock": args.clock,
               "accuracy_vs_pytorch_fp32": accuracy,
               "median_ms": {n: {k: round(v, 3) for k, v in row.items()}
                             for n, row in latency.items()},
@@ -106,7 +112,8 @@ def main() -> int:
         print(f"{name:<12} {row['mean_cosine']:9.5f} {row['min_cosine']:8.4f} "
               f"{row['neighbour_agreement']:9.3f}")
     names = list(engine_map)
-    print(f"\nmedian ms, batch 1, {args.threads} thread(s), {args.rounds} interleaved rounds")
+    print(f"\nmedian ms ({args.clock} clock), batch 1, {args.threads} thread(s), "
+          f"{args.rounds} interleaved rounds")
     print(f"{'tokens':>6} " + " ".join(f"{n:>12}" for n in names) + "  pytorch/ours")
     for length, row in latency.items():
         print(f"{length:>6} " + " ".join(f"{row[n]:12.2f}" for n in names) +

@@ -2,6 +2,7 @@
 
 Builds go through the `docker buildx` CLI (the SDK has no BuildKit); `docker import` reads a
 zstd tarball through a pipe. Everything else (containers, exec, copying files in) uses the SDK.
+Both honour DOCKER_HOST, so a private daemon on another socket works the same.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from docker.errors import APIError, ImageNotFound, NotFound
 __all__ = [
     "EngineError", "ContainerSpec", "ContainerInfo", "client", "image_labels",
     "import_image", "image_platform", "remove_image", "load_rootfs", "build_image", "create_container", "put_files", "start",
-    "remove", "exec_run", "containers", "logs",
+    "remove", "exec_run", "containers", "logs", "usage", "Features", "features", "run_to_exit",
+    "save_image", "load_image", "image_size", "image_layers", "has_buildx",
 ]
 
 
@@ -45,6 +47,11 @@ class ContainerSpec:
     network_mode: str = "host"
     stop_timeout: int = 10
     platform: str | None = None
+    command: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] = ()  # empty: the image's
+    init: bool = False  # docker-init as PID 1: signals and reaping (a crashing python as PID 1 hangs under qemu)
+    user: str | None = None
+    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,18 +170,29 @@ def load_rootfs(tarball: Path, tag: str, arch: str, labels: dict[str, str]) -> N
         raise EngineError(f"docker load of {tarball} failed: {err.decode()[-2000:]}")
 
 
-def _has_buildx() -> bool:
+def has_buildx() -> bool:
+    """Return True when the docker CLI has the buildx plugin."""
+    if shutil.which("docker") is None:
+        return False
     probe = subprocess.run(["docker", "buildx", "version"], capture_output=True)
     return probe.returncode == 0
 
 
 def build_image(context: Path, tag: str, platform: str, build_args: dict[str, str],
-                labels: dict[str, str]) -> None:
-    """Build an image with the buildx CLI (plain `docker build` when buildx is missing)."""
+                labels: dict[str, str], dockerfile: Path | None = None, no_cache: bool = False) -> None:
+    """Build an image with the buildx CLI (plain `docker build` when buildx is missing).
+
+    `platform` may list several (`linux/arm64,linux/amd64`); that needs buildx and an engine
+    whose image store holds multi-platform images (see `features`). No network in the build.
+    """
     if shutil.which("docker") is None:
         raise EngineError("docker CLI not found; run scripts/setup.sh")
-    argv = ["docker", "buildx", "build", "--load"] if _has_buildx() else ["docker", "build"]
+    argv = ["docker", "buildx", "build", "--load"] if has_buildx() else ["docker", "build"]
     argv += ["--platform", platform, "--network", "none", "-t", tag]
+    if dockerfile is not None:
+        argv += ["-f", str(dockerfile)]
+    if no_cache:
+        argv.append("--no-cache")
     for key, value in build_args.items():
         argv += ["--build-arg", f"{key}={value}"]
     for key, value in labels.items():
@@ -182,17 +200,115 @@ def build_image(context: Path, tag: str, platform: str, build_args: dict[str, st
     _run(argv + [str(context)])
 
 
+@dataclass(frozen=True)
+class Features:
+    """What the engine can do that image builds care about."""
+
+    server_version: str
+    containerd_store: bool  # images kept by containerd's snapshotter (multi-platform capable)
+    buildx: bool
+
+    @property
+    def multi_platform(self) -> bool:
+        return self.containerd_store and self.buildx
+
+
+def features() -> Features:
+    """Ask the engine for its version and image store, and the CLI for buildx."""
+    info = client().info()
+    status = {key: value for key, value in (info.get("DriverStatus") or [])}
+    store = status.get("driver-type") == "io.containerd.snapshotter.v1"
+    return Features(str(info.get("ServerVersion", "?")), store, has_buildx())
+
+
+def run_to_exit(spec: ContainerSpec, timeout: float) -> tuple[int | None, str, str]:
+    """Run a container to its end; return (exit code or None on timeout, stdout, stderr).
+
+    On timeout the container is killed. It is removed in every case.
+    """
+    create_container(spec)
+    container = client().containers.get(spec.name)
+    try:
+        container.start()
+        try:
+            code = int(container.wait(timeout=timeout)["StatusCode"])
+        except Exception:  # noqa: BLE001 - the SDK raises requests' timeout types
+            container.kill()
+            code = None
+        out = container.logs(stdout=True, stderr=False).decode(errors="replace")
+        err = container.logs(stdout=False, stderr=True).decode(errors="replace")
+        return code, out, err
+    finally:
+        container.remove(force=True, v=True)
+
+
+def save_image(tag: str, dest: Path) -> None:
+    """Write `docker save TAG` (an uncompressed tar) to `dest`, atomically."""
+    try:
+        image = client().images.get(tag)
+    except ImageNotFound:
+        raise EngineError(f"no image {tag}; run `invoke image.build` first") from None
+    print(f"+ docker save {shlex.quote(tag)} > {shlex.quote(str(dest))}", flush=True)
+    tmp = dest.with_name(dest.name + ".part")
+    with open(tmp, "wb") as out:
+        for chunk in image.save(named=True):
+            out.write(chunk)
+    tmp.replace(dest)
+
+
+def load_image(tarball: Path) -> str:
+    """Load a zstd-compressed `docker save`/docker-archive tarball; return what docker said."""
+    print(f"+ zstd -dc {shlex.quote(str(tarball))} | docker load", flush=True)
+    with _zstd_stream(tarball) as unzstd:
+        try:
+            results = client().images.load(unzstd.stdout)
+        except APIError as exc:
+            raise EngineError(f"docker load of {tarball} failed: {exc.explanation or exc}") from exc
+    if unzstd.returncode not in (0, None):
+        raise EngineError(f"zstd -dc {tarball} failed ({unzstd.returncode})")
+    return ", ".join(tag for image in results for tag in (image.tags or [image.id]))
+
+
+def image_size(tag: str) -> int:
+    """Return an image's uncompressed size in bytes as the engine reports it."""
+    return int(client().images.get(tag).attrs.get("Size") or 0)
+
+
+def image_layers(tag: str) -> list[tuple[str, int]]:
+    """Return (instruction, size in bytes) per history entry, oldest first."""
+    history = client().images.get(tag).history()
+    return [(str(entry.get("CreatedBy") or ""), int(entry.get("Size") or 0))
+            for entry in reversed(history)]
+
+
+def _readonly_mounts(binds: dict[str, dict]) -> list[dict]:
+    """Return the read-only binds as mounts that are read-only at the top only.
+
+    dockerd >= 25 makes a `ro` bind recursively read-only for API >= 1.44 clients; 20.10 made
+    only the top mount read-only. The lab relies on the latter (the cgroup hierarchies under a
+    read-only /sys/fs/cgroup stay writable for systemd), so ask for it on every engine
+    (ReadOnlyNonRecursive is ignored by engines that predate it, which behave that way anyway).
+    """
+    return [{"Type": "bind", "Source": src, "Target": b["bind"], "ReadOnly": True,
+             "BindOptions": {"ReadOnlyNonRecursive": True}}
+            for src, b in binds.items() if b.get("mode") == "ro"]
+
+
 def create_container(spec: ContainerSpec) -> None:
     """Create (not start) a container from a spec."""
     api = client().api
     host_config = api.create_host_config(
-        network_mode=spec.network_mode, tmpfs=dict(spec.tmpfs), binds=dict(spec.binds),
+        network_mode=spec.network_mode, tmpfs=dict(spec.tmpfs),
+        binds={src: b for src, b in spec.binds.items() if b.get("mode") != "ro"},
+        mounts=_readonly_mounts(spec.binds) or None,
         cap_add=list(spec.cap_add) or None, privileged=spec.privileged,
+        init=spec.init or None, read_only=spec.read_only or None,
     )
     try:
         api.create_container(
-            spec.image, name=spec.name, labels=dict(spec.labels),
-            environment=dict(spec.environment), host_config=host_config,
+            spec.image, name=spec.name, labels=dict(spec.labels), command=list(spec.command) or None,
+            entrypoint=list(spec.entrypoint) or None,
+            environment=dict(spec.environment), host_config=host_config, user=spec.user,
             stop_timeout=spec.stop_timeout, platform=spec.platform,
         )
     except APIError as exc:
@@ -249,3 +365,37 @@ def logs(name: str, tail: int = 40) -> str:
         return client().containers.get(name).logs(tail=tail).decode(errors="replace")
     except NotFound:
         return ""
+
+
+_CGROUP_V1 = Path("/sys/fs/cgroup")
+
+
+def _cgroup_int(path: Path, key: str | None = None) -> int:
+    text = path.read_text()
+    if key is None:
+        return int(text.strip())
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    return 0
+
+
+def usage(name: str) -> dict[str, float]:
+    """Return a running container's memory (MiB: rss now, all now, peak; page cache included) and CPU time (s).
+
+    Read from its cgroup-v1 files (`docker stats` gives nothing for these systemd containers
+    on this host's dockerd 20.10); zeros where the host has no cgroup v1 docker hierarchy.
+    """
+    try:
+        container_id = client().containers.get(name).id
+    except NotFound:
+        raise EngineError(f"no container {name}") from None
+    memory = _CGROUP_V1 / "memory" / "docker" / container_id
+    cpu = _CGROUP_V1 / "cpuacct" / "docker" / container_id
+    if not memory.is_dir():
+        return {"rss_mib": 0.0, "memory_mib": 0.0, "peak_mib": 0.0, "cpu_s": 0.0}
+    return {"rss_mib": _cgroup_int(memory / "memory.stat", "total_rss") / 2**20,
+            "memory_mib": _cgroup_int(memory / "memory.usage_in_bytes") / 2**20,
+            "peak_mib": _cgroup_int(memory / "memory.max_usage_in_bytes") / 2**20,
+            "cpu_s": _cgroup_int(cpu / "cpuacct.usage") / 1e9 if cpu.is_dir() else 0.0}

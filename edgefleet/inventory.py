@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .settings import SETTING_KEYS, Settings
 from .yamlsrc import Document, Origin, SourceError, layer_origins, read_document
 
-__all__ = ["InventoryError", "Inventory", "Target", "Settings", "Origin", "load_inventory", "merge"]
+__all__ = ["InventoryError", "Inventory", "Target", "Settings", "Origin", "load_inventory", "load_board_profiles",
+           "merge"]
 
 
 class InventoryError(Exception):
@@ -209,6 +210,11 @@ def _ancestors(name: str, parents: dict[str, list[str]], groups, trail: tuple[st
 def _boards_dir(targets_dir: Path) -> Path:
     from .paths import repo_root  # an inventory without its own boards uses the shipped profiles
     return targets_dir / "boards" if (targets_dir / "boards").is_dir() else repo_root() / "targets" / "boards"
+
+
+def load_board_profiles(targets_dir: Path) -> dict[str, Board]:
+    """Load the board profiles an inventory in `targets_dir` resolves against."""
+    return load_boards(_boards_dir(Path(targets_dir)))
 
 
 def load_inventory(targets_dir: Path) -> Inventory:

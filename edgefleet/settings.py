@@ -45,8 +45,19 @@ class RuntimeSettings(_Strict):
 
 
 class HealthSettings(_Strict):
+    """The deploy's health gate: readiness, then the model judged on the device."""
+
     ready_timeout_s: float = Field(default=120.0, gt=0)
-    latency_budget_ms: float | None = Field(default=None, gt=0)
+    latency_budget_ms: float | None = Field(default=None, gt=0)  # p95, batch 1, on the device; None: not judged
+    rss_budget_mib: float | None = Field(default=None, gt=0)  # the service's RSS after the check; None: not judged
+    latency_rounds: int = Field(default=3, ge=1, le=50)  # times each golden text is sent for the p95
+
+
+class DeploySettings(_Strict):
+    """Device-side housekeeping: how many releases stay, when a deploy lock counts as stale."""
+
+    keep_releases: int = Field(default=3, ge=2, le=100)  # the active and the previous always stay
+    lock_ttl_s: float = Field(default=3600.0, ge=60)  # a lock older than this may be broken
 
 
 class ThermalSettings(_Strict):
@@ -99,6 +110,7 @@ class Settings(_Strict):
     packages: PackageSettings = PackageSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     health: HealthSettings = HealthSettings()
+    deploy: DeploySettings = DeploySettings()
     emulated: bool = False
 
     @model_validator(mode="after")

@@ -14,7 +14,7 @@ from fabric import Connection
 
 from .inventory import Target
 
-__all__ = ["connect", "Endpoint", "SSHError", "http_json_over_ssh"]
+__all__ = ["connect", "Endpoint", "SSHError", "http_over_ssh", "http_json_over_ssh"]
 
 
 # paramiko logs a refused channel (service not listening yet) as an ERROR before raising it;
@@ -126,9 +126,9 @@ class _ChannelHTTPConnection(http.client.HTTPConnection):
         self.sock = channel
 
 
-def http_json_over_ssh(conn: Connection, port: int, path: str, payload: dict | None = None,
-                       timeout: float = 120.0) -> tuple[int, dict]:
-    """Send one HTTP request to 127.0.0.1:`port` on the device through `conn`; decode the JSON answer.
+def http_over_ssh(conn: Connection, port: int, path: str, payload: dict | None = None,
+                  timeout: float = 120.0) -> tuple[int, dict[str, str], bytes]:
+    """Send one HTTP request to 127.0.0.1:`port` on the device through `conn`; return status, headers, body.
 
     A refused connection (service not listening yet) raises ConnectionRefusedError.
     """
@@ -144,10 +144,19 @@ def http_json_over_ssh(conn: Connection, port: int, path: str, payload: dict | N
         except paramiko.ChannelException as exc:
             raise ConnectionRefusedError(f"127.0.0.1:{port} on the device: {exc}") from None
         response = http.getresponse()
-        raw = response.read()
-        try:
-            return response.status, json.loads(raw or b"{}")
-        except ValueError:
-            return response.status, {"error": raw.decode(errors="replace")[:200]}
+        return response.status, dict(response.getheaders()), response.read()
     finally:
         http.close()
+
+
+def http_json_over_ssh(conn: Connection, port: int, path: str, payload: dict | None = None,
+                       timeout: float = 120.0) -> tuple[int, dict]:
+    """Send one HTTP request to 127.0.0.1:`port` on the device through `conn`; decode the JSON answer.
+
+    A refused connection (service not listening yet) raises ConnectionRefusedError.
+    """
+    status, _, raw = http_over_ssh(conn, port, path, payload, timeout)
+    try:
+        return status, json.loads(raw or b"{}")
+    except ValueError:
+        return status, {"error": raw.decode(errors="replace")[:200]}

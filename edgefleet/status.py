@@ -6,7 +6,7 @@ import difflib
 import shlex
 from dataclasses import asdict, dataclass, field
 
-from .deploy.plan import ARCH_NAMES, COMMITTED_FACT
+from .deploy.plan import ARCH_NAMES, COMMITTED_FACT, GOVERNORS_FACT
 from .inventory import Target
 from .render import TUNING_UNIT, UNIT_NAME, RenderedFile
 
@@ -67,8 +67,7 @@ def status_command(target: Target, files: list[RenderedFile]) -> str:
     for f in files:
         lines.append(f"echo \"sha:{f.device_path}=$(sha256sum {q(f.device_path)} 2>/dev/null | cut -d' ' -f1)\"")
     lines += [
-        f'for p in {_SYSFS}/devices/system/cpu/cpufreq/policy*; do '
-        '[ -r "$p/scaling_governor" ] && echo "governor:${p##*/}=$(cat "$p/scaling_governor")"; done',
+        GOVERNORS_FACT,
         f'for z in {_SYSFS}/class/thermal/thermal_zone*; do '
         '[ -r "$z/temp" ] && echo "temp:${z##*/}=$(cat "$z/type" 2>/dev/null)=$(cat "$z/temp")"; done',
         "true",

@@ -24,6 +24,17 @@ def repo() -> Path:
     return REPO
 
 
+@pytest.fixture(scope="session")
+def task_models(tmp_path_factory):
+    """Tiny random BERTs with a classification and a QA head, exported and quantized once per
+    session for tests/model and tests/runtime: {task: {"model_dir", "fp32_dir", "bundle_dir"}}."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from edgefleet.model.tiny import tiny_bundle
+
+    return {task: tiny_bundle(tmp_path_factory.mktemp(f"tiny-{task}"), seed=seed, task=task)
+            for task, seed in (("classify", 2), ("qa", 3))}
+
+
 def pytest_collection_modifyitems(config, items):
     """Say which tiers run; CI runs all of them."""
     if os.environ.get("EDGEFLEET_FAST"):

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ..inventory import Target
 from ..paths import repo_root
-from ..render import UNIT_NAME, check_rendered, render_target
-from ..ssh import connect, http_json_over_ssh
-from .apply import DeployError, Device, apply_plan, device_lock, record_state, restart_service, switch_current
+from ..render import check_rendered, render_target
+from ..ssh import connect
+from .apply import DeployError, Device, apply_plan, now, record_state, restart_service, switch_current
+from .checks import health_gate, service_call
 from .env import DeviceEnv, build_target_env
-from .health import Call, HealthResult, NotReady, golden_check, wait_ready
-from .plan import DeployPlan, facts_command, make_plan, parse_facts
+from .health import HealthResult
+from .lock import controller_identity, device_lock, stale_reason
+from .plan import DeployPlan, Facts, facts_command, make_plan, parse_facts
+from .prune import prune
 from .release import Release, make_release
+from .rollback import RollbackResult, revert, rollback
 
-__all__ = ["DeployResult", "DeployError", "prepare_release", "deploy", "revert", "service_call"]
+__all__ = ["DeployResult", "DeployError", "Device", "RollbackResult", "prepare_release", "deploy", "revert", "rollback",
+           "service_call", "now"]
 
 
 @dataclass
@@ -33,7 +36,8 @@ class DeployResult:
     rolled_back: bool = False
     plan: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    temperature_c: float | None = None  # hottest thermal zone after the gate, when the device has any
+    temperature_c: float | None = None  # hottest thermal zone during the gate, when the device has any
+    pruned: list[str] = field(default_factory=list)  # old releases deleted after the commit
 
     @property
     def ok(self) -> bool:
@@ -49,55 +53,12 @@ def prepare_release(target: Target, bundle_dir: Path, build_dir: Path, env: Devi
     return make_release(target.name, bundle_dir, repo_root() / "payload", rendered, env)
 
 
-def service_call(dev: Device) -> Call:
-    """Return a `Call` to the runtime service on the device, through the SSH connection."""
-    port = dev.target.settings.runtime.port
-    return lambda path, payload=None, timeout=120.0: http_json_over_ssh(dev.c, port, path, payload, timeout)
-
-
-def _service_state(dev: Device) -> str:
-    return dev.run(f"systemctl is-active {UNIT_NAME}", "query the service", warn=True).stdout.strip()
-
-
-def _journal(dev: Device, lines: int = 25) -> str:
-    res = dev.run(f"journalctl -u {UNIT_NAME} -n {lines} --no-pager -o cat", "read the journal", warn=True)
-    return res.stdout.strip()
-
-
-def health_gate(dev: Device, golden: dict, check_golden: bool = True) -> HealthResult:
-    """Wait for /readyz, then check the golden outputs on the running service."""
-    timeout = dev.target.settings.health.ready_timeout_s
-    polls = {"n": 0}
-
-    def still_starting() -> bool:
-        polls["n"] += 1
-        return polls["n"] % 5 or _service_state(dev) in ("active", "activating")
-
-    call = service_call(dev)
-    try:
-        waited = wait_ready(call, timeout, still_starting)
-    except NotReady as exc:
-        return HealthResult(False, f"{exc}; journal:\n{_journal(dev)}")
-    if not check_golden:
-        return HealthResult(True, "", ready_after_s=waited)
-    result = golden_check(call, golden)
-    result.ready_after_s = waited
-    return result
-
-
-def _hottest(dev: Device) -> float | None:
-    """Return the hottest temperature /v1/info reports, or None (no zones, or no answer)."""
-    try:
-        status, info = service_call(dev)("/v1/info", timeout=10)
-    except (OSError, ValueError):
-        return None
-    temps = [z.get("temp_c") for z in (info.get("temperatures") or {}).values() if isinstance(z, dict)]
-    temps = [t for t in temps if isinstance(t, (int, float))]
-    return max(temps) if status == 200 and temps else None
-
-
-def _owner() -> str:
-    return f"{socket.gethostname()} pid {os.getpid()} {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
+def _without_stale_lock(target: Target, facts: Facts, log) -> Facts:
+    """Let the plan go ahead when the lock on the device is stale (device_lock breaks it, saying so)."""
+    if facts.lock_owner and stale_reason(facts.lock_owner, facts.lock_age_s, target.settings.deploy.lock_ttl_s,
+                                         controller_identity()):
+        return dataclasses.replace(facts, lock_owner=None)
+    return facts
 
 
 def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = False, log=print,
@@ -113,7 +74,8 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
     try:
         dev = Device(conn, target)
         facts = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout)
-        plan: DeployPlan = make_plan(target, release, facts)
+        dev.owns_root = facts.owns_root
+        plan: DeployPlan = make_plan(target, release, _without_stale_lock(target, facts, log))
         lines = plan.describe()
         for line in lines:
             log(line)
@@ -121,15 +83,15 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
         if dry_run:
             return result
         if plan.nothing_to_do:
-            result.health = health_gate(dev, golden, check_golden=False)
+            result.health = health_gate(dev, golden, judge_model=False)
             log(f"  {result.health.summary()}")
-            result.temperature_c = _hottest(dev) if result.health.ok else None
             result.seconds = time.monotonic() - t0
             return result
-        with device_lock(dev, _owner()):
+        with device_lock(dev, log, now(), reconnect=lambda: connect(target)):
             apply_plan(dev, plan, release, log)
-            log("  health gate: waiting for /readyz, then the golden outputs ...")
+            log("  health gate: /readyz, then golden outputs, p95 latency, RSS and throttling on the device ...")
             result.health = health_gate(dev, golden)
+            result.temperature_c = result.health.temperature_c
             log(f"  {result.health.summary()}")
             # back to the last release that passed its gate (not merely the one that was current)
             good = facts.committed if facts.committed in facts.releases - {release.release_id} else None
@@ -139,7 +101,7 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
                 restart_service(dev)
                 result.rolled_back, result.previous = True, good
             record_state(dev, {
-                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "time": now(),
                 "release": release.release_id,
                 "previous": facts.current,
                 "healthy": result.health.ok,
@@ -147,39 +109,8 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
                 "active": result.previous if result.rolled_back else release.release_id,
             })
             if result.health.ok:
-                result.temperature_c = _hottest(dev)
+                result.pruned = prune(dev, release.release_id, log)
         result.seconds = time.monotonic() - t0
         return result
-    finally:
-        conn.close()
-
-
-def revert(target: Target, release_id: str, reason: str, log=print) -> HealthResult:
-    """Switch `target` back to `release_id` (still on the device), restart, wait for /readyz, record it.
-
-    For a rollout whose wave failed after this device had committed the new release. The
-    runtime's /readyz passes only after its own bundle's golden selftest.
-    """
-    conn = connect(target)
-    try:
-        dev = Device(conn, target)
-        facts = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout)
-        if release_id not in facts.releases:
-            raise DeployError(f"{target.name}: cannot roll back, releases/{release_id} is not on the device")
-        with device_lock(dev, _owner()):
-            log(f"  rolling back {facts.current} -> {release_id} ({reason})")
-            switch_current(dev, release_id)
-            restart_service(dev)
-            health = health_gate(dev, {}, check_golden=False)
-            log(f"  {health.summary()}")
-            record_state(dev, {
-                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "release": release_id,
-                "previous": facts.current,
-                "healthy": health.ok,
-                "reason": f"rollback: {reason}"[:300],
-                "active": release_id,
-            })
-        return health
     finally:
         conn.close()

@@ -10,16 +10,18 @@ import io
 import json
 import posixpath
 import shlex
-import socket
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import paramiko
 
 from ..inventory import Target
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
 from .plan import DeployPlan
 from .release import Release
 
-__all__ = ["Device", "DeployError", "apply_plan", "switch_current", "record_state", "device_lock"]
+__all__ = ["Device", "DeployError", "apply_plan", "switch_current", "restart_service", "record_state", "now"]
 
 q = shlex.quote
 
@@ -30,10 +32,17 @@ class DeployError(Exception):
 
 @dataclass
 class Device:
-    """A target plus its connection: runs commands, privileged ones through sudo when asked."""
+    """A target plus its connection: runs commands, privileged ones through sudo when asked.
+
+    Two kinds of privilege: writing the device root (`run(..., privileged=True)`), which needs
+    no sudo when the login user owns the root (`owns_root`, from the facts), and root-only
+    system steps (`system`: units, useradd), each one plain `sudo -n` argv with no shell, so a
+    sudoers list can name exactly what a deploy runs.
+    """
 
     c: object
     target: Target
+    owns_root: bool = False
 
     @property
     def root(self) -> str:
@@ -43,8 +52,18 @@ class Device:
         return posixpath.join(self.root, *parts)
 
     def run(self, command: str, step: str, privileged: bool = True, warn: bool = False):
-        if privileged and self.target.settings.sudo:
+        if privileged and self.target.settings.sudo and not self.owns_root:
             command = "sudo -n sh -c " + q(command)
+        return self._exec(command, step, warn)
+
+    def system(self, argv: list[str], step: str, warn: bool = False):
+        """Run one root-only command, through `sudo -n` when the target uses sudo."""
+        command = " ".join(q(a) for a in argv)
+        if self.target.settings.sudo:
+            command = "sudo -n " + command
+        return self._exec(command, step, warn)
+
+    def _exec(self, command: str, step: str, warn: bool):
         result = self.c.run(command, hide=True, warn=True, in_stream=False)
         if result.exited != 0 and not warn:
             detail = (result.stderr or result.stdout).strip()[-800:]
@@ -63,19 +82,23 @@ def upload_objects(dev: Device, plan: DeployPlan, log) -> None:
     if not plan.upload:
         return
     incoming = _incoming(dev)
-    dev.run(f"mkdir -p {q(incoming)}", "create the incoming dir", privileged=False)
+    # we hold the lock: anything in incoming is left over from a deploy that died mid-upload
+    dev.run(f"rm -rf {q(incoming)} && mkdir -p {q(incoming)}", "clear the incoming dir", privileged=False)
     sent = 0
     t0 = time.monotonic()
-    for obj in plan.upload:
-        remote = posixpath.join(incoming, obj.sha256)
-        local = str(obj.source) if obj.source is not None else io.BytesIO(obj.data)
-        try:
-            dev.c.put(local, remote=remote)
-        except (OSError, EOFError, socket.error) as exc:
-            raise DeployError(f"{dev.target.name}: upload of {obj.path} failed: {exc}") from None
-        sent += obj.size
     sums = "".join(f"{o.sha256}  {o.sha256}\n" for o in plan.upload)
-    dev.c.put(io.BytesIO(sums.encode()), remote=posixpath.join(incoming, "SHA256SUMS"))
+    uploads = [(o.path, str(o.source) if o.source is not None else io.BytesIO(o.data), o.sha256) for o in plan.upload]
+    for what, local, name in [*uploads, ("SHA256SUMS", io.BytesIO(sums.encode()), "SHA256SUMS")]:
+        try:
+            dev.c.put(local, remote=posixpath.join(incoming, name))
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            try:  # a full disk: leave no partial file behind (a dead link: the next deploy clears it)
+                dev.run(f"rm -rf {q(incoming)}", "discard a partial upload", privileged=False, warn=True)
+            except Exception:
+                pass
+            raise DeployError(f"{dev.target.name}: upload of {what} failed, nothing was activated: "
+                              f"{exc or type(exc).__name__}") from None
+    sent = sum(o.size for o in plan.upload)
     names = " ".join(q(o.sha256) for o in plan.upload)
     verify = dev.run(f"cd {q(incoming)} && sha256sum --check --quiet --strict SHA256SUMS",
                      "verify uploads", privileged=False, warn=True)
@@ -131,7 +154,10 @@ def switch_current(dev: Device, release_id: str) -> None:
 
 
 def restart_service(dev: Device) -> None:
-    dev.run(f"systemctl enable --quiet {UNIT_NAME} && systemctl restart {UNIT_NAME}", "restart the service")
+    """Enable and restart the service; forget an earlier crash loop (systemd's start limit) first."""
+    dev.system(["systemctl", "reset-failed", UNIT_NAME], "reset the service's failed state", warn=True)
+    dev.system(["systemctl", "enable", "--quiet", UNIT_NAME], "enable the service")
+    dev.system(["systemctl", "restart", UNIT_NAME], "restart the service")
 
 
 def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
@@ -142,8 +168,9 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
     upload_objects(dev, plan, log)
     if plan.create_user:
         user = q(s.service_user)
-        dev.run(f"id -u {user} >/dev/null 2>&1 || useradd --system --no-create-home --home-dir / "
-                f"--shell /usr/sbin/nologin {user}", "create the service user")
+        if dev.run(f"id -u {user}", "look up the service user", privileged=False, warn=True).exited != 0:
+            dev.system(["useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell",
+                        "/usr/sbin/nologin", s.service_user], "create the service user")
         log(f"  created service user {s.service_user}")
     if plan.install_env:
         t0 = time.monotonic()
@@ -154,8 +181,8 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
         log(f"  built releases/{release.release_id} ({len(release.files)} files, hard links into objects/)")
     if plan.install_unit:
         unit_obj = dev.path("objects", release.unit.sha256)
-        dev.run(f"install -m 0644 {q(unit_obj)} {q('/etc/systemd/system/' + UNIT_NAME)} && systemctl daemon-reload",
-                f"install {UNIT_NAME}")
+        dev.system(["install", "-m", "0644", unit_obj, "/etc/systemd/system/" + UNIT_NAME], f"install {UNIT_NAME}")
+        dev.system(["systemctl", "daemon-reload"], "reload systemd")
         log(f"  installed {UNIT_NAME}")
     if plan.install_tuning:
         install_tuning(dev, release, log)
@@ -171,34 +198,21 @@ def install_tuning(dev: Device, release: Release, log) -> None:
     """Install the tuning unit and script, enable the one-shot and (re)start it (stop reverts, start applies)."""
     unit, script = release.tuning
     unit_path = "/etc/systemd/system/" + TUNING_UNIT
-    dev.run(f"install -D -m 0755 {q(dev.path('objects', script.sha256))} {q(TUNING_SCRIPT_PATH)} && "
-            f"install -m 0644 {q(dev.path('objects', unit.sha256))} {q(unit_path)} && systemctl daemon-reload "
-            f"&& systemctl enable --quiet {TUNING_UNIT}", f"install {TUNING_UNIT}")
-    res = dev.run(f"systemctl restart {TUNING_UNIT}", f"start {TUNING_UNIT}", warn=True)
+    step = f"install {TUNING_UNIT}"
+    dev.system(["install", "-D", "-m", "0755", dev.path("objects", script.sha256), TUNING_SCRIPT_PATH], step)
+    dev.system(["install", "-m", "0644", dev.path("objects", unit.sha256), unit_path], step)
+    dev.system(["systemctl", "daemon-reload"], "reload systemd")
+    dev.system(["systemctl", "enable", "--quiet", TUNING_UNIT], f"enable {TUNING_UNIT}")
+    res = dev.system(["systemctl", "restart", TUNING_UNIT], f"start {TUNING_UNIT}", warn=True)
     if res.exited == 0:
         log(f"  installed, enabled and started {TUNING_UNIT}")
     else:  # tuning is best effort: the runtime works untuned, and status reports the drift
         log(f"  warning: {TUNING_UNIT} failed to start (see journalctl -u {TUNING_UNIT}); continuing")
 
 
-class device_lock:
-    """Hold `<root>/.lock` (an atomic mkdir) for the duration of a `with` block."""
-
-    def __init__(self, dev: Device, owner: str):
-        self.dev, self.owner = dev, owner
-
-    def __enter__(self):
-        lock = self.dev.path(".lock")
-        res = self.dev.run(f"mkdir -p {q(self.dev.root)} && mkdir {q(lock)} && echo {q(self.owner)} > {q(lock + '/owner')}",
-                           "take the deploy lock", warn=True)
-        if res.exited != 0:
-            raise DeployError(f"{self.dev.target.name}: another deploy holds {lock}; "
-                              f"if none is running, remove it on the device: rm -r {lock}")
-        return self
-
-    def __exit__(self, *exc):
-        self.dev.run(f"rm -rf {q(self.dev.path('.lock'))}", "release the deploy lock", warn=True)
-        return False
+def now() -> str:
+    """Return the time for state.json and lock records (UTC, ISO 8601, seconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def record_state(dev: Device, entry: dict, keep: int = 50) -> None:
@@ -210,7 +224,8 @@ def record_state(dev: Device, entry: dict, keep: int = 50) -> None:
     except ValueError:
         state = {}
     history = (state.get("history") or [])[-(keep - 1):] + [entry]
-    state = {"current": entry.get("active"), "history": history}
+    # "current" is the last release that passed its gate: an unhealthy one never becomes it
+    state = {"current": entry.get("active") if entry.get("healthy") else state.get("current"), "history": history}
     tmp = posixpath.join(_incoming(dev), "state.json")
     dev.run(f"mkdir -p {q(_incoming(dev))}", "create the incoming dir", privileged=False)
     dev.c.put(io.BytesIO(json.dumps(state, indent=2).encode() + b"\n"), remote=tmp)

@@ -6,9 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 
-__all__ = ["HealthResult", "Call", "NotReady", "compare_golden", "wait_ready", "golden_check"]
+__all__ = ["HealthResult", "Call", "NotReady", "wait_ready", "golden_verdict"]
 
 
 @dataclass
@@ -16,8 +15,14 @@ class HealthResult:
     ok: bool
     reason: str
     min_cosine: float | None = None
-    latency_ms: list[float] = field(default_factory=list)
+    max_abs_diff: float | None = None  # classify and qa bundles: worst probability/score difference
+    latency_ms: list[float] = field(default_factory=list)  # golden requests, measured on the device
     ready_after_s: float | None = None
+    p95_ms: float | None = None
+    rss_mib: float | None = None
+    temperature_c: float | None = None
+    throttled: str | None = None  # worst thermal state during the check, when not "ok"
+    notes: list[str] = field(default_factory=list)  # what was measured but not judged, and why
 
     def summary(self) -> str:
         parts = [("healthy" if self.ok else "UNHEALTHY") + (f": {self.reason}" if self.reason else "")]
@@ -25,20 +30,15 @@ class HealthResult:
             parts.append(f"ready after {self.ready_after_s:.1f} s")
         if self.min_cosine is not None:
             parts.append(f"golden min cosine {self.min_cosine:.5f}")
-        if self.latency_ms:
-            parts.append(f"embed latency median {float(np.median(self.latency_ms)):.1f} ms (through SSH)")
-        return ", ".join(parts)
-
-
-def compare_golden(expected: list[list[float]], got: list[list[float]], min_cosine: float) -> tuple[bool, list[float]]:
-    """Return whether every row of `got` is within `min_cosine` of `expected`, and the cosines."""
-    a = np.asarray(expected, dtype=np.float64)
-    b = np.asarray(got, dtype=np.float64)
-    if a.shape != b.shape:
-        return False, []
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cosines = (a * b).sum(axis=1) / np.where(norms == 0, 1, norms)
-    return bool((cosines >= min_cosine).all()), [float(c) for c in cosines]
+        if self.max_abs_diff is not None:
+            parts.append(f"golden max difference {self.max_abs_diff:.5f}")
+        if self.p95_ms is not None:
+            parts.append(f"p95 {self.p95_ms:.1f} ms on the device ({len(self.latency_ms)} requests)")
+        if self.rss_mib is not None:
+            parts.append(f"RSS {self.rss_mib:.0f} MiB")
+        if self.temperature_c is not None:
+            parts.append(f"hottest {self.temperature_c:.1f} °C")
+        return ", ".join(parts + self.notes)
 
 
 # call(path, payload=None, timeout=...) -> (status, body): the one seam to the service,
@@ -73,24 +73,20 @@ def wait_ready(call: Call, timeout_s: float, still_starting=lambda: True, poll_s
     raise NotReady(f"not ready after {timeout_s:.0f} s (last: {last})")
 
 
-def golden_check(call: Call, golden: dict) -> HealthResult:
-    """Embed each golden text on the service, one per request as the goldens were made.
+def golden_verdict(golden: dict, bodies: list) -> tuple[bool, str, float | None, str]:
+    """Compare the service's answers (one response body per golden input, sent one per request
+    as the goldens were made: dynamic INT8 picks activation scales per call) with the goldens.
 
-    One text per request matters: dynamic INT8 picks activation scales per call, so a padded
-    batch of the same texts lands ~0.01 lower in cosine than the goldens' batch-1 vectors.
+    The comparison is the device selftest's (edge_runtime.golden), for the bundle's task.
+    Return (ok, metric "cosine" or "abs_diff", worst value or None, reason when not ok).
     """
-    latencies, result = [], []
-    for text in golden["texts"]:
-        t0 = time.perf_counter()
-        status, body = call("/v1/embed", {"texts": [text]})
-        latencies.append((time.perf_counter() - t0) * 1000)
-        if status != 200:
-            return HealthResult(False, f"/v1/embed answered {status}: {body}", latency_ms=latencies)
-        result.extend(body["embeddings"])
-    ok, cosines = compare_golden(golden["embeddings"], result, golden["min_cosine"])
-    min_cos = min(cosines) if cosines else None
-    reason = "" if ok else (
-        f"golden outputs differ (min cosine {min_cos}, need >= {golden['min_cosine']})" if cosines
-        else "golden outputs have the wrong shape"
-    )
-    return HealthResult(ok, reason, min_cosine=min_cos, latency_ms=latencies)
+    from edge_runtime import golden as goldens
+
+    task = goldens.task_of(golden)
+    try:
+        outputs = [goldens.from_response(task, body) for body in bodies]
+    except (KeyError, IndexError, TypeError) as error:
+        return False, "", None, f"{goldens.ROUTES[task]} answered without {error}"
+    check = goldens.compare(golden, outputs)
+    worst = check.worst if check.values else None
+    return check.passed, check.metric, worst, "" if check.passed else f"golden outputs differ: {check.reason}"

@@ -7,14 +7,19 @@ from dataclasses import dataclass, field
 
 from ..inventory import Target
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
+from .lock import LOCK_FACTS
 from .release import Release, ReleaseFile
 
-__all__ = ["Facts", "DeployPlan", "PlanError", "facts_command", "parse_facts", "make_plan", "ARCH_NAMES", "COMMITTED_FACT"]
+__all__ = ["Facts", "DeployPlan", "PlanError", "facts_command", "parse_facts", "make_plan", "ARCH_NAMES", "COMMITTED_FACT",
+           "GOVERNORS_FACT"]
 
 ARCH_NAMES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "amd64", "amd64": "amd64"}
 _OBJECTS_MARK = "--objects--"
 # the release the last health gate passed for (state.json is written by us, one key a line)
 COMMITTED_FACT = 'echo "committed=$(sed -n \'s/^  "current": "\\(r-[0-9a-f]*\\)".*/\\1/p\' "$root/state.json" 2>/dev/null)"'
+# one line `governor:policyN=<governor>` per cpufreq policy (none without cpufreq)
+GOVERNORS_FACT = ('for p in /sys/devices/system/cpu/cpufreq/policy*; do '
+                  '[ -r "$p/scaling_governor" ] && echo "governor:${p##*/}=$(cat "$p/scaling_governor")"; done')
 
 
 class PlanError(Exception):
@@ -40,6 +45,9 @@ class Facts:
     objects: frozenset[str]
     tuning_unit_sha256: str | None = None
     tuning_script_sha256: str | None = None
+    governors: tuple[tuple[str, str], ...] = ()  # (policy, governor) pairs
+    owns_root: bool = False  # the login user owns the device root: writing it needs no sudo
+    lock_age_s: int | None = None
 
 
 def facts_command(target: Target) -> str:
@@ -58,7 +66,7 @@ def facts_command(target: Target) -> str:
         'if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi',
         'echo "current=$(readlink "$root/current" 2>/dev/null)"',
         COMMITTED_FACT,
-        'echo "lock=$(cat "$root/.lock/owner" 2>/dev/null || { [ -e "$root/.lock" ] && echo unknown; })"',
+        *LOCK_FACTS,
         'd="$root"; while [ ! -d "$d" ]; do d=$(dirname "$d"); done',
         'echo "free_kb=$(df -Pk "$d" | awk \'NR==2 {print $4}\')"',
         f"echo \"unit_sha=$(sha256sum /etc/systemd/system/{UNIT_NAME} 2>/dev/null | cut -d' ' -f1)\"",
@@ -66,8 +74,10 @@ def facts_command(target: Target) -> str:
         f"echo \"tuning_unit_sha=$(sha256sum /etc/systemd/system/{TUNING_UNIT} 2>/dev/null | cut -d' ' -f1)\"",
         f"echo \"tuning_script_sha=$(sha256sum {q(TUNING_SCRIPT_PATH)} 2>/dev/null | cut -d' ' -f1)\"",
         f'echo "user=$(id -u {user} >/dev/null 2>&1 && echo yes || echo no)"',
+        'echo "owns_root=$([ -d "$root" ] && [ -O "$root" ] && [ -w "$root" ] && echo yes || echo no)"',
         'echo "envs=$(ls "$root/envs" 2>/dev/null | tr "\\n" " ")"',
         'echo "releases=$(ls "$root/releases" 2>/dev/null | tr "\\n" " ")"',
+        GOVERNORS_FACT,
         f'echo {_OBJECTS_MARK}',
         'ls -1 "$root/objects" 2>/dev/null',
         "true",
@@ -102,6 +112,10 @@ def parse_facts(output: str) -> Facts:
         objects=frozenset(n for n in objects.split() if len(n) == 64),
         tuning_unit_sha256=values.get("tuning_unit_sha") or None,
         tuning_script_sha256=values.get("tuning_script_sha") or None,
+        governors=tuple(sorted((key.split(":", 1)[1], value) for key, value in values.items()
+                               if key.startswith("governor:"))),
+        owns_root=values.get("owns_root") == "yes",
+        lock_age_s=int(values["lock_age"]) if values.get("lock_age", "").lstrip("-").isdigit() else None,
     )
 
 
@@ -154,7 +168,8 @@ class DeployPlan:
         if self.restart:
             steps.append("  restart the service")
         if self.gate:
-            steps.append("  health gate (/readyz, golden outputs), then commit or roll back")
+            steps.append("  health gate (/readyz; golden outputs, p95 latency, RSS, throttling on the device), "
+                         "then commit and prune old releases, or roll back")
         return steps + [f"  note: {n}" for n in self.notes]
 
 
@@ -178,6 +193,8 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
         raise PlanError(f"{where}: {facts.free_bytes / 1e6:.0f} MB free under {s.root}, "
                         f"this release needs about {needed / 1e6:.0f} MB")
     unit_changed = facts.unit_sha256 != release.unit.sha256
+    drifted = [policy for policy, governor in facts.governors if governor != s.governor]
+    tuning_changed = (facts.tuning_unit_sha256, facts.tuning_script_sha256) != tuple(f.sha256 for f in release.tuning)
     activate = facts.current != release.release_id
     restart = activate or unit_changed or facts.service_active != "active"
     return DeployPlan(
@@ -193,6 +210,7 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
         restart=restart,
         # also when a deploy died after activating: its release was never judged
         gate=restart or facts.committed != release.release_id,
-        install_tuning=bool(release.tuning) and (facts.tuning_unit_sha256, facts.tuning_script_sha256)
-        != tuple(f.sha256 for f in release.tuning),
+        install_tuning=bool(release.tuning) and (tuning_changed or bool(drifted)),
+        notes=(f"cpufreq {', '.join(drifted)}: governor is not {s.governor}; the tuning unit re-applies it",)
+        if release.tuning and drifted and not tuning_changed else (),
     )

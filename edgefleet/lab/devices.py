@@ -3,24 +3,30 @@
 Privileges: docker's default seccomp profile plus CAP_SYS_ADMIN, which systemd needs to set
 up the namespaces of the units it runs (ProtectSystem=, PrivateTmp=, ...): without it those
 settings are silently not applied, and the lab would not test the hardened unit real boards
-run. systemd needs its name=systemd cgroup writable, which the read-only bind of
-/sys/fs/cgroup gives on this cgroup-v1 host (docker makes only the top mount read-only, the
-hierarchies under it stay writable); /run and /run/lock are tmpfs as systemd expects. Both
-mean root in a lab container can reach the host: a lab is for this machine's tests only.
+run; and CAP_SYS_NICE, which the runtime unit grants on boards whose profile sets nice < 0.
+systemd needs its name=systemd cgroup writable, which the read-only bind of /sys/fs/cgroup
+gives on this cgroup-v1 host (docker makes only the top mount read-only, the hierarchies under
+it stay writable); /run and /run/lock are tmpfs as systemd expects. Both mean root in a lab
+container can reach the host: a lab is for this machine's tests only.
+
+Each device gets a fake sysfs shaped like its board (edgefleet.lab.sysfs), bind-mounted at
+/sys/devices/system/cpu/cpufreq and /sys/class/thermal.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet import engine
-from edgefleet.lab import image, keys, plan, probe
+from edgefleet.inventory import load_board_profiles
+from edgefleet.lab import image, keys, plan, probe, sysfs
 
-__all__ = ["LabPaths", "DeviceStatus", "LabBusy", "up", "down", "status", "session"]
+__all__ = ["LabPaths", "DeviceStatus", "LabBusy", "up", "down", "status", "session", "running_device"]
 
 UP_TIMEOUT_S = {"amd64": 120.0, "arm64": 300.0}
 
@@ -51,6 +57,10 @@ class LabPaths:
     def host_key(self, device: plan.LabDevice) -> Path:
         return self.state / "devices" / device.name / "ssh_host_ed25519_key"
 
+    def sysfs(self, name: str) -> Path:
+        """Return the host side of device `name`'s fake sysfs (mirrors /sys)."""
+        return (self.state / "devices" / name / "sysfs").resolve()
+
 
 @dataclass(frozen=True)
 class DeviceStatus:
@@ -62,20 +72,29 @@ class DeviceStatus:
     arch: str
     ssh_port: int
     runtime_port: int
+    board: str = plan.BOARD
 
 
-def _spec(device: plan.LabDevice, tag: str) -> engine.ContainerSpec:
+def _device(info: engine.ContainerInfo) -> plan.LabDevice:
+    """Return the lab device a container was made for (from its labels)."""
+    labels = info.labels
+    return plan.LabDevice(int(labels.get(f"{plan.LABEL}.index", "0")), labels.get(f"{plan.LABEL}.arch", "?"),
+                          labels.get(f"{plan.LABEL}.board", plan.BOARD))
+
+
+def _spec(device: plan.LabDevice, tag: str, sysfs_root: Path) -> engine.ContainerSpec:
     env = {"container": "docker"}
     if device.arch == "arm64":
         env["QEMU_CPU"] = "neoverse-n1"
     return engine.ContainerSpec(
         name=device.container, image=tag,
         labels={plan.LABEL: str(plan.slot()), f"{plan.LABEL}.device": device.name,
-                f"{plan.LABEL}.arch": device.arch, f"{plan.LABEL}.index": str(device.index)},
+                f"{plan.LABEL}.arch": device.arch, f"{plan.LABEL}.index": str(device.index),
+                f"{plan.LABEL}.board": device.board},
         environment=env,
         tmpfs={"/run": "rw,nosuid,nodev,mode=755", "/run/lock": "rw,nosuid,nodev,noexec"},
-        binds={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"}},
-        cap_add=("SYS_ADMIN",),
+        binds={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"}, **sysfs.binds(sysfs_root)},
+        cap_add=("SYS_ADMIN", "SYS_NICE"),
         stop_timeout=10,
     )
 
@@ -89,7 +108,7 @@ def _device_files(device: plan.LabDevice, paths: LabPaths, client_public: str) -
         "/etc/ssh/sshd_config.d/10-edgefleet-lab.conf":
             (plan.sshd_config(device.ssh_port).encode(), 0o644),
         "/root/.ssh/authorized_keys": ((client_public + "\n").encode(), 0o600),
-        "/etc/edgefleet-lab": (f"{device.name} {device.arch}\n".encode(), 0o644),
+        "/etc/edgefleet-lab": (f"{device.name} {device.arch} {device.board}\n".encode(), 0o644),
     }
 
 
@@ -104,39 +123,50 @@ def _write_known_hosts(devices: list[plan.LabDevice], paths: LabPaths) -> None:
 
 
 def _wait_ready(devices: list[plan.LabDevice], paths: LabPaths, timeout: float) -> None:
+    """Ask every waiting device at once (one SSH probe each) until all are up or time runs out."""
     started = time.monotonic()
     waiting = {d.name: d for d in devices}
     last: dict[str, str] = {}
-    while waiting and time.monotonic() - started < timeout:
-        for name, device in list(waiting.items()):
-            last[name] = probe.system_state(device.ssh_port, paths.client_key, paths.known_hosts)
-            if last[name] in probe.READY_STATES:
-                print(f"lab: {name} ready ({last[name]}) after "
-                      f"{time.monotonic() - started:.1f} s, ssh 127.0.0.1:{device.ssh_port}",
-                      flush=True)
-                del waiting[name]
-        if waiting:
-            time.sleep(1.0)
+
+    def ask(device: plan.LabDevice) -> str:
+        return probe.system_state(device.ssh_port, paths.client_key, paths.known_hosts)
+
+    with ThreadPoolExecutor(max_workers=min(16, len(devices) or 1)) as pool:
+        while waiting and time.monotonic() - started < timeout:
+            names = list(waiting)
+            last.update(zip(names, pool.map(ask, [waiting[n] for n in names])))
+            for name in names:
+                if last[name] in probe.READY_STATES:
+                    print(f"lab: {name} ready ({last[name]}) after "
+                          f"{time.monotonic() - started:.1f} s, ssh 127.0.0.1:{waiting[name].ssh_port}",
+                          flush=True)
+                    del waiting[name]
+            if waiting:
+                time.sleep(1.0)
     if waiting:
         details = "\n".join(f"  {n}: {last.get(n)}\n{engine.logs(d.container, 10)}"
                             for n, d in waiting.items())
         raise TimeoutError(f"lab devices not ready after {timeout:.0f} s:\n{details}")
 
 
-def up(paths: LabPaths, devices: int = 1, arch: str = "arm64",
-       timeout: float | None = None) -> list[plan.LabDevice]:
-    """Start lab devices 1..N (idempotent), wait until SSH and systemd answer, write inventory."""
-    wanted = plan.plan_devices(devices, arch)
+def up(paths: LabPaths, devices: int = 1, arch: str = "arm64", timeout: float | None = None,
+       board: str | None = None) -> list[plan.LabDevice]:
+    """Start lab devices 1..N (idempotent), wait until SSH and systemd answer, write inventory.
+
+    Boards go round-robin over plan.ROUND_ROBIN unless `board` names one for every device.
+    """
+    boards = load_board_profiles(paths.targets_dir)
+    if board is not None and board not in boards:
+        raise ValueError(f"board: unknown board {board!r} (known: {', '.join(sorted(boards))})")
+    wanted = plan.plan_devices(devices, arch, board)
     existing = _existing()
-    clash = [info.name for info in existing.values()
-             if info.labels.get(f"{plan.LABEL}.arch", arch) != arch]
+    planned = {d.index: d for d in wanted}
+    clash = [f"{d.name} ({d.arch}, {d.board})" for d in map(_device, existing.values())
+             if d.arch != arch or (d.index in planned and planned[d.index].board != d.board)]
     if clash:
-        raise RuntimeError(f"lab already has {', '.join(clash)} with another arch; "
+        raise RuntimeError(f"lab already has {', '.join(clash)} with another arch or board; "
                            "run `invoke lab.down` first")
-    extra = [info for info in existing.values()
-             if int(info.labels.get(f"{plan.LABEL}.index", "0")) > devices]
-    everyone = wanted + [plan.LabDevice(int(i.labels[f"{plan.LABEL}.index"]), arch)
-                         for i in extra]
+    everyone = wanted + [d for d in map(_device, existing.values()) if d.index > devices]
     paths.state.mkdir(parents=True, exist_ok=True)
     _, client_public = keys.ensure_keypair(paths.client_key, "edgefleet-lab")
     tag = image.ensure_image(arch, paths.build_dir)
@@ -149,8 +179,11 @@ def up(paths: LabPaths, devices: int = 1, arch: str = "arm64",
         if info is not None and info.status == "running":
             print(f"lab: {device.name} exists ({device.container}, running)", flush=True)
             continue
+        if info is None or not paths.sysfs(device.name).is_dir():
+            profile = boards[device.board]
+            sysfs.write_tree(paths.sysfs(device.name), sysfs.layout_for(device.board, profile.cores))
         if info is None:
-            engine.create_container(_spec(device, tag))
+            engine.create_container(_spec(device, tag, paths.sysfs(device.name)))
             engine.put_files(device.container, _device_files(device, paths, client_public))
             created.append(device)
         print(f"lab: starting {device.name} ({arch}, ssh 127.0.0.1:{device.ssh_port})",
@@ -164,7 +197,8 @@ def up(paths: LabPaths, devices: int = 1, arch: str = "arm64",
             engine.remove(device.container)
         raise
     paths.targets_dir.mkdir(parents=True, exist_ok=True)
-    paths.inventory.write_text(plan.inventory_yaml(everyone, paths.client_key, paths.known_hosts))
+    settings = {name: profile.settings for name, profile in boards.items()}
+    paths.inventory.write_text(plan.inventory_yaml(everyone, paths.client_key, paths.known_hosts, settings))
     print(f"lab: {len(everyone)} device(s) up; inventory {paths.inventory}", flush=True)
     return everyone
 
@@ -178,7 +212,7 @@ def down(paths: LabPaths) -> list[str]:
     for leftover in (paths.client_key, paths.client_key.with_suffix(".pub"), paths.known_hosts):
         leftover.unlink(missing_ok=True)
     shutil.rmtree(paths.state / "devices", ignore_errors=True)
-    print("lab: down (kept caches: build/lab/cache, images edgefleet/lab-*)", flush=True)
+    print("lab: down (kept caches: build/rootfs, images edgefleet/lab-*)", flush=True)
     return removed
 
 
@@ -186,11 +220,19 @@ def status(paths: LabPaths) -> list[DeviceStatus]:
     """Return every lab container with its state, ssh port and arch."""
     result = []
     for info in engine.containers(plan.selector()):
-        device = plan.LabDevice(int(info.labels.get(f"{plan.LABEL}.index", "0")),
-                                info.labels.get(f"{plan.LABEL}.arch", "?"))
+        device = _device(info)
         result.append(DeviceStatus(device.name, info.name, info.status, device.arch,
-                                   device.ssh_port, device.runtime_port))
+                                   device.ssh_port, device.runtime_port, device.board))
     return result
+
+
+def running_device(paths: LabPaths, name: str) -> plan.LabDevice:
+    """Return lab device `name` if it is up in this slot, else fail naming the ones that are."""
+    devices = {d.name: (d, info) for info in engine.containers(plan.selector()) for d in [_device(info)]}
+    if name not in devices or devices[name][1].status != "running":
+        known = ", ".join(n for n, (_, info) in sorted(devices.items()) if info.status == "running") or "none"
+        raise ValueError(f"device: no running lab device {name!r} in slot {plan.slot()} (running: {known})")
+    return devices[name][0]
 
 
 class LabBusy(RuntimeError):
@@ -198,11 +240,11 @@ class LabBusy(RuntimeError):
 
 
 @contextmanager
-def session(paths: LabPaths, devices: int = 1, arch: str = "amd64"):
+def session(paths: LabPaths, devices: int = 1, arch: str = "amd64", board: str | None = None):
     """Bring up a lab of its own for a `with` block, then remove it; refuse if one is up already."""
     if status(paths):
         raise LabBusy("a lab is already up; run `invoke lab.down` first")
-    up(paths, devices=devices, arch=arch)
+    up(paths, devices=devices, arch=arch, board=board)
     try:
         yield paths
     finally:

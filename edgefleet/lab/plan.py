@@ -10,7 +10,8 @@ import yaml
 
 __all__ = [
     "ARCHES", "SLOT_ENV", "slot", "selector", "SSH_PORT_BASE", "RUNTIME_PORT_BASE", "MAX_DEVICES", "LABEL", "LabDevice",
-    "plan_devices", "container_name", "known_hosts_line", "sshd_config", "inventory_yaml",
+    "ROUND_ROBIN", "LAB_PYTHON", "plan_devices", "container_name", "known_hosts_line", "sshd_config",
+    "device_overrides", "inventory_yaml",
 ]
 
 ARCHES = ("arm64", "amd64")
@@ -19,6 +20,9 @@ RUNTIME_PORT_BASE = 18080
 MAX_DEVICES = 99
 LABEL = "edgefleet.lab"
 BOARD = "qemu-virt"
+ROUND_ROBIN = ("pi5", "orin-nano", "rk3588")  # `lab.up` without --board: core layouts differ
+LAB_PYTHON = "3.11"  # the lab image is Debian bookworm
+EMULATED_READY_S = 600.0  # ORT under qemu-user: 10 devices at once on 2 cores took 268-296 s
 SLOT_ENV = "EDGEFLEET_LAB_SLOT"
 SLOTS = 10
 
@@ -46,6 +50,7 @@ class LabDevice:
 
     index: int
     arch: str
+    board: str = BOARD
 
     @property
     def name(self) -> str:
@@ -70,13 +75,14 @@ def container_name(index: int) -> str:
     return f"edgefleet-lab{number or ''}-{index:02d}"
 
 
-def plan_devices(count: int, arch: str) -> list[LabDevice]:
-    """Return devices 1..count for an arch; reject counts and arches the lab cannot serve."""
+def plan_devices(count: int, arch: str, board: str | None = None) -> list[LabDevice]:
+    """Return devices 1..count for an arch, boards round-robin over ROUND_ROBIN unless one is given."""
     if arch not in ARCHES:
         raise ValueError(f"arch: expected one of {', '.join(ARCHES)}, got {arch!r}")
     if not 1 <= count <= MAX_DEVICES:
         raise ValueError(f"devices: expected 1..{MAX_DEVICES}, got {count}")
-    return [LabDevice(index, arch) for index in range(1, count + 1)]
+    return [LabDevice(index, arch, board or ROUND_ROBIN[(index - 1) % len(ROUND_ROBIN)])
+            for index in range(1, count + 1)]
 
 
 def known_hosts_line(port: int, public_key: str, host: str = "127.0.0.1") -> str:
@@ -97,24 +103,51 @@ def sshd_config(port: int, host: str = "127.0.0.1") -> str:
     )
 
 
-def inventory_yaml(devices: list[LabDevice], ssh_key: Path, known_hosts: Path) -> str:
-    """Return targets/lab.yaml text for the devices (absolute key and known_hosts paths)."""
+def device_overrides(device: LabDevice, board_settings: dict) -> dict:
+    """Return the settings a lab device overrides on its board profile, so the lab can deploy it.
+
+    Only what the lab cannot be: its arch; the image's Python (a board on another Python gets
+    the image's, so the packages are resolved for cp311 with the board's pins); no sudo (the lab
+    logs in as root and its image has none); `emulated` (latency never judged) and, on arm64,
+    a longer wait for /readyz. Cores, governor, thermal limits and zones stay the board's.
+    """
+    overrides: dict = {"arch": device.arch}
+    if str(board_settings.get("python")) != LAB_PYTHON:
+        overrides["python"] = LAB_PYTHON
+    if board_settings.get("sudo"):
+        overrides["sudo"] = False
+    overrides["emulated"] = True
+    runtime = {"port": device.runtime_port}
+    ready = (board_settings.get("health") or {}).get("ready_timeout_s", 0)
+    if device.arch == "arm64" and ready < EMULATED_READY_S:
+        overrides["health"] = {"ready_timeout_s": EMULATED_READY_S}
+    overrides["runtime"] = runtime
+    return overrides
+
+
+def inventory_yaml(devices: list[LabDevice], ssh_key: Path, known_hosts: Path,
+                   board_settings: dict[str, dict]) -> str:
+    """Return targets/lab.yaml text for the devices (absolute key and known_hosts paths).
+
+    `board_settings`: board name -> its profile's settings, for `device_overrides`.
+    """
     document = {
         "groups": {"lab": {"description": "simulated devices on this machine"}},
         "devices": {
             device.name: {
-                "board": BOARD,
-                "arch": device.arch,
+                "board": device.board,
                 "host": "127.0.0.1",
                 "port": device.ssh_port,
                 "user": "root",
                 "ssh_key": str(Path(ssh_key).resolve()),
                 "known_hosts": str(Path(known_hosts).resolve()),
                 "groups": ["lab"],
-                "runtime": {"port": device.runtime_port},
+                **device_overrides(device, board_settings[device.board]),
             }
             for device in sorted(devices, key=lambda d: d.index)
         },
     }
-    header = "# written by `invoke lab.up`; removed by `invoke lab.down`\n"
+    header = ("# written by `invoke lab.up`; removed by `invoke lab.down`\n"
+              "# each device keeps its board's cores, governor and thermal limits; it overrides only\n"
+              "# what the lab cannot be (arch, the image's python, no sudo as root, emulated)\n")
     return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)

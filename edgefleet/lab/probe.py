@@ -11,9 +11,9 @@ __all__ = ["READY_STATES", "system_state"]
 READY_STATES = ("running", "degraded")
 
 
-def system_state(port: int, key: Path, known_hosts: Path, timeout: float = 10.0) -> str:
+def system_state(port: int, key: Path, known_hosts: Path, timeout: float = 10.0, user: str = "root") -> str:
     """Return `systemctl is-system-running` from the device, or why it could not be asked."""
-    endpoint = Endpoint(f"lab device on port {port}", "127.0.0.1", port, "root", key, known_hosts)
+    endpoint = Endpoint(f"lab device on port {port}", "127.0.0.1", port, user, key, known_hosts)
     try:
         conn = connect(endpoint, timeout=timeout)
     except SSHError as exc:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      model_validator)
 
 from edgefleet.model.files import file_record
 
-__all__ = ["Bundle", "BundleError", "FileRecord", "Golden", "read_bundle", "verify",
-           "hash_problems", "BUNDLE_JSON", "REQUIRED_FILES"]
+__all__ = ["Bundle", "BundleError", "FileRecord", "Golden", "ClassifyGolden", "QaGolden",
+           "read_bundle", "verify", "hash_problems", "BUNDLE_JSON", "REQUIRED_FILES"]
 
 BUNDLE_JSON = "bundle.json"
 REQUIRED_FILES = ("model.onnx", "tokenizer.json")
@@ -38,12 +39,13 @@ class SourceModel(_Strict):
 
 
 class Quantization(_Strict):
-    method: Literal["dynamic"]
+    method: Literal["dynamic", "static"]
     weight_type: Literal["QInt8", "QUInt8"]
     per_channel: bool
     onnxruntime: str
     smooth_alpha: float | None = Field(default=None, gt=0.0, le=1.0)
     calibration_texts: str | None = None
+    calibration_method: Literal["minmax", "entropy", "percentile"] | None = None
     fp32_nodes: list[str] = Field(default_factory=list)
     outlier_channels: dict[str, int] = Field(default_factory=dict)
 
@@ -52,6 +54,7 @@ class Golden(_Strict):
     texts: list[str] = Field(min_length=1)
     embeddings: list[list[float]] = Field(min_length=1)
     min_cosine: float = Field(gt=0.0, le=1.0)
+    tokens: list[int] | None = None  # each input's length (edge_runtime.golden.fitting)
 
     @model_validator(mode="after")
     def _shapes_match(self) -> "Golden":
@@ -63,21 +66,73 @@ class Golden(_Strict):
         return self
 
 
+class ClassifyGolden(_Strict):
+    """Classification goldens: each text's probability per label."""
+
+    texts: list[str] = Field(min_length=1)
+    scores: list[dict[str, float]] = Field(min_length=1)
+    max_abs_diff: float = Field(gt=0.0, le=1.0)
+    tokens: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _shapes_match(self) -> "ClassifyGolden":
+        if len(self.texts) != len(self.scores):
+            raise ValueError(f"{len(self.texts)} texts but {len(self.scores)} scores")
+        return self
+
+
+class Answer(_Strict):
+    answer: str
+    score: float = Field(ge=0.0, le=1.0)
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+
+
+class QaGolden(_Strict):
+    """QA goldens: question/context pairs and each one's best span and score."""
+
+    questions: list[str] = Field(min_length=1)
+    contexts: list[str] = Field(min_length=1)
+    answers: list[Answer] = Field(min_length=1)
+    max_abs_diff: float = Field(gt=0.0, le=1.0)
+    tokens: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _shapes_match(self) -> "QaGolden":
+        if not len(self.questions) == len(self.contexts) == len(self.answers):
+            raise ValueError(f"{len(self.questions)} questions, {len(self.contexts)} contexts, "
+                             f"{len(self.answers)} answers")
+        return self
+
+
+GOLDEN_TAGS = {"embed": Golden, "classify": ClassifyGolden, "qa": QaGolden}
+
+
+def _golden_tag(value) -> str:
+    """Pick the golden kind from its expected-output key (as edge_runtime.golden does)."""
+    keys = value if isinstance(value, dict) else vars(value)
+    return "qa" if "answers" in keys else "classify" if "scores" in keys else "embed"
+
+
 class Bundle(_Strict):
     format: Literal[1]
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    task: Literal["embed"]
+    task: Literal["embed", "classify", "qa"]
     max_seq_len: int = Field(gt=1)
     inputs: list[str] = Field(min_length=1)
     outputs: list[str] = Field(min_length=1)
-    pooling: Literal["mean", "cls"]
-    normalize: bool
+    pooling: Literal["mean", "cls"] | None = None  # embed only
+    normalize: bool | None = None  # embed only
+    labels: list[str] | None = Field(default=None, min_length=1)  # classify only, in id order
+    max_answer_len: int | None = Field(default=None, ge=1)  # qa only, in tokens
     source_model: SourceModel
     quantization: Quantization
     # ONNX Runtime session config entries the runtime should set (add_session_config_entry)
     session_config: dict[str, str] = Field(default_factory=dict)
     files: dict[str, FileRecord]
-    golden: Golden
+    golden: Annotated[Union[Annotated[Golden, Tag("embed")],
+                            Annotated[ClassifyGolden, Tag("classify")],
+                            Annotated[QaGolden, Tag("qa")]], Discriminator(_golden_tag)]
     created_by: str
     inputs_sha256: str | None = Field(default=None, pattern=SHA256)
 
@@ -88,13 +143,29 @@ class Bundle(_Strict):
             raise ValueError(f"files must list {', '.join(missing)}")
         if "input_ids" not in self.inputs:
             raise ValueError("inputs must include input_ids")
+        needs = {"embed": ("pooling", "normalize"), "classify": ("labels",),
+                 "qa": ("max_answer_len",)}
+        for task, keys in needs.items():
+            for key in keys:
+                if (getattr(self, key) is None) == (task == self.task):
+                    rule = "required" if task == self.task else "not allowed"
+                    raise ValueError(f"key {key!r} is {rule} for task {self.task!r}")
+        count = len(getattr(self.golden, "texts", None) or self.golden.questions)
+        if self.golden.tokens is not None and len(self.golden.tokens) != count:
+            raise ValueError(f"golden has {count} inputs but {len(self.golden.tokens)} tokens")
+        if _golden_tag(self.golden) != self.task:
+            raise ValueError(f"golden outputs are for task {_golden_tag(self.golden)!r}, "
+                             f"not {self.task!r}")
         return self
 
 
 def _describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        # the golden's kind (a union tag) is not a key of the document: leave it out
+        loc = [part for i, part in enumerate(item["loc"])
+               if not (i == 1 and item["loc"][0] == "golden" and part in GOLDEN_TAGS)]
+        key = ".".join(str(part) for part in loc) or "(top level)"
         parts.append(f"key {key!r}: {item['msg']}")
     return "; ".join(parts)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["Accuracy", "read_texts", "torch_reference", "ort_session", "ort_embed", "accuracy",
+           "encode_feeds",
            "text_of", "interleaved_medians", "DEFAULT_TEXTS"]
 
 DEFAULT_TEXTS = Path(__file__).resolve().parents[2] / "tests" / "data" / "texts.txt"
@@ -75,16 +76,23 @@ def ort_session(onnx_path, threads: int = 1):
                                 providers=["CPUExecutionProvider"])
 
 
+def encode_feeds(tokenizer, text: str, names, length: int = 0) -> dict[str, np.ndarray]:
+    """Return the graph inputs (those in names) for one text, batch 1, padded to length."""
+    enc = tokenizer.encode(text)
+    if length:
+        enc.pad(length)
+    feeds = {"input_ids": enc.ids, "attention_mask": enc.attention_mask,
+             "token_type_ids": enc.type_ids}
+    return {name: np.array([value], dtype=np.int64) for name, value in feeds.items()
+            if name in names}
+
+
 def ort_embed(session, tokenizer, texts: list[str]) -> np.ndarray:
     """Embed texts one per call (batch 1, no padding) with a raw session."""
     names = {item.name for item in session.get_inputs()}
     rows = []
     for text in texts:
-        enc = tokenizer.encode(text)
-        feeds = {"input_ids": np.array([enc.ids], dtype=np.int64),
-                 "attention_mask": np.array([enc.attention_mask], dtype=np.int64),
-                 "token_type_ids": np.array([enc.type_ids], dtype=np.int64)}
-        hidden = session.run(None, {k: v for k, v in feeds.items() if k in names})[0][0]
+        hidden = session.run(None, encode_feeds(tokenizer, text, names))[0][0]
         rows.append(hidden.mean(axis=0))
     return _normalize(np.stack(rows))
 
@@ -111,15 +119,20 @@ def text_of(tokens: int, tokenizer) -> str:
     return " ".join(words)
 
 
-def interleaved_medians(engines: dict, arg, rounds: int, warmup: int = 2) -> dict[str, float]:
-    """Call each engine on arg round-robin; return the median ms of each."""
+def interleaved_medians(engines: dict, arg, rounds: int, warmup: int = 2,
+                        clock=time.perf_counter) -> dict[str, float]:
+    """Call each engine on arg round-robin; return the median ms of each.
+
+    clock=time.thread_time counts only the CPU time of the calling thread: with one intra-op
+    thread ORT runs every kernel on it, so a loaded machine's time slicing drops out.
+    """
     for fn in engines.values():
         for _ in range(warmup):
             fn(arg)
     samples: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(rounds):
         for name, fn in engines.items():
-            started = time.perf_counter()
+            started = clock()
             fn(arg)
-            samples[name].append((time.perf_counter() - started) * 1000)
+            samples[name].append((clock() - started) * 1000)
     return {name: statistics.median(values) for name, values in samples.items()}

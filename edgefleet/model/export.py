@@ -12,10 +12,18 @@ from pathlib import Path
 from edgefleet.model.files import atomic_dir, inputs_digest, sha256_file
 
 __all__ = ["ExportResult", "export", "export_key", "read_meta", "default_max_seq_len",
-           "prepare_tokenizer", "source_name", "count_ops"]
+           "prepare_tokenizer", "source_name", "count_ops", "detect_task", "TASKS"]
 
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
-OUTPUTS = ["last_hidden_state"]
+# task -> (transformers auto class, graph outputs, per-output dynamic axes)
+TASKS = {
+    "embed": ("AutoModel", ["last_hidden_state"], [{0: "batch", 1: "sequence"}]),
+    "classify": ("AutoModelForSequenceClassification", ["logits"], [{0: "batch"}]),
+    "qa": ("AutoModelForQuestionAnswering", ["start_logits", "end_logits"],
+           [{0: "batch", 1: "sequence"}, {0: "batch", 1: "sequence"}]),
+}
+HEADS = {"ForSequenceClassification": "classify", "ForQuestionAnswering": "qa"}
+MAX_ANSWER_LEN = 30  # tokens; the default for QA bundles (transformers' pipeline uses 15)
 FUSED_OPS = ["Attention", "MultiHeadAttention", "SkipLayerNormalization",
              "EmbedLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "LayerNormalization"]
 EXPORT_META = "export.json"
@@ -62,6 +70,21 @@ def default_max_seq_len(model_dir: Path) -> int:
     return limit
 
 
+def detect_task(model_dir: Path) -> str:
+    """Return the task of a model directory from config.json's architectures (default embed)."""
+    for arch in _config(Path(model_dir)).get("architectures") or []:
+        for suffix, task in HEADS.items():
+            if str(arch).endswith(suffix):
+                return task
+    return "embed"
+
+
+def labels_of(model_dir: Path) -> list[str]:
+    """Return the classification labels in id order from config.json's id2label."""
+    id2label = _config(Path(model_dir)).get("id2label") or {}
+    return [str(id2label[key]) for key in sorted(id2label, key=int)]
+
+
 def source_name(model_dir: Path) -> str:
     """Return a human name for the model: sentence-transformers hub id when known, else dir name."""
     model_dir = Path(model_dir)
@@ -77,7 +100,8 @@ def source_name(model_dir: Path) -> str:
 
 
 def export_key(model_dir, max_seq_len: int | None, opset: int,
-               skip_layer_norm: bool = SKIP_LAYER_NORM) -> str:
+               skip_layer_norm: bool = SKIP_LAYER_NORM, task: str | None = None,
+               max_answer_len: int | None = None) -> str:
     """Hash the model files and export settings (plus tool versions): the export cache key."""
     import onnxruntime
     import torch
@@ -88,6 +112,7 @@ def export_key(model_dir, max_seq_len: int | None, opset: int,
              "pytorch_model.bin"]
     files = [model_dir / name for name in names if (model_dir / name).is_file()]
     settings = {"max_seq_len": max_seq_len, "opset": opset, "skip_layer_norm": skip_layer_norm,
+                "task": task or detect_task(model_dir), "max_answer_len": max_answer_len,
                 "torch": torch.__version__,
                 "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__}
     return inputs_digest(files, settings)
@@ -122,18 +147,22 @@ def count_ops(onnx_path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _torch_export(model_dir: Path, onnx_path: Path, opset: int) -> None:
+def _torch_export(model_dir: Path, onnx_path: Path, opset: int, task: str = "embed") -> None:
     import torch
-    from transformers import AutoModel
+    import transformers
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager")
+    auto_class, outputs, output_axes = TASKS[task]
+    model = getattr(transformers, auto_class).from_pretrained(str(model_dir),
+                                                              attn_implementation="eager")
     model.eval()
 
-    class LastHidden(torch.nn.Module):
+    class Outputs(torch.nn.Module):
+        """The model with plain tensor inputs and the task's outputs as a tuple."""
+
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
@@ -141,14 +170,14 @@ def _torch_export(model_dir: Path, onnx_path: Path, opset: int) -> None:
         def forward(self, input_ids, attention_mask, token_type_ids):
             out = self.inner(input_ids=input_ids, attention_mask=attention_mask,
                              token_type_ids=token_type_ids)
-            return out.last_hidden_state
+            return tuple(out[name] for name in outputs)
 
     sample = torch.ones((2, 8), dtype=torch.int64)
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
-    axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
+    axes.update(zip(outputs, output_axes))
     with torch.no_grad():
-        torch.onnx.export(LastHidden(model), (sample, sample, torch.zeros_like(sample)),
-                          str(onnx_path), input_names=INPUTS, output_names=OUTPUTS,
+        torch.onnx.export(Outputs(model), (sample, sample, torch.zeros_like(sample)),
+                          str(onnx_path), input_names=INPUTS, output_names=outputs,
                           dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
                           dynamo=False)
 
@@ -166,11 +195,36 @@ def _optimize(raw_path: Path, out_path: Path, num_heads: int, hidden_size: int,
     optimized.save_model_to_file(str(out_path))
 
 
+def _task_meta(model_dir: Path, task: str, max_answer_len: int | None) -> dict:
+    """Return what the bundle records for the task: labels (classify), max answer length (qa)."""
+    if task == "classify":
+        labels = labels_of(model_dir)
+        if not labels:
+            raise ValueError(f"{model_dir / 'config.json'}: key 'id2label' is empty; a "
+                             "classification model needs its labels")
+        problem = _config(model_dir).get("problem_type")
+        if problem not in (None, "single_label_classification"):
+            raise ValueError(f"{model_dir / 'config.json'}: key 'problem_type' is {problem!r}; "
+                             "only single-label classification (softmax) is supported")
+        return {"labels": labels}
+    if task == "qa":
+        return {"max_answer_len": int(max_answer_len or MAX_ANSWER_LEN)}
+    return {}
+
+
 def export(model_dir, out_dir, max_seq_len: int | None = None, opset: int = 17,
-           skip_layer_norm: bool = SKIP_LAYER_NORM) -> ExportResult:
-    """Write out_dir: optimized FP32 model.onnx, reset tokenizer.json and export.json."""
+           skip_layer_norm: bool = SKIP_LAYER_NORM, task: str | None = None,
+           max_answer_len: int | None = None) -> ExportResult:
+    """Write out_dir: optimized FP32 model.onnx, reset tokenizer.json and export.json.
+
+    task (embed, classify, qa) defaults to what config.json's architectures say.
+    """
     started = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    task = task or detect_task(model_dir)
+    if task not in TASKS:
+        raise ValueError(f"task {task!r}: expected one of {', '.join(TASKS)}")
+    task_meta = _task_meta(model_dir, task, max_answer_len)
     config = _config(model_dir)
     max_seq_len_arg = max_seq_len
     limit = default_max_seq_len(model_dir)
@@ -179,7 +233,7 @@ def export(model_dir, out_dir, max_seq_len: int | None = None, opset: int = 17,
         raw = tmp / "raw.onnx"
         with warnings.catch_warnings():  # tracer chatter about constant shapes is expected
             warnings.simplefilter("ignore")
-            _torch_export(model_dir, raw, opset)
+            _torch_export(model_dir, raw, opset, task)
         _optimize(raw, tmp / "model.onnx", int(config["num_attention_heads"]),
                   int(config["hidden_size"]), skip_layer_norm)
         raw.unlink()
@@ -189,9 +243,11 @@ def export(model_dir, out_dir, max_seq_len: int | None = None, opset: int = 17,
         fused = count_ops(tmp / "model.onnx")
         source = {"name": source_name(model_dir), "dir": str(model_dir.resolve()),
                   "config_sha256": sha256_file(model_dir / "config.json")}
-        meta = {"inputs_sha256": export_key(model_dir, max_seq_len_arg, opset, skip_layer_norm),
+        meta = {"inputs_sha256": export_key(model_dir, max_seq_len_arg, opset, skip_layer_norm,
+                                            task, max_answer_len),
                 "source_model": source, "max_seq_len": max_seq_len, "opset": opset,
-                "inputs": INPUTS, "outputs": OUTPUTS, "fused_ops": fused,
+                "task": task, **task_meta,
+                "inputs": INPUTS, "outputs": TASKS[task][1], "fused_ops": fused,
                 "skip_layer_norm": skip_layer_norm}
         (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
     onnx_path = out_dir / "model.onnx"

@@ -1,4 +1,4 @@
-"""Quantize an exported FP32 model to dynamic INT8 and write a bundle with golden outputs."""
+"""Quantize an exported FP32 model to INT8 (a Recipe) and write a bundle with golden outputs."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import json
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgefleet.model.bundle import BUNDLE_JSON, Bundle, parse_bundle
 from edgefleet.model.export import EXPORT_META, SESSION_CONFIG_UNFUSED
 from edgefleet.model.files import atomic_dir, file_record, inputs_digest
 
-__all__ = ["QuantizeResult", "quantize", "quantize_key", "bundle_name", "GOLDEN_TEXTS",
-           "MIN_COSINE"]
+__all__ = ["QuantizeResult", "Recipe", "quantize", "quantize_key", "bundle_name",
+           "build_graph", "GOLDEN_TEXTS", "MIN_COSINE"]
 
 # Short, varied sentences: the device's health gate embeds these and compares with the host.
 GOLDEN_TEXTS = [
@@ -27,6 +27,17 @@ GOLDEN_TEXTS = [
     "Was kostet ein Kaffee?",
     "error: connection refused on port 8080",
 ]
+# QA bundles' goldens: question/context pairs (the answer is a span of the context).
+GOLDEN_QA = [
+    ("What runs on the board?", "The edge board runs a quantized BERT model with ONNX Runtime."),
+    ("Where is it raining?", "It is raining in Berlin today, 12 degrees, and sunny in Rome."),
+    ("Who sat on the mat?", "A cat sat on the mat while the dog slept by the door."),
+    ("Which port refused the connection?", "error: connection refused on port 8080 after 3 "
+                                           "retries; port 9090 answered."),
+]
+# Classify and QA goldens hold probabilities (label scores, span score): the device must give
+# the same label or span, each probability within this of the host's.
+MAX_ABS_DIFF = 0.02
 # The golden outputs come from this same INT8 bundle run by edge_runtime on the host, so a
 # device differs from them only by kernel-level arithmetic (x86 VNNI vs ARM SDOT, thread
 # splits, activation rounding); a wrong model, tokenizer or pooling gives cosines far below.
@@ -42,6 +53,37 @@ OUTLIER_CHANNELS = {r"/layer\.\d+/output/dense/MatMul$": 4,
                     r"/layer\.\d+/intermediate/dense/MatMul$": 2}
 FP32_NODES: tuple[str, ...] = ()
 CALIBRATION_TEXTS = Path(__file__).resolve().parent / "data" / "calibration.txt"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to quantize: dynamic or static (calibrated QDQ) INT8, which nodes stay FP32.
+
+    Mixed precision is a recipe with fp32_nodes (edgefleet.model.search picks them).
+    """
+
+    method: str = "dynamic"
+    calibration: str | None = None  # static only: minmax, entropy or percentile
+    per_channel: bool = True
+    fp32_nodes: tuple[str, ...] = FP32_NODES
+    smooth_alpha: float | None = SMOOTH_ALPHA
+    outliers: dict[str, int] | None = field(default=None, hash=False)
+
+    def __post_init__(self):
+        from edgefleet.model.calibrate import CALIBRATION_METHODS
+
+        if self.method not in ("dynamic", "static"):
+            raise ValueError(f"quantization method {self.method!r}: expected dynamic or static")
+        if (self.method == "static") != (self.calibration in CALIBRATION_METHODS):
+            raise ValueError(f"calibration {self.calibration!r}: static needs one of "
+                             f"{', '.join(CALIBRATION_METHODS)}, dynamic none")
+
+    def settings(self) -> dict:
+        """Return the recipe as plain data (for cache keys and reports)."""
+        data = asdict(self)
+        data["fp32_nodes"] = list(self.fp32_nodes)
+        data["outliers"] = OUTLIER_CHANNELS if self.outliers is None else self.outliers
+        return data
 
 
 @dataclass(frozen=True)
@@ -61,46 +103,54 @@ def bundle_name(source_name: str, suffix: str = "int8") -> str:
     return f"{slug or 'model'}-{suffix}"
 
 
-def quantize_key(fp32_dir, per_channel: bool = True, min_cosine: float = MIN_COSINE,
-                 smooth_alpha: float | None = SMOOTH_ALPHA,
-                 fp32_nodes: tuple[str, ...] = FP32_NODES,
-                 outliers: dict[str, int] | None = None) -> str:
-    """Hash everything the bundle depends on: FP32 files, settings, ORT version, golden texts."""
+def quantize_key(fp32_dir, recipe: Recipe = Recipe(), min_cosine: float = MIN_COSINE,
+                 calibration_texts: Path = CALIBRATION_TEXTS) -> str:
+    """Hash everything the bundle depends on: FP32 files, recipe, ORT version, golden texts."""
     import onnxruntime
 
     fp32_dir = Path(fp32_dir)
     files = [fp32_dir / "model.onnx", fp32_dir / "tokenizer.json", fp32_dir / EXPORT_META,
-             CALIBRATION_TEXTS]
-    settings = {"per_channel": per_channel, "min_cosine": min_cosine, "golden": GOLDEN_TEXTS,
-                "smooth_alpha": smooth_alpha, "fp32_nodes": list(fp32_nodes),
-                "outliers": OUTLIER_CHANNELS if outliers is None else outliers,
-                "onnxruntime": onnxruntime.__version__, "format": 1}
+             Path(calibration_texts)]
+    settings = {"recipe": recipe.settings(), "min_cosine": min_cosine, "golden": GOLDEN_TEXTS,
+                "golden_qa": GOLDEN_QA, "max_abs_diff": MAX_ABS_DIFF,
+                "onnxruntime": onnxruntime.__version__, "format": 3}
     return inputs_digest(files, settings)
 
 
-def _golden(bundle_dir: Path, texts: list[str]) -> list[list[float]]:
+def _golden(bundle_dir: Path, min_cosine: float) -> dict:
     import edge_runtime
+    from edge_runtime.golden import expected
 
     model = edge_runtime.load(bundle_dir)
-    # One text per call, as the device's selftest does: dynamic INT8 picks its activation
+    # One input per call, as the device's selftest does: dynamic INT8 picks its activation
     # scales per call, so a padded batch gives (slightly) different vectors than batch 1.
-    rows = [model.embed([text])[0] for text in texts]
-    return [[round(float(v), 7) for v in row] for row in rows]
+    if model.task == "qa":
+        return expected(model, GOLDEN_QA, MAX_ABS_DIFF)
+    return expected(model, GOLDEN_TEXTS, min_cosine if model.task == "embed" else MAX_ABS_DIFF)
 
 
-def _document(meta: dict, name: str, per_channel: bool, tmp: Path, key: str,
-              smooth_alpha: float | None, fp32_nodes: list[str], split: dict[str, int]) -> dict:
+def _document(meta: dict, name: str, recipe: Recipe, tmp: Path, key: str,
+              fp32_nodes: list[str], split: dict[str, int], calibration_texts: Path) -> dict:
     import onnxruntime
 
     from importlib.metadata import version
 
+    task = meta.get("task", "embed")
+    heads = {"embed": {"pooling": "mean", "normalize": True},
+             "classify": {"labels": meta.get("labels")},
+             "qa": {"max_answer_len": meta.get("max_answer_len")}}[task]
     return {
-        "format": 1, "name": name, "task": "embed", "max_seq_len": meta["max_seq_len"],
-        "inputs": meta["inputs"], "outputs": meta["outputs"], "pooling": "mean",
-        "normalize": True, "source_model": meta["source_model"],
-        "quantization": {"method": "dynamic", "weight_type": "QInt8", "per_channel": per_channel,
-                         "onnxruntime": onnxruntime.__version__, "smooth_alpha": smooth_alpha,
-                         "calibration_texts": CALIBRATION_TEXTS.name if smooth_alpha else None,
+        "format": 1, "name": name, "task": task, "max_seq_len": meta["max_seq_len"],
+        "inputs": meta["inputs"], "outputs": meta["outputs"], **heads,
+        "source_model": meta["source_model"],
+        "quantization": {"method": recipe.method, "weight_type": "QInt8",
+                         "per_channel": recipe.per_channel,
+                         "onnxruntime": onnxruntime.__version__,
+                         "smooth_alpha": recipe.smooth_alpha,
+                         "calibration_texts": (Path(calibration_texts).name if
+                                               recipe.smooth_alpha or recipe.calibration
+                                               else None),
+                         "calibration_method": recipe.calibration,
                          "fp32_nodes": fp32_nodes, "outlier_channels": split},
         "session_config": ({} if meta.get("skip_layer_norm", True) else
                            dict(SESSION_CONFIG_UNFUSED)),
@@ -110,9 +160,10 @@ def _document(meta: dict, name: str, per_channel: bool, tmp: Path, key: str,
 
 
 def smoothed_fp32(fp32_dir: Path, dst: Path, alpha: float,
-                  outliers: dict[str, int] | None = None) -> dict[str, int]:
+                  outliers: dict[str, int] | None = None,
+                  calibration_texts: Path = CALIBRATION_TEXTS) -> dict[str, int]:
     """Write dst: the FP32 graph with SmoothQuant scales (and outlier paths) calibrated on
-    CALIBRATION_TEXTS; return the outlier channel count per node."""
+    calibration_texts; return the outlier channel count per node."""
     import onnx
     from tokenizers import Tokenizer
 
@@ -120,7 +171,7 @@ def smoothed_fp32(fp32_dir: Path, dst: Path, alpha: float,
     from edgefleet.model.smooth import activation_absmax, resolve_outliers, smooth
 
     tokenizer = Tokenizer.from_file(str(fp32_dir / "tokenizer.json"))
-    absmax = activation_absmax(fp32_dir / "model.onnx", tokenizer, read_texts(CALIBRATION_TEXTS))
+    absmax = activation_absmax(fp32_dir / "model.onnx", tokenizer, read_texts(calibration_texts))
     model = onnx.load(str(fp32_dir / "model.onnx"))
     split = resolve_outliers([node.name for node in model.graph.node if node.op_type == "MatMul"],
                              OUTLIER_CHANNELS if outliers is None else outliers)
@@ -152,33 +203,77 @@ def _graph_nodes(path: Path):
     return onnx.load(str(path), load_external_data=False).graph.node
 
 
-def quantize(fp32_dir, out_dir, name: str | None = None, per_channel: bool = True,
-             min_cosine: float = MIN_COSINE, smooth_alpha: float | None = SMOOTH_ALPHA,
-             fp32_nodes: tuple[str, ...] = FP32_NODES,
-             outliers: dict[str, int] | None = None) -> QuantizeResult:
-    """Write out_dir (atomically): INT8 model.onnx, tokenizer.json, bundle.json with golden."""
+def build_graph(fp32_dir: Path, recipe: Recipe, dst: Path, smoothed: Path | None = None,
+                calibration_texts: Path = CALIBRATION_TEXTS) -> dict[str, int]:
+    """Write dst: the INT8 graph of recipe; return the outlier channels split per node.
+
+    smoothed may name an already smoothed FP32 graph (smoothed_fp32 with the same alpha and
+    outliers) so that several recipes share one calibration run.
+    """
+    from tokenizers import Tokenizer
+
+    from edgefleet.model.calibrate import quantize_static_graph
+    from edgefleet.model.evaluate import read_texts
+
+    fp32_dir, dst = Path(fp32_dir), Path(dst)
+    src, split, scratch = fp32_dir / "model.onnx", {}, None
+    if recipe.smooth_alpha:
+        if smoothed is None:
+            scratch = src = dst.with_name(dst.name + ".smoothed.onnx")
+            split = smoothed_fp32(fp32_dir, src, recipe.smooth_alpha, recipe.outliers,
+                                  calibration_texts)
+        else:
+            src = smoothed
+            split = _outlier_counts(src)
+    try:
+        if recipe.method == "static":
+            tokenizer = Tokenizer.from_file(str(fp32_dir / "tokenizer.json"))
+            quantize_static_graph(src, dst, tokenizer, read_texts(calibration_texts),
+                                  recipe.calibration, recipe.per_channel, recipe.fp32_nodes)
+        else:
+            quantize_graph(src, dst, recipe.per_channel, recipe.fp32_nodes)
+    finally:
+        if scratch is not None:
+            scratch.unlink(missing_ok=True)
+    return split
+
+
+def _outlier_counts(path: Path) -> dict[str, int]:
+    """Return {MatMul name: outlier channels} of a smoothed graph (from its Gather indices)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    dims = {item.name: (list(item.dims) or [1])[0] for item in model.graph.initializer}
+    suffix = "_outlier_gather"
+    return {n.name[: -len(suffix)]: int(dims.get(n.input[1], 0)) for n in model.graph.node
+            if n.name.endswith(suffix)}
+
+
+def quantize(fp32_dir, out_dir, name: str | None = None, recipe: Recipe = Recipe(),
+             min_cosine: float = MIN_COSINE, graph: Path | None = None,
+             calibration_texts: Path = CALIBRATION_TEXTS) -> QuantizeResult:
+    """Write out_dir (atomically): INT8 model.onnx, tokenizer.json, bundle.json with golden.
+
+    graph may name an INT8 graph already built from recipe (build_graph); it is copied.
+    """
     started = time.perf_counter()
     fp32_dir, out_dir = Path(fp32_dir), Path(out_dir)
     meta = json.loads((fp32_dir / EXPORT_META).read_text())
     name = name or bundle_name(meta["source_model"]["name"])
-    key = quantize_key(fp32_dir, per_channel, min_cosine, smooth_alpha, fp32_nodes, outliers)
-    split: dict[str, int] = {}
+    key = quantize_key(fp32_dir, recipe, min_cosine, calibration_texts)
     with atomic_dir(out_dir) as tmp:
-        src = fp32_dir / "model.onnx"
-        if smooth_alpha:
-            src = tmp / "smoothed.onnx"
-            split = smoothed_fp32(fp32_dir, src, smooth_alpha, outliers)
-        quantize_graph(src, tmp / "model.onnx", per_channel, fp32_nodes)
-        if smooth_alpha:
-            src.unlink()
+        if graph is None:
+            split = build_graph(fp32_dir, recipe, tmp / "model.onnx",
+                                calibration_texts=calibration_texts)
+        else:
+            shutil.copyfile(graph, tmp / "model.onnx")
+            split = _outlier_counts(tmp / "model.onnx") if recipe.smooth_alpha else {}
         present = {n.name for n in _graph_nodes(tmp / "model.onnx")}
-        excluded = [n for n in fp32_nodes if n in present]
+        excluded = [n for n in recipe.fp32_nodes if n in present]
         shutil.copyfile(fp32_dir / "tokenizer.json", tmp / "tokenizer.json")
-        document = _document(meta, name, per_channel, tmp, key, smooth_alpha, excluded,
-                             split)
+        document = _document(meta, name, recipe, tmp, key, excluded, split, calibration_texts)
         (tmp / BUNDLE_JSON).write_text(json.dumps(document) + "\n")  # runtime needs it to load
-        document["golden"] = {"texts": GOLDEN_TEXTS, "min_cosine": min_cosine,
-                              "embeddings": _golden(tmp, GOLDEN_TEXTS)}
+        document["golden"] = _golden(tmp, min_cosine)
         bundle = parse_bundle(document, str(tmp / BUNDLE_JSON))
         (tmp / BUNDLE_JSON).write_text(json.dumps(document, indent=1) + "\n")
     return QuantizeResult(bundle_dir=out_dir, bundle=bundle,

@@ -6,13 +6,16 @@ import json
 import string
 from pathlib import Path
 
-__all__ = ["tiny_bert", "tiny_vocab", "tiny_tokenizer"]
+__all__ = ["tiny_bert", "tiny_vocab", "tiny_tokenizer", "tiny_bundle", "TINY_LABELS"]
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ("the a an is are was be to of and in on for with that this it as at by from or not "
          "what how why when where who model edge device fleet deploy run test quick brown fox "
          "jumps over lazy dog hello world data text token bert onnx int8 board arm fast small "
          "cat sat mat good bad new old big one two three time day").split()
+TINY_LABELS = ["negative", "neutral", "positive"]
+HEAD_CLASSES = {"embed": "BertModel", "classify": "BertForSequenceClassification",
+                "qa": "BertForQuestionAnswering"}
 
 
 def tiny_vocab() -> list[str]:
@@ -48,10 +51,15 @@ def tiny_tokenizer(vocab: list[str], max_len: int = 128):
 
 
 def tiny_bert(model_dir, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 2,
-              intermediate: int = 37, max_positions: int = 128, st_max_seq_len: int = 64) -> Path:
-    """Write a random BertModel with a tiny vocab and a sentence-transformers max length."""
+              intermediate: int = 37, max_positions: int = 128, st_max_seq_len: int | None = 64,
+              task: str = "embed") -> Path:
+    """Write a random BERT (plain, or with a classification or QA head) with a tiny vocab.
+
+    st_max_seq_len writes a sentence-transformers config (embedding models have one).
+    """
     import torch
-    from transformers import BertConfig, BertModel
+    import transformers
+    from transformers import BertConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -62,8 +70,11 @@ def tiny_bert(model_dir, seed: int = 0, hidden: int = 32, layers: int = 2, heads
     config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=heads, intermediate_size=intermediate,
                         max_position_embeddings=max_positions, pad_token_id=0)
+    if task == "classify":
+        config.id2label = dict(enumerate(TINY_LABELS))
+        config.label2id = {label: i for i, label in enumerate(TINY_LABELS)}
     torch.manual_seed(seed)
-    model = BertModel(config)
+    model = getattr(transformers, HEAD_CLASSES[task])(config)
     with torch.no_grad():  # widen the weights a little so outputs are not near-constant
         for param in model.parameters():
             if param.dim() > 1:
@@ -72,18 +83,25 @@ def tiny_bert(model_dir, seed: int = 0, hidden: int = 32, layers: int = 2, heads
     model.save_pretrained(str(model_dir))
     tiny_tokenizer(vocab).save(str(model_dir / "tokenizer.json"))
     (model_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    (model_dir / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": st_max_seq_len, "do_lower_case": False}) + "\n")
+    if st_max_seq_len:
+        (model_dir / "sentence_bert_config.json").write_text(
+            json.dumps({"max_seq_length": st_max_seq_len, "do_lower_case": False}) + "\n")
     return model_dir
 
 
-def tiny_bundle(root, seed: int = 0) -> dict[str, Path]:
-    """Build model dir, FP32 export and INT8 bundle for a tiny BERT under root; return paths."""
+def tiny_bundle(root, seed: int = 0, task: str = "embed", **export_args) -> dict[str, Path]:
+    """Build model dir, FP32 export and INT8 bundle for a tiny BERT under root; return paths.
+
+    Task heads get max_seq_len 64 like the embedding model's sentence-transformers limit.
+    """
     from edgefleet.model.export import export
     from edgefleet.model.quantize import quantize
 
     root = Path(root)
-    model_dir = tiny_bert(root / "hf", seed=seed)
-    export(model_dir, root / "fp32")
-    quantize(root / "fp32", root / "bundle", name="tiny-bert-int8")
+    model_dir = tiny_bert(root / "hf", seed=seed, task=task,
+                          st_max_seq_len=64 if task == "embed" else None)
+    export(model_dir, root / "fp32", **({"max_seq_len": 64} if task != "embed" else {}),
+           **export_args)
+    name = "tiny-bert-int8" if task == "embed" else f"tiny-bert-{task}-int8"
+    quantize(root / "fp32", root / "bundle", name=name)
     return {"model_dir": model_dir, "fp32_dir": root / "fp32", "bundle_dir": root / "bundle"}

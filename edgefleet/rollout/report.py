@@ -75,6 +75,19 @@ def _fmt(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _latency(d: dict) -> str:
+    """p95 ms, marked when it was measured but not judged: (emulated) or (throttled)."""
+    text = _fmt(d.get("latency_ms"), ".1f")
+    notes = d.get("gate_notes") or []
+    mark = next((w for w in ("emulated", "throttled") if any(n.startswith(w) for n in notes)), None)
+    return f"{text} ({mark})" if mark and text != "-" else text
+
+
+def _detail(d: dict) -> str:
+    error = (d.get("error") or "").split("; journal:")[0].strip()
+    return error.splitlines()[0][:160] if error else ""
+
+
 def print_table(doc: dict, console=None) -> None:
     """Print the final table: device, old -> new release, result, latency, temperature, time."""
     from rich.console import Console
@@ -83,17 +96,16 @@ def print_table(doc: dict, console=None) -> None:
     styles = {"updated": "green", "unchanged": "green", "failed": "bold red", "rolled back": "yellow",
               "rollback failed": "bold red", "not reached": "dim"}
     table = Table(title=f"rollout {doc['rollout']}: {doc['status']}")
-    for column in ("wave", "device", "release", "result", "latency ms", "temp °C", "time s", "detail"):
-        table.add_column(column, justify="right" if column in ("wave", "latency ms", "temp °C", "time s") else "left",
+    for column in ("wave", "device", "old -> new release", "result", "p95 ms", "temp °C", "time s", "detail"):
+        table.add_column(column, justify="right" if column in ("wave", "p95 ms", "temp °C", "time s") else "left",
                          no_wrap=column != "detail")
     for name in doc["order"]:
         d = doc["devices"][name]
         release = f"{d.get('previous') or '(none)'} -> {d.get('new') or '?'}" if d.get("new") else "-"
         result = d["result"]
         table.add_row(str(d["wave"]), name, release, f"[{styles.get(result, '')}]{result}[/]",
-                      _fmt(d.get("latency_ms"), ".1f"), _fmt(d.get("temperature_c"), ".1f"),
-                      _fmt(d.get("seconds") if result != "not reached" else None, ".1f"),
-                      (d.get("error") or "").split("; journal:")[0].splitlines()[0:1][0][:160] if d.get("error") else "")
+                      _latency(d), _fmt(d.get("temperature_c"), ".1f"),
+                      _fmt(d.get("seconds") if result != "not reached" else None, ".1f"), _detail(d))
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     console.print(table)
     counts = doc.get("counts", {})

@@ -12,11 +12,10 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from ..deploy import deploy, prepare_release, revert
 from ..deploy.env import build_target_env
@@ -39,8 +38,10 @@ class DeviceOutcome:
     previous: str | None = None  # release active before
     new: str | None = None  # release the rollout brought
     active: str | None = None  # release active at the end, when known
-    latency_ms: float | None = None  # median golden-output request, through SSH
-    temperature_c: float | None = None
+    latency_ms: float | None = None  # p95 of the gate's golden requests, measured on the device
+    temperature_c: float | None = None  # hottest zone during the gate
+    rss_mib: float | None = None
+    gate_notes: list[str] = field(default_factory=list)  # measured but not judged (emulated, throttled)
     seconds: float = 0.0
     error: str = ""
 
@@ -88,8 +89,8 @@ def _deploy_one(target: Target, release: Release, bundle_dir: Path, build_dir: P
             log(traceback.format_exc())
     else:
         out.previous, out.temperature_c = r.previous, r.temperature_c
-        if r.health is not None and r.health.latency_ms:
-            out.latency_ms = float(np.median(r.health.latency_ms))
+        if r.health is not None:
+            out.latency_ms, out.rss_mib, out.gate_notes = r.health.p95_ms, r.health.rss_mib, list(r.health.notes)
         if r.ok:
             out.result, out.active = ("updated" if r.changed else "unchanged"), r.release_id
         else:
@@ -103,12 +104,11 @@ def _deploy_one(target: Target, release: Release, bundle_dir: Path, build_dir: P
 def _revert_one(target: Target, out: DeviceOutcome, reason: str, log: Callable[[str], None]) -> DeviceOutcome:
     t0 = time.monotonic()
     try:
-        health = revert(target, out.previous, reason, log=log)
-        ok, why = health.ok, health.reason
+        back = revert(target, out.previous, reason, log=log)
+        ok, why, out.active = back.ok, back.error, back.active
     except Exception as exc:
-        ok, why = False, str(exc) or type(exc).__name__
+        ok, why, out.active = False, str(exc) or type(exc).__name__, None
     out.result = ROLLED_BACK if ok else ROLLBACK_FAILED
-    out.active = out.previous if ok else None
     if not ok:
         out.error = f"rollback to {out.previous} failed: {why}"[:500]
         log(out.error)

@@ -1,14 +1,16 @@
-"""Fleet tasks: render, deploy, status."""
+"""Fleet tasks: render, deploy, rollback, status."""
 
 from __future__ import annotations
 
 import json
 import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from ..deploy import DeployError, deploy as deploy_target
+from ..deploy import DeployError, deploy as deploy_target, rollback as rollback_target
 from ..deploy.env import EnvError
 from ..deploy.plan import PlanError
 from ..deploy.release import ReleaseError
@@ -102,6 +104,59 @@ def deploy(c, target, bundle=None, dry_run=False):
     print(f"{tgt.name}: {verb} {result.release_id} in {result.seconds:.1f} s")
 
 
+def _print_rollback_table(results) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="edgefleet rollback")
+    for column in ("device", "old -> new release", "result", "p95 ms", "temp °C", "time s", "detail"):
+        table.add_column(column)
+    for r in results:
+        h = r.health
+        result = "rolled back" if r.ok else ("FAILED, restored" if r.restored else "FAILED")
+        table.add_row(r.target, f"{r.from_release or '?'} -> {r.to_release or '?'}", result,
+                      "-" if h is None or h.p95_ms is None else f"{h.p95_ms:.1f}",
+                      "-" if h is None or h.temperature_c is None else f"{h.temperature_c:.1f}", f"{r.seconds:.1f}",
+                      (r.error or (", ".join(h.notes) if h else "")).split("; journal:")[0][:160])
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+@task(help={
+    "target": "one device name",
+    "group": "every device of a group",
+    "parallel": "at most this many devices at once (default 10)",
+    "json": "print one JSON document instead of a table",
+    "to": "with --target: this release (still on the device) instead of the previous committed one",
+})
+def rollback(c, target=None, group=None, parallel=10, json_=False, to=None):
+    """Roll devices back to their previous committed release, through the health gate."""
+    if bool(target) == bool(group):
+        raise Exit("error: give exactly one of --target or --group", code=2)
+    if to and group:
+        raise Exit("error: --to names one device's release: use it with --target", code=2)
+    try:
+        inventory = load_inventory(targets_dir(c))
+        targets = [inventory.target(target)] if target else inventory.group(group)
+    except InventoryError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+    _sigterm_unwinds()
+    out = sys.stderr if json_ else sys.stdout
+    with ThreadPoolExecutor(max_workers=max(int(parallel), 1)) as pool:
+        results = list(pool.map(lambda t: rollback_target(t, to, log=lambda line, n=t.name: print(f"{n}: {line.strip()}",
+                                                                                               file=out)), targets))
+    if json_:
+        print(json.dumps({"targets": {r.target: {
+            "from": r.from_release, "to": r.to_release, "ok": r.ok, "active": r.active, "restored": r.restored,
+            "seconds": round(r.seconds, 2), "error": r.error,
+            "health": None if r.health is None else {k: getattr(r.health, k) for k in (
+                "ok", "reason", "min_cosine", "p95_ms", "rss_mib", "temperature_c", "throttled", "notes")},
+        } for r in results}}, indent=2))
+    else:
+        _print_rollback_table(results)
+    if not all(r.ok for r in results):
+        raise Exit(code=1)
+
+
 def _print_status_table(statuses) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -145,4 +200,5 @@ def status(c, target=None, group=None, json_=False):
 ns = Collection("fleet")
 ns.add_task(render)
 ns.add_task(deploy)
+ns.add_task(rollback)
 ns.add_task(status)

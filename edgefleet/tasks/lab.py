@@ -1,13 +1,17 @@
-"""Tasks for the lab: `lab.up`, `lab.down`, `lab.status`."""
+"""Tasks for the lab: `lab.up`, `lab.down`, `lab.status`, `lab.heat`, `lab.fault`, and the VM: `lab.vm.up|down|ssh|status`."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
 
-from invoke import Collection, task
+from invoke import Collection, Exit, task
 
 from edgefleet import lab, paths
+from edgefleet.lab import knobs
+from edgefleet.lab import vm as labvm
+from edgefleet.lab import vmplan
+from edgefleet.lab.plan import ROUND_ROBIN
 
 
 def _lab_paths(c) -> lab.LabPaths:
@@ -18,10 +22,14 @@ def _lab_paths(c) -> lab.LabPaths:
     "devices": "number of simulated devices, lab-01..lab-NN (default 1)",
     "arch": "arm64 (emulated with qemu-user, default) or amd64 (native, fast)",
     "timeout": "seconds to wait for SSH and systemd (default 120 amd64, 300 arm64)",
+    "board": f"one board profile for every device (e.g. qemu-virt); default round-robin {', '.join(ROUND_ROBIN)}",
 })
-def up(c, devices=1, arch="arm64", timeout=0):
+def up(c, devices=1, arch="arm64", timeout=0, board=None):
     """Start lab devices and write their inventory (targets/lab.yaml)."""
-    lab.up(_lab_paths(c), devices=int(devices), arch=arch, timeout=float(timeout) or None)
+    try:
+        lab.up(_lab_paths(c), devices=int(devices), arch=arch, timeout=float(timeout) or None, board=board)
+    except ValueError as exc:
+        raise Exit(f"lab.up: {exc}", code=2) from None
 
 
 @task
@@ -40,8 +48,102 @@ def status(c, json_=False):
     if not devices:
         print("lab: no devices")
     for d in devices:
-        print(f"{d.name:8} {d.state:9} {d.arch:6} ssh 127.0.0.1:{d.ssh_port}  "
+        print(f"{d.name:8} {d.state:9} {d.arch:6} {d.board:10} ssh 127.0.0.1:{d.ssh_port}  "
               f"runtime :{d.runtime_port}  ({d.container})")
 
 
-ns = Collection("lab", up, down, status)
+@task(help={
+    "device": "lab device, e.g. lab-02",
+    "celsius": "temperature to set, e.g. 85 (45 is the idle value lab.up sets)",
+    "zone": "one thermal zone: its number, thermal_zoneN or its type (default: every zone)",
+})
+def heat(c, device, celsius, zone=None):
+    """Set a lab device's fake thermal zone(s) to a temperature (the runtime's guard sees it)."""
+    try:
+        zones = knobs.heat(_lab_paths(c), device, float(celsius), zone)
+    except ValueError as exc:
+        raise Exit(f"lab.heat: {exc}", code=2) from None
+    print(f"lab: {device} {', '.join(zones)} -> {float(celsius):.1f} C")
+
+
+
+def _vm_paths(c) -> labvm.VmPaths:
+    return labvm.VmPaths(build_dir=paths.build_dir(c), targets_dir=paths.targets_dir(c))
+
+
+@task(name="up", help={
+    "kernel": "4k (linux-image-arm64, default) or 16k (linux-image-arm64-16k, the Pi 5's page size)",
+    "cpus": "vCPUs (default 4)",
+    "memory": "MB of RAM (default 2048)",
+    "timeout": "seconds to wait for SSH and systemd (default 300)",
+})
+def vm_up(c, kernel="4k", cpus=4, memory=2048, timeout=0):
+    """Boot the arm64 VM (image built or cached) as target lab-vm and write targets/lab-vm.yaml."""
+    try:
+        spec = vmplan.VmSpec(kernel=kernel, cpus=int(cpus), memory_mb=int(memory))
+    except ValueError as exc:
+        raise Exit(f"lab.vm.up: {exc}", code=2) from None
+    labvm.up(_vm_paths(c), spec, timeout=float(timeout) or None)
+
+
+@task(name="down")
+def vm_down(c):
+    """Power the VM off (QMP power button, then quit), remove its overlay and inventory."""
+    labvm.down(_vm_paths(c))
+
+
+@task(name="ssh", help={"command": "run this instead of an interactive shell"})
+def vm_ssh(c, command=""):
+    """Open a shell on the VM as the deploy user (host key checked against the lab's known_hosts)."""
+    vm_paths = _vm_paths(c)
+    if labvm.pid(vm_paths) is None:
+        raise Exit("lab.vm.ssh: the VM is not running; start it with `invoke lab.vm.up`", code=1)
+    argv = labvm.ssh_argv(vm_paths, command)
+    c.run(vmplan.describe(argv), pty=not command, warn=True)
+
+
+@task(name="status", help={"json": "print one JSON document instead of a line"})
+def vm_status(c, json_=False):
+    """Show whether the VM runs: pid, ssh port, image and systemd's state."""
+    state = labvm.status(_vm_paths(c))
+    if json_:
+        print(json.dumps(asdict(state), indent=2))
+    elif not state.running:
+        print(f"{state.name}: not running (ssh port would be 127.0.0.1:{state.ssh_port})")
+    else:
+        print(f"{state.name}: running, pid {state.pid}, ssh 127.0.0.1:{state.ssh_port}, "
+              f"systemd {state.system}, image {state.image}")
+
+
+vm = Collection("vm")
+for _task in (vm_up, vm_down, vm_ssh, vm_status):
+    vm.add_task(_task)
+
+
+@task(help={
+    "device": "lab device name (lab-NN) in this lab slot (EDGEFLEET_LAB_SLOT)",
+    "knob": "sshd-stop | sshd-start | sshd-kill | disk-small | disk-restore | disk-fill | disk-free | "
+            "sshd-kill-on-upload | disk-fill-on-upload (armed now, strike during the next upload)",
+    "path": "for disk-* and *-on-upload: the device root it acts on (default /opt/edgefleet)",
+    "mb": "for disk-small: size of the small filesystem in MiB (default 64)",
+    "leave_mb": "for disk-fill: MiB left free (default 1)",
+})
+def fault(c, device, knob, path="/opt/edgefleet", mb=64, leave_mb="1"):
+    """Inject a fault into a lab device: stop/start/kill sshd, a small or full disk."""
+    from edgefleet.engine import EngineError
+    from edgefleet.lab import faults
+
+    if knob not in faults.KNOBS:
+        raise Exit(f"error: --knob {knob!r}: expected one of {', '.join(faults.KNOBS)}", code=2)
+    fn, wants = faults.KNOBS[knob]
+    given = {"path": path, "mb": int(mb), "leave_mb": float(leave_mb)}
+    try:
+        fn(device, *(given[w] for w in wants))
+    except (faults.FaultError, EngineError) as exc:
+        raise Exit(f"error: {exc}", code=1) from None
+    except Exception as exc:  # docker's NotFound for a device that is not up
+        raise Exit(f"error: {device}: {exc}", code=1) from None
+    print(f"lab: {knob} applied to {device}")
+
+
+ns = Collection("lab", up, down, status, heat, fault, vm)

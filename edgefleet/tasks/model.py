@@ -32,9 +32,13 @@ def _resolve(path) -> Path:
     "max_seq_len": "max tokens (default: min(max_position_embeddings, sentence-transformers "
                    "max_seq_length))",
     "opset": "ONNX opset for the legacy TorchScript exporter",
+    "task": "embed, classify or qa (default: from config.json's architectures, e.g. "
+            "BertForQuestionAnswering -> qa)",
+    "max_answer_len": "qa: longest answer span in tokens (default 30)",
     "force": "export even when the inputs are unchanged",
 })
-def export(c, model_dir=None, out=None, max_seq_len=None, opset=17, force=False):
+def export(c, model_dir=None, out=None, max_seq_len=None, opset=17, task=None,
+           max_answer_len=None, force=False):
     """Export a model to optimized FP32 ONNX (legacy exporter + ORT transformer fusions)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from edgefleet.model import export as ex
@@ -43,67 +47,166 @@ def export(c, model_dir=None, out=None, max_seq_len=None, opset=17, force=False)
     slug = ex.source_name(model_dir).rsplit("/", 1)[-1].lower()
     out = _resolve(out) if out else build_dir(c) / "models" / slug
     seq = int(max_seq_len) if max_seq_len else None
-    key = ex.export_key(model_dir, seq, int(opset))
+    answer_len = int(max_answer_len) if max_answer_len else None
+    if task is not None and task not in ex.TASKS:
+        raise SystemExit(f"--task {task}: expected one of {', '.join(ex.TASKS)}")
+    key = ex.export_key(model_dir, seq, int(opset), task=task, max_answer_len=answer_len)
     meta = ex.read_meta(out)
     if not force and meta.get("inputs_sha256") == key and (out / "model.onnx").is_file():
         print(f"up to date: {out} (inputs unchanged)")
     else:
-        result = ex.export(model_dir, out, max_seq_len=seq, opset=int(opset))
+        try:
+            result = ex.export(model_dir, out, max_seq_len=seq, opset=int(opset), task=task,
+                               max_answer_len=answer_len)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
         print(f"exported {model_dir} in {result.seconds:.1f} s")
         meta = ex.read_meta(out)
     size = (out / "model.onnx").stat().st_size
     print(f"wrote {out / 'model.onnx'} ({size / MB:.1f} MB), {out / 'tokenizer.json'}, "
           f"{out / ex.EXPORT_META}")
-    print(f"max_seq_len {meta['max_seq_len']}; fused ops: {json.dumps(meta['fused_ops'])}")
+    heads = {"classify": f"; labels {meta.get('labels')}",
+             "qa": f"; max_answer_len {meta.get('max_answer_len')}"}.get(meta.get("task"), "")
+    print(f"task {meta.get('task', 'embed')}{heads}; max_seq_len {meta['max_seq_len']}; "
+          f"fused ops: {json.dumps(meta['fused_ops'])}")
     if not meta["fused_ops"].get("Attention") and not meta["fused_ops"].get("MultiHeadAttention"):
         print("WARNING: attention was not fused; the model will run slower")
 
 
+MODES = ("dynamic", "static", "mixed", "search")
+
+
 @task(help={
     "model": "exported FP32 directory (default: <build_dir>/models/all-minilm-l6-v2/)",
-    "out": "bundle directory (default: <build_dir>/bundles/<model-name>-int8/)",
+    "out": "bundle directory (default: <build_dir>/bundles/<model-name>/)",
     "name": "bundle name (default: <model-name>-int8)",
+    "mode": "dynamic (default: SmoothQuant + outlier split + dynamic per-channel INT8), static "
+            "(calibrated QDQ, see --calibration), mixed (dynamic with the fewest most sensitive "
+            "ops kept in FP32 until the target is met) or search (every candidate measured, "
+            "the fastest that meets the target written)",
+    "calibration": "static: minmax, entropy or percentile",
+    "calibration_texts": "text file for SmoothQuant and static calibration, one text a line "
+                         "(default: edgefleet/model/data/calibration.txt)",
+    "texts": "mixed/search: evaluation texts (default: tests/data/texts.txt)",
+    "min_cosine": "mixed/search: every text's cosine vs FP32 at least this",
+    "mean_cosine": "mixed/search: mean cosine vs FP32 at least this",
     "per_tensor": "quantize weights per tensor instead of per channel (less accurate)",
+    "json": "print one JSON document (the bundle, its size and quantization; with mixed/search "
+            "also every candidate) instead of tables",
     "force": "quantize even when the inputs are unchanged",
 })
-def quantize(c, model=None, out=None, name=None, per_tensor=False, force=False):
-    """Quantize an FP32 export to dynamic INT8 and write a bundle with golden outputs."""
+def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="minmax",
+             calibration_texts=None, texts=None, min_cosine=0.99, mean_cosine=0.998,
+             per_tensor=False, json=False, force=False):
+    """Quantize an FP32 export to INT8 (dynamic, static, mixed or searched) into a bundle."""
     from edgefleet.model import export as ex
     from edgefleet.model import quantize as qz
     from edgefleet.model.bundle import BundleError, verify
 
+    if mode not in MODES:
+        raise SystemExit(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
     model = _resolve(model) if model else build_dir(c) / "models" / "all-minilm-l6-v2"
     if not (model / ex.EXPORT_META).is_file():
         raise SystemExit(f"{model}: no {ex.EXPORT_META}; run `invoke model.export` first")
+    calib = _resolve(calibration_texts) if calibration_texts else qz.CALIBRATION_TEXTS
+    if not calib.is_file():
+        raise SystemExit(f"--calibration-texts {calib}: no such file")
     name = name or qz.bundle_name(ex.read_meta(model)["source_model"]["name"])
     out = _resolve(out) if out else build_dir(c) / "bundles" / name
-    key = qz.quantize_key(model, per_channel=not per_tensor)
+    try:
+        recipe = qz.Recipe(method="static" if mode == "static" else "dynamic",
+                           calibration=calibration if mode == "static" else None,
+                           per_channel=not per_tensor)
+    except ValueError as error:
+        raise SystemExit(f"--calibration: {error}") from None
+    graph, searched = None, None
+    export_task = ex.read_meta(model).get("task", "embed")
+    if mode in ("mixed", "search") and export_task != "embed":
+        raise SystemExit(f"--mode {mode} compares embeddings; {model} is a {export_task} "
+                         "export (use dynamic or static)")
+    if mode in ("mixed", "search"):
+        recipe, graph, searched = _search(c, model, out, calib, texts, mode, float(min_cosine),
+                                          float(mean_cosine), json)
+    key = qz.quantize_key(model, recipe, calibration_texts=calib)
     try:
         current = verify(out) if (out / "bundle.json").is_file() else None
     except BundleError as error:
         print(f"rebuilding: {error}")
         current = None
     if not force and current is not None and current.inputs_sha256 == key and current.name == name:
-        print(f"up to date: {out} (inputs unchanged, file hashes verified)")
+        print(f"up to date: {out} (inputs unchanged, file hashes verified)", file=_stream(json))
         bundle = current
     else:
-        result = qz.quantize(model, out, name=name, per_channel=not per_tensor)
-        print(f"quantized in {result.seconds:.1f} s")
+        result = qz.quantize(model, out, name=name, recipe=recipe, graph=graph,
+                             calibration_texts=calib)
+        print(f"quantized in {result.seconds:.1f} s", file=_stream(json))
         bundle = result.bundle
+    if graph is not None:
+        from edgefleet.model.search import cleanup
+
+        cleanup(graph.parent)
     fp32 = (model / "model.onnx").stat().st_size
     int8 = bundle.files["model.onnx"].bytes
     print(f"wrote {out}: model.onnx {int8 / MB:.1f} MB ({100 * int8 / fp32:.1f}% of FP32 "
-          f"{fp32 / MB:.1f} MB), tokenizer.json, bundle.json")
-    print(f"golden: {len(bundle.golden.texts)} texts, min_cosine {bundle.golden.min_cosine}")
+          f"{fp32 / MB:.1f} MB), tokenizer.json, bundle.json", file=_stream(json))
+    golden = bundle.golden.model_dump()
+    count = len(golden.get("texts") or golden.get("questions"))
+    tolerance = ", ".join(f"{key} {golden[key]}" for key in ("min_cosine", "max_abs_diff")
+                          if key in golden)
+    print(f"task {bundle.task}; golden: {count} inputs, {tolerance}", file=_stream(json))
+    if json:
+        import json as jsonlib
+
+        print(jsonlib.dumps({"bundle": str(out), "model_bytes": int8, "fp32_bytes": fp32,
+                             "size_vs_fp32": round(int8 / fp32, 4),
+                             "quantization": bundle.quantization.model_dump(),
+                             "search": searched}, indent=1))
+
+
+def _stream(as_json: bool):
+    import sys
+
+    return sys.stderr if as_json else sys.stdout
+
+
+def _search(c, model: Path, out: Path, calib: Path, texts, mode: str, min_cosine: float,
+            mean_cosine: float, as_json: bool):
+    """Run the candidate search; print the table (unless as_json); return the picked recipe,
+    its graph and the search as plain data."""
+    import sys
+
+    from edgefleet.model import export as ex
+    from edgefleet.model import search as se
+    from edgefleet.model.evaluate import read_texts
+
+    eval_path = _resolve(texts) if texts else None
+    if eval_path is not None and not eval_path.is_file():
+        raise SystemExit(f"--texts {eval_path}: no such file")
+    session_config = ({} if ex.read_meta(model).get("skip_layer_norm", True)
+                      else dict(ex.SESSION_CONFIG_UNFUSED))
+    work = build_dir(c) / "cache" / f"quantize-{mode}-{out.name}"
+    result = se.search(model, work, read_texts(eval_path), se.Target(min_cosine, mean_cosine),
+                       calibration_texts=calib, session_config=session_config,
+                       methods=se.CALIBRATION_METHODS if mode == "search" else (),
+                       log=lambda line: print(line, file=sys.stderr))
+    se.keep(result, build_dir(c) / "reports" / f"quantize-{out.name}.json")
+    if not as_json:
+        se.render_table(result)
+    if not result.picked.meets:
+        print(f"WARNING: no candidate met the target; writing the most accurate, "
+              f"{result.picked.name}", file=sys.stderr)
+    return result.picked.recipe, result.picked.graph, se.as_json(result)
 
 
 @task(help={
     "threads": "comma-separated intra-op thread counts, e.g. 1,2",
     "batch": "comma-separated batch sizes, e.g. 1,8",
     "rounds": "interleaved rounds per length (median of these)",
+    "clock": "wall (default) or cpu: CPU time of the calling thread, steadier on a shared "
+             "machine (--threads 1 only)",
     "json": "print one JSON document instead of the table",
 })
-def bench(c, threads="1,2", batch="1,8", rounds=30, json=False):
+def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False):
     """Time PyTorch FP32, ORT FP32, naive INT8 and our bundle side by side; print ratios."""
     import shlex
     import sys
@@ -112,7 +215,7 @@ def bench(c, threads="1,2", batch="1,8", rounds=30, json=False):
 
     script = repo_root() / "benchmarks" / "bench_model.py"
     parts = [sys.executable, str(script), "--threads", str(threads), "--batch", str(batch),
-             "--rounds", str(int(rounds))] + (["--json"] if json else [])
+             "--rounds", str(int(rounds)), "--clock", str(clock)] + (["--json"] if json else [])
     c.run(" ".join(shlex.quote(part) for part in parts), pty=False)
 
 
@@ -121,9 +224,10 @@ def bench(c, threads="1,2", batch="1,8", rounds=30, json=False):
     "threads": "intra-op threads",
     "rounds": "interleaved rounds per length (median of these)",
     "plot": "PNG path (default: <repo>/build/reports/model-check.png)",
+    "clock": "wall (default) or cpu: CPU time of the calling thread (--threads 1 only)",
     "json": "print one JSON document instead of the tables",
 })
-def check(c, texts=None, threads=1, rounds=15, plot=None, json=False):
+def check(c, texts=None, threads=1, rounds=15, plot=None, clock="wall", json=False):
     """Accuracy vs FP32 PyTorch and latency per length: tables, --json and a PNG plot."""
     import shlex
     import sys
@@ -131,7 +235,7 @@ def check(c, texts=None, threads=1, rounds=15, plot=None, json=False):
     from edgefleet.paths import repo_root
 
     parts = [sys.executable, str(repo_root() / "benchmarks" / "check_model.py"),
-             "--threads", str(int(threads)), "--rounds", str(int(rounds))]
+             "--threads", str(int(threads)), "--rounds", str(int(rounds)), "--clock", str(clock)]
     if texts:
         parts += ["--texts", str(_resolve(texts))]
     if plot:
@@ -141,4 +245,52 @@ def check(c, texts=None, threads=1, rounds=15, plot=None, json=False):
     c.run(" ".join(shlex.quote(part) for part in parts), pty=False)
 
 
-ns = Collection("model", export, quantize, bench, check)
+@task(help={
+    "bundle": "bundle directory (default: config edgefleet.bundle)",
+    "threads": "intra-op threads (default: one per CPU this process may use)",
+    "runs": "timed runs per golden input",
+    "top": "nodes in the table and the chart",
+    "png": "chart path (default: <build_dir>/reports/profile-<bundle-name>.png)",
+    "json": "print one JSON document (the runtime's profile plus the chart's path)",
+})
+def profile(c, bundle=None, threads=None, runs=5, top=15, png=None, json=False):
+    """Per-node ORT profile of a bundle by the runtime itself: top nodes as a table and a PNG."""
+    import json as jsonlib
+    import shlex
+    import sys
+
+    from edge_runtime.profiling import format_table
+
+    from edgefleet.model.charts import parse_profile, profile_chart
+    from edgefleet.paths import bundle_dir
+
+    bundle = _resolve(bundle) if bundle else bundle_dir(c)
+    # the payload runs as on a device (its own process, only its own dependencies) and prints
+    # JSON; matplotlib stays on the host
+    parts = [sys.executable, "-m", "edge_runtime", "profile", "--bundle", str(bundle), "--json",
+             "--runs", str(int(runs)), "--top", str(int(top))]
+    if threads:
+        parts += ["--threads", str(int(threads))]
+    result = c.run(" ".join(shlex.quote(part) for part in parts), hide=True, warn=True,
+                   in_stream=False)
+    if result.exited != 0:
+        raise SystemExit(f"edge_runtime profile failed for {bundle}:\n{result.stderr.strip()}")
+    try:
+        doc = parse_profile(result.stdout)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    name = doc.get("bundle") or bundle.name
+    path = _resolve(png) if png else build_dir(c) / "reports" / f"profile-{name}.png"
+    profile_chart(doc, path)
+    if json:
+        print(jsonlib.dumps({**doc, "png": str(path)}))
+        return
+    print(f"{name} ({doc['task']}): load {doc['load_seconds']:.3f} s, {doc['threads']} "
+          f"thread(s); top {len(doc['nodes'])} nodes by time ({doc['inputs']} golden inputs x "
+          f"{doc['runs']} runs, batch 1):")
+    for line in format_table(doc["nodes"]):
+        print(line)
+    print(f"wrote {path}")
+
+
+ns = Collection("model", export, quantize, bench, check, profile)

@@ -1,4 +1,4 @@
-"""On-device runtime: load an edgefleet bundle and embed texts with ONNX Runtime."""
+"""On-device runtime: load an edgefleet bundle and embed, classify or answer with ONNX Runtime."""
 
 from edge_runtime.model import BundleFormatError, EmbeddingModel, load
 

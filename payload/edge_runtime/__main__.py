@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--runs", type=int, default=5, help="timed runs per text")
         if name == "profile":
             sub.add_argument("--top", type=int, default=15, help="nodes to list")
+            sub.add_argument("--json", action="store_true",
+                             help="print one JSON document (the host draws the chart from it)")
     return parser
 
 
@@ -79,19 +81,35 @@ def _selftest(args, config) -> int:
 
 
 def _profile(args, config) -> int:
+    from edge_runtime.golden import items
     from edge_runtime.profiling import format_table, node_profile
     from edge_runtime.selftest import profile
 
     started = time.perf_counter()
     model = _load(args, config)
-    print(f"load_seconds {time.perf_counter() - started:.3f} threads {model.threads}")
-    for row in profile(model, runs=args.runs):
+    load_seconds = time.perf_counter() - started
+    lengths = profile(model, runs=args.runs)
+    try:
+        inputs = items(model.meta.get("golden") or {})
+    except (KeyError, ValueError):
+        inputs = []
+    if not inputs:  # a bundle without goldens: one ~32-token input of its task
+        text = "edge " * 30
+        inputs = [("what is it?", text)] if model.task == "qa" else [text]
+    rows = node_profile(model.bundle_dir, inputs, runs=args.runs, threads=model.threads,
+                        spin=config.spin, max_seq_len=model.max_seq_len, top=args.top)
+    if args.json:
+        json.dump({"bundle": model.meta.get("name"), "task": model.task,
+                   "load_seconds": round(load_seconds, 4), "threads": model.threads,
+                   "inputs": len(inputs), "runs": args.runs, "latency_by_length": lengths,
+                   "nodes": rows}, sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    print(f"load_seconds {load_seconds:.3f} threads {model.threads}")
+    for row in lengths:
         print(f"tokens {row['tokens']:4d}  p50 {row['p50']:8.2f} ms  p95 {row['p95']:8.2f} ms"
               f"  p99 {row['p99']:8.2f} ms")
-    texts = list((model.meta.get("golden") or {}).get("texts") or ["edge " * 30])
-    rows = node_profile(model.bundle_dir, texts, runs=args.runs, threads=model.threads,
-                        spin=config.spin, max_seq_len=model.max_seq_len, top=args.top)
-    print(f"top {len(rows)} nodes by time ({len(texts)} texts x {args.runs} runs, batch 1):")
+    print(f"top {len(rows)} nodes by time ({len(inputs)} inputs x {args.runs} runs, batch 1):")
     for line in format_table(rows):
         print(line)
     return 0

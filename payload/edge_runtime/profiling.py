@@ -39,9 +39,13 @@ def format_table(rows: list[dict]) -> list[str]:
     return out
 
 
-def node_profile(bundle_dir, texts: list[str], runs: int = 5, threads=None, spin=False,
+def node_profile(bundle_dir, inputs: list, runs: int = 5, threads=None, spin=False,
                  max_seq_len=None, top: int = 15) -> list[dict]:
-    """Load a profiling session, embed each text runs times at batch 1, return top_nodes."""
+    """Load a profiling session, run each input runs times at batch 1, return top_nodes.
+
+    inputs are the bundle's golden inputs: texts, or (question, context) pairs for QA.
+    """
+    from edge_runtime.golden import run
     from edge_runtime.model import load, session_options
 
     options = session_options(threads, spin)
@@ -49,10 +53,10 @@ def node_profile(bundle_dir, texts: list[str], runs: int = 5, threads=None, spin
     workdir = tempfile.mkdtemp(prefix="edge-profile-")
     options.profile_file_prefix = os.path.join(workdir, "ort")
     model = load(bundle_dir, max_seq_len=max_seq_len, options=options)
-    model.embed(texts[:1])  # warm-up (its events are counted too; runs dominate)
+    run(model, inputs[0])  # warm-up (its events are counted too; runs dominate)
     for _ in range(max(runs, 1)):
-        for text in texts:
-            model.embed([text])
+        for item in inputs:
+            run(model, item)
     path = Path(model.session.end_profiling())
     try:
         events = json.loads(path.read_text())

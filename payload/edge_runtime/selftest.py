@@ -7,12 +7,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_runtime.golden import compare, cosines, fitting, task_of
+from edge_runtime.golden import items as golden_items
+from edge_runtime.golden import run as run_golden
+
 __all__ = ["SelftestResult", "selftest", "percentiles", "profile", "cosines", "rss_mib"]
 
 
 @dataclass(frozen=True)
 class SelftestResult:
-    """Per-text cosines against the golden embeddings and batch-1 latency percentiles (ms)."""
+    """Per-golden values against the expected outputs and batch-1 latency percentiles (ms).
+
+    cosines holds the per-golden values: cosines for embed bundles, absolute differences
+    (score or probability) for classify and qa; metric says which, min_cosine the threshold.
+    """
 
     passed: bool
     reason: str
@@ -20,22 +28,23 @@ class SelftestResult:
     min_cosine: float
     latency_ms: dict[str, float]
     rss_mib: float = 0.0
+    metric: str = "cosine"
+
+    @property
+    def worst(self) -> float:
+        """Return the worst per-golden value (lowest cosine, largest difference), 0.0 if none."""
+        if not self.cosines:
+            return 0.0
+        return min(self.cosines) if self.metric == "cosine" else max(self.cosines)
 
     def lines(self) -> list[str]:
         """Return a short human report, one line per item."""
-        out = [f"cosine[{i}] = {value:.6f}" for i, value in enumerate(self.cosines)]
+        out = [f"{self.metric}[{i}] = {value:.6f}" for i, value in enumerate(self.cosines)]
         out.append("latency_ms " + " ".join(f"{k}={v:.2f}" for k, v in self.latency_ms.items()
                                             if k != "p90"))
         out.append(f"rss_mib {self.rss_mib:.1f}")
         out.append(("PASS" if self.passed else "FAIL") + f": {self.reason}")
         return out
-
-
-def cosines(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    """Return the row-wise cosine similarity of two (n, dim) arrays."""
-    a = actual / np.maximum(np.linalg.norm(actual, axis=1, keepdims=True), 1e-12)
-    b = expected / np.maximum(np.linalg.norm(expected, axis=1, keepdims=True), 1e-12)
-    return (a * b).sum(axis=1)
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -56,45 +65,58 @@ def rss_mib() -> float:
     return 0.0
 
 
-def _timed(model, texts: list[str], runs: int) -> tuple[np.ndarray, list[float]]:
-    samples, rows = [], []
+def _timed(call, inputs: list, runs: int) -> tuple[list, list[float]]:
+    samples, outputs = [], []
     for run in range(max(runs, 1)):
-        for text in texts:
+        for item in inputs:
             started = time.perf_counter()
-            row = model.embed([text])
+            output = call(item)
             samples.append((time.perf_counter() - started) * 1000.0)
             if run == 0:
-                rows.append(row[0])
-    return np.stack(rows), samples
+                outputs.append(output)
+    return outputs, samples
 
 
 def selftest(model, runs: int = 3) -> SelftestResult:
-    """Embed every golden text at batch 1 and compare each with its expected embedding."""
+    """Run every golden input at batch 1 and compare each with its expected output."""
     golden = model.meta.get("golden")
-    if not isinstance(golden, dict) or not golden.get("texts"):
-        return SelftestResult(False, "bundle.json has no golden texts", [], 0.0, {})
-    texts, threshold = list(golden["texts"]), float(golden.get("min_cosine", 1.0))
-    expected = np.asarray(golden.get("embeddings", []), dtype=np.float32)
-    if expected.shape != (len(texts), model.dim):
-        return SelftestResult(False, f"golden embeddings shape {expected.shape} != "
-                                     f"({len(texts)}, {model.dim})", [], threshold, {})
-    actual, samples = _timed(model, texts, runs)
-    values = [float(v) for v in cosines(actual, expected)]
-    failed = [i for i, v in enumerate(values) if not v >= threshold]
-    reason = (f"all {len(values)} golden texts have cosine >= {threshold}" if not failed else
-              f"{len(failed)} of {len(values)} golden texts below {threshold}: index {failed}")
-    return SelftestResult(not failed, reason, values, threshold, percentiles(samples), rss_mib())
+    try:
+        inputs = golden_items(golden) if isinstance(golden, dict) else []
+        task = task_of(golden) if inputs else None
+        if inputs:  # a target's lower max_seq_len truncates longer goldens: check the rest
+            golden = fitting(golden, model.max_seq_len)
+            skipped, inputs = len(inputs) - len(golden_items(golden)), golden_items(golden)
+    except (KeyError, TypeError, ValueError) as error:
+        return SelftestResult(False, f"bundle.json golden is malformed: {error}", [], 0.0, {})
+    if not inputs:
+        return SelftestResult(False, "bundle.json has no golden inputs" + (
+            f" of at most max_seq_len {model.max_seq_len} tokens" if golden else ""),
+            [], 0.0, {})
+    if task != model.task:
+        return SelftestResult(False, f"golden outputs are for task {task!r}, the bundle's task "
+                                     f"is {model.task!r}", [], 0.0, {})
+    outputs, samples = _timed(lambda item: run_golden(model, item), inputs, runs)
+    try:
+        check = compare(golden, outputs)
+    except (KeyError, TypeError, ValueError) as error:
+        return SelftestResult(False, f"bundle.json golden is malformed: {error}", [], 0.0, {})
+    reason = check.reason + (f" ({skipped} longer than max_seq_len {model.max_seq_len} "
+                             "not checked)" if skipped else "")
+    return SelftestResult(check.passed, reason, check.values, check.threshold,
+                          percentiles(samples), rss_mib(), check.metric)
 
 
 def profile(model, lengths=(8, 16, 32, 64, 128, 256), runs: int = 10) -> list[dict]:
-    """Measure batch-1 end-to-end latency for texts of about each token length."""
+    """Measure batch-1 end-to-end latency for inputs of about each token length (for QA: a
+    short question and a context of that length, truncated like any)."""
     rows = []
     for length in lengths:
         if length > model.max_seq_len:
             continue
         text = " ".join(["edge"] * max(length - 2, 1))
-        tokens = len(model.tokenizer.encode(text).ids)
-        model.embed([text])  # warm-up
-        _, samples = _timed(model, [text], runs)
+        item = ("what is it?", text) if model.task == "qa" else text
+        tokens = len(model.tokenizer.encode(*([*item] if model.task == "qa" else [item])).ids)
+        run_golden(model, item)  # warm-up
+        _, samples = _timed(lambda value: run_golden(model, value), [item], runs)
         rows.append({"tokens": tokens, **percentiles(samples)})
     return rows

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from edge_runtime.service import Service, single_malloc_arena
-from edge_runtime.validate import ApiError, check_length, check_token, parse_texts
+from edge_runtime.validate import ApiError, check_length, check_token, parse_qa, parse_texts
 
 __all__ = ["Service", "make_server", "serve", "Handler", "Server", "LIMITS"]
 
@@ -81,7 +81,8 @@ class ProtocolError(Exception):
 class Handler(socketserver.BaseRequestHandler):
     """One connection: requests one after another (keep-alive) until close, error or timeout.
 
-    Routes: GET /healthz /readyz /metrics /v1/info, POST /v1/embed.
+    Routes: GET /healthz /readyz /metrics /v1/info, POST /v1/embed /v1/classify /v1/qa (the
+    one of the bundle's task answers, the others 409).
     """
 
     service: Service
@@ -259,7 +260,8 @@ class Handler(socketserver.BaseRequestHandler):
                         "/metrics": self._metrics, "/v1/info": self.service.info})
 
     def _post(self) -> None:
-        self._dispatch({"/v1/embed": self._embed})
+        self._dispatch({"/v1/embed": self._embed, "/v1/classify": self._classify,
+                        "/v1/qa": self._qa})
 
     def _readyz(self) -> dict:
         service = self.service
@@ -288,14 +290,29 @@ class Handler(socketserver.BaseRequestHandler):
         self.body_pending = False
         return body
 
+    def _body(self) -> bytes:
+        length = check_length(self.headers.get("content-length"),
+                              self.service.config.limits.max_body_bytes)
+        return self._read_body(length)
+
     def _embed(self) -> bytes:
-        limits = self.service.config.limits
-        length = check_length(self.headers.get("content-length"), limits.max_body_bytes)
-        texts = parse_texts(self._read_body(length), limits)
+        texts = parse_texts(self._body(), self.service.config.limits)
         started = time.perf_counter()
         embeddings = self.service.embed(texts)
         ms = (time.perf_counter() - started) * 1e3
         return b'{"embeddings": %s, "ms": %s}' % (float32_json(embeddings), repr(ms).encode())
+
+    def _classify(self) -> dict:
+        texts = parse_texts(self._body(), self.service.config.limits)
+        started = time.perf_counter()
+        results = self.service.infer("classify", texts)
+        return {"results": results, "ms": (time.perf_counter() - started) * 1e3}
+
+    def _qa(self) -> dict:
+        question, context = parse_qa(self._body(), self.service.config.limits)
+        started = time.perf_counter()
+        answer = self.service.infer("qa", question, context)
+        return {**answer, "ms": (time.perf_counter() - started) * 1e3}
 
 
 class Server(socketserver.ThreadingTCPServer):

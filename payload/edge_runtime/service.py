@@ -10,6 +10,8 @@ import re
 import time
 
 from edge_runtime.config import RuntimeConfig
+from edge_runtime.golden import ROUTES
+from edge_runtime.heads import InputError
 from edge_runtime.metrics import Metrics
 from edge_runtime.model import load, read_meta
 from edge_runtime.selftest import rss_mib, selftest
@@ -25,6 +27,7 @@ log = logging.getLogger("edge_runtime")
 RELEASE_PATH = re.compile(r"/releases/([^/]+)/bundle/?$")
 WAIT_S = 60.0
 TRIM_TOKENS = 128  # after a call over this many tokens, hand freed memory back when idle
+TASK_METHODS = {"embed": "embed", "classify": "classify", "qa": "answer"}
 
 
 def release_id(bundle_dir) -> str | None:
@@ -110,14 +113,15 @@ class Service:
             self.state = "ready" if result.passed else "failed"
             self.status = result.reason
             log.log(logging.INFO if result.passed else logging.ERROR,
-                    "selftest passed=%s min_seen=%.6f %s rss_mib=%.1f", result.passed,
-                    min(result.cosines, default=0.0), result.reason, rss_bytes() / 2**20)
+                    "selftest passed=%s worst_%s=%.6f %s rss_mib=%.1f", result.passed,
+                    result.metric, result.worst, result.reason, rss_bytes() / 2**20)
         except Exception as error:  # the service stays up, not ready, and says why
             self.state, self.status = "failed", f"load failed: {error}"
             log.error("load_failed error=%s", error)
 
-    def _run(self, texts):
-        result = self.model.embed(texts)
+    def _run(self, job):
+        task, args = job
+        result = getattr(self.model, TASK_METHODS[task])(*args)
         self._trim = self._trim or self.model.last_tokens > TRIM_TOKENS
         return result
 
@@ -132,29 +136,48 @@ class Service:
         return took_s if self.guard.state == SOFT else 0.0
 
     def embed(self, texts: list[str]):
-        """Queue texts for the worker and wait; 503 when not ready, too hot or the queue is full."""
+        """Embed texts on the worker (see infer)."""
+        return self.infer("embed", texts)
+
+    def infer(self, task: str, *args):
+        """Queue one model call for the worker and wait for its result.
+
+        503 when not ready, too hot or the queue is full; 409 when the bundle was built for
+        another task; 400 when the model cannot take the input (e.g. the question is too long).
+        """
         if not self.ready:
             raise ApiError(503, f"not ready: {self.status}", state=self.state)
+        if task != self.model.task:
+            raise ApiError(409, f"this runtime serves a {self.model.task!r} bundle (POST "
+                                f"{ROUTES[self.model.task]}); {ROUTES[task]} needs a {task!r} "
+                                "bundle", task=self.model.task)
         if self.guard.state == HARD:
             retry = self.guard.retry_after_s
             raise ApiError(503, f"too hot ({self.guard.hottest()} °C): refusing new work",
                            headers={"Retry-After": str(retry)}, throttle=HARD)
         try:
-            future = self.worker.submit(texts)
+            future = self.worker.submit((task, args))
         except QueueFull as error:
             raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
-        return future.result(timeout=WAIT_S)
+        try:
+            return future.result(timeout=WAIT_S)
+        except InputError as error:
+            raise ApiError(400, str(error)) from None
 
     def info(self) -> dict:
         """Return bundle, release, placement, governors with drift, temperatures, throttle."""
         policies = self.sysfs.policies()
         try:
-            bundle = read_meta(self.bundle_dir).get("name")
+            meta = read_meta(self.bundle_dir)
         except ValueError:
-            bundle = None
+            meta = {}
         placement = self.placement
         return {
-            "bundle": bundle or os.path.basename(os.path.normpath(str(self.bundle_dir))),
+            "bundle": meta.get("name") or os.path.basename(os.path.normpath(str(self.bundle_dir))),
+            "task": meta.get("task"),
+            **({"labels": meta["labels"]} if meta.get("task") == "classify" else {}),
+            **({"max_answer_len": meta["max_answer_len"]} if meta.get("task") == "qa" else {}),
+            "max_seq_len": self.model.max_seq_len if self.model else None,
             "bundle_dir": str(self.bundle_dir),
             "release": release_id(self.bundle_dir) or self.config.release,
             "target": self.config.target,

@@ -66,7 +66,9 @@ def place(config, threads=None) -> Placement:
     """Apply affinity and nice from config; pick the ORT thread count; log each warning once.
 
     threads (a CLI flag) wins over config.threads; without either, one thread per allowed CPU.
-    When CPUs of the affinity list are missing, threads shrinks to the CPUs actually pinned.
+    When CPUs of the affinity list are missing, threads shrinks to the CPUs the process may
+    run on: the ones pinned, or (none of the list exists, e.g. a board's big cores 4-7 on a
+    2-core host) the ones it was allowed before.
     """
     warnings = []
     affinity, warning = apply_affinity(config.affinity)
@@ -76,8 +78,8 @@ def place(config, threads=None) -> Placement:
     if warning:
         warnings.append(warning)
     chosen = threads or config.threads or len(affinity)
-    if config.affinity and len(affinity) < chosen and set(affinity) < set(config.affinity):
-        warnings.append(f"threads: {chosen} -> {len(affinity)} to match the CPUs pinned")
+    if config.affinity and len(affinity) < chosen and not set(config.affinity) <= set(affinity):
+        warnings.append(f"threads: {chosen} -> {len(affinity)} to match the CPUs it may run on")
         chosen = len(affinity)
     for text in warnings:
         log.warning("tuning %s", text)

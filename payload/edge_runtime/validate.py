@@ -9,7 +9,7 @@ try:  # the function hmac.compare_digest is, without hmac's import of OpenSSL (~
 except ImportError:  # pragma: no cover - not CPython
     from hmac import compare_digest
 
-__all__ = ["ApiError", "parse_texts", "check_length", "check_token"]
+__all__ = ["ApiError", "parse_texts", "parse_qa", "check_length", "check_token"]
 
 
 class ApiError(Exception):
@@ -41,14 +41,32 @@ def check_token(authorization: str | None, token: str | None) -> None:
                        headers={"WWW-Authenticate": 'Bearer realm="edge_runtime"'})
 
 
-def parse_texts(body: bytes, limits) -> list[str]:
-    """Parse {"texts": [str, ...]} within limits; 400 for bad UTF-8, JSON or types, 413 for size."""
+def _json(body: bytes):
     try:
-        data = json.loads(body.decode("utf-8"))
+        return json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as error:
         raise ApiError(400, f"body is not valid UTF-8: {error}") from None
     except (json.JSONDecodeError, RecursionError) as error:
         raise ApiError(400, f"body is not valid JSON: {error}") from None
+
+
+def _check_strings(named: list[tuple[str, str]], limits) -> None:
+    """413 when a string is over max_text_chars (the longest is named), 400 for a lone surrogate."""
+    name, text = max(named, key=lambda pair: len(pair[1]))
+    if len(text) > limits.max_text_chars:
+        raise ApiError(413, f"{name} is longer than {limits.max_text_chars} characters "
+                            f"({len(text)})")
+    for name, text in named:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
+            raise ApiError(400, f"{name} holds an unpaired surrogate (not valid Unicode)") \
+                from None
+
+
+def parse_texts(body: bytes, limits) -> list[str]:
+    """Parse {"texts": [str, ...]} within limits; 400 for bad UTF-8, JSON or types, 413 for size."""
+    data = _json(body)
     texts = data.get("texts") if isinstance(data, dict) else None
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise ApiError(400, 'expected {"texts": [string, ...]}')
@@ -56,13 +74,18 @@ def parse_texts(body: bytes, limits) -> list[str]:
         raise ApiError(400, f"texts must hold 1..{limits.max_texts} strings, got 0")
     if len(texts) > limits.max_texts:
         raise ApiError(413, f"texts must hold 1..{limits.max_texts} strings, got {len(texts)}")
-    longest = max(len(text) for text in texts)
-    if longest > limits.max_text_chars:
-        raise ApiError(413, f"a text is longer than {limits.max_text_chars} characters "
-                            f"({longest})")
-    for text in texts:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
-            raise ApiError(400, "a text holds an unpaired surrogate (not valid Unicode)") from None
+    _check_strings([("a text", text) for text in texts], limits)
     return texts
+
+
+def parse_qa(body: bytes, limits) -> tuple[str, str]:
+    """Parse {"question": str, "context": str} within limits (each at most max_text_chars)."""
+    data = _json(body)
+    if not isinstance(data, dict) or not isinstance(data.get("question"), str) \
+            or not isinstance(data.get("context"), str):
+        raise ApiError(400, 'expected {"question": string, "context": string}')
+    question, context = data["question"], data["context"]
+    if not question.strip() or not context.strip():
+        raise ApiError(400, "question and context must not be empty")
+    _check_strings([("question", question), ("context", context)], limits)
+    return question, context

@@ -102,13 +102,16 @@ def local_sshd(tmp_path):
         proc.wait(timeout=10)
 
 
-def lab_targets(tmp_path_factory, names: list[str]):
-    """Yield the targets of a fresh amd64 lab with an inventory of its own; remove the lab after."""
+def lab_targets(tmp_path_factory, names: list[str], board: str | None = None):
+    """Yield the targets of a fresh amd64 lab with an inventory of its own; remove the lab after.
+
+    Boards round-robin (pi5, orin-nano, rk3588) unless `board` names one for every device.
+    """
     targets = tmp_path_factory.mktemp("targets")
     shutil.copytree(REPO / "targets" / "boards", targets / "boards")
     paths = lab.LabPaths(build_dir=REPO / "build", targets_dir=targets)
     try:
-        with lab.session(paths, devices=len(names), arch="amd64"):
+        with lab.session(paths, devices=len(names), arch="amd64", board=board):
             inventory = load_inventory(targets)
             yield [inventory.target(n) for n in names]
     except lab.LabBusy as exc:
@@ -119,6 +122,13 @@ def lab_targets(tmp_path_factory, names: list[str]):
 def one_lab_device(tmp_path_factory):
     """A lab of one amd64 device, lab-01, for this test module."""
     for targets in lab_targets(tmp_path_factory, ["lab-01"]):
+        yield targets[0]
+
+
+@pytest.fixture(scope="module")
+def rk3588_lab_device(tmp_path_factory):
+    """A lab of one amd64 device shaped like an RK3588 (big cores 4-7, which this host lacks), lab-01."""
+    for targets in lab_targets(tmp_path_factory, ["lab-01"], board="rk3588"):
         yield targets[0]
 
 

@@ -44,8 +44,10 @@ def test_deploy_then_nothing_changed(run_on, lab_target, bundle, tmp_path):
     # the service runs unprivileged, as the edgefleet user
     pid = run_on(lab_target, "systemctl show -p MainPID --value edgefleet-runtime.service")
     assert run_on(lab_target, f"ps -o user= -p {pid}") == "edgefleet"
-    # ...with no capabilities, and the unit's sandbox applied: / is read-only in its namespace
-    assert run_on(lab_target, f"grep CapBnd /proc/{pid}/status").split() == ["CapBnd:", "0000000000000000"]
+    # ...with CAP_SYS_NICE only (lab-01 is a pi5: nice -5), and the unit's sandbox applied: / is
+    # read-only in its namespace
+    assert lab_target.board.name == "pi5" and lab_target.settings.runtime.nice == -5
+    assert run_on(lab_target, f"grep CapBnd /proc/{pid}/status").split() == ["CapBnd:", f"{1 << 23:016x}"]
     root_mount = run_on(lab_target, f"awk '$5 == \"/\" {{print $6}}' /proc/{pid}/mountinfo")
     assert root_mount.split(",")[0] == "ro"
     state = json.loads(run_on(lab_target, f"cat {root}/state.json"))
@@ -90,7 +92,7 @@ def test_status_reports_drift_and_deploy_repairs_it(run_on, lab_target, bundle):
     assert deploy(lab_target, bundle, REPO / "build", log=lambda _: None).ok
     clean = collect_status(lab_target)
     assert clean.reachable and clean.healthy and clean.drift == [], clean
-    assert clean.governors == {} and clean.throttling == "no thermal zones"  # the lab has no cpufreq/thermal yet
+    assert clean.governors == {"policy0": "performance"} and clean.throttling == "ok (45.0 C)"  # the fake sysfs
     assert device_diff(lab_target) == []
 
     unit = "/etc/systemd/system/edgefleet-runtime.service"

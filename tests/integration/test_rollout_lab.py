@@ -71,6 +71,12 @@ def test_rollout_waves_rollback_resume_and_canary_stop(run_on, fleet, bundles, t
     assert all(d["latency_ms"] for d in first["devices"].values())
     log = Path(first["devices"]["lab-02"]["log"]).read_text()
     assert "health gate" in log and "healthy" in log
+    # boards round-robin; lab-02 is an orin-nano (JetPack: cp310): it runs the lab image's 3.11 with
+    # the board's pins, resolved for cp311 (a per-device override in the lab's inventory)
+    assert [t.board.name for t in fleet] == ["pi5", "orin-nano", "rk3588"]
+    versions = "import sys, onnxruntime; print('%d.%d' % sys.version_info[:2], onnxruntime.__version__)"
+    assert run_on(fleet[1], f"cd {fleet[1].settings.root}/current && PYTHONPATH=site python3 -c \"{versions}\"") \
+        == f"3.11 {fleet[1].settings.packages.pins['onnxruntime']}"
 
     # 2. lab-02 is locked by "another deploy": wave 2 fails, so lab-03 (updated in that wave) goes back to v1
     lock = f"{fleet[1].settings.root}/.lock"

@@ -5,6 +5,7 @@ import stat
 import paramiko
 import pytest
 
+from edgefleet.image import base
 from edgefleet.lab import image, keys
 
 
@@ -18,21 +19,20 @@ def test_keypair_made_once_and_readable_by_paramiko(tmp_path):
     assert public.split()[1] == loaded.get_base64()
 
 
-@pytest.mark.parametrize("change, base_changes, layer_changes", [
+@pytest.mark.parametrize("change, base_changes, tag_changes", [
     ("packages.txt", True, True),
-    ("rootfs.sh", True, True),
+    ("configure.sh", True, True),
     ("Dockerfile", False, True),
 ])
-def test_recipe_hash_follows_recipe_files(tmp_path, change, base_changes, layer_changes):
-    for name in ("rootfs.sh", "packages.txt", "Dockerfile"):
+def test_recipe_hash_follows_recipe_files(tmp_path, monkeypatch, change, base_changes, tag_changes):
+    for name in ("configure.sh", "packages.txt", "Dockerfile"):
         (tmp_path / name).write_text(name)
-    files_all = image.BASE_FILES + image.LAYER_FILES
-    before = (image.recipe_hash("arm64", image.BASE_FILES, tmp_path),
-              image.recipe_hash("arm64", files_all, tmp_path))
+    recipe = base.Recipe("lab-device", "edgefleet/lab-base", directory=tmp_path)
+    monkeypatch.setattr(image, "RECIPE", recipe)
+    before = (base.base_hash(recipe, "arm64"), image.image_tag("arm64"))
     (tmp_path / change).write_text(change + " changed")
-    after = (image.recipe_hash("arm64", image.BASE_FILES, tmp_path),
-             image.recipe_hash("arm64", files_all, tmp_path))
-    assert (before[0] != after[0], before[1] != after[1]) == (base_changes, layer_changes)
+    after = (base.base_hash(recipe, "arm64"), image.image_tag("arm64"))
+    assert (before[0] != after[0], before[1] != after[1]) == (base_changes, tag_changes)
 
 
 def test_recipe_hash_differs_by_arch():

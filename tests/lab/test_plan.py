@@ -80,27 +80,59 @@ def test_sshd_config_listens_on_one_loopback_port():
     assert "HostKey /etc/ssh/ssh_host_ed25519_key\n" in text
 
 
-def test_inventory_yaml_matches_contract(tmp_path):
+BOARD_SETTINGS = {
+    "pi5": {"arch": "arm64", "python": "3.11", "sudo": True, "health": {"latency_budget_ms": 40}},
+    "orin-nano": {"arch": "arm64", "python": "3.10", "sudo": True},
+    "rk3588": {"arch": "arm64", "python": "3.11", "sudo": True},
+    "qemu-virt": {"arch": "arm64", "python": "3.11", "emulated": True, "health": {"ready_timeout_s": 300}},
+}
+
+
+@pytest.mark.parametrize("count, board, boards", [
+    (4, None, ["pi5", "orin-nano", "rk3588", "pi5"]),
+    (2, "qemu-virt", ["qemu-virt", "qemu-virt"]),
+])
+def test_boards_round_robin_unless_one_is_given(count, board, boards):
+    assert [d.board for d in plan.plan_devices(count, "arm64", board)] == boards
+
+
+@pytest.mark.parametrize("index, arch, board, expected", [
+    (1, "arm64", "pi5", {"arch": "arm64", "sudo": False, "emulated": True,
+                         "health": {"ready_timeout_s": 600.0}, "runtime": {"port": 18081}}),
+    (2, "arm64", "orin-nano", {"arch": "arm64", "python": "3.11", "sudo": False, "emulated": True,
+                               "health": {"ready_timeout_s": 600.0}, "runtime": {"port": 18082}}),
+    (3, "amd64", "rk3588", {"arch": "amd64", "sudo": False, "emulated": True, "runtime": {"port": 18083}}),
+    (4, "arm64", "qemu-virt", {"arch": "arm64", "emulated": True, "health": {"ready_timeout_s": 600.0},
+                               "runtime": {"port": 18084}}),
+    (5, "amd64", "qemu-virt", {"arch": "amd64", "emulated": True, "runtime": {"port": 18085}}),
+])
+def test_device_overrides_only_what_the_lab_cannot_be(monkeypatch, index, arch, board, expected):
+    monkeypatch.delenv(plan.SLOT_ENV, raising=False)
+    got = plan.device_overrides(plan.LabDevice(index, arch, board), BOARD_SETTINGS[board])
+    assert got == expected
+
+
+def test_inventory_yaml_matches_contract(monkeypatch, tmp_path):
+    monkeypatch.delenv(plan.SLOT_ENV, raising=False)
     key, known = tmp_path / "id_ed25519", tmp_path / "known_hosts"
-    text = plan.inventory_yaml(plan.plan_devices(2, "arm64"), key, known)
+    text = plan.inventory_yaml(plan.plan_devices(2, "arm64"), key, known, BOARD_SETTINGS)
     assert text.startswith("# written by `invoke lab.up`; removed by `invoke lab.down`\n")
+    common = {"host": "127.0.0.1", "user": "root", "ssh_key": str(key), "known_hosts": str(known),
+              "groups": ["lab"], "arch": "arm64", "sudo": False, "emulated": True,
+              "health": {"ready_timeout_s": 600.0}}
     assert yaml.safe_load(text) == {
         "groups": {"lab": {"description": "simulated devices on this machine"}},
         "devices": {
-            f"lab-0{i}": {
-                "board": "qemu-virt", "arch": "arm64", "host": "127.0.0.1",
-                "port": 2200 + i, "user": "root", "ssh_key": str(key),
-                "known_hosts": str(known), "groups": ["lab"],
-                "runtime": {"port": 18080 + i},
-            }
-            for i in (1, 2)
+            "lab-01": {"board": "pi5", "port": 2201, **common, "runtime": {"port": 18081}},
+            "lab-02": {"board": "orin-nano", "port": 2202, **common, "python": "3.11",
+                       "runtime": {"port": 18082}},
         },
     }
 
 
 def test_inventory_paths_are_absolute(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    text = plan.inventory_yaml(plan.plan_devices(1, "amd64"), Path("k"), Path("kh"))
+    text = plan.inventory_yaml(plan.plan_devices(1, "amd64"), Path("k"), Path("kh"), BOARD_SETTINGS)
     device = yaml.safe_load(text)["devices"]["lab-01"]
     assert device["ssh_key"] == str(tmp_path / "k")
     assert device["known_hosts"] == str(tmp_path / "kh")

@@ -13,3 +13,15 @@ def tiny(tmp_path_factory):
     from edgefleet.model.tiny import tiny_bundle
 
     return tiny_bundle(tmp_path_factory.mktemp("tiny-model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_classify(task_models):
+    """Return paths of a tiny random BertForSequenceClassification, FP32 export, INT8 bundle."""
+    return task_models["classify"]
+
+
+@pytest.fixture(scope="session")
+def tiny_qa(task_models):
+    """Return paths of a tiny random BertForQuestionAnswering, FP32 export, INT8 bundle."""
+    return task_models["qa"]

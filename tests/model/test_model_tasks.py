@@ -2,6 +2,7 @@
 
 import shutil
 
+import pytest
 from invoke import Config, Context
 
 from edgefleet.tasks import model as tasks
@@ -35,3 +36,40 @@ def test_default_out_dirs_under_build_dir(tiny, tmp_path, capsys):
     tasks.quantize(c, model=str(tmp_path / "b" / "models" / "hf"))
     assert (tmp_path / "b" / "bundles" / "hf-int8" / "bundle.json").is_file()
     assert "hf-int8" in capsys.readouterr().out
+
+
+def test_profile_task_writes_table_and_png(tiny_qa, tmp_path, capsys):
+    import json
+
+    c = Context(Config(overrides={"edgefleet": {"build_dir": str(tmp_path / "build")}}))
+    tasks.profile(c, bundle=str(tiny_qa["bundle_dir"]), runs=1, top=6)
+    out = capsys.readouterr().out
+    png = tmp_path / "build" / "reports" / "profile-tiny-bert-qa-int8.png"
+    assert "(qa)" in out and "QAttention" in out and f"wrote {png}" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    tasks.profile(c, bundle=str(tiny_qa["bundle_dir"]), runs=1, top=3, json=True,
+                  png=str(tmp_path / "p.png"))
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["nodes"]) == 3 and doc["png"] == str(tmp_path / "p.png")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("nope", "not valid JSON"),
+    ('{"rows": []}', "'nodes' list"),
+    ('{"nodes": [{"node": "a", "op": "MatMul"}]}', "nodes[0] lacks calls, total_us"),
+])
+def test_parse_profile_errors(text, expected):
+    from edgefleet.model.charts import parse_profile
+
+    with pytest.raises(ValueError, match=expected.replace("[", r"\[")):
+        parse_profile(text, "device lab-01")
+
+
+def test_export_task_records_task_and_rejects_unknown(tiny_classify, tmp_path, capsys):
+    c = Context(Config(overrides={"edgefleet": {"build_dir": str(tmp_path / "build")}}))
+    tasks.export(c, model_dir=str(tiny_classify["model_dir"]), out=str(tmp_path / "fp32"),
+                 max_seq_len=32)
+    assert "task classify; labels ['negative', 'neutral', 'positive']; max_seq_len 32" in \
+        capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--task summarize: expected one of embed, classify, qa"):
+        tasks.export(c, model_dir=str(tiny_classify["model_dir"]), task="summarize")

@@ -17,6 +17,12 @@ def tiny_bundle(tmp_path_factory):
     return build(tmp_path_factory.mktemp("tiny-runtime"), seed=1)["bundle_dir"]
 
 
+@pytest.fixture(scope="session")
+def task_bundles(task_models):
+    """Return {"classify": dir, "qa": dir}: tiny random-BERT INT8 bundles with those heads."""
+    return {task: paths["bundle_dir"] for task, paths in task_models.items()}
+
+
 @pytest.fixture
 def run_cli():
     """Run `python -m edge_runtime ARGS` with a bounded wait; return the CompletedProcess."""

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 import edge_runtime
 
@@ -66,3 +67,20 @@ def test_profile_prints_lengths(tiny_bundle, run_cli):
     assert "top " in proc.stdout and "nodes by time" in proc.stdout
     table = proc.stdout.split("nodes by time", 1)[1].splitlines()[1:]
     assert table[0].split()[:3] == ["node", "op", "calls"] and len(table) > 3
+
+
+@pytest.mark.parametrize("task", ["classify", "qa"])
+def test_selftest_and_profile_json_for_task_bundles(task_bundles, run_cli, task):
+    proc = run_cli("selftest", "--bundle", task_bundles[task], "--runs", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "abs_diff[0] = " in proc.stdout and "latency_ms p50=" in proc.stdout
+    assert "p99=" in proc.stdout and "rss_mib " in proc.stdout and "PASS" in proc.stdout
+    proc = run_cli("profile", "--bundle", task_bundles[task], "--runs", "1", "--top", "5",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["task"] == task and len(doc["nodes"]) == 5 and doc["inputs"] >= 4
+    assert doc["nodes"][0]["total_us"] >= doc["nodes"][-1]["total_us"] > 0
+    assert [row["tokens"] for row in doc["latency_by_length"]][-1] == 64
+    proc = run_cli("embed", "--bundle", task_bundles[task], "x")
+    assert proc.returncode == 2 and f"is a '{task}' bundle, not 'embed'" in proc.stderr

@@ -58,11 +58,11 @@ def serve(tiny_bundle, fake_sysfs):
     """Start a Service + server on a free port with runtime.yaml overrides; yield a factory."""
     running = []
 
-    def start(timeout_s=10.0, **overrides):
+    def start(timeout_s=10.0, bundle=None, **overrides):
         config = parse_config({"sysfs_root": str(fake_sysfs.root), "threads": 1,
                                "thermal": {"soft_c": 75.0, "hard_c": 85.0, "poll_s": 0.5},
                                **overrides})
-        service = Service(tiny_bundle, config)
+        service = Service(bundle or tiny_bundle, config)
         service.start(poll=False)  # tests drive the thermal guard with tick()
         assert service.ready, service.status
         server = make_server(service, "127.0.0.1", 0, timeout_s=timeout_s)
@@ -177,10 +177,10 @@ def test_queue_full_gives_503(serve):
     gate = threading.Event()
     real_run = service.worker.run
     service.worker.run = lambda texts: (gate.wait(10), real_run(texts))[1]
-    running = service.worker.submit(["a"])
+    running = service.worker.submit(("embed", (["a"],)))
     while not service.worker.busy:
         time.sleep(0.001)
-    queued = service.worker.submit(["b"])
+    queued = service.worker.submit(("embed", (["b"],)))
     status, headers, body = embed(port, ["c"])
     assert status == 503 and "queue full" in body["error"] and headers["retry-after"] == "1"
     assert 'edge_queue_depth 2' in request(port, "GET", "/metrics")[2]

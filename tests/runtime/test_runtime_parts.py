@@ -43,6 +43,17 @@ def test_place_pins_and_sizes_threads(restore_affinity, caplog):
     assert os.sched_getaffinity(0) == {0}
 
 
+def test_place_with_none_of_the_boards_cores_keeps_the_cpus_and_sizes_threads(restore_affinity):
+    """A board's big cores 4-7 (rk3588) on a host without them: stay unpinned, one thread per CPU allowed."""
+    before = os.sched_getaffinity(0)
+    missing = [4096 - 4, 4096 - 3, 4096 - 2, 4096 - 1]
+    placement = tuning.place(parse_config({"affinity": missing, "threads": len(missing)}))
+    assert set(placement.affinity) == before == os.sched_getaffinity(0)
+    assert placement.threads == min(len(missing), len(before))
+    assert "do not exist" in placement.warnings[0]
+    assert len(placement.warnings) == (2 if len(before) < len(missing) else 1)
+
+
 def test_nice_not_permitted_warns_once_and_carries_on(monkeypatch, caplog):
     def refuse(*_):
         raise PermissionError(1, "Operation not permitted")
@@ -112,10 +123,10 @@ def test_service_trims_memory_only_after_long_inputs(tiny_bundle, fake_sysfs, mo
     service.start(poll=False)
     assert service.ready
     trims.clear()
-    service._run(["short"])
+    service._run(("embed", (["short"],)))
     service._idle()
     assert trims == [] and service.model.last_tokens < service_module.TRIM_TOKENS
-    service._run(["word " * 400] * 4)  # batch x max_seq_len over the threshold
+    service._run(("embed", (["word " * 400] * 4,)))  # batch x max_seq_len over the threshold
     assert service.model.last_tokens > service_module.TRIM_TOKENS
     service._idle()
     service._idle()

@@ -83,7 +83,9 @@ META = {"format": 1, "task": "embed", "max_seq_len": 8, "inputs": ["input_ids"],
     ({"max_seq_len": "8"}, "key 'max_seq_len' must be int"),
     ({"max_seq_len": True}, "key 'max_seq_len' must be int"),
     ({"normalize": None}, "key 'normalize' must be bool"),
-    ({"task": "qa"}, "unsupported"),
+    ({"task": "translate"}, "key 'task' must be one of embed, classify, qa"),
+    ({"task": "qa"}, "key 'max_answer_len' must be int"),
+    ({"task": "classify", "labels": []}, "key 'labels' must be a non-empty list"),
     ({"pooling": "max"}, "unsupported"),
 ])
 def test_read_meta_errors_name_file_and_key(tmp_path, change, expected):

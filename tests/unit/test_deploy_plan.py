@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.deploy.env import DeviceEnv
-from edgefleet.deploy.health import NotReady, compare_golden
+from edgefleet.deploy.health import NotReady
 from edgefleet.deploy.plan import Facts, PlanError, facts_command, make_plan, parse_facts
 from edgefleet.deploy.release import ReleaseError, make_release
 from edgefleet.digest import sha256_file
@@ -98,6 +98,8 @@ def test_facts_python_version(tmp_path, target, interpreter, link, expected):
     ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\nenvs=a b \n--objects--\n", "envs", frozenset({"a", "b"})),
     ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\n--objects--\n" + "a" * 64 + "\nx.tmp\n",
      "objects", frozenset({"a" * 64})),
+    ("arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\ngovernor:policy4=powersave\ngovernor:policy0=performance\n"
+     "--objects--\n", "governors", (("policy0", "performance"), ("policy4", "powersave"))),
 ])
 def test_parse_facts(output, field, expected):
     assert getattr(parse_facts(output), field) == expected
@@ -139,6 +141,23 @@ def test_tuning_is_installed_only_when_changed(target, release, unit_same, scrip
     plan = make_plan(target, release, now)
     assert plan.install_tuning is install and plan.nothing_to_do is not install
     assert any("edgefleet-tuning.service" in line for line in plan.describe()) is install
+
+
+@pytest.mark.parametrize("governors, retune", [
+    ((), False),                                                    # no cpufreq (a VM, a container)
+    ((("policy0", "performance"),), False),
+    ((("policy0", "performance"), ("policy4", "powersave")), True),  # changed by hand since the last deploy
+])
+def test_governor_drift_re_applies_the_tuning(target, release, governors, retune):
+    unit, script = release.tuning
+    now = facts(current=release.release_id, committed=release.release_id, unit_sha256=release.unit.sha256,
+                service_active="active", user_exists=True, envs=frozenset({release.env.sha256}),
+                releases=frozenset({release.release_id}), objects=frozenset(release.objects()),
+                tuning_unit_sha256=unit.sha256, tuning_script_sha256=script.sha256, governors=governors)
+    plan = make_plan(target, release, now)
+    assert plan.install_tuning is retune and plan.nothing_to_do is not retune
+    assert plan.notes == (("cpufreq policy4: governor is not performance; the tuning unit re-applies it",)
+                          if retune else ())
 
 
 def test_activated_but_never_judged_release_gets_the_gate(target, release):
@@ -202,7 +221,8 @@ def test_release_needs_a_bundle(tmp_path, target):
     ([[1, 0]], [[1, 0], [0, 1]], 0.5, False),  # wrong shape
 ])
 def test_compare_golden(expected, got, tol, ok):
-    assert compare_golden(expected, got, tol)[0] is ok
+    from edge_runtime.golden import compare
+    assert compare({"texts": ["x"] * len(expected), "embeddings": expected, "min_cosine": tol}, got).passed is ok
 
 
 def scripted(answers):
@@ -240,12 +260,35 @@ def test_wait_ready_stops_when_the_service_dies():
         wait_ready(scripted([ConnectionRefusedError("x")]), timeout_s=5, still_starting=lambda: False, poll_s=0.01)
 
 
-def test_golden_check_sends_one_text_per_request():
-    from edgefleet.deploy.health import golden_check
-    seen = []
+QA_GOLDEN = {"questions": ["q1", "q2"], "contexts": ["c1", "c2"], "max_abs_diff": 0.02,
+             "answers": [{"answer": "c", "score": 0.5, "start": 0, "end": 1},
+                         {"answer": "2", "score": 0.9, "start": 1, "end": 2}]}
+CLASSIFY_GOLDEN = {"texts": ["a"], "max_abs_diff": 0.02, "scores": [{"no": 0.2, "yes": 0.8}]}
+EMBED_GOLDEN = {"texts": ["a", "b"], "embeddings": [[1, 0], [0.9, 0.1]], "min_cosine": 0.99}
 
-    def call(path, payload=None, timeout=120.0):
-        seen.append(payload["texts"])
-        return 200, {"embeddings": [[1.0, 0.0]]}
-    result = golden_check(call, {"texts": ["a", "b"], "embeddings": [[1, 0], [0.9, 0.1]], "min_cosine": 0.99})
-    assert seen == [["a"], ["b"]] and result.ok and len(result.latency_ms) == 2
+
+@pytest.mark.parametrize("golden, bodies, ok, metric, reason", [
+    (QA_GOLDEN, [{"answer": "c", "score": 0.51, "start": 0, "end": 1}] * 2, False, "abs_diff", "index [1]"),
+    (QA_GOLDEN, [{"answer": "2", "score": 0.91, "start": 1, "end": 2}] * 2, False, "abs_diff", "index [0]"),
+    (CLASSIFY_GOLDEN, [{"results": [{"label": "yes", "score": 0.79, "scores": {"no": 0.21, "yes": 0.79}}]}],
+     True, "abs_diff", ""),
+    (CLASSIFY_GOLDEN, [{"results": [{"label": "no", "score": 0.5, "scores": {"no": 0.5, "yes": 0.5}}]}],
+     False, "abs_diff", "differ"),
+    (CLASSIFY_GOLDEN, [{"error": "this runtime serves an 'embed' bundle"}], False, "", "/v1/classify answered without"),
+    (EMBED_GOLDEN, [{"embeddings": [[1.0, 0.0]]}, {"embeddings": [[0.9, 0.1]]}], True, "cosine", ""),
+    (EMBED_GOLDEN, [{"embeddings": [[1.0, 0.0]]}, {"embeddings": [[0.0, 1.0]]}], False, "cosine", "index [1]"),
+    (EMBED_GOLDEN, [{"embeddings": [[1.0, 0.0]]}], False, "cosine", "shape"),
+])
+def test_golden_verdict_per_task(golden, bodies, ok, metric, reason):
+    from edgefleet.deploy.health import golden_verdict
+    got_ok, got_metric, _, why = golden_verdict(golden, bodies)
+    assert (got_ok, got_metric) == (ok, metric) and reason in why
+
+
+def test_probe_request_carries_route_payloads_and_token():
+    from edge_runtime import golden as goldens
+    from edgefleet.deploy.gate import probe_request
+    requests = [goldens.request("qa", item) for item in goldens.items(QA_GOLDEN)]
+    line = json.loads(probe_request(18081, "/v1/qa", [p for _, p in requests], 3, "s3cret"))
+    assert line == {"port": 18081, "route": "/v1/qa", "rounds": 3, "token": "s3cret",
+                    "payloads": [{"question": "q1", "context": "c1"}, {"question": "q2", "context": "c2"}]}

@@ -31,7 +31,8 @@ def test_render_values_come_from_the_target(inventory, name, threads, max_len, a
         "max_seq_len": max_len, "nice": -5, "spin": False}
     assert config["thermal"]["zones"] == thermal_zones and config["sysfs_root"] == "/sys"
     unit = files[UNIT_NAME].text.splitlines()
-    assert "CPUAffinity=" + " ".join(map(str, affinity)) in unit and "Nice=-5" in unit
+    # the runtime pins itself (it copes with missing CPUs; systemd's CPUAffinity= fails the start)
+    assert "Nice=-5" in unit and not any(line.startswith("CPUAffinity=") for line in unit)
     for line in ("User=edgefleet", "CapabilityBoundingSet=CAP_SYS_NICE", "AmbientCapabilities=CAP_SYS_NICE",
                  "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes"):
         assert line in unit

@@ -1,0 +1,117 @@
+"""The health gate as run on a device: readiness, then the model judged on the device (see gate.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+
+from edge_runtime import golden as goldens
+
+from ..render import UNIT_NAME
+from ..ssh import http_json_over_ssh
+from .apply import DeployError, Device
+from .gate import Budget, judge, probe_command, probe_request
+from .health import Call, HealthResult, NotReady, golden_verdict, wait_ready
+
+__all__ = ["service_call", "health_gate", "release_golden"]
+
+
+def service_call(dev: Device) -> Call:
+    """Return a `Call` to the runtime service on the device, through the SSH connection."""
+    port = dev.target.settings.runtime.port
+    return lambda path, payload=None, timeout=120.0: http_json_over_ssh(dev.c, port, path, payload, timeout)
+
+
+def _service_state(dev: Device) -> str:
+    return dev.run(f"systemctl is-active {UNIT_NAME}", "query the service", privileged=False,
+                   warn=True).stdout.strip()
+
+
+def _journal(dev: Device, lines: int = 25) -> str:
+    res = dev.run(f"journalctl -u {UNIT_NAME} -n {lines} --no-pager -o cat", "read the journal", warn=True)
+    return res.stdout.strip()
+
+
+def _restarts(dev: Device) -> int:
+    res = dev.run(f"systemctl show -p NRestarts --value {UNIT_NAME}", "query the service", privileged=False,
+                  warn=True)
+    return int(res.stdout.strip()) if res.stdout.strip().isdigit() else 0
+
+
+def _probe(dev: Device, route: str, payloads: list[dict], rounds: int) -> dict:
+    """Run the model probe on the device (see gate.PROBE) and return its answer."""
+    s = dev.target.settings
+    request = probe_request(s.runtime.port, route, payloads, rounds, s.runtime.token)
+    res = dev.c.run(probe_command(), hide=True, warn=True, in_stream=io.StringIO(request))
+    if res.exited != 0:
+        return {"errors": [f"the probe failed on the device (exit {res.exited}): {res.stderr.strip()[-300:]}"]}
+    try:
+        return json.loads(res.stdout)
+    except ValueError:
+        return {"errors": [f"the probe printed no JSON: {res.stdout[:200]!r}"]}
+
+
+def health_gate(dev: Device, golden: dict, judge_model: bool = True) -> HealthResult:
+    """Wait for /readyz, then judge the model on the device: golden outputs, p95 latency, RSS, throttling.
+
+    A service systemd keeps restarting is judged crash-looping after two restarts, not waited for.
+    `judge_model` False: readiness only (a re-run that changed nothing).
+    """
+    s = dev.target.settings
+    restarts = {"before": _restarts(dev), "n": 0}
+
+    def still_starting() -> bool:
+        restarts["n"] += 1
+        if restarts["n"] % 3:
+            return True
+        crashes = _restarts(dev) - restarts["before"]
+        if crashes >= 2:
+            raise NotReady(f"the service is crash-looping (systemd restarted it {crashes} times)")
+        return _service_state(dev) in ("active", "activating")
+
+    try:
+        waited = wait_ready(service_call(dev), s.health.ready_timeout_s, still_starting)
+    except NotReady as exc:
+        return HealthResult(False, f"{exc}; journal:\n{_journal(dev)}")
+    if not judge_model:
+        return HealthResult(True, "", ready_after_s=waited)
+    golden, unfit = _fitting(dev, golden)
+    if unfit:
+        return HealthResult(False, unfit, ready_after_s=waited)
+    task = goldens.task_of(golden)
+    requests = [goldens.request(task, item) for item in goldens.items(golden)]
+    rounds = s.health.latency_rounds
+    answer = _probe(dev, goldens.ROUTES[task], [payload for _, payload in requests], rounds)
+    budget = Budget(s.health.latency_budget_ms, s.health.rss_budget_mib, s.emulated)
+    verdict = judge(answer, budget, rounds * len(requests))
+    golden_ok, metric, worst, golden_why = golden_verdict(golden, verdict.outputs)
+    failures = ([] if golden_ok or verdict.failures else [golden_why]) + verdict.failures
+    return HealthResult(not failures, "; ".join(failures),
+                        min_cosine=worst if metric == "cosine" else None,
+                        max_abs_diff=worst if metric == "abs_diff" else None,
+                        latency_ms=[float(x) for x in answer.get("latency_ms") or []], ready_after_s=waited,
+                        p95_ms=verdict.p95_ms, rss_mib=verdict.rss_mib, temperature_c=verdict.temperature_c,
+                        throttled=verdict.throttled, notes=verdict.notes)
+
+
+def _fitting(dev: Device, golden: dict) -> tuple[dict, str]:
+    """Return the goldens that fit the device's max_seq_len (longer ones are truncated there, so
+    their outputs cannot match), and a reason when none does."""
+    status, info = service_call(dev)("/v1/info", timeout=30)
+    if status != 200 or not isinstance(info, dict):
+        return golden, ""
+    fitted = goldens.fitting(golden, info.get("max_seq_len"))
+    if not goldens.items(fitted):
+        return fitted, f"no golden input fits the device's max_seq_len {info.get('max_seq_len')}"
+    return fitted, ""
+
+
+def release_golden(dev: Device, release_id: str) -> dict:
+    """Return the golden outputs of a release on the device (its bundle.json)."""
+    path = dev.path("releases", release_id, "bundle", "bundle.json")
+    res = dev.run(f"cat {shlex.quote(path)}", f"read {path}", privileged=False)
+    try:
+        return json.loads(res.stdout)["golden"]
+    except (ValueError, KeyError, TypeError):
+        raise DeployError(f"{dev.target.name}: {path} has no golden outputs") from None

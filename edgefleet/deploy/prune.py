@@ -1,0 +1,109 @@
+"""Keep the last N releases on a device: decide what goes (pure), then delete it (after a commit).
+
+The active release and the previous committed one (where `rollback` goes) always stay, whatever
+N is. Objects, unpacked package envs and leftovers of killed deploys (`*.tmp`) that no kept
+release refers to go with them. Runs only while the deploy lock is held.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+__all__ = ["committed_releases", "previous_committed", "choose_releases", "unreferenced", "listing_command",
+           "parse_listing", "prune"]
+
+q = shlex.quote
+_MARKS = ("--releases--", "--envs--", "--objects--")
+
+
+def committed_releases(history: list[dict]) -> list[str]:
+    """Return the releases that passed their gate and became active, oldest first (repeats kept)."""
+    return [e["active"] for e in history if isinstance(e, dict) and e.get("healthy") and e.get("active")]
+
+
+def previous_committed(history: list[dict], active: str | None) -> str | None:
+    """Return the most recent committed release other than `active` (where a rollback goes)."""
+    return next((r for r in reversed(committed_releases(history)) if r != active), None)
+
+
+def choose_releases(releases: set[str], history: list[dict], active: str | None, keep: int) -> tuple[list[str], list[str]]:
+    """Return (kept, deleted) release ids: the active, the previous committed, then the most recently used up to `keep`."""
+    last_use: dict[str, int] = {}
+    for i, entry in enumerate(history):
+        for key in ("release", "active", "previous"):
+            if isinstance(entry, dict) and entry.get(key):
+                last_use[entry[key]] = i
+    complete = {r for r in releases if not r.endswith(".tmp")}
+    must = [r for r in (active, previous_committed(history, active)) if r in complete]
+    by_recency = sorted(complete - set(must), key=lambda r: (last_use.get(r, -1), r), reverse=True)
+    kept = list(dict.fromkeys(must + by_recency[:max(keep - len(must), 0)]))
+    return kept, sorted(releases - set(kept))
+
+
+def unreferenced(manifests: dict[str, tuple[str, dict]], kept: list[str], objects: set[str],
+                 envs: set[str]) -> tuple[list[str], list[str]]:
+    """Return (objects, envs) no kept release refers to; `manifests`: id -> (manifest sha256, manifest)."""
+    used_objects, used_envs = set(), set()
+    for rid in kept:
+        sha, m = manifests.get(rid, ("", {}))
+        used_objects |= {sha, *m.get("files", {}).values(), *m.get("tuning", {}).values()}
+        used_objects |= {m.get("unit", {}).get("sha256"), m.get("env", {}).get("sha256")}
+        used_envs.add(m.get("env", {}).get("sha256"))
+    return sorted(objects - used_objects), sorted(envs - used_envs)
+
+
+def listing_command(root: str) -> str:
+    """Return a command printing state.json, every release with its manifest (id sha json), envs and objects."""
+    return "\n".join([
+        f"root={q(root)}",
+        'cat "$root/state.json" 2>/dev/null',
+        f"echo; echo {_MARKS[0]}",
+        'for r in "$root"/releases/*; do [ -e "$r" ] || continue; n=$(basename "$r")',
+        '  if [ -f "$r/manifest.json" ]; then printf "%s %s " "$n" "$(sha256sum < "$r/manifest.json" | cut -c1-64)";'
+        ' tr -d "\\n" < "$r/manifest.json"; echo; else echo "$n"; fi; done',
+        f"echo {_MARKS[1]}", 'ls -1 "$root/envs" 2>/dev/null',
+        f"echo {_MARKS[2]}", 'ls -1 "$root/objects" 2>/dev/null', "true",
+    ])
+
+
+def parse_listing(output: str) -> tuple[dict, dict[str, tuple[str, dict]], set[str], set[str], set[str]]:
+    """Parse `listing_command` output: (state, manifests, release ids, envs, objects)."""
+    state_text, _, rest = output.partition(_MARKS[0])
+    rel_text, _, rest = rest.partition(_MARKS[1])
+    env_text, _, obj_text = rest.partition(_MARKS[2])
+    try:
+        state = json.loads(state_text) if state_text.strip() else {}
+    except ValueError:
+        state = {}
+    manifests, releases = {}, set()
+    for line in rel_text.strip().splitlines():
+        rid, _, tail = line.partition(" ")
+        releases.add(rid)
+        sha, _, doc = tail.partition(" ")
+        try:
+            manifests[rid] = (sha, json.loads(doc)) if doc else ("", {})
+        except ValueError:
+            manifests[rid] = (sha, {})
+    return state, manifests, releases, set(env_text.split()), set(obj_text.split())
+
+
+def prune(dev, active: str | None, log) -> list[str]:
+    """Delete what the device no longer needs beyond the last `deploy.keep_releases`; return the release ids deleted."""
+    state, manifests, releases, envs, objects = parse_listing(
+        dev.run(listing_command(dev.root), "list releases", privileged=False).stdout)
+    history = state.get("history") or []
+    kept, gone = choose_releases(releases, history, active, dev.target.settings.deploy.keep_releases)
+    if not gone:
+        return []
+    # a release without a readable manifest keeps everything (we cannot tell what it uses)
+    if any(not manifests.get(r, ("", {}))[1] for r in kept):
+        dead_objects, dead_envs = [], []
+    else:
+        dead_objects, dead_envs = unreferenced(manifests, kept, objects, envs)
+    paths = ([dev.path("releases", r) for r in gone] + [dev.path("envs", e) for e in dead_envs]
+             + [dev.path("objects", o) for o in dead_objects])
+    dev.run("rm -rf -- " + " ".join(q(p) for p in paths), "prune old releases")
+    log(f"  pruned {len(gone)} old release(s) ({', '.join(gone)}), {len(dead_objects)} object(s), "
+        f"{len(dead_envs)} package env(s); kept {', '.join(kept)}")
+    return gone

@@ -1,0 +1,99 @@
+"""Roll a device back to an earlier release still on it, through the same health gate as a deploy."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass
+
+from ..inventory import Target
+from ..ssh import SSHError, connect
+from .apply import DeployError, Device, now, record_state, restart_service, switch_current
+from .checks import health_gate, release_golden
+from .health import HealthResult
+from .lock import device_lock
+from .plan import PlanError, facts_command, parse_facts
+from .prune import previous_committed
+
+__all__ = ["RollbackResult", "revert", "rollback"]
+
+
+@dataclass
+class RollbackResult:
+    """How a rollback ended: `active` is the release running afterwards."""
+
+    target: str
+    from_release: str | None
+    to_release: str | None
+    ok: bool
+    active: str | None
+    health: HealthResult | None = None
+    restored: bool = False  # the older release failed its gate, so the device went back to `from_release`
+    seconds: float = 0.0
+    error: str = ""
+
+
+def _history(dev: Device) -> list[dict]:
+    res = dev.run(f"cat {shlex.quote(dev.path('state.json'))} 2>/dev/null || true", "read state.json",
+                  privileged=False, warn=True)
+    try:
+        return json.loads(res.stdout or "{}").get("history") or []
+    except (ValueError, AttributeError):
+        return []
+
+
+def revert(target: Target, release_id: str | None, reason: str, log=print) -> RollbackResult:
+    """Switch `target` to `release_id` (None: the previous committed release), restart, gate, record.
+
+    If that release fails its gate, the device goes back to the release it had (which passed
+    its own gate before) and the rollback counts as failed.
+    """
+    t0 = time.monotonic()
+    conn = connect(target)
+    try:
+        dev = Device(conn, target)
+        with device_lock(dev, log, now(), reconnect=lambda: connect(target)):
+            facts = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout)
+            dev.owns_root = facts.owns_root
+            to = release_id or previous_committed(_history(dev), facts.current)
+            result = RollbackResult(target.name, facts.current, to, False, facts.current)
+            if to is None:
+                raise DeployError(f"{target.name}: no earlier committed release to roll back to "
+                                  f"(state.json history has none other than {facts.current})")
+            if to not in facts.releases:
+                raise DeployError(f"{target.name}: cannot roll back, releases/{to} is not on the device")
+            log(f"  rolling back {facts.current} -> {to} ({reason})")
+            switch_current(dev, to)
+            restart_service(dev)
+            result.health = health_gate(dev, release_golden(dev, to))
+            log(f"  {result.health.summary()}")
+            result.ok, result.active = result.health.ok, to
+            if not result.ok and facts.current in facts.releases and facts.current != to:
+                log(f"  {to} failed its gate: back to {facts.current}")
+                switch_current(dev, facts.current)
+                restart_service(dev)
+                result.restored, result.active = True, facts.current
+                result.error = f"{to} failed its health gate: {result.health.reason}"[:500]
+            record_state(dev, {
+                "time": now(),
+                "release": to,
+                "previous": facts.current,
+                "healthy": result.health.ok,
+                "reason": f"rollback: {reason}"[:300] + ("" if result.ok else f"; failed: {result.health.reason}"[:200]),
+                "active": result.active,
+            })
+        result.seconds = time.monotonic() - t0
+        return result
+    finally:
+        conn.close()
+
+
+def rollback(target: Target, release_id: str | None = None, log=print) -> RollbackResult:
+    """Roll `target` back to `release_id` (default: its previous committed release); errors become the result."""
+    t0 = time.monotonic()
+    try:
+        return revert(target, release_id, "requested", log=log)
+    except (DeployError, PlanError, SSHError, OSError) as exc:  # one device's failure is its result
+        return RollbackResult(target.name, None, None, False, None, error=str(exc) or type(exc).__name__,
+                              seconds=time.monotonic() - t0)

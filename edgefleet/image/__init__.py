@@ -1,0 +1,1 @@
+"""Images: debootstrap base images (lab devices, runtime) and the multi-arch runtime image."""

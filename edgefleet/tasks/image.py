@@ -1,0 +1,149 @@
+"""Runtime image tasks: `image.build`, `image.save`, `image.test`, `image.lock`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from invoke import Collection, Exit, task
+
+from edgefleet import engine, paths
+
+DEFAULTS = {
+    "tag": "edgefleet/runtime:latest",
+    "platforms": "linux/arm64,linux/amd64",
+    "base": "python:3.11-slim",  # `local`: the offline debootstrap base (docker/runtime-base)
+    "python": "3.11",
+}
+
+
+def _setting(c, key: str, value):
+    if value:
+        return value
+    section = (c.config.get("edgefleet", {}) or {}).get("image", {}) or {}
+    return section.get(key) or DEFAULTS[key]
+
+
+def _platforms(c, platform):
+    from edgefleet.image.build import ImageError, parse_platforms
+
+    try:
+        return parse_platforms(_setting(c, "platforms", platform))
+    except ImageError as exc:
+        raise Exit(f"image: {exc}", code=2) from None
+
+
+@task(help={
+    "platform": "linux/arm64, linux/amd64 or both comma-separated (default: both)",
+    "tag": "image tag (default edgefleet/runtime:latest)",
+    "base": "base image with Python 3.11, or `local` for the offline debootstrap base "
+            "(default python:3.11-slim; config edgefleet.image.base)",
+    "python": "the base's Python (X.Y): wheels are resolved for its ABI (default 3.11)",
+})
+def build(c, platform=None, tag=None, base=None, python=None):
+    """Build the runtime image with buildx (multi-platform in one tag when the engine can)."""
+    from edgefleet.image.build import ImageError, build as run_build
+
+    started = time.monotonic()
+    try:
+        run_build(paths.build_dir(c), _platforms(c, platform), _setting(c, "tag", tag),
+                  _setting(c, "base", base), _setting(c, "python", python))
+    except (ImageError, engine.EngineError) as exc:
+        raise Exit(f"image.build: {exc}", code=1) from None
+    print(f"image.build: done in {time.monotonic() - started:.1f} s")
+
+
+@task(help={
+    "platform": "the one platform to save (default linux/arm64)",
+    "tag": "image tag (default edgefleet/runtime:latest)",
+    "out": "output file (default <build>/images/<name>-<tag>-<arch>.tar.zst)",
+    "level": "zstd level (default 19)",
+})
+def save(c, platform="linux/arm64", tag=None, out=None, level=19):
+    """Save one platform's image as a zstd docker-archive for offline devices, with its sha256."""
+    from edgefleet.digest import sha256_file
+    from edgefleet.image.archive import ArchiveError, compress, platform_archive
+    from edgefleet.image.build import ImageError, arch_of, resolve_ref
+
+    platforms = _platforms(c, platform)
+    if len(platforms) != 1:
+        raise Exit("image.save: one --platform at a time (a device loads its own)", code=2)
+    tag = _setting(c, "tag", tag)
+    name = tag.rsplit("/", 1)[-1].replace(":", "-")
+    dest = Path(out) if out else paths.build_dir(c) / "images" / f"{name}-{arch_of(platforms[0])}.tar.zst"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    raw, cut = dest.with_name(dest.name + ".save.tar"), dest.with_name(dest.name + ".image.tar")
+    try:
+        ref = resolve_ref(tag, platforms[0])
+        engine.save_image(ref, raw)
+        platform_archive(raw, cut, platforms[0], tag)
+        compress(cut, dest, int(level))
+    except (ImageError, ArchiveError, engine.EngineError) as exc:
+        raise Exit(f"image.save: {exc}", code=1) from None
+    finally:
+        raw.unlink(missing_ok=True)
+        cut.unlink(missing_ok=True)
+    digest = sha256_file(dest)
+    dest.with_name(dest.name + ".sha256").write_text(f"{digest}  {dest.name}\n")
+    print(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB), sha256 {digest}")
+    print(f"on the device: sha256sum -c {dest.name}.sha256 && zstd -dc {dest.name} | docker load")
+
+
+@task(help={
+    "platform": "platforms to test (default: linux/arm64,linux/amd64)",
+    "tag": "image tag (default edgefleet/runtime:latest)",
+    "bundle": "bundle directory (default: config edgefleet.bundle)",
+    "runs": "timed selftest runs per golden text (default 1: emulation is slow)",
+    "min_cosine": "least cosine between two platforms' embeddings of a golden text (default 0.9999)",
+    "json": "print one JSON document instead of the table",
+})
+def test(c, platform=None, tag=None, bundle=None, runs=1, min_cosine=0.9999, json_=False):
+    """Selftest each platform's image (arm64 under QEMU) and compare their embeddings."""
+    from edgefleet.image.build import ImageError
+    from edgefleet.image.check import check_images
+
+    bundle_dir = Path(bundle).resolve() if bundle else paths.bundle_dir(c)
+    try:
+        report = check_images(_setting(c, "tag", tag), _platforms(c, platform), bundle_dir,
+                              runs=int(runs), min_cosine=float(min_cosine))
+    except (ImageError, engine.EngineError) as exc:
+        raise Exit(f"image.test: {exc}", code=1) from None
+    if json_:
+        print(json.dumps(report, indent=2))
+    else:
+        for name, result in report["platforms"].items():
+            golden = min(result["golden_cosines"], default=float("nan"))
+            p50 = result["latency_ms"].get("p50", float("nan"))
+            mark = " (emulated)" if result["emulated"] else ""
+            verdict = "PASS" if result["selftest_passed"] else "FAIL"
+            print(f"{name:12} {verdict} selftest: min cosine vs golden {golden:.6f}, "
+                  f"p50 {p50:.1f} ms{mark}  [{result['image']}]")
+            if result["error"]:
+                print("  " + result["error"].replace("\n", "\n  "))
+        for pair in report["cross"]["pairs"]:
+            shown = f"{pair['min_cosine']:.6f}" if pair["min_cosine"] is not None else "n/a"
+            print(f"{pair['a']} vs {pair['b']}: min cosine {shown} "
+                  f"(need >= {report['cross']['threshold']}) "
+                  f"{'PASS' if pair['passed'] else 'FAIL'}")
+    if not report["passed"]:
+        raise Exit("image.test: FAILED", code=1)
+
+
+@task(help={"python": "Python X.Y of the images' base (default 3.11)"})
+def lock(c, python=None):
+    """Pin the runtime's wheels with hashes for every platform: docker/runtime/requirements.lock."""
+    from edgefleet.image import context
+    from edgefleet.image.build import PLATFORMS, arch_of
+
+    python = _setting(c, "python", python)
+    dest = context.recipe_dir() / "requirements.lock"
+    try:
+        context.write_lock(paths.repo_root() / "payload" / "requirements.txt", dest,
+                           tuple(arch_of(p) for p in PLATFORMS), python)
+    except context.ContextError as exc:
+        raise Exit(f"image.lock: {exc}", code=1) from None
+    print(f"wrote {dest}")
+
+
+ns = Collection("image", build, save, test, lock)  # DEFAULTS: tasks.py puts them under edgefleet.image
