@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -188,14 +189,17 @@ def run_tool(tool: str, ctx: dict) -> dict:
         argv = rt.pyinfra_files(ctx["work"] / tool, ctx["hosts"], ctx["stage"], ctx["key"], ctx["known_hosts"],
                                 parallel=len(ctx["hosts"]))
         cwd = ctx["work"] / tool
-    t0 = time.monotonic()
+    t0, r0 = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=RUN_TIMEOUT_S)
-    wall = time.monotonic() - t0
+    wall, r1 = time.monotonic() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     if tool in ANSIBLE_TOOLS:
         stop_control_masters(ctx["work"] / tool / "cp")
     if proc.returncode != 0:
-        raise RuntimeError(f"{tool} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    out = {"wall": wall}
+        why = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "UNREACHABLE" in ln or "fatal:" in ln]
+        raise RuntimeError(f"{tool} failed (exit {proc.returncode}):\n" + "\n".join(why[:5]) +
+                           f"\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
+    # CPU the tool's own processes used on the host (user + sys of it and its waited-for children)
+    out = {"wall": wall, "cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)}
     if tool == "edgefleet":
         child = json.loads(proc.stdout.strip().splitlines()[-1])
         if child["counts"].get("ok") != len(ctx["hosts"]):
@@ -225,26 +229,41 @@ def race(args, targets_dir: Path, build: Path) -> tuple[dict, int]:
            "key": paths.client_key.resolve(), "known_hosts": paths.known_hosts.resolve(),
            "stage": build / "stage", "work": build / "work"}
     provision(targets)
-    results: dict = {p: {t: [] for t in args.tools} for p in PHASES}
+    results: dict = {p: {t: [] for t in args.tools} for p in args.phases}
+    failures: list[str] = []
     with Counters() as counters:
         for rnd in range(args.rounds):
             order = args.tools[rnd % len(args.tools):] + args.tools[:rnd % len(args.tools)]
-            set_log_level(targets_dir, "info")
-            reset(targets)
-            stage(lab_targets(targets_dir), build, ctx["stage"])
-            for phase in PHASES:
-                if phase == "config":
-                    set_log_level(targets_dir, "warning")
+            if "first" in args.phases or rnd == 0:
+                set_log_level(targets_dir, "info")
+                reset(targets)
+                stage(lab_targets(targets_dir), build, ctx["stage"])
+            if "first" not in args.phases and rnd == 0:  # the devices need the job once, untimed
+                for tool in order:
+                    print(f"setup: first deploy by {tool} ({run_tool(tool, ctx)['wall']:.1f} s, not counted)", flush=True)
+            for phase in args.phases:
+                if phase == "config":  # without first deploys in between, flip the value back and forth
+                    level = "warning" if "first" in args.phases or rnd % 2 == 0 else "info"
+                    set_log_level(targets_dir, level)
                     stage(lab_targets(targets_dir), build, ctx["stage"])
                 for tool in order:
+                    if phase == "first":  # a new fleet's configs were never checked: no host-side cache
+                        shutil.rmtree(build / "checked", ignore_errors=True)
                     before = counters.read()
-                    run = run_tool(tool, ctx)
+                    try:
+                        run = run_tool(tool, ctx)
+                    except RuntimeError as exc:  # reported and left out of the medians, the race goes on
+                        print(f"round {rnd + 1} {phase:6} {tool:12} FAILED: {str(exc)[:1500]}", flush=True)
+                        failures.append(f"round {rnd + 1} {phase} {tool}")
+                        continue
                     after = counters.read()
                     run.update(sent=after["sent"] - before["sent"], received=after["received"] - before["received"])
                     results[phase][tool].append(run)
                     extra = f" (placed {run['placed']:.1f} s, gate {run['gate']:.1f} s)" if "gate" in run else ""
-                    print(f"round {rnd + 1} {phase:6} {tool:9} {run['wall']:7.1f} s{extra}, "
-                          f"sent {run['sent'] / 1e6:8.3f} MB", flush=True)
+                    print(f"round {rnd + 1} {phase:6} {tool:12} {run['wall']:7.1f} s{extra}, host CPU "
+                          f"{run['cpu']:6.1f} s, sent {run['sent'] / 1e6:8.3f} MB", flush=True)
+    if failures:
+        print("failed runs (not in the medians): " + "; ".join(failures))
     return results, len(targets)
 
 
@@ -255,7 +274,7 @@ def med(runs: list[dict], key: str) -> float:
 def table(results: dict, n: int, rounds: int, loads: tuple[str, str]) -> str:
     lines = [f"\ndeploy race: {n} amd64 lab devices, {rounds} round(s), medians; load before: {loads[0]}",
              f"{'':36}after:  {loads[1]}",
-             f"{'phase':7} {'tool':10} {'wall s':>8} {'placed s':>9} {'gate s':>7} {'sent MB':>9} "
+             f"{'phase':7} {'tool':12} {'wall s':>8} {'placed s':>9} {'gate s':>7} {'host CPU s':>10} {'sent MB':>9} "
              f"{'recv MB':>8} {'x edgefleet':>11}"]
     for phase, by_tool in results.items():
         ef = med(by_tool["edgefleet"], "placed" if phase == "first" else "wall") if by_tool.get("edgefleet") else None
@@ -266,7 +285,8 @@ def table(results: dict, n: int, rounds: int, loads: tuple[str, str]) -> str:
             placed = f"{med(runs, 'placed'):9.2f}" if "placed" in runs[0] else f"{'':9}"
             gate = f"{med(runs, 'gate'):7.2f}" if "gate" in runs[0] else f"{'':7}"
             ratio = f"{wall / ef:11.2f}" if ef and tool != "edgefleet" else f"{'':11}"
-            lines.append(f"{phase:7} {tool:10} {wall:8.2f} {placed} {gate} {med(runs, 'sent') / 1e6:9.3f} "
+            cpu = f"{med(runs, 'cpu'):10.2f}" if "cpu" in runs[0] else f"{'':10}"
+            lines.append(f"{phase:7} {tool:12} {wall:8.2f} {placed} {gate} {cpu} {med(runs, 'sent') / 1e6:9.3f} "
                          f"{med(runs, 'received') / 1e6:8.3f} {ratio}")
     lines.append("x edgefleet: the tool's wall time / edgefleet's (first: edgefleet's placed time, without the gate)")
     return "\n".join(lines)
@@ -276,8 +296,8 @@ def verdict(results: dict) -> str:
     """Say how edgefleet stands against the issue's done-when targets."""
     r = {p: {t: med(runs, "wall") for t, runs in by.items() if runs} for p, by in results.items()}
     lines = []
-    first, noop = results["first"], results["noop"]
-    if first.get("edgefleet") and "rsync" in r["first"]:
+    first, noop, config = (results.get(p, {}) for p in PHASES)
+    if first.get("edgefleet") and first.get("rsync"):
         placed = med(first["edgefleet"], "placed")
         lines.append(f"first, placed (no gate) {placed:.1f} s vs rsync loop {r['first']['rsync']:.1f} s: "
                      f"{'met' if placed <= r['first']['rsync'] else 'MISSED'} (target: no slower)")
@@ -291,8 +311,8 @@ def verdict(results: dict) -> str:
                 lines.append(f"no-op vs {label}: {got:.1f}x faster ({'met' if got >= want else 'MISSED'}, "
                              f"target >= {want:g}x)")
         lines.append(f"no-op sent {med(noop['edgefleet'], 'sent') / 1e3:.0f} kB in all (no payload)")
-    if results["config"].get("edgefleet"):
-        lines.append(f"config change sent {med(results['config']['edgefleet'], 'sent') / 1e3:.0f} kB in all")
+    if config.get("edgefleet"):
+        lines.append(f"config change sent {med(config['edgefleet'], 'sent') / 1e3:.0f} kB in all")
     return "\n".join(lines)
 
 
@@ -301,6 +321,9 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tools", default=",".join(DEFAULT_TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
+    ap.add_argument("--phases", default=",".join(PHASES),
+                    help="comma-separated subset of first,noop,config; without first, one untimed first deploy "
+                         "per tool sets the devices up and the config value flips every round")
     ap.add_argument("--reuse-lab", type=Path, metavar="TARGETS_DIR",
                     help="use the lab that is up, with its inventory in TARGETS_DIR (left up)")
     ap.add_argument("--json", type=Path, help="also write every run to this file")
@@ -309,6 +332,7 @@ def main() -> int:
     if args.edgefleet_child:
         return edgefleet_child(*args.edgefleet_child)
     args.tools = [t for t in args.tools.split(",") if t]
+    args.phases = [p for p in PHASES if p in args.phases.split(",")]
     unknown = set(args.tools) - set(TOOLS)
     if unknown:
         ap.error(f"--tools: unknown {', '.join(sorted(unknown))} (choose from {', '.join(TOOLS)})")
