@@ -9,6 +9,7 @@ by the device's own clock). An owner on another host is only ever judged by age.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import socket
@@ -144,7 +145,7 @@ class device_lock:
                 except Exception:
                     continue
                 try:
-                    type(self.dev)(conn, self.dev.target).run(release, "release the deploy lock", warn=True)
+                    dataclasses.replace(self.dev, c=conn).run(release, "release the deploy lock", warn=True)
                     return False
                 except Exception:
                     continue

@@ -53,9 +53,10 @@ def revert(target: Target, release_id: str | None, reason: str, log=print) -> Ro
     conn = connect(target)
     try:
         dev = Device(conn, target)
+        # whether the login user owns the device root decides how the lock itself is written
+        dev.owns_root = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout).owns_root
         with device_lock(dev, log, now(), reconnect=lambda: connect(target)):
             facts = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout)
-            dev.owns_root = facts.owns_root
             to = release_id or previous_committed(_history(dev), facts.current)
             result = RollbackResult(target.name, facts.current, to, False, facts.current)
             if to is None:
