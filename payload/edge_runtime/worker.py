@@ -22,12 +22,14 @@ class InferenceWorker:
 
     observe(seconds) is called with each job's run time (for metrics); spacing(seconds) lets the
     thermal guard stretch the gap between jobs; idle() runs after a job when no other waits
-    (housekeeping nobody has to wait for).
+    (housekeeping nobody has to wait for); settled() runs once when no job came for settle_s
+    seconds after the last one (housekeeping that should not land between two requests).
     """
 
     def __init__(self, run, depth: int, observe=lambda s: None, spacing=lambda s: 0.0,
-                 idle=lambda: None):
+                 idle=lambda: None, settled=lambda: None, settle_s: float = 1.0):
         self.run, self.observe, self.spacing, self.idle = run, observe, spacing, idle
+        self.settled, self.settle_s = settled, settle_s
         self.jobs: queue.Queue = queue.Queue(maxsize=depth)
         self.busy = False
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
@@ -55,9 +57,21 @@ class InferenceWorker:
         """Ask the worker to finish after the jobs queued so far."""
         self.jobs.put((None, None))
 
+    def _housekeep(self, hook, name: str) -> None:
+        try:
+            hook()
+        except Exception:  # housekeeping must never stop the worker
+            log.exception("worker_%s_failed", name)
+
     def _loop(self) -> None:
+        unsettled = False
         while True:
-            job, future = self.jobs.get()
+            try:
+                job, future = self.jobs.get(timeout=self.settle_s if unsettled else None)
+            except queue.Empty:
+                unsettled = False
+                self._housekeep(self.settled, "settled")
+                continue
             if future is None:
                 return
             if not future.set_running_or_notify_cancel():
@@ -72,11 +86,9 @@ class InferenceWorker:
                 took = time.perf_counter() - started
                 self.busy = False
                 self.observe(took)
+            unsettled = True
             if self.jobs.empty():
-                try:
-                    self.idle()
-                except Exception:  # housekeeping must never stop the worker
-                    log.exception("worker_idle_failed")
+                self._housekeep(self.idle, "idle")
             gap = self.spacing(took)
             if gap > 0:
                 time.sleep(gap)

@@ -112,6 +112,28 @@ def test_worker_idle_hook_runs_when_queue_empty_and_survives_errors():
     worker.stop()
 
 
+def test_worker_settled_hook_runs_once_after_a_quiet_spell_only():
+    settled = threading.Event()
+    count = []
+
+    def on_settled():
+        count.append(time.monotonic())
+        settled.set()
+
+    worker = InferenceWorker(lambda job: job, depth=4, settled=on_settled, settle_s=0.2).start()
+    time.sleep(0.4)
+    assert not count  # nothing ran yet: nothing to settle
+    started = time.monotonic()
+    for job in range(5):  # a burst with gaps shorter than settle_s
+        assert worker.submit(job).result(5) == job
+        time.sleep(0.05)
+    assert settled.wait(5)
+    assert count[0] - started >= 0.2 + 0.05 * 4
+    time.sleep(0.5)
+    assert len(count) == 1  # once per quiet spell, not on every timeout
+    worker.stop()
+
+
 def test_service_trims_memory_only_after_long_inputs(tiny_bundle, fake_sysfs, monkeypatch):
     from edge_runtime import service as service_module
     from edge_runtime.config import parse_config
