@@ -52,6 +52,9 @@ SMOOTH_ALPHA = 0.8
 OUTLIER_CHANNELS = {r"/layer\.\d+/output/dense/MatMul$": 4,
                     r"/layer\.\d+/intermediate/dense/MatMul$": 2}
 FP32_NODES: tuple[str, ...] = ()
+# The two node-saving rewrites of edgefleet.model.smooth (exact in real arithmetic).
+FOLD_VALUES = True
+OUTLIER_AFTER_BIAS = True
 CALIBRATION_TEXTS = Path(__file__).resolve().parent / "data" / "calibration.txt"
 
 
@@ -68,6 +71,8 @@ class Recipe:
     fp32_nodes: tuple[str, ...] = FP32_NODES
     smooth_alpha: float | None = SMOOTH_ALPHA
     outliers: dict[str, int] | None = field(default=None, hash=False)
+    fold_values: bool = FOLD_VALUES
+    outlier_after_bias: bool = OUTLIER_AFTER_BIAS
 
     def __post_init__(self):
         from edgefleet.model.calibrate import CALIBRATION_METHODS
@@ -161,9 +166,11 @@ def _document(meta: dict, name: str, recipe: Recipe, tmp: Path, key: str,
 
 def smoothed_fp32(fp32_dir: Path, dst: Path, alpha: float,
                   outliers: dict[str, int] | None = None,
-                  calibration_texts: Path = CALIBRATION_TEXTS) -> dict[str, int]:
+                  calibration_texts: Path = CALIBRATION_TEXTS, fold_values: bool = FOLD_VALUES,
+                  outlier_after_bias: bool = OUTLIER_AFTER_BIAS) -> dict[str, int]:
     """Write dst: the FP32 graph with SmoothQuant scales (and outlier paths) calibrated on
-    calibration_texts; return the outlier channel count per node."""
+    calibration_texts (rewrites as edgefleet.model.smooth.smooth); return the outlier channel
+    count per node."""
     import onnx
     from tokenizers import Tokenizer
 
@@ -175,7 +182,8 @@ def smoothed_fp32(fp32_dir: Path, dst: Path, alpha: float,
     model = onnx.load(str(fp32_dir / "model.onnx"))
     split = resolve_outliers([node.name for node in model.graph.node if node.op_type == "MatMul"],
                              OUTLIER_CHANNELS if outliers is None else outliers)
-    onnx.save(smooth(model, absmax, alpha, outliers=split), str(dst))
+    onnx.save(smooth(model, absmax, alpha, outliers=split, fold_values=fold_values,
+                     outlier_after_bias=outlier_after_bias), str(dst))
     return split
 
 
@@ -221,7 +229,8 @@ def build_graph(fp32_dir: Path, recipe: Recipe, dst: Path, smoothed: Path | None
         if smoothed is None:
             scratch = src = dst.with_name(dst.name + ".smoothed.onnx")
             split = smoothed_fp32(fp32_dir, src, recipe.smooth_alpha, recipe.outliers,
-                                  calibration_texts)
+                                  calibration_texts, recipe.fold_values,
+                                  recipe.outlier_after_bias)
         else:
             src = smoothed
             split = _outlier_counts(src)

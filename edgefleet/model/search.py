@@ -155,7 +155,8 @@ def search(fp32_dir, work, texts: list[str], target: Target = Target(),
     evaluator = _Evaluator(fp32_dir, texts, session_config or {})
     base = Recipe()
     smoothed = work / "smoothed.onnx"
-    smoothed_fp32(fp32_dir, smoothed, base.smooth_alpha, base.outliers, calibration_texts)
+    smoothed_fp32(fp32_dir, smoothed, base.smooth_alpha, base.outliers, calibration_texts,
+                  base.fold_values, base.outlier_after_bias)
     measured: dict[str, Measured] = {}
 
     def build(recipe: Recipe) -> Measured:

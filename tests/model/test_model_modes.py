@@ -96,6 +96,20 @@ def test_mixed_recipe_keeps_named_ops_in_fp32(tiny, tmp_path):
     assert verify(tmp_path / "mixed").quantization.fp32_nodes == list(keep)
 
 
+
+def test_recipe_rewrite_switches_reach_the_graph_and_the_key(tiny, tmp_path):
+    from edgefleet.model.quantize import quantize_key
+
+    quantize(tiny["fp32_dir"], tmp_path / "plain", recipe=Recipe(fold_values=False))
+    graph = onnx.load(str(tmp_path / "plain" / "model.onnx")).graph
+    smooth_muls = [n.name for n in graph.node
+                   if n.name.endswith("attention/output/dense/MatMul_smooth")]
+    assert len(smooth_muls) == 2  # one per layer: the scale is not folded into V
+    assert quantize_key(tiny["fp32_dir"], Recipe(fold_values=False)) != \
+        quantize_key(tiny["fp32_dir"], Recipe())
+    assert quantize_key(tiny["fp32_dir"], Recipe(outlier_after_bias=False)) != \
+        quantize_key(tiny["fp32_dir"], Recipe())
+
 @pytest.mark.parametrize("n, needed", [(8, 1), (8, 2), (8, 3), (8, 5), (8, 8), (8, 9), (1, 1),
                                        (24, 13)])
 def test_mixed_finds_fewest_fp32_ops_by_doubling_and_bisection(n, needed):
