@@ -22,8 +22,12 @@ SMOOTH_OPS = ("MatMul", "Attention")
 
 def _targets(model, nodes: set[str] | None = None):
     """Yield (node, weight initializer) for MatMul/Attention nodes with a constant 2-D weight."""
+    from edgefleet.model.stable import EXACT_SUFFIX
+
     init = {item.name: item for item in model.graph.initializer}
     for node in model.graph.node:
+        if node.name.endswith(EXACT_SUFFIX):  # means and sums of the arch-stable graph
+            continue
         if node.op_type in SMOOTH_OPS and node.input[1] in init and (
                 nodes is None or node.name in nodes):
             if len(init[node.input[1]].dims) == 2:
