@@ -10,7 +10,7 @@ ReduceMax, DequantizeLinear, DynamicQuantizeLinear and an INT8 MatMul without bi
 
 - LayerNormalization (and the embedding's) becomes MatMul means (x @ 1/H) + elementwise ops;
 - the fused Attention becomes MatMul (QKV, quantized) + Reshape + bias Add + per-head MatMuls
-  + a softmax of ReduceMax, Exp and a MatMul sum;
+  + a softmax of ReduceMax, Exp and a sum taken by the P @ V MatMul;
 - the bias of a MatMul followed by a residual Add is added to the residual first, so that ORT
   does not fuse it into the INT8 MatMul.
 
@@ -24,7 +24,6 @@ import numpy as np
 __all__ = ["EXACT_SUFFIX", "stabilize"]
 
 EXACT_SUFFIX = "_exact"
-MASK_VALUE = -10000.0  # what ORT's Attention adds for a masked key
 
 
 class _Builder:
@@ -72,7 +71,7 @@ def _attr(node, name: str, default=None):
 
 
 def _attention(b: _Builder, node, init: dict, mask: str) -> None:
-    """Unfuse a packed-QKV Attention (mask given as additive [B, 1, 1, S])."""
+    """Unfuse a packed-QKV Attention (mask: the attention mask as floats [B, 1, S, 1])."""
     from onnx import numpy_helper
 
     heads = int(_attr(node, "num_heads"))
@@ -81,11 +80,20 @@ def _attention(b: _Builder, node, init: dict, mask: str) -> None:
     size = hidden // heads
     name = node.name
     qkv = b.node("MatMul", [node.input[0], node.input[1]], f"{name}/qkv", f"{name}/qkv_matmul")
-    shape = b.const(f"{name}/qkv_shape", np.array([0, 0, 3, heads, size], np.int64))
-    split = b.node("Reshape", [qkv, shape], f"{name}/qkv_heads", f"{name}/qkv_reshape")
-    bias = numpy_helper.to_array(init[node.input[2]]).reshape(3, heads, size)
-    bias_name = b.const(f"{name}/qkv_bias", bias.astype(np.float32))
-    biased = b.node("Add", [split, bias_name], f"{name}/qkv_biased", f"{name}/qkv_bias_add")
+    # a Reshape between the INT8 MatMul and its bias Add keeps ORT from fusing them
+    rows = b.node("Reshape", [qkv, b.const(f"{name}/rows_shape", np.array([-1, 3 * hidden],
+                                                                          np.int64))],
+                  f"{name}/qkv_rows", f"{name}/qkv_rows")
+    bias = numpy_helper.to_array(init[node.input[2]]).astype(np.float32)
+    with_bias = b.node("Add", [rows, b.const(f"{name}/qkv_bias", bias)], f"{name}/qkv_biased",
+                       f"{name}/qkv_bias_add")
+    qkv_shape = b.node("Concat", [b.node("Shape", [node.input[0]], f"{name}/in_shape",
+                                         f"{name}/in_shape", end=-1),
+                                  b.const(f"{name}/heads_shape",
+                                          np.array([3, heads, size], np.int64))],
+                       f"{name}/qkv_shape", f"{name}/qkv_shape", axis=0)
+    biased = b.node("Reshape", [with_bias, qkv_shape], f"{name}/qkv_heads",
+                    f"{name}/qkv_reshape")
     parts = {}
     for index, part, perm in ((0, "q", [0, 2, 1, 3]), (1, "k", [0, 2, 3, 1]),
                               (2, "v", [0, 2, 1, 3])):
@@ -97,22 +105,29 @@ def _attention(b: _Builder, node, init: dict, mask: str) -> None:
                     f"{name}/scores{EXACT_SUFFIX}")
     scale = b.const(f"{name}/scale", np.array(1.0 / np.sqrt(size), np.float32))
     scaled = b.node("Mul", [scores, scale], f"{name}/scaled", f"{name}/scale_mul")
-    masked = (b.node("Add", [scaled, mask], f"{name}/masked", f"{name}/mask_add")
-              if mask else scaled)
+    masked = scaled
     import onnx
 
     top = b.node("ReduceMax", [masked], f"{name}/max", f"{name}/max", axes=[-1], keepdims=1)
     exp = b.node("Exp", [b.node("Sub", [masked, top], f"{name}/shifted", f"{name}/shift")],
                  f"{name}/exp", f"{name}/exp")
-    # the row sums come out of the P @ V MatMul itself (a ones column appended to V): a
-    # separate MatMul with one output column differs in the last bit across arches
-    ones_shape = b.node("Concat", [b.node("Shape", [parts["v"]], f"{name}/v_shape",
-                                          f"{name}/v_shape", end=-1),
-                                   b.const(f"{name}/one", np.array([1], np.int64))],
-                        f"{name}/ones_shape", f"{name}/ones_shape", axis=0)
-    ones = b.node("ConstantOfShape", [ones_shape], f"{name}/ones", f"{name}/ones",
-                  value=onnx.helper.make_tensor("one", onnx.TensorProto.FLOAT, [1], [1.0]))
-    values = b.node("Concat", [parts["v"], ones], f"{name}/v_ones", f"{name}/v_ones", axis=-1)
+    # The row sums come out of the P @ V MatMul itself, a column appended to V (a separate
+    # MatMul with one output column differs in the last bit across arches). Masked keys are
+    # left out by zeroing their rows of V and of that column (the attention mask, 1 or 0 per
+    # key): cheaper than adding a large negative number to every score.
+    column_shape = b.node("Concat", [b.node("Shape", [parts["v"]], f"{name}/v_shape",
+                                            f"{name}/v_shape", end=-1),
+                                     b.const(f"{name}/one", np.array([1], np.int64))],
+                          f"{name}/column_shape", f"{name}/column_shape", axis=0)
+    if mask:
+        column = b.node("Expand", [mask, column_shape], f"{name}/keys", f"{name}/keys")
+        kept = b.node("Mul", [parts["v"], mask], f"{name}/v_kept", f"{name}/v_mask")
+    else:
+        column = b.node("ConstantOfShape", [column_shape], f"{name}/keys", f"{name}/keys",
+                        value=onnx.helper.make_tensor("one", onnx.TensorProto.FLOAT, [1],
+                                                      [1.0]))
+        kept = parts["v"]
+    values = b.node("Concat", [kept, column], f"{name}/v_ones", f"{name}/v_ones", axis=-1)
     weighted = b.node("MatMul", [exp, values], f"{name}/weighted",
                       f"{name}/context{EXACT_SUFFIX}")
     starts, ends, axes = (b.const(f"{name}/{n}", np.array([v], np.int64))
@@ -233,18 +248,15 @@ def stabilize(model):
     mask = None
     for node in graph.node:
         if node.op_type == "Attention" and "attention_mask" in {i.name for i in graph.input}:
-            source = "attention_mask"
-            floats = b.node("Cast", [source], "stable/mask_float", "stable/mask_cast",
-                            to=onnx.TensorProto.FLOAT)
-            keep = b.node("Sub", [b.const("stable/one", np.array(1.0, np.float32)), floats],
-                          "stable/masked_keys", "stable/mask_sub")
-            penalty = b.node("Mul", [keep, b.const("stable/mask_value",
-                                                   np.array(MASK_VALUE, np.float32))],
-                             "stable/mask_penalty", "stable/mask_mul")
-            mask = b.node("Unsqueeze", [penalty, b.const("stable/mask_axes",
-                                                          np.array([1, 2], np.int64))],
+            floats = b.node("Cast", ["attention_mask"], "stable/mask_float",
+                            "stable/mask_cast", to=onnx.TensorProto.FLOAT)
+            mask = b.node("Unsqueeze", [floats, b.const("stable/mask_axes",
+                                                         np.array([1, 3], np.int64))],
                           "stable/mask", "stable/mask_unsqueeze")
             break
+    # a fused Attention kept as it is still reads the embedding node's mask index
+    kept = {name for node in graph.node if node.op_type == "Attention" and
+            not _unfusable(node, init) for name in node.input}
     for node in graph.node:
         if node.op_type == "LayerNormalization":
             hidden = int(init[node.input[1]].dims[0])
@@ -253,7 +265,8 @@ def stabilize(model):
         elif node.op_type == "SkipLayerNormalization" and node.input[2] in init:
             _skip_layer_norm(b, node, init)
         elif node.op_type == "EmbedLayerNormalization" and len(node.input) >= 7 and \
-                (len(node.input) < 9 or not node.input[8]) and node.input[5] in init:
+                (len(node.input) < 9 or not node.input[8]) and node.input[5] in init and \
+                not kept & set(node.output[1:]):
             _embeddings(b, node, int(init[node.input[5]].dims[0]))
         elif node.op_type == "Attention" and _unfusable(node, init):
             _attention(b, node, init, mask)
