@@ -1,8 +1,9 @@
 """Static INT8 (QDQ) with activation ranges calibrated on a text file.
 
-The MatMuls get static QDQ (fixed activation scales: no per-call min/max pass); the fused
-Attention ops, which ORT's QDQ quantizer leaves in FP32, are then quantized dynamically to
-QAttention, so the QKV projection never falls back to an FP32 GEMM.
+The MatMuls get static QDQ (fixed activation scales: no per-call min/max pass); fused
+Attention ops (graphs built with Recipe(arch_stable=False); the arch-stable graph has a QKV
+MatMul instead), which ORT's QDQ quantizer leaves in FP32, are then quantized dynamically to
+QAttention, so the QKV projection never falls back to an FP32 GEMM; embedding tables go INT8.
 """
 
 from __future__ import annotations
