@@ -205,8 +205,10 @@ def _search(c, model: Path, out: Path, calib: Path, texts, mode: str, min_cosine
     "clock": "wall (default) or cpu: CPU time of the calling thread, steadier on a shared "
              "machine (--threads 1 only)",
     "json": "print one JSON document instead of the table",
+    "also": "comma-separated other bundle dirs timed in the same rounds (e.g. another "
+            "quantizer graph), each with its time relative to ours",
 })
-def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False):
+def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False, also=None):
     """Time PyTorch FP32, ORT FP32, naive INT8 and our bundle side by side; print ratios."""
     import shlex
     import sys
@@ -216,6 +218,9 @@ def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False):
     script = repo_root() / "benchmarks" / "bench_model.py"
     parts = [sys.executable, str(script), "--threads", str(threads), "--batch", str(batch),
              "--rounds", str(int(rounds)), "--clock", str(clock)] + (["--json"] if json else [])
+    for other in (also or "").split(","):
+        if other.strip():
+            parts += ["--also", str(_resolve(other.strip()))]
     c.run(" ".join(shlex.quote(part) for part in parts), pty=False)
 
 
