@@ -196,11 +196,26 @@ def test_quantize_task_static_json(tiny, tmp_path, capsys):
 @pytest.mark.parametrize("kwargs, message", [
     ({"mode": "fast"}, "--mode"), ({"mode": "static", "calibration": "kl"}, "--calibration"),
     ({"calibration_texts": "nope.txt"}, "--calibration-texts"),
+    ({"graph": "fast"}, "--graph"), ({"graph": "fused", "mode": "search"}, "--graph fused"),
 ])
 def test_quantize_task_rejects_bad_options(tiny, tmp_path, kwargs, message):
     c = Context(Config(overrides={"edgefleet": {"build_dir": str(tmp_path / "build")}}))
     with pytest.raises(SystemExit, match=message):
         tasks.quantize(c, model=str(tiny["fp32_dir"]), out=str(tmp_path / "b"), **kwargs)
+
+
+def test_quantize_task_graph_choice(tiny, tmp_path, capsys):
+    """--graph fused keeps ORT's fused attention (QAttention); the default arch-stable graph has none."""
+    import onnx
+
+    c = Context(Config(overrides={"edgefleet": {"build_dir": str(tmp_path / "build")}}))
+    ops = {}
+    for graph in ("arch-stable", "fused"):
+        out = tmp_path / graph
+        tasks.quantize(c, model=str(tiny["fp32_dir"]), out=str(out), graph=graph, json=True)
+        capsys.readouterr()
+        ops[graph] = {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "QAttention" in ops["fused"] and "QAttention" not in ops["arch-stable"]
 
 
 def _texts_file(tmp_path):
