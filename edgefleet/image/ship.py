@@ -59,8 +59,11 @@ def save_platform(tag: str, platform: str, dest: Path, level: int = SHIP_LEVEL) 
     return found, unpacked
 
 
-def shipped_image(tag: str, arch: str, build_dir: Path, log=print) -> ShippedImage:
-    """Return `tag`'s image for `arch` as a tarball, saving it once per local image ID and arch."""
+def shipped_image(tag: str, arch: str, build_dir: Path, log=print, level: int = SHIP_LEVEL) -> ShippedImage:
+    """Return `tag`'s image for `arch` as a tarball, saving it once per local image ID and arch.
+
+    `level`: zstd level of a new tarball (a cached one is used whatever level made it).
+    """
     platform = f"linux/{arch}"
     ref = resolve_ref(tag, platform)
     host_id = engine.image_id(ref)
@@ -69,8 +72,8 @@ def shipped_image(tag: str, arch: str, build_dir: Path, log=print) -> ShippedIma
     tarball, record = cache / f"{stem}.tar.zst", cache / f"{stem}.json"
     if not (tarball.is_file() and record.is_file()):
         cache.mkdir(parents=True, exist_ok=True)
-        log(f"runtime image {ref} ({arch_of(platform)}): saving it for devices (zstd -{SHIP_LEVEL}, once per image)")
-        found, unpacked = save_platform(tag, platform, tarball)
+        log(f"runtime image {ref} ({arch_of(platform)}): saving it for devices (zstd -{level}, once per image)")
+        found, unpacked = save_platform(tag, platform, tarball, level)
         record.write_text(json.dumps({"ref": ref, "image_id": found, "sha256": sha256_file(tarball),
                                       "unpacked_size": unpacked}) + "\n")
     meta = json.loads(record.read_text())
