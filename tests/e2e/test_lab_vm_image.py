@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from edgefleet.lab import vm as labvm
 from edgefleet.lab import vmplan
 from edgefleet.render import CONTAINER_NAME
 from edgefleet.ssh import connect
+from e2e_lab import Phases, booted_vm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 REPO = Path(__file__).resolve().parents[2]
@@ -45,24 +45,9 @@ TEST_LEVEL = 9
 CAP_SYS_NICE = 1 << 23
 
 
-class Phases:
-    """Wall time of each phase (under load: orders of magnitude only)."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self._t0 = time.monotonic()
-
-    def mark(self, name: str, started: float) -> None:
-        self.seconds[name] = round(time.monotonic() - started, 1)
-        print(f"phase {name}: {self.seconds[name]} s", flush=True)
-
-    def report(self) -> str:
-        return json.dumps({**self.seconds, "total": round(time.monotonic() - self._t0, 1), "kernel": "16k"})
-
-
 @pytest.fixture(scope="module")
 def phases():
-    record = Phases()
+    record = Phases("16k")
     yield record
     print(f"lab-vm-docker e2e phases: {record.report()}", flush=True)
     (BUILD / "reports").mkdir(parents=True, exist_ok=True)
@@ -95,24 +80,7 @@ def images(tmp_path_factory, phases):
 def vm(tmp_path_factory, phases):
     """Boot the docker variant on a fresh overlay, its inventory in a private dir; always stop it."""
     paths = labvm.VmPaths(build_dir=BUILD, targets_dir=tmp_path_factory.mktemp("targets"))
-    if labvm.pid(paths) is not None:
-        pytest.fail(f"a lab VM is already running (pid {labvm.pid(paths)}); run `invoke lab.vm.down` first")
-    spec = vmplan.VmSpec(kernel="16k", docker=True)
-    started = time.monotonic()
-    labvm.ensure_image(paths, spec)
-    phases.mark("vm_image", started)
-    started = time.monotonic()
-    try:
-        labvm.up(paths, spec, timeout=300)
-        phases.mark("boot", started)
-        yield paths
-    finally:
-        started = time.monotonic()
-        qemu_pid = labvm.pid(paths)
-        labvm.down(paths)
-        if qemu_pid is not None and labvm.is_ours(qemu_pid, paths):
-            os.kill(qemu_pid, signal.SIGKILL)
-        phases.mark("shutdown", started)
+    yield from booted_vm(paths, vmplan.VmSpec(kernel="16k", docker=True), phases, "vm_image")
 
 
 def run_invoke(paths: labvm.VmPaths | None, *args: str, tag: str = TAG, timeout: float = 1800) -> str:
