@@ -50,6 +50,7 @@ class Facts:
     lock_age_s: int | None = None
     docker: str = "not asked"  # ship: image only: "yes", "missing", or what the engine said
     images: frozenset[str] = frozenset()  # image IDs (sha256:...) in the device's engine
+    zstd: bool = False  # ship: image only: the device can unpack an image's tarball
 
 
 def docker_argv(target: Target, *args: str) -> list[str]:
@@ -69,6 +70,7 @@ def docker_facts(target: Target) -> list[str]:
         f"  if ids=$({listing} 2>&1); then echo docker=yes; echo \"images=$(echo \"$ids\" | tr '\\n' ' ')\"",
         "  else echo \"docker=$(echo \"$ids\" | tail -n 2 | tr '\\n' ' ' | cut -c1-300)\"; fi",
         "else echo docker=missing; fi",
+        'if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi',
     ]
 
 
@@ -141,6 +143,7 @@ def parse_facts(output: str) -> Facts:
         lock_age_s=int(values["lock_age"]) if values.get("lock_age", "").lstrip("-").isdigit() else None,
         docker=values.get("docker", "not asked"),
         images=frozenset(values.get("images", "").split()),
+        zstd=values.get("zstd") == "yes",
     )
 
 
@@ -224,6 +227,9 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
         raise PlanError(f"{where}: another deploy holds {s.root}/.lock ({facts.lock_owner}); "
                         f"if no deploy is running, remove it on the device: rm -r {s.root}/.lock")
     load_image = image is not None and image.image_id not in facts.images
+    if load_image and not facts.zstd:
+        raise PlanError(f"{where}: ship: image ({target.source}): the device has no zstd to unpack the runtime "
+                        f"image's tarball (docker 20.10's docker load does not take zstd); install zstd")
     # an image's tarball goes up only while its image is not loaded (the device drops it after the load)
     upload = tuple(f for sha, f in sorted(release.objects().items()) if sha not in facts.objects
                    and not (image is not None and sha == image.sha256 and not load_image))

@@ -4,8 +4,8 @@ Builds two runtime images (the second differs by one payload line), boots the la
 variant as target `lab-vm-docker`, then through the real `invoke deploy`: the first release
 (image uploaded, sha256-verified, loaded, ID checked, health gate), the container's privileges
 read back from the engine and from /proc, a no-op re-deploy (nothing uploaded or restarted),
-a second release on the second image, and `invoke rollback` to the first, which must serve
-again from the first image. Phase times are printed at the end and written to
+a second release on the second image, `invoke rollback` to the first, which must serve
+again from the first image, and a third release that prunes the second and its image. Phase times are printed at the end and written to
 build/reports/lab-vm-image-e2e.json. EDGEFLEET_LAB_SLOT moves the VM's SSH port and the tags.
 """
 
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from edgefleet.deploy import Device, service_call
 from edgefleet.image import build as image_build
@@ -213,3 +214,18 @@ def test_image_deploy_noop_second_release_rollback(images, vm, phases):
     golden = json.loads((BUNDLE / "bundle.json").read_text())["golden"]
     code, body = call_service(paths, "/v1/embed", {"texts": [golden["texts"][0]]})
     assert code == 200 and len(body["embeddings"][0]) == len(golden["embeddings"][0])
+
+    # -- prune: a third release (a config change on the first image) keeping 2 releases drops
+    # the second release and its image, which no kept release runs; the first image stays ------
+    document = yaml.safe_load(paths.inventory.read_text())
+    document["devices"][NAME].update(deploy={"keep_releases": 2}, runtime={"nice": -5, "log_level": "debug"})
+    paths.inventory.write_text(yaml.safe_dump(document, sort_keys=False))
+    started = time.monotonic()
+    out = run_invoke(paths, "deploy", "--target", NAME)
+    phases.mark("deploy_third_prune", started)
+    third = released(out)
+    assert "uploaded" in out and "loaded image" not in out, out[-3000:]  # only runtime.yaml and manifest
+    assert re.search(rf"pruned 1 old release\(s\) \({second}\), \d+ object\(s\), 0 package env\(s\), 1 image\(s\)", out), out[-3000:]
+    images_left = device_images(paths)
+    assert first_image.image_id in images_left and second_image.image_id not in images_left
+    assert sorted(on_vm(paths, "ls /opt/edgefleet/releases").split()) == sorted([first, third])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def image_release(tmp_path: Path, target, image_id: str = IMAGE_A):
 def facts(**over) -> Facts:
     base = Facts(arch="arm64", python="3.9", systemd=True, current=None, committed=None, lock_owner=None,
                  free_bytes=10**10, unit_sha256=None, service_active="inactive", user_exists=False,
-                 envs=frozenset(), releases=frozenset(), objects=frozenset(), docker="yes")
+                 envs=frozenset(), releases=frozenset(), objects=frozenset(), docker="yes", zstd=True)
     return dataclasses.replace(base, **over)
 
 
@@ -141,6 +142,14 @@ def test_preflight_refuses_an_image_target_without_usable_docker(tmp_path, docke
     assert says in str(err.value) and "ship: image" in str(err.value) and "inv.yaml" in str(err.value)
 
 
+def test_preflight_refuses_to_load_without_zstd_but_a_loaded_image_needs_none(tmp_path):
+    target = image_target(tmp_path)
+    release = image_release(tmp_path, target)
+    with pytest.raises(PlanError, match="no zstd"):
+        make_plan(target, release, facts(zstd=False))
+    assert make_plan(target, release, facts(zstd=False, images=frozenset({IMAGE_A}))).load_image is None
+
+
 def test_facts_command_asks_docker_only_for_image_targets(tmp_path):
     venv = load_inventory(inventory(tmp_path / "v", "")).target("d1")
     assert "docker" not in facts_command(venv)
@@ -153,7 +162,7 @@ def test_facts_command_asks_docker_only_for_image_targets(tmp_path):
     (fake / "docker").chmod(0o755)
     env = {"PATH": f"{fake}:/usr/bin:/bin"}
     got = parse_facts(subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env).stdout)
-    assert got.docker == "yes" and got.images == {IMAGE_A, IMAGE_B}
+    assert got.docker == "yes" and got.images == {IMAGE_A, IMAGE_B} and got.zstd == bool(shutil.which("zstd"))
     (fake / "docker").write_text("#!/bin/sh\necho 'Got permission denied while trying to connect' >&2\nexit 1\n")
     got = parse_facts(subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env).stdout)
     assert got.docker.startswith("Got permission denied") and got.images == frozenset()
