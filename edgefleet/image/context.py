@@ -8,7 +8,6 @@ BuildKit's cache sees a payload edit as a change to the last layer only.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import re
 import shutil
@@ -19,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.deploy.env import build_device_env, pip_platforms
+from edgefleet.deploy.env import build_device_env, pip_platforms, pruned, read_prune
 from edgefleet.paths import repo_root
 
 __all__ = ["ContextError", "RuntimeContext", "recipe_dir", "lock_text", "write_lock", "read_prune",
@@ -86,23 +85,6 @@ def write_lock(requirements: Path, dest: Path, arches: tuple[str, ...], python: 
                   f"{', '.join(arches)} / {abi}: do not edit; every wheel is checked by pip.\n")
         dest.write_text(lock_text(sorted(Path(tmp).glob("*.whl")), header))
     return dest
-
-
-def read_prune(path: Path) -> list[str]:
-    """Return the glob patterns of a prune list (one a line, `#` comments)."""
-    patterns = []
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            patterns.append(line)
-    return patterns
-
-
-def pruned(name: str, patterns: list[str]) -> bool:
-    """Return True when a site-packages path (or any directory above it) matches a pattern."""
-    parts = name.strip("/").split("/")
-    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-    return any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes for pattern in patterns)
 
 
 def prune_site(src: Path, dest: Path, patterns: list[str]) -> None:

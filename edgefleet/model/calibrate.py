@@ -1,13 +1,16 @@
 """Static INT8 (QDQ) with activation ranges calibrated on a text file.
 
-The MatMuls get static QDQ (fixed activation scales: no per-call min/max pass); the fused
-Attention ops, which ORT's QDQ quantizer leaves in FP32, are then quantized dynamically to
-QAttention, so the QKV projection never falls back to an FP32 GEMM.
+The MatMuls get static QDQ (fixed activation scales: no per-call min/max pass); fused
+Attention ops (graphs built with Recipe(arch_stable=False); the arch-stable graph has a QKV
+MatMul instead), which ORT's QDQ quantizer leaves in FP32, are then quantized dynamically to
+QAttention, so the QKV projection never falls back to an FP32 GEMM; embedding tables go INT8.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from edgefleet.model.stable import EXACT_SUFFIX
 
 __all__ = ["CALIBRATION_METHODS", "TextCalibrationReader", "quantize_static_graph"]
 
@@ -50,8 +53,9 @@ class TextCalibrationReader(_reader_base()):
 def quantize_static_graph(src: Path, dst: Path, tokenizer, texts: list[str],
                           method: str = "minmax", per_channel: bool = True,
                           fp32_nodes: list[str] | tuple[str, ...] = ()) -> None:
-    """Write dst: src with static QDQ MatMuls (activations QUInt8, weights QInt8) and dynamic
-    QAttention, leaving fp32_nodes (and outlier paths) in FP32."""
+    """Write dst: src with static QDQ MatMuls (activations QUInt8, weights QInt8), dynamic
+    QAttention and INT8 embedding tables, leaving fp32_nodes (and outlier paths, the arch-stable
+    graph's exact MatMuls) in FP32."""
     import contextlib
     import io
     import tempfile
@@ -69,7 +73,7 @@ def quantize_static_graph(src: Path, dst: Path, tokenizer, texts: list[str],
     graph = onnx.load(str(src), load_external_data=False).graph
     present = {node.name for node in graph.node}
     excluded = [n for n in fp32_nodes if n in present] + [
-        n for n in present if n.endswith("_outlier_matmul")]
+        n for n in present if n.endswith(("_outlier_matmul", EXACT_SUFFIX))]
     inputs = [item.name for item in graph.input]
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
@@ -89,7 +93,7 @@ def quantize_static_graph(src: Path, dst: Path, tokenizer, texts: list[str],
                                            "CalibTensorRangeSymmetric": False,
                                            "CalibMovingAverage": False})
         quantize_graph(qdq, dst, per_channel, fp32_nodes,
-                       op_types_to_quantize=["Attention", "EmbedLayerNormalization"])
+                       op_types_to_quantize=["Attention", "EmbedLayerNormalization", "Gather"])
 
 
 def _infer_types(src: Path, dst: Path) -> None:

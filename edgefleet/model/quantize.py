@@ -12,6 +12,7 @@ from pathlib import Path
 from edgefleet.model.bundle import BUNDLE_JSON, Bundle, parse_bundle
 from edgefleet.model.export import EXPORT_META, SESSION_CONFIG_UNFUSED
 from edgefleet.model.files import atomic_dir, file_record, inputs_digest
+from edgefleet.model.stable import EXACT_SUFFIX
 
 __all__ = ["QuantizeResult", "Recipe", "quantize", "quantize_key", "bundle_name",
            "build_graph", "GOLDEN_TEXTS", "MIN_COSINE"]
@@ -52,6 +53,11 @@ SMOOTH_ALPHA = 0.8
 OUTLIER_CHANNELS = {r"/layer\.\d+/output/dense/MatMul$": 4,
                     r"/layer\.\d+/intermediate/dense/MatMul$": 2}
 FP32_NODES: tuple[str, ...] = ()
+# The two node-saving rewrites of edgefleet.model.smooth (exact in real arithmetic).
+FOLD_VALUES = True
+OUTLIER_AFTER_BIAS = True
+# FP32 parts as ops that give the same bits on x86 and arm64 (edgefleet.model.stable)
+ARCH_STABLE = True
 CALIBRATION_TEXTS = Path(__file__).resolve().parent / "data" / "calibration.txt"
 
 
@@ -68,6 +74,9 @@ class Recipe:
     fp32_nodes: tuple[str, ...] = FP32_NODES
     smooth_alpha: float | None = SMOOTH_ALPHA
     outliers: dict[str, int] | None = field(default=None, hash=False)
+    fold_values: bool = FOLD_VALUES
+    outlier_after_bias: bool = OUTLIER_AFTER_BIAS
+    arch_stable: bool = ARCH_STABLE
 
     def __post_init__(self):
         from edgefleet.model.calibrate import CALIBRATION_METHODS
@@ -113,7 +122,7 @@ def quantize_key(fp32_dir, recipe: Recipe = Recipe(), min_cosine: float = MIN_CO
              Path(calibration_texts)]
     settings = {"recipe": recipe.settings(), "min_cosine": min_cosine, "golden": GOLDEN_TEXTS,
                 "golden_qa": GOLDEN_QA, "max_abs_diff": MAX_ABS_DIFF,
-                "onnxruntime": onnxruntime.__version__, "format": 3}
+                "onnxruntime": onnxruntime.__version__, "format": 4}
     return inputs_digest(files, settings)
 
 
@@ -161,9 +170,12 @@ def _document(meta: dict, name: str, recipe: Recipe, tmp: Path, key: str,
 
 def smoothed_fp32(fp32_dir: Path, dst: Path, alpha: float,
                   outliers: dict[str, int] | None = None,
-                  calibration_texts: Path = CALIBRATION_TEXTS) -> dict[str, int]:
-    """Write dst: the FP32 graph with SmoothQuant scales (and outlier paths) calibrated on
-    calibration_texts; return the outlier channel count per node."""
+                  calibration_texts: Path = CALIBRATION_TEXTS, fold_values: bool = FOLD_VALUES,
+                  outlier_after_bias: bool = OUTLIER_AFTER_BIAS,
+                  source: Path | None = None) -> dict[str, int]:
+    """Write dst: the FP32 graph (source, default the export's) with SmoothQuant scales (and
+    outlier paths) calibrated on calibration_texts (rewrites as edgefleet.model.smooth.smooth);
+    return the outlier channel count per node."""
     import onnx
     from tokenizers import Tokenizer
 
@@ -171,12 +183,24 @@ def smoothed_fp32(fp32_dir: Path, dst: Path, alpha: float,
     from edgefleet.model.smooth import activation_absmax, resolve_outliers, smooth
 
     tokenizer = Tokenizer.from_file(str(fp32_dir / "tokenizer.json"))
-    absmax = activation_absmax(fp32_dir / "model.onnx", tokenizer, read_texts(calibration_texts))
-    model = onnx.load(str(fp32_dir / "model.onnx"))
+    source = Path(source) if source else fp32_dir / "model.onnx"
+    absmax = activation_absmax(source, tokenizer, read_texts(calibration_texts))
+    model = onnx.load(str(source))
     split = resolve_outliers([node.name for node in model.graph.node if node.op_type == "MatMul"],
                              OUTLIER_CHANNELS if outliers is None else outliers)
-    onnx.save(smooth(model, absmax, alpha, outliers=split), str(dst))
+    onnx.save(smooth(model, absmax, alpha, outliers=split, fold_values=fold_values,
+                     outlier_after_bias=outlier_after_bias), str(dst))
     return split
+
+
+def stable_fp32(fp32_dir: Path, dst: Path) -> Path:
+    """Write dst: the export's FP32 graph with arch-stable ops (edgefleet.model.stable)."""
+    import onnx
+
+    from edgefleet.model.stable import stabilize
+
+    onnx.save(stabilize(onnx.load(str(Path(fp32_dir) / "model.onnx"))), str(dst))
+    return Path(dst)
 
 
 def quantize_graph(src: Path, dst: Path, per_channel: bool = True,
@@ -189,8 +213,10 @@ def quantize_graph(src: Path, dst: Path, per_channel: bool = True,
 
     graph = onnx.load(str(src), load_external_data=False).graph
     present = {node.name for node in graph.node}
-    # outlier paths (edgefleet.model.smooth) stay FP32 by design
-    fp32_nodes = list(fp32_nodes) + [n for n in present if n.endswith("_outlier_matmul")]
+    # outlier paths (edgefleet.model.smooth) and the arch-stable graph's means, sums and
+    # attention core (edgefleet.model.stable) stay FP32 by design
+    fp32_nodes = list(fp32_nodes) + [n for n in present if n.endswith(("_outlier_matmul",
+                                                                       EXACT_SUFFIX))]
     quantize_dynamic(str(src), str(dst), weight_type=getattr(QuantType, weight_type),
                      per_channel=per_channel,
                      nodes_to_exclude=[name for name in fp32_nodes if name in present],
@@ -216,12 +242,17 @@ def build_graph(fp32_dir: Path, recipe: Recipe, dst: Path, smoothed: Path | None
     from edgefleet.model.evaluate import read_texts
 
     fp32_dir, dst = Path(fp32_dir), Path(dst)
-    src, split, scratch = fp32_dir / "model.onnx", {}, None
+    src, split, scratch = fp32_dir / "model.onnx", {}, []
+    if recipe.arch_stable and smoothed is None:
+        src = stable_fp32(fp32_dir, dst.with_name(dst.name + ".stable.onnx"))
+        scratch.append(src)
     if recipe.smooth_alpha:
         if smoothed is None:
-            scratch = src = dst.with_name(dst.name + ".smoothed.onnx")
+            stable, src = src, dst.with_name(dst.name + ".smoothed.onnx")
+            scratch.append(src)
             split = smoothed_fp32(fp32_dir, src, recipe.smooth_alpha, recipe.outliers,
-                                  calibration_texts)
+                                  calibration_texts, recipe.fold_values,
+                                  recipe.outlier_after_bias, source=stable)
         else:
             src = smoothed
             split = _outlier_counts(src)
@@ -233,8 +264,8 @@ def build_graph(fp32_dir: Path, recipe: Recipe, dst: Path, smoothed: Path | None
         else:
             quantize_graph(src, dst, recipe.per_channel, recipe.fp32_nodes)
     finally:
-        if scratch is not None:
-            scratch.unlink(missing_ok=True)
+        for path in scratch:
+            path.unlink(missing_ok=True)
     return split
 
 

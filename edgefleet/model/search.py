@@ -18,7 +18,9 @@ import numpy as np
 
 from edgefleet.model.calibrate import CALIBRATION_METHODS
 from edgefleet.model.evaluate import Accuracy, accuracy, interleaved_medians, text_of
-from edgefleet.model.quantize import CALIBRATION_TEXTS, Recipe, build_graph, smoothed_fp32
+from edgefleet.model.quantize import (CALIBRATION_TEXTS, Recipe, build_graph, smoothed_fp32,
+                                      stable_fp32)
+from edgefleet.model.stable import EXACT_SUFFIX
 
 __all__ = ["Target", "Measured", "Search", "quantizable_ops", "sensitivity", "search",
            "render_table", "as_json"]
@@ -78,7 +80,7 @@ def quantizable_ops(onnx_path) -> list[str]:
     weights = {item.name for item in model.graph.initializer if len(item.dims) == 2}
     return [node.name for node in model.graph.node
             if node.op_type in QUANTIZABLE and len(node.input) > 1 and node.input[1] in weights
-            and not node.name.endswith("_outlier_matmul")]
+            and not node.name.endswith(("_outlier_matmul", EXACT_SUFFIX))]
 
 
 class _Evaluator:
@@ -155,7 +157,9 @@ def search(fp32_dir, work, texts: list[str], target: Target = Target(),
     evaluator = _Evaluator(fp32_dir, texts, session_config or {})
     base = Recipe()
     smoothed = work / "smoothed.onnx"
-    smoothed_fp32(fp32_dir, smoothed, base.smooth_alpha, base.outliers, calibration_texts)
+    source = stable_fp32(fp32_dir, work / "stable.onnx") if base.arch_stable else None
+    smoothed_fp32(fp32_dir, smoothed, base.smooth_alpha, base.outliers, calibration_texts,
+                  base.fold_values, base.outlier_after_bias, source=source)
     measured: dict[str, Measured] = {}
 
     def build(recipe: Recipe) -> Measured:

@@ -22,8 +22,12 @@ SMOOTH_OPS = ("MatMul", "Attention")
 
 def _targets(model, nodes: set[str] | None = None):
     """Yield (node, weight initializer) for MatMul/Attention nodes with a constant 2-D weight."""
+    from edgefleet.model.stable import EXACT_SUFFIX
+
     init = {item.name: item for item in model.graph.initializer}
     for node in model.graph.node:
+        if node.name.endswith(EXACT_SUFFIX):  # means and sums of the arch-stable graph
+            continue
         if node.op_type in SMOOTH_OPS and node.input[1] in init and (
                 nodes is None or node.name in nodes):
             if len(init[node.input[1]].dims) == 2:
@@ -59,13 +63,17 @@ def activation_absmax(onnx_path, tokenizer, texts: list[str]) -> dict[str, np.nd
 
 
 def smooth(model, absmax: dict[str, np.ndarray], alpha: float | dict[str, float] = 0.5,
-           outliers: dict[str, int] | None = None):
+           outliers: dict[str, int] | None = None, fold_values: bool = True,
+           outlier_after_bias: bool = True):
     """Return a copy of model with a Mul(1/s) before each target node and s folded into W.
 
     alpha is one value for every node or {node name: alpha}; nodes missing from the dict (or
     given 0) are left alone. outliers {MatMul name: k} also splits off the k input channels
     with the largest calibrated maxima: the smoothing Mul zeroes them, and a Gather + small
     FP32 MatMul (k x N) + Add computes their share exactly (LLM.int8()-style decomposition).
+    fold_values folds a MatMul's 1/s into the fused Attention feeding it (V columns) instead of
+    a Mul; outlier_after_bias adds the exact share after the bias Add (see _exact_after_bias).
+    Both are exact in real arithmetic; each can be turned off to compare graphs.
     """
     outliers = outliers or {}
     extra_inits: list = []
@@ -106,7 +114,7 @@ def smooth(model, absmax: dict[str, np.ndarray], alpha: float | dict[str, float]
                 extra_inits.extend(path_inits)
             weight.CopyFrom(numpy_helper.from_array(scaled, weight.name))
             source = producers.get(node.input[0])
-            if not (readers.get(node.input[0]) == 1 and not k and
+            if not (fold_values and readers.get(node.input[0]) == 1 and not k and
                     _fold_into_values(source, init, inverse)):
                 scale_name = f"{node.name}_smooth_scale"
                 out_name = f"{node.input[0]}_smoothed_for_{node.name}"
@@ -124,7 +132,8 @@ def smooth(model, absmax: dict[str, np.ndarray], alpha: float | dict[str, float]
                                                    name=f"{node.name}_outlier_add"))
     model.graph.initializer.extend(extra_inits)
     del model.graph.node[:]
-    model.graph.node.extend(_exact_after_bias(new_nodes, init))
+    model.graph.node.extend(_exact_after_bias(new_nodes, init) if outlier_after_bias
+                            else new_nodes)
     return model
 
 

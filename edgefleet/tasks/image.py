@@ -96,16 +96,24 @@ def save(c, platform="linux/arm64", tag=None, out=None, level=19):
     "runs": "timed selftest runs per golden text (default 1: emulation is slow)",
     "min_cosine": "least cosine between two platforms' embeddings of a golden text (default 0.9999)",
     "json": "print one JSON document instead of the table",
+    "texts": "compare the embeddings of this file's lines instead of the golden texts",
+    "first": "with --texts: only the first N lines (emulated, each costs ~1.3 s)",
+    "qemu_cpu": "CPU model qemu-user emulates for a foreign platform (default neoverse-n1)",
 })
-def test(c, platform=None, tag=None, bundle=None, runs=1, min_cosine=0.9999, json_=False):
+def test(c, platform=None, tag=None, bundle=None, runs=1, min_cosine=0.9999, json_=False,
+         texts=None, first=None, qemu_cpu=None):
     """Selftest each platform's image (arm64 under QEMU) and compare their embeddings."""
     from edgefleet.image.build import ImageError
-    from edgefleet.image.check import check_images
+    from edgefleet.image.check import QEMU_CPU, check_images, texts_from_file
 
     bundle_dir = Path(bundle).resolve() if bundle else paths.bundle_dir(c)
     try:
+        if first and not texts:
+            raise ImageError("--first needs --texts")
+        lines = texts_from_file(Path(texts), int(first) if first else None) if texts else None
         report = check_images(_setting(c, "tag", tag), _platforms(c, platform), bundle_dir,
-                              runs=int(runs), min_cosine=float(min_cosine))
+                              runs=int(runs), min_cosine=float(min_cosine), texts=lines,
+                              qemu_cpu=qemu_cpu or QEMU_CPU)
     except (ImageError, engine.EngineError) as exc:
         raise Exit(f"image.test: {exc}", code=1) from None
     if json_:
@@ -122,7 +130,9 @@ def test(c, platform=None, tag=None, bundle=None, runs=1, min_cosine=0.9999, jso
                 print("  " + result["error"].replace("\n", "\n  "))
         for pair in report["cross"]["pairs"]:
             shown = f"{pair['min_cosine']:.6f}" if pair["min_cosine"] is not None else "n/a"
-            print(f"{pair['a']} vs {pair['b']}: min cosine {shown} "
+            mean = f"{pair['mean_cosine']:.6f}" if pair["mean_cosine"] is not None else "n/a"
+            print(f"{pair['a']} vs {pair['b']}, {report['texts']} texts: min cosine {shown}, "
+                  f"mean {mean} "
                   f"(need >= {report['cross']['threshold']}) "
                   f"{'PASS' if pair['passed'] else 'FAIL'}")
     if not report["passed"]:

@@ -74,6 +74,7 @@ def export(c, model_dir=None, out=None, max_seq_len=None, opset=17, task=None,
 
 
 MODES = ("dynamic", "static", "mixed", "search")
+GRAPHS = ("arch-stable", "fused")
 
 
 @task(help={
@@ -91,13 +92,16 @@ MODES = ("dynamic", "static", "mixed", "search")
     "min_cosine": "mixed/search: every text's cosine vs FP32 at least this",
     "mean_cosine": "mixed/search: mean cosine vs FP32 at least this",
     "per_tensor": "quantize weights per tensor instead of per channel (less accurate)",
+    "graph": "arch-stable (default: the same embeddings on arm64 and x86, ~1.1-1.2x the CPU "
+             "time on x86) or fused (ORT's fused Attention/LayerNorm kernels: faster, but "
+             "arm64 and x86 differ by up to ~1e-3 in cosine); dynamic and static modes",
     "json": "print one JSON document (the bundle, its size and quantization; with mixed/search "
             "also every candidate) instead of tables",
     "force": "quantize even when the inputs are unchanged",
 })
 def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="minmax",
              calibration_texts=None, texts=None, min_cosine=0.99, mean_cosine=0.998,
-             per_tensor=False, json=False, force=False):
+             per_tensor=False, graph="arch-stable", json=False, force=False):
     """Quantize an FP32 export to INT8 (dynamic, static, mixed or searched) into a bundle."""
     from edgefleet.model import export as ex
     from edgefleet.model import quantize as qz
@@ -105,6 +109,11 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
 
     if mode not in MODES:
         raise SystemExit(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+    if graph not in GRAPHS:
+        raise SystemExit(f"--graph {graph!r}: expected one of {', '.join(GRAPHS)}")
+    if graph != "arch-stable" and mode in ("mixed", "search"):
+        raise SystemExit(f"--graph {graph}: only with --mode dynamic or static "
+                         "(mixed and search build on the arch-stable graph)")
     model = _resolve(model) if model else build_dir(c) / "models" / "all-minilm-l6-v2"
     if not (model / ex.EXPORT_META).is_file():
         raise SystemExit(f"{model}: no {ex.EXPORT_META}; run `invoke model.export` first")
@@ -116,7 +125,7 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
     try:
         recipe = qz.Recipe(method="static" if mode == "static" else "dynamic",
                            calibration=calibration if mode == "static" else None,
-                           per_channel=not per_tensor)
+                           per_channel=not per_tensor, arch_stable=graph == "arch-stable")
     except ValueError as error:
         raise SystemExit(f"--calibration: {error}") from None
     graph, searched = None, None
@@ -205,8 +214,10 @@ def _search(c, model: Path, out: Path, calib: Path, texts, mode: str, min_cosine
     "clock": "wall (default) or cpu: CPU time of the calling thread, steadier on a shared "
              "machine (--threads 1 only)",
     "json": "print one JSON document instead of the table",
+    "also": "comma-separated other bundle dirs timed in the same rounds (e.g. another "
+            "quantizer graph), each with its time relative to ours",
 })
-def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False):
+def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False, also=None):
     """Time PyTorch FP32, ORT FP32, naive INT8 and our bundle side by side; print ratios."""
     import shlex
     import sys
@@ -216,6 +227,9 @@ def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False):
     script = repo_root() / "benchmarks" / "bench_model.py"
     parts = [sys.executable, str(script), "--threads", str(threads), "--batch", str(batch),
              "--rounds", str(int(rounds)), "--clock", str(clock)] + (["--json"] if json else [])
+    for other in (also or "").split(","):
+        if other.strip():
+            parts += ["--also", str(_resolve(other.strip()))]
     c.run(" ".join(shlex.quote(part) for part in parts), pty=False)
 
 

@@ -153,12 +153,12 @@ def test_deploy_reboot_rollback_on_arm64_vm(bundle, vm, phases):
     cosines = (arm * x86).sum(axis=1) / (np.linalg.norm(arm, axis=1) * np.linalg.norm(x86, axis=1))
     print(f"arm64 vs x86 cosine: min {cosines.min():.6f}, mean {cosines.mean():.6f}", flush=True)
     phases.seconds["arm64_vs_x86_min_cosine"] = round(float(cosines.min()), 6)
-    # Dynamic INT8 re-quantizes activations per call, and the two architectures' float kernels
-    # (softmax, GELU, LayerNorm) differ in the last bits, which can flip an activation's rounding:
-    # issue #8's goal is 0.9999 (the format-2 bundle measured 0.999922; the current one 0.99982 on
-    # one golden text). What a device must meet is the bundle's own golden tolerance, the one
-    # its health gate enforces; mean agreement stays at the issue's goal.
-    assert cosines.min() >= golden["min_cosine"] and cosines.mean() >= 0.9999, cosines
+    # Issue #8's goal, every golden text >= 0.9999. Dynamic INT8 re-quantizes activations per
+    # call, so a last-bit difference between the two architectures' float kernels can flip an
+    # activation's rounding and grow (format 3: 0.99982 on one text); the arch-stable graph
+    # (quantizer format 4, edgefleet/model/stable.py) uses only ops that give the same bits on
+    # both, 1.000000 under qemu-user on the goldens and 40 more texts.
+    assert cosines.min() >= 0.9999, cosines
 
     # -- second release: a config change (one thread) makes a new release -------------------------
     inventory_file = paths.inventory

@@ -202,7 +202,9 @@ def test_judge_cross_platform(second, passed):
     report = check.judge([_result("linux/amd64", False, [[1.0, 0.0], [0.0, 1.0]]),
                           _result("linux/arm64", True, second)], threshold=0.9999)
     assert report["passed"] is passed
-    assert report["cross"]["pairs"][0]["passed"] is passed
+    pair = report["cross"]["pairs"][0]
+    assert pair["passed"] is passed
+    assert pair["mean_cosine"] == pytest.approx(sum(pair["cosines"]) / 2)
     assert report["platforms"]["linux/arm64"]["latency_ms"]["emulated"] is True
     assert "emulated" not in report["platforms"]["linux/amd64"]["latency_ms"]
 
@@ -211,6 +213,47 @@ def test_judge_fails_without_embeddings_or_selftest():
     ok = _result("linux/amd64", False, [[1.0]])
     assert check.judge([ok, _result("linux/arm64", True, [])])["passed"] is False
     assert check.judge([ok, _result("linux/arm64", True, [[1.0]], passed=False)])["passed"] is False
+
+
+def test_texts_from_file_first_lines_without_blanks(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_text("one\n\n  \ntwo\nthree\n", encoding="utf-8")
+    assert check.texts_from_file(path) == ["one", "two", "three"]
+    assert check.texts_from_file(path, first=2) == ["one", "two"]
+    with pytest.raises(build.ImageError, match="need at least one"):
+        check.texts_from_file(path, first=0)
+    (tmp_path / "blank.txt").write_text("\n \n", encoding="utf-8")
+    with pytest.raises(build.ImageError, match="blank.txt: no texts"):
+        check.texts_from_file(tmp_path / "blank.txt")
+    with pytest.raises(build.ImageError, match="missing.txt: cannot read texts"):
+        check.texts_from_file(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize("texts, expected", [
+    (None, ["golden a", "golden b"]),           # the bundle's golden texts by default
+    (["x", "y", "z"], ["x", "y", "z"]),
+])
+def test_run_platform_embeds_given_texts_under_the_asked_cpu(tmp_path, monkeypatch, texts,
+                                                             expected):
+    golden = {"golden": {"texts": ["golden a", "golden b"]}}
+    (tmp_path / "bundle.json").write_text(json.dumps(golden))
+    seen = {}
+
+    def fake_run(spec, timeout, what):
+        seen.update(spec=spec, timeout=timeout)
+        rows = [[1.0, 0.0]] * len(spec.command[spec.command.index("--") + 2:])
+        return SELFTEST_OUT + check.EMBED_MARKER + "\n" + json.dumps({"embeddings": rows})
+
+    monkeypatch.setattr(check, "_run", fake_run)
+    emulated = check.host_arch() != "arm64"
+    result = check.run_platform("img", "linux/arm64", tmp_path, texts=texts,
+                                qemu_cpu="cortex-a76")
+    command = seen["spec"].command
+    assert list(command[command.index("--") + 2:]) == expected
+    assert len(result.embeddings) == len(expected) and result.selftest_passed
+    assert seen["spec"].environment == ({"QEMU_CPU": "cortex-a76"} if emulated else {})
+    per_text = 3.0 if emulated else 0.5
+    assert seen["timeout"] == check.TIMEOUT_S[emulated] + per_text * len(expected)
 
 
 def test_cross_cosines_shape_mismatch():

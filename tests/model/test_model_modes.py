@@ -68,26 +68,32 @@ def test_static_bundle_runs_with_fixed_activation_scales(tiny, tmp_path, calibra
     assert (bundle.quantization.method, bundle.quantization.calibration_method) == (
         "static", calibration)
     ops = Counter(node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node)
-    # static MatMuls (QDQ: fixed scales) and the attention's QKV projection dynamically in INT8
-    assert ops["QuantizeLinear"] >= 4 and ops["DequantizeLinear"] >= 4 and ops["QAttention"] == 2
+    # every weight MatMul static (QDQ: fixed scales), the attention's QKV projection too (the
+    # arch-stable graph has no fused Attention); its means and attention core stay FP32
+    assert ops["QuantizeLinear"] >= 4 and ops["DequantizeLinear"] >= 4 and ops["QAttention"] == 0
     feeders = _matmul_feeders(out / "model.onnx")
-    assert len(feeders) == 6 and {n.op_type for n in feeders} == {"DequantizeLinear"}
+    assert len(feeders) == 8 and {n.op_type for n in feeders} == {"DequantizeLinear"}
     acc = _cosines(out, tiny["fp32_dir"])
     assert acc.mean > 0.99 and acc.min > 0.97
     assert selftest(edge_runtime.load(out), runs=1).passed
 
 
 def _matmul_feeders(path):
-    """Return the node feeding each (non-outlier) MatMul's activation input."""
+    """Return the node feeding each (non-outlier, non-exact) MatMul's activation input."""
+    from edgefleet.model.stable import EXACT_SUFFIX
+
     graph = onnx.load(str(path)).graph
     producer = {output: node for node in graph.node for output in node.output}
-    return [producer[n.input[0]] for n in graph.node
-            if n.op_type == "MatMul" and not n.name.endswith("_outlier_matmul")]
+    return [producer[n.input[0]] for n in graph.node if n.op_type == "MatMul" and
+            not n.name.endswith(("_outlier_matmul", EXACT_SUFFIX))]
 
 
 def test_mixed_recipe_keeps_named_ops_in_fp32(tiny, tmp_path):
-    ops = se.quantizable_ops(tiny["fp32_dir"] / "model.onnx")
-    assert len(ops) == 8  # 2 layers: Attention + 3 MatMuls each
+    from edgefleet.model.quantize import stable_fp32
+
+    # names of the graph that is quantized: the arch-stable one (QKV projection as a MatMul)
+    ops = se.quantizable_ops(stable_fp32(tiny["fp32_dir"], tmp_path / "stable.onnx"))
+    assert len(ops) == 8  # 2 layers: QKV + 3 MatMuls each
     keep = tuple(sorted(ops[:3]))
     quantize(tiny["fp32_dir"], tmp_path / "mixed", recipe=Recipe(fp32_nodes=keep))
     graph = onnx.load(str(tmp_path / "mixed" / "model.onnx")).graph
@@ -95,6 +101,20 @@ def test_mixed_recipe_keeps_named_ops_in_fp32(tiny, tmp_path):
     assert set(keep) <= float_ops
     assert verify(tmp_path / "mixed").quantization.fp32_nodes == list(keep)
 
+
+
+def test_recipe_rewrite_switches_reach_the_graph_and_the_key(tiny, tmp_path):
+    from edgefleet.model.quantize import quantize_key
+
+    quantize(tiny["fp32_dir"], tmp_path / "plain", recipe=Recipe(fold_values=False))
+    graph = onnx.load(str(tmp_path / "plain" / "model.onnx")).graph
+    smooth_muls = [n.name for n in graph.node
+                   if n.name.endswith("attention/output/dense/MatMul_smooth")]
+    assert len(smooth_muls) == 2  # one per layer: the scale is not folded into V
+    assert quantize_key(tiny["fp32_dir"], Recipe(fold_values=False)) != \
+        quantize_key(tiny["fp32_dir"], Recipe())
+    assert quantize_key(tiny["fp32_dir"], Recipe(outlier_after_bias=False)) != \
+        quantize_key(tiny["fp32_dir"], Recipe())
 
 @pytest.mark.parametrize("n, needed", [(8, 1), (8, 2), (8, 3), (8, 5), (8, 8), (8, 9), (1, 1),
                                        (24, 13)])
@@ -176,11 +196,26 @@ def test_quantize_task_static_json(tiny, tmp_path, capsys):
 @pytest.mark.parametrize("kwargs, message", [
     ({"mode": "fast"}, "--mode"), ({"mode": "static", "calibration": "kl"}, "--calibration"),
     ({"calibration_texts": "nope.txt"}, "--calibration-texts"),
+    ({"graph": "fast"}, "--graph"), ({"graph": "fused", "mode": "search"}, "--graph fused"),
 ])
 def test_quantize_task_rejects_bad_options(tiny, tmp_path, kwargs, message):
     c = Context(Config(overrides={"edgefleet": {"build_dir": str(tmp_path / "build")}}))
     with pytest.raises(SystemExit, match=message):
         tasks.quantize(c, model=str(tiny["fp32_dir"]), out=str(tmp_path / "b"), **kwargs)
+
+
+def test_quantize_task_graph_choice(tiny, tmp_path, capsys):
+    """--graph fused keeps ORT's fused attention (QAttention); the default arch-stable graph has none."""
+    import onnx
+
+    c = Context(Config(overrides={"edgefleet": {"build_dir": str(tmp_path / "build")}}))
+    ops = {}
+    for graph in ("arch-stable", "fused"):
+        out = tmp_path / graph
+        tasks.quantize(c, model=str(tiny["fp32_dir"]), out=str(out), graph=graph, json=True)
+        capsys.readouterr()
+        ops[graph] = {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "QAttention" in ops["fused"] and "QAttention" not in ops["arch-stable"]
 
 
 def _texts_file(tmp_path):
