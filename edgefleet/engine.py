@@ -21,7 +21,7 @@ import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
 __all__ = [
-    "EngineError", "ContainerSpec", "ContainerInfo", "client", "image_labels",
+    "EngineError", "ContainerSpec", "ContainerInfo", "client", "image_labels", "image_id",
     "import_image", "image_platform", "remove_image", "load_rootfs", "build_image", "create_container", "put_files", "start",
     "remove", "exec_run", "containers", "logs", "usage", "Features", "features", "run_to_exit",
     "save_image", "load_image", "image_size", "image_layers", "has_buildx",
@@ -96,6 +96,14 @@ def image_labels(tag: str) -> dict[str, str] | None:
     except ImageNotFound:
         return None
     return dict(image.labels or {})
+
+
+def image_id(tag: str) -> str | None:
+    """Return the local image's ID (`sha256:...`), or None when there is no such image."""
+    try:
+        return client().images.get(tag).id
+    except ImageNotFound:
+        return None
 
 
 def import_image(tarball: Path, tag: str, platform: str, changes: list[str]) -> None:

@@ -21,13 +21,15 @@ from .paths import repo_root
 from .settings import LOOPBACK
 
 __all__ = ["RenderedFile", "render_target", "write_rendered", "check_rendered", "security_exposure",
-           "RenderError", "UNIT_NAME", "TUNING_UNIT", "TUNING_SCRIPT", "MAX_EXPOSURE"]
+           "RenderError", "CONTAINER_NAME", "UNIT_NAME", "TUNING_UNIT", "TUNING_SCRIPT", "MAX_EXPOSURE"]
 
 UNIT_NAME = "edgefleet-runtime.service"
 TUNING_UNIT = "edgefleet-tuning.service"
 TUNING_SCRIPT = "edgefleet-tuning.sh"
 TUNING_SCRIPT_PATH = f"/usr/local/lib/edgefleet/{TUNING_SCRIPT}"
 DEVICE_PYTHON = "/usr/bin/python3"
+CONTAINER_NAME = "edgefleet-runtime"  # the runtime's container in image mode (`ship: image`)
+UNIT_IMAGE_TEMPLATE = "edgefleet-runtime-image.service.j2"
 MAX_EXPOSURE = 2.0
 
 
@@ -76,10 +78,13 @@ def render_target(target: Target, templates_dir: Path | None = None) -> list[Ren
         "runtime_unit": UNIT_NAME,
         "tuning_unit": TUNING_UNIT,
         "tuning_script_path": TUNING_SCRIPT_PATH,
+        "container": CONTAINER_NAME,
     }
+    # ship: image runs the same runtime from its image under docker (templates/*-image.service.j2)
+    unit_template = UNIT_IMAGE_TEMPLATE if settings.ship == "image" else f"{UNIT_NAME}.j2"
     plan = [
         ("runtime.yaml", "runtime.yaml.j2", f"{settings.root}/current/runtime.yaml"),
-        (UNIT_NAME, f"{UNIT_NAME}.j2", f"/etc/systemd/system/{UNIT_NAME}"),
+        (UNIT_NAME, unit_template, f"/etc/systemd/system/{UNIT_NAME}"),
         (TUNING_UNIT, f"{TUNING_UNIT}.j2", f"/etc/systemd/system/{TUNING_UNIT}"),
         (TUNING_SCRIPT, f"{TUNING_SCRIPT}.j2", TUNING_SCRIPT_PATH),
     ]

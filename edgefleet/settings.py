@@ -112,6 +112,9 @@ class Settings(_Strict):
     health: HealthSettings = HealthSettings()
     deploy: DeploySettings = DeploySettings()
     emulated: bool = False
+    # how the runtime reaches the device: `venv` (payload + packages unpacked on the device, run
+    # by the device's python3) or `image` (the runtime image for its arch, run by its docker)
+    ship: Literal["venv", "image"] = "venv"
 
     @model_validator(mode="after")
     def _consistent(self):

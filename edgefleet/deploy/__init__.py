@@ -19,8 +19,10 @@ from .health import HealthResult
 from .lock import controller_identity, device_lock, stale_reason
 from .plan import DeployPlan, Facts, facts_command, make_plan, parse_facts
 from .prune import prune
-from .release import Release, make_release
+from .release import Release, ReleaseError, make_release
 from .rollback import RollbackResult, revert, rollback
+
+DEFAULT_IMAGE_TAG = "edgefleet/runtime:latest"  # config edgefleet.image.tag
 
 __all__ = ["DeployResult", "DeployError", "Device", "RollbackResult", "prepare_release", "deploy", "revert", "rollback",
            "service_call", "now"]
@@ -44,10 +46,24 @@ class DeployResult:
         return self.health is None or self.health.ok
 
 
-def prepare_release(target: Target, bundle_dir: Path, build_dir: Path, env: DeviceEnv | None = None) -> Release:
-    """Render, check and collect everything the device gets, on the host (`env`: packages resolved already)."""
+def prepare_release(target: Target, bundle_dir: Path, build_dir: Path, env: DeviceEnv | None = None,
+                    image_tag: str = DEFAULT_IMAGE_TAG, log=print) -> Release:
+    """Render, check and collect everything the device gets, on the host (`env`: packages resolved already).
+
+    `ship: image` targets get `image_tag`'s image for their arch (built by `image.build`) instead of packages.
+    """
     rendered = render_target(target)
     check_rendered(rendered, cache_dir=build_dir / "checked")
+    if target.settings.ship == "image":
+        from ..engine import EngineError
+        from ..image.archive import ArchiveError
+        from ..image.build import ImageError
+        from ..image.ship import shipped_image
+        try:
+            image = shipped_image(image_tag, target.settings.arch, build_dir, log=log)
+        except (ImageError, ArchiveError, EngineError) as exc:
+            raise ReleaseError(f"{target.name} (ship: image, {target.source}): {exc}") from None
+        return make_release(target.name, bundle_dir, repo_root() / "payload", rendered, None, image=image)
     if env is None:
         env = build_target_env(target, repo_root() / "payload" / "requirements.txt", build_dir / "device-envs")
     return make_release(target.name, bundle_dir, repo_root() / "payload", rendered, env)
@@ -62,13 +78,13 @@ def _without_stale_lock(target: Target, facts: Facts, log) -> Facts:
 
 
 def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = False, log=print,
-           release: Release | None = None) -> DeployResult:
+           release: Release | None = None, image_tag: str = DEFAULT_IMAGE_TAG) -> DeployResult:
     """Deploy `bundle_dir` to `target` and gate on health; roll back by itself on failure.
 
     `release`: prepared already for this target (a rollout prepares all of them before its first wave).
     """
     t0 = time.monotonic()
-    release = release or prepare_release(target, bundle_dir, build_dir)
+    release = release or prepare_release(target, bundle_dir, build_dir, image_tag=image_tag, log=log)
     golden = json.loads((bundle_dir / "bundle.json").read_text())["golden"]
     conn = connect(target)
     try:

@@ -19,12 +19,13 @@ import paramiko
 from ..inventory import Target
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
 from .env import PYC_MARK
-from .plan import DeployPlan
+from .plan import DeployPlan, docker_argv
 from .release import Release
 
-__all__ = ["Device", "DeployError", "apply_plan", "switch_current", "restart_service", "record_state", "now"]
+__all__ = ["Device", "DeployError", "IMAGE_ENV", "apply_plan", "load_image", "switch_current", "restart_service", "record_state", "now"]
 
 q = shlex.quote
+IMAGE_ENV = "image.env"  # in an image release: EDGEFLEET_IMAGE and EDGEFLEET_RELEASE for the unit
 
 
 class DeployError(Exception):
@@ -117,19 +118,25 @@ def _build_release_script(dev: Device, release: Release) -> str:
     objects = dev.path("objects")
     tmp = dev.path("releases", f"{release.release_id}.tmp")
     final = dev.path("releases", release.release_id)
-    env_dir = dev.path("envs", release.env.sha256)
+    env_dir = dev.path("envs", release.env.sha256) if release.env is not None else ""
     lines = [f"rm -rf {q(tmp)}", f"mkdir -p {q(tmp)}"]
     dirs = sorted({posixpath.dirname(f.path) for f in release.files if posixpath.dirname(f.path)})
     if dirs:
         lines.append("cd " + q(tmp) + " && mkdir -p " + " ".join(q(d) for d in dirs))
     for f in (*release.files, release.manifest):
         lines.append(f"ln -f {q(posixpath.join(objects, f.sha256))} {q(posixpath.join(tmp, f.path))}")
-    lines += [
-        f"ln -s {q(env_dir)} {q(posixpath.join(tmp, 'site'))}",
-        # byte-compile with the device's own python; only start-up time depends on it
-        f"python3 -m compileall -q -s {q(tmp)} -p {q(final)} {q(posixpath.join(tmp, 'payload'))} >/dev/null || true",
-        f"mv -T {q(tmp)} {q(final)}",
-    ]
+    if release.image is not None:
+        # what the unit's EnvironmentFile reads: the image to run and where its bundle is
+        lines.append(f"printf 'EDGEFLEET_IMAGE=%s\\nEDGEFLEET_RELEASE=%s\\n' {q(release.image.image_id)} "
+                     f"{q(release.release_id)} > {q(posixpath.join(tmp, IMAGE_ENV))}")
+    else:
+        lines += [
+            f"ln -s {q(env_dir)} {q(posixpath.join(tmp, 'site'))}",
+            # byte-compile with the device's own python; only start-up time depends on it
+            f"python3 -m compileall -q -s {q(tmp)} -p {q(final)} {q(posixpath.join(tmp, 'payload'))} >/dev/null || true",
+        ]
+    lines.append(f"chmod -R a+rX {q(tmp)} && mv -T {q(tmp)} {q(final)}" if release.image is not None
+                 else f"mv -T {q(tmp)} {q(final)}")
     return " && ".join(lines)
 
 
@@ -179,6 +186,8 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
         t0 = time.monotonic()
         dev.run(_install_env_script(dev, release), "unpack the Python packages")
         log(f"  unpacked Python packages into envs/{release.env.sha256[:12]} in {time.monotonic() - t0:.1f} s")
+    if plan.load_image:
+        load_image(dev, release, log)
     if plan.build_release:
         dev.run(_build_release_script(dev, release), f"build releases/{release.release_id}")
         log(f"  built releases/{release.release_id} ({len(release.files)} files, hard links into objects/)")
@@ -195,6 +204,28 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
     if plan.restart:
         restart_service(dev)
         log(f"  restarted {UNIT_NAME}")
+
+
+def load_image(dev: Device, release: Release, log) -> None:
+    """Load the release's image from its verified tarball into docker, check the ID, drop the tarball.
+
+    The tarball went through `sha256sum -c` on the way into objects/; the engine then names the
+    image by the sha256 of its config, which must be the ID the release records, or nothing is
+    activated. Docker 20.10 (Debian bookworm) does not take zstd itself: zstd unpacks in a pipe.
+    """
+    image = release.image
+    tarball = dev.path("objects", image.sha256)
+    t0 = time.monotonic()
+    load = " ".join(q(a) for a in docker_argv(dev.target, "load", "--quiet"))
+    # pipefail is not in every sh: a failed unpack is caught by the ID check below
+    res = dev.run(f"zstd -dc --long=27 {q(tarball)} | {load}", "load the runtime image", privileged=False, warn=True)
+    listing = " ".join(q(a) for a in docker_argv(dev.target, "image", "ls", "--quiet", "--no-trunc"))
+    ids = set(dev.run(listing, "list images", privileged=False).stdout.split())
+    if image.image_id not in ids:
+        raise DeployError(f"{dev.target.name}: the runtime image did not load as {image.image_id} (docker said: "
+                          f"{(res.stdout + res.stderr).strip()[-400:] or f'exit {res.exited}'}); nothing was activated")
+    dev.run(f"rm -f {q(tarball)}", "remove the loaded image's tarball")
+    log(f"  loaded image {image.image_id[:19]} into docker in {time.monotonic() - t0:.1f} s (ID checked)")
 
 
 def install_tuning(dev: Device, release: Release, log) -> None:

@@ -10,7 +10,7 @@ from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
 from .lock import LOCK_FACTS
 from .release import Release, ReleaseFile
 
-__all__ = ["Facts", "DeployPlan", "PlanError", "facts_command", "parse_facts", "make_plan", "ARCH_NAMES", "COMMITTED_FACT",
+__all__ = ["Facts", "DeployPlan", "PlanError", "facts_command", "docker_argv", "parse_facts", "make_plan", "ARCH_NAMES", "COMMITTED_FACT",
            "GOVERNORS_FACT"]
 
 ARCH_NAMES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "amd64", "amd64": "amd64"}
@@ -48,6 +48,30 @@ class Facts:
     governors: tuple[tuple[str, str], ...] = ()  # (policy, governor) pairs
     owns_root: bool = False  # the login user owns the device root: writing it needs no sudo
     lock_age_s: int | None = None
+    docker: str = "not asked"  # ship: image only: "yes", "missing", or what the engine said
+    images: frozenset[str] = frozenset()  # image IDs (sha256:...) in the device's engine
+    zstd: bool = False  # ship: image only: the device can unpack an image's tarball
+
+
+def docker_argv(target: Target, *args: str) -> list[str]:
+    """Return a docker command on the device: through `sudo -n` when the target uses sudo.
+
+    The deploy user's docker access is the fixed commands in its sudoers list (see
+    edgefleet.lab.vmplan.docker_commands), not the docker group (which is root without a list).
+    """
+    return (["sudo", "-n"] if target.settings.sudo else []) + ["docker", *args]
+
+
+def docker_facts(target: Target) -> list[str]:
+    """Return the facts lines of an image target: is docker usable, which image IDs it has."""
+    listing = " ".join(shlex.quote(a) for a in docker_argv(target, "image", "ls", "--quiet", "--no-trunc"))
+    return [
+        "if command -v docker >/dev/null 2>&1; then",
+        f"  if ids=$({listing} 2>&1); then echo docker=yes; echo \"images=$(echo \"$ids\" | tr '\\n' ' ')\"",
+        "  else echo \"docker=$(echo \"$ids\" | tail -n 2 | tr '\\n' ' ' | cut -c1-300)\"; fi",
+        "else echo docker=missing; fi",
+        'if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi',
+    ]
 
 
 def facts_command(target: Target) -> str:
@@ -78,6 +102,7 @@ def facts_command(target: Target) -> str:
         'echo "envs=$(ls "$root/envs" 2>/dev/null | tr "\\n" " ")"',
         'echo "releases=$(ls "$root/releases" 2>/dev/null | tr "\\n" " ")"',
         GOVERNORS_FACT,
+        *(docker_facts(target) if s.ship == "image" else []),
         f'echo {_OBJECTS_MARK}',
         'ls -1 "$root/objects" 2>/dev/null',
         "true",
@@ -116,6 +141,9 @@ def parse_facts(output: str) -> Facts:
                                if key.startswith("governor:"))),
         owns_root=values.get("owns_root") == "yes",
         lock_age_s=int(values["lock_age"]) if values.get("lock_age", "").lstrip("-").isdigit() else None,
+        docker=values.get("docker", "not asked"),
+        images=frozenset(values.get("images", "").split()),
+        zstd=values.get("zstd") == "yes",
     )
 
 
@@ -136,6 +164,7 @@ class DeployPlan:
     gate: bool
     notes: tuple[str, ...] = field(default_factory=tuple)
     install_tuning: bool = False
+    load_image: str | None = None  # ship: image: the image ID to load from its uploaded tarball
 
     @property
     def upload_bytes(self) -> int:
@@ -143,7 +172,7 @@ class DeployPlan:
 
     @property
     def nothing_to_do(self) -> bool:
-        return not (self.upload or self.install_env or self.build_release or self.install_unit
+        return not (self.upload or self.load_image or self.install_env or self.build_release or self.install_unit
                     or self.install_tuning or self.create_user or self.activate or self.restart or self.gate)
 
     def describe(self) -> list[str]:
@@ -157,6 +186,8 @@ class DeployPlan:
             steps.append("  create the service user")
         if self.install_env:
             steps.append("  unpack the Python packages for this device")
+        if self.load_image:
+            steps.append(f"  load the runtime image into docker, check its ID is {self.load_image[:19]}")
         if self.build_release:
             steps.append(f"  build releases/{self.release_id} from objects")
         if self.install_unit:
@@ -179,7 +210,15 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
     where = f"{target.name} ({target.host})"
     if facts.arch != s.arch:
         raise PlanError(f"{where}: device is {facts.arch}, inventory says {s.arch} ({target.source})")
-    if facts.python != s.python:
+    image = release.image
+    if image is not None:
+        if facts.docker != "yes":
+            how = "no docker command" if facts.docker == "missing" else f"docker failed: {facts.docker}"
+            sudo = " through `sudo -n` (its sudoers list)" if s.sudo else ""
+            raise PlanError(f"{where}: ship: image ({target.source}) needs a usable docker engine on the device, "
+                            f"and it has {how}; install docker (Debian: docker.io) and let {target.user or 'the login user'} "
+                            f"run it{sudo}, or set ship: venv")
+    elif facts.python != s.python:
         raise PlanError(f"{where}: device has python {facts.python or 'none'}, inventory says {s.python} "
                         f"({target.source}); the packages are built for the inventory's version")
     if not facts.systemd:
@@ -187,8 +226,17 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
     if facts.lock_owner:
         raise PlanError(f"{where}: another deploy holds {s.root}/.lock ({facts.lock_owner}); "
                         f"if no deploy is running, remove it on the device: rm -r {s.root}/.lock")
-    upload = tuple(f for sha, f in sorted(release.objects().items()) if sha not in facts.objects)
-    needed = sum(f.size for f in upload) * 2 + (0 if release.env.sha256 in facts.envs else 400_000_000)
+    load_image = image is not None and image.image_id not in facts.images
+    if load_image and not facts.zstd:
+        raise PlanError(f"{where}: ship: image ({target.source}): the device has no zstd to unpack the runtime "
+                        f"image's tarball (docker 20.10's docker load does not take zstd); install zstd")
+    # an image's tarball goes up only while its image is not loaded (the device drops it after the load)
+    upload = tuple(f for sha, f in sorted(release.objects().items()) if sha not in facts.objects
+                   and not (image is not None and sha == image.sha256 and not load_image))
+    if image is not None:
+        needed = sum(f.size for f in upload) * 2 + (image.unpacked_size if load_image else 0)
+    else:
+        needed = sum(f.size for f in upload) * 2 + (0 if release.env.sha256 in facts.envs else 400_000_000)
     if facts.free_bytes < needed:
         raise PlanError(f"{where}: {facts.free_bytes / 1e6:.0f} MB free under {s.root}, "
                         f"this release needs about {needed / 1e6:.0f} MB")
@@ -202,10 +250,11 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
         release_id=release.release_id,
         previous=facts.current,
         upload=upload,
-        install_env=release.env.sha256 not in facts.envs,
+        install_env=release.env is not None and release.env.sha256 not in facts.envs,
         build_release=release.release_id not in facts.releases,
         install_unit=unit_changed,
-        create_user=not facts.user_exists,
+        create_user=release.env is not None and not facts.user_exists,  # a container runs as uid 10001
+        load_image=image.image_id if load_image else None,
         activate=activate,
         restart=restart,
         # also when a deploy died after activating: its release was never judged

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import shlex
 
-__all__ = ["committed_releases", "previous_committed", "choose_releases", "unreferenced", "listing_command",
-           "parse_listing", "prune"]
+from .plan import docker_argv
+
+__all__ = ["committed_releases", "previous_committed", "choose_releases", "unreferenced", "unused_images",
+           "listing_command", "parse_listing", "prune"]
 
 q = shlex.quote
 _MARKS = ("--releases--", "--envs--", "--objects--")
@@ -48,9 +50,17 @@ def unreferenced(manifests: dict[str, tuple[str, dict]], kept: list[str], object
     for rid in kept:
         sha, m = manifests.get(rid, ("", {}))
         used_objects |= {sha, *m.get("files", {}).values(), *m.get("tuning", {}).values()}
-        used_objects |= {m.get("unit", {}).get("sha256"), m.get("env", {}).get("sha256")}
+        used_objects |= {m.get("unit", {}).get("sha256"), m.get("env", {}).get("sha256"),
+                         m.get("image", {}).get("sha256")}
         used_envs.add(m.get("env", {}).get("sha256"))
     return sorted(objects - used_objects), sorted(envs - used_envs)
+
+
+def unused_images(manifests: dict[str, tuple[str, dict]], kept: list[str], gone: list[str]) -> list[str]:
+    """Return the image IDs the `gone` releases ran that no kept release runs (never any other image)."""
+    def image_ids(ids):
+        return {manifests.get(r, ("", {}))[1].get("image", {}).get("id") for r in ids} - {None}
+    return sorted(image_ids(gone) - image_ids(kept))
 
 
 def listing_command(root: str) -> str:
@@ -101,9 +111,21 @@ def prune(dev, active: str | None, log) -> list[str]:
         dead_objects, dead_envs = [], []
     else:
         dead_objects, dead_envs = unreferenced(manifests, kept, objects, envs)
+    # an image goes only when a release that ran it goes, and no kept one runs it; a release
+    # without a readable manifest among the gone ones leaves its image (unknown) in place
+    dead_images = unused_images(manifests, kept, gone)
     paths = ([dev.path("releases", r) for r in gone] + [dev.path("envs", e) for e in dead_envs]
              + [dev.path("objects", o) for o in dead_objects])
     dev.run("rm -rf -- " + " ".join(q(p) for p in paths), "prune old releases")
+    removed = 0
+    for image_id in dead_images:
+        argv = docker_argv(dev.target, "image", "rm", image_id.split(":", 1)[-1])
+        res = dev.run(" ".join(q(a) for a in argv), "remove an unused image", privileged=False, warn=True)
+        if res.exited == 0:
+            removed += 1
+        else:
+            log(f"  note: image {image_id[:19]} stays: {(res.stderr or res.stdout).strip()[-200:]}")
+    images = f", {removed} image(s)" if dead_images else ""
     log(f"  pruned {len(gone)} old release(s) ({', '.join(gone)}), {len(dead_objects)} object(s), "
-        f"{len(dead_envs)} package env(s); kept {', '.join(kept)}")
+        f"{len(dead_envs)} package env(s){images}; kept {', '.join(kept)}")
     return gone

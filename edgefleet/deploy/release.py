@@ -1,14 +1,23 @@
-"""Describe a release: every file by sha256, a manifest, and a content-derived release id."""
+"""Describe a release: every file by sha256, a manifest, and a content-derived release id.
+
+A venv release (`ship: venv`) carries the payload's sources and the packages' tarball (`env`);
+an image release (`ship: image`) carries the runtime image's tarball instead (`image`), which
+the device loads into its docker engine; both carry the bundle, runtime.yaml and the units.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..digest import sha256_bytes, sha256_file
 from ..render import TUNING_SCRIPT, TUNING_UNIT, UNIT_NAME, RenderedFile
 from .env import DeviceEnv
+
+if TYPE_CHECKING:
+    from ..image.ship import ShippedImage
 
 __all__ = ["ReleaseFile", "Release", "make_release", "ReleaseError"]
 
@@ -38,16 +47,27 @@ class Release:
     release_id: str
     target: str
     files: tuple[ReleaseFile, ...]
-    env: DeviceEnv
+    env: DeviceEnv | None  # None: an image release
     unit: ReleaseFile
     manifest: ReleaseFile
     tuning: tuple[ReleaseFile, ...] = ()  # the tuning unit and script, when rendered
+    image: ShippedImage | None = None  # the runtime image (ship: image)
+
+    @property
+    def image_object(self) -> ReleaseFile | None:
+        """Return the image's tarball as an object (loaded, then deleted, on the device)."""
+        if self.image is None:
+            return None
+        return ReleaseFile("image.tar.zst", self.image.sha256, self.image.size, source=self.image.tarball)
 
     def objects(self) -> dict[str, ReleaseFile]:
-        """Return every object the device must hold, by sha256."""
+        """Return every object the device must hold, by sha256 (an image: only until it is loaded)."""
         objects = {f.sha256: f for f in (*self.files, self.unit, *self.tuning, self.manifest)}
-        objects[self.env.sha256] = ReleaseFile("site.tar.gz", self.env.sha256, self.env.tarball.stat().st_size,
-                                               source=self.env.tarball)
+        if self.env is not None:
+            objects[self.env.sha256] = ReleaseFile("site.tar.gz", self.env.sha256, self.env.tarball.stat().st_size,
+                                                   source=self.env.tarball)
+        if self.image is not None:
+            objects[self.image.sha256] = self.image_object
         return objects
 
 
@@ -73,15 +93,23 @@ def make_release(
     bundle_dir: Path,
     payload_dir: Path,
     rendered: list[RenderedFile],
-    env: DeviceEnv,
+    env: DeviceEnv | None,
+    image: ShippedImage | None = None,
 ) -> Release:
-    """Collect the release for `target`; its id depends only on the content."""
+    """Collect the release for `target`; its id depends only on the content.
+
+    Exactly one of `env` (venv: the payload and its packages) and `image` (the runtime image).
+    """
+    if (env is None) == (image is None):
+        raise ReleaseError(f"release for {target}: give the packages (venv) or the runtime image, not "
+                           f"{'both' if env else 'neither'}")
     bundle_files = ("model.onnx", "tokenizer.json", "bundle.json")
     missing = [n for n in bundle_files if not (bundle_dir / n).is_file()]
     if missing:
         raise ReleaseError(f"{bundle_dir}: not a bundle, missing {', '.join(missing)} (run: invoke model.quantize)")
     files = [_from_path(f"bundle/{n}", bundle_dir / n) for n in bundle_files]
-    files += _tree("payload/edge_runtime", payload_dir / "edge_runtime")
+    if env is not None:  # an image holds its own runtime
+        files += _tree("payload/edge_runtime", payload_dir / "edge_runtime")
     by_name = {f.name: f for f in rendered}
     if UNIT_NAME not in by_name or "runtime.yaml" not in by_name:
         raise ReleaseError(f"rendered files for {target} must include runtime.yaml and {UNIT_NAME}")
@@ -90,9 +118,12 @@ def make_release(
     tuning = tuple(_from_bytes(n, by_name[n].text.encode()) for n in (TUNING_UNIT, TUNING_SCRIPT) if n in by_name)
     content = {
         "files": {f.path: f.sha256 for f in files},
-        "env": {"sha256": env.sha256, "arch": env.arch, "python": env.python},
         "unit": {"name": UNIT_NAME, "sha256": unit.sha256},
     }
+    if env is not None:
+        content["env"] = {"sha256": env.sha256, "arch": env.arch, "python": env.python}
+    else:
+        content["image"] = {"id": image.image_id, "sha256": image.sha256, "arch": image.arch}
     if tuning:
         content["tuning"] = {f.path: f.sha256 for f in tuning}
     release_id = "r-" + sha256_bytes(json.dumps(content, sort_keys=True).encode())[:12]
@@ -105,4 +136,4 @@ def make_release(
         **content,
     }
     manifest_file = _from_bytes("manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
-    return Release(release_id, target, tuple(files), env, unit, manifest_file, tuning)
+    return Release(release_id, target, tuple(files), env, unit, manifest_file, tuning, image)

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 from ..inventory import Target
 from ..ssh import SSHError, connect
-from .apply import DeployError, Device, now, record_state, restart_service, switch_current
+from .apply import IMAGE_ENV, DeployError, Device, now, record_state, restart_service, switch_current
 from .checks import health_gate, release_golden
 from .health import HealthResult
 from .lock import device_lock
-from .plan import PlanError, facts_command, parse_facts
+from .plan import Facts, PlanError, facts_command, parse_facts
 from .prune import previous_committed
 
 __all__ = ["RollbackResult", "revert", "rollback"]
@@ -43,6 +43,22 @@ def _history(dev: Device) -> list[dict]:
         return []
 
 
+def _check_image(dev: Device, facts: Facts, release_id: str) -> None:
+    """Refuse to roll an image target back to a release whose image is gone (or that has none)."""
+    if dev.target.settings.ship != "image":
+        return
+    path = dev.path("releases", release_id, IMAGE_ENV)
+    res = dev.run(f"cat {shlex.quote(path)}", f"read {IMAGE_ENV}", privileged=False, warn=True)
+    values = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+    image_id = values.get("EDGEFLEET_IMAGE")
+    if not image_id:
+        raise DeployError(f"{dev.target.name}: releases/{release_id} has no {IMAGE_ENV}: it is not an image "
+                          f"release (ship: venv when it was made); deploy it again instead")
+    if image_id not in facts.images:
+        raise DeployError(f"{dev.target.name}: cannot roll back, image {image_id[:19]} of releases/{release_id} "
+                          f"is no longer in the device's docker")
+
+
 def revert(target: Target, release_id: str | None, reason: str, log=print) -> RollbackResult:
     """Switch `target` to `release_id` (None: the previous committed release), restart, gate, record.
 
@@ -64,6 +80,7 @@ def revert(target: Target, release_id: str | None, reason: str, log=print) -> Ro
                                   f"(state.json history has none other than {facts.current})")
             if to not in facts.releases:
                 raise DeployError(f"{target.name}: cannot roll back, releases/{to} is not on the device")
+            _check_image(dev, facts, to)
             log(f"  rolling back {facts.current} -> {to} ({reason})")
             switch_current(dev, to)
             restart_service(dev)

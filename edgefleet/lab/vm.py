@@ -28,6 +28,7 @@ __all__ = ["VmPaths", "VmImage", "VmStatus", "ensure_image", "up", "down", "rebo
 BOOT_TIMEOUT_S = 300.0
 POWERDOWN_TIMEOUT_S = 90.0
 RECIPE_FILES = ("build.sh", "packages.txt")
+DOCKER_PACKAGES = "packages-docker.txt"  # the docker variant's packages on top of packages.txt
 
 
 @dataclass(frozen=True)
@@ -124,14 +125,27 @@ def recipe_dir() -> Path:
 
 def recipe_hash(spec: vmplan.VmSpec) -> str:
     """Return the image's cache key: recipe files, generated provisioning text, kernel package."""
-    files = image.recipe_hash("arm64", RECIPE_FILES, recipe_dir())
-    text = f"{files}\0{spec.kernel_package}\0{vmplan.recipe_text()}"
+    files = image.recipe_hash("arm64", RECIPE_FILES + ((DOCKER_PACKAGES,) if spec.docker else ()), recipe_dir())
+    text = f"{files}\0{spec.kernel_package}\0{vmplan.recipe_text(docker=spec.docker)}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _recipe_for(spec: vmplan.VmSpec, staging: Path) -> Path:
+    """Return the recipe dir build.sh runs from: docker/lab-vm, or for the docker variant a copy
+    whose packages.txt adds packages-docker.txt (the plain recipe, and its cache key, stay as is)."""
+    if not spec.docker:
+        return recipe_dir()
+    out = staging / "recipe"
+    out.mkdir()
+    shutil.copy2(recipe_dir() / "build.sh", out / "build.sh")
+    (out / "packages.txt").write_text((recipe_dir() / "packages.txt").read_text()
+                                      + (recipe_dir() / DOCKER_PACKAGES).read_text())
+    return out
 
 
 def ensure_image(paths: VmPaths, spec: vmplan.VmSpec) -> VmImage:
     """Return the cached image for `spec`, building it (debootstrap + mkfs.ext4 -d) when missing."""
-    built = VmImage(paths.cache / f"vm-{spec.kernel}-{recipe_hash(spec)}")
+    built = VmImage(paths.cache / f"vm-{spec.variant}-{recipe_hash(spec)}")
     if built.disk.is_file() and built.client_key.is_file():
         print(f"lab vm: image cached ({built.directory.name}, kernel {built.kernel_release})", flush=True)
         return built
@@ -142,7 +156,8 @@ def ensure_image(paths: VmPaths, spec: vmplan.VmSpec) -> VmImage:
         host_private, host_public = keys.ensure_keypair(staging / "ssh_host_ed25519_key", f"root@{vmplan.NAME}")
         _, client_public = keys.ensure_keypair(staging / "id_ed25519", "edgefleet-lab-vm")
         files = staging / "files"
-        for rel, (content, mode) in vmplan.provision_files(host_private, host_public, client_public).items():
+        for rel, (content, mode) in vmplan.provision_files(host_private, host_public, client_public,
+                                                              docker=spec.docker).items():
             target = files / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
@@ -150,7 +165,7 @@ def ensure_image(paths: VmPaths, spec: vmplan.VmSpec) -> VmImage:
         (files / "home" / vmplan.DEPLOY_USER / ".ssh").chmod(0o700)
         (staging / "deploy-user").write_text(vmplan.DEPLOY_USER)
         (staging / "root-dir").write_text(vmplan.DEVICE_ROOT)
-        argv = ["bash", str(recipe_dir() / "build.sh"), spec.kernel_package, str(staging),
+        argv = ["bash", str(_recipe_for(spec, staging) / "build.sh"), spec.kernel_package, str(staging),
                 str(built.directory), str(paths.cache / "debs-arm64-vm")]
         if subprocess.run(argv).returncode != 0:
             raise RuntimeError(f"lab vm: image recipe failed for {spec.kernel_package} (see output above)")
@@ -248,11 +263,12 @@ def up(paths: VmPaths, spec: vmplan.VmSpec | None = None, timeout: float | None 
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(built.disk),
                     str(paths.overlay)], check=True)
     paths.known_hosts.write_text(plan.known_hosts_line(vmplan.ssh_port(), built.host_public) + "\n")
-    paths.image_record.write_text(f"{built.directory}\n{spec.kernel}\n{spec.cpus}\n{spec.memory_mb}\n")
+    paths.image_record.write_text(f"{built.directory}\n{spec.kernel}\n{spec.cpus}\n{spec.memory_mb}\n"
+                                  f"{int(spec.docker)}\n")
     paths.serial_log.unlink(missing_ok=True)
     t0 = time.monotonic()
     _start(paths, spec, built)
-    print(f"lab vm: booting {vmplan.NAME} (pid {pid(paths)}, kernel {built.kernel_release}, "
+    print(f"lab vm: booting {spec.target_name} (pid {pid(paths)}, kernel {built.kernel_release}, "
           f"ssh 127.0.0.1:{vmplan.ssh_port()})", flush=True)
     try:
         waited = _wait_ssh(paths, built, timeout or BOOT_TIMEOUT_S)
@@ -261,14 +277,16 @@ def up(paths: VmPaths, spec: vmplan.VmSpec | None = None, timeout: float | None 
         raise
     print(f"lab vm: ready after {time.monotonic() - t0:.1f} s (ssh answered after {waited:.1f} s)", flush=True)
     paths.targets_dir.mkdir(parents=True, exist_ok=True)
-    paths.inventory.write_text(vmplan.inventory_yaml(vmplan.ssh_port(), built.client_key, paths.known_hosts))
+    paths.inventory.write_text(vmplan.inventory_yaml(vmplan.ssh_port(), built.client_key, paths.known_hosts,
+                                                     docker=spec.docker))
     print(f"lab vm: inventory {paths.inventory}", flush=True)
     return status(paths)
 
 
 def _recorded(paths: VmPaths) -> tuple[VmImage, vmplan.VmSpec]:
-    directory, kernel, cpus, memory = paths.image_record.read_text().split("\n")[:4]
-    return VmImage(Path(directory)), vmplan.VmSpec(kernel=kernel, cpus=int(cpus), memory_mb=int(memory))
+    directory, kernel, cpus, memory, docker = (paths.image_record.read_text().split("\n") + ["0"])[:5]
+    return VmImage(Path(directory)), vmplan.VmSpec(kernel=kernel, cpus=int(cpus), memory_mb=int(memory),
+                                                   docker=docker == "1")
 
 
 def _stop(paths: VmPaths, timeout: float = POWERDOWN_TIMEOUT_S) -> str:
@@ -327,5 +345,6 @@ def status(paths: VmPaths) -> VmStatus:
     if number is not None and built is not None:
         system = probe.system_state(vmplan.ssh_port(), built.client_key, paths.known_hosts,
                                     user=vmplan.DEPLOY_USER)
-    return VmStatus(vmplan.NAME, number is not None, number, vmplan.ssh_port(),
+    name = _recorded(paths)[1].target_name if paths.image_record.is_file() else vmplan.NAME
+    return VmStatus(name, number is not None, number, vmplan.ssh_port(),
                     built.directory.name if built else None, system)

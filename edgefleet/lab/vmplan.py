@@ -15,14 +15,15 @@ from pathlib import Path
 import yaml
 
 from edgefleet.lab import plan
-from edgefleet.render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
+from edgefleet.render import CONTAINER_NAME, TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
 
 __all__ = [
-    "NAME", "BOARD", "DEPLOY_USER", "KERNELS", "SSH_PORT_BASE", "VmSpec", "ssh_port",
+    "NAME", "DOCKER_NAME", "BOARD", "docker_commands", "DEPLOY_USER", "KERNELS", "SSH_PORT_BASE", "VmSpec", "ssh_port",
     "provision_files", "sudoers_text", "qemu_argv", "inventory_yaml", "INVENTORY_FILE",
 ]
 
 NAME = "lab-vm"
+DOCKER_NAME = "lab-vm-docker"  # the variant with Debian's docker engine: a target with `ship: image`
 BOARD = "qemu-virt"
 DEPLOY_USER = "deploy"
 DEVICE_ROOT = "/opt/edgefleet"
@@ -43,6 +44,7 @@ class VmSpec:
     cpus: int = 4
     memory_mb: int = 2048
     cpu_model: str = "cortex-a76"
+    docker: bool = False  # the variant with docker.io (packages-docker.txt), target lab-vm-docker
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
@@ -56,18 +58,43 @@ class VmSpec:
     def kernel_package(self) -> str:
         return KERNELS[self.kernel]
 
+    @property
+    def target_name(self) -> str:
+        return DOCKER_NAME if self.docker else NAME
+
+    @property
+    def variant(self) -> str:
+        """Return the image's name stem: kernel, plus `-docker` for the docker variant."""
+        return f"{self.kernel}-docker" if self.docker else self.kernel
+
 
 def ssh_port() -> int:
     """Return the VM's forwarded SSH port on 127.0.0.1 for this lab slot."""
     return SSH_PORT_BASE + plan.slot()
 
 
-def sudoers_text(user: str = DEPLOY_USER, root: str = DEVICE_ROOT, service_user: str = SERVICE_USER) -> str:
+def docker_commands() -> list[str]:
+    """Return the docker commands an image-mode deploy runs as root (sudoers syntax, no shell).
+
+    Fixed argv only: load an image from stdin, list image IDs, remove one image by its full ID,
+    inspect the runtime's container. None of them runs a container; the runtime unit does.
+    """
+    return [
+        "/usr/bin/docker load --quiet",
+        "/usr/bin/docker image ls --quiet --no-trunc",
+        "/usr/bin/docker ^image rm [0-9a-f]{64}$",
+        f"/usr/bin/docker container inspect {CONTAINER_NAME}",
+    ]
+
+
+def sudoers_text(user: str = DEPLOY_USER, root: str = DEVICE_ROOT, service_user: str = SERVICE_USER,
+                 docker: bool = False) -> str:
     """Return /etc/sudoers.d text: exactly the root-only commands of a deploy, no shell.
 
     Everything under the device root the deploy user owns and writes without sudo. Installing a
     unit is still root-equivalent by nature (a unit can run anything as root): the list keeps
-    the surface small and fixed, it does not make the deploy user untrusted.
+    the surface small and fixed, it does not make the deploy user untrusted. `docker`: also the
+    fixed docker commands of an image-mode deploy (`docker_commands`), not the docker group.
     """
     sha = f"{root}/objects/[0-9a-f]{{64}}"
     commands = [
@@ -78,6 +105,7 @@ def sudoers_text(user: str = DEPLOY_USER, root: str = DEVICE_ROOT, service_user:
         "/usr/bin/systemctl daemon-reload",
     ] + [f"/usr/bin/systemctl {verb} {unit}" for unit in (UNIT_NAME, TUNING_UNIT)
          for verb in ("enable --quiet", "restart", "start", "stop", "reset-failed")]
+    commands += docker_commands() if docker else []
     lines = [f"# written by edgefleet.lab.vmplan: what `invoke deploy` runs as root on {NAME}",
              f"Defaults:{user} !lecture",
              f"Cmnd_Alias EDGEFLEET_DEPLOY = " + ", \\\n    ".join(commands),
@@ -99,24 +127,29 @@ def sshd_config() -> str:
 
 
 NETWORK = "[Match]\nName=en*\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\n"
+# containers use the host's network (--network host): no bridge, no NAT rules to set up
+DOCKER_DAEMON = '{\n  "bridge": "none",\n  "iptables": false,\n  "ip-masq": false\n}\n'
 
 
-def provision_files(host_private: bytes, host_public: str, client_public: str) -> dict[str, tuple[bytes, int]]:
+def provision_files(host_private: bytes, host_public: str, client_public: str,
+                    docker: bool = False) -> dict[str, tuple[bytes, int]]:
     """Return {path in the rootfs: (content, mode)} that build.sh copies over the rootfs."""
     home = f"/home/{DEPLOY_USER}"
-    return {
+    extra = {"etc/docker/daemon.json": (DOCKER_DAEMON.encode(), 0o644)} if docker else {}
+    return extra | {
         "etc/ssh/ssh_host_ed25519_key": (host_private, 0o600),
         "etc/ssh/ssh_host_ed25519_key.pub": ((host_public + "\n").encode(), 0o644),
         "etc/ssh/sshd_config.d/10-edgefleet-vm.conf": (sshd_config().encode(), 0o644),
-        "etc/sudoers.d/edgefleet-deploy": (sudoers_text().encode(), 0o440),
+        "etc/sudoers.d/edgefleet-deploy": (sudoers_text(docker=docker).encode(), 0o440),
         "etc/systemd/network/10-edgefleet-vm.network": (NETWORK.encode(), 0o644),
         f"{home.lstrip('/')}/.ssh/authorized_keys": ((client_public + "\n").encode(), 0o600),
     }
 
 
-def recipe_text() -> str:
+def recipe_text(docker: bool = False) -> str:
     """Return the generated parts of the recipe (they change the image as files do)."""
-    return "\n".join([sudoers_text(), sshd_config(), NETWORK, DEPLOY_USER, DEVICE_ROOT])
+    parts = [sudoers_text(docker=docker), sshd_config(), NETWORK, DEPLOY_USER, DEVICE_ROOT]
+    return "\n".join(parts + ([DOCKER_DAEMON] if docker else []))
 
 
 def qemu_argv(spec: VmSpec, kernel: Path, initrd: Path, overlay: Path, port: int,
@@ -136,11 +169,13 @@ def qemu_argv(spec: VmSpec, kernel: Path, initrd: Path, overlay: Path, port: int
     ]
 
 
-def inventory_yaml(port: int, ssh_key: Path, known_hosts: Path) -> str:
-    """Return targets/lab-vm.yaml text: the VM as target `lab-vm`, a deploy user with sudo."""
+def inventory_yaml(port: int, ssh_key: Path, known_hosts: Path, docker: bool = False) -> str:
+    """Return targets/lab-vm.yaml text: the VM as target `lab-vm` (`lab-vm-docker`: `ship: image`)."""
+    # the container gets CAP_SYS_NICE only for a negative nice: ask for one, so the lab exercises it
+    device = {"ship": "image", "runtime": {"nice": -5}} if docker else {}
     document = {
         "devices": {
-            NAME: {
+            DOCKER_NAME if docker else NAME: device | {
                 "board": BOARD,
                 "arch": "arm64",
                 "host": "127.0.0.1",
@@ -154,7 +189,7 @@ def inventory_yaml(port: int, ssh_key: Path, known_hosts: Path) -> str:
         },
     }
     header = ("# written by `invoke lab.vm up`; removed by `invoke lab.vm down`\n"
-              f"# {NAME}: one arm64 VM under qemu-system-aarch64 (see edgefleet/lab/vmplan.py)\n")
+              f"# {DOCKER_NAME if docker else NAME}: one arm64 VM under qemu-system-aarch64 (see edgefleet/lab/vmplan.py)\n")
     return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
 
 

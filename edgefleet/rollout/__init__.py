@@ -15,12 +15,13 @@ __all__ = ["RolloutError", "RolloutPlan", "DeviceOutcome", "plan_rollout", "resu
 
 
 def rollout(targets: list[Target], plan: RolloutPlan, bundle_dir: Path, build_dir: Path, meta: dict | None = None,
-            progress: bool = True, log=print) -> dict:
+            progress: bool = True, log=print, image_tag: str | None = None) -> dict:
     """Prepare the releases, run `plan` and return the rollout's record (also under build/rollouts/<id>/)."""
     t0 = time.monotonic()
     by_name = {t.name: t for t in targets}
     chosen = [by_name[n] for n in plan.targets]
-    releases = prepare_releases(chosen, bundle_dir, build_dir, log=log)
+    releases = prepare_releases(chosen, bundle_dir, build_dir, log=log,
+                                **({"image_tag": image_tag} if image_tag else {}))
     record = RolloutRecord(build_dir / "rollouts", plan, bundle_dir, meta or {})
     live = LiveProgress(plan, enabled=progress)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 
-from ..deploy import deploy, prepare_release, revert
+from ..deploy import DEFAULT_IMAGE_TAG, deploy, prepare_release, revert
 from ..deploy.env import build_target_env
 from ..deploy.release import Release
 from ..inventory import Target
@@ -49,8 +49,12 @@ class DeviceOutcome:
         return asdict(self)
 
 
-def prepare_releases(targets: list[Target], bundle_dir: Path, build_dir: Path, log=print) -> dict[str, Release]:
-    """Resolve Python packages once per (arch, python, pins, sources), then collect each target's release."""
+def prepare_releases(targets: list[Target], bundle_dir: Path, build_dir: Path, log=print,
+                     image_tag: str = DEFAULT_IMAGE_TAG) -> dict[str, Release]:
+    """Resolve Python packages once per (arch, python, pins, sources), then collect each target's release.
+
+    `ship: image` targets need no packages: they get `image_tag`'s image for their arch.
+    """
     def key(t: Target) -> tuple:
         s = t.settings
         return env_key(s.arch, s.python, s.packages.pins, s.packages.find_links, s.packages.index_url)
@@ -58,12 +62,13 @@ def prepare_releases(targets: list[Target], bundle_dir: Path, build_dir: Path, l
     envs = {}
     requirements = repo_root() / "payload" / "requirements.txt"
     for t in targets:
-        if key(t) not in envs:
+        if t.settings.ship == "venv" and key(t) not in envs:
             t0 = time.monotonic()
             envs[key(t)] = build_target_env(t, requirements, build_dir / "device-envs")
             log(f"packages for {t.settings.arch}/python {t.settings.python}{' with pins' if key(t)[2] else ''}: "
                 f"{envs[key(t)].sha256[:12]} ({time.monotonic() - t0:.1f} s)")
-    return {t.name: prepare_release(t, bundle_dir, build_dir, env=envs[key(t)]) for t in targets}
+    return {t.name: prepare_release(t, bundle_dir, build_dir, env=envs.get(key(t)), image_tag=image_tag, log=log)
+            for t in targets}
 
 
 def _file_log(path: Path) -> Callable[[str], None]:

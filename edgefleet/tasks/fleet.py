@@ -16,6 +16,7 @@ from ..deploy.plan import PlanError
 from ..deploy.release import ReleaseError
 from ..inventory import InventoryError, load_inventory
 from ..paths import build_dir, bundle_dir, targets_dir
+from .image import image_tag
 from ..explain import explain_target
 from ..inspect import collect_status, device_diff
 from ..render import UNIT_NAME, MAX_EXPOSURE, RenderError, check_rendered, render_target, security_exposure, write_rendered
@@ -90,7 +91,7 @@ def deploy(c, target, bundle=None, dry_run=False):
     bundle_path = Path(bundle) if bundle else bundle_dir(c)
     _sigterm_unwinds()
     try:
-        result = deploy_target(tgt, bundle_path, build_dir(c), dry_run=dry_run)
+        result = deploy_target(tgt, bundle_path, build_dir(c), dry_run=dry_run, image_tag=image_tag(c))
     except USER_ERRORS as exc:
         raise Exit(f"error: {exc}", code=1) from None
     if dry_run:

@@ -25,6 +25,11 @@ def _setting(c, key: str, value):
     return section.get(key) or DEFAULTS[key]
 
 
+def image_tag(c, tag=None) -> str:
+    """Return the runtime image tag: `tag`, else config edgefleet.image.tag (what `ship: image` deploys)."""
+    return _setting(c, "tag", tag)
+
+
 def _platforms(c, platform):
     from edgefleet.image.build import ImageError, parse_platforms
 
@@ -63,8 +68,9 @@ def build(c, platform=None, tag=None, base=None, python=None):
 def save(c, platform="linux/arm64", tag=None, out=None, level=19):
     """Save one platform's image as a zstd docker-archive for offline devices, with its sha256."""
     from edgefleet.digest import sha256_file
-    from edgefleet.image.archive import ArchiveError, compress, platform_archive
-    from edgefleet.image.build import ImageError, arch_of, resolve_ref
+    from edgefleet.image.archive import ArchiveError
+    from edgefleet.image.build import ImageError, arch_of
+    from edgefleet.image.ship import save_platform
 
     platforms = _platforms(c, platform)
     if len(platforms) != 1:
@@ -73,17 +79,10 @@ def save(c, platform="linux/arm64", tag=None, out=None, level=19):
     name = tag.rsplit("/", 1)[-1].replace(":", "-")
     dest = Path(out) if out else paths.build_dir(c) / "images" / f"{name}-{arch_of(platforms[0])}.tar.zst"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    raw, cut = dest.with_name(dest.name + ".save.tar"), dest.with_name(dest.name + ".image.tar")
     try:
-        ref = resolve_ref(tag, platforms[0])
-        engine.save_image(ref, raw)
-        platform_archive(raw, cut, platforms[0], tag)
-        compress(cut, dest, int(level))
+        save_platform(tag, platforms[0], dest, int(level))
     except (ImageError, ArchiveError, engine.EngineError) as exc:
         raise Exit(f"image.save: {exc}", code=1) from None
-    finally:
-        raw.unlink(missing_ok=True)
-        cut.unlink(missing_ok=True)
     digest = sha256_file(dest)
     dest.with_name(dest.name + ".sha256").write_text(f"{digest}  {dest.name}\n")
     print(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB), sha256 {digest}")

@@ -76,11 +76,12 @@ def _vm_paths(c) -> labvm.VmPaths:
     "cpus": "vCPUs (default 4)",
     "memory": "MB of RAM (default 2048)",
     "timeout": "seconds to wait for SSH and systemd (default 300)",
+    "docker": "the variant with Debian's docker engine, as target lab-vm-docker (ship: image)",
 })
-def vm_up(c, kernel="4k", cpus=4, memory=2048, timeout=0):
+def vm_up(c, kernel="4k", cpus=4, memory=2048, timeout=0, docker=False):
     """Boot the arm64 VM (image built or cached) as target lab-vm and write targets/lab-vm.yaml."""
     try:
-        spec = vmplan.VmSpec(kernel=kernel, cpus=int(cpus), memory_mb=int(memory))
+        spec = vmplan.VmSpec(kernel=kernel, cpus=int(cpus), memory_mb=int(memory), docker=bool(docker))
     except ValueError as exc:
         raise Exit(f"lab.vm.up: {exc}", code=2) from None
     labvm.up(_vm_paths(c), spec, timeout=float(timeout) or None)

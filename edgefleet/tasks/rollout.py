@@ -13,6 +13,7 @@ from ..paths import build_dir, bundle_dir, targets_dir
 from ..rollout import RolloutError, latest_record, plan_rollout, print_table, resume_targets
 from ..rollout import rollout as run
 from .fleet import USER_ERRORS, _sigterm_unwinds
+from .image import image_tag
 
 DEFAULTS = {"canary": "1", "batch": "25%", "max_fail": "0", "parallel": 10}
 
@@ -78,7 +79,7 @@ def rollout(c, group=None, targets=None, bundle=None, canary=None, batch=None, m
     _sigterm_unwinds()
     try:
         doc = run(chosen, plan, bundle_path, build_dir(c), meta=meta, progress=sys.stderr.isatty(),
-                  log=lambda line: print(line, file=out))
+                  log=lambda line: print(line, file=out), image_tag=image_tag(c))
     except (*USER_ERRORS, RolloutError) as exc:
         raise Exit(f"error: {exc}", code=1) from None
     if json_:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from edgefleet.inventory import load_inventory
 from edgefleet.lab import vm as labvm
 from edgefleet.lab import vmplan
 from edgefleet.ssh import connect
+from e2e_lab import Phases, booted_vm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 REPO = Path(__file__).resolve().parents[2]
@@ -36,25 +36,9 @@ KERNEL = os.environ.get("EDGEFLEET_VM_KERNEL", "4k")  # 16k: the Pi 5's page siz
 READY_TIMEOUT_S = 600.0  # ORT's first load under TCG on a loaded 2-core host
 
 
-class Phases:
-    """Wall time of each phase, printed at the end (under load: orders of magnitude only)."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self._t0 = time.monotonic()
-
-    def mark(self, name: str, started: float) -> None:
-        self.seconds[name] = round(time.monotonic() - started, 1)
-        print(f"phase {name}: {self.seconds[name]} s", flush=True)
-
-    def report(self) -> str:
-        total = round(time.monotonic() - self._t0, 1)
-        return json.dumps({**self.seconds, "total": total, "kernel": KERNEL})
-
-
 @pytest.fixture(scope="module")
 def phases():
-    record = Phases()
+    record = Phases(KERNEL)
     yield record
     print(f"lab-vm e2e phases: {record.report()}", flush=True)
     out = REPO / "build" / "reports"
@@ -77,24 +61,7 @@ def bundle():
 def vm(tmp_path_factory, phases):
     """Boot the VM on a fresh overlay with its inventory in a private targets dir; always stop it."""
     paths = labvm.VmPaths(build_dir=REPO / "build", targets_dir=tmp_path_factory.mktemp("targets"))
-    if labvm.pid(paths) is not None:
-        pytest.fail(f"a lab VM is already running (pid {labvm.pid(paths)}); run `invoke lab.vm.down` first")
-    spec = vmplan.VmSpec(kernel=KERNEL)
-    started = time.monotonic()
-    labvm.ensure_image(paths, spec)
-    phases.mark("image", started)
-    started = time.monotonic()
-    try:
-        labvm.up(paths, spec, timeout=300)
-        phases.mark("boot", started)
-        yield paths
-    finally:
-        started = time.monotonic()
-        qemu_pid = labvm.pid(paths)  # the current one: a reboot starts a new QEMU
-        labvm.down(paths)
-        if qemu_pid is not None and labvm.is_ours(qemu_pid, paths):
-            os.kill(qemu_pid, signal.SIGKILL)
-        phases.mark("shutdown", started)
+    yield from booted_vm(paths, vmplan.VmSpec(kernel=KERNEL), phases, "image")
 
 
 def invoke(paths: labvm.VmPaths, *args: str, timeout: float = 1800) -> str:
