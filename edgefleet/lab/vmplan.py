@@ -171,7 +171,7 @@ def qemu_argv(spec: VmSpec, kernel: Path, initrd: Path, overlay: Path, port: int
 
 def inventory_yaml(port: int, ssh_key: Path, known_hosts: Path, docker: bool = False) -> str:
     """Return targets/lab-vm.yaml text: the VM as target `lab-vm` (`lab-vm-docker`: `ship: image`)."""
-    # the container gets CAP_SYS_NICE only for a negative nice: ask for one, so the lab exercises it
+    # a negative nice makes the container's RLIMIT_NICE allow it: ask for one, so the lab exercises it
     device = {"ship": "image", "runtime": {"nice": -5}} if docker else {}
     document = {
         "devices": {
