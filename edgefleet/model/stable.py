@@ -197,10 +197,9 @@ def _bias_to_residual(nodes: list, init: dict) -> list:
     """MatMul -> Add(bias) -> Add(residual) becomes MatMul -> Add(Add(residual, bias))."""
     import onnx
 
-    readers: dict[str, list] = {}
-    for node in nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    from edgefleet.model.smooth import readers_of
+
+    readers = readers_of(nodes)
     replace, drop = {}, set()
     for node in nodes:
         if node.op_type != "MatMul" or node.input[1] not in init:
