@@ -82,11 +82,23 @@ def _upload_started(incoming: str, min_bytes: int) -> str:
     return f"[ -n \"$(find {q(incoming)} -maxdepth 1 -type f -size +{max(min_bytes // 1024, 0)}k 2>/dev/null)\" ]"
 
 
+def _paused(action: str) -> str:
+    """Run `action` with the device's SFTP servers stopped (SIGSTOP, then SIGCONT).
+
+    The watcher polls, and a fast upload (70 MB/s on loopback) can end between its poll and its
+    action; with the writer stopped the action strikes mid-upload however loaded the machine is.
+    The writer is found by its name: sshd makes its sessions non-dumpable, so without
+    CAP_SYS_PTRACE (dropped in containers) their open files cannot be read from /proc.
+    """
+    writers = "w=$(grep -lx sftp-server /proc/[0-9]*/comm 2>/dev/null | cut -d/ -f3)"
+    return f"{writers}; [ -z \"$w\" ] || kill -STOP $w; {action}; [ -z \"$w\" ] || kill -CONT $w 2>/dev/null; true"
+
+
 def kill_sshd_during_upload(device: str, incoming: str, min_bytes: int = 1 << 20) -> None:
     """Kill sshd (as `sshd_kill`) once an upload into `incoming` holds more than `min_bytes`."""
     action = ("systemctl kill --signal=KILL --kill-whom=all ssh.service; sleep 0.5; "
               "systemctl reset-failed ssh.service; systemctl start ssh.service")
-    _watch(device, "kill-sshd", _upload_started(incoming, min_bytes), action)
+    _watch(device, "kill-sshd", _upload_started(incoming, min_bytes), _paused(action))
 
 
 def settle(device: str, timeout_s: float = 120.0) -> None:
@@ -129,7 +141,7 @@ def fill_disk(device: str, path: str, leave_mb: float = 1.0) -> None:
 
 def fill_disk_during_upload(device: str, path: str, incoming: str, min_bytes: int = 1 << 20) -> None:
     """Fill the filesystem under `path` completely once an upload into `incoming` holds more than `min_bytes`."""
-    _watch(device, "fill-disk", _upload_started(incoming, min_bytes), _fill_to(path, 0))
+    _watch(device, "fill-disk", _upload_started(incoming, min_bytes), _paused(_fill_to(path, 0)))
 
 
 def free_after_fill_kb(device: str) -> int:

@@ -162,7 +162,7 @@ def test_sshd_killed_mid_upload(fleet, build, bundles, run_on, v1):
     t0 = time.monotonic()
     faults.small_disk("lab-01", root, 700)
     try:
-        faults.kill_sshd_during_upload("lab-01", faults.incoming_dir(root), min_bytes=4 << 20)
+        faults.kill_sshd_during_upload("lab-01", faults.incoming_dir(root), min_bytes=1 << 20)
         with pytest.raises((DeployError, PlanError)) as failed:
             deploy(t, bundles["v2"], build, log=lambda _: None)
         assert "upload of site.tar.gz failed" in str(failed.value)
@@ -192,7 +192,7 @@ def test_disk_full(fleet, build, bundles, v1):
         with pytest.raises(PlanError, match="MB free under"):
             deploy(t, bundles["v2"], build, log=lambda _: None)
         faults.free_disk("lab-02", root)  # room for the preflight, then full once the upload began
-        faults.fill_disk_during_upload("lab-02", root, faults.incoming_dir(root), min_bytes=4 << 20)
+        faults.fill_disk_during_upload("lab-02", root, faults.incoming_dir(root), min_bytes=1 << 20)
         with pytest.raises(DeployError, match="upload of site.tar.gz failed") as enospc:
             deploy(t, bundles["v2"], build, log=lambda _: None)
         faults.settle("lab-02")
