@@ -37,13 +37,10 @@ import edge_runtime  # noqa: E402
 DEFAULT_BUNDLE = REPO / "build/bundles/all-minilm-l6-v2-int8"
 LOAD_PROBE = """
 import sys, time
-import onnxruntime as ort
-from edge_runtime.model import session_options
+from pathlib import Path
+from edge_runtime.model import _session, session_options
 started = time.perf_counter()
-path = sys.argv[1] + "/model.onnx"
-source = open(path, "rb").read() if sys.argv[2] == "bytes" else path
-session = ort.InferenceSession(source, sess_options=session_options(None),
-                               providers=["CPUExecutionProvider"])
+session = _session(Path(sys.argv[1]) / "model.onnx", session_options(None), sys.argv[2] == "bytes")
 seconds = time.perf_counter() - started
 rss = [l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]
 print(seconds, int(rss) / 1024)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..digest import sha256_bytes, sha256_file
+from ..model.bundle import BUNDLE_JSON, FILE_NAME, REQUIRED_FILES
 from ..render import TUNING_SCRIPT, TUNING_UNIT, UNIT_NAME, RenderedFile
 from .env import DeviceEnv
 
@@ -88,6 +89,23 @@ def _tree(prefix: str, root: Path) -> list[ReleaseFile]:
     return files
 
 
+def _bundle_files(bundle_dir: Path) -> list[str]:
+    """Return every file bundle.json lists (the graph, its weights file, the tokenizer) and bundle.json."""
+    meta = bundle_dir / BUNDLE_JSON
+    try:
+        listed = (json.loads(meta.read_text()).get("files") if meta.is_file() else None) or REQUIRED_FILES
+    except (OSError, ValueError, AttributeError) as error:
+        raise ReleaseError(f"{meta}: not a bundle ({error}; run: invoke model.quantize)") from None
+    odd = [n for n in listed if not isinstance(n, str) or not FILE_NAME.fullmatch(n) or n == BUNDLE_JSON]
+    if odd:
+        raise ReleaseError(f"{meta}: key 'files' lists {', '.join(map(repr, odd))}: not plain file names")
+    names = [*sorted({*listed, *REQUIRED_FILES}), BUNDLE_JSON]
+    missing = [n for n in names if not (bundle_dir / n).is_file()]
+    if missing:
+        raise ReleaseError(f"{bundle_dir}: not a bundle, missing {', '.join(missing)} (run: invoke model.quantize)")
+    return names
+
+
 def make_release(
     target: str,
     bundle_dir: Path,
@@ -103,10 +121,7 @@ def make_release(
     if (env is None) == (image is None):
         raise ReleaseError(f"release for {target}: give the packages (venv) or the runtime image, not "
                            f"{'both' if env else 'neither'}")
-    bundle_files = ("model.onnx", "tokenizer.json", "bundle.json")
-    missing = [n for n in bundle_files if not (bundle_dir / n).is_file()]
-    if missing:
-        raise ReleaseError(f"{bundle_dir}: not a bundle, missing {', '.join(missing)} (run: invoke model.quantize)")
+    bundle_files = _bundle_files(bundle_dir)
     files = [_from_path(f"bundle/{n}", bundle_dir / n) for n in bundle_files]
     if env is not None:  # an image holds its own runtime
         files += _tree("payload/edge_runtime", payload_dir / "edge_runtime")

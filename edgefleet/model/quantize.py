@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgefleet.model.bundle import BUNDLE_JSON, Bundle, parse_bundle
+from edgefleet.model.bundle import BUNDLE_JSON, WEIGHTS_FILE, Bundle, externalize_weights, model_bytes, parse_bundle
 from edgefleet.model.export import EXPORT_META, SESSION_CONFIG_UNFUSED
 from edgefleet.model.files import atomic_dir, file_record, inputs_digest
 from edgefleet.model.stable import EXACT_SUFFIX
@@ -122,7 +122,7 @@ def quantize_key(fp32_dir, recipe: Recipe = Recipe(), min_cosine: float = MIN_CO
              Path(calibration_texts)]
     settings = {"recipe": recipe.settings(), "min_cosine": min_cosine, "golden": GOLDEN_TEXTS,
                 "golden_qa": GOLDEN_QA, "max_abs_diff": MAX_ABS_DIFF,
-                "onnxruntime": onnxruntime.__version__, "format": 4}
+                "onnxruntime": onnxruntime.__version__, "format": 5}
     return inputs_digest(files, settings)
 
 
@@ -163,7 +163,8 @@ def _document(meta: dict, name: str, recipe: Recipe, tmp: Path, key: str,
                          "fp32_nodes": fp32_nodes, "outlier_channels": split},
         "session_config": ({} if meta.get("skip_layer_norm", True) else
                            dict(SESSION_CONFIG_UNFUSED)),
-        "files": {f: file_record(tmp / f) for f in ("model.onnx", "tokenizer.json")},
+        "files": {f: file_record(tmp / f) for f in ("model.onnx", WEIGHTS_FILE, "tokenizer.json")
+                  if (tmp / f).is_file()},
         "created_by": f"edgefleet {version('edgefleet')}", "inputs_sha256": key,
     }
 
@@ -299,6 +300,7 @@ def quantize(fp32_dir, out_dir, name: str | None = None, recipe: Recipe = Recipe
         else:
             shutil.copyfile(graph, tmp / "model.onnx")
             split = _outlier_counts(tmp / "model.onnx") if recipe.smooth_alpha else {}
+        externalize_weights(tmp / "model.onnx")
         present = {n.name for n in _graph_nodes(tmp / "model.onnx")}
         excluded = [n for n in recipe.fp32_nodes if n in present]
         shutil.copyfile(fp32_dir / "tokenizer.json", tmp / "tokenizer.json")
@@ -309,5 +311,5 @@ def quantize(fp32_dir, out_dir, name: str | None = None, recipe: Recipe = Recipe
         (tmp / BUNDLE_JSON).write_text(json.dumps(document, indent=1) + "\n")
     return QuantizeResult(bundle_dir=out_dir, bundle=bundle,
                           fp32_bytes=(fp32_dir / "model.onnx").stat().st_size,
-                          int8_bytes=(out_dir / "model.onnx").stat().st_size,
+                          int8_bytes=model_bytes(out_dir),
                           seconds=time.perf_counter() - started)

@@ -155,8 +155,9 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
 
         cleanup(graph.parent)
     fp32 = (model / "model.onnx").stat().st_size
-    int8 = bundle.files["model.onnx"].bytes
-    print(f"wrote {out}: model.onnx {int8 / MB:.1f} MB ({100 * int8 / fp32:.1f}% of FP32 "
+    graph_files = [n for n in ("model.onnx", "model.onnx.data") if n in bundle.files]
+    int8 = sum(bundle.files[n].bytes for n in graph_files)
+    print(f"wrote {out}: {' + '.join(graph_files)} {int8 / MB:.1f} MB ({100 * int8 / fp32:.1f}% of FP32 "
           f"{fp32 / MB:.1f} MB), tokenizer.json, bundle.json", file=_stream(json))
     golden = bundle.golden.model_dump()
     count = len(golden.get("texts") or golden.get("questions"))

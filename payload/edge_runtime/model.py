@@ -239,7 +239,11 @@ def session_options(threads: int | None, spin: bool = False,
 def _session(model_path: Path, options: ort.SessionOptions,
              from_bytes: bool = False) -> ort.InferenceSession:
     # load-from-path measured faster and smaller than from bytes (benchmarks/bench_runtime.py)
-    source = model_path.read_bytes() if from_bytes else str(model_path)
+    source = str(model_path)
+    if from_bytes:
+        source = model_path.read_bytes()  # external weights (model.onnx.data) resolve beside it
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         str(model_path.parent))
     return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
 
 

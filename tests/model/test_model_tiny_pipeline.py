@@ -114,3 +114,20 @@ def test_verify_catches_changed_tokenizer(tiny, tmp_path):
     (copy / "tokenizer.json").write_text(json.dumps(data))
     with pytest.raises(BundleError, match="tokenizer.json"):
         verify(copy)
+
+
+def test_weights_live_beside_the_graph_and_load_either_way(tiny):
+    """The bundle's large initializers are in model.onnx.data (memory-mapped by ORT), listed and
+    hashed in bundle.json; loading from the path and from bytes gives the same vectors."""
+    import onnx
+
+    bundle_dir = tiny["bundle_dir"]
+    bundle = verify(bundle_dir)
+    assert {"model.onnx", "model.onnx.data", "tokenizer.json"} == set(bundle.files)
+    graph = onnx.load(str(bundle_dir / "model.onnx"), load_external_data=False)
+    external = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    inline = [t for t in graph.graph.initializer if len(t.raw_data) >= 4096]
+    assert external and not inline
+    by_path = edge_runtime.load(bundle_dir).embed(TEXTS[:3])
+    by_bytes = edge_runtime.load(bundle_dir, from_bytes=True).embed(TEXTS[:3])
+    np.testing.assert_array_equal(by_path, by_bytes)

@@ -214,6 +214,28 @@ def test_release_needs_a_bundle(tmp_path, target):
         make_release(target.name, tmp_path / "b", REPO / "payload", render_target(target), fake_env(tmp_path))
 
 
+def test_release_ships_every_file_the_bundle_lists(tmp_path, target):
+    bundle = fake_bundle(tmp_path / "b")
+    (bundle / "model.onnx.data").write_bytes(b"weights")
+    files = {n: {"sha256": "0" * 64, "bytes": 1} for n in ("model.onnx", "model.onnx.data", "tokenizer.json")}
+    (bundle / "bundle.json").write_text(json.dumps({"name": "tiny-int8", "files": files}))
+    release = make_release(target.name, bundle, REPO / "payload", render_target(target), fake_env(tmp_path))
+    assert {"bundle/model.onnx", "bundle/model.onnx.data", "bundle/tokenizer.json",
+            "bundle/bundle.json"} <= {f.path for f in release.files}
+    (bundle / "model.onnx.data").unlink()
+    with pytest.raises(ReleaseError, match="missing model.onnx.data"):
+        make_release(target.name, bundle, REPO / "payload", render_target(target), fake_env(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["../model.onnx", "sub/x.bin", ".hidden", "bundle.json"])
+def test_release_refuses_odd_bundle_file_names(tmp_path, target, name):
+    bundle = fake_bundle(tmp_path / "b")
+    files = {n: {"sha256": "0" * 64, "bytes": 1} for n in ("model.onnx", "tokenizer.json", name)}
+    (bundle / "bundle.json").write_text(json.dumps({"name": "tiny-int8", "files": files}))
+    with pytest.raises(ReleaseError, match=r"bundle.json: key 'files' lists .*not plain file names"):
+        make_release(target.name, bundle, REPO / "payload", render_target(target), fake_env(tmp_path))
+
+
 @pytest.mark.parametrize("expected, got, tol, ok", [
     ([[1, 0], [0, 1]], [[1, 0], [0, 1]], 0.999, True),
     ([[1, 0], [0, 1]], [[0.99, 0.1], [0, 1]], 0.999, False),
