@@ -6,8 +6,6 @@ import io
 import json
 import shlex
 
-from edge_runtime import golden as goldens
-
 from ..render import UNIT_NAME
 from ..ssh import http_json_over_ssh
 from .apply import DeployError, Device
@@ -76,6 +74,8 @@ def health_gate(dev: Device, golden: dict, judge_model: bool = True) -> HealthRe
         return HealthResult(False, f"{exc}; journal:\n{_journal(dev)}")
     if not judge_model:
         return HealthResult(True, "", ready_after_s=waited)
+    from edge_runtime import golden as goldens  # numpy: only when the model is judged
+
     golden, unfit = _fitting(dev, golden)
     if unfit:
         return HealthResult(False, unfit, ready_after_s=waited)
@@ -98,6 +98,8 @@ def health_gate(dev: Device, golden: dict, judge_model: bool = True) -> HealthRe
 def _fitting(dev: Device, golden: dict) -> tuple[dict, str]:
     """Return the goldens that fit the device's max_seq_len (longer ones are truncated there, so
     their outputs cannot match), and a reason when none does."""
+    from edge_runtime import golden as goldens
+
     status, info = service_call(dev)("/v1/info", timeout=30)
     if status != 200 or not isinstance(info, dict):
         return golden, ""

@@ -12,7 +12,6 @@ import json
 import shlex
 from dataclasses import dataclass, field
 
-import numpy as np
 
 __all__ = ["Budget", "ModelVerdict", "PROBE", "probe_command", "probe_request", "judge"]
 
@@ -118,6 +117,8 @@ def judge(answer: dict, budget: Budget, expected_samples: int) -> ModelVerdict:
     if len(latencies) < expected_samples and not v.failures:
         v.failures.append(f"only {len(latencies)} of {expected_samples} probe requests answered")
     if latencies:
+        import numpy as np
+
         v.p95_ms = float(np.percentile(np.asarray(latencies), 95))
     rss = [i["rss_bytes"] for i in infos if isinstance(i.get("rss_bytes"), (int, float)) and i["rss_bytes"] > 0]
     if rss:

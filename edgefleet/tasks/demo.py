@@ -5,7 +5,6 @@ from __future__ import annotations
 import statistics
 import time
 
-import numpy as np
 from invoke import Collection, Exit, task
 from rich.console import Console
 from rich.table import Table
@@ -29,6 +28,8 @@ PAIRS = [
 
 def query_device(dev: Device) -> tuple[list[float], list[float]]:
     """Embed the sentence pairs on the device, one text per request; return similarities and latencies."""
+    import numpy as np
+
     vectors, latencies = [], []
     call = service_call(dev)
     for text in (t for pair in PAIRS for t in pair):
