@@ -108,7 +108,7 @@ def sudoers_text(user: str = DEPLOY_USER, root: str = DEVICE_ROOT, service_user:
     commands += docker_commands() if docker else []
     lines = [f"# written by edgefleet.lab.vmplan: what `invoke deploy` runs as root on {NAME}",
              f"Defaults:{user} !lecture",
-             f"Cmnd_Alias EDGEFLEET_DEPLOY = " + ", \\\n    ".join(commands),
+             "Cmnd_Alias EDGEFLEET_DEPLOY = " + ", \\\n    ".join(commands),
              f"{user} ALL=(root) NOPASSWD: EDGEFLEET_DEPLOY", ""]
     return "\n".join(lines)
 
