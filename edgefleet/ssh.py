@@ -5,7 +5,9 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from fabric import Connection
 
 from .inventory import Target
 
-__all__ = ["connect", "Endpoint", "SSHError", "http_over_ssh", "http_json_over_ssh"]
+__all__ = ["connect", "Endpoint", "SSHError", "http_over_ssh", "http_json_over_ssh", "openssh_argv"]
 
 
 # paramiko logs a refused channel (service not listening yet) as an ERROR before raising it;
@@ -110,6 +112,31 @@ def connect(target: Target | Endpoint, timeout: float = 15.0) -> Connection:
     except (OSError, EOFError) as exc:
         raise SSHError(f"{ep.name}: cannot reach {_address(conn)}: {exc}") from None
     return conn
+
+
+def openssh_argv(target: Target | Endpoint, timeout: float = 15.0) -> list[str] | None:
+    """Return the OpenSSH client argv (up to and including the host) for bulk transfers, or None.
+
+    The same trust as `connect`: host keys only from the target's known_hosts (or ~/.ssh/config's),
+    never added; the target's key only. OpenSSH moves bytes several times faster than paramiko
+    and each device's transfer is its own process. None when there is no `ssh` client or
+    EDGEFLEET_SSH_TRANSFER=paramiko: then everything goes through `connect`.
+    """
+    ssh = shutil.which("ssh")
+    if ssh is None or os.environ.get("EDGEFLEET_SSH_TRANSFER", "").lower() == "paramiko":
+        return None
+    ep = target if isinstance(target, Endpoint) else Endpoint.of(target)
+    argv = [ssh, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={int(timeout)}",
+            "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR"]
+    if ep.known_hosts is not None:
+        argv += ["-o", f"UserKnownHostsFile={ep.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null"]
+    if ep.ssh_key is not None:
+        argv += ["-i", str(ep.ssh_key), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"]
+    if ep.port is not None:
+        argv += ["-p", str(ep.port)]
+    if ep.user is not None:
+        argv += ["-l", ep.user]
+    return [*argv, "--", ep.host]
 
 
 class _ChannelHTTPConnection(http.client.HTTPConnection):

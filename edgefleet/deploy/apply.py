@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import paramiko
 
 from ..inventory import Target
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
+from ..ssh import openssh_argv
 from .env import PYC_MARK
 from .plan import DeployPlan, docker_argv
 from .release import Release
@@ -79,6 +81,58 @@ def _incoming(dev: Device) -> str:
     return dev.path("objects", ".incoming")
 
 
+def _discard_partial(dev: Device, incoming: str) -> None:
+    try:  # a full disk: leave no partial file behind (a dead link: the next deploy clears it)
+        dev.run(f"rm -rf {q(incoming)}", "discard a partial upload", privileged=False, warn=True)
+    except Exception:
+        pass
+
+
+def _stream_upload(dev: Device, argv: list[str], incoming: str, uploads: list) -> None:
+    """Send `uploads` (what, local path or file object, name, size) as one tar stream through OpenSSH.
+
+    One `ssh` process per device unpacks the stream into `incoming` as it arrives. The bytes
+    are the same the paramiko path sends; they are verified on the device afterwards the same way.
+    """
+    import subprocess
+    import tarfile
+    import tempfile
+
+    remote = f"cd {q(incoming)} && exec tar -xf - --no-same-owner --no-same-permissions"
+    writing = None
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([*argv, remote], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            with tarfile.open(fileobj=proc.stdin, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+                for what, local, name, size in uploads:
+                    writing = what
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mode, info.mtime = size, 0o600, 0
+                    if isinstance(local, str):
+                        with open(local, "rb") as fh:
+                            tar.addfile(info, fh)
+                    else:
+                        tar.addfile(info, local)
+            writing = None
+            proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError, ValueError):
+            pass  # the far end went away: ssh's exit status and stderr say why
+        finally:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+            code = proc.wait()
+        err.seek(0)
+        detail = err.read().decode(errors="replace").strip()
+    if code == 0 and writing is None:
+        return
+    # name the object the device could not write (tar names it by its sha256), else the one we were sending
+    names = {name: what for what, _, name, _ in uploads}
+    failed = next((names[m] for m in re.findall(r"([0-9a-f]{64}|SHA256SUMS)", detail) if m in names), writing)
+    raise OSError(f"{failed or 'the stream'}", f"ssh exit {code}: {detail[-400:] or 'connection lost'}")
+
+
 def upload_objects(dev: Device, plan: DeployPlan, log) -> None:
     """Upload the missing objects, verify their sha256 on the device, then move them in."""
     if not plan.upload:
@@ -86,20 +140,27 @@ def upload_objects(dev: Device, plan: DeployPlan, log) -> None:
     incoming = _incoming(dev)
     # we hold the lock: anything in incoming is left over from a deploy that died mid-upload
     dev.run(f"rm -rf {q(incoming)} && mkdir -p {q(incoming)}", "clear the incoming dir", privileged=False)
-    sent = 0
     t0 = time.monotonic()
-    sums = "".join(f"{o.sha256}  {o.sha256}\n" for o in plan.upload)
-    uploads = [(o.path, str(o.source) if o.source is not None else io.BytesIO(o.data), o.sha256) for o in plan.upload]
-    for what, local, name in [*uploads, ("SHA256SUMS", io.BytesIO(sums.encode()), "SHA256SUMS")]:
+    sums = "".join(f"{o.sha256}  {o.sha256}\n" for o in plan.upload).encode()
+    uploads = [(o.path, str(o.source) if o.source is not None else io.BytesIO(o.data), o.sha256, o.size)
+               for o in plan.upload] + [("SHA256SUMS", io.BytesIO(sums), "SHA256SUMS", len(sums))]
+    argv = openssh_argv(dev.target)
+    via = "OpenSSH" if argv else "SFTP"
+    if argv is not None:
         try:
-            dev.c.put(local, remote=posixpath.join(incoming, name))
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            try:  # a full disk: leave no partial file behind (a dead link: the next deploy clears it)
-                dev.run(f"rm -rf {q(incoming)}", "discard a partial upload", privileged=False, warn=True)
-            except Exception:
-                pass
-            raise DeployError(f"{dev.target.name}: upload of {what} failed, nothing was activated: "
-                              f"{exc or type(exc).__name__}") from None
+            _stream_upload(dev, argv, incoming, uploads)
+        except OSError as exc:
+            _discard_partial(dev, incoming)
+            what, why = exc.args if len(exc.args) == 2 else ("the stream", str(exc))
+            raise DeployError(f"{dev.target.name}: upload of {what} failed, nothing was activated: {why}") from None
+    else:
+        for what, local, name, _ in uploads:
+            try:
+                dev.c.put(local, remote=posixpath.join(incoming, name))
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                _discard_partial(dev, incoming)
+                raise DeployError(f"{dev.target.name}: upload of {what} failed, nothing was activated: "
+                                  f"{exc or type(exc).__name__}") from None
     sent = sum(o.size for o in plan.upload)
     names = " ".join(q(o.sha256) for o in plan.upload)
     verify = dev.run(f"cd {q(incoming)} && sha256sum --check --quiet --strict SHA256SUMS",
@@ -111,7 +172,7 @@ def upload_objects(dev: Device, plan: DeployPlan, log) -> None:
     dev.run(f"cd {q(incoming)} && chmod 0644 -- {names} && mv -f -- {names} {q(dev.path('objects'))}/ "
             f"&& rm -f SHA256SUMS", "move verified objects in")
     secs = time.monotonic() - t0
-    log(f"  uploaded {len(plan.upload)} objects, {sent / 1e6:.1f} MB in {secs:.1f} s, sha256 verified")
+    log(f"  uploaded {len(plan.upload)} objects, {sent / 1e6:.1f} MB in {secs:.1f} s ({via}), sha256 verified")
 
 
 def _build_release_script(dev: Device, release: Release) -> str:

@@ -83,14 +83,15 @@ def _upload_started(incoming: str, min_bytes: int) -> str:
 
 
 def _paused(action: str) -> str:
-    """Run `action` with the device's SFTP servers stopped (SIGSTOP, then SIGCONT).
+    """Run `action` with the device's upload writers stopped (SIGSTOP, then SIGCONT): the SFTP
+    server (paramiko's path) and tar (the OpenSSH stream's).
 
     The watcher polls, and a fast upload (70 MB/s on loopback) can end between its poll and its
     action; with the writer stopped the action strikes mid-upload however loaded the machine is.
     The writer is found by its name: sshd makes its sessions non-dumpable, so without
     CAP_SYS_PTRACE (dropped in containers) their open files cannot be read from /proc.
     """
-    writers = "w=$(grep -lx sftp-server /proc/[0-9]*/comm 2>/dev/null | cut -d/ -f3)"
+    writers = "w=$(grep -lx -e sftp-server -e tar /proc/[0-9]*/comm 2>/dev/null | cut -d/ -f3)"
     return f"{writers}; [ -z \"$w\" ] || kill -STOP $w; {action}; [ -z \"$w\" ] || kill -CONT $w 2>/dev/null; true"
 
 

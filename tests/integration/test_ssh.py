@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.inventory import load_inventory
-from edgefleet.ssh import SSHError, connect
+from edgefleet.ssh import SSHError, connect, openssh_argv
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -54,6 +54,34 @@ def test_unreachable_port_names_the_target(local_sshd):
     tgt = dataclasses.replace(target_for(local_sshd, local_sshd.known_hosts), port=1)
     with pytest.raises(SSHError, match=r"local: cannot reach \[127.0.0.1\]:1"):
         connect(tgt, timeout=3)
+
+
+def test_openssh_transfer_trusts_only_the_targets_known_hosts(local_sshd, tmp_path):
+    """The bulk-transfer client (OpenSSH) verifies host keys as `connect` does: known works,
+    unknown and changed keys are refused, and nothing is ever added to known_hosts."""
+    argv = openssh_argv(target_for(local_sshd, local_sshd.known_hosts))
+    assert argv is not None and "StrictHostKeyChecking=yes" in argv and "BatchMode=yes" in argv
+    ok = subprocess.run([*argv, "echo ok"], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and ok.stdout.strip() == "ok", ok.stderr
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    unknown = subprocess.run([*openssh_argv(target_for(local_sshd, empty)), "true"], capture_output=True,
+                             text=True, timeout=30)
+    assert unknown.returncode == 255 and "verification failed" in unknown.stderr
+    assert empty.read_text() == ""
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kind, key = other.with_suffix(".pub").read_text().split()[:2]
+    wrong = tmp_path / "wrong"
+    wrong.write_text(f"[127.0.0.1]:{local_sshd.port} {kind} {key}\n")
+    changed = subprocess.run([*openssh_argv(target_for(local_sshd, wrong)), "true"], capture_output=True,
+                             text=True, timeout=30)
+    assert changed.returncode == 255 and "HOST IDENTIFICATION HAS CHANGED" in changed.stderr
+
+
+def test_openssh_transfer_can_be_turned_off(local_sshd, monkeypatch):
+    monkeypatch.setenv("EDGEFLEET_SSH_TRANSFER", "paramiko")
+    assert openssh_argv(target_for(local_sshd, local_sshd.known_hosts)) is None
 
 
 def ssh_config(home: Path, pair: dict, known_hosts: Path) -> None:
