@@ -98,7 +98,7 @@ def _stream_upload(dev: Device, argv: list[str], incoming: str, uploads: list) -
     import tarfile
     import tempfile
 
-    remote = f"cd {q(incoming)} && exec tar -xf - --no-same-owner --no-same-permissions"
+    remote = f"cd {q(incoming)} && exec tar -xf -"
     writing = None
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([*argv, remote], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
