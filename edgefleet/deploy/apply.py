@@ -88,18 +88,28 @@ def _discard_partial(dev: Device, incoming: str) -> None:
         pass
 
 
-def _stream_upload(dev: Device, argv: list[str], incoming: str, uploads: list) -> None:
-    """Send `uploads` (what, local path or file object, name, size) as one tar stream through OpenSSH.
+class UploadFailed(Exception):
+    """The OpenSSH stream broke: `what` is the object the device could not take (or the one being sent)."""
 
-    One `ssh` process per device unpacks the stream into `incoming` as it arrives. The bytes
-    are the same the paramiko path sends; they are verified on the device afterwards the same way.
+    def __init__(self, what: str, why: str):
+        super().__init__(f"{what}: {why}")
+        self.what, self.why = what, why
+
+
+def stream_upload(argv: list[str], incoming: str, uploads: list) -> None:
+    """Send `uploads` (what, local path or file object, name, size) as one tar stream to `argv` + a
+    remote command that unpacks it into `incoming`; raise UploadFailed.
+
+    `argv` is the OpenSSH client up to the host (`openssh_argv`): one `ssh` process per device
+    unpacks the stream as it arrives. The bytes are the ones the SFTP path sends, and they are
+    verified on the device afterwards the same way.
     """
     import subprocess
     import tarfile
     import tempfile
 
     remote = f"cd {q(incoming)} && exec tar -xf -"
-    writing = None
+    writing, local_error = None, None
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([*argv, remote], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
         try:
@@ -114,9 +124,11 @@ def _stream_upload(dev: Device, argv: list[str], incoming: str, uploads: list) -
                     else:
                         tar.addfile(info, local)
             writing = None
-            proc.stdin.close()
-        except (BrokenPipeError, ConnectionResetError, ValueError):
+        except (BrokenPipeError, ConnectionResetError):
             pass  # the far end went away: ssh's exit status and stderr say why
+        except OSError as exc:  # a local file went missing or shrank since its sha256 was taken
+            local_error = exc
+            proc.kill()
         finally:
             try:
                 proc.stdin.close()
@@ -125,12 +137,14 @@ def _stream_upload(dev: Device, argv: list[str], incoming: str, uploads: list) -
             code = proc.wait()
         err.seek(0)
         detail = err.read().decode(errors="replace").strip()
+    if local_error is not None:
+        raise UploadFailed(writing or "the stream", f"reading it on this host: {local_error}")
     if code == 0 and writing is None:
         return
-    # name the object the device could not write (tar names it by its sha256), else the one we were sending
+    # name the object the device could not write (tar names it by its sha256), else the one being sent
     names = {name: what for what, _, name, _ in uploads}
-    failed = next((names[m] for m in re.findall(r"([0-9a-f]{64}|SHA256SUMS)", detail) if m in names), writing)
-    raise OSError(f"{failed or 'the stream'}", f"ssh exit {code}: {detail[-400:] or 'connection lost'}")
+    failed = next((names[m] for m in re.findall(r"[0-9a-f]{64}|SHA256SUMS", detail) if m in names), writing)
+    raise UploadFailed(failed or "the stream", f"ssh exit {code}: {detail[-400:] or 'connection lost'}")
 
 
 def upload_objects(dev: Device, plan: DeployPlan, log) -> None:
@@ -148,11 +162,11 @@ def upload_objects(dev: Device, plan: DeployPlan, log) -> None:
     via = "OpenSSH" if argv else "SFTP"
     if argv is not None:
         try:
-            _stream_upload(dev, argv, incoming, uploads)
-        except OSError as exc:
+            stream_upload(argv, incoming, uploads)
+        except UploadFailed as exc:
             _discard_partial(dev, incoming)
-            what, why = exc.args if len(exc.args) == 2 else ("the stream", str(exc))
-            raise DeployError(f"{dev.target.name}: upload of {what} failed, nothing was activated: {why}") from None
+            raise DeployError(f"{dev.target.name}: upload of {exc.what} failed, nothing was activated: "
+                              f"{exc.why}") from None
     else:
         for what, local, name, _ in uploads:
             try:
