@@ -136,7 +136,8 @@ def vm_target(tmp_path):
     return load_inventory(targets).target("lab-vm")
 
 
-def test_every_root_command_of_a_first_deploy_is_in_the_sudoers_list(tmp_path, vm_target):
+def test_every_root_command_of_a_first_deploy_is_in_the_sudoers_list(tmp_path, vm_target, monkeypatch):
+    monkeypatch.setenv("EDGEFLEET_SSH_TRANSFER", "paramiko")  # uploads through the recording connection too
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "model.onnx").write_bytes(b"onnx")
