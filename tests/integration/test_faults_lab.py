@@ -155,8 +155,14 @@ def test_device_down_before_the_rollout(fleet, build, bundles, v1):
 
 
 @pytest.mark.timeout(600)
-def test_sshd_killed_mid_upload(fleet, build, bundles, run_on, v1):
-    """A fresh small disk makes lab-01 take the whole 48 MB package env; sshd dies while it uploads."""
+def test_sshd_killed_mid_upload(fleet, build, bundles, run_on, v1, monkeypatch):
+    """A fresh small disk makes lab-01 take the whole package env; sshd dies while it uploads.
+
+    Over SFTP (29 MB in ~0.4 s): the watcher that kills sshd polls for "the upload passed 1 MiB",
+    and the OpenSSH stream can finish within one poll on this machine (a race the test lost once
+    in four runs); the stream's own failure naming is unit-tested (tests/unit/test_stream_upload.py).
+    """
+    monkeypatch.setenv("EDGEFLEET_SSH_TRANSFER", "paramiko")
     t, root = fleet["lab-01"], fleet["lab-01"].settings.root
     before = settled(t)
     t0 = time.monotonic()
@@ -191,14 +197,19 @@ def test_disk_full(fleet, build, bundles, v1):
         faults.fill_disk("lab-02", root, leave_mb=2)  # full before the deploy: the preflight refuses
         with pytest.raises(PlanError, match="MB free under"):
             deploy(t, bundles["v2"], build, log=lambda _: None)
-        faults.free_disk("lab-02", root)  # room for the preflight, then full once the upload began
-        faults.fill_disk_during_upload("lab-02", root, faults.incoming_dir(root), min_bytes=1 << 20)
-        with pytest.raises(DeployError, match="upload of site.tar.gz failed") as enospc:
-            deploy(t, bundles["v2"], build, log=lambda _: None)
-        faults.settle("lab-02")
-        assert 0 <= faults.free_after_fill_kb("lab-02") < 1024  # the upload met a full filesystem
-        st = faults.device_state(t)
-        assert st.current is None and st.releases == () and st.lock is None and not st.incoming, st
+        faults.free_disk("lab-02", root)  # room for the preflight ...
+        # ... but the objects live on a 4 MiB filesystem of their own: the small files fit, the
+        # packages (29 MB) do not, so the disk fills mid-upload whatever the upload's speed (a
+        # watcher polling for "the upload began" lost that race to a 0.2 s OpenSSH upload in CI)
+        objects = f"{root}/objects"
+        faults.small_disk("lab-02", objects, 4)
+        try:
+            with pytest.raises(DeployError, match="upload of site.tar.gz failed") as enospc:
+                deploy(t, bundles["v2"], build, log=lambda _: None)
+            st = faults.device_state(t)  # read before the small filesystem goes
+            assert st.current is None and st.releases == () and st.lock is None and not st.incoming, st
+        finally:
+            faults.restore_disk("lab-02", objects)
     finally:
         faults.free_disk("lab-02", root)
         faults.restore_disk("lab-02", root)
