@@ -105,7 +105,7 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
     """Quantize an FP32 export to INT8 (dynamic, static, mixed or searched) into a bundle."""
     from edgefleet.model import export as ex
     from edgefleet.model import quantize as qz
-    from edgefleet.model.bundle import BundleError, verify
+    from edgefleet.model.bundle import WEIGHTS_FILE, BundleError, verify
 
     if mode not in MODES:
         raise SystemExit(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -155,7 +155,7 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
 
         cleanup(graph.parent)
     fp32 = (model / "model.onnx").stat().st_size
-    graph_files = [n for n in ("model.onnx", "model.onnx.data") if n in bundle.files]
+    graph_files = [n for n in ("model.onnx", WEIGHTS_FILE) if n in bundle.files]
     int8 = sum(bundle.files[n].bytes for n in graph_files)
     print(f"wrote {out}: {' + '.join(graph_files)} {int8 / MB:.1f} MB ({100 * int8 / fp32:.1f}% of FP32 "
           f"{fp32 / MB:.1f} MB), tokenizer.json, bundle.json", file=_stream(json))
