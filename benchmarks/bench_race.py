@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -43,8 +44,8 @@ from edgefleet.inventory import load_inventory  # noqa: E402
 # ansible: ssh + pipelining, synchronize; mitogen: mitogen_linear strategy with synchronize or copy
 ANSIBLE_TOOLS = {"ansible": (False, "synchronize"), "ansible-copy": (False, "copy"),
                  "mitogen": (True, "synchronize"), "mitogen-copy": (True, "copy")}
-TOOLS = ("edgefleet", "rsync", *ANSIBLE_TOOLS, "pyinfra")
-DEFAULT_TOOLS = ("edgefleet", "rsync", "ansible", "mitogen", "mitogen-copy", "pyinfra")
+TOOLS = ("edgefleet", "rsync", "rsync-mux", *ANSIBLE_TOOLS, "pyinfra")
+DEFAULT_TOOLS = ("edgefleet", "rsync", "rsync-mux", "ansible", "mitogen", "mitogen-copy", "pyinfra")
 PHASES = ("first", "noop", "config")
 BUNDLE = REPO / "build" / "bundles" / "all-minilm-l6-v2-int8"
 RUN_TIMEOUT_S = 1800
@@ -173,17 +174,23 @@ def edgefleet_child(targets_dir: Path, build: Path) -> int:
 def run_tool(tool: str, ctx: dict) -> dict:
     """Run one tool once against all devices; return wall seconds and, for edgefleet, its own timings."""
     env, cwd = None, None
+    masters = ctx["masters"] / tool  # where the tool's OpenSSH masters live (edgefleet, rsync-mux, Ansible)
+    if ctx["connections"] == "cold":
+        stop_control_masters(masters)
+    warm = live_masters(masters)
     if tool == "edgefleet":
         argv = [sys.executable, __file__, "--edgefleet-child", str(ctx["targets_dir"]), str(ctx["build"])]
-    elif tool == "rsync":
-        script = rt.rsync_loop_script(ctx["hosts"], ctx["stage"], ctx["key"], ctx["known_hosts"])
+        env = {**os.environ, "XDG_RUNTIME_DIR": str(masters)}  # its masters: <dir>/edgefleet-ssh-<uid>/
+    elif tool in ("rsync", "rsync-mux"):
+        script = rt.rsync_loop_script(ctx["hosts"], ctx["stage"], ctx["key"], ctx["known_hosts"],
+                                      control_dir=masters if tool == "rsync-mux" else None, tool=tool)
         argv = ["bash", "-c", script]
     elif tool in ANSIBLE_TOOLS:
         work = ctx["work"] / tool
-        shutil.rmtree(work / "cp", ignore_errors=True)  # every run opens its connections afresh
         mitogen, module = ANSIBLE_TOOLS[tool]
         argv, env = rt.ansible_files(work, ctx["hosts"], ctx["stage"], ctx["key"], ctx["known_hosts"],
-                                     forks=len(ctx["hosts"]), mitogen=mitogen, module=module, tool=tool)
+                                     forks=len(ctx["hosts"]), mitogen=mitogen, module=module, tool=tool,
+                                     control_dir=masters)
         cwd = work
     elif tool == "pyinfra":
         argv = rt.pyinfra_files(ctx["work"] / tool, ctx["hosts"], ctx["stage"], ctx["key"], ctx["known_hosts"],
@@ -192,14 +199,12 @@ def run_tool(tool: str, ctx: dict) -> dict:
     t0, r0 = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=RUN_TIMEOUT_S)
     wall, r1 = time.monotonic() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
-    if tool in ANSIBLE_TOOLS:
-        stop_control_masters(ctx["work"] / tool / "cp")
     if proc.returncode != 0:
         why = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "UNREACHABLE" in ln or "fatal:" in ln]
         raise RuntimeError(f"{tool} failed (exit {proc.returncode}):\n" + "\n".join(why[:5]) +
                            f"\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
     # CPU the tool's own processes used on the host (user + sys of it and its waited-for children)
-    out = {"wall": wall, "cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)}
+    out = {"wall": wall, "cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), "warm": warm}
     if tool == "edgefleet":
         child = json.loads(proc.stdout.strip().splitlines()[-1])
         if child["counts"].get("ok") != len(ctx["hosts"]):
@@ -209,10 +214,20 @@ def run_tool(tool: str, ctx: dict) -> dict:
     return out
 
 
-def stop_control_masters(cp_dir: Path) -> None:
-    """Close the OpenSSH control masters an Ansible run left (ControlPersist), so no run reuses them."""
-    for sock in cp_dir.glob("*") if cp_dir.is_dir() else []:
+def _sockets(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_socket()] if root.is_dir() else []
+
+
+def stop_control_masters(root: Path) -> None:
+    """Close the OpenSSH masters a tool left under `root` (ControlPersist), so the next run logs in afresh."""
+    for sock in _sockets(root):
         subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x"], capture_output=True)
+
+
+def live_masters(root: Path) -> int:
+    """Return how many OpenSSH masters under `root` answer (a run that starts warm reuses them)."""
+    return sum(subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "check", "x"],
+                              capture_output=True).returncode == 0 for sock in _sockets(root))
 
 
 def load() -> str:
@@ -227,11 +242,14 @@ def race(args, targets_dir: Path, build: Path) -> tuple[dict, int]:
     targets = lab_targets(targets_dir)
     ctx = {"targets_dir": targets_dir, "build": build, "hosts": [(t.name, t.port) for t in targets],
            "key": paths.client_key.resolve(), "known_hosts": paths.known_hosts.resolve(),
-           "stage": build / "stage", "work": build / "work"}
+           "stage": build / "stage", "work": build / "work", "connections": args.connections,
+           "masters": Path(tempfile.mkdtemp(prefix="efr-", dir="/tmp"))}  # short: sockets live there
     provision(targets)
     results: dict = {p: {t: [] for t in args.tools} for p in args.phases}
     failures: list[str] = []
-    with Counters() as counters:
+    with Counters() as counters, _masters_cleaned(ctx["masters"]):
+        for tool in args.tools:
+            (ctx["masters"] / tool).mkdir(mode=0o700)
         for rnd in range(args.rounds):
             order = args.tools[rnd % len(args.tools):] + args.tools[:rnd % len(args.tools)]
             if "first" in args.phases or rnd == 0:
@@ -260,11 +278,27 @@ def race(args, targets_dir: Path, build: Path) -> tuple[dict, int]:
                     run.update(sent=after["sent"] - before["sent"], received=after["received"] - before["received"])
                     results[phase][tool].append(run)
                     extra = f" (placed {run['placed']:.1f} s, gate {run['gate']:.1f} s)" if "gate" in run else ""
+                    extra += f", {run['warm']} warm masters" if run["warm"] else ""
                     print(f"round {rnd + 1} {phase:6} {tool:12} {run['wall']:7.1f} s{extra}, host CPU "
                           f"{run['cpu']:6.1f} s, sent {run['sent'] / 1e6:8.3f} MB", flush=True)
     if failures:
         print("failed runs (not in the medians): " + "; ".join(failures))
     return results, len(targets)
+
+
+class _masters_cleaned:
+    """Stop every master the tools left under `root` and remove it, however the race ends."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        stop_control_masters(self.root)
+        shutil.rmtree(self.root, ignore_errors=True)
+        return False
 
 
 def med(runs: list[dict], key: str) -> float:
@@ -324,6 +358,10 @@ def main() -> int:
     ap.add_argument("--phases", default=",".join(PHASES),
                     help="comma-separated subset of first,noop,config; without first, one untimed first deploy "
                          "per tool sets the devices up and the config value flips every round")
+    ap.add_argument("--connections", choices=("warm", "cold"), default="warm",
+                    help="warm: each tool keeps what its defaults keep between runs (edgefleet's masters 120 s, "
+                         "Ansible's ControlPersist 60 s, rsync-mux's 120 s; the plain rsync loop and pyinfra none); "
+                         "cold: every run logs in afresh (all masters stopped before it)")
     ap.add_argument("--reuse-lab", type=Path, metavar="TARGETS_DIR",
                     help="use the lab that is up, with its inventory in TARGETS_DIR (left up)")
     ap.add_argument("--json", type=Path, help="also write every run to this file")

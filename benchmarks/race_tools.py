@@ -105,26 +105,35 @@ def ssh_opts(key: Path, known_hosts: Path) -> list[str]:
             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
 
 
-def rsync_loop_script(hosts: list[tuple[str, int]], stage: Path, key: Path, known_hosts: Path) -> str:
-    """Return a bash script: one rsync-over-ssh per host, all in parallel, restart where rsync changed files."""
-    ssh = "ssh " + " ".join(q(o) for o in ssh_opts(key, known_hosts))
-    dest = f"{REMOTE_ROOT}/rsync/"
+def rsync_loop_script(hosts: list[tuple[str, int]], stage: Path, key: Path, known_hosts: Path,
+                      control_dir: Path | None = None, tool: str = "rsync") -> str:
+    """Return a bash script: one rsync-over-ssh per host, all in parallel, restart where rsync changed files.
+
+    `control_dir`: reuse connections through OpenSSH masters kept there for 120 s (ControlPersist),
+    as edgefleet does; without it every run logs in afresh (the loop as the issue describes it).
+    """
+    opts = ssh_opts(key, known_hosts)
+    if control_dir is not None:
+        opts += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_dir}/%C", "-o", "ControlPersist=120"]
+    ssh = "ssh " + " ".join(q(o) for o in opts)
+    dest = f"{REMOTE_ROOT}/{tool}/"
     lines = ["set -u", "pids=()", "fail=0"]
     for name, port in hosts:
         lines.append(
             f"( out=$(rsync -a --delete --itemize-changes -e {q(ssh + f' -p {port}')} "
             f"{q(str(stage / name) + '/')} root@127.0.0.1:{dest}) || exit 1; "
-            f"[ -z \"$out\" ] || {ssh} -p {port} root@127.0.0.1 systemctl restart race@rsync.service ) & pids+=($!)")
+            f"[ -z \"$out\" ] || {ssh} -p {port} root@127.0.0.1 systemctl restart race@{tool}.service ) & pids+=($!)")
     lines += ['for p in "${pids[@]}"; do wait "$p" || fail=1; done', 'exit "$fail"']
     return "\n".join(lines) + "\n"
 
 
 def ansible_files(work: Path, hosts: list[tuple[str, int]], stage: Path, key: Path, known_hosts: Path,
-                  forks: int, mitogen: bool, module: str, tool: str) -> tuple[list[str], dict]:
+                  forks: int, mitogen: bool, module: str, tool: str, control_dir: Path) -> tuple[list[str], dict]:
     """Write inventory, ansible.cfg and playbook under `work`; return (argv, env) for ansible-playbook.
 
     `module`: "synchronize" (ansible.posix, rsync over the same ssh options) or "copy" (one
     module run per file without mitogen; mitogen streams the files through its own service).
+    `control_dir`: where Ansible keeps its OpenSSH masters (its default ControlPersist=60s).
     """
     work.mkdir(parents=True, exist_ok=True)
     inv = ["[lab]"] + [f"{n} ansible_host=127.0.0.1 ansible_port={p}" for n, p in hosts]
@@ -145,7 +154,7 @@ def ansible_files(work: Path, hosts: list[tuple[str, int]], stage: Path, key: Pa
         [ssh_connection]
         pipelining = True
         ssh_args = -o ControlMaster=auto -o ControlPersist=60s {known}
-        control_path_dir = {work / 'cp'}
+        control_path_dir = {control_dir}
         """))
     dest = f"{REMOTE_ROOT}/{tool}/"
     if module == "copy":

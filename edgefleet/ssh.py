@@ -5,9 +5,8 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
 import re
-import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +14,10 @@ import paramiko
 from fabric import Connection
 
 from .inventory import Target
+from .openssh import ForwardedHTTPConnection, OpenSSHConnection, OpenSSHError, openssh_client
 
-__all__ = ["connect", "Endpoint", "SSHError", "http_over_ssh", "http_json_over_ssh", "openssh_argv"]
+__all__ = ["connect", "Endpoint", "SSHError", "http_over_ssh", "http_json_over_ssh", "openssh_argv",
+           "OpenSSHConnection"]
 
 
 # paramiko logs a refused channel (service not listening yet) as an ERROR before raising it;
@@ -81,9 +82,16 @@ def _verify_host_keys(conn: Connection, known_hosts: Path) -> None:
         hop = hop.gateway
 
 
-def connect(target: Target | Endpoint, timeout: float = 15.0) -> Connection:
-    """Open a Fabric connection to a target, refusing unknown or changed host keys (jump hosts too)."""
+def connect(target: Target | Endpoint, timeout: float = 15.0) -> Connection | OpenSSHConnection:
+    """Open a connection to a target, refusing unknown or changed host keys (jump hosts too).
+
+    Through the OpenSSH client over a multiplexed master (`edgefleet.openssh`) when there is an
+    `ssh` client, else (or with EDGEFLEET_SSH_TRANSFER=paramiko) through Fabric. Both are Invoke
+    Contexts with `run`, `put`, `host`, `port`, `user` and `close`.
+    """
     ep = target if isinstance(target, Endpoint) else Endpoint.of(target)
+    if openssh_client() is not None:
+        return _connect_openssh(ep, timeout)
     connect_kwargs: dict = {"banner_timeout": timeout, "auth_timeout": timeout}
     if ep.ssh_key is not None:
         if not ep.ssh_key.is_file():
@@ -114,19 +122,8 @@ def connect(target: Target | Endpoint, timeout: float = 15.0) -> Connection:
     return conn
 
 
-def openssh_argv(target: Target | Endpoint, timeout: float = 15.0) -> list[str] | None:
-    """Return the OpenSSH client argv (up to and including the host) for bulk transfers, or None.
-
-    The same trust as `connect`: host keys only from the target's known_hosts (or ~/.ssh/config's),
-    never added; the target's key only. OpenSSH moves bytes several times faster than paramiko
-    and each device's transfer is its own process. None when there is no `ssh` client or
-    EDGEFLEET_SSH_TRANSFER=paramiko: then everything goes through `connect`.
-    """
-    ssh = shutil.which("ssh")
-    if ssh is None or os.environ.get("EDGEFLEET_SSH_TRANSFER", "").lower() == "paramiko":
-        return None
-    ep = target if isinstance(target, Endpoint) else Endpoint.of(target)
-    argv = [ssh, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={int(timeout)}",
+def _openssh_options(ep: Endpoint, timeout: float) -> list[str]:
+    argv = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={int(timeout)}",
             "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR"]
     if ep.known_hosts is not None:
         argv += ["-o", f"UserKnownHostsFile={ep.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null"]
@@ -136,7 +133,60 @@ def openssh_argv(target: Target | Endpoint, timeout: float = 15.0) -> list[str] 
         argv += ["-p", str(ep.port)]
     if ep.user is not None:
         argv += ["-l", ep.user]
-    return [*argv, "--", ep.host]
+    return argv
+
+
+def _connect_openssh(ep: Endpoint, timeout: float) -> OpenSSHConnection:
+    if ep.ssh_key is not None and not ep.ssh_key.is_file():
+        raise SSHError(f"{ep.name}: ssh_key {ep.ssh_key} does not exist")
+    try:
+        conn = OpenSSHConnection(ep.name, ep.host, _openssh_options(ep, timeout), timeout, ep.known_hosts)
+        conn.open()
+    except OpenSSHError as exc:
+        raise SSHError(_openssh_reason(ep, conn if "conn" in locals() else None, str(exc))) from None
+    except subprocess.TimeoutExpired:
+        raise SSHError(f"{ep.name}: SSH to {ep.host} did not answer within {timeout * 4:.0f} s") from None
+    return conn
+
+
+def _openssh_reason(ep: Endpoint, conn: OpenSSHConnection | None, stderr: str) -> str:
+    """Say why the OpenSSH client failed, as `connect` says it for Fabric."""
+    text = stderr.strip()
+    if conn is None:
+        return f"{ep.name}: {text}"
+    changed = re.search(r"Host key for (\S+) has changed", text)
+    if changed or "REMOTE HOST IDENTIFICATION HAS CHANGED" in text:
+        got = re.search(r"key sent by the remote host is\s+(\S+?)\.?$", text, re.M)
+        where = re.search(r"Offending \S+ key in (\S+)", text)
+        return (f"{ep.name}: HOST KEY CHANGED for {changed.group(1) if changed else conn.address}: got "
+                f"{got.group(1) if got else 'another key'}, not the one in {where.group(1) if where else conn.known_hosts}. "
+                "Refusing to connect; if the device was reinstalled, remove the old line and trust the new key.")
+    unknown = re.search(r"No \S+ host key is known for (\S+) and", text)
+    if unknown or "Host key verification failed" in text:
+        server = unknown.group(1) if unknown else conn.address
+        hop = "" if server == conn.address else " (a ProxyJump host on the way)"
+        return (f"{ep.name}: unknown host key for {server}{hop} (not in {conn.known_hosts}); "
+                + _trust_hint(server, conn.known_hosts))
+    unreachable = re.search(r"ssh: connect to host \S+ port \d+: (.+)$|ssh: Could not resolve hostname \S+: (.+)$",
+                            text, re.M)
+    if unreachable:
+        return f"{ep.name}: cannot reach {conn.address}: {(unreachable.group(1) or unreachable.group(2)).strip()}"
+    return f"{ep.name}: SSH to {conn.user}@{conn.address} failed: {text[-500:] or 'no reason given'}"
+
+
+def openssh_argv(target: Target | Endpoint, timeout: float = 15.0) -> list[str] | None:
+    """Return the OpenSSH client argv (up to and including the host) for bulk transfers, or None.
+
+    The same trust as `connect`: host keys only from the target's known_hosts (or ~/.ssh/config's),
+    never added; the target's key only. OpenSSH moves bytes several times faster than paramiko
+    and each device's transfer is its own process. None when there is no `ssh` client or
+    EDGEFLEET_SSH_TRANSFER=paramiko: then everything goes through `connect`.
+    """
+    ssh = openssh_client()
+    if ssh is None:
+        return None
+    ep = target if isinstance(target, Endpoint) else Endpoint.of(target)
+    return [ssh, *_openssh_options(ep, timeout), "--", ep.host]
 
 
 class _ChannelHTTPConnection(http.client.HTTPConnection):
@@ -153,12 +203,14 @@ class _ChannelHTTPConnection(http.client.HTTPConnection):
         self.sock = channel
 
 
-def http_over_ssh(conn: Connection, port: int, path: str, payload: dict | None = None,
+def http_over_ssh(conn: Connection | OpenSSHConnection, port: int, path: str, payload: dict | None = None,
                   timeout: float = 120.0) -> tuple[int, dict[str, str], bytes]:
     """Send one HTTP request to 127.0.0.1:`port` on the device through `conn`; return status, headers, body.
 
     A refused connection (service not listening yet) raises ConnectionRefusedError.
     """
+    if isinstance(conn, OpenSSHConnection):
+        return _http_over_openssh(conn, port, path, payload, timeout)
     transport = conn.client.get_transport()
     if transport is None or not transport.is_active():
         raise SSHError(f"{conn.host}:{conn.port}: SSH connection is closed")
@@ -174,6 +226,26 @@ def http_over_ssh(conn: Connection, port: int, path: str, payload: dict | None =
         return response.status, dict(response.getheaders()), response.read()
     finally:
         http.close()
+
+
+def _http_over_openssh(conn: OpenSSHConnection, port: int, path: str, payload: dict | None,
+                       timeout: float) -> tuple[int, dict[str, str], bytes]:
+    link = ForwardedHTTPConnection(conn, port, timeout)
+    body = None if payload is None else json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json", "Connection": "close"}
+    try:
+        link.request("GET" if body is None else "POST", path, body=body, headers=headers)
+        response = link.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        refused = link.refused()
+        if refused is not None:  # not listening (yet): what paramiko's refused channel says too
+            raise ConnectionRefusedError(f"127.0.0.1:{port} on the device: {refused}") from None
+        if isinstance(exc, OSError):
+            raise
+        raise ConnectionResetError(f"127.0.0.1:{port} on the device: {exc or type(exc).__name__}") from None
+    finally:
+        link.close()
 
 
 def http_json_over_ssh(conn: Connection, port: int, path: str, payload: dict | None = None,

@@ -19,7 +19,8 @@ import paramiko
 
 from ..inventory import Target
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
-from ..ssh import openssh_argv
+from ..ssh import OpenSSHConnection, SSHError
+from ..openssh import OpenSSHError
 from .env import PYC_MARK
 from .plan import DeployPlan, docker_argv
 from .release import Release
@@ -68,7 +69,10 @@ class Device:
         return self._exec(command, step, warn)
 
     def _exec(self, command: str, step: str, warn: bool):
-        result = self.c.run(command, hide=True, warn=True, in_stream=False)
+        try:
+            result = self.c.run(command, hide=True, warn=True, in_stream=False)
+        except OpenSSHError as exc:  # the link, not the command (Fabric raises paramiko's errors here)
+            raise SSHError(f"{self.target.name}: {step}: SSH failed: {str(exc)[-500:]}") from None
         if result.exited != 0 and not warn:
             detail = (result.stderr or result.stdout).strip()[-800:]
             raise DeployError(f"{self.target.name}: {step} failed (exit {result.exited}): {detail}")
@@ -158,7 +162,8 @@ def upload_objects(dev: Device, plan: DeployPlan, log) -> None:
     sums = "".join(f"{o.sha256}  {o.sha256}\n" for o in plan.upload).encode()
     uploads = [(o.path, str(o.source) if o.source is not None else io.BytesIO(o.data), o.sha256, o.size)
                for o in plan.upload] + [("SHA256SUMS", io.BytesIO(sums), "SHA256SUMS", len(sums))]
-    argv = openssh_argv(dev.target)
+    # one tar stream through the OpenSSH client, over the device's master; SFTP through Fabric
+    argv = dev.c.argv(None) if isinstance(dev.c, OpenSSHConnection) else None
     via = "OpenSSH" if argv else "SFTP"
     if argv is not None:
         try:

@@ -53,9 +53,10 @@ def incoming_dir(root: str = "/opt/edgefleet") -> str:
 
 
 def sshd_stop(device: str) -> None:
-    """Stop sshd: the device is down for the controller (connections refused)."""
-    _sh(device, "systemctl stop ssh.service ssh.socket 2>/dev/null; ! systemctl is-active --quiet ssh.service",
-        "stop sshd")
+    """Stop sshd and end every SSH connection: the device is down for the controller (connections
+    refused, and no connection kept from before, such as a controller's multiplexed master)."""
+    _sh(device, "systemctl kill --kill-whom=all ssh.service 2>/dev/null; systemctl stop ssh.service ssh.socket "
+                "2>/dev/null; ! systemctl is-active --quiet ssh.service", "stop sshd")
 
 
 def sshd_start(device: str) -> None:

@@ -15,13 +15,30 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
+def short_dir(tmp_path) -> str:
+    """A private dir for this test's control sockets, short enough for a socket's path."""
+    import tempfile
+    return tempfile.mkdtemp(prefix="ef-")
+
+
+@pytest.fixture(params=["openssh", "paramiko"])
+def transport(request, monkeypatch, tmp_path):
+    """Run the test through each transport `connect` can give: OpenSSH (masters in a private dir) and Fabric."""
+    if request.param == "paramiko":
+        monkeypatch.setenv("EDGEFLEET_SSH_TRANSFER", "paramiko")
+    else:
+        monkeypatch.delenv("EDGEFLEET_SSH_TRANSFER", raising=False)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", short_dir(tmp_path))
+    return request.param
+
+
 def target_for(sshd, known_hosts: Path):
     base = load_inventory(REPO / "targets").target("pi5-01")
     return dataclasses.replace(base, name="local", host="127.0.0.1", port=sshd.port, user="root",
                                ssh_key=sshd.client_key, known_hosts=known_hosts)
 
 
-def test_known_key_connects(local_sshd):
+def test_known_key_connects(local_sshd, transport):
     conn = connect(target_for(local_sshd, local_sshd.known_hosts))
     try:
         assert conn.run("echo ok", hide=True, in_stream=False).stdout.strip() == "ok"
@@ -29,7 +46,7 @@ def test_known_key_connects(local_sshd):
         conn.close()
 
 
-def test_unknown_key_is_refused_with_a_hint(local_sshd, tmp_path):
+def test_unknown_key_is_refused_with_a_hint(local_sshd, tmp_path, transport):
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     with pytest.raises(SSHError) as err:
@@ -40,7 +57,7 @@ def test_unknown_key_is_refused_with_a_hint(local_sshd, tmp_path):
     assert empty.read_text() == ""  # nothing was added behind the user's back
 
 
-def test_changed_key_is_refused(local_sshd, tmp_path):
+def test_changed_key_is_refused(local_sshd, tmp_path, transport):
     other = tmp_path / "other"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     kind, key = (other.with_suffix(".pub")).read_text().split()[:2]
@@ -50,7 +67,7 @@ def test_changed_key_is_refused(local_sshd, tmp_path):
         connect(target_for(local_sshd, wrong))
 
 
-def test_unreachable_port_names_the_target(local_sshd):
+def test_unreachable_port_names_the_target(local_sshd, transport):
     tgt = dataclasses.replace(target_for(local_sshd, local_sshd.known_hosts), port=1)
     with pytest.raises(SSHError, match=r"local: cannot reach \[127.0.0.1\]:1"):
         connect(tgt, timeout=3)
@@ -101,20 +118,23 @@ def config_only_target():
                                ssh_key=None, known_hosts=None)
 
 
-def test_ssh_config_and_proxyjump(sshd_pair, _hide_user_ssh, tmp_path):
+def test_ssh_config_and_proxyjump(sshd_pair, _hide_user_ssh, tmp_path, transport):
     known = tmp_path / "known_hosts"
     known.write_text(sshd_pair["bastion_line"] + sshd_pair["device_line"])
     ssh_config(_hide_user_ssh, sshd_pair, known)
     conn = connect(config_only_target())
     try:
         assert (conn.port, conn.user) == (sshd_pair["device_port"], "root")
-        assert conn.gateway is not None and conn.gateway.is_connected  # it went through the bastion
+        if transport == "paramiko":
+            assert conn.gateway is not None and conn.gateway.is_connected  # it went through the bastion
+        else:
+            assert conn.resolved["proxyjump"] == "bastion"
         assert conn.run("echo via-bastion", hide=True, in_stream=False).stdout.strip() == "via-bastion"
     finally:
         conn.close()
 
 
-def test_unknown_bastion_key_is_refused(sshd_pair, _hide_user_ssh, tmp_path):
+def test_unknown_bastion_key_is_refused(sshd_pair, _hide_user_ssh, tmp_path, transport):
     known = tmp_path / "known_hosts"
     known.write_text(sshd_pair["device_line"])  # the device is known, the jump host is not
     ssh_config(_hide_user_ssh, sshd_pair, known)
@@ -124,3 +144,68 @@ def test_unknown_bastion_key_is_refused(sshd_pair, _hide_user_ssh, tmp_path):
     assert f"unknown host key for {bastion} (a ProxyJump host on the way)" in str(err.value)
     assert f"ssh-keyscan -p {sshd_pair['bastion_port']} -t ed25519 127.0.0.1" in str(err.value)
     assert known.read_text() == sshd_pair["device_line"]
+
+
+def test_openssh_master_is_reused_and_private(local_sshd, monkeypatch, tmp_path):
+    """A second connect (another run) finds the device's master up and needs no new login; the
+    socket lives in a 0700 dir of ours; a master that is gone is replaced by the next connect."""
+    monkeypatch.delenv("EDGEFLEET_SSH_TRANSFER", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", short_dir(tmp_path))
+    first = connect(target_for(local_sshd, local_sshd.known_hosts))
+    try:
+        assert first.alive() and first.control_path.parent.stat().st_mode & 0o777 == 0o700
+        pid = first.run("echo $PPID", hide=True).stdout.strip()
+        second = connect(target_for(local_sshd, local_sshd.known_hosts))
+        assert second.control_path == first.control_path
+        # the same sshd connection process serves both: one login, two sessions
+        assert _session_parent(second, pid) == _session_parent(first, pid)
+        first.exit_master()
+        assert not first.alive()
+        third = connect(target_for(local_sshd, local_sshd.known_hosts))
+        assert third.alive() and third.run("echo back", hide=True).stdout.strip() == "back"
+    finally:
+        first.exit_master()
+
+
+def _session_parent(conn, _pid: str) -> str:
+    """Return the pid of the sshd process that owns this session's connection (the shell's grandparent)."""
+    return conn.run("ps -o ppid= -p $PPID", hide=True).stdout.strip()
+
+
+def test_openssh_http_over_the_master(local_sshd, monkeypatch, tmp_path):
+    """HTTP to a loopback port on the device goes through `ssh -W`; a closed port is ConnectionRefusedError."""
+    import socket
+    import sys
+    import time
+
+    from edgefleet.ssh import http_over_ssh
+
+    monkeypatch.delenv("EDGEFLEET_SSH_TRANSFER", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", short_dir(tmp_path))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conn = connect(target_for(local_sshd, local_sshd.known_hosts))
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            http_over_ssh(conn, port, "/readyz", timeout=10)
+        (tmp_path / "www").mkdir()
+        (tmp_path / "www" / "readyz").write_text("ready")
+        server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                   "--directory", str(tmp_path / "www")], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    status, _, body = http_over_ssh(conn, port, "/readyz", timeout=10)
+                    break
+                except ConnectionRefusedError:
+                    assert time.monotonic() < deadline, "the test's HTTP server never listened"
+                    time.sleep(0.2)
+            assert (status, body) == (200, b"ready")
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    finally:
+        conn.exit_master()

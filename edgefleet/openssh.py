@@ -1,0 +1,332 @@
+"""SSH through the OpenSSH client: one multiplexed master per device, kept warm between runs.
+
+`OpenSSHConnection` is an Invoke `Context` whose `run()` executes on the device, so a step
+written as `fn(c, ...)` runs the same through it, through Fabric, or against `MockContext`.
+Every command is one `ssh` process speaking over the device's master connection
+(ControlMaster), so the key exchange is paid once per device, not once per command, and a
+run that starts within `EDGEFLEET_SSH_PERSIST` seconds (default 120; 0 turns masters off) of
+the last one pays it not at all. Host keys are verified exactly as `edgefleet.ssh.connect`
+does: only the target's known_hosts (or ~/.ssh/config's), StrictHostKeyChecking=yes, never
+added; BatchMode, so nothing ever prompts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import http.client
+import os
+import pwd
+import re
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+from functools import cached_property
+from pathlib import Path
+
+from invoke import Context
+from invoke.exceptions import UnexpectedExit
+from invoke.runners import Result
+
+__all__ = ["OpenSSHConnection", "OpenSSHError", "openssh_client", "persist_seconds", "control_dir"]
+
+DEFAULT_PERSIST_S = 120
+_KEY_CHARS = 16  # a control socket's name: part of the sha256 of how the device is reached
+_MAX_SOCKET_PATH = 107 - 17
+
+
+class OpenSSHError(Exception):
+    """The OpenSSH client could not reach or trust the device (`edgefleet.ssh` rewords it as SSHError)."""
+
+
+def openssh_client() -> str | None:
+    """Return the `ssh` client to use, or None (none installed, or EDGEFLEET_SSH_TRANSFER=paramiko)."""
+    if os.environ.get("EDGEFLEET_SSH_TRANSFER", "").lower() == "paramiko":
+        return None
+    return shutil.which("ssh")
+
+
+def persist_seconds() -> int:
+    """Return how long an idle master outlives its last use (EDGEFLEET_SSH_PERSIST; 0: no masters)."""
+    raw = os.environ.get("EDGEFLEET_SSH_PERSIST", "")
+    if not raw:
+        return DEFAULT_PERSIST_S
+    if not raw.isdigit():
+        raise OpenSSHError(f"EDGEFLEET_SSH_PERSIST={raw!r}: expected a whole number of seconds (0 turns masters off)")
+    return int(raw)
+
+
+def control_dir() -> Path:
+    """Return the private directory for control sockets (made 0700; refused if anyone else could use it)."""
+    # a socket's path must fit sun_path (108 bytes) with the ".<16 random>" OpenSSH adds while binding
+    bases = [b for b in (os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir(), "/tmp") if b]
+    path = next(p for p in (Path(b) / f"edgefleet-ssh-{os.getuid()}" for b in bases)
+                if len(str(p)) + 1 + _KEY_CHARS <= _MAX_SOCKET_PATH or str(p.parent) == "/tmp")
+    path.mkdir(mode=0o700, exist_ok=True)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise OpenSSHError(f"{path}: the SSH control socket directory must be a directory owned by uid "
+                           f"{os.getuid()} with mode 0700 (a socket there runs commands on devices)")
+    return path
+
+
+def _user_config() -> Path:
+    """Return ~/.ssh/config from $HOME, as Fabric reads it (OpenSSH alone would read the passwd home)."""
+    home = os.environ.get("HOME")
+    if not home:
+        try:
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        except KeyError:
+            home = "/"
+    return Path(home) / ".ssh" / "config"
+
+
+def client_config(known_hosts: Path | None) -> Path:
+    """Write (once) and return the client config every hop to a device reads (`ssh -F`).
+
+    OpenSSH hands `-F` on to the clients it starts for ProxyJump hosts, but not `-o`; so the
+    trust settings live here, first (the first value obtained wins), then the user's own
+    ~/.ssh/config and the system's: a jump host's key is verified as strictly as the device's.
+    """
+    lines = ["# written by edgefleet: every hop to a device verifies its host key and never prompts",
+             "Host *", "  StrictHostKeyChecking yes", "  BatchMode yes", "  LogLevel ERROR"]
+    if known_hosts is not None:
+        lines += [f"  UserKnownHostsFile {_config_path(known_hosts)}", "  GlobalKnownHostsFile /dev/null"]
+    user = _user_config()
+    lines += [f"  Include {_config_path(user)}" if user.is_file() else "", "  Include /etc/ssh/ssh_config"]
+    text = "\n".join(lines) + "\n"
+    path = control_dir() / f"client-{hashlib.sha256(text.encode()).hexdigest()[:_KEY_CHARS]}.conf"
+    if not path.is_file():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path
+
+
+def _config_path(path: Path) -> str:
+    text = str(path.expanduser().absolute())
+    if any(c in text for c in ' "\'\\\n'):
+        raise OpenSSHError(f"{text}: a path with spaces or quotes cannot go into an ssh_config")
+    return text
+
+
+class OpenSSHConnection(Context):
+    """Run commands on one device through the OpenSSH client over a multiplexed master.
+
+    `options`: the client's options (trust, key, port, user, timeouts) without the host;
+    `host`: the address or ~/.ssh/config alias; `known_hosts`: the only file trusted (None: what
+    ~/.ssh/config says), for every hop. `open()` before the first command.
+    """
+
+    def __init__(self, name: str, host: str, options: list[str], timeout: float, known_hosts: Path | None = None):
+        super().__init__()
+        self.name, self.host, self.timeout = name, host, timeout
+        self.ssh = openssh_client() or "ssh"
+        self.base = [self.ssh, "-F", str(client_config(known_hosts)), *options]
+        persist = persist_seconds()
+        self.control_path: Path | None = None
+        if persist:
+            key = hashlib.sha256("\0".join([*self.base, host]).encode()).hexdigest()[:_KEY_CHARS]
+            self.control_path = control_dir() / key
+        self.persist = persist
+        self.mux = ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control_path}"] if self.control_path else []
+
+    # -- what ssh makes of the target (~/.ssh/config included), asked only when needed
+    @cached_property
+    def resolved(self) -> dict[str, str]:
+        out = subprocess.run([*self.base, "-G", "--", self.host], capture_output=True, text=True, timeout=30)
+        values: dict[str, str] = {}
+        for line in out.stdout.splitlines():
+            key, _, value = line.partition(" ")
+            values.setdefault(key, value)
+        return values
+
+    @property
+    def user(self) -> str:
+        return self.resolved.get("user", "")
+
+    @property
+    def port(self) -> int:
+        return int(self.resolved.get("port", "22"))
+
+    @property
+    def address(self) -> str:
+        host = self.resolved.get("hostname", self.host)
+        return host if self.port == 22 else f"[{host}]:{self.port}"
+
+    @property
+    def known_hosts(self) -> Path:
+        first = (self.resolved.get("userknownhostsfile") or "~/.ssh/known_hosts").split()[0]
+        return Path(first).expanduser()
+
+    def argv(self, command: str | None = None, *extra: str) -> list[str]:
+        """Return the client argv for `command` on the device (over the master when there is one)."""
+        return [*self.base, *self.mux, *extra, "--", self.host, *([command] if command is not None else [])]
+
+    # -- the master
+    def open(self) -> None:
+        """Make sure the device's master is up (start it if not); raise OpenSSHError when the device
+        cannot be reached or did not prove who it is. Without masters, check one login."""
+        if self.control_path is None:
+            self._check(subprocess.run(self.argv("true"), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                       timeout=self.timeout * 4))
+            return
+        with open(f"{self.control_path}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one process starts it; the others wait and use it
+            if self.alive():
+                return
+            with contextlib.suppress(FileNotFoundError):
+                self.control_path.unlink()  # left by a master that died without cleaning up
+            with tempfile.TemporaryFile() as err:  # a file, not a pipe: the master keeps no pipe open
+                res = subprocess.run([*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={self.control_path}",
+                                      "-o", f"ControlPersist={self.persist}", "-f", "-N", "--", self.host],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                     timeout=self.timeout * 4)
+                err.seek(0)
+                res.stderr = err.read().decode(errors="replace")
+            if res.returncode != 0:
+                # a ControlPersist client sends its ProxyJump hops' stderr to /dev/null: ask again
+                # without a master to learn which hop refused and why
+                self._check(subprocess.run([*self.base, "-o", "ControlPath=none", "--", self.host, "true"],
+                                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                           timeout=self.timeout * 4))
+            self._check(res)
+
+    def alive(self) -> bool:
+        """Return whether this device's master answers."""
+        if self.control_path is None or not self.control_path.exists():
+            return False
+        res = subprocess.run([*self.base, "-o", f"ControlPath={self.control_path}", "-O", "check", "--", self.host],
+                             stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        return res.returncode == 0
+
+    def close(self) -> None:
+        """Leave the master for the next run (it exits after EDGEFLEET_SSH_PERSIST idle seconds)."""
+
+    def exit_master(self) -> None:
+        """Stop this device's master now."""
+        if self.control_path is not None and self.control_path.exists():
+            subprocess.run([*self.base, "-o", f"ControlPath={self.control_path}", "-O", "exit", "--", self.host],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+
+    def _check(self, res: subprocess.CompletedProcess) -> None:
+        if res.returncode == 0:
+            return
+        raise OpenSSHError(res.stderr if isinstance(res.stderr, str) else res.stderr.decode(errors="replace"))
+
+    # -- Context
+    def run(self, command: str, hide=None, warn: bool = False, in_stream=None, timeout: float | None = None,
+            **_ignored) -> Result:
+        """Run `command` on the device; like Fabric's `Connection.run` for the options edgefleet uses.
+
+        `in_stream`: False/None (no input), a text or bytes stream, str or bytes. An SSH-level
+        failure (exit 255 and the client's own message) raises OpenSSHError.
+        """
+        data = _input_bytes(in_stream)
+        command = self._prefix_commands(command)
+        try:
+            res = subprocess.run(self.argv(command), input=data, stdin=None if data is not None else subprocess.DEVNULL,
+                                 capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise OpenSSHError(f"ssh: command timed out after {timeout} s: {command[:80]}") from exc
+        stdout, raw = res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace")
+        stderr = _without_mux_noise(raw)
+        if res.returncode == 255 and _ssh_failed(raw):
+            raise OpenSSHError(raw.strip())
+        result = Result(stdout=stdout, stderr=stderr, command=command, shell="", exited=res.returncode,
+                        hide=("stdout", "stderr"))
+        if res.returncode != 0 and not warn:
+            raise UnexpectedExit(result)
+        return result
+
+    def put(self, local, remote: str) -> None:
+        """Write `local` (a path or a binary file object) to `remote` on the device."""
+        command = f"cat > {shlex.quote(remote)}"
+        with contextlib.ExitStack() as stack:
+            source = local if hasattr(local, "read") else stack.enter_context(open(local, "rb"))
+            try:
+                source.fileno()
+            except (OSError, AttributeError):  # in memory (BytesIO): hand its bytes over
+                res = subprocess.run(self.argv(command), input=source.read(), capture_output=True)
+            else:
+                res = subprocess.run(self.argv(command), stdin=source, capture_output=True)
+        if res.returncode != 0:
+            raise OSError(f"{self.name}: writing {remote} failed: "
+                          f"{_without_mux_noise(res.stderr.decode(errors='replace')).strip()[-300:]}")
+
+    def forward(self, port: int) -> tuple[socket.socket, subprocess.Popen]:
+        """Open a stream to 127.0.0.1:`port` on the device (ssh -W over the master); return the
+        local end of a socket pair and the client process carrying it."""
+        ours, theirs = socket.socketpair()
+        try:
+            proc = subprocess.Popen(self.argv(None, "-W", f"127.0.0.1:{port}"), stdin=theirs, stdout=theirs,
+                                    stderr=subprocess.PIPE)
+        finally:
+            theirs.close()
+        return ours, proc
+
+
+def _input_bytes(in_stream) -> bytes | None:
+    if in_stream is None or in_stream is False:
+        return None
+    if isinstance(in_stream, (bytes, str)):
+        data = in_stream
+    else:
+        data = in_stream.read()
+    return data.encode() if isinstance(data, str) else data
+
+
+# what the client prints when the master it was told to use is gone; it then connects directly
+_MUX_NOISE = re.compile(r"^(Control socket connect\(.*|mux_client_\w+: .*)\n?", re.M)
+# the client's own failures (a remote command's exit 255 alone is not one)
+_SSH_FAILED = re.compile(r"^(ssh: |Host key verification failed|kex_exchange_identification|Connection (closed|reset|"
+                         r"timed out)|client_loop: |Broken pipe|Permission denied \(|@@@@@@@@|Received disconnect|"
+                         r"ssh_exchange_identification|Bad owner or permissions|Timeout, server .* not responding|"
+                         r"banner exchange: |stdio forwarding failed|Stdio forwarding request failed|channel \d+: open failed|"
+                         r"mux_client_\w+: )", re.M)
+
+
+def _without_mux_noise(stderr: str) -> str:
+    return _MUX_NOISE.sub("", stderr)
+
+
+def _ssh_failed(stderr: str) -> bool:
+    return bool(_SSH_FAILED.search(stderr))
+
+
+class ForwardedHTTPConnection(http.client.HTTPConnection):
+    """HTTP to 127.0.0.1:`port` on the device over `ssh -W` (nothing listens on this host)."""
+
+    def __init__(self, conn: OpenSSHConnection, port: int, timeout: float):
+        super().__init__("127.0.0.1", port, timeout=timeout)
+        self._conn = conn
+        self._proc: subprocess.Popen | None = None
+        self._stderr = ""
+
+    def connect(self) -> None:
+        self.sock, self._proc = self._conn.forward(self.port)
+        self.sock.settimeout(self.timeout)
+
+    def refused(self) -> str | None:
+        """After a failure: the client's reason when the device refused the forward, else None."""
+        self.close()
+        err = self._stderr.strip()
+        return err if re.search(r"open failed|forwarding (request )?failed", err, re.I) else None
+
+    def close(self) -> None:
+        """Close the stream and reap its client (http.client also calls this when a request fails)."""
+        super().close()
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self._stderr += _without_mux_noise(proc.stderr.read().decode(errors="replace"))
+        proc.stderr.close()
