@@ -23,8 +23,8 @@ __all__ = ["controller_identity", "owner_line", "parse_owner", "stale_reason", "
 q = shlex.quote
 # facts_command lines: the owner line, and the lock's age in seconds by the device's clock
 LOCK_FACTS = [
-    'echo "lock=$(cat "$root/.lock/owner" 2>/dev/null || { [ -e "$root/.lock" ] && echo unknown; })"',
-    'echo "lock_age=$([ -e "$root/.lock" ] && echo $(( $(date +%s) - $(stat -c %Y "$root/.lock") )))"',
+    'if [ -e "$root/.lock" ]; then o=unknown; [ -r "$root/.lock/owner" ] && read -r o < "$root/.lock/owner"; '
+    'echo "lock=${o:-unknown}"; echo "lock_age=$(( $(date +%s) - $(stat -c %Y "$root/.lock") ))"; fi',
 ]
 
 

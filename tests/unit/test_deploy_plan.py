@@ -70,6 +70,23 @@ def test_facts_command_runs_in_sh_and_parses(tmp_path, target):
     out = subprocess.run(["sh", "-c", facts_command(tgt)], capture_output=True, text=True, check=True).stdout
     got = parse_facts(out)
     assert got.committed == "r-0123456789ab" and got.objects == frozenset({"a" * 64})
+    assert got.lock_owner is None and got.envs == frozenset() and got.releases == frozenset()
+
+    # a held lock, envs and releases, a current link: read with the shell's builtins
+    (root / ".lock").mkdir()
+    (root / ".lock" / "owner").write_text("host=ctl pid=7 time=now\n")
+    for name in ("envs/e1", "envs/e2", "releases/r-1", "releases/r-2"):
+        (root / name).mkdir(parents=True)
+    (root / "current").symlink_to("releases/r-2")
+    got = parse_facts(subprocess.run(["sh", "-c", facts_command(tgt)], capture_output=True, text=True,
+                                     check=True).stdout)
+    assert got.lock_owner == "host=ctl pid=7 time=now" and 0 <= got.lock_age_s < 60
+    assert got.envs == {"e1", "e2"} and got.releases == {"r-1", "r-2"} and got.current == "r-2"
+    assert got.owns_root
+    (root / ".lock" / "owner").write_text("")  # the owner line never got written: still a lock
+    got = parse_facts(subprocess.run(["sh", "-c", facts_command(tgt)], capture_output=True, text=True,
+                                     check=True).stdout)
+    assert got.lock_owner == "unknown"
 
 
 @pytest.mark.parametrize("interpreter, link, expected", [
