@@ -130,7 +130,9 @@ class OpenSSHConnection(Context):
         persist = persist_seconds()
         self.control_path: Path | None = None
         if persist:
-            key = hashlib.sha256("\0".join([*self.base, host]).encode()).hexdigest()[:_KEY_CHARS]
+            # how the device is reached and trusted names its master; a timeout does not
+            identity = [a for a in (*self.base, host) if not a.startswith("ConnectTimeout=")]
+            key = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:_KEY_CHARS]
             self.control_path = control_dir() / key
         self.persist = persist
         self.mux = ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control_path}"] if self.control_path else []

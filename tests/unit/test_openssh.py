@@ -128,6 +128,9 @@ def test_commands_go_over_the_devices_master(monkeypatch, short_dir):
     other = openssh.OpenSSHConnection("pi5-01", "10.0.0.5", _openssh_options(
         Endpoint("pi5-01", "10.0.0.5", 2201, "deploy", None, Path("/other/known_hosts")), 15), 15)
     assert other.control_path != conn.control_path
+    # a probe with a shorter timeout (lab.up waiting for sshd) and a deploy share it
+    probe = openssh.OpenSSHConnection("pi5-01", "10.0.0.5", _openssh_options(EP, 5), 5)
+    assert probe.control_path == conn.control_path
 
 
 def test_no_masters_when_persist_is_zero(monkeypatch, short_dir):
