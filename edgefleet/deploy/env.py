@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import gzip
 import hashlib
@@ -33,12 +34,19 @@ class EnvError(Exception):
 
 @dataclass(frozen=True)
 class DeviceEnv:
-    """A deterministic tarball of site-packages for one (arch, python, requirements)."""
+    """A deterministic tarball of site-packages for one (arch, python, requirements).
+
+    `sha256` (of the gzip tarball) names the env on the device (`envs/<sha256>/`). `zst` holds
+    the same tar compressed with zstd, shipped instead to devices that have `zstd`: 20% fewer
+    bytes and ~4x less CPU to unpack (0.14 vs 0.52 s for the amd64 env here).
+    """
 
     arch: str
     python: str
     tarball: Path
     sha256: str
+    zst: Path | None = None
+    zst_sha256: str | None = None
 
 
 def pip_platforms(arch: str) -> list[str]:
@@ -169,7 +177,7 @@ def build_device_env(requirements: Path, arch: str, python: str, cache_dir: Path
     out_dir = cache_dir / f"{arch}-cp{python.replace('.', '')}-{_key(chr(10).join([req_text, *sources]), arch, python, compile_pyc, prune)}"
     tarball = out_dir / "site.tar.gz"
     if tarball.is_file():
-        return DeviceEnv(arch, python, tarball, sha256_file(tarball))
+        return _with_zst(DeviceEnv(arch, python, tarball, sha256_file(tarball)))
     site = out_dir / "site"
     shutil.rmtree(site, ignore_errors=True)
     site.mkdir(parents=True)
@@ -197,4 +205,24 @@ def build_device_env(requirements: Path, arch: str, python: str, cache_dir: Path
         _compile(site)
     _deterministic_tar(site, tarball)
     shutil.rmtree(site)
-    return DeviceEnv(arch, python, tarball, sha256_file(tarball))
+    return _with_zst(DeviceEnv(arch, python, tarball, sha256_file(tarball)))
+
+
+ZSTD_LEVEL = 12  # 22.7 MB in 5 s for the amd64 env (19: 20.3 MB in 59 s; gzip -6: 28.5 MB)
+
+
+def _with_zst(env: DeviceEnv) -> DeviceEnv:
+    """Add the zstd copy of `env`'s tar (made once, beside the gzip one), when this host has `zstd`."""
+    zst = env.tarball.with_name("site.tar.zst")
+    if not zst.is_file():
+        if shutil.which("zstd") is None:
+            return env
+        tmp = zst.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as out:
+            proc = subprocess.run(["zstd", "-q", f"-{ZSTD_LEVEL}", "-T1", "-c"],
+                                  input=gzip.decompress(env.tarball.read_bytes()), stdout=out, stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise EnvError(f"zstd could not compress {env.tarball}: {proc.stderr.decode(errors='replace')[-300:]}")
+        tmp.replace(zst)
+    return dataclasses.replace(env, zst=zst, zst_sha256=sha256_file(zst))

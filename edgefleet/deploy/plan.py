@@ -69,7 +69,7 @@ class Facts:
     lock_age_s: int | None = None
     docker: str = "not asked"  # ship: image only: "yes", "missing", or what the engine said
     images: frozenset[str] = frozenset()  # image IDs (sha256:...) in the device's engine
-    zstd: bool = False  # ship: image only: the device can unpack an image's tarball
+    zstd: bool = False  # the device has zstd (an image's tarball needs it; the packages' one is smaller with it)
 
 
 def docker_argv(target: Target, *args: str) -> list[str]:
@@ -89,7 +89,6 @@ def docker_facts(target: Target) -> list[str]:
         f"  if ids=$({listing} 2>&1); then echo docker=yes; echo \"images=$(echo \"$ids\" | tr '\\n' ' ')\"",
         "  else echo \"docker=$(echo \"$ids\" | tail -n 2 | tr '\\n' ' ' | cut -c1-300)\"; fi",
         "else echo docker=missing; fi",
-        'if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi',
     ]
 
 
@@ -122,6 +121,7 @@ def facts_command(target: Target) -> str:
         _listing("releases", "releases"),
         GOVERNORS_FACT,
         *(docker_facts(target) if s.ship == "image" else []),
+        'if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi',
         f'echo {_OBJECTS_MARK}',
         'for f in "$root"/objects/*; do [ -e "$f" ] && echo "${f##*/}"; done',
         "true",
@@ -183,6 +183,7 @@ class DeployPlan:
     gate: bool
     notes: tuple[str, ...] = field(default_factory=tuple)
     install_tuning: bool = False
+    env_tarball: ReleaseFile | None = None  # the packages' tarball to unpack (gzip, or zstd when the device has it)
     load_image: str | None = None  # ship: image: the image ID to load from its uploaded tarball
 
     @property
@@ -204,7 +205,8 @@ class DeployPlan:
         if self.create_user:
             steps.append("  create the service user")
         if self.install_env:
-            steps.append("  unpack the Python packages for this device")
+            how = f" ({self.env_tarball.path})" if self.env_tarball is not None else ""
+            steps.append(f"  unpack the Python packages for this device{how}")
         if self.load_image:
             steps.append(f"  load the runtime image into docker, check its ID is {self.load_image[:19]}")
         if self.build_release:
@@ -249,9 +251,16 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
     if load_image and not facts.zstd:
         raise PlanError(f"{where}: ship: image ({target.source}): the device has no zstd to unpack the runtime "
                         f"image's tarball (docker 20.10's docker load does not take zstd); install zstd")
-    # an image's tarball goes up only while its image is not loaded (the device drops it after the load)
-    upload = tuple(f for sha, f in sorted(release.objects().items()) if sha not in facts.objects
-                   and not (image is not None and sha == image.sha256 and not load_image))
+    # an image's tarball goes up only while its image is not loaded, the packages' only while they
+    # are not unpacked (the device drops either once it is done with it)
+    install_env = release.env is not None and release.env.sha256 not in facts.envs
+    env_tarball = release.env_tarball(facts.zstd) if install_env else None
+    wanted = {sha: f for sha, f in release.objects().items()
+              if not (release.env is not None and sha == release.env.sha256)
+              and not (image is not None and sha == image.sha256 and not load_image)}
+    if env_tarball is not None:
+        wanted[env_tarball.sha256] = env_tarball
+    upload = tuple(f for sha, f in sorted(wanted.items()) if sha not in facts.objects)
     if image is not None:
         needed = sum(f.size for f in upload) * 2 + (image.unpacked_size if load_image else 0)
     else:
@@ -269,7 +278,8 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
         release_id=release.release_id,
         previous=facts.current,
         upload=upload,
-        install_env=release.env is not None and release.env.sha256 not in facts.envs,
+        install_env=install_env,
+        env_tarball=env_tarball,
         build_release=release.release_id not in facts.releases,
         install_unit=unit_changed,
         create_user=release.env is not None and not facts.user_exists,  # a container runs as uid 10001

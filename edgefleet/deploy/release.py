@@ -61,12 +61,19 @@ class Release:
             return None
         return ReleaseFile("image.tar.zst", self.image.sha256, self.image.size, source=self.image.tarball)
 
+    def env_tarball(self, zstd: bool) -> ReleaseFile:
+        """Return the packages' tarball to ship: zstd-compressed when the device has `zstd` and we have it."""
+        env = self.env
+        if zstd and env.zst is not None:
+            return ReleaseFile("site.tar.zst", env.zst_sha256, env.zst.stat().st_size, source=env.zst)
+        return ReleaseFile("site.tar.gz", env.sha256, env.tarball.stat().st_size, source=env.tarball)
+
     def objects(self) -> dict[str, ReleaseFile]:
-        """Return every object the device must hold, by sha256 (an image: only until it is loaded)."""
+        """Return every object the device must hold, by sha256 (the packages' tarball and an image's:
+        only until they are unpacked or loaded)."""
         objects = {f.sha256: f for f in (*self.files, self.unit, *self.tuning, self.manifest)}
         if self.env is not None:
-            objects[self.env.sha256] = ReleaseFile("site.tar.gz", self.env.sha256, self.env.tarball.stat().st_size,
-                                                   source=self.env.tarball)
+            objects[self.env.sha256] = self.env_tarball(zstd=False)
         if self.image is not None:
             objects[self.image.sha256] = self.image_object
         return objects

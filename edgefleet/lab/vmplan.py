@@ -104,7 +104,7 @@ def sudoers_text(user: str = DEPLOY_USER, root: str = DEVICE_ROOT, service_user:
         f"/usr/bin/install ^-D -m 0755 {sha} {_re(TUNING_SCRIPT_PATH)}$",
         "/usr/bin/systemctl daemon-reload",
     ] + [f"/usr/bin/systemctl {verb} {unit}" for unit in (UNIT_NAME, TUNING_UNIT)
-         for verb in ("enable --quiet", "restart", "start", "stop", "reset-failed")]
+         for verb in ("enable --quiet --no-reload", "restart", "start", "stop", "reset-failed")]
     commands += docker_commands() if docker else []
     lines = [f"# written by edgefleet.lab.vmplan: what `invoke deploy` runs as root on {NAME}",
              f"Defaults:{user} !lecture",

@@ -135,6 +135,25 @@ def test_fresh_device_gets_everything(target, release):
     assert any("upload" in line for line in plan.describe())
 
 
+def test_device_with_zstd_gets_the_packages_as_zstd(target, tmp_path):
+    """The zstd tarball replaces the gzip one for a device that has zstd; neither goes once unpacked."""
+    env = fake_env(tmp_path)
+    zst = tmp_path / "site.tar.zst"
+    zst.write_bytes(b"smaller")
+    env = dataclasses.replace(env, zst=zst, zst_sha256=sha256_file(zst))
+    release = make_release(target.name, fake_bundle(tmp_path / "b"), REPO / "payload", render_target(target), env)
+    with_zstd = make_plan(target, release, facts(zstd=True))
+    sent = {f.sha256: f.path for f in with_zstd.upload}
+    assert sent[env.zst_sha256] == "site.tar.zst" and env.sha256 not in sent
+    assert with_zstd.env_tarball.sha256 == env.zst_sha256
+    assert any("(site.tar.zst)" in line for line in with_zstd.describe())
+    without = make_plan(target, release, facts(zstd=False))
+    assert without.env_tarball.sha256 == env.sha256 and env.zst_sha256 not in {f.sha256 for f in without.upload}
+    unpacked = make_plan(target, release, facts(zstd=True, envs=frozenset({env.sha256})))
+    assert not unpacked.install_env and unpacked.env_tarball is None
+    assert not {env.sha256, env.zst_sha256} & {f.sha256 for f in unpacked.upload}
+
+
 def test_same_release_again_is_a_no_op(target, release):
     now = facts(current=release.release_id, committed=release.release_id, unit_sha256=release.unit.sha256, service_active="active",
                 user_exists=True, envs=frozenset({release.env.sha256}),

@@ -61,3 +61,25 @@ def test_host_compiled_pyc_is_shipped_and_used_as_is(tmp_path):
                          cwd=device, capture_output=True, text=True, check=True).stdout.split()
     assert out == ["42", str(device / "pkg" / "__init__.py")]
     assert pyc.read_bytes() == before and (device / "pkg" / "__init__.py").stat().st_mtime == 0
+
+
+def test_zstd_copy_holds_the_same_tar(tmp_path):
+    """The zstd tarball unpacks to the very tar the gzip one holds (same env, fewer bytes); made once."""
+    import gzip
+    import shutil
+    import subprocess
+
+    from edgefleet.deploy.env import DeviceEnv, _with_zst
+
+    if shutil.which("zstd") is None:
+        pytest.fail("zstd is missing: scripts/setup.sh installs it")
+    src = tmp_path / "site"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "__init__.py").write_text("VALUE = 1\n" * 1000)
+    _deterministic_tar(src, tmp_path / "site.tar.gz")
+    env = _with_zst(DeviceEnv("amd64", "3.11", tmp_path / "site.tar.gz", sha256_file(tmp_path / "site.tar.gz")))
+    assert env.zst == tmp_path / "site.tar.zst" and env.zst_sha256 == sha256_file(env.zst)
+    tar = subprocess.run(["zstd", "-dc", str(env.zst)], capture_output=True, check=True).stdout
+    assert tar == gzip.decompress((tmp_path / "site.tar.gz").read_bytes())
+    made = env.zst.stat().st_mtime_ns
+    assert _with_zst(env).zst.stat().st_mtime_ns == made  # cached beside the gzip one

@@ -158,8 +158,10 @@ def test_listing_parse_and_unreferenced_objects():
     state, manifests, releases, envs, objects = parse_listing(output)
     assert state["current"] == "r-2" and releases == {"r-1", "r-2", "r-3.tmp"}
     assert manifests["r-2"] == ("m2sha", m2) and manifests["r-3.tmp"] == ("", {})
-    assert unreferenced(manifests, ["r-2"], objects, envs) == (["e1", "m1sha", "o2"], ["e1", "e2.tmp"])
-    assert unreferenced(manifests, ["r-1", "r-2"], objects, envs) == ([], ["e2.tmp"])
+    # a packages' tarball left in objects/ (a deploy that died before unpacking it) goes too:
+    # what a release uses is its unpacked env dir
+    assert unreferenced(manifests, ["r-2"], objects, envs) == (["e1", "e2", "m1sha", "o2"], ["e1", "e2.tmp"])
+    assert unreferenced(manifests, ["r-1", "r-2"], objects, envs) == (["e1", "e2"], ["e2.tmp"])
 
 
 def test_listing_command_runs_in_sh(tmp_path):

@@ -1,0 +1,61 @@
+"""Root-only steps batched into one session (Device.systems), run by sh on this host."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edgefleet.deploy.apply import DeployError, Device
+from edgefleet.inventory import load_inventory
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class LocalShell:
+    """A connection whose `run` is sh on this host (what the device's login shell would do)."""
+
+    def __init__(self):
+        self.commands: list[str] = []
+
+    def run(self, command, **_):
+        self.commands.append(command)
+        proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+        return type("Result", (), {"exited": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr})()
+
+
+@pytest.fixture
+def dev():
+    target = load_inventory(REPO / "targets").target("pi5-01")
+    target = target.__class__(**{**target.__dict__, "settings": target.settings.model_copy(update={"sudo": False})})
+    return Device(LocalShell(), target)
+
+
+def test_one_session_runs_every_step_and_reports_warned_failures(dev, tmp_path):
+    mark = tmp_path / "ran"
+    codes = dev.systems([(["true"], "first", False), (["sh", "-c", "exit 4"], "may fail", True),
+                         (["touch", str(mark)], "last", False)])
+    assert codes == [0, 4, 0] and mark.exists() and len(dev.c.commands) == 1
+
+
+def test_the_failing_step_is_named_with_its_own_output_and_stops_the_batch(dev, tmp_path):
+    after = tmp_path / "after"
+    with pytest.raises(DeployError) as failed:
+        dev.systems([(["sh", "-c", "echo early-noise >&2"], "first", False),
+                     (["sh", "-c", "echo no such unit >&2; exit 5"], "enable the service", False),
+                     (["touch", str(after)], "never", False)])
+    assert str(failed.value) == "pi5-01: enable the service failed (exit 5): no such unit"  # its own output only
+    assert not after.exists()
+
+
+def test_each_step_is_one_argv_a_line_for_a_sudoers_list(dev):
+    sudo_dev = Device(dev.c, dev.target.__class__(**{**dev.target.__dict__, "settings":
+                                                       dev.target.settings.model_copy(update={"sudo": True})}))
+    sudo_dev.c.run = lambda command, **_: (dev.c.commands.append(command) or
+                                           type("R", (), {"exited": 0, "stdout": "", "stderr": ""})())
+    sudo_dev.systems([(["systemctl", "daemon-reload"], "reload", False),
+                      (["systemctl", "restart", "x y.service"], "restart", False)])
+    lines = dev.c.commands[-1].splitlines()
+    assert lines[0].startswith("sudo -n systemctl daemon-reload; rc=$?; ")
+    assert lines[1].startswith("sudo -n systemctl restart 'x y.service'; rc=$?; ")
