@@ -166,7 +166,8 @@ def edgefleet_child(targets_dir: Path, build: Path) -> int:
     doc = rollout(targets, plan, BUNDLE, build, progress=False, log=lambda _: None)
     wall = time.monotonic() - t0
     placed = max((s for s, _ in gates), default=wall)
-    print(json.dumps({"counts": doc["counts"], "wall": wall, "placed": placed,
+    errors = {name: d.get("error", "")[:600] for name, d in doc["devices"].items() if d.get("error")}
+    print(json.dumps({"counts": doc["counts"], "errors": errors, "wall": wall, "placed": placed,
                       "gate_median": statistics.median(e - s for s, e in gates) if gates else 0.0}))
     return 0
 

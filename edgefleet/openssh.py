@@ -100,10 +100,11 @@ def client_config(known_hosts: Path | None) -> Path:
     lines += [f"  Include {_config_path(user)}" if user.is_file() else "", "  Include /etc/ssh/ssh_config"]
     text = "\n".join(lines) + "\n"
     path = control_dir() / f"client-{hashlib.sha256(text.encode()).hexdigest()[:_KEY_CHARS]}.conf"
-    if not path.is_file():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    if not path.is_file():  # many threads and processes may get here at once: each writes its own file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".client-", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
     return path
 
 

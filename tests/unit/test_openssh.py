@@ -158,3 +158,16 @@ def test_every_hop_gets_the_trust_settings_first(monkeypatch, short_dir):
     assert text.index(f"  Include {short_dir}/.ssh/config") > text.index("  StrictHostKeyChecking yes")
     with pytest.raises(openssh.OpenSSHError, match="spaces or quotes"):
         openssh.client_config(Path("/inv/my hosts"))
+
+
+def test_client_config_written_by_many_threads_at_once(monkeypatch, short_dir):
+    """A rollout opens its devices' connections in parallel threads: the shared config file is
+    written once per content, and no thread sees another's half-written file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_dir))
+    monkeypatch.setenv("HOME", str(short_dir))
+    with ThreadPoolExecutor(16) as pool:
+        paths = set(pool.map(lambda _: openssh.client_config(Path("/inv/known_hosts")), range(64)))
+    assert len(paths) == 1 and "StrictHostKeyChecking yes" in paths.pop().read_text()
+    assert not list(openssh.control_dir().glob("*.tmp"))
