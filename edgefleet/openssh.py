@@ -32,6 +32,8 @@ from invoke import Context
 from invoke.exceptions import UnexpectedExit
 from invoke.runners import Result
 
+from . import sshmux
+
 __all__ = ["OpenSSHConnection", "OpenSSHError", "openssh_client", "persist_seconds", "control_dir"]
 
 DEFAULT_PERSIST_S = 120
@@ -200,12 +202,20 @@ class OpenSSHConnection(Context):
             self._check(res)
 
     def alive(self) -> bool:
-        """Return whether this device's master answers."""
-        if self.control_path is None or not self.control_path.exists():
+        """Return whether this device's master is listening on its socket (a dead one's socket refuses).
+
+        A connect on the socket, not `ssh -O check`: no client started (~7 ms of CPU each,
+        once per device and run). A master whose link died exits by itself (ServerAlive*).
+        """
+        if self.control_path is None:
             return False
-        res = subprocess.run([*self.base, "-o", f"ControlPath={self.control_path}", "-O", "check", "--", self.host],
-                             stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
-        return res.returncode == 0
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(5)
+            try:
+                probe.connect(str(self.control_path))
+            except OSError:
+                return False
+        return True
 
     def close(self) -> None:
         """Leave the master for the next run (it exits after EDGEFLEET_SSH_PERSIST idle seconds)."""
@@ -231,39 +241,58 @@ class OpenSSHConnection(Context):
         """
         data = _input_bytes(in_stream)
         command = self._prefix_commands(command)
+        exited, out, err = self._execute(command, data, timeout)
+        stdout, raw = out.decode(errors="replace"), err.decode(errors="replace")
+        stderr = _without_mux_noise(raw)
+        if exited == 255 and _ssh_failed(raw):
+            raise OpenSSHError(raw.strip())
+        result = Result(stdout=stdout, stderr=stderr, command=command, shell="", exited=exited,
+                        hide=("stdout", "stderr"))
+        if exited != 0 and not warn:
+            raise UnexpectedExit(result)
+        return result
+
+    def _execute(self, command: str, data: bytes | None, timeout: float | None) -> tuple[int, bytes, bytes]:
+        """Run `command`: over the master's socket in-process (sshmux), else through an `ssh` client."""
+        if self.control_path is not None:
+            try:
+                done = sshmux.run_command(str(self.control_path), command, data, timeout)
+                return done.exited, done.stdout, done.stderr
+            except sshmux.MuxUnavailable:
+                pass  # no master (gone since open()): the client below connects afresh
+            except sshmux.MuxError as exc:  # it may have run: never run it twice
+                raise OpenSSHError(f"mux_client_request_session: {exc}") from None
         try:
             res = subprocess.run(self.argv(command), input=data, stdin=None if data is not None else subprocess.DEVNULL,
                                  capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise OpenSSHError(f"ssh: command timed out after {timeout} s: {command[:80]}") from exc
-        stdout, raw = res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace")
-        stderr = _without_mux_noise(raw)
-        if res.returncode == 255 and _ssh_failed(raw):
-            raise OpenSSHError(raw.strip())
-        result = Result(stdout=stdout, stderr=stderr, command=command, shell="", exited=res.returncode,
-                        hide=("stdout", "stderr"))
-        if res.returncode != 0 and not warn:
-            raise UnexpectedExit(result)
-        return result
+        return res.returncode, res.stdout, res.stderr
 
     def put(self, local, remote: str) -> None:
         """Write `local` (a path or a binary file object) to `remote` on the device."""
         command = f"cat > {shlex.quote(remote)}"
         with contextlib.ExitStack() as stack:
             source = local if hasattr(local, "read") else stack.enter_context(open(local, "rb"))
-            try:
-                source.fileno()
-            except (OSError, AttributeError):  # in memory (BytesIO): hand its bytes over
-                res = subprocess.run(self.argv(command), input=source.read(), capture_output=True)
-            else:
-                res = subprocess.run(self.argv(command), stdin=source, capture_output=True)
-        if res.returncode != 0:
+            exited, _, err = self._execute(command, source.read(), None)  # small files (state.json)
+        if exited != 0:
             raise OSError(f"{self.name}: writing {remote} failed: "
-                          f"{_without_mux_noise(res.stderr.decode(errors='replace')).strip()[-300:]}")
+                          f"{_without_mux_noise(err.decode(errors='replace')).strip()[-300:]}")
 
-    def forward(self, port: int) -> tuple[socket.socket, subprocess.Popen]:
-        """Open a stream to 127.0.0.1:`port` on the device (ssh -W over the master); return the
-        local end of a socket pair and the client process carrying it."""
+    def forward(self, port: int) -> tuple[socket.socket, socket.socket | subprocess.Popen]:
+        """Open a stream to 127.0.0.1:`port` on the device (`ssh -W`); return our end of it and what
+        carries it: the master's control connection (in-process), else an `ssh -W` client process.
+
+        A port nothing listens on raises ConnectionRefusedError (in-process) or shows in the
+        client's stderr (see ForwardedHTTPConnection.refused).
+        """
+        if self.control_path is not None:
+            try:
+                return sshmux.open_forward(str(self.control_path), "127.0.0.1", port)
+            except sshmux.MuxRefused as exc:
+                raise ConnectionRefusedError(f"127.0.0.1:{port} on the device: {exc}") from None
+            except sshmux.MuxError:
+                pass  # no master: a client connects afresh
         ours, theirs = socket.socketpair()
         try:
             proc = subprocess.Popen(self.argv(None, "-W", f"127.0.0.1:{port}"), stdin=theirs, stdout=theirs,
@@ -302,34 +331,43 @@ def _ssh_failed(stderr: str) -> bool:
 
 
 class ForwardedHTTPConnection(http.client.HTTPConnection):
-    """HTTP to 127.0.0.1:`port` on the device over `ssh -W` (nothing listens on this host)."""
+    """HTTP to 127.0.0.1:`port` on the device over `ssh -W` (nothing listens on this host).
+
+    http.client calls `close()` as soon as it has a `Connection: close` response's headers (the
+    body is still to be read from the socket); the stream's carrier (the master's control
+    connection, or the `ssh -W` client) must outlive that, or the master drops the body: it
+    goes in `release()`, which the caller runs once the body is read.
+    """
 
     def __init__(self, conn: OpenSSHConnection, port: int, timeout: float):
         super().__init__("127.0.0.1", port, timeout=timeout)
         self._conn = conn
-        self._proc: subprocess.Popen | None = None
+        self._carrier: socket.socket | subprocess.Popen | None = None
         self._stderr = ""
 
     def connect(self) -> None:
-        self.sock, self._proc = self._conn.forward(self.port)
+        self.sock, self._carrier = self._conn.forward(self.port)
         self.sock.settimeout(self.timeout)
 
     def refused(self) -> str | None:
         """After a failure: the client's reason when the device refused the forward, else None."""
-        self.close()
+        self.release()
         err = self._stderr.strip()
         return err if re.search(r"open failed|forwarding (request )?failed", err, re.I) else None
 
-    def close(self) -> None:
-        """Close the stream and reap its client (http.client also calls this when a request fails)."""
-        super().close()
-        proc, self._proc = self._proc, None
-        if proc is None:
+    def release(self) -> None:
+        """Close the stream and its carrier (reap the client process, if it was one)."""
+        self.close()
+        carrier, self._carrier = self._carrier, None
+        if carrier is None:
+            return
+        if isinstance(carrier, socket.socket):  # the master's control connection
+            carrier.close()
             return
         try:
-            proc.wait(timeout=5)
+            carrier.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        self._stderr += _without_mux_noise(proc.stderr.read().decode(errors="replace"))
-        proc.stderr.close()
+            carrier.kill()
+            carrier.wait()
+        self._stderr += _without_mux_noise(carrier.stderr.read().decode(errors="replace"))
+        carrier.stderr.close()

@@ -8,6 +8,9 @@ from typing import Any
 
 import yaml
 
+# libyaml's parser when PyYAML has it (~10x faster: a 40-device inventory in ms, not 0.3 s)
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 __all__ = ["Document", "Origin", "SourceError", "read_document", "layer_origins"]
 
 Key = tuple[str, ...]
@@ -69,14 +72,17 @@ def read_document(path: Path) -> Document:
         text = path.read_text()
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
+    loader = _Loader(text)  # one parse: the node tree (line numbers), then the data built from it
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SourceError(f"{path}{line}: not valid YAML: {problem}") from None
+    finally:
+        loader.dispose()
     lines: dict[Key, int] = {}
     if node is not None:
         _walk(node, (), lines)

@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import paramiko
-
 from ..inventory import Target
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
 from ..ssh import OpenSSHConnection, SSHError
@@ -231,6 +229,8 @@ def upload_objects(dev: Device, plan: DeployPlan, log) -> None:
             raise DeployError(f"{dev.target.name}: upload of {exc.what} failed, nothing was activated: "
                               f"{exc.why}") from None
     else:
+        import paramiko
+
         for what, local, name, _ in uploads:
             try:
                 dev.c.put(local, remote=posixpath.join(incoming, name))

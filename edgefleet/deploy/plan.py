@@ -28,6 +28,9 @@ GOVERNORS_FACT = ('for p in /sys/devices/system/cpu/cpufreq/policy*; do '
                   'done')
 
 
+_PYTHONS = ("3.13", "3.12", "3.11", "3.10", "3.9", "3.14", "3.8")  # tried after the inventory's own version
+
+
 def _sha256_fact(files: dict[str, str]) -> str:
     """Return one line of sh printing `<key>=<sha256>` for each file that exists (one sha256sum for all)."""
     cases = " ".join(f"{shlex.quote(path)}) echo {key}=$h ;;" for key, path in files.items())
@@ -99,12 +102,14 @@ def facts_command(target: Target) -> str:
     root, user = q(s.root), q(s.service_user)
     lines = [
         f"root={root}",
-        'echo "arch=$(uname -m)"',
-        # the version from the interpreter's file name (python3 -> python3.11) spares a Python
-        # start-up (~0.1-0.3 s on a busy board); any other python3 is asked
-        'p=$(command -v python3) && p=$(readlink -f "$p" 2>/dev/null)',
-        'case "${p##*/}" in python3.[0-9] | python3.[0-9][0-9]) echo "python=${p##*/python}" ;;',
-        "  *) echo \"python=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null)\" ;; esac",
+        # the kernel's own record of the arch (Linux >= 6.1), else uname
+        'a=; [ -r /proc/sys/kernel/arch ] && read -r a < /proc/sys/kernel/arch; echo "arch=${a:-$(uname -m)}"',
+        # python3 is the same file as python3.X (the expected version first): no Python start-up
+        # (~0.1-0.3 s on a busy board) and no readlink; anything else is asked
+        'v=; p=$(command -v python3) && for x in ' + " ".join(dict.fromkeys([s.python, *_PYTHONS])) +
+        '; do [ "$p" -ef "${p%/*}/python$x" ] && v=$x && break; done',
+        "[ -n \"$v\" ] || v=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null)",
+        'echo "python=$v"',
         'if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi',
         '[ -L "$root/current" ] && echo "current=$(readlink "$root/current")"',
         COMMITTED_FACT,
@@ -115,7 +120,9 @@ def facts_command(target: Target) -> str:
                       "tuning_unit_sha": f"/etc/systemd/system/{TUNING_UNIT}",
                       "tuning_script_sha": TUNING_SCRIPT_PATH}),
         f'echo "active=$(systemctl is-active {UNIT_NAME} 2>/dev/null)"',
-        f'echo "user=$(id -u {user} >/dev/null 2>&1 && echo yes || echo no)"',
+        # /etc/passwd with builtins (useradd --system writes it); a user only NSS knows: id
+        f'u=no; while IFS=: read -r n _; do [ "$n" = {user} ] && u=yes && break; done < /etc/passwd; '
+        f'[ $u = yes ] || {{ id -u {user} >/dev/null 2>&1 && u=yes; }}; echo "user=$u"',
         'echo "owns_root=$([ -d "$root" ] && [ -O "$root" ] && [ -w "$root" ] && echo yes || echo no)"',
         _listing("envs", "envs"),
         _listing("releases", "releases"),

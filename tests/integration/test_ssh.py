@@ -209,3 +209,26 @@ def test_openssh_http_over_the_master(local_sshd, monkeypatch, tmp_path):
             server.wait(timeout=10)
     finally:
         conn.exit_master()
+
+
+def test_openssh_commands_talk_to_the_master_in_process(local_sshd, monkeypatch, tmp_path):
+    """With a master up, a command is a request on its socket (no `ssh` started): input, large
+    output on both streams and the exit status come back whole; a gone master falls back to a client."""
+    import edgefleet.openssh as openssh_mod
+
+    monkeypatch.delenv("EDGEFLEET_SSH_TRANSFER", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", short_dir(tmp_path))
+    conn = connect(target_for(local_sshd, local_sshd.known_hosts))
+    try:
+        real_run = subprocess.run
+        started = []
+        monkeypatch.setattr(openssh_mod.subprocess, "run", lambda *a, **k: started.append(a) or real_run(*a, **k))
+        res = conn.run("wc -c; head -c 3000000 /dev/zero | tr '\\0' x; echo done >&2; exit 3", warn=True,
+                       in_stream=b"y" * 500_000)
+        assert res.exited == 3 and res.stdout.startswith("500000\n") and res.stdout.count("x") == 3_000_000
+        assert res.stderr == "done\n" and started == []
+        conn.exit_master()
+        started.clear()
+        assert conn.run("echo fallback", hide=True).stdout.strip() == "fallback" and len(started) == 1
+    finally:
+        conn.exit_master()
