@@ -118,43 +118,63 @@ def _opened(sock: socket.socket, request_id: int) -> int:
             raise MuxError(f"unexpected message {kind:#x} from the master")
 
 
+class _Fds:
+    """File descriptors this call owns, each closed exactly once (a second close could hit the
+    same number reused by another thread's pipe)."""
+
+    def __init__(self):
+        self.open: set[int] = set()
+
+    def add(self, *fds: int) -> tuple[int, ...]:
+        self.open.update(fds)
+        return fds
+
+    def close(self, fd: int) -> None:
+        if fd in self.open:
+            self.open.discard(fd)
+            os.close(fd)
+
+    def close_all(self) -> None:
+        for fd in list(self.open):
+            self.close(fd)
+
+
 def run_command(path: str, command: str, stdin: bytes | None = None, timeout: float | None = None) -> Completed:
     """Run `command` on the device over the master listening on `path`; collect its output and exit status.
 
-    Raises MuxError when the master cannot be used (nothing was run then, or the link broke).
+    Raises MuxUnavailable when the master could not be asked (nothing ran), MuxError when the
+    link broke once the session was open (it may have run).
     """
     sock = _connect(path, 30.0)
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    in_r, in_w = os.pipe() if stdin else (os.open(os.devnull, os.O_RDONLY), -1)
-    ours = [out_r, err_r] + ([in_w] if in_w >= 0 else [])
+    fds = _Fds()
     try:
-        # request id, reserved, want tty / X11 / agent / subsystem (u32 each, all off), no escape
-        # character, no terminal type, the command; no environment
-        body = (struct.pack(">I", 1) + _string(b"") + struct.pack(">IIIII", 0, 0, 0, 0, _NO_ESCAPE)
-                + _string(b"") + _string(command.encode()))
-        _send(sock, _NEW_SESSION, body)
-        _send_fds(sock, [in_r, out_w, err_w])
+        out_r, out_w = fds.add(*os.pipe())
+        err_r, err_w = fds.add(*os.pipe())
+        in_r, in_w = fds.add(*os.pipe()) if stdin else (fds.add(os.open(os.devnull, os.O_RDONLY))[0], -1)
+        try:
+            # request id, reserved, want tty / X11 / agent / subsystem (u32 each, all off), no
+            # escape character, no terminal type, the command; no environment
+            body = (struct.pack(">I", 1) + _string(b"") + struct.pack(">IIIII", 0, 0, 0, 0, _NO_ESCAPE)
+                    + _string(b"") + _string(command.encode()))
+            _send(sock, _NEW_SESSION, body)
+            _send_fds(sock, [in_r, out_w, err_w])
+        except OSError as exc:
+            raise MuxUnavailable(f"control socket {path}: {exc}") from None
+        for fd in (in_r, out_w, err_w):  # the master holds them now
+            fds.close(fd)
+        try:
+            session = _opened(sock, 1)
+        except MuxRefused as exc:  # e.g. sshd's MaxSessions (10) on this connection: nothing ran
+            raise MuxUnavailable(f"the master could not open a session: {exc}") from None
+        return _collect(sock, session, fds, out_r, err_r, in_w, stdin or b"", timeout)
     except OSError as exc:
-        for fd in (in_r, out_w, err_w, *ours):
-            os.close(fd)
-        sock.close()
-        raise MuxUnavailable(f"control socket {path}: {exc}") from None
-    for fd in (in_r, out_w, err_w):  # the master holds them now
-        os.close(fd)
-    try:
-        session = _opened(sock, 1)
-        return _collect(sock, session, out_r, err_r, in_w, stdin or b"", timeout)
+        raise MuxError(f"control socket {path}: {exc}") from None
     finally:
-        for fd in ours:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        fds.close_all()
         sock.close()
 
 
-def _collect(sock: socket.socket, session: int, out_r: int, err_r: int, in_w: int, data: bytes,
+def _collect(sock: socket.socket, session: int, fds: _Fds, out_r: int, err_r: int, in_w: int, data: bytes,
              timeout: float | None) -> Completed:
     """Feed stdin, drain stdout and stderr until both end, and read the exit message."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -174,18 +194,16 @@ def _collect(sock: socket.socket, session: int, out_r: int, err_r: int, in_w: in
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise MuxError(f"the command did not end within {timeout} s")
-            events = sel.select(left)
-            for key, _ in events:
+            for key, _ in sel.select(left):
                 fd = key.fd
                 if fd == in_w:
                     try:
                         view = view[os.write(in_w, view[:65536]):]
-                    except BrokenPipeError:
+                    except BrokenPipeError:  # the command ended without reading all of it
                         view = view[len(view):]
                     if not view:
                         sel.unregister(in_w)
-                        os.close(in_w)
-                        in_w = -2  # closed: the remote command sees end of input
+                        fds.close(in_w)  # the remote command sees the end of its input
                 elif fd in output:
                     chunk = os.read(fd, 65536)
                     if chunk:
@@ -209,8 +227,6 @@ def _collect(sock: socket.socket, session: int, out_r: int, err_r: int, in_w: in
                             exited = struct.unpack(">I", packet[8:12])[0]
                         elif kind not in (_TTY_ALLOC_FAIL, _OK):
                             raise MuxError(f"unexpected message {kind:#x} from the master")
-    if in_w >= 0:
-        os.close(in_w)
     return Completed(exited, bytes(output[out_r]), bytes(output[err_r]))
 
 

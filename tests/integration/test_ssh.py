@@ -232,3 +232,21 @@ def test_openssh_commands_talk_to_the_master_in_process(local_sshd, monkeypatch,
         assert conn.run("echo fallback", hide=True).stdout.strip() == "fallback" and len(started) == 1
     finally:
         conn.exit_master()
+
+
+def test_openssh_many_threads_with_input_over_one_master(local_sshd, monkeypatch, tmp_path):
+    """A rollout's threads share masters and pipes: 64 commands with input, 16 at once, all come back
+    whole (past sshd's MaxSessions of 10 on one connection, a command goes through a client of its own)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.delenv("EDGEFLEET_SSH_TRANSFER", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", short_dir(tmp_path))
+    conn = connect(target_for(local_sshd, local_sshd.known_hosts))
+    try:
+        def one(i: int) -> str:
+            return conn.run("wc -c", hide=True, in_stream=b"z" * (1000 * (i + 1))).stdout.strip()
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(one, range(64)))
+        assert got == [str(1000 * (i + 1)) for i in range(64)]
+    finally:
+        conn.exit_master()
