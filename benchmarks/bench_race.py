@@ -266,8 +266,8 @@ def race(args, targets_dir: Path, build: Path) -> tuple[dict, int]:
                     set_log_level(targets_dir, level)
                     stage(lab_targets(targets_dir), build, ctx["stage"])
                 for tool in order:
-                    if phase == "first":  # a new fleet's configs were never checked: no host-side cache
-                        shutil.rmtree(build / "checked", ignore_errors=True)
+                    if phase == "first" and tool == "edgefleet":  # a new fleet's configs were never
+                        shutil.rmtree(build / "checked", ignore_errors=True)  # checked: no host-side cache
                     before = counters.read()
                     try:
                         run = run_tool(tool, ctx)

@@ -22,6 +22,7 @@ from ..deploy.env import build_target_env
 from ..deploy.release import Release
 from ..inventory import Target
 from ..paths import repo_root
+from ..render import check_rendered_many, render_target
 from .plan import (FAILED, NOT_REACHED, OK_RESULTS, ROLLBACK_FAILED, ROLLED_BACK, RolloutPlan, env_key,
                    limit_exceeded, to_roll_back)
 
@@ -67,6 +68,8 @@ def prepare_releases(targets: list[Target], bundle_dir: Path, build_dir: Path, l
             envs[key(t)] = build_target_env(t, requirements, build_dir / "device-envs")
             log(f"packages for {t.settings.arch}/python {t.settings.python}{' with pins' if key(t)[2] else ''}: "
                 f"{envs[key(t)].sha256[:12]} ({time.monotonic() - t0:.1f} s)")
+    # every target's rendered files checked in one batch first (each prepare_release then finds them checked)
+    check_rendered_many([render_target(t) for t in targets], build_dir / "checked")
     return {t.name: prepare_release(t, bundle_dir, build_dir, env=envs.get(key(t)), image_tag=image_tag, log=log)
             for t in targets}
 

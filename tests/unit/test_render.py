@@ -93,3 +93,54 @@ def test_bad_unit_key_fails_verify(inventory, tmp_path):
     unit.write_text(unit.read_text().replace("NoNewPrivileges=yes", "NoNewPrivilegez=yes"))
     with pytest.raises(RenderError, match="NoNewPrivilegez"):
         check_rendered(render_target(inventory.target("pi5-01"), templates_dir=tmp_path))
+
+
+def _many(inventory, names):
+    return [render_target(inventory.target(n)) for n in names]
+
+
+def test_many_targets_are_checked_in_one_batch_and_remembered(inventory, tmp_path, monkeypatch):
+    """A rollout's targets: one systemd-analyze for all units, one shellcheck per distinct script
+    (scripts that differ only in their header comment are one), each file remembered as checked."""
+    import subprocess
+
+    from edgefleet import render
+
+    if not shutil.which("systemd-analyze") or not shutil.which("shellcheck"):
+        pytest.fail("systemd-analyze and shellcheck are missing: scripts/setup.sh installs them")
+    calls = []
+    real = subprocess.run
+    monkeypatch.setattr(render.subprocess, "run", lambda argv, **kw: calls.append(argv[0:2]) or real(argv, **kw))
+    sets = _many(inventory, ["pi5-01", "orin-01"])
+    twin = [render.RenderedFile(f.name, f.device_path, f.text.replace("pi5-01", "pi5-99")) for f in sets[0]]
+    assert render.check_rendered_many([*sets, twin], tmp_path) == []
+    tools = [Path(a[0]).name for a in calls]
+    assert tools.count("systemd-analyze") == 1 and tools.count("shellcheck") == 1
+    shellchecked = [a for a in calls if Path(a[0]).name == "shellcheck"]
+    assert len(shellchecked) == 1
+    calls.clear()
+    assert render.check_rendered_many([*sets, twin], tmp_path) == [] and calls == []  # remembered
+    assert check_rendered(twin, cache_dir=tmp_path) == [] and calls == []  # the one-target check agrees
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("service", "edgefleet-runtime.service: systemd-analyze verify failed"),
+    ("script", "edgefleet-tuning.sh: shellcheck failed"),
+])
+def test_a_broken_file_among_many_is_named(inventory, tmp_path, broken, message):
+    from edgefleet import render
+
+    sets = _many(inventory, ["pi5-01", "orin-01"])
+    bad = []
+    for f in sets[1]:
+        text = f.text
+        if broken == "service" and f.name == UNIT_NAME:
+            text = text.replace("[Service]\n", "[Service]\nNoSuchDirective=1\n")
+        if broken == "script" and f.name.endswith(".sh"):
+            text += '\nrm -rf $UNQUOTED/*\n'
+        bad.append(render.RenderedFile(f.name, f.device_path, text))
+    with pytest.raises(RenderError, match=message):
+        render.check_rendered_many([sets[0], bad], tmp_path)
+    assert not any(tmp_path.iterdir()) or all(  # nothing of the failing batch's bad file is remembered
+        p.name != render._check_key(next(f for f in bad if f.name.endswith(".sh" if broken == "script" else ".service")))
+        for p in tmp_path.iterdir())
