@@ -356,6 +356,23 @@ def make_server(service: Service, host: str, port: int,
     return Server((host, port), handler)
 
 
+POLL_S = 2.0  # the accept loop's wake-ups when idle (a stop pokes it awake: see _shut_down)
+
+
+def _shut_down(server) -> None:
+    """Stop `serve_forever` now: ask it to stop, then wake its select with a connection of ours."""
+    done = threading.Thread(target=server.shutdown, daemon=True)
+    done.start()
+    host, port = server.server_address[:2]
+    while done.is_alive():
+        try:  # the loop accepts it, sees the stop request and returns (at most one poke a 50 ms)
+            with socket.create_connection(("127.0.0.1" if host in ("0.0.0.0", "") else host, port), timeout=1):
+                pass
+        except OSError:
+            pass
+        done.join(0.05)
+
+
 def serve(service: Service, host: str, port: int) -> int:
     """Place the process, listen, load in the background, serve until SIGTERM or SIGINT."""
     single_malloc_arena()  # before any thread allocates
@@ -365,13 +382,13 @@ def serve(service: Service, host: str, port: int) -> int:
 
     def stop(signum, _frame):
         log.info("stopping signal=%s", signal.Signals(signum).name)
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        threading.Thread(target=_shut_down, args=(server,), daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     threading.Thread(target=service.start, name="loader", daemon=True).start()
     try:
-        server.serve_forever(poll_interval=0.2)
+        server.serve_forever(poll_interval=POLL_S)
     finally:
         server.server_close()
         service.guard.stop()

@@ -95,16 +95,28 @@ class Sysfs:
 
     def zones(self, names=()) -> list[Zone]:
         """Return thermal zones (all, or those whose name or type is in names)."""
+        return self.read_zones(self.find_zones(names))
+
+    def find_zones(self, names=()) -> list[tuple[str, str, Path]]:
+        """Return (name, type, temp file) of the thermal zones (all, or those whose name or type is in names)."""
         base = self.root / "class/thermal"
         out = []
         for path in sorted(base.glob("thermal_zone*"), key=_number_key):
             kind = (_read(path / "type") or "").strip()
             if names and path.name not in names and kind not in names:
                 continue
-            raw = _read(path / "temp")
+            out.append((path.name, kind, path / "temp"))
+        return out
+
+    @staticmethod
+    def read_zones(found: list[tuple[str, str, Path]]) -> list[Zone]:
+        """Read the temperature of zones `find_zones` found (None where unreadable)."""
+        out = []
+        for name, kind, temp_file in found:
+            raw = _read(temp_file)
             try:
                 temp = parse_millidegrees(raw) if raw is not None else None
             except ValueError:
                 temp = None
-            out.append(Zone(path.name, kind, temp))
+            out.append(Zone(name, kind, temp))
         return out

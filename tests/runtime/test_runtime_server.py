@@ -147,3 +147,21 @@ def test_affinity_and_threads_applied_and_reported(tiny_bundle, fake_sysfs, tmp_
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         log.close()
+
+
+def test_stop_does_not_wait_for_the_accept_loops_poll(tmp_path):
+    """The idle accept loop wakes rarely (server.POLL_S); a stop pokes it: a 60 s poll ends at once."""
+    import socketserver
+    import threading
+
+    from edge_runtime import server as server_mod
+
+    srv = socketserver.TCPServer(("127.0.0.1", 0), socketserver.BaseRequestHandler)
+    loop = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 60}, daemon=True)
+    loop.start()
+    time.sleep(0.2)  # in its select
+    started = time.monotonic()
+    server_mod._shut_down(srv)
+    loop.join(10)
+    srv.server_close()
+    assert not loop.is_alive() and time.monotonic() - started < 10

@@ -83,3 +83,28 @@ def test_guard_thread_polls(fake_sysfs):
         assert guard.state == HARD
     finally:
         guard.stop()
+
+
+def test_guard_looks_zones_up_once_then_reads_only_temps(fake_sysfs, monkeypatch):
+    """A tick between lookups reads the known zones' temp files; a zone that stops reading, or
+    RESCAN_S passing, makes the next tick look them up again (a new zone is then seen)."""
+    from edge_runtime import thermal
+
+    sysfs = Sysfs(fake_sysfs.root)
+    lookups = []
+    real_find = sysfs.find_zones
+    monkeypatch.setattr(sysfs, "find_zones", lambda names=(): lookups.append(1) or real_find(names))
+    guard = ThermalGuard(sysfs, ThermalConfig(soft_c=75.0, hard_c=85.0, poll_s=1.0))
+    for temp in (45.0, 80.0, 46.0):
+        fake_sysfs.zone(0, temp)
+        guard.tick()
+    assert len(lookups) == 1 and guard.hottest() == 46.0
+    (fake_sysfs.root / "class/thermal/thermal_zone0/temp").unlink()  # the zone went away
+    guard.tick()
+    fake_sysfs.zone(0, 50.0).zone(1, 90.0)
+    assert guard.tick() == HARD and len(lookups) == 2 and guard.hottest() == 90.0
+    clock = [thermal.time.monotonic() + thermal.RESCAN_S + 1]
+    monkeypatch.setattr(thermal.time, "monotonic", lambda: clock[0])
+    fake_sysfs.zone(2, 40.0)
+    guard.tick()
+    assert len(lookups) == 3 and len(guard.zones) == 3
