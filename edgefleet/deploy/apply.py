@@ -128,14 +128,50 @@ def _discard_partial(dev: Device, incoming: str) -> None:
 class UploadFailed(Exception):
     """The OpenSSH stream broke: `what` is the object the device could not take (or the one being sent)."""
 
-    def __init__(self, what: str, why: str):
+    def __init__(self, what: str, why: str, code: int | None = None):
         super().__init__(f"{what}: {why}")
-        self.what, self.why = what, why
+        self.what, self.why, self.code = what, why, code
 
 
-def stream_upload(argv: list[str], incoming: str, uploads: list) -> None:
+# The receiving end of an upload when the device has Python: it writes each object of the tar
+# stream as `.<name>.part`, hashing as it writes, and renames it to its name only when the
+# bytes' sha256 is that name. One pass over the bytes instead of tar, then `sha256sum -c`
+# (which reads them all again, without the CPU's SHA instructions: 0.2 s of CPU for 51 MB here).
+RECEIVER = """\
+import hashlib, os, sys, tarfile
+bad = []
+with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar:
+    for m in tar:
+        n = m.name
+        if not m.isreg() or "/" in n or n.startswith("."):
+            bad.append(n)
+            continue
+        src, digest, part = tar.extractfile(m), hashlib.sha256(), "." + n + ".part"
+        try:
+            with open(part, "wb") as out:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except OSError as e:
+            sys.stderr.write("%s: %s\\n" % (n, e))
+            sys.exit(3)
+        if digest.hexdigest() != n:
+            os.unlink(part)
+            bad.append(n)
+            continue
+        os.chmod(part, 0o644)
+        os.rename(part, n)
+if bad:
+    sys.stderr.write("sha256 mismatch: %s\\n" % " ".join(bad))
+    sys.exit(4)
+"""
+_MISMATCH = 4  # RECEIVER's exit status when an object's bytes are not its sha256
+
+
+def stream_upload(argv: list[str], incoming: str, uploads: list, remote: str | None = None) -> None:
     """Send `uploads` (what, local path or file object, name, size) as one tar stream to `argv` + a
-    remote command that unpacks it into `incoming`; raise UploadFailed.
+    remote command that unpacks it into `incoming` (`remote`: another command that reads the
+    stream there, e.g. RECEIVER's); raise UploadFailed.
 
     `argv` is the OpenSSH client up to the host: one `ssh` process per device unpacks the stream
     as it arrives. The bytes are the ones the SFTP path sends, and they are verified on the
@@ -146,7 +182,7 @@ def stream_upload(argv: list[str], incoming: str, uploads: list) -> None:
     import tarfile
     import tempfile
 
-    remote = f"cd {q(incoming)} && exec tar -xf -"
+    remote = f"cd {q(incoming)} && exec {remote or 'tar -xf -'}"
     writing, local_error = None, None
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([*argv, remote], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
@@ -188,7 +224,7 @@ def stream_upload(argv: list[str], incoming: str, uploads: list) -> None:
     # name the object the device could not write (tar names it by its sha256), else the one being sent
     names = {name: what for what, _, name, _ in uploads}
     failed = next((names[m] for m in re.findall(r"[0-9a-f]{64}|SHA256SUMS", detail) if m in names), writing)
-    raise UploadFailed(failed or "the stream", f"ssh exit {code}: {detail[-400:] or 'connection lost'}")
+    raise UploadFailed(failed or "the stream", f"ssh exit {code}: {detail[-400:] or 'connection lost'}", code)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -207,8 +243,12 @@ def _send_file(fd: int, fh, size: int) -> None:
         offset += sent
 
 
-def upload_objects(dev: Device, plan: DeployPlan, log) -> None:
-    """Upload the missing objects, verify their sha256 on the device, then move them in."""
+def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool = False) -> None:
+    """Upload the missing objects, verify their sha256 on the device, then move them in.
+
+    `verify_on_arrival`: the device has our Python (a venv release): RECEIVER checks each object
+    as it is written; else tar unpacks the stream and `sha256sum -c` checks it afterwards.
+    """
     if not plan.upload:
         return
     incoming = _incoming(dev)
@@ -217,15 +257,22 @@ def upload_objects(dev: Device, plan: DeployPlan, log) -> None:
     t0 = time.monotonic()
     sums = "".join(f"{o.sha256}  {o.sha256}\n" for o in plan.upload).encode()
     uploads = [(o.path, str(o.source) if o.source is not None else io.BytesIO(o.data), o.sha256, o.size)
-               for o in plan.upload] + [("SHA256SUMS", io.BytesIO(sums), "SHA256SUMS", len(sums))]
+               for o in plan.upload]
     # one tar stream through the OpenSSH client, over the device's master; SFTP through Fabric
     argv = dev.c.argv(None) if isinstance(dev.c, OpenSSHConnection) else None
+    checked = argv is not None and verify_on_arrival
+    if not checked:
+        uploads.append(("SHA256SUMS", io.BytesIO(sums), "SHA256SUMS", len(sums)))
     via = "OpenSSH" if argv else "SFTP"
+    names = " ".join(q(o.sha256) for o in plan.upload)
     if argv is not None:
         try:
-            stream_upload(argv, incoming, uploads)
+            stream_upload(argv, incoming, uploads, remote=f"python3 -c {q(RECEIVER)}" if checked else None)
         except UploadFailed as exc:
             _discard_partial(dev, incoming)
+            if checked and exc.code == _MISMATCH:
+                raise DeployError(f"{dev.target.name}: uploaded files failed sha256 verification; nothing was "
+                                  f"activated: {exc.why}") from None
             raise DeployError(f"{dev.target.name}: upload of {exc.what} failed, nothing was activated: "
                               f"{exc.why}") from None
     else:
@@ -239,17 +286,19 @@ def upload_objects(dev: Device, plan: DeployPlan, log) -> None:
                 raise DeployError(f"{dev.target.name}: upload of {what} failed, nothing was activated: "
                                   f"{exc or type(exc).__name__}") from None
     sent = sum(o.size for o in plan.upload)
-    names = " ".join(q(o.sha256) for o in plan.upload)
-    verify = dev.run(f"cd {q(incoming)} && sha256sum --check --quiet --strict SHA256SUMS",
-                     "verify uploads", privileged=False, warn=True)
-    if verify.exited != 0:
-        dev.run(f"cd {q(incoming)} && rm -f -- {names} SHA256SUMS", "discard bad uploads", privileged=False, warn=True)
-        raise DeployError(f"{dev.target.name}: uploaded files failed sha256 verification; nothing was "
-                          f"activated: {(verify.stdout + verify.stderr).strip()[-400:]}")
+    if not checked:
+        verify = dev.run(f"cd {q(incoming)} && sha256sum --check --quiet --strict SHA256SUMS",
+                         "verify uploads", privileged=False, warn=True)
+        if verify.exited != 0:
+            dev.run(f"cd {q(incoming)} && rm -f -- {names} SHA256SUMS", "discard bad uploads", privileged=False,
+                    warn=True)
+            raise DeployError(f"{dev.target.name}: uploaded files failed sha256 verification; nothing was "
+                              f"activated: {(verify.stdout + verify.stderr).strip()[-400:]}")
     dev.run(f"cd {q(incoming)} && chmod 0644 -- {names} && mv -f -- {names} {q(dev.path('objects'))}/ "
             f"&& rm -f SHA256SUMS", "move verified objects in")
     secs = time.monotonic() - t0
-    log(f"  uploaded {len(plan.upload)} objects, {sent / 1e6:.1f} MB in {secs:.1f} s ({via}), sha256 verified")
+    how = "sha256 verified as written" if checked else "sha256 verified"
+    log(f"  uploaded {len(plan.upload)} objects, {sent / 1e6:.1f} MB in {secs:.1f} s ({via}), {how}")
 
 
 def _build_release_script(dev: Device, release: Release) -> str:
@@ -326,7 +375,7 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
     s = dev.target.settings
     dev.run(f"mkdir -p {q(dev.path('objects'))} {q(dev.path('releases'))} {q(dev.path('envs'))} "
             f"&& chmod 0755 {q(dev.root)}", "create the device layout")
-    upload_objects(dev, plan, log)
+    upload_objects(dev, plan, log, verify_on_arrival=release.env is not None)
     if plan.create_user:
         user = q(s.service_user)
         if dev.run(f"id -u {user}", "look up the service user", privileged=False, warn=True).exited != 0:

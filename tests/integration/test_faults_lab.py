@@ -171,7 +171,7 @@ def test_sshd_killed_mid_upload(fleet, build, bundles, run_on, v1, monkeypatch):
         faults.kill_sshd_during_upload("lab-01", faults.incoming_dir(root), min_bytes=1 << 20)
         with pytest.raises((DeployError, PlanError)) as failed:
             deploy(t, bundles["v2"], build, log=lambda _: None)
-        assert "upload of site.tar.gz failed" in str(failed.value)
+        assert "upload of site.tar.zst failed" in str(failed.value)  # lab devices have zstd
         faults.settle("lab-01")  # sshd is back (the watcher restarts it, as systemd would)
         st = faults.device_state(t)
         assert st.current is None and st.releases == () and st.lock is None, st  # nothing activated, lock freed
@@ -204,7 +204,7 @@ def test_disk_full(fleet, build, bundles, v1):
         objects = f"{root}/objects"
         faults.small_disk("lab-02", objects, 4)
         try:
-            with pytest.raises(DeployError, match="upload of site.tar.gz failed") as enospc:
+            with pytest.raises(DeployError, match=r"upload of site\.tar\.zst failed") as enospc:
                 deploy(t, bundles["v2"], build, log=lambda _: None)
             st = faults.device_state(t)  # read before the small filesystem goes
             assert st.current is None and st.releases == () and st.lock is None and not st.incoming, st
@@ -216,7 +216,7 @@ def test_disk_full(fleet, build, bundles, v1):
     st = settled(t, before.current)
     row("disk full (preflight; ENOSPC mid-upload)", "lab-02", "preflight refused; upload failed on a full disk, "
         "partial file removed", brief(st), t0)
-    assert "site.tar.gz" in str(enospc.value)
+    assert "site.tar.zst" in str(enospc.value) and "No space left" in str(enospc.value)
 
 
 @pytest.mark.timeout(600)
@@ -323,7 +323,8 @@ def test_controller_killed_mid_wave_then_resumed(fleet, build, bundles, v1):
     held = []
     for n in NAMES:  # whatever the moment: `current` is a whole release, an old lock marks the dead controller
         st = faults.device_state(fleet[n])
-        assert st.complete and st.service in ("active", "activating"), st
+        # a restart the dead controller asked for goes on without it (deactivating, then activating)
+        assert st.complete and st.service in ("active", "activating", "deactivating"), st
         held += [n] if st.lock else []
         assert st.lock is None or f"pid={a.pid}" in st.lock, st
     assert held, "the controller died holding no lock: killed too late to test anything"

@@ -56,3 +56,35 @@ def test_a_local_file_that_shrank_is_reported_not_sent(tmp_path):
     incoming.mkdir()
     with pytest.raises(UploadFailed, match="reading it on this host"):
         stream_upload(LOCAL, str(incoming), uploads)
+
+
+def _receiver():
+    import shlex
+    import sys
+
+    from edgefleet.deploy.apply import RECEIVER
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(RECEIVER)}"
+
+
+def test_the_receiver_keeps_only_objects_whose_bytes_are_their_name(tmp_path):
+    """With the device's Python, each object is hashed as it is written and kept only under its sha256."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    uploads = [obj("site.tar.zst", b"x" * 3_000_000, tmp_path), obj("runtime.yaml", b"log_level: info\n")]
+    stream_upload(LOCAL, str(incoming), uploads, remote=_receiver())
+    assert sorted(p.name for p in incoming.iterdir()) == sorted(u[2] for u in uploads)
+    for _, _, name, _ in uploads:
+        assert hashlib.sha256((incoming / name).read_bytes()).hexdigest() == name
+
+
+def test_the_receiver_refuses_bytes_that_changed_on_the_way(tmp_path):
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    good = obj("runtime.yaml", b"a: 1\n")
+    what, path, name, size = obj("bundle/bundle.json", b'{"name": "v3"}', tmp_path)
+    with open(path, "wb") as fh:
+        fh.write(b'{"name": "v9"}')  # same size, other bytes than its sha256 says
+    with pytest.raises(UploadFailed) as failed:
+        stream_upload(LOCAL, str(incoming), [good, (what, path, name, size)], remote=_receiver())
+    assert failed.value.code == 4 and name in failed.value.why
+    assert [p.name for p in incoming.iterdir()] == [good[2]]  # the bad one is nowhere, not even as .part
