@@ -90,6 +90,7 @@ class Facts:
     docker: str = "not asked"  # ship: image only: "yes", "missing", or what the engine said
     images: frozenset[str] = frozenset()  # image IDs (sha256:...) in the device's engine
     zstd: bool = False  # the device has zstd (an image's tarball needs it; the packages' one is smaller with it)
+    gnu_tar: bool = False  # tar takes -b/-B (busybox's does not)
 
 
 def docker_argv(target: Target, *args: str) -> list[str]:
@@ -146,6 +147,9 @@ def facts_command(target: Target) -> str:
         GOVERNORS_FACT,
         *(docker_facts(target) if s.ship == "image" else []),
         'if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi',
+        # GNU tar (not busybox's): it reads a pipe in 1 MiB records (-b 2048 -B), ~30% less unpack time
+        't=$(command -v tar) && [ -n "$t" ] && ! [ "$t" -ef "$(command -v busybox 2>/dev/null || echo /nonexistent)" ] '
+        '&& echo gnu_tar=yes',
         f'echo {_OBJECTS_MARK}',
         'for f in "$root"/objects/*; do [ -e "$f" ] && echo "${f##*/}"; done',
         "true",
@@ -187,6 +191,7 @@ def parse_facts(output: str) -> Facts:
         docker=values.get("docker", "not asked"),
         images=frozenset(values.get("images", "").split()),
         zstd=values.get("zstd") == "yes",
+        gnu_tar=values.get("gnu_tar") == "yes",
     )
 
 
@@ -208,6 +213,7 @@ class DeployPlan:
     notes: tuple[str, ...] = field(default_factory=tuple)
     install_tuning: bool = False
     env_tarball: ReleaseFile | None = None  # the packages' tarball to unpack (gzip, or zstd when the device has it)
+    big_records: bool = False  # unpack with tar -b 2048 -B (GNU tar)
     load_image: str | None = None  # ship: image: the image ID to load from its uploaded tarball
 
     @property
@@ -304,6 +310,7 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
         upload=upload,
         install_env=install_env,
         env_tarball=env_tarball,
+        big_records=facts.gnu_tar,
         build_release=release.release_id not in facts.releases,
         install_unit=unit_changed,
         create_user=release.env is not None and not facts.user_exists,  # a container runs as uid 10001

@@ -59,6 +59,7 @@ def test_facts_command_runs_in_sh_and_parses(tmp_path, target):
     got = parse_facts(out)
     assert got.current is None and got.objects == frozenset() and got.free_bytes > 0
     assert got.arch in ("amd64", "arm64") and got.committed is None
+    assert got.gnu_tar  # this host's tar is GNU tar (a busybox one would say no)
 
     # state.json as record_state writes it
     root = Path(settings.root)
