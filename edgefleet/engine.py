@@ -17,8 +17,6 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import docker
-from docker.errors import APIError, ImageNotFound, NotFound
 
 __all__ = [
     "EngineError", "ContainerSpec", "ContainerInfo", "client", "image_labels", "image_id",
@@ -66,11 +64,19 @@ class ContainerInfo:
 _client = None
 
 
-def client() -> docker.DockerClient:
+def _errors():
+    """Return docker's exception module (the SDK is imported on first use: ~0.27 s of every task's start)."""
+    from docker import errors
+    return errors
+
+
+def client() -> "docker.DockerClient":  # noqa: F821 - imported when first needed
     """Return a docker client for the local engine (made once)."""
     global _client
     if _client is None:
         try:
+            import docker
+
             _client = docker.from_env(timeout=120)
             _client.ping()
         except Exception as exc:  # noqa: BLE001 - any failure means the same to the user
@@ -93,7 +99,7 @@ def image_labels(tag: str) -> dict[str, str] | None:
     """Return the labels of a local image, or None when there is no such image."""
     try:
         image = client().images.get(tag)
-    except ImageNotFound:
+    except _errors().ImageNotFound:
         return None
     return dict(image.labels or {})
 
@@ -102,7 +108,7 @@ def image_id(tag: str) -> str | None:
     """Return the local image's ID (`sha256:...`), or None when there is no such image."""
     try:
         return client().images.get(tag).id
-    except ImageNotFound:
+    except _errors().ImageNotFound:
         return None
 
 
@@ -254,7 +260,7 @@ def save_image(tag: str, dest: Path) -> None:
     """Write `docker save TAG` (an uncompressed tar) to `dest`, atomically."""
     try:
         image = client().images.get(tag)
-    except ImageNotFound:
+    except _errors().ImageNotFound:
         raise EngineError(f"no image {tag}; run `invoke image.build` first") from None
     print(f"+ docker save {shlex.quote(tag)} > {shlex.quote(str(dest))}", flush=True)
     tmp = dest.with_name(dest.name + ".part")
@@ -270,7 +276,7 @@ def load_image(tarball: Path) -> str:
     with _zstd_stream(tarball) as unzstd:
         try:
             results = client().images.load(unzstd.stdout)
-        except APIError as exc:
+        except _errors().APIError as exc:
             raise EngineError(f"docker load of {tarball} failed: {exc.explanation or exc}") from exc
     if unzstd.returncode not in (0, None):
         raise EngineError(f"zstd -dc {tarball} failed ({unzstd.returncode})")
@@ -319,7 +325,7 @@ def create_container(spec: ContainerSpec) -> None:
             environment=dict(spec.environment), host_config=host_config, user=spec.user,
             stop_timeout=spec.stop_timeout, platform=spec.platform,
         )
-    except APIError as exc:
+    except _errors().APIError as exc:
         raise EngineError(f"creating container {spec.name}: {exc.explanation or exc}") from exc
 
 
@@ -344,11 +350,11 @@ def remove(name: str, timeout: int = 10) -> bool:
     """Stop (bounded) and remove a container; return False when it did not exist."""
     try:
         container = client().containers.get(name)
-    except NotFound:
+    except _errors().NotFound:
         return False
     try:
         container.stop(timeout=timeout)
-    except APIError:
+    except _errors().APIError:
         pass  # already stopped or dying; the forced remove below settles it
     container.remove(force=True, v=True)
     return True
@@ -371,7 +377,7 @@ def logs(name: str, tail: int = 40) -> str:
     """Return the last lines a container wrote (empty when it does not exist)."""
     try:
         return client().containers.get(name).logs(tail=tail).decode(errors="replace")
-    except NotFound:
+    except _errors().NotFound:
         return ""
 
 
@@ -397,7 +403,7 @@ def usage(name: str) -> dict[str, float]:
     """
     try:
         container_id = client().containers.get(name).id
-    except NotFound:
+    except _errors().NotFound:
         raise EngineError(f"no container {name}") from None
     memory = _CGROUP_V1 / "memory" / "docker" / container_id
     cpu = _CGROUP_V1 / "cpuacct" / "docker" / container_id

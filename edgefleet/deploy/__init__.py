@@ -24,7 +24,8 @@ from .rollback import RollbackResult, revert, rollback
 
 DEFAULT_IMAGE_TAG = "edgefleet/runtime:latest"  # config edgefleet.image.tag
 
-__all__ = ["DeployResult", "DeployError", "Device", "RollbackResult", "prepare_release", "deploy", "revert", "rollback",
+__all__ = ["DeployResult", "DeployError", "Device", "RollbackResult", "prepare_release", "deploy", "gather_facts",
+           "revert", "rollback",
            "service_call", "now"]
 
 
@@ -47,13 +48,15 @@ class DeployResult:
 
 
 def prepare_release(target: Target, bundle_dir: Path, build_dir: Path, env: DeviceEnv | None = None,
-                    image_tag: str = DEFAULT_IMAGE_TAG, log=print) -> Release:
+                    image_tag: str = DEFAULT_IMAGE_TAG, log=print, rendered=None) -> Release:
     """Render, check and collect everything the device gets, on the host (`env`: packages resolved already).
 
     `ship: image` targets get `image_tag`'s image for their arch (built by `image.build`) instead of packages.
+    `rendered`: the target's files, rendered (and checked) already.
     """
-    rendered = render_target(target)
-    check_rendered(rendered, cache_dir=build_dir / "checked")
+    if rendered is None:
+        rendered = render_target(target)
+        check_rendered(rendered, cache_dir=build_dir / "checked")
     if target.settings.ship == "image":
         from ..engine import EngineError
         from ..image.archive import ArchiveError
@@ -77,11 +80,29 @@ def _without_stale_lock(target: Target, facts: Facts, log) -> Facts:
     return facts
 
 
+def gather_facts(target: Target) -> Facts | None:
+    """Return the device's facts, or None when they cannot be had now (a deploy then asks, and says why).
+
+    A rollout asks its first wave's devices while it prepares the releases on the host.
+    """
+    try:
+        conn = connect(target)
+    except Exception:
+        return None
+    try:
+        return parse_facts(Device(conn, target).run(facts_command(target), "gather facts", privileged=False).stdout)
+    except Exception:
+        return None
+    finally:
+        conn.close()
+
+
 def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = False, log=print,
-           release: Release | None = None, image_tag: str = DEFAULT_IMAGE_TAG) -> DeployResult:
+           release: Release | None = None, image_tag: str = DEFAULT_IMAGE_TAG, facts: Facts | None = None) -> DeployResult:
     """Deploy `bundle_dir` to `target` and gate on health; roll back by itself on failure.
 
     `release`: prepared already for this target (a rollout prepares all of them before its first wave).
+    `facts`: the device's, gathered moments ago (a rollout's first wave, while the releases were prepared).
     """
     t0 = time.monotonic()
     release = release or prepare_release(target, bundle_dir, build_dir, image_tag=image_tag, log=log)
@@ -89,7 +110,8 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
     conn = connect(target)
     try:
         dev = Device(conn, target)
-        facts = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout)
+        if facts is None:
+            facts = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout)
         dev.owns_root = facts.owns_root
         plan: DeployPlan = make_plan(target, release, _without_stale_lock(target, facts, log))
         lines = plan.describe()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = ["ensure_keypair", "public_key"]
 
@@ -16,6 +14,9 @@ def ensure_keypair(path: Path, comment: str) -> tuple[bytes, str]:
     pub = path.with_name(path.name + ".pub")
     if path.exists() and pub.exists():
         return path.read_bytes(), pub.read_text().strip()
+    from cryptography.hazmat.primitives import serialization  # only when a key is made
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,

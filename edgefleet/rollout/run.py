@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -68,9 +68,13 @@ def prepare_releases(targets: list[Target], bundle_dir: Path, build_dir: Path, l
             envs[key(t)] = build_target_env(t, requirements, build_dir / "device-envs")
             log(f"packages for {t.settings.arch}/python {t.settings.python}{' with pins' if key(t)[2] else ''}: "
                 f"{envs[key(t)].sha256[:12]} ({time.monotonic() - t0:.1f} s)")
-    # every target's rendered files checked in one batch first (each prepare_release then finds them checked)
-    check_rendered_many([render_target(t) for t in targets], build_dir / "checked")
-    return {t.name: prepare_release(t, bundle_dir, build_dir, env=envs.get(key(t)), image_tag=image_tag, log=log)
+    # every target's rendered files checked in one batch (one systemd-analyze, one shellcheck)
+    rendered = {t.name: render_target(t) for t in targets}
+    notes = check_rendered_many(list(rendered.values()), build_dir / "checked")
+    for note in dict.fromkeys(notes):
+        log(f"note: {note}")
+    return {t.name: prepare_release(t, bundle_dir, build_dir, env=envs.get(key(t)), image_tag=image_tag, log=log,
+                                    rendered=rendered[t.name])
             for t in targets}
 
 
@@ -85,11 +89,12 @@ def _file_log(path: Path) -> Callable[[str], None]:
 
 
 def _deploy_one(target: Target, release: Release, bundle_dir: Path, build_dir: Path, out: DeviceOutcome,
-                log: Callable[[str], None]) -> DeviceOutcome:
+                log: Callable[[str], None], facts: Future | None = None) -> DeviceOutcome:
     t0 = time.monotonic()
     out.new = release.release_id
     try:
-        r = deploy(target, bundle_dir, build_dir, log=log, release=release)
+        r = deploy(target, bundle_dir, build_dir, log=log, release=release,
+                   facts=facts.result() if facts is not None else None)
     except Exception as exc:  # one device's failure is a result, not the rollout's end
         out.result, out.error = FAILED, str(exc) or type(exc).__name__
         log(f"FAILED: {out.error}")
@@ -125,12 +130,15 @@ def _revert_one(target: Target, out: DeviceOutcome, reason: str, log: Callable[[
 
 
 def run_rollout(targets: list[Target], plan: RolloutPlan, releases: dict[str, Release], bundle_dir: Path,
-                build_dir: Path, log_dir: Path, on_event: Callable[..., None] = lambda *a: None) -> tuple[list[DeviceOutcome], bool]:
+                build_dir: Path, log_dir: Path, on_event: Callable[..., None] = lambda *a: None,
+                facts: dict[str, Future] | None = None) -> tuple[list[DeviceOutcome], bool]:
     """Run `plan`; return every device's outcome (in plan order) and whether the rollout stopped early.
 
     `on_event(kind, wave, payload)`: ("wave", i, names), ("device", i, outcome), ("stopped", i, failures),
     ("rollback", i, names), ("reverted", i, outcome); called from worker threads.
+    `facts`: devices' facts being gathered already (`gather_facts` futures; None inside: ask again).
     """
+    facts = facts or {}
     by_name = {t.name: t for t in targets}
     outcomes = {name: DeviceOutcome(name, i) for i, wave in enumerate(plan.waves, 1) for name in wave}
     logs = {name: _file_log(log_dir / f"{name}.log") for name in outcomes}
@@ -142,7 +150,7 @@ def run_rollout(targets: list[Target], plan: RolloutPlan, releases: dict[str, Re
         if stop.is_set():  # the limit was passed while this device waited for a connection slot
             logs[name]("not reached: the rollout stopped")
         else:
-            _deploy_one(by_name[name], releases[name], bundle_dir, build_dir, out, logs[name])
+            _deploy_one(by_name[name], releases[name], bundle_dir, build_dir, out, logs[name], facts.get(name))
             with lock:
                 failures += out.result == FAILED
                 if limit_exceeded(failures, plan.max_fail):

@@ -6,8 +6,6 @@ import statistics
 import time
 
 from invoke import Collection, Exit, task
-from rich.console import Console
-from rich.table import Table
 
 from ..deploy import Device, deploy as deploy_target, service_call
 from ..inventory import load_inventory
@@ -49,6 +47,8 @@ def query_device(dev: Device) -> tuple[list[float], list[float]]:
 })
 def demo(c, arch="arm64", target="lab-01"):
     """Export, quantize, start a lab device, deploy, and query the model on the device."""
+    from rich.console import Console  # here, not at import: every task's start would pay for it
+
     console = Console()
     console.rule("1/4 export the model to ONNX")
     model_tasks.export(c)
@@ -69,6 +69,8 @@ def demo(c, arch="arm64", target="lab-01"):
             conn.close()
     except USER_ERRORS as exc:
         raise Exit(f"error: {exc}", code=1) from None
+
+    from rich.table import Table
 
     table = Table(title=f"Sentence similarity computed on {target} ({tgt.settings.arch})")
     table.add_column("sentence A")
