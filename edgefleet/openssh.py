@@ -2,12 +2,16 @@
 
 `OpenSSHConnection` is an Invoke `Context` whose `run()` executes on the device, so a step
 written as `fn(c, ...)` runs the same through it, through Fabric, or against `MockContext`.
-Every command is one `ssh` process speaking over the device's master connection
-(ControlMaster), so the key exchange is paid once per device, not once per command, and a
-run that starts within `EDGEFLEET_SSH_PERSIST` seconds (default 120; 0 turns masters off) of
-the last one pays it not at all. Host keys are verified exactly as `edgefleet.ssh.connect`
-does: only the target's known_hosts (or ~/.ssh/config's), StrictHostKeyChecking=yes, never
-added; BatchMode, so nothing ever prompts.
+The OpenSSH client logs in once per device and stays as its master (ControlMaster); every
+command after that is a request on the master's control socket made in-process (`sshmux`), so
+the key exchange is paid once per device, a command costs no process on this host, and a run
+that starts within `EDGEFLEET_SSH_PERSIST` seconds (default 120; 0 turns masters off: one
+client per command) of the last one logs in not at all. Without a usable master a command
+falls back to its own `ssh` client. Host keys are verified exactly as `edgefleet.ssh.connect`
+does: only the target's known_hosts (or ~/.ssh/config's), StrictHostKeyChecking=yes on every
+hop (ProxyJump too, through `client_config`), never added; BatchMode, so nothing ever prompts.
+A master's control socket lives in a private 0700 directory: anyone who can reach it can run
+commands on the device as the login user, as with any OpenSSH ControlMaster.
 """
 
 from __future__ import annotations
