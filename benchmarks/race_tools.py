@@ -76,15 +76,17 @@ def rsync_debs(log=print) -> list[Path]:
     return sorted(debs.glob("*.deb"))
 
 
-def stage_release(release, host_dir: Path, zstd: bool = True) -> None:
+def stage_release(release, host_dir: Path, zstd: bool = True, packages: bool = True) -> None:
     """Lay out `release`'s files under `host_dir` as the others place them; unchanged files keep their mtime.
 
-    `zstd`: the devices have zstd, so edgefleet sends the packages as site.tar.zst: so do the others."""
+    `zstd`: the devices have zstd, so edgefleet sends the packages as site.tar.zst: so do the others.
+    `packages`: the job includes the packages' tarball (False: the devices have them already)."""
     wanted = {}
     for obj in (*release.files, release.unit, *release.tuning, release.manifest):
         wanted[obj.path if "/" in obj.path or obj.path.endswith((".yaml", ".json")) else f"units/{obj.path}"] = obj
-    packages = release.env_tarball(zstd=zstd)  # what edgefleet sends these devices
-    wanted[f"site/{packages.path}"] = packages
+    if packages:
+        tarball = release.env_tarball(zstd=zstd)  # what edgefleet sends these devices
+        wanted[f"site/{tarball.path}"] = tarball
     for rel, obj in wanted.items():
         dest = host_dir / rel
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -59,3 +59,34 @@ def test_each_step_is_one_argv_a_line_for_a_sudoers_list(dev):
     lines = dev.c.commands[-1].splitlines()
     assert lines[0].startswith("sudo -n systemctl daemon-reload; rc=$?; ")
     assert lines[1].startswith("sudo -n systemctl restart 'x y.service'; rc=$?; ")
+
+
+def test_a_venv_release_is_built_by_one_python(tmp_path):
+    """Hard links into objects/, the packages link, the payload byte-compiled for its final path."""
+    import hashlib
+    import json
+    import shlex
+    import sys
+
+    from edgefleet.deploy.apply import BUILDER
+
+    objects, envs = tmp_path / "objects", tmp_path / "envs" / "e1"
+    objects.mkdir()
+    envs.mkdir(parents=True)
+    files = {"payload/edge_runtime/__init__.py": b"VALUE = 7\n", "bundle/bundle.json": b"{}", "runtime.yaml": b"a: 1\n"}
+    links = []
+    for rel, data in files.items():
+        sha = hashlib.sha256(data).hexdigest()
+        (objects / sha).write_bytes(data)
+        links.append([sha, rel])
+    tmp, final = tmp_path / "releases" / "r-1.tmp", tmp_path / "releases" / "r-1"
+    tmp.mkdir(parents=True)
+    spec = {"tmp": str(tmp), "final": str(final), "objects": str(objects), "site": str(envs), "links": links}
+    subprocess.run(f"{shlex.quote(sys.executable)} -c {shlex.quote(BUILDER)} {shlex.quote(json.dumps(spec))}",
+                   shell=True, check=True)
+    for rel, data in files.items():
+        assert (tmp / rel).read_bytes() == data and (tmp / rel).stat().st_ino == (objects / links[
+            list(files).index(rel)][0]).stat().st_ino  # a hard link, not a copy
+    assert (tmp / "site").resolve() == envs
+    pyc = next((tmp / "payload" / "edge_runtime" / "__pycache__").glob("__init__.*.pyc"))
+    assert str(final).encode() in pyc.read_bytes()  # compiled for where it will live
