@@ -418,7 +418,8 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
     if plan.install_tuning:
         steps += _tuning_install_steps(dev, release)
     if steps:
-        steps.append((["systemctl", "daemon-reload"], "reload systemd", False))
+        if plan.reload_units:  # ~0.15 s of systemd's CPU: only when an installed unit is replaced
+            steps.append((["systemctl", "daemon-reload"], "reload systemd", False))
         if plan.install_tuning:
             steps += _tuning_start_steps()
         codes = dev.systems(steps)

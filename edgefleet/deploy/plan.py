@@ -213,6 +213,9 @@ class DeployPlan:
     notes: tuple[str, ...] = field(default_factory=tuple)
     install_tuning: bool = False
     env_tarball: ReleaseFile | None = None  # the packages' tarball to unpack (gzip, or zstd when the device has it)
+    # systemd must re-read unit files only when one it may have loaded is replaced: a unit that
+    # was never installed is read from disk when first started (systemd >= 247 sees the new file)
+    reload_units: bool = False
     big_records: bool = False  # unpack with tar -b 2048 -B (GNU tar)
     load_image: str | None = None  # ship: image: the image ID to load from its uploaded tarball
 
@@ -310,6 +313,8 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
         upload=upload,
         install_env=install_env,
         env_tarball=env_tarball,
+        reload_units=(unit_changed and facts.unit_sha256 is not None) or (
+            bool(release.tuning) and (tuning_changed or bool(drifted)) and facts.tuning_unit_sha256 is not None),
         big_records=facts.gnu_tar,
         build_release=release.release_id not in facts.releases,
         install_unit=unit_changed,

@@ -351,3 +351,14 @@ def test_probe_request_carries_route_payloads_and_token():
     line = json.loads(probe_request(18081, "/v1/qa", [p for _, p in requests], 3, "s3cret"))
     assert line == {"port": 18081, "route": "/v1/qa", "rounds": 3, "token": "s3cret",
                     "payloads": [{"question": "q1", "context": "c1"}, {"question": "q2", "context": "c2"}]}
+
+
+def test_systemd_rereads_units_only_when_an_installed_one_is_replaced(target, release):
+    """A fresh device gets its units without a daemon-reload; a changed unit (or tuning) needs one."""
+    fresh = make_plan(target, release, facts())
+    assert fresh.install_unit and fresh.install_tuning and not fresh.reload_units
+    changed = make_plan(target, release, facts(unit_sha256="0" * 64, tuning_unit_sha256=release.tuning[0].sha256,
+                                               tuning_script_sha256=release.tuning[1].sha256))
+    assert changed.install_unit and not changed.install_tuning and changed.reload_units
+    tuning = make_plan(target, release, facts(unit_sha256=release.unit.sha256, tuning_unit_sha256="0" * 64))
+    assert not tuning.install_unit and tuning.install_tuning and tuning.reload_units
