@@ -40,7 +40,10 @@ class LabPaths:
 
     @property
     def state(self) -> Path:
-        return self.build_dir / "lab"
+        """build/lab for slot 0, build/lab/slot-K for slot K: labs side by side keep their keys,
+        known_hosts and fake sysfs apart (one lab's down removed another's key before)."""
+        slot = plan.slot()
+        return self.build_dir / "lab" if slot == 0 else self.build_dir / "lab" / f"slot-{slot}"
 
     @property
     def client_key(self) -> Path:

@@ -35,6 +35,16 @@ def test_slot_moves_names_and_ports(monkeypatch, value, container, ssh_port, run
         container, ssh_port, runtime_port, selector)
 
 
+@pytest.mark.parametrize("value, state", [("", "lab"), ("0", "lab"), ("4", "lab/slot-4")])
+def test_slot_keeps_its_own_keys_and_state(monkeypatch, tmp_path, value, state):
+    """Labs in two slots never share a client key, known_hosts or fake sysfs (one's down removed the other's)."""
+    from edgefleet.lab import LabPaths
+
+    monkeypatch.setenv(plan.SLOT_ENV, value)
+    paths = LabPaths(build_dir=tmp_path, targets_dir=tmp_path / "t")
+    assert paths.state == tmp_path / state and paths.client_key.parent == paths.known_hosts.parent == paths.state
+
+
 @pytest.mark.parametrize("value", ["10", "-1", "x"])
 def test_slot_rejects(monkeypatch, value):
     monkeypatch.setenv(plan.SLOT_ENV, value)
