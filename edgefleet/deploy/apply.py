@@ -57,28 +57,37 @@ class Device:
         return posixpath.join(self.root, *parts)
 
     def run(self, command: str, step: str, privileged: bool = True, warn: bool = False):
-        if privileged and self.target.settings.sudo and not self.owns_root:
-            command = "sudo -n sh -c " + q(command)
-        return self._exec(command, step, warn)
+        return self._exec(self.file_command(command) if privileged else command, step, warn)
 
     def system(self, argv: list[str], step: str, warn: bool = False):
         """Run one root-only command, through `sudo -n` when the target uses sudo."""
-        command = " ".join(q(a) for a in argv)
-        if self.target.settings.sudo:
-            command = "sudo -n " + command
-        return self._exec(command, step, warn)
+        return self._exec(self.system_command(argv), step, warn)
+
+    def file_command(self, command: str) -> str:
+        """Return `command` as it runs to write the device root (through sudo unless the login user owns it)."""
+        if self.target.settings.sudo and not self.owns_root:
+            return "sudo -n sh -c " + q(command)
+        return command
+
+    def system_command(self, argv: list[str]) -> str:
+        """Return a root-only argv as it runs: one plain `sudo -n` argv when the target uses sudo."""
+        return ("sudo -n " if self.target.settings.sudo else "") + " ".join(q(a) for a in argv)
 
     def systems(self, steps: list[tuple[list[str], str, bool]]) -> list[int]:
-        """Run root-only commands (argv, step, warn) in order in one session; return their exit codes.
+        """Run root-only commands (argv, step, warn) in order in one session; return their exit codes."""
+        return self.batch([(self.system_command(argv), step, warn) for argv, step, warn in steps])
 
-        Each is the same one `sudo -n` argv `system` runs (one a line, so a sudoers list still
-        names each); the first that fails and is not `warn` ends the batch and raises, naming its
-        step. One session instead of one each: a session costs a fork and an exec on the device
-        (and ~0.1-0.2 s under qemu-user).
+    def batch(self, steps: list[tuple[str, str, bool]]) -> list[int]:
+        """Run commands (`file_command`/`system_command` strings, step, warn) in order in one
+        session; return their exit codes.
+
+        A root-only one is the same `sudo -n` argv `system` runs (one a line, so a sudoers list
+        still names each); the first that fails and is not `warn` ends the batch and raises,
+        naming its step. One session instead of one each: a session costs a fork and an exec on
+        the device (and ~0.1-0.2 s under qemu-user).
         """
         lines = []
-        for i, (argv, _, warn) in enumerate(steps):
-            command = ("sudo -n " if self.target.settings.sudo else "") + " ".join(q(a) for a in argv)
+        for i, (command, _, warn) in enumerate(steps):
             end = "" if warn else ' [ "$rc" = 0 ] || exit "$rc"'
             lines.append(f'{command}; rc=$?; echo "{_STEP_MARK} {i} $rc" >&2;{end}')
         result = self._exec("\n".join(lines), steps[0][1], warn=True)
@@ -243,17 +252,25 @@ def _send_file(fd: int, fh, size: int) -> None:
         offset += sent
 
 
-def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool = False) -> None:
-    """Upload the missing objects, verify their sha256 on the device, then move them in.
+def _layout_command(dev: Device) -> str:
+    return (f"mkdir -p {q(dev.path('objects'))} {q(dev.path('releases'))} {q(dev.path('envs'))} "
+            f"&& chmod 0755 {q(dev.root)}")
+
+
+def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool = False) -> str | None:
+    """Upload the missing objects and verify their sha256 on the device; return the command that
+    moves them into objects/ (the caller runs it in its next batch), None when nothing went up.
 
     `verify_on_arrival`: the device has our Python (a venv release): RECEIVER checks each object
     as it is written; else tar unpacks the stream and `sha256sum -c` checks it afterwards.
     """
     if not plan.upload:
-        return
+        dev.run(_layout_command(dev), "create the device layout")
+        return None
     incoming = _incoming(dev)
     # we hold the lock: anything in incoming is left over from a deploy that died mid-upload
-    dev.run(f"rm -rf {q(incoming)} && mkdir -p {q(incoming)}", "clear the incoming dir", privileged=False)
+    dev.batch([(dev.file_command(_layout_command(dev)), "create the device layout", False),
+               (f"rm -rf {q(incoming)} && mkdir -p {q(incoming)}", "clear the incoming dir", False)])
     t0 = time.monotonic()
     sums = "".join(f"{o.sha256}  {o.sha256}\n" for o in plan.upload).encode()
     uploads = [(o.path, str(o.source) if o.source is not None else io.BytesIO(o.data), o.sha256, o.size)
@@ -294,11 +311,11 @@ def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool =
                     warn=True)
             raise DeployError(f"{dev.target.name}: uploaded files failed sha256 verification; nothing was "
                               f"activated: {(verify.stdout + verify.stderr).strip()[-400:]}")
-    dev.run(f"cd {q(incoming)} && chmod 0644 -- {names} && mv -f -- {names} {q(dev.path('objects'))}/ "
-            f"&& rm -f SHA256SUMS", "move verified objects in")
     secs = time.monotonic() - t0
     how = "sha256 verified as written" if checked else "sha256 verified"
     log(f"  uploaded {len(plan.upload)} objects, {sent / 1e6:.1f} MB in {secs:.1f} s ({via}), {how}")
+    return (f"cd {q(incoming)} && chmod 0644 -- {names} && mv -f -- {names} {q(dev.path('objects'))}/ "
+            f"&& rm -f SHA256SUMS")
 
 
 # A venv release is built on the device by its Python in one process: hard links into objects/,
@@ -366,11 +383,14 @@ def _install_env_script(dev: Device, release: Release, tarball: ReleaseFile, big
     ])
 
 
+def _switch_command(dev: Device, release_id: str) -> str:
+    new = dev.path("current.new")
+    return f"ln -sfn {q(posixpath.join('releases', release_id))} {q(new)} && mv -Tf {q(new)} {q(dev.path('current'))}"
+
+
 def switch_current(dev: Device, release_id: str) -> None:
     """Point `current` at `release_id` atomically (rename of a symlink)."""
-    new = dev.path("current.new")
-    dev.run(f"ln -sfn {q(posixpath.join('releases', release_id))} {q(new)} && mv -Tf {q(new)} {q(dev.path('current'))}",
-            f"switch current to {release_id}")
+    dev.run(_switch_command(dev, release_id), f"switch current to {release_id}")
 
 
 def _restart_steps() -> list[tuple[list[str], str, bool]]:
@@ -387,52 +407,71 @@ def restart_service(dev: Device) -> None:
 
 
 def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
-    """Run every step of `plan` up to and including the restart (not the health gate)."""
+    """Run every step of `plan` up to and including the restart (not the health gate).
+
+    In few sessions (each costs the device a fork and an exec): the layout, the upload, then the
+    file steps (move the verified objects in, unpack, build the release), the root-only steps
+    (service user, units, tuning), and last the switch with the restart. Each batch stops at the
+    first failing step and names it.
+    """
     s = dev.target.settings
-    dev.run(f"mkdir -p {q(dev.path('objects'))} {q(dev.path('releases'))} {q(dev.path('envs'))} "
-            f"&& chmod 0755 {q(dev.root)}", "create the device layout")
-    upload_objects(dev, plan, log, verify_on_arrival=release.env is not None)
-    if plan.create_user:
-        user = q(s.service_user)
-        if dev.run(f"id -u {user}", "look up the service user", privileged=False, warn=True).exited != 0:
-            dev.system(["useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell",
-                        "/usr/sbin/nologin", s.service_user], "create the service user")
-        log(f"  created service user {s.service_user}")
-    if plan.install_env:
-        t0 = time.monotonic()
-        tarball = plan.env_tarball or release.env_tarball(zstd=False)
-        dev.run(_install_env_script(dev, release, tarball, plan.big_records), "unpack the Python packages")
-        log(f"  unpacked Python packages ({tarball.path}) into envs/{release.env.sha256[:12]} "
-            f"in {time.monotonic() - t0:.1f} s")
-    if plan.load_image:
+    move_in = upload_objects(dev, plan, log, verify_on_arrival=release.env is not None)
+    files: list[tuple[str, str, bool]] = []
+    if move_in:
+        files.append((dev.file_command(move_in), "move verified objects in", False))
+    if plan.load_image:  # the image loads from its verified tarball before the release is built
+        if files:
+            dev.batch(files)
+            files = []
         load_image(dev, release, log)
+    tarball = plan.env_tarball or (release.env_tarball(zstd=False) if release.env is not None else None)
+    if plan.install_env:
+        files.append((dev.file_command(_install_env_script(dev, release, tarball, plan.big_records)),
+                      "unpack the Python packages", False))
     if plan.build_release:
-        dev.run(_build_release_script(dev, release), f"build releases/{release.release_id}")
-        log(f"  built releases/{release.release_id} ({len(release.files)} files, hard links into objects/)")
-    # the units in one batch (one session, one daemon-reload), then the switch, then the restart
+        files.append((dev.file_command(_build_release_script(dev, release)), f"build releases/{release.release_id}",
+                      False))
+    if files:
+        t0 = time.monotonic()
+        dev.batch(files)
+        done = [f"unpacked Python packages ({tarball.path}) into envs/{release.env.sha256[:12]}"] * plan.install_env + \
+               [f"built releases/{release.release_id} ({len(release.files)} files, hard links into objects/)"] \
+               * plan.build_release
+        if done:
+            log(f"  {'; '.join(done)} in {time.monotonic() - t0:.1f} s")
+    # the service user, the units and tuning in one batch (a daemon-reload only when replacing a unit)
     steps = []
+    if plan.create_user:
+        steps.append((["useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell", "/usr/sbin/nologin",
+                       s.service_user], "create the service user", False))
     if plan.install_unit:
         unit_obj = dev.path("objects", release.unit.sha256)
         steps.append((["install", "-m", "0644", unit_obj, "/etc/systemd/system/" + UNIT_NAME],
                       f"install {UNIT_NAME}", False))
     if plan.install_tuning:
         steps += _tuning_install_steps(dev, release)
+    if plan.reload_units:  # ~0.15 s of systemd's CPU: only when an installed unit is replaced
+        steps.append((["systemctl", "daemon-reload"], "reload systemd", False))
+    if plan.install_tuning:
+        steps += _tuning_start_steps()
     if steps:
-        if plan.reload_units:  # ~0.15 s of systemd's CPU: only when an installed unit is replaced
-            steps.append((["systemctl", "daemon-reload"], "reload systemd", False))
-        if plan.install_tuning:
-            steps += _tuning_start_steps()
         codes = dev.systems(steps)
+        if plan.create_user:
+            log(f"  created service user {s.service_user}")
         if plan.install_unit:
             log(f"  installed {UNIT_NAME}")
         if plan.install_tuning:
             _log_tuning(codes[-1], log)
-    if plan.activate:
-        switch_current(dev, release.release_id)
-        log(f"  current -> releases/{release.release_id}")
-    if plan.restart:
-        restart_service(dev)
-        log(f"  restarted {UNIT_NAME}")
+    # the switch and the restart together: current never points at a release the service was not asked to run
+    last = [(dev.file_command(_switch_command(dev, release.release_id)), f"switch current to {release.release_id}",
+             False)] if plan.activate else []
+    last += [(dev.system_command(argv), step, warn) for argv, step, warn in _restart_steps()] if plan.restart else []
+    if last:
+        dev.batch(last)
+        if plan.activate:
+            log(f"  current -> releases/{release.release_id}")
+        if plan.restart:
+            log(f"  restarted {UNIT_NAME}")
 
 
 def load_image(dev: Device, release: Release, log) -> None:
