@@ -434,9 +434,11 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
     if files:
         t0 = time.monotonic()
         dev.batch(files)
-        done = [f"unpacked Python packages ({tarball.path}) into envs/{release.env.sha256[:12]}"] * plan.install_env + \
-               [f"built releases/{release.release_id} ({len(release.files)} files, hard links into objects/)"] \
-               * plan.build_release
+        done = []
+        if plan.install_env:
+            done.append(f"unpacked Python packages ({tarball.path}) into envs/{release.env.sha256[:12]}")
+        if plan.build_release:
+            done.append(f"built releases/{release.release_id} ({len(release.files)} files, hard links into objects/)")
         if done:
             log(f"  {'; '.join(done)} in {time.monotonic() - t0:.1f} s")
     # the service user, the units and tuning in one batch (a daemon-reload only when replacing a unit)

@@ -120,8 +120,9 @@ def facts_command(target: Target) -> str:
     root, user = q(s.root), q(s.service_user)
     lines = [
         f"root={root}",
-        # the kernel's own record of the arch (Linux >= 6.1), else uname
-        'a=; [ -r /proc/sys/kernel/arch ] && read -r a < /proc/sys/kernel/arch; echo "arch=${a:-$(uname -m)}"',
+        # uname, not /proc/sys/kernel/arch: under qemu-user (the lab's arm64 devices) the kernel is
+        # the host's, and only uname reports the arch the device's programs run as
+        'echo "arch=$(uname -m)"',
         # python3 is the same file as python3.X (the expected version first): no Python start-up
         # (~0.1-0.3 s on a busy board) and no readlink; anything else is asked
         'v=; p=$(command -v python3) && for x in ' + " ".join(dict.fromkeys([s.python, *_PYTHONS])) +
