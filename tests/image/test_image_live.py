@@ -68,3 +68,20 @@ def test_saved_arm64_archive_is_small_and_loads(runtime_tag, tmp_path):
         assert "linux/arm64" in engine.image_labels(loaded_tag)["edgefleet.platforms"].split(",")
     finally:
         engine.remove_image(loaded_tag)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("platform, arch", [("linux/arm64", "arm64"), ("linux/amd64", "amd64")])
+def test_deploy_facts_report_the_arch_programs_run_as(runtime_tag, platform, arch):
+    """Under qemu-user the kernel is the host's: the facts must still say arm64 (a lab device's case)."""
+    import subprocess
+
+    from edgefleet.deploy.plan import facts_command, parse_facts
+    from edgefleet.inventory import load_inventory
+
+    target = load_inventory(repo_root() / "targets").target("pi5-01")
+    proc = subprocess.run(["docker", "run", "--rm", "--init", "--network", "none", "--platform", platform,
+                           "--entrypoint", "sh", build.resolve_ref(runtime_tag, platform), "-c",
+                           facts_command(target)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert parse_facts(proc.stdout).arch == arch

@@ -197,3 +197,42 @@ def test_vm_docker_variant_sudoers_and_inventory():
     assert json.loads(files["etc/docker/daemon.json"][0]) == {"bridge": "none", "iptables": False, "ip-masq": False}
     text = vmplan.inventory_yaml(2193, Path("/k"), Path("/kh"), docker=True)
     assert "lab-vm-docker:" in text and "ship: image" in text
+
+
+class ScriptedDevice:
+    """A device connection that records each command and answers as a healthy docker device would."""
+
+    def __init__(self, image_ids: str):
+        self.commands: list[str] = []
+        self.image_ids = image_ids
+
+    def run(self, command, **_):
+        from edgefleet.deploy.apply import _STEP_MARK
+
+        self.commands.append(command)
+        steps = [line for line in command.splitlines() if _STEP_MARK in line]
+        out = self.image_ids if "image ls" in command else ""
+        err = "".join(f"{_STEP_MARK} {i} 0\n" for i in range(len(steps)))
+        return type("Result", (), {"exited": 0, "stdout": out, "stderr": err})()
+
+
+def test_apply_first_image_release_loads_checks_and_restarts(tmp_path, monkeypatch):
+    """apply_plan end to end for an image release (no packages, no payload): what the device is asked."""
+    from edgefleet.deploy import apply
+
+    target = image_target(tmp_path)
+    release = image_release(tmp_path, target)
+    plan = make_plan(target, release, facts())
+    monkeypatch.setattr(apply, "upload_objects", lambda dev, plan, log, verify_on_arrival: "true")
+    conn, lines = ScriptedDevice(IMAGE_A + "\n"), []
+    apply.apply_plan(apply.Device(conn, target), plan, release, lines.append)
+    sent = "\n".join(conn.commands)
+    assert "docker load --quiet" in sent and f"rm -f /opt/edgefleet/objects/{release.image.sha256}" in sent
+    assert "sudo -n systemctl restart edgefleet-runtime.service" in sent and "envs/" not in sent
+    assert any(line.startswith("  loaded image sha256:aaaaaaaaaaaa") for line in lines)
+    assert any(f"built releases/{release.release_id}" in line for line in lines)
+    # an image that does not come up under the release's ID activates nothing
+    conn = ScriptedDevice(IMAGE_B + "\n")
+    with pytest.raises(apply.DeployError, match=r"did not load as sha256:a+ \(docker said: exit 0\); nothing was activated"):
+        apply.apply_plan(apply.Device(conn, target), plan, release, lines.append)
+    assert not any("restart" in c or "current.new" in c for c in conn.commands)
