@@ -17,7 +17,7 @@ from .checks import health_gate, service_call
 from .env import DeviceEnv, build_target_env
 from .health import HealthResult
 from .lock import controller_identity, device_lock, stale_reason
-from .plan import DeployPlan, Facts, facts_command, make_plan, parse_facts
+from .plan import DeployPlan, Facts, ask_facts, make_plan
 from .prune import prune
 from .release import Release, ReleaseError, make_release
 from .rollback import RollbackResult, revert, rollback
@@ -90,7 +90,7 @@ def gather_facts(target: Target) -> Facts | None:
     except Exception:
         return None
     try:
-        return parse_facts(Device(conn, target).run(facts_command(target), "gather facts", privileged=False).stdout)
+        return ask_facts(Device(conn, target))
     except Exception:
         return None
     finally:
@@ -111,7 +111,7 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
     try:
         dev = Device(conn, target)
         if facts is None:
-            facts = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout)
+            facts = ask_facts(dev)
         dev.owns_root = facts.owns_root
         plan: DeployPlan = make_plan(target, release, _without_stale_lock(target, facts, log))
         lines = plan.describe()

@@ -73,9 +73,13 @@ class Device:
         """Return a root-only argv as it runs: one plain `sudo -n` argv when the target uses sudo."""
         return ("sudo -n " if self.target.settings.sudo else "") + " ".join(q(a) for a in argv)
 
+    def system_steps(self, steps: list[tuple[list[str], str, bool]]) -> list[tuple[str, str, bool]]:
+        """Return root-only steps (argv, step, warn) as `batch` takes them."""
+        return [(self.system_command(argv), step, warn) for argv, step, warn in steps]
+
     def systems(self, steps: list[tuple[list[str], str, bool]]) -> list[int]:
         """Run root-only commands (argv, step, warn) in order in one session; return their exit codes."""
-        return self.batch([(self.system_command(argv), step, warn) for argv, step, warn in steps])
+        return self.batch(self.system_steps(steps))
 
     def batch(self, steps: list[tuple[str, str, bool]]) -> list[int]:
         """Run commands (`file_command`/`system_command` strings, step, warn) in order in one
@@ -394,8 +398,8 @@ def switch_current(dev: Device, release_id: str) -> None:
 
 
 def _restart_steps() -> list[tuple[list[str], str, bool]]:
-    # forget an earlier crash loop (systemd's start limit) first; the unit file is loaded already
-    # (daemon-reload after installing it), so enabling needs no reload of its own
+    # forget an earlier crash loop (systemd's start limit) first; enabling needs no reload of its
+    # own (a replaced unit was reloaded after installing it, a new one is read when first named)
     return [(["systemctl", "reset-failed", UNIT_NAME], "reset the service's failed state", True),
             (["systemctl", "enable", "--quiet", "--no-reload", UNIT_NAME], "enable the service", False),
             (["systemctl", "restart", UNIT_NAME], "restart the service", False)]
@@ -424,21 +428,19 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
             dev.batch(files)
             files = []
         load_image(dev, release, log)
-    tarball = plan.env_tarball or (release.env_tarball(zstd=False) if release.env is not None else None)
-    if plan.install_env:
+    done = []  # what the file steps' batch reports when it has run
+    if plan.install_env:  # a venv release only: an image release has no packages
+        tarball = plan.env_tarball or release.env_tarball(zstd=False)
         files.append((dev.file_command(_install_env_script(dev, release, tarball, plan.big_records)),
                       "unpack the Python packages", False))
+        done.append(f"unpacked Python packages ({tarball.path}) into envs/{release.env.sha256[:12]}")
     if plan.build_release:
         files.append((dev.file_command(_build_release_script(dev, release)), f"build releases/{release.release_id}",
                       False))
+        done.append(f"built releases/{release.release_id} ({len(release.files)} files, hard links into objects/)")
     if files:
         t0 = time.monotonic()
         dev.batch(files)
-        done = []
-        if plan.install_env:
-            done.append(f"unpacked Python packages ({tarball.path}) into envs/{release.env.sha256[:12]}")
-        if plan.build_release:
-            done.append(f"built releases/{release.release_id} ({len(release.files)} files, hard links into objects/)")
         if done:
             log(f"  {'; '.join(done)} in {time.monotonic() - t0:.1f} s")
     # the service user, the units and tuning in one batch (a daemon-reload only when replacing a unit)
@@ -467,7 +469,7 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
     # the switch and the restart together: current never points at a release the service was not asked to run
     last = [(dev.file_command(_switch_command(dev, release.release_id)), f"switch current to {release.release_id}",
              False)] if plan.activate else []
-    last += [(dev.system_command(argv), step, warn) for argv, step, warn in _restart_steps()] if plan.restart else []
+    last += dev.system_steps(_restart_steps()) if plan.restart else []
     if last:
         dev.batch(last)
         if plan.activate:

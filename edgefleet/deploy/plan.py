@@ -158,6 +158,11 @@ def facts_command(target: Target) -> str:
     return "\n".join(lines)
 
 
+def ask_facts(dev) -> Facts:
+    """Run `facts_command` on a `Device` (as the login user) and parse what it prints."""
+    return parse_facts(dev.run(facts_command(dev.target), "gather facts", privileged=False).stdout)
+
+
 def parse_facts(output: str) -> Facts:
     """Parse the output of `facts_command`."""
     head, _, objects = output.partition(_OBJECTS_MARK)
@@ -215,7 +220,7 @@ class DeployPlan:
     install_tuning: bool = False
     env_tarball: ReleaseFile | None = None  # the packages' tarball to unpack (gzip, or zstd when the device has it)
     # systemd must re-read unit files only when one it may have loaded is replaced: a unit that
-    # was never installed is read from disk when first started (systemd >= 247 sees the new file)
+    # was never installed is read from disk when first named (tested on Debian bookworm's systemd 252)
     reload_units: bool = False
     big_records: bool = False  # unpack with tar -b 2048 -B (GNU tar)
     load_image: str | None = None  # ship: image: the image ID to load from its uploaded tarball

@@ -13,7 +13,7 @@ from .apply import IMAGE_ENV, DeployError, Device, now, record_state, restart_se
 from .checks import health_gate, release_golden
 from .health import HealthResult
 from .lock import device_lock
-from .plan import Facts, PlanError, facts_command, parse_facts
+from .plan import Facts, PlanError, ask_facts
 from .prune import previous_committed
 
 __all__ = ["RollbackResult", "revert", "rollback"]
@@ -70,9 +70,9 @@ def revert(target: Target, release_id: str | None, reason: str, log=print) -> Ro
     try:
         dev = Device(conn, target)
         # whether the login user owns the device root decides how the lock itself is written
-        dev.owns_root = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout).owns_root
+        dev.owns_root = ask_facts(dev).owns_root
         with device_lock(dev, log, now(), reconnect=lambda: connect(target)):
-            facts = parse_facts(dev.run(facts_command(target), "gather facts", privileged=False).stdout)
+            facts = ask_facts(dev)
             to = release_id or previous_committed(_history(dev), facts.current)
             result = RollbackResult(target.name, facts.current, to, False, facts.current)
             if to is None:
