@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import http.client
 import os
@@ -32,7 +33,7 @@ import tempfile
 from functools import cached_property
 from pathlib import Path
 
-from invoke import Context
+from invoke import Config, Context
 from invoke.exceptions import UnexpectedExit
 from invoke.runners import Result
 
@@ -53,7 +54,13 @@ def openssh_client() -> str | None:
     """Return the `ssh` client to use, or None (none installed, or EDGEFLEET_SSH_TRANSFER=paramiko)."""
     if os.environ.get("EDGEFLEET_SSH_TRANSFER", "").lower() == "paramiko":
         return None
-    return shutil.which("ssh")
+    return _which_ssh(os.environ.get("PATH"))
+
+
+@functools.lru_cache(maxsize=4)
+def _which_ssh(search_path: str | None) -> str | None:
+    # once per PATH and process: a rollout connects to every device, each in its own thread
+    return shutil.which("ssh", path=search_path)
 
 
 def persist_seconds() -> int:
@@ -68,8 +75,18 @@ def persist_seconds() -> int:
 
 def control_dir() -> Path:
     """Return the private directory for control sockets (made 0700; refused if anyone else could use it)."""
+    path = _control_dir(os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir())
+    if not path.is_dir():  # removed since: make it again
+        _control_dir.cache_clear()
+        path = _control_dir(os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir())
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _control_dir(runtime_dir: str | None, tmp: str) -> Path:
+    # checked once per place and process (every connection of a rollout asks)
     # a socket's path must fit sun_path (108 bytes) with the ".<16 random>" OpenSSH adds while binding
-    bases = [b for b in (os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir(), "/tmp") if b]
+    bases = [b for b in (runtime_dir, tmp, "/tmp") if b]
     path = next(p for p in (Path(b) / f"edgefleet-ssh-{os.getuid()}" for b in bases)
                 if len(str(p)) + 1 + _KEY_CHARS <= _MAX_SOCKET_PATH or str(p.parent) == "/tmp")
     path.mkdir(mode=0o700, exist_ok=True)
@@ -130,19 +147,23 @@ class OpenSSHConnection(Context):
     """
 
     def __init__(self, name: str, host: str, options: list[str], timeout: float, known_hosts: Path | None = None):
-        super().__init__()
-        self.name, self.host, self.timeout = name, host, timeout
-        self.ssh = openssh_client() or "ssh"
-        self.base = [self.ssh, "-F", str(client_config(known_hosts)), *options]
+        # Invoke's defaults only: `run` here never reads Invoke's runner settings, and a full
+        # Config looks for six config files per connection
+        super().__init__(config=Config(lazy=True))
+        ssh = openssh_client() or "ssh"
+        base = [ssh, "-F", str(client_config(known_hosts)), *options]
         persist = persist_seconds()
-        self.control_path: Path | None = None
+        control_path: Path | None = None
         if persist:
             # how the device is reached and trusted names its master; a timeout does not
-            identity = [a for a in (*self.base, host) if not a.startswith("ConnectTimeout=")]
+            identity = [a for a in (*base, host) if not a.startswith("ConnectTimeout=")]
             key = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:_KEY_CHARS]
-            self.control_path = control_dir() / key
-        self.persist = persist
-        self.mux = ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control_path}"] if self.control_path else []
+            control_path = control_dir() / key
+        mux = ["-o", "ControlMaster=no", "-o", f"ControlPath={control_path}"] if control_path else []
+        # plain attributes (`_set`): a Context would file anything set on it as a config key,
+        # and look it up through the config on every read
+        self._set(name=name, host=host, timeout=timeout, ssh=ssh, base=base, persist=persist,
+                  control_path=control_path, mux=mux)
 
     # -- what ssh makes of the target (~/.ssh/config included), asked only when needed
     @cached_property
