@@ -34,6 +34,8 @@ def rollout(targets: list[Target], plan: RolloutPlan, bundle_dir: Path, build_di
         def on_event(kind: str, wave: int, payload) -> None:
             if kind in ("device", "reverted"):
                 record.device(payload)
+            elif kind in ("wave", "stopped"):
+                record.checkpoint()
             live(kind, wave, payload)
 
         with live:

@@ -14,13 +14,17 @@ from .plan import OK_RESULTS, RolloutError, RolloutPlan
 __all__ = ["RolloutRecord", "latest_record", "LiveProgress", "print_table"]
 
 RECORD = "rollout.json"
+JOURNAL = "devices.jsonl"
 
 
 class RolloutRecord:
-    """build/rollouts/<id>/rollout.json (rewritten atomically after every device) and logs/<device>.log.
+    """build/rollouts/<id>/rollout.json, devices.jsonl and logs/<device>.log.
 
-    Written from the start with every device "not reached", so a controller that dies mid-wave
-    leaves a record that `--resume` reads.
+    rollout.json is written from the start with every device "not reached", so a controller that
+    dies mid-wave leaves a record that `--resume` reads, then again at each wave and at the end.
+    Each device's outcome is appended to devices.jsonl the moment it is known (one line, one
+    write): at 2,000 devices, rewriting the whole record per device would be quadratic.
+    `latest_record` reads both.
     """
 
     def __init__(self, rollouts_dir: Path, plan: RolloutPlan, bundle: Path, meta: dict):
@@ -42,9 +46,20 @@ class RolloutRecord:
         self.write()
 
     def device(self, outcome) -> None:
+        """Record one device's outcome (appended to devices.jsonl now, in rollout.json at the next write)."""
+        entry = {**outcome.as_dict(), "log": str(self.log_dir / f"{outcome.target}.log")}
+        line = (json.dumps(entry) + "\n").encode()
         with self._lock:
-            self.doc["devices"][outcome.target] = {**outcome.as_dict(),
-                                                   "log": str(self.log_dir / f"{outcome.target}.log")}
+            self.doc["devices"][outcome.target] = entry
+            fd = os.open(self.dir / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+    def checkpoint(self) -> None:
+        """Rewrite rollout.json with every outcome so far (a wave boundary)."""
+        with self._lock:
             self.write()
 
     def finish(self, stopped: bool, seconds: float, counts: dict[str, int]) -> dict:
@@ -61,14 +76,24 @@ class RolloutRecord:
 
 
 def latest_record(rollouts_dir: Path) -> dict:
-    """Return the newest rollout record under `rollouts_dir`."""
+    """Return the newest rollout record under `rollouts_dir`, with the outcomes its journal has."""
     records = sorted(rollouts_dir.glob(f"*/{RECORD}")) if rollouts_dir.is_dir() else []
     if not records:
         raise RolloutError(f"no rollout recorded under {rollouts_dir}; nothing to resume")
     try:
-        return json.loads(records[-1].read_text())
+        doc = json.loads(records[-1].read_text())
     except ValueError as exc:
         raise RolloutError(f"{records[-1]}: not a rollout record: {exc}") from None
+    journal = records[-1].parent / JOURNAL
+    if doc.get("status") == "running" and journal.is_file():  # the controller stopped before its last write
+        for line in journal.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a line cut short when the controller was killed: that device is not reached
+                continue
+            if entry.get("target") in doc.get("devices", {}):
+                doc["devices"][entry["target"]] = entry
+    return doc
 
 
 def _fmt(value, fmt: str) -> str:

@@ -118,6 +118,12 @@ def test_record_starts_unreached_and_resumes_from_the_newest(tmp_path):
     assert resume_targets(latest_record(tmp_path)) == ["a", "b", "c"]  # a controller killed now resumes all
 
     first.device(DeviceOutcome("a", 1, "updated", "r-1", "r-2", "r-2", 12.5, None, 3.2))
+    # killed now: rollout.json still says "not reached" for a; its journal line says otherwise
+    assert json.loads((first.dir / "rollout.json").read_text())["devices"]["a"]["result"] == "not reached"
+    assert resume_targets(latest_record(tmp_path)) == ["b", "c"]
+    with (first.dir / "devices.jsonl").open("a") as fh:  # a line cut short by the kill is not an outcome
+        fh.write('{"target": "b", "result": "upd')
+    assert resume_targets(latest_record(tmp_path)) == ["b", "c"]
     doc = first.finish(stopped=True, seconds=4.0, counts={"updated": 1, "not reached": 2, "ok": 1})
     assert doc["status"] == "stopped" and doc["devices"]["a"]["log"].endswith("logs/a.log")
     assert resume_targets(latest_record(tmp_path)) == ["b", "c"]
