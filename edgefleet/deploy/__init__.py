@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -72,6 +73,17 @@ def prepare_release(target: Target, bundle_dir: Path, build_dir: Path, env: Devi
     return make_release(target.name, bundle_dir, repo_root() / "payload", rendered, env)
 
 
+def _golden(path: Path) -> dict:
+    """Return the bundle's golden outputs, read once per file version (every device's gate uses them)."""
+    st = path.stat()
+    return _read_golden(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_golden(path: str, _mtime_ns: int, _size: int) -> dict:
+    return json.loads(Path(path).read_text())["golden"]
+
+
 def _without_stale_lock(target: Target, facts: Facts, log) -> Facts:
     """Let the plan go ahead when the lock on the device is stale (device_lock breaks it, saying so)."""
     if facts.lock_owner and stale_reason(facts.lock_owner, facts.lock_age_s, target.settings.deploy.lock_ttl_s,
@@ -106,7 +118,7 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
     """
     t0 = time.monotonic()
     release = release or prepare_release(target, bundle_dir, build_dir, image_tag=image_tag, log=log)
-    golden = json.loads((bundle_dir / "bundle.json").read_text())["golden"]
+    golden = _golden(bundle_dir / "bundle.json")
     conn = connect(target)
     try:
         dev = Device(conn, target)
