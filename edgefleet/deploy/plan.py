@@ -49,10 +49,13 @@ def _active_fact(unit: str) -> list[str]:
 
 
 def _sha256_fact(files: dict[str, str]) -> str:
-    """Return one line of sh printing `<key>=<sha256>` for each file that exists (one sha256sum for all)."""
-    cases = " ".join(f"{shlex.quote(path)}) echo {key}=$h ;;" for key, path in files.items())
-    return (f"sha256sum {' '.join(shlex.quote(p) for p in files.values())} 2>/dev/null | "
-            f"while read -r h p; do case $p in {cases} esac; done")
+    """Return one line of sh printing `<key>=<sha256>` for each file that exists (one sha256sum for
+    all; its output split into (hash, path) words by the shell, not read by a piped subshell)."""
+    if any(not p or any(c.isspace() for c in p) for p in files.values()):
+        raise ValueError(f"sha256 facts take paths without blanks: {sorted(files.values())}")
+    cases = " ".join(f"{shlex.quote(path)}) echo {key}=$1 ;;" for key, path in files.items())
+    return (f"h=$(sha256sum {' '.join(shlex.quote(p) for p in files.values())} 2>/dev/null); set -- $h; "
+            f"while [ $# -ge 2 ]; do case $2 in {cases} esac; shift 2; done")
 
 
 def _listing(key: str, directory: str) -> str:
@@ -120,21 +123,30 @@ def facts_command(target: Target) -> str:
     root, user = q(s.root), q(s.service_user)
     lines = [
         f"root={root}",
-        # uname, not /proc/sys/kernel/arch: under qemu-user (the lab's arm64 devices) the kernel is
-        # the host's, and only uname reports the arch the device's programs run as
-        'echo "arch=$(uname -m)"',
+        "nl='\n'",
+        # `on_path x` sets $w to x's path, like `command -v x` without the subshell a $(...) forks
+        'on_path() { w=; o=$IFS; IFS=:; for d in $PATH; do [ -f "$d/$1" ] && [ -x "$d/$1" ] && w=$d/$1 && break; '
+        'done; IFS=$o; }',
+        # the arch the device's programs run as: bash's own (set when it was built, no uname
+        # started), else uname's -- not /proc/sys/kernel/arch, which under qemu-user (the lab's
+        # arm64 devices) is the host kernel's, as a 64-bit kernel's is under a 32-bit userland
+        'echo "arch=${HOSTTYPE:-$(uname -m)}"',
         # python3 is the same file as python3.X (the expected version first): no Python start-up
         # (~0.1-0.3 s on a busy board) and no readlink; anything else is asked
-        'v=; p=$(command -v python3) && for x in ' + " ".join(dict.fromkeys([s.python, *_PYTHONS])) +
+        'v=; on_path python3; p=$w; [ -n "$p" ] && for x in ' + " ".join(dict.fromkeys([s.python, *_PYTHONS])) +
         '; do [ "$p" -ef "${p%/*}/python$x" ] && v=$x && break; done',
         "[ -n \"$v\" ] || v=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null)",
         'echo "python=$v"',
         'if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi',
-        '[ -L "$root/current" ] && echo "current=$(readlink "$root/current")"',
+        # the release `current` leads to, by comparing files (test -ef), not with readlink: a link
+        # to a release that is gone is no current release
+        '[ -L "$root/current" ] && for r in "$root"/releases/*; do '
+        '[ "$root/current" -ef "$r" ] && echo "current=${r##*/}" && break; done',
         COMMITTED_FACT,
         *LOCK_FACTS,
         'd="$root"; while [ ! -d "$d" ]; do d=${d%/*}; d=${d:-/}; done',
-        'df -Pk "$d" | { read -r _; read -r _ _ _ avail _; echo "free_kb=$avail"; }',
+        # df's second line, fourth field (no piped subshell)
+        'f=$(df -Pk "$d"); f=${f#*"$nl"}; set -- $f; echo "free_kb=$4"',
         _sha256_fact({"unit_sha": f"/etc/systemd/system/{UNIT_NAME}",
                       "tuning_unit_sha": f"/etc/systemd/system/{TUNING_UNIT}",
                       "tuning_script_sha": TUNING_SCRIPT_PATH}),
@@ -142,15 +154,14 @@ def facts_command(target: Target) -> str:
         # /etc/passwd with builtins (useradd --system writes it); a user only NSS knows: id
         f'u=no; while IFS=: read -r n _; do [ "$n" = {user} ] && u=yes && break; done < /etc/passwd; '
         f'[ $u = yes ] || {{ id -u {user} >/dev/null 2>&1 && u=yes; }}; echo "user=$u"',
-        'echo "owns_root=$([ -d "$root" ] && [ -O "$root" ] && [ -w "$root" ] && echo yes || echo no)"',
+        'if [ -d "$root" ] && [ -O "$root" ] && [ -w "$root" ]; then echo owns_root=yes; else echo owns_root=no; fi',
         _listing("envs", "envs"),
         _listing("releases", "releases"),
         GOVERNORS_FACT,
         *(docker_facts(target) if s.ship == "image" else []),
         'if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi',
         # GNU tar (not busybox's): it reads a pipe in 1 MiB records (-b 2048 -B), ~30% less unpack time
-        't=$(command -v tar) && [ -n "$t" ] && ! [ "$t" -ef "$(command -v busybox 2>/dev/null || echo /nonexistent)" ] '
-        '&& echo gnu_tar=yes',
+        'on_path busybox; b=${w:-/nonexistent}; on_path tar; [ -n "$w" ] && ! [ "$w" -ef "$b" ] && echo gnu_tar=yes',
         f'echo {_OBJECTS_MARK}',
         'for f in "$root"/objects/*; do [ -e "$f" ] && echo "${f##*/}"; done',
         "true",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from edgefleet.deploy.env import DeviceEnv
 from edgefleet.deploy.health import NotReady
-from edgefleet.deploy.plan import Facts, PlanError, facts_command, make_plan, parse_facts
+from edgefleet.deploy.plan import ARCH_NAMES, Facts, PlanError, facts_command, make_plan, parse_facts
 from edgefleet.deploy.release import ReleaseError, make_release
 from edgefleet.digest import sha256_file
 from edgefleet.inventory import load_inventory
@@ -51,14 +52,15 @@ def facts(**over) -> Facts:
     return dataclasses.replace(base, **over)
 
 
-def test_facts_command_runs_in_sh_and_parses(tmp_path, target):
+@pytest.mark.parametrize("shell", ["sh", "bash"])  # dash (Debian's sh) and bash: a login shell is either
+def test_facts_command_runs_in_sh_and_parses(tmp_path, target, shell):
     """The fact script is valid sh, and on a machine with nothing deployed parses to 'empty'."""
     settings = target.settings.model_copy(update={"root": str(tmp_path / "opt" / "edgefleet")})
     tgt = dataclasses.replace(target, settings=settings)
-    out = subprocess.run(["sh", "-c", facts_command(tgt)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([shell, "-c", facts_command(tgt)], capture_output=True, text=True, check=True).stdout
     got = parse_facts(out)
     assert got.current is None and got.objects == frozenset() and got.free_bytes > 0
-    assert got.arch in ("amd64", "arm64") and got.committed is None
+    assert got.arch == ARCH_NAMES[platform.machine()] and got.committed is None  # bash: its $HOSTTYPE
     assert got.gnu_tar  # this host's tar is GNU tar (a busybox one would say no)
 
     # state.json as record_state writes it
@@ -68,7 +70,7 @@ def test_facts_command_runs_in_sh_and_parses(tmp_path, target):
     (root / "state.json").write_text(json.dumps(state, indent=2) + "\n")
     (root / "objects").mkdir()
     (root / "objects" / ("a" * 64)).write_text("x")
-    out = subprocess.run(["sh", "-c", facts_command(tgt)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([shell, "-c", facts_command(tgt)], capture_output=True, text=True, check=True).stdout
     got = parse_facts(out)
     assert got.committed == "r-0123456789ab" and got.objects == frozenset({"a" * 64})
     assert got.lock_owner is None and got.envs == frozenset() and got.releases == frozenset()
@@ -79,15 +81,20 @@ def test_facts_command_runs_in_sh_and_parses(tmp_path, target):
     for name in ("envs/e1", "envs/e2", "releases/r-1", "releases/r-2"):
         (root / name).mkdir(parents=True)
     (root / "current").symlink_to("releases/r-2")
-    got = parse_facts(subprocess.run(["sh", "-c", facts_command(tgt)], capture_output=True, text=True,
+    got = parse_facts(subprocess.run([shell, "-c", facts_command(tgt)], capture_output=True, text=True,
                                      check=True).stdout)
     assert got.lock_owner == "host=ctl pid=7 time=now" and 0 <= got.lock_age_s < 60
     assert got.envs == {"e1", "e2"} and got.releases == {"r-1", "r-2"} and got.current == "r-2"
     assert got.owns_root
     (root / ".lock" / "owner").write_text("")  # the owner line never got written: still a lock
-    got = parse_facts(subprocess.run(["sh", "-c", facts_command(tgt)], capture_output=True, text=True,
+    got = parse_facts(subprocess.run([shell, "-c", facts_command(tgt)], capture_output=True, text=True,
                                      check=True).stdout)
     assert got.lock_owner == "unknown"
+    (root / "current").unlink()  # a link to a release that is gone: no current release
+    (root / "current").symlink_to("releases/r-gone")
+    got = parse_facts(subprocess.run([shell, "-c", facts_command(tgt)], capture_output=True, text=True,
+                                     check=True).stdout)
+    assert got.current is None and got.releases == {"r-1", "r-2"}
 
 
 @pytest.mark.parametrize("interpreter, link, expected", [
