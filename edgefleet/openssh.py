@@ -97,6 +97,36 @@ def _control_dir(runtime_dir: str | None, tmp: str) -> Path:
     return path
 
 
+def preferred_ciphers() -> str:
+    """Return the Ciphers value for every hop ("" leaves OpenSSH's order): AES-GCM first when this
+    host's CPU has AES instructions, else OpenSSH's own order (chacha20-poly1305 first).
+
+    A deploy is mostly bulk bytes: with AES instructions AES-GCM costs the client and sshd about
+    a third less CPU per byte than chacha20-poly1305 (measured on this host), and the boards
+    edgefleet has profiles for (Cortex-A76/A78AE: Pi 5, RK3588, Jetson Orin) have them too. A
+    board without them (a Raspberry Pi 4) decrypts chacha20 faster: set `Ciphers` for it in
+    ~/.ssh/config, which wins, or EDGEFLEET_SSH_CIPHERS ("" for OpenSSH's order, or a value).
+    """
+    given = os.environ.get("EDGEFLEET_SSH_CIPHERS")
+    if given is not None:
+        if given and not re.fullmatch(r"[+^-]?[A-Za-z0-9@._-]+(,[A-Za-z0-9@._-]+)*", given):
+            raise OpenSSHError(f"EDGEFLEET_SSH_CIPHERS={given!r}: expected a comma-separated cipher list "
+                               "(as in ssh_config's Ciphers) or empty")
+        return given
+    return "^aes128-gcm@openssh.com,aes256-gcm@openssh.com" if _cpu_has_aes() else ""
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_aes() -> bool:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    # x86 "flags : ... aes ...", arm64 "Features : ... aes ..."
+    return any(line.split(":", 1)[0].strip() in ("flags", "Features") and "aes" in line.split(":", 1)[1].split()
+               for line in info.splitlines() if ":" in line)
+
+
 def _user_config() -> Path:
     """Return ~/.ssh/config from $HOME, as Fabric reads it (OpenSSH alone would read the passwd home)."""
     home = os.environ.get("HOME")
@@ -121,6 +151,9 @@ def client_config(known_hosts: Path | None) -> Path:
         lines += [f"  UserKnownHostsFile {_config_path(known_hosts)}", "  GlobalKnownHostsFile /dev/null"]
     user = _user_config()
     lines += [f"  Include {_config_path(user)}" if user.is_file() else "", "  Include /etc/ssh/ssh_config"]
+    ciphers = preferred_ciphers()
+    if ciphers:  # after the includes: a Ciphers line of the user's (for a host or all) wins
+        lines += ["Host *", f"  Ciphers {ciphers}"]
     text = "\n".join(lines) + "\n"
     path = control_dir() / f"client-{hashlib.sha256(text.encode()).hexdigest()[:_KEY_CHARS]}.conf"
     if not path.is_file():  # many threads and processes may get here at once: each writes its own file

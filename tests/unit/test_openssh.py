@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -171,3 +172,30 @@ def test_client_config_written_by_many_threads_at_once(monkeypatch, short_dir):
         paths = set(pool.map(lambda _: openssh.client_config(Path("/inv/known_hosts")), range(64)))
     assert len(paths) == 1 and "StrictHostKeyChecking yes" in paths.pop().read_text()
     assert not list(openssh.control_dir().glob("*.tmp"))
+
+
+def _effective(config: Path, host: str = "pi5-01") -> dict[str, str]:
+    out = subprocess.run(["ssh", "-G", "-F", str(config), host], capture_output=True, text=True, check=True).stdout
+    return dict(line.partition(" ")[::2] for line in out.splitlines())
+
+
+def test_aes_gcm_first_unless_the_user_says_otherwise(monkeypatch, short_dir):
+    """AES-GCM leads the cipher list on a host with AES instructions; a user's Ciphers (for one
+    host, e.g. a Raspberry Pi 4 without them) wins, and EDGEFLEET_SSH_CIPHERS sets or clears it."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_dir))
+    monkeypatch.setenv("HOME", str(short_dir))
+    monkeypatch.delenv("EDGEFLEET_SSH_CIPHERS", raising=False)
+    monkeypatch.setattr(openssh, "_cpu_has_aes", lambda: True)
+    assert _effective(openssh.client_config(None))["ciphers"].startswith("aes128-gcm@openssh.com,aes256-gcm")
+    (short_dir / ".ssh").mkdir()
+    (short_dir / ".ssh" / "config").write_text("Host pi4-*\n  Ciphers chacha20-poly1305@openssh.com\n")
+    config = openssh.client_config(None)
+    assert _effective(config, "pi4-07")["ciphers"] == "chacha20-poly1305@openssh.com"
+    assert _effective(config, "pi5-01")["ciphers"].startswith("aes128-gcm@openssh.com")
+    monkeypatch.setattr(openssh, "_cpu_has_aes", lambda: False)  # OpenSSH's own order
+    assert _effective(openssh.client_config(None))["ciphers"].startswith("chacha20-poly1305@openssh.com")
+    monkeypatch.setenv("EDGEFLEET_SSH_CIPHERS", "aes256-gcm@openssh.com")
+    assert _effective(openssh.client_config(None), "pi5-01")["ciphers"] == "aes256-gcm@openssh.com"
+    monkeypatch.setenv("EDGEFLEET_SSH_CIPHERS", "aes256-gcm; rm -rf /")
+    with pytest.raises(openssh.OpenSSHError, match="EDGEFLEET_SSH_CIPHERS"):
+        openssh.client_config(None)
