@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -104,10 +105,12 @@ def on_devices(targets, command: str, puts: list[tuple[Path | bytes, str]] = ())
         list(pool.map(one, targets))
 
 
-def provision(targets) -> None:
-    """Give the devices what the contenders need and edgefleet does not: rsync, and the race@ stand-in unit."""
+def provision(targets, restart: str = "stand-in") -> None:
+    """Give the devices what the contenders need and edgefleet does not: rsync, and the race@ unit
+    (`restart`: "stand-in", a one-shot /bin/true; "runtime", edgefleet's runtime from their tree)."""
     debs = rt.rsync_debs()
-    puts = [(d, f"/tmp/{d.name}") for d in debs] + [(rt.RACE_UNIT.encode(), "/etc/systemd/system/race@.service")]
+    unit = rt.RACE_RUNTIME_UNIT if restart == "runtime" else rt.RACE_UNIT
+    puts = [(d, f"/tmp/{d.name}") for d in debs] + [(unit.encode(), "/etc/systemd/system/race@.service")]
     names = " ".join(f"/tmp/{d.name}" for d in debs)
     on_devices(targets, f"(command -v rsync >/dev/null || dpkg -i {names} >/dev/null) && rm -f {names} "
                         f"&& systemctl daemon-reload && mkdir -p {rt.REMOTE_ROOT}", puts)
@@ -120,7 +123,8 @@ def reset(targets, keep_packages: bool = False) -> None:
     a provisioned fleet, the issue's job (model, sources, a rendered template, one command)."""
     gone = ("/opt/edgefleet/objects /opt/edgefleet/releases /opt/edgefleet/current /opt/edgefleet/state.json "
             "/opt/edgefleet/.lock" if keep_packages else "/opt/edgefleet")
-    on_devices(targets, "systemctl disable --now edgefleet-runtime.service edgefleet-tuning.service >/dev/null 2>&1; "
+    on_devices(targets, "systemctl stop 'race@*' >/dev/null 2>&1; "
+                        "systemctl disable --now edgefleet-runtime.service edgefleet-tuning.service >/dev/null 2>&1; "
                         f"rm -rf {gone} /etc/systemd/system/edgefleet-*.service /usr/local/lib/edgefleet "
                         f"/var/tmp/edgefleet-incoming-* {rt.REMOTE_ROOT}/*; systemctl daemon-reload")
 
@@ -172,7 +176,11 @@ def edgefleet_child(targets_dir: Path, build: Path) -> int:
     wall = time.monotonic() - t0
     placed = max((s for s, _ in gates), default=wall)
     errors = {name: d.get("error", "")[:600] for name, d in doc["devices"].items() if d.get("error")}
+    # what the devices' logs say went up (objects and packages), to tell payload bytes from the rest
+    uploaded = [float(m.group(1)) for log in Path(doc["record"], "logs").glob("*.log")
+                for m in re.finditer(r"uploaded \d+ objects, ([0-9.]+) MB", log.read_text())]
     print(json.dumps({"counts": doc["counts"], "errors": errors, "wall": wall, "placed": placed,
+                      "uploaded_mb": sum(uploaded), "uploading_devices": len(uploaded),
                       "gate_median": statistics.median(e - s for s, e in gates) if gates else 0.0}))
     return 0
 
@@ -216,7 +224,7 @@ def run_tool(tool: str, ctx: dict) -> dict:
         if child["counts"].get("ok") != len(ctx["hosts"]):
             raise RuntimeError(f"edgefleet rollout not ok: {child}")
         out.update(placed=child["placed"] + (wall - child["wall"]), gate=child["wall"] - child["placed"],
-                   counts=child["counts"])
+                   counts=child["counts"], uploaded_mb=child["uploaded_mb"], uploading=child["uploading_devices"])
     return out
 
 
@@ -250,7 +258,7 @@ def race(args, targets_dir: Path, build: Path) -> tuple[dict, int]:
            "key": paths.client_key.resolve(), "known_hosts": paths.known_hosts.resolve(),
            "stage": build / "stage", "work": build / "work", "connections": args.connections,
            "masters": Path(tempfile.mkdtemp(prefix="efr-", dir="/tmp"))}  # short: sockets live there
-    provision(targets)
+    provision(targets, args.restart)
     results: dict = {p: {t: [] for t in args.tools} for p in args.phases}
     failures: list[str] = []
     provisioned = False
@@ -266,6 +274,8 @@ def race(args, targets_dir: Path, build: Path) -> tuple[dict, int]:
                     print(f"setup: packages on every device ({run_tool('edgefleet', ctx)['wall']:.1f} s, not counted)",
                           flush=True)
                     provisioned = True
+                    if args.restart == "runtime":  # the others' runtimes use the packages it unpacked
+                        on_devices(targets, f"set -- /opt/edgefleet/envs/*; [ -d \"$1\" ] && ln -sfn \"$1\" {rt.RACE_SITE}")
                 reset(targets, keep_packages=args.job == "model")
                 stage(lab_targets(targets_dir), build, ctx["stage"], packages=args.job == "full")
             if "first" not in args.phases and rnd == 0:  # the devices need the job once, untimed
@@ -287,9 +297,12 @@ def race(args, targets_dir: Path, build: Path) -> tuple[dict, int]:
                         failures.append(f"round {rnd + 1} {phase} {tool}")
                         continue
                     after = counters.read()
+                    if args.restart == "runtime" and tool != "edgefleet":  # untimed: one runtime of theirs
+                        on_devices(targets, f"systemctl stop race@{tool}.service")  # at a time (memory)
                     run.update(sent=after["sent"] - before["sent"], received=after["received"] - before["received"])
                     results[phase][tool].append(run)
-                    extra = f" (placed {run['placed']:.1f} s, gate {run['gate']:.1f} s)" if "gate" in run else ""
+                    extra = (f" (placed {run['placed']:.1f} s, gate {run['gate']:.1f} s; {run['uploading']} device(s) "
+                             f"uploaded {run['uploaded_mb']:.1f} MB)" if "gate" in run else "")
                     extra += f", {run['warm']} warm masters" if run["warm"] else ""
                     print(f"round {rnd + 1} {phase:6} {tool:12} {run['wall']:7.1f} s{extra}, host CPU "
                           f"{run['cpu']:6.1f} s, sent {run['sent'] / 1e6:8.3f} MB", flush=True)
@@ -317,8 +330,10 @@ def med(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def table(results: dict, n: int, rounds: int, loads: tuple[str, str], job: str = "full") -> str:
-    lines = [f"\ndeploy race: {n} amd64 lab devices, {rounds} round(s), job {job}, medians; load before: {loads[0]}",
+def table(results: dict, n: int, rounds: int, loads: tuple[str, str], job: str = "full",
+          restart: str = "stand-in") -> str:
+    lines = [f"\ndeploy race: {n} amd64 lab devices, {rounds} round(s), job {job}, the others restart: {restart}, "
+             f"medians; load before: {loads[0]}",
              f"{'':36}after:  {loads[1]}",
              f"{'phase':7} {'tool':14} {'wall s':>8} {'placed s':>9} {'gate s':>7} {'host CPU s':>10} {'sent MB':>9} "
              f"{'recv MB':>8} {'x edgefleet':>11}"]
@@ -399,6 +414,10 @@ def main() -> int:
                     help="warm: each tool keeps what its defaults keep between runs (edgefleet's masters 120 s, "
                          "Ansible's ControlPersist 60 s, rsync-mux's 120 s; the plain rsync loop and pyinfra none); "
                          "cold: every run logs in afresh (all masters stopped before it)")
+    ap.add_argument("--restart", choices=("stand-in", "runtime"), default="stand-in",
+                    help="what the others restart when they changed something: stand-in, a one-shot /bin/true "
+                         "unit; runtime, edgefleet's runtime from their own tree on a free port (Type=simple, as "
+                         "edgefleet's unit: the model loads on every device as it does for edgefleet; --job model only)")
     ap.add_argument("--reuse-lab", type=Path, metavar="TARGETS_DIR",
                     help="use the lab that is up, with its inventory in TARGETS_DIR (left up)")
     ap.add_argument("--json", type=Path, help="also write every run to this file")
@@ -408,6 +427,8 @@ def main() -> int:
         return edgefleet_child(*args.edgefleet_child)
     args.tools = [t for t in args.tools.split(",") if t]
     args.phases = [p for p in PHASES if p in args.phases.split(",")]
+    if args.restart == "runtime" and args.job != "model":
+        ap.error("--restart runtime needs --job model (the runtimes use the packages already on the devices)")
     unknown = set(args.tools) - set(TOOLS)
     if unknown:
         ap.error(f"--tools: unknown {', '.join(sorted(unknown))} (choose from {', '.join(TOOLS)})")
@@ -435,10 +456,10 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     loads.append(load())
-    print(table(split_warm(results), n, args.rounds, tuple(loads), args.job))
+    print(table(split_warm(results), n, args.rounds, tuple(loads), args.job, args.restart))
     print(verdict(split_warm(results)))
     if args.json:
-        args.json.write_text(json.dumps({"devices": n, "rounds": args.rounds, "job": args.job, "load": loads,
+        args.json.write_text(json.dumps({"devices": n, "rounds": args.rounds, "job": args.job, "restart": args.restart, "load": loads,
                                          "results": results}, indent=1))
     return 0
 

@@ -3,8 +3,9 @@
 The "same job" for every tool is edgefleet's release for the target: the bundle, the payload
 sources, the resolved packages (site.tar.gz), the rendered runtime.yaml, units and manifest,
 placed on the device, plus one command (restart a service) when something changed. The
-other tools place it under /opt/race/<tool>/ and restart `race@<tool>.service` (a one-shot),
-so they never touch edgefleet's /opt/edgefleet or its service.
+other tools place it under /opt/race/<tool>/ and restart `race@<tool>.service` (a one-shot
+stand-in, or with `--restart runtime` the runtime itself from their tree), so they never touch
+edgefleet's /opt/edgefleet or its service.
 
 Every tool verifies host keys against the lab's known_hosts (no auto-add).
 """
@@ -37,6 +38,22 @@ Description=deploy race stand-in service for %i (edgefleet benchmark)
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/bin/true
+"""
+# `--restart runtime`: the same runtime edgefleet's unit starts (Type=simple, its own placed
+# payload, bundle and runtime.yaml), on a free port, with the packages edgefleet's untimed
+# first deploy unpacked (RACE_SITE links to them): the restart costs the device what edgefleet's does
+RACE_SITE = "/var/lib/race-site"
+RACE_RUNTIME_UNIT = f"""\
+[Unit]
+Description=deploy race: the edgefleet runtime as placed by %i (edgefleet benchmark)
+
+[Service]
+Type=simple
+Environment=PYTHONPATH={REMOTE_ROOT}/%i/payload:{RACE_SITE}
+# as edgefleet's runtime, which cannot write its release: no __pycache__ appears in the tool's
+# tree (rsync --delete would count it a change, and every re-run would restart)
+Environment=PYTHONDONTWRITEBYTECODE=1
+ExecStart=/usr/bin/python3 -m edge_runtime serve --bundle {REMOTE_ROOT}/%i/bundle --config {REMOTE_ROOT}/%i/runtime.yaml --port 0
 """
 q = shlex.quote
 
