@@ -9,7 +9,9 @@ value, runtime.log_level, changes on every device). Wall time is the tool's whol
 start-up included (edgefleet runs as a child process too). Bytes are counted by nft
 counters on the loopback hook for the lab slot's SSH port range: "sent" is towards the
 devices, summed over them. edgefleet's `gate` column is the tail its health gate adds after
-the last device was restarted; `placed` is the wall time without that tail.
+the last device was restarted; `placed` is the wall time without that tail (`--gates apart`:
+no gate starts before every device is placed). The others restart a /bin/true stand-in, or
+with `--restart runtime` the runtime itself, as edgefleet does.
 
 Needs root (nft), the lab (docker), and pulls the contenders (pinned) into build/race/venv.
 Starts its own lab unless --reuse-lab; the lab uses EDGEFLEET_LAB_SLOT.
@@ -153,28 +155,58 @@ def stage(targets, build: Path, stage_dir: Path, packages: bool = True) -> None:
 
 
 def edgefleet_child(targets_dir: Path, build: Path) -> int:
-    """Run one rollout of all lab devices (one wave, N connections); print timings as JSON."""
+    """Run one rollout of all lab devices (one wave, N connections); print timings as JSON.
+
+    EDGEFLEET_RACE_GATES=apart: each device's health gate waits until every device has reached
+    its own (or finished without one), so no gate runs while others still place: `placed` is then
+    the deploy without the gate's CPU in it, and the gates follow together. Default (overlap): as
+    a rollout runs, each gate as soon as its device is placed.
+    """
     import edgefleet.deploy as deploy_mod
+    import edgefleet.rollout.run as run_mod
     from edgefleet.rollout import plan_rollout, rollout
 
+    apart = os.environ.get("EDGEFLEET_RACE_GATES") == "apart"
     t0 = time.monotonic()
     gates: list[tuple[float, float]] = []
     lock = threading.Lock()
-    real_gate = deploy_mod.health_gate
+    real_gate, real_deploy = deploy_mod.health_gate, run_mod.deploy
+    targets = lab_targets(targets_dir)
+    expected = len(targets)
+    arrived, all_in, at = [0], threading.Event(), threading.local()
+    released: list[float] = []
+
+    def arrive() -> None:
+        with lock:
+            arrived[0] += 1
+            if arrived[0] == expected and not all_in.is_set():
+                released.append(time.monotonic() - t0)
+                all_in.set()
 
     def timed_gate(*args, **kwargs):
+        if apart and not getattr(at, "gate", False):
+            at.gate = True
+            arrive()
+            all_in.wait(RUN_TIMEOUT_S)
         start = time.monotonic()
         try:
             return real_gate(*args, **kwargs)
         finally:
             with lock:
                 gates.append((start - t0, time.monotonic() - t0))
-    deploy_mod.health_gate = timed_gate
-    targets = lab_targets(targets_dir)
+
+    def counted_deploy(*args, **kwargs):  # a device that fails before its gate arrives all the same
+        at.gate = False
+        try:
+            return real_deploy(*args, **kwargs)
+        finally:
+            if apart and not at.gate:
+                arrive()
+    deploy_mod.health_gate, run_mod.deploy = timed_gate, counted_deploy
     plan = plan_rollout([t.name for t in targets], canary=0, batch="100%", max_fail=0, parallel=len(targets))
     doc = rollout(targets, plan, BUNDLE, build, progress=False, log=lambda _: None)
     wall = time.monotonic() - t0
-    placed = max((s for s, _ in gates), default=wall)
+    placed = released[0] if apart and released else max((s for s, _ in gates), default=wall)
     errors = {name: d.get("error", "")[:600] for name, d in doc["devices"].items() if d.get("error")}
     # what the devices' logs say went up (objects and packages), to tell payload bytes from the rest
     uploaded = [float(m.group(1)) for log in Path(doc["record"], "logs").glob("*.log")
@@ -194,7 +226,8 @@ def run_tool(tool: str, ctx: dict) -> dict:
     warm = live_masters(masters)
     if tool == "edgefleet":
         argv = [sys.executable, __file__, "--edgefleet-child", str(ctx["targets_dir"]), str(ctx["build"])]
-        env = {**os.environ, "XDG_RUNTIME_DIR": str(masters)}  # its masters: <dir>/edgefleet-ssh-<uid>/
+        env = {**os.environ, "XDG_RUNTIME_DIR": str(masters),  # its masters: <dir>/edgefleet-ssh-<uid>/
+               "EDGEFLEET_RACE_GATES": ctx["gates"]}
     elif tool in ("rsync", "rsync-mux"):
         script = rt.rsync_loop_script(ctx["hosts"], ctx["stage"], ctx["key"], ctx["known_hosts"],
                                       control_dir=masters if tool == "rsync-mux" else None, tool=tool)
@@ -256,7 +289,7 @@ def race(args, targets_dir: Path, build: Path) -> tuple[dict, int]:
     targets = lab_targets(targets_dir)
     ctx = {"targets_dir": targets_dir, "build": build, "hosts": [(t.name, t.port) for t in targets],
            "key": paths.client_key.resolve(), "known_hosts": paths.known_hosts.resolve(),
-           "stage": build / "stage", "work": build / "work", "connections": args.connections,
+           "stage": build / "stage", "work": build / "work", "connections": args.connections, "gates": args.gates,
            "masters": Path(tempfile.mkdtemp(prefix="efr-", dir="/tmp"))}  # short: sockets live there
     provision(targets, args.restart)
     results: dict = {p: {t: [] for t in args.tools} for p in args.phases}
@@ -331,8 +364,9 @@ def med(runs: list[dict], key: str) -> float:
 
 
 def table(results: dict, n: int, rounds: int, loads: tuple[str, str], job: str = "full",
-          restart: str = "stand-in") -> str:
+          restart: str = "stand-in", gates: str = "overlap") -> str:
     lines = [f"\ndeploy race: {n} amd64 lab devices, {rounds} round(s), job {job}, the others restart: {restart}, "
+             f"edgefleet's gates: {gates}, "
              f"medians; load before: {loads[0]}",
              f"{'':36}after:  {loads[1]}",
              f"{'phase':7} {'tool':14} {'wall s':>8} {'placed s':>9} {'gate s':>7} {'host CPU s':>10} {'sent MB':>9} "
@@ -418,6 +452,11 @@ def main() -> int:
                     help="what the others restart when they changed something: stand-in, a one-shot /bin/true "
                          "unit; runtime, edgefleet's runtime from their own tree on a free port (Type=simple, as "
                          "edgefleet's unit: the model loads on every device as it does for edgefleet; --job model only)")
+    ap.add_argument("--gates", choices=("overlap", "apart"), default="overlap",
+                    help="overlap: edgefleet's health gates run as its rollout runs them, each once its device is "
+                         "placed, while later devices still place (placed = until the last device reached its "
+                         "gate); apart: every gate waits until all devices reached theirs, so `placed` holds no "
+                         "gate's CPU (the same deploy path and gates, timed apart)")
     ap.add_argument("--reuse-lab", type=Path, metavar="TARGETS_DIR",
                     help="use the lab that is up, with its inventory in TARGETS_DIR (left up)")
     ap.add_argument("--json", type=Path, help="also write every run to this file")
@@ -456,10 +495,10 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     loads.append(load())
-    print(table(split_warm(results), n, args.rounds, tuple(loads), args.job, args.restart))
+    print(table(split_warm(results), n, args.rounds, tuple(loads), args.job, args.restart, args.gates))
     print(verdict(split_warm(results)))
     if args.json:
-        args.json.write_text(json.dumps({"devices": n, "rounds": args.rounds, "job": args.job, "restart": args.restart, "load": loads,
+        args.json.write_text(json.dumps({"devices": n, "rounds": args.rounds, "job": args.job, "restart": args.restart, "gates": args.gates, "load": loads,
                                          "results": results}, indent=1))
     return 0
 
