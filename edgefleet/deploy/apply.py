@@ -153,7 +153,7 @@ class UploadFailed(Exception):
 RECEIVER = """\
 import hashlib, os, sys, tarfile
 bad = []
-with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar:
+with tarfile.open(fileobj=sys.stdin.buffer, mode="r|", bufsize=1 << 20) as tar:
     for m in tar:
         n = m.name
         if not m.isreg() or "/" in n or n.startswith("."):
