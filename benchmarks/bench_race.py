@@ -172,15 +172,16 @@ def edgefleet_child(targets_dir: Path, build: Path) -> int:
     lock = threading.Lock()
     real_gate, real_deploy = deploy_mod.health_gate, run_mod.deploy
     targets = lab_targets(targets_dir)
-    expected = len(targets)
-    arrived, all_in, at = [0], threading.Event(), threading.local()
-    released: list[float] = []
+    expected = len(targets)  # apart: the gates go once this many devices arrived
+    arrived, all_in, at = 0, threading.Event(), threading.local()
+    released: float | None = None  # when the last device reached its gate (apart)
 
     def arrive() -> None:
+        nonlocal arrived, released
         with lock:
-            arrived[0] += 1
-            if arrived[0] == expected and not all_in.is_set():
-                released.append(time.monotonic() - t0)
+            arrived += 1
+            if arrived == expected:
+                released = time.monotonic() - t0
                 all_in.set()
 
     def timed_gate(*args, **kwargs):
@@ -206,7 +207,7 @@ def edgefleet_child(targets_dir: Path, build: Path) -> int:
     plan = plan_rollout([t.name for t in targets], canary=0, batch="100%", max_fail=0, parallel=len(targets))
     doc = rollout(targets, plan, BUNDLE, build, progress=False, log=lambda _: None)
     wall = time.monotonic() - t0
-    placed = released[0] if apart and released else max((s for s, _ in gates), default=wall)
+    placed = released if apart and released is not None else max((s for s, _ in gates), default=wall)
     errors = {name: d.get("error", "")[:600] for name, d in doc["devices"].items() if d.get("error")}
     # what the devices' logs say went up (objects and packages), to tell payload bytes from the rest
     uploaded = [float(m.group(1)) for log in Path(doc["record"], "logs").glob("*.log")

@@ -75,11 +75,10 @@ def persist_seconds() -> int:
 
 def control_dir() -> Path:
     """Return the private directory for control sockets (made 0700; refused if anyone else could use it)."""
-    path = _control_dir(os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir())
-    if not path.is_dir():  # removed since: make it again
+    where = (os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir())
+    if not _control_dir(*where).is_dir():  # removed since: make it again
         _control_dir.cache_clear()
-        path = _control_dir(os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir())
-    return path
+    return _control_dir(*where)
 
 
 @functools.lru_cache(maxsize=4)
@@ -123,8 +122,8 @@ def _cpu_has_aes() -> bool:
     except OSError:
         return False
     # x86 "flags : ... aes ...", arm64 "Features : ... aes ..."
-    return any(line.split(":", 1)[0].strip() in ("flags", "Features") and "aes" in line.split(":", 1)[1].split()
-               for line in info.splitlines() if ":" in line)
+    fields = (line.partition(":") for line in info.splitlines())
+    return any(key.strip() in ("flags", "Features") and "aes" in value.split() for key, _, value in fields)
 
 
 def _user_config() -> Path:

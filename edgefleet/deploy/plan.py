@@ -125,8 +125,9 @@ def facts_command(target: Target) -> str:
         f"root={root}",
         "nl='\n'",
         # `on_path x` sets $w to x's path, like `command -v x` without the subshell a $(...) forks
-        'on_path() { w=; o=$IFS; IFS=:; for d in $PATH; do [ -f "$d/$1" ] && [ -x "$d/$1" ] && w=$d/$1 && break; '
-        'done; IFS=$o; }',
+        # (its own _-names: the script's $d and $o stay untouched whenever it is called)
+        'on_path() { w=; _o=$IFS; IFS=:; for _d in $PATH; do [ -f "$_d/$1" ] && [ -x "$_d/$1" ] && w=$_d/$1 && '
+        'break; done; IFS=$_o; }',
         # the arch the device's programs run as: bash's own (set when it was built, no uname
         # started), else uname's -- not /proc/sys/kernel/arch, which under qemu-user (the lab's
         # arm64 devices) is the host kernel's, as a 64-bit kernel's is under a 32-bit userland
