@@ -49,7 +49,8 @@ def unreferenced(manifests: dict[str, tuple[str, dict]], kept: list[str], object
     used_objects, used_envs = set(), set()
     for rid in kept:
         sha, m = manifests.get(rid, ("", {}))
-        used_objects |= {sha, *m.get("files", {}).values(), *m.get("tuning", {}).values()}
+        used_objects |= {sha, *m.get("files", {}).values(), *m.get("tuning", {}).values(),
+                         *m.get("compiled", {}).values()}
         # the packages' tarball is dropped once unpacked (its env dir is what a release uses)
         used_objects |= {m.get("unit", {}).get("sha256"), m.get("image", {}).get("sha256")}
         used_envs.add(m.get("env", {}).get("sha256"))

@@ -7,7 +7,11 @@ the device loads into its docker engine; both carry the bundle, runtime.yaml and
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
+import py_compile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..digest import sha256_bytes, sha256_file
 from ..model.bundle import BUNDLE_JSON, FILE_NAME, REQUIRED_FILES
 from ..render import TUNING_SCRIPT, TUNING_UNIT, UNIT_NAME, RenderedFile
-from .env import DeviceEnv
+from .env import DeviceEnv, _host_can_compile
 
 if TYPE_CHECKING:
     from ..image.ship import ShippedImage
@@ -53,6 +57,10 @@ class Release:
     manifest: ReleaseFile
     tuning: tuple[ReleaseFile, ...] = ()  # the tuning unit and script, when rendered
     image: ShippedImage | None = None  # the runtime image (ship: image)
+    # the payload byte-compiled here for the device's Python (when this host runs its X.Y): linked
+    # into the release so the device compiles nothing. A cache, not content: the release id is
+    # the same from a host that cannot compile them (the device then compiles its own)
+    compiled: tuple[ReleaseFile, ...] = ()
 
     @property
     def image_object(self) -> ReleaseFile | None:
@@ -71,7 +79,7 @@ class Release:
     def objects(self) -> dict[str, ReleaseFile]:
         """Return every object the device must hold, by sha256 (the packages' tarball and an image's:
         only until they are unpacked or loaded)."""
-        objects = {f.sha256: f for f in (*self.files, self.unit, *self.tuning, self.manifest)}
+        objects = {f.sha256: f for f in (*self.files, *self.compiled, self.unit, *self.tuning, self.manifest)}
         if self.env is not None:
             objects[self.env.sha256] = self.env_tarball(zstd=False)
         if self.image is not None:
@@ -94,6 +102,26 @@ def _tree(prefix: str, root: Path) -> list[ReleaseFile]:
         if path.is_file() and "__pycache__" not in rel and not rel.endswith(".pyc"):
             files.append(_from_path(f"{prefix}/{rel}", path))
     return files
+
+
+def _compiled(files: list[ReleaseFile], python: str) -> tuple[ReleaseFile, ...]:
+    """Return the .pyc files of the payload's sources for the device's Python `python` (X.Y), or
+    none when this interpreter is another X.Y (its bytecode would not load there)."""
+    if not _host_can_compile(python):
+        return ()
+    return tuple(_from_bytes(importlib.util.cache_from_source(f.path), _pyc(f.source, f.sha256))
+                 for f in files if f.path.startswith("payload/") and f.path.endswith(".py") and f.source)
+
+
+@functools.lru_cache(maxsize=256)
+def _pyc(source: Path, _sha256: str) -> bytes:
+    """Byte-compile `source` (as of its sha256): unchecked-hash, so the device never looks at
+    mtimes; the file name in it is fixed up by the import system when the module loads."""
+    with tempfile.TemporaryDirectory(prefix="edgefleet-pyc-") as tmp:
+        out = Path(tmp) / "out.pyc"
+        py_compile.compile(str(source), cfile=str(out), dfile=source.name, doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        return out.read_bytes()
 
 
 def _bundle_files(bundle_dir: Path) -> list[str]:
@@ -157,5 +185,8 @@ def make_release(
         "bundle": bundle_meta.get("name", bundle_dir.name),
         **content,
     }
+    compiled = _compiled(files, env.python) if env is not None else ()
+    if compiled:  # listed for prune (it keeps what a kept release uses), outside the id's content
+        manifest["compiled"] = {f.path: f.sha256 for f in compiled}
     manifest_file = _from_bytes("manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
-    return Release(release_id, target, tuple(files), env, unit, manifest_file, tuning, image)
+    return Release(release_id, target, tuple(files), env, unit, manifest_file, tuning, image, compiled)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -250,6 +251,30 @@ def test_release_id_depends_only_on_content(tmp_path, target):
     a = make_release(target.name, fake_bundle(tmp_path / "a"), REPO / "payload", render_target(target), env)
     b = make_release(target.name, fake_bundle(tmp_path / "b"), REPO / "payload", render_target(target), env)
     assert a.release_id == b.release_id and a.release_id.startswith("r-")
+
+
+def test_host_compiled_payload_is_a_cache_not_content(tmp_path, target, monkeypatch):
+    """This host runs the device's Python X.Y: it ships the payload's .pyc files (the device
+    compiles nothing); a host that cannot leaves them out and makes the same release."""
+    import importlib.util
+
+    import edgefleet.deploy.release as release_mod
+
+    env, bundle = fake_env(tmp_path), fake_bundle(tmp_path / "b")
+    assert env.python == "%d.%d" % sys.version_info[:2]  # the fixture's env is this host's Python
+    compiled = make_release(target.name, bundle, REPO / "payload", render_target(target), env)
+    monkeypatch.setattr(release_mod, "_host_can_compile", lambda python: False)
+    plain = make_release(target.name, bundle, REPO / "payload", render_target(target), env)
+    assert compiled.release_id == plain.release_id and not plain.compiled
+    sources = [f.path for f in compiled.files if f.path.startswith("payload/") and f.path.endswith(".py")]
+    assert sources and sorted(f.path for f in compiled.compiled) == sorted(map(importlib.util.cache_from_source,
+                                                                              sources))
+    assert {f.sha256 for f in compiled.compiled} <= set(compiled.objects())
+    listed = json.loads(compiled.manifest.read())["compiled"]
+    assert listed == {f.path: f.sha256 for f in compiled.compiled}
+    assert "compiled" not in json.loads(plain.manifest.read())
+    # unchecked-hash: the device never compares source mtimes (a release's files have the objects')
+    assert all(int.from_bytes(f.read()[4:8], "little") == 0b01 for f in compiled.compiled)
 
 
 def test_release_needs_a_bundle(tmp_path, target):

@@ -61,19 +61,28 @@ def test_each_step_is_one_argv_a_line_for_a_sudoers_list(dev):
     assert lines[1].startswith("sudo -n systemctl restart 'x y.service'; rc=$?; ")
 
 
-def test_a_venv_release_is_built_by_one_python(tmp_path):
-    """Hard links into objects/, the packages link, the payload byte-compiled for its final path."""
+@pytest.mark.parametrize("host_compiled", [False, True])
+def test_a_venv_release_is_built_by_one_python(tmp_path, host_compiled):
+    """Hard links into objects/, the packages link, and the payload byte-compiled: by the device for
+    its final path, or by the host (linked like the rest; the device compiles nothing)."""
     import hashlib
+    import importlib.util
     import json
     import shlex
     import sys
 
     from edgefleet.deploy.apply import BUILDER
+    from edgefleet.deploy.release import _pyc
 
     objects, envs = tmp_path / "objects", tmp_path / "envs" / "e1"
     objects.mkdir()
     envs.mkdir(parents=True)
-    files = {"payload/edge_runtime/__init__.py": b"VALUE = 7\n", "bundle/bundle.json": b"{}", "runtime.yaml": b"a: 1\n"}
+    source = "payload/edge_runtime/__init__.py"
+    files = {source: b"def where():\n    return where.__code__.co_filename\n", "bundle/bundle.json": b"{}",
+             "runtime.yaml": b"a: 1\n"}
+    if host_compiled:
+        (tmp_path / "src.py").write_bytes(files[source])
+        files[importlib.util.cache_from_source(source)] = _pyc(tmp_path / "src.py", "x")
     links = []
     for rel, data in files.items():
         sha = hashlib.sha256(data).hexdigest()
@@ -81,7 +90,8 @@ def test_a_venv_release_is_built_by_one_python(tmp_path):
         links.append([sha, rel])
     tmp, final = tmp_path / "releases" / "r-1.tmp", tmp_path / "releases" / "r-1"
     tmp.mkdir(parents=True)
-    spec = {"tmp": str(tmp), "final": str(final), "objects": str(objects), "site": str(envs), "links": links}
+    spec = {"tmp": str(tmp), "final": str(final), "objects": str(objects), "site": str(envs), "links": links,
+            "compile": not host_compiled}
     subprocess.run(f"{shlex.quote(sys.executable)} -c {shlex.quote(BUILDER)} {shlex.quote(json.dumps(spec))}",
                    shell=True, check=True)
     for rel, data in files.items():
@@ -89,4 +99,14 @@ def test_a_venv_release_is_built_by_one_python(tmp_path):
             list(files).index(rel)][0]).stat().st_ino  # a hard link, not a copy
     assert (tmp / "site").resolve() == envs
     pyc = next((tmp / "payload" / "edge_runtime" / "__pycache__").glob("__init__.*.pyc"))
-    assert str(final).encode() in pyc.read_bytes()  # compiled for where it will live
+    if not host_compiled:
+        assert str(final).encode() in pyc.read_bytes()  # compiled for where it will live
+    else:  # the host's, as linked: nothing compiled over it
+        assert pyc.stat().st_ino == (objects / hashlib.sha256(files[str(pyc.relative_to(tmp))]).hexdigest()).stat().st_ino
+    before = pyc.read_bytes()
+    tmp.rename(final)
+    # the module loads from the .pyc and names its real source file (the import system fixes it up)
+    out = subprocess.run([sys.executable, "-c", "import edge_runtime; print(edge_runtime.where())"],
+                         cwd=final / "payload", capture_output=True, text=True, check=True).stdout.strip()
+    assert out == str(final / source)
+    assert (final / importlib.util.cache_from_source(source)).read_bytes() == before  # loaded, not rewritten

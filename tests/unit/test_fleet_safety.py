@@ -151,10 +151,11 @@ def test_choose_releases(releases, active, keep, kept, gone):
 
 def test_listing_parse_and_unreferenced_objects():
     m1 = {"files": {"a": "o1", "b": "o2"}, "env": {"sha256": "e1"}, "unit": {"sha256": "u1"}}
-    m2 = {"files": {"a": "o1", "b": "o3"}, "env": {"sha256": "e2"}, "unit": {"sha256": "u1"}, "tuning": {"t": "t1"}}
+    m2 = {"files": {"a": "o1", "b": "o3"}, "env": {"sha256": "e2"}, "unit": {"sha256": "u1"}, "tuning": {"t": "t1"},
+          "compiled": {"a.pyc": "c1"}}
     output = (json.dumps({"current": "r-2", "history": HISTORY}) + "\n--releases--\n"
               f"r-1 m1sha {json.dumps(m1)}\nr-2 m2sha {json.dumps(m2)}\nr-3.tmp\n"
-              "--envs--\ne1\ne2\ne2.tmp\n--objects--\no1\no2\no3\nu1\nt1\ne1\ne2\nm1sha\nm2sha\n")
+              "--envs--\ne1\ne2\ne2.tmp\n--objects--\no1\no2\no3\nu1\nt1\nc1\ne1\ne2\nm1sha\nm2sha\n")
     state, manifests, releases, envs, objects = parse_listing(output)
     assert state["current"] == "r-2" and releases == {"r-1", "r-2", "r-3.tmp"}
     assert manifests["r-2"] == ("m2sha", m2) and manifests["r-3.tmp"] == ("", {})
@@ -162,6 +163,8 @@ def test_listing_parse_and_unreferenced_objects():
     # what a release uses is its unpacked env dir
     assert unreferenced(manifests, ["r-2"], objects, envs) == (["e1", "e2", "m1sha", "o2"], ["e1", "e2.tmp"])
     assert unreferenced(manifests, ["r-1", "r-2"], objects, envs) == (["e1", "e2"], ["e2.tmp"])
+    # the host's .pyc files go with the last release that links them
+    assert "c1" in unreferenced(manifests, ["r-1"], objects, envs)[0]
 
 
 def test_listing_command_runs_in_sh(tmp_path):
