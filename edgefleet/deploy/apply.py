@@ -146,13 +146,38 @@ class UploadFailed(Exception):
         self.what, self.why, self.code = what, why, code
 
 
+# How a venv release is built on the device, by its Python in one process: hard links into
+# objects/ (the host's .pyc files among them when it could compile them), the link to the
+# packages, else the payload byte-compiled here, then renamed into place (26 `ln` processes and a
+# compileall before: each a fork + exec, ~0.05 s apiece under qemu-user; the compileall alone
+# ~40 ms of a lab device's CPU). Run by BUILDER, or by RECEIVER right after the upload.
+_BUILD = """\
+def build(spec):
+    import shutil
+    tmp = spec["tmp"]
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for sha, rel in spec["links"]:
+        dest = os.path.join(tmp, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.link(os.path.join(spec["objects"], sha), dest)
+    os.symlink(spec["site"], os.path.join(tmp, "site"))
+    if spec["compile"]:
+        import compileall
+        compileall.compile_dir(os.path.join(tmp, "payload"), quiet=1, stripdir=tmp, prependdir=spec["final"])
+    os.rename(tmp, spec["final"])
+"""
+BUILDER = "import json, os, sys\n" + _BUILD + "build(json.loads(sys.argv[1]))\n"
+
 # The receiving end of an upload when the device has Python: it writes each object of the tar
 # stream as `.<name>.part`, hashing as it writes, and renames it to its name only when the
 # bytes' sha256 is that name. One pass over the bytes instead of tar, then `sha256sum -c`
 # (which reads them all again, without the CPU's SHA instructions: 0.2 s of CPU for 51 MB here).
+# Given a build spec (argv[1]; only where the login user writes the root itself), it then moves
+# the verified objects into objects/ and builds the release, in the same process and session.
 RECEIVER = """\
-import hashlib, os, sys, tarfile
-bad = []
+import hashlib, json, os, sys, tarfile
+bad, got = [], []
 with tarfile.open(fileobj=sys.stdin.buffer, mode="r|", bufsize=1 << 20) as tar:
     for m in tar:
         n = m.name
@@ -174,11 +199,23 @@ with tarfile.open(fileobj=sys.stdin.buffer, mode="r|", bufsize=1 << 20) as tar:
             continue
         os.chmod(part, 0o644)
         os.rename(part, n)
+        got.append(n)
 if bad:
     sys.stderr.write("sha256 mismatch: %s\\n" % " ".join(bad))
     sys.exit(4)
+""" + _BUILD + """\
+if len(sys.argv) > 1:
+    spec = json.loads(sys.argv[1])
+    try:
+        for n in got:
+            os.rename(n, os.path.join(spec["objects"], n))
+        build(spec)
+    except OSError as e:
+        sys.stderr.write("build: %s\\n" % e)
+        sys.exit(5)
 """
 _MISMATCH = 4  # RECEIVER's exit status when an object's bytes are not its sha256
+_BUILD_FAILED = 5  # RECEIVER's, when the verified objects could not be moved in or the release built
 
 
 def stream_upload(argv: list[str], incoming: str, uploads: list, remote: str | None = None) -> None:
@@ -261,16 +298,20 @@ def _layout_command(dev: Device) -> str:
             f"&& chmod 0755 {q(dev.root)}")
 
 
-def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool = False) -> str | None:
+def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool = False,
+                   build: dict | None = None) -> tuple[str | None, bool]:
     """Upload the missing objects and verify their sha256 on the device; return the command that
-    moves them into objects/ (the caller runs it in its next batch), None when nothing went up.
+    moves them into objects/ (the caller runs it in its next batch; None when nothing went up or
+    they are in already), and whether the release was built (`build`).
 
     `verify_on_arrival`: the device has our Python (a venv release): RECEIVER checks each object
     as it is written; else tar unpacks the stream and `sha256sum -c` checks it afterwards.
+    `build`: a venv release's build spec, for RECEIVER to move the verified objects in and build
+    the release right after them, in the same process (only where the login user writes the root).
     """
     if not plan.upload:
         dev.run(_layout_command(dev), "create the device layout")
-        return None
+        return None, False
     incoming = _incoming(dev)
     # we hold the lock: anything in incoming is left over from a deploy that died mid-upload
     dev.batch([(dev.file_command(_layout_command(dev)), "create the device layout", False),
@@ -282,15 +323,20 @@ def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool =
     # one tar stream through the OpenSSH client, over the device's master; SFTP through Fabric
     argv = dev.c.argv(None) if isinstance(dev.c, OpenSSHConnection) else None
     checked = argv is not None and verify_on_arrival
+    build = build if checked else None
     if not checked:
         uploads.append(("SHA256SUMS", io.BytesIO(sums), "SHA256SUMS", len(sums)))
     via = "OpenSSH" if argv else "SFTP"
     names = " ".join(q(o.sha256) for o in plan.upload)
     if argv is not None:
         try:
-            stream_upload(argv, incoming, uploads, remote=f"python3 -c {q(RECEIVER)}" if checked else None)
+            receiver = f"python3 -c {q(RECEIVER)}" + (f" {q(json.dumps(build))}" if build else "")
+            stream_upload(argv, incoming, uploads, remote=receiver if checked else None)
         except UploadFailed as exc:
             _discard_partial(dev, incoming)
+            if build and exc.code == _BUILD_FAILED:  # verified and moved in (or some of them): nothing activated
+                raise DeployError(f"{dev.target.name}: build {posixpath.relpath(build['final'], dev.root)} failed: "
+                                  f"{exc.why}") from None
             if checked and exc.code == _MISMATCH:
                 raise DeployError(f"{dev.target.name}: uploaded files failed sha256 verification; nothing was "
                                   f"activated: {exc.why}") from None
@@ -318,38 +364,26 @@ def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool =
     secs = time.monotonic() - t0
     how = "sha256 verified as written" if checked else "sha256 verified"
     log(f"  uploaded {len(plan.upload)} objects, {sent / 1e6:.1f} MB in {secs:.1f} s ({via}), {how}")
+    if build:
+        return None, True
     return (f"cd {q(incoming)} && chmod 0644 -- {names} && mv -f -- {names} {q(dev.path('objects'))}/ "
-            f"&& rm -f SHA256SUMS")
+            f"&& rm -f SHA256SUMS"), False
 
 
-# A venv release is built on the device by its Python in one process: hard links into objects/
-# (the host's .pyc files among them when it could compile them), the link to the packages, and
-# else the payload byte-compiled here (26 `ln` processes and a compileall before: each a fork +
-# exec, ~0.05 s apiece under qemu-user; the compileall alone ~40 ms of a lab device's CPU).
-BUILDER = """\
-import json, os, sys
-spec = json.loads(sys.argv[1])
-for sha, rel in spec["links"]:
-    dest = os.path.join(spec["tmp"], rel)
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    os.link(os.path.join(spec["objects"], sha), dest)
-os.symlink(spec["site"], os.path.join(spec["tmp"], "site"))
-if spec["compile"]:
-    import compileall
-    compileall.compile_dir(os.path.join(spec["tmp"], "payload"), quiet=1, stripdir=spec["tmp"], prependdir=spec["final"])
-"""
+def _build_spec(dev: Device, release: Release) -> dict:
+    """Return what `build` (BUILDER, RECEIVER) needs to build a venv release on the device."""
+    return {"tmp": dev.path("releases", f"{release.release_id}.tmp"), "final": dev.path("releases", release.release_id),
+            "objects": dev.path("objects"), "site": dev.path("envs", release.env.sha256),
+            "links": [[f.sha256, f.path] for f in (*release.files, *release.compiled, release.manifest)],
+            "compile": not release.compiled}
 
 
 def _build_release_script(dev: Device, release: Release) -> str:
+    if release.env is not None:
+        return f"python3 -c {q(BUILDER)} {q(json.dumps(_build_spec(dev, release)))}"
     objects = dev.path("objects")
     tmp = dev.path("releases", f"{release.release_id}.tmp")
     final = dev.path("releases", release.release_id)
-    if release.env is not None:
-        spec = {"tmp": tmp, "final": final, "objects": objects, "site": dev.path("envs", release.env.sha256),
-                "links": [[f.sha256, f.path] for f in (*release.files, *release.compiled, release.manifest)],
-                "compile": not release.compiled}
-        return " && ".join([f"rm -rf {q(tmp)}", f"mkdir -p {q(tmp)}",
-                            f"python3 -c {q(BUILDER)} {q(json.dumps(spec))}", f"mv -T {q(tmp)} {q(final)}"])
     lines = [f"rm -rf {q(tmp)}", f"mkdir -p {q(tmp)}"]
     dirs = sorted({posixpath.dirname(f.path) for f in release.files if posixpath.dirname(f.path)})
     if dirs:
@@ -417,69 +451,74 @@ def restart_service(dev: Device) -> None:
 def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
     """Run every step of `plan` up to and including the restart (not the health gate).
 
-    In few sessions (each costs the device a fork and an exec): the layout, the upload, then the
-    file steps (move the verified objects in, unpack, build the release), the root-only steps
-    (service user, units, tuning), and last the switch with the restart. Each batch stops at the
-    first failing step and names it.
+    In few sessions (each costs the device a fork and an exec): the layout, the upload (whose
+    receiver builds a venv release as well, where the login user writes the root), the image's
+    load, then one batch: the file steps (move the verified objects in, unpack the packages,
+    build the release), the root-only steps (service user, units, tuning), and last the switch
+    with the restart. The batch stops at the first failing step and names it.
     """
     s = dev.target.settings
-    move_in = upload_objects(dev, plan, log, verify_on_arrival=release.env is not None)
-    files: list[tuple[str, str, bool]] = []
+    # a venv release is built by the upload's receiver when the login user writes the root itself
+    # (its incoming dir is inside objects/): one process and session fewer
+    in_upload = plan.build_release and release.env is not None and not s.sudo
+    move_in, built = upload_objects(dev, plan, log, verify_on_arrival=release.env is not None,
+                                    build=_build_spec(dev, release) if in_upload else None)
+    if built:
+        log(f"  built releases/{release.release_id} ({len(release.files)} files, hard links into objects/) "
+            f"as the upload arrived")
+    done = []  # what the batch below did, said once it has run
+    batch: list[tuple[str, str, bool]] = []
     if move_in:
-        files.append((dev.file_command(move_in), "move verified objects in", False))
+        batch.append((dev.file_command(move_in), "move verified objects in", False))
     if plan.load_image:  # the image loads from its verified tarball before the release is built
-        if files:
-            dev.batch(files)
-            files = []
+        if batch:
+            dev.batch(batch)
+            batch = []
         load_image(dev, release, log)
-    done = []  # what the file steps' batch reports when it has run
     if plan.install_env:  # a venv release only: an image release has no packages
         tarball = plan.env_tarball or release.env_tarball(zstd=False)
-        files.append((dev.file_command(_install_env_script(dev, release, tarball, plan.big_records)),
+        batch.append((dev.file_command(_install_env_script(dev, release, tarball, plan.big_records)),
                       "unpack the Python packages", False))
         done.append(f"unpacked Python packages ({tarball.path}) into envs/{release.env.sha256[:12]}")
-    if plan.build_release:
-        files.append((dev.file_command(_build_release_script(dev, release)), f"build releases/{release.release_id}",
+    if plan.build_release and not built:
+        batch.append((dev.file_command(_build_release_script(dev, release)), f"build releases/{release.release_id}",
                       False))
         done.append(f"built releases/{release.release_id} ({len(release.files)} files, hard links into objects/)")
-    if files:
-        t0 = time.monotonic()
-        dev.batch(files)
-        if done:
-            log(f"  {'; '.join(done)} in {time.monotonic() - t0:.1f} s")
-    # the service user, the units and tuning in one batch (a daemon-reload only when replacing a unit)
+    # the service user, the units and tuning (a daemon-reload only when replacing a unit)
     steps = []
     if plan.create_user:
         steps.append((["useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell", "/usr/sbin/nologin",
                        s.service_user], "create the service user", False))
+        done.append(f"created service user {s.service_user}")
     if plan.install_unit:
         unit_obj = dev.path("objects", release.unit.sha256)
         steps.append((["install", "-m", "0644", unit_obj, "/etc/systemd/system/" + UNIT_NAME],
                       f"install {UNIT_NAME}", False))
+        done.append(f"installed {UNIT_NAME}")
     if plan.install_tuning:
         steps += _tuning_install_steps(dev, release)
     if plan.reload_units:  # ~0.15 s of systemd's CPU: only when an installed unit is replaced
         steps.append((["systemctl", "daemon-reload"], "reload systemd", False))
     if plan.install_tuning:
         steps += _tuning_start_steps()
-    if steps:
-        codes = dev.systems(steps)
-        if plan.create_user:
-            log(f"  created service user {s.service_user}")
-        if plan.install_unit:
-            log(f"  installed {UNIT_NAME}")
-        if plan.install_tuning:
-            _log_tuning(codes[-1], log)
+    batch += dev.system_steps(steps)
+    tuning_step = len(batch) - 1
     # the switch and the restart together: current never points at a release the service was not asked to run
-    last = [(dev.file_command(_switch_command(dev, release.release_id)), f"switch current to {release.release_id}",
-             False)] if plan.activate else []
-    last += dev.system_steps(_restart_steps()) if plan.restart else []
-    if last:
-        dev.batch(last)
-        if plan.activate:
-            log(f"  current -> releases/{release.release_id}")
-        if plan.restart:
-            log(f"  restarted {UNIT_NAME}")
+    if plan.activate:
+        batch.append((dev.file_command(_switch_command(dev, release.release_id)),
+                      f"switch current to {release.release_id}", False))
+        done.append(f"current -> releases/{release.release_id}")
+    if plan.restart:
+        batch += dev.system_steps(_restart_steps())
+        done.append(f"restarted {UNIT_NAME}")
+    t0 = time.monotonic()
+    codes = dev.batch(batch) if batch else []
+    for line in done:
+        log(f"  {line}")
+    if plan.install_tuning:
+        _log_tuning(codes[tuning_step], log)
+    if batch:
+        log(f"  ({len(batch)} steps in one session, {time.monotonic() - t0:.1f} s)")
 
 
 def load_image(dev: Device, release: Release, log) -> None:

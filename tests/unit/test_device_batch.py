@@ -89,22 +89,23 @@ def test_a_venv_release_is_built_by_one_python(tmp_path, host_compiled):
         (objects / sha).write_bytes(data)
         links.append([sha, rel])
     tmp, final = tmp_path / "releases" / "r-1.tmp", tmp_path / "releases" / "r-1"
-    tmp.mkdir(parents=True)
+    (tmp / "payload").mkdir(parents=True)  # left by a deploy that died while building: started afresh
+    (tmp / "payload" / "stale.py").write_text("x = 1\n")
     spec = {"tmp": str(tmp), "final": str(final), "objects": str(objects), "site": str(envs), "links": links,
             "compile": not host_compiled}
     subprocess.run(f"{shlex.quote(sys.executable)} -c {shlex.quote(BUILDER)} {shlex.quote(json.dumps(spec))}",
                    shell=True, check=True)
+    assert not tmp.exists() and not (final / "payload" / "stale.py").exists()  # built, then renamed into place
     for rel, data in files.items():
-        assert (tmp / rel).read_bytes() == data and (tmp / rel).stat().st_ino == (objects / links[
+        assert (final / rel).read_bytes() == data and (final / rel).stat().st_ino == (objects / links[
             list(files).index(rel)][0]).stat().st_ino  # a hard link, not a copy
-    assert (tmp / "site").resolve() == envs
-    pyc = next((tmp / "payload" / "edge_runtime" / "__pycache__").glob("__init__.*.pyc"))
+    assert (final / "site").resolve() == envs
+    pyc = next((final / "payload" / "edge_runtime" / "__pycache__").glob("__init__.*.pyc"))
     if not host_compiled:
-        assert str(final).encode() in pyc.read_bytes()  # compiled for where it will live
+        assert str(final).encode() in pyc.read_bytes()  # compiled for where it lives
     else:  # the host's, as linked: nothing compiled over it
-        assert pyc.stat().st_ino == (objects / hashlib.sha256(files[str(pyc.relative_to(tmp))]).hexdigest()).stat().st_ino
+        assert pyc.stat().st_ino == (objects / hashlib.sha256(files[str(pyc.relative_to(final))]).hexdigest()).stat().st_ino
     before = pyc.read_bytes()
-    tmp.rename(final)
     # the module loads from the .pyc and names its real source file (the import system fixes it up)
     out = subprocess.run([sys.executable, "-c", "import edge_runtime; print(edge_runtime.where())"],
                          cwd=final / "payload", capture_output=True, text=True, check=True).stdout.strip()

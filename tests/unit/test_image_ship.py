@@ -223,7 +223,7 @@ def test_apply_first_image_release_loads_checks_and_restarts(tmp_path, monkeypat
     target = image_target(tmp_path)
     release = image_release(tmp_path, target)
     plan = make_plan(target, release, facts())
-    monkeypatch.setattr(apply, "upload_objects", lambda dev, plan, log, verify_on_arrival: "true")
+    monkeypatch.setattr(apply, "upload_objects", lambda dev, plan, log, verify_on_arrival, build: ("true", False))
     conn, lines = ScriptedDevice(IMAGE_A + "\n"), []
     apply.apply_plan(apply.Device(conn, target), plan, release, lines.append)
     sent = "\n".join(conn.commands)

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import os
 
 import pytest
 
@@ -58,12 +59,14 @@ def test_a_local_file_that_shrank_is_reported_not_sent(tmp_path):
         stream_upload(LOCAL, str(incoming), uploads)
 
 
-def _receiver():
+def _receiver(build: dict | None = None):
+    import json
     import shlex
     import sys
 
     from edgefleet.deploy.apply import RECEIVER
-    return f"{shlex.quote(sys.executable)} -c {shlex.quote(RECEIVER)}"
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(RECEIVER)}" + (
+        f" {shlex.quote(json.dumps(build))}" if build else "")
 
 
 def test_the_receiver_keeps_only_objects_whose_bytes_are_their_name(tmp_path):
@@ -88,3 +91,52 @@ def test_the_receiver_refuses_bytes_that_changed_on_the_way(tmp_path):
         stream_upload(LOCAL, str(incoming), [good, (what, path, name, size)], remote=_receiver())
     assert failed.value.code == 4 and name in failed.value.why
     assert [p.name for p in incoming.iterdir()] == [good[2]]  # the bad one is nowhere, not even as .part
+
+
+def _release_spec(root, uploads, final="r-1"):
+    return {"tmp": str(root / "releases" / f"{final}.tmp"), "final": str(root / "releases" / final),
+            "objects": str(root / "objects"), "site": str(root / "envs" / "e1"),
+            "links": [[name, what] for what, _, name, _ in uploads], "compile": False}
+
+
+def test_the_receiver_moves_the_objects_in_and_builds_the_release(tmp_path):
+    """Where the login user writes the root: the verified objects go into objects/ and the release
+    is built from them by the same process, in the upload's session."""
+    incoming = tmp_path / "objects" / ".incoming"
+    incoming.mkdir(parents=True)
+    (tmp_path / "releases").mkdir()
+    uploads = [obj("bundle/model.onnx", b"m" * 2_000_000, tmp_path), obj("runtime.yaml", b"log_level: info\n"),
+               obj("payload/edge_runtime/__init__.py", b"X = 1\n")]
+    stream_upload(LOCAL, str(incoming), uploads, remote=_receiver(_release_spec(tmp_path, uploads)))
+    assert list(incoming.iterdir()) == []
+    final = tmp_path / "releases" / "r-1"
+    for what, _, name, _ in uploads:
+        assert (final / what).stat().st_ino == (tmp_path / "objects" / name).stat().st_ino
+    assert os.readlink(final / "site") == str(tmp_path / "envs" / "e1")
+
+
+def test_the_receiver_builds_nothing_from_bytes_that_changed_on_the_way(tmp_path):
+    incoming = tmp_path / "objects" / ".incoming"
+    incoming.mkdir(parents=True)
+    (tmp_path / "releases").mkdir()
+    what, path, name, size = obj("bundle/bundle.json", b'{"name": "v3"}', tmp_path)
+    with open(path, "wb") as fh:
+        fh.write(b'{"name": "v9"}')
+    uploads = [obj("runtime.yaml", b"a: 1\n"), (what, path, name, size)]
+    with pytest.raises(UploadFailed) as failed:
+        stream_upload(LOCAL, str(incoming), uploads, remote=_receiver(_release_spec(tmp_path, uploads)))
+    assert failed.value.code == 4
+    assert list((tmp_path / "releases").iterdir()) == [] and sorted(os.listdir(tmp_path / "objects")) == [".incoming"]
+
+
+def test_a_release_the_receiver_cannot_build_says_so(tmp_path):
+    incoming = tmp_path / "objects" / ".incoming"
+    incoming.mkdir(parents=True)
+    uploads = [obj("runtime.yaml", b"a: 1\n")]
+    spec = _release_spec(tmp_path, uploads)
+    spec["links"].append(["0" * 64, "bundle/model.onnx"])  # an object the device does not have
+    with pytest.raises(UploadFailed) as failed:
+        stream_upload(LOCAL, str(incoming), uploads, remote=_receiver(spec))
+    assert failed.value.code == 5 and "build:" in failed.value.why and "0" * 64 in failed.value.why
+    assert not (tmp_path / "releases" / "r-1").exists()  # nothing half-built in place
+    assert (tmp_path / "objects" / uploads[0][2]).is_file()  # verified and kept: the next deploy needs no re-upload
