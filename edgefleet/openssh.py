@@ -326,6 +326,29 @@ class OpenSSHConnection(Context):
             raise OpenSSHError(f"ssh: command timed out after {timeout} s: {command[:80]}") from exc
         return res.returncode, res.stdout, res.stderr
 
+    def stream(self, command: str, stderr) -> subprocess.Popen | _MuxProcess:
+        """Start `command` on the device to read what we write into the returned process's `stdin`
+        (its output is dropped, its errors go to the file `stderr`); `wait()` returns its exit status.
+
+        Over the master: it reads our pipe itself, no client process relays the bytes (~20 ms of
+        the host's CPU for 23 MB); else through an `ssh` client.
+        """
+        if self.control_path is not None:
+            r, w = os.pipe()
+            try:
+                with open(os.devnull, "wb") as null:
+                    session = sshmux.start_command(str(self.control_path), command, r, null.fileno(), stderr.fileno())
+            except sshmux.MuxUnavailable:
+                os.close(w)  # no master (gone since open()): the client below connects afresh
+            except sshmux.MuxError as exc:  # it may have started: never start it twice
+                os.close(w)
+                raise OpenSSHError(f"mux_client_request_session: {exc}") from None
+            else:
+                return _MuxProcess(session, os.fdopen(w, "wb", buffering=0))
+            finally:
+                os.close(r)  # the master holds its own copy
+        return subprocess.Popen(self.argv(command), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr)
+
     def put(self, local, remote: str) -> None:
         """Write `local` (a path or a binary file object) to `remote` on the device."""
         command = f"cat > {shlex.quote(remote)}"
@@ -357,6 +380,23 @@ class OpenSSHConnection(Context):
         finally:
             theirs.close()
         return ours, proc
+
+
+class _MuxProcess:
+    """What `stream` returns over a master: like the Popen an `ssh` client would be, for its use."""
+
+    def __init__(self, session: sshmux.Session, stdin):
+        self.session, self.stdin = session, stdin
+
+    def wait(self, timeout: float | None = None) -> int:
+        try:
+            return self.session.wait(timeout)
+        except sshmux.MuxError as exc:
+            raise OpenSSHError(f"mux_client_request_session: {exc}") from None
+
+    def kill(self) -> None:
+        self.stdin.close()
+        self.session.close()
 
 
 def _input_bytes(in_stream) -> bytes | None:

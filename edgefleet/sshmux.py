@@ -16,7 +16,8 @@ import struct
 import time
 from dataclasses import dataclass
 
-__all__ = ["MuxError", "MuxUnavailable", "MuxRefused", "Completed", "run_command", "open_forward"]
+__all__ = ["MuxError", "MuxUnavailable", "MuxRefused", "Completed", "Session", "run_command", "start_command",
+           "open_forward"]
 
 _HELLO = 0x00000001
 _NEW_SESSION = 0x10000002
@@ -60,12 +61,16 @@ def _send(sock: socket.socket, kind: int, body: bytes) -> None:
     sock.sendall(struct.pack(">I", len(payload)) + payload)
 
 
+class _Closed(MuxError):
+    """The master closed the control connection."""
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     chunks, left = [], n
     while left:
         chunk = sock.recv(left)
         if not chunk:
-            raise MuxError("the master closed the control connection")
+            raise _Closed("the master closed the control connection")
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
@@ -139,6 +144,67 @@ class _Fds:
             self.close(fd)
 
 
+def _new_session(sock: socket.socket, path: str, command: str, fds: list[int]) -> None:
+    """Ask the master for a session running `command` with `fds` as its stdin, stdout and stderr."""
+    # request id, reserved, want tty / X11 / agent / subsystem (u32 each, all off), no escape
+    # character, no terminal type, the command; no environment
+    body = (struct.pack(">I", 1) + _string(b"") + struct.pack(">IIIII", 0, 0, 0, 0, _NO_ESCAPE)
+            + _string(b"") + _string(command.encode()))
+    try:
+        _send(sock, _NEW_SESSION, body)
+        _send_fds(sock, fds)
+    except OSError as exc:
+        raise MuxUnavailable(f"control socket {path}: {exc}") from None
+
+
+class Session:
+    """A command the master runs with our file descriptors for its input and output (`start_command`)."""
+
+    def __init__(self, sock: socket.socket, session: int):
+        self.sock, self.session = sock, session
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Return the command's exit status (255: gone without one) once the master closed the
+        session: its exit message can come before the master wrote the last of its output."""
+        self.sock.settimeout(timeout)
+        exited = 255
+        try:
+            while True:
+                kind, body = _recv(self.sock)
+                if kind == _EXIT_MESSAGE and struct.unpack(">I", body[:4])[0] == self.session:
+                    exited = struct.unpack(">I", body[4:8])[0]
+                elif kind not in (_TTY_ALLOC_FAIL, _OK):
+                    raise MuxError(f"unexpected message {kind:#x} from the master")
+        except _Closed:
+            return exited
+        except OSError as exc:  # a timeout among them
+            raise MuxError(f"waiting for the command: {exc}") from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Let go of the session (the master closes its channel; the command's input ends)."""
+        self.sock.close()
+
+
+def start_command(path: str, command: str, stdin: int, stdout: int, stderr: int) -> Session:
+    """Start `command` on the device over the master on `path`, its input read by the master
+    straight from `stdin` (e.g. a pipe we write into: no client process relays the bytes) and
+    its output written to `stdout` and `stderr`. Raises MuxUnavailable when nothing ran."""
+    sock = _connect(path, 30.0)
+    try:
+        _new_session(sock, path, command, [stdin, stdout, stderr])
+        return Session(sock, _opened(sock, 1))
+    except MuxRefused as exc:  # e.g. sshd's MaxSessions on this connection: nothing ran
+        sock.close()
+        raise MuxUnavailable(f"the master could not open a session: {exc}") from None
+    except (OSError, MuxError) as exc:
+        sock.close()
+        if isinstance(exc, MuxUnavailable):
+            raise
+        raise MuxError(f"control socket {path}: {exc}") from None
+
+
 def run_command(path: str, command: str, stdin: bytes | None = None, timeout: float | None = None) -> Completed:
     """Run `command` on the device over the master listening on `path`; collect its output and exit status.
 
@@ -151,15 +217,7 @@ def run_command(path: str, command: str, stdin: bytes | None = None, timeout: fl
         out_r, out_w = fds.add(*os.pipe())
         err_r, err_w = fds.add(*os.pipe())
         in_r, in_w = fds.add(*os.pipe()) if stdin else (fds.add(os.open(os.devnull, os.O_RDONLY))[0], -1)
-        try:
-            # request id, reserved, want tty / X11 / agent / subsystem (u32 each, all off), no
-            # escape character, no terminal type, the command; no environment
-            body = (struct.pack(">I", 1) + _string(b"") + struct.pack(">IIIII", 0, 0, 0, 0, _NO_ESCAPE)
-                    + _string(b"") + _string(command.encode()))
-            _send(sock, _NEW_SESSION, body)
-            _send_fds(sock, [in_r, out_w, err_w])
-        except OSError as exc:
-            raise MuxUnavailable(f"control socket {path}: {exc}") from None
+        _new_session(sock, path, command, [in_r, out_w, err_w])
         for fd in (in_r, out_w, err_w):  # the master holds them now
             fds.close(fd)
         try:

@@ -218,14 +218,16 @@ _MISMATCH = 4  # RECEIVER's exit status when an object's bytes are not its sha25
 _BUILD_FAILED = 5  # RECEIVER's, when the verified objects could not be moved in or the release built
 
 
-def stream_upload(argv: list[str], incoming: str, uploads: list, remote: str | None = None) -> None:
-    """Send `uploads` (what, local path or file object, name, size) as one tar stream to `argv` + a
-    remote command that unpacks it into `incoming` (`remote`: another command that reads the
-    stream there, e.g. RECEIVER's); raise UploadFailed.
+def stream_upload(via, incoming: str, uploads: list, remote: str | None = None) -> None:
+    """Send `uploads` (what, local path or file object, name, size) as one tar stream to a remote
+    command that unpacks it into `incoming` (`remote`: another command that reads the stream
+    there, e.g. RECEIVER's); raise UploadFailed.
 
-    `argv` is the OpenSSH client up to the host: one `ssh` process per device unpacks the stream
-    as it arrives. The bytes are the ones the SFTP path sends, and they are verified on the
-    device afterwards the same way. A file's bytes go from the page cache into the pipe with
+    `via`: how the remote command starts: `via(command, stderr)` returns a process whose `stdin`
+    we write into (OpenSSHConnection.stream: the device's master reads our pipe itself), or an
+    argv (the OpenSSH client up to the host, one `ssh` process a device). The device unpacks the
+    stream as it arrives. The bytes are the ones the SFTP path sends, and they are verified on
+    the device the same way. A file's bytes go from the page cache into the pipe with
     sendfile(2): no copy through Python, and the GIL is free for the other devices' threads.
     """
     import subprocess
@@ -235,7 +237,11 @@ def stream_upload(argv: list[str], incoming: str, uploads: list, remote: str | N
     remote = f"cd {q(incoming)} && exec {remote or 'tar -xf -'}"
     writing, local_error = None, None
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([*argv, remote], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            proc = via(remote, err) if callable(via) else subprocess.Popen(
+                [*via, remote], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        except OSError as exc:  # OpenSSHError among them: the link, before any byte went
+            raise UploadFailed("the stream", str(exc).strip()[-400:] or type(exc).__name__) from None
         pipe = proc.stdin.fileno()
         try:
             for what, local, name, size in uploads:
@@ -264,7 +270,11 @@ def stream_upload(argv: list[str], incoming: str, uploads: list, remote: str | N
                 proc.stdin.close()
             except OSError:
                 pass
-            code = proc.wait()
+            try:
+                code = proc.wait()
+            except OSError as exc:  # the master broke off (OpenSSHError): as `ssh` would, 255
+                code = 255
+                err.write(f"\n{exc}".encode())
         err.seek(0)
         detail = err.read().decode(errors="replace").strip()
     if local_error is not None:
@@ -321,17 +331,17 @@ def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool =
     uploads = [(o.path, str(o.source) if o.source is not None else io.BytesIO(o.data), o.sha256, o.size)
                for o in plan.upload]
     # one tar stream through the OpenSSH client, over the device's master; SFTP through Fabric
-    argv = dev.c.argv(None) if isinstance(dev.c, OpenSSHConnection) else None
-    checked = argv is not None and verify_on_arrival
+    via = dev.c.stream if isinstance(dev.c, OpenSSHConnection) else None
+    checked = via is not None and verify_on_arrival
     build = build if checked else None
     if not checked:
         uploads.append(("SHA256SUMS", io.BytesIO(sums), "SHA256SUMS", len(sums)))
-    via = "OpenSSH" if argv else "SFTP"
+    how_sent = "OpenSSH" if via else "SFTP"
     names = " ".join(q(o.sha256) for o in plan.upload)
-    if argv is not None:
+    if via is not None:
         try:
             receiver = f"python3 -c {q(RECEIVER)}" + (f" {q(json.dumps(build))}" if build else "")
-            stream_upload(argv, incoming, uploads, remote=receiver if checked else None)
+            stream_upload(via, incoming, uploads, remote=receiver if checked else None)
         except UploadFailed as exc:
             _discard_partial(dev, incoming)
             if build and exc.code == _BUILD_FAILED:  # verified and moved in (or some of them): nothing activated
@@ -363,7 +373,7 @@ def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool =
                               f"activated: {(verify.stdout + verify.stderr).strip()[-400:]}")
     secs = time.monotonic() - t0
     how = "sha256 verified as written" if checked else "sha256 verified"
-    log(f"  uploaded {len(plan.upload)} objects, {sent / 1e6:.1f} MB in {secs:.1f} s ({via}), {how}")
+    log(f"  uploaded {len(plan.upload)} objects, {sent / 1e6:.1f} MB in {secs:.1f} s ({how_sent}), {how}")
     if build:
         return None, True
     return (f"cd {q(incoming)} && chmod 0644 -- {names} && mv -f -- {names} {q(dev.path('objects'))}/ "

@@ -250,3 +250,36 @@ def test_openssh_many_threads_with_input_over_one_master(local_sshd, monkeypatch
         assert got == [str(1000 * (i + 1)) for i in range(64)]
     finally:
         conn.exit_master()
+
+
+def test_openssh_stream_is_read_by_the_master_itself(local_sshd, monkeypatch, tmp_path):
+    """An upload's stream: the master reads our pipe (no `ssh` started); the exit status and the
+    whole of stderr are there once `wait` returns; a gone master falls back to a client."""
+    import tempfile
+
+    import edgefleet.openssh as openssh_mod
+
+    monkeypatch.delenv("EDGEFLEET_SSH_TRANSFER", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", short_dir(tmp_path))
+    conn = connect(target_for(local_sshd, local_sshd.known_hosts))
+    out = tmp_path / "got"
+    try:
+        real_popen = subprocess.Popen
+        started = []
+        monkeypatch.setattr(openssh_mod.subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k))
+        for attempt in range(2):  # over the master, then (master gone) through a client
+            with tempfile.TemporaryFile() as err:
+                proc = conn.stream(f"cat > {out}; head -c 200000 /dev/zero | tr '\\0' e >&2; exit 7", err)
+                data = b"w" * 3_000_000
+                view = memoryview(data)
+                while view:
+                    view = view[proc.stdin.write(view[:65536]):]
+                proc.stdin.close()
+                assert proc.wait() == 7
+                err.seek(0)
+                assert err.read() == b"e" * 200_000
+            assert out.read_bytes() == data
+            assert len([a for a in started if "cat >" in str(a[0][-1])]) == attempt  # an `ssh` only the 2nd time
+            conn.exit_master()
+    finally:
+        conn.exit_master()
