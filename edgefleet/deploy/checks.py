@@ -21,20 +21,19 @@ def service_call(dev: Device) -> Call:
     return lambda path, payload=None, timeout=120.0: http_json_over_ssh(dev.c, port, path, payload, timeout)
 
 
-def _service_state(dev: Device) -> str:
-    return dev.run(f"systemctl is-active {UNIT_NAME}", "query the service", privileged=False,
-                   warn=True).stdout.strip()
-
-
 def _journal(dev: Device, lines: int = 25) -> str:
     res = dev.run(f"journalctl -u {UNIT_NAME} -n {lines} --no-pager -o cat", "read the journal", warn=True)
     return res.stdout.strip()
 
 
-def _restarts(dev: Device) -> int:
-    res = dev.run(f"systemctl show -p NRestarts --value {UNIT_NAME}", "query the service", privileged=False,
+def _service(dev: Device) -> tuple[int, str]:
+    """Return the service's automatic restarts so far and its state (active, activating, failed, ...):
+    one `systemctl` for both (the gate asks while the model loads, often on many devices at once)."""
+    res = dev.run(f"systemctl show -p NRestarts -p ActiveState {UNIT_NAME}", "query the service", privileged=False,
                   warn=True)
-    return int(res.stdout.strip()) if res.stdout.strip().isdigit() else 0
+    values = dict(line.partition("=")[::2] for line in res.stdout.splitlines())
+    restarts = values.get("NRestarts", "").strip()
+    return int(restarts) if restarts.isdigit() else 0, values.get("ActiveState", "").strip()
 
 
 def _probe(dev: Device, route: str, payloads: list[dict], rounds: int) -> dict:
@@ -58,18 +57,19 @@ def health_gate(dev: Device, golden: dict, judge_model: bool = True) -> HealthRe
     """
     s = dev.target.settings
     # a no-op re-run finds the service ready at once: it spares the round trip unless it waits
-    restarts = {"before": _restarts(dev) if judge_model else None, "n": 0}
+    restarts = {"before": _service(dev)[0] if judge_model else None, "n": 0}
 
     def still_starting() -> bool:
         if restarts["before"] is None:
-            restarts["before"] = _restarts(dev)
+            restarts["before"] = _service(dev)[0]
         restarts["n"] += 1
         if restarts["n"] % 3:
             return True
-        crashes = _restarts(dev) - restarts["before"]
+        now, state = _service(dev)
+        crashes = now - restarts["before"]
         if crashes >= 2:
             raise NotReady(f"the service is crash-looping (systemd restarted it {crashes} times)")
-        return _service_state(dev) in ("active", "activating")
+        return state in ("active", "activating")
 
     try:
         waited = wait_ready(service_call(dev), s.health.ready_timeout_s, still_starting)
