@@ -56,8 +56,9 @@ class Device:
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
-    def run(self, command: str, step: str, privileged: bool = True, warn: bool = False):
-        return self._exec(self.file_command(command) if privileged else command, step, warn)
+    def run(self, command: str, step: str, privileged: bool = True, warn: bool = False, text: str | None = None):
+        """Run `command` (`text`: its standard input)."""
+        return self._exec(self.file_command(command) if privileged else command, step, warn, text)
 
     def system(self, argv: list[str], step: str, warn: bool = False):
         """Run one root-only command, through `sudo -n` when the target uses sudo."""
@@ -114,9 +115,9 @@ class Device:
                               f"{text}")
         return codes
 
-    def _exec(self, command: str, step: str, warn: bool):
+    def _exec(self, command: str, step: str, warn: bool, text: str | None = None):
         try:
-            result = self.c.run(command, hide=True, warn=True, in_stream=False)
+            result = self.c.run(command, hide=True, warn=True, in_stream=io.StringIO(text) if text is not None else False)
         except OpenSSHError as exc:  # the link, not the command (Fabric raises paramiko's errors here)
             raise SSHError(f"{self.target.name}: {step}: SSH failed: {str(exc)[-500:]}") from None
         if result.exited != 0 and not warn:
@@ -591,6 +592,7 @@ def record_state(dev: Device, entry: dict, keep: int = 50) -> None:
     # "current" is the last release that passed its gate: an unhealthy one never becomes it
     state = {"current": entry.get("active") if entry.get("healthy") else state.get("current"), "history": history}
     tmp = posixpath.join(_incoming(dev), "state.json")
-    dev.run(f"mkdir -p {q(_incoming(dev))}", "create the incoming dir", privileged=False)
-    dev.c.put(io.BytesIO(json.dumps(state, indent=2).encode() + b"\n"), remote=tmp)
-    dev.run(f"chmod 0644 {q(tmp)} && mv -f {q(tmp)} {q(path)}", "write state.json")
+    # written where the login user may write, then moved into place (as root where it takes sudo)
+    dev.run(f"mkdir -p {q(_incoming(dev))} && cat > {q(tmp)} && "
+            + dev.file_command(f"chmod 0644 {q(tmp)} && mv -f {q(tmp)} {q(path)}"),
+            "write state.json", privileged=False, text=json.dumps(state, indent=2) + "\n")
