@@ -306,9 +306,15 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
     # are not unpacked (the device drops either once it is done with it)
     install_env = release.env is not None and release.env.sha256 not in facts.envs
     env_tarball = release.env_tarball(facts.zstd) if install_env else None
+    # a release dir's files only for a release still to be built: one on the device has them
+    # linked already (its manifest and .pyc files may be another host's, the same release)
+    built = set()
+    if release.release_id in facts.releases:
+        built = {f.sha256 for f in (*release.files, *release.compiled, release.manifest)}
+        built -= {f.sha256 for f in (release.unit, *release.tuning)}  # installed from objects/
     wanted = {sha: f for sha, f in release.objects().items()
               if not (release.env is not None and sha == release.env.sha256)
-              and not (image is not None and sha == image.sha256 and not load_image)}
+              and not (image is not None and sha == image.sha256 and not load_image) and sha not in built}
     if env_tarball is not None:
         wanted[env_tarball.sha256] = env_tarball
     upload = tuple(f for sha, f in sorted(wanted.items()) if sha not in facts.objects)

@@ -275,6 +275,16 @@ def test_host_compiled_payload_is_a_cache_not_content(tmp_path, target, monkeypa
     assert "compiled" not in json.loads(plain.manifest.read())
     # unchecked-hash: the device never compares source mtimes (a release's files have the objects')
     assert all(int.from_bytes(f.read()[4:8], "little") == 0b01 for f in compiled.compiled)
+    # a device with the release built by a host that could not compile: still a no-op from this one
+    pyc = {f.sha256 for f in compiled.compiled}
+    there = facts(current=plain.release_id, committed=plain.release_id, releases=frozenset({plain.release_id}),
+                  objects=frozenset(set(plain.objects()) - pyc), envs=frozenset({env.sha256}), user_exists=True,
+                  unit_sha256=plain.unit.sha256, service_active="active",
+                  tuning_unit_sha256=plain.tuning[0].sha256 if plain.tuning else None,
+                  tuning_script_sha256=plain.tuning[1].sha256 if plain.tuning else None)
+    assert make_plan(target, plain, there).nothing_to_do and make_plan(target, compiled, there).nothing_to_do
+    # and a new device gets them
+    assert pyc <= {f.sha256 for f in make_plan(target, compiled, facts()).upload}
 
 
 def test_release_needs_a_bundle(tmp_path, target):
