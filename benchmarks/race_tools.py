@@ -97,9 +97,11 @@ def stage_release(release, host_dir: Path, zstd: bool = True, packages: bool = T
     """Lay out `release`'s files under `host_dir` as the others place them; unchanged files keep their mtime.
 
     `zstd`: the devices have zstd, so edgefleet sends the packages as site.tar.zst: so do the others.
-    `packages`: the job includes the packages' tarball (False: the devices have them already)."""
+    `packages`: the job includes the packages' tarball (False: the devices have them already).
+    The payload's .pyc files edgefleet compiled on this host go too: the others' runtimes start
+    from them as edgefleet's does (unchecked-hash .pyc files load wherever they are)."""
     wanted = {}
-    for obj in (*release.files, release.unit, *release.tuning, release.manifest):
+    for obj in (*release.files, *release.compiled, release.unit, *release.tuning, release.manifest):
         wanted[obj.path if "/" in obj.path or obj.path.endswith((".yaml", ".json")) else f"units/{obj.path}"] = obj
     if packages:
         tarball = release.env_tarball(zstd=zstd)  # what edgefleet sends these devices
