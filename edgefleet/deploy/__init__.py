@@ -70,7 +70,7 @@ def prepare_release(target: Target, bundle_dir: Path, build_dir: Path, env: Devi
         return make_release(target.name, bundle_dir, repo_root() / "payload", rendered, None, image=image)
     if env is None:
         env = build_target_env(target, repo_root() / "payload" / "requirements.txt", build_dir / "device-envs")
-    return make_release(target.name, bundle_dir, repo_root() / "payload", rendered, env)
+    return make_release(target.name, bundle_dir, repo_root() / "payload", rendered, env, cache_dir=build_dir / "pyc")
 
 
 def _golden(path: Path) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import os
 import py_compile
 import tempfile
 from dataclasses import dataclass
@@ -104,24 +105,37 @@ def _tree(prefix: str, root: Path) -> list[ReleaseFile]:
     return files
 
 
-def _compiled(files: list[ReleaseFile], python: str) -> tuple[ReleaseFile, ...]:
+def _compiled(files: list[ReleaseFile], python: str, cache_dir: Path | None = None) -> tuple[ReleaseFile, ...]:
     """Return the .pyc files of the payload's sources for the device's Python `python` (X.Y), or
-    none when this interpreter is another X.Y (its bytecode would not load there)."""
+    none when this interpreter is another X.Y (its bytecode would not load there).
+
+    `cache_dir`: kept there by source sha256 and this interpreter's magic number (compiling the
+    payload costs ~40 ms of CPU, a no-op rollout ~0.4 s in all).
+    """
     if not _host_can_compile(python):
         return ()
-    return tuple(_from_bytes(importlib.util.cache_from_source(f.path), _pyc(f.source, f.sha256))
+    return tuple(_from_bytes(importlib.util.cache_from_source(f.path), _pyc(f.source, f.sha256, cache_dir))
                  for f in files if f.path.startswith("payload/") and f.path.endswith(".py") and f.source)
 
 
 @functools.lru_cache(maxsize=256)
-def _pyc(source: Path, _sha256: str) -> bytes:
+def _pyc(source: Path, sha256: str, cache_dir: Path | None = None) -> bytes:
     """Byte-compile `source` (as of its sha256): unchecked-hash, so the device never looks at
     mtimes; the file name in it is fixed up by the import system when the module loads."""
+    cached = cache_dir / importlib.util.MAGIC_NUMBER.hex() / f"{sha256}.pyc" if cache_dir else None
+    if cached is not None and cached.is_file():
+        return cached.read_bytes()
     with tempfile.TemporaryDirectory(prefix="edgefleet-pyc-") as tmp:
         out = Path(tmp) / "out.pyc"
         py_compile.compile(str(source), cfile=str(out), dfile=source.name, doraise=True,
                            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-        return out.read_bytes()
+        data = out.read_bytes()
+    if cached is not None and sha256_bytes(source.read_bytes()) == sha256:  # unchanged while compiled
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        part = cached.with_name(f".{cached.name}.{os.getpid()}")
+        part.write_bytes(data)
+        part.replace(cached)
+    return data
 
 
 def _bundle_files(bundle_dir: Path) -> list[str]:
@@ -148,10 +162,12 @@ def make_release(
     rendered: list[RenderedFile],
     env: DeviceEnv | None,
     image: ShippedImage | None = None,
+    cache_dir: Path | None = None,
 ) -> Release:
     """Collect the release for `target`; its id depends only on the content.
 
     Exactly one of `env` (venv: the payload and its packages) and `image` (the runtime image).
+    `cache_dir`: where the payload's .pyc files are kept between runs.
     """
     if (env is None) == (image is None):
         raise ReleaseError(f"release for {target}: give the packages (venv) or the runtime image, not "
@@ -185,7 +201,7 @@ def make_release(
         "bundle": bundle_meta.get("name", bundle_dir.name),
         **content,
     }
-    compiled = _compiled(files, env.python) if env is not None else ()
+    compiled = _compiled(files, env.python, cache_dir) if env is not None else ()
     if compiled:  # listed for prune (it keeps what a kept release uses), outside the id's content
         manifest["compiled"] = {f.path: f.sha256 for f in compiled}
     manifest_file = _from_bytes("manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")

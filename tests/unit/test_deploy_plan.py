@@ -287,6 +287,22 @@ def test_host_compiled_payload_is_a_cache_not_content(tmp_path, target, monkeypa
     assert pyc <= {f.sha256 for f in make_plan(target, compiled, facts()).upload}
 
 
+def test_host_compiled_payload_is_kept_between_runs(tmp_path, monkeypatch):
+    """The .pyc files come from the build dir's cache in a later run (a no-op rollout compiles nothing)."""
+    import edgefleet.deploy.release as release_mod
+
+    files = [f for f in release_mod._tree("payload/edge_runtime", REPO / "payload" / "edge_runtime")
+             if f.path.endswith(".py")]
+    first = release_mod._compiled(files, "%d.%d" % sys.version_info[:2], tmp_path / "pyc")
+    assert len(list((tmp_path / "pyc").rglob("*.pyc"))) == len(files) == len(first)
+    release_mod._pyc.cache_clear()  # as a new process
+
+    def no_compiling(*_a, **_k):
+        raise AssertionError("compiled again")
+    monkeypatch.setattr(release_mod.py_compile, "compile", no_compiling)
+    assert release_mod._compiled(files, "%d.%d" % sys.version_info[:2], tmp_path / "pyc") == first
+
+
 def test_release_needs_a_bundle(tmp_path, target):
     (tmp_path / "b").mkdir()
     with pytest.raises(ReleaseError, match="missing model.onnx, tokenizer.json, bundle.json"):
