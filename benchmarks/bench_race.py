@@ -322,7 +322,8 @@ def race(args, targets_dir: Path, build: Path) -> tuple[dict, int]:
                     stage(lab_targets(targets_dir), build, ctx["stage"], packages=args.job == "full")
                 for tool in order:
                     if phase == "first" and tool == "edgefleet":  # a new fleet's configs were never
-                        shutil.rmtree(build / "checked", ignore_errors=True)  # checked: no host-side cache
+                        for cache in ("checked", "pyc"):  # checked, its payload never compiled: no host cache
+                            shutil.rmtree(build / cache, ignore_errors=True)
                     before = counters.read()
                     try:
                         run = run_tool(tool, ctx)
