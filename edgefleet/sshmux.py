@@ -198,10 +198,11 @@ def start_command(path: str, command: str, stdin: int, stdout: int, stderr: int)
     except MuxRefused as exc:  # e.g. sshd's MaxSessions on this connection: nothing ran
         sock.close()
         raise MuxUnavailable(f"the master could not open a session: {exc}") from None
-    except (OSError, MuxError) as exc:
+    except MuxUnavailable:
         sock.close()
-        if isinstance(exc, MuxUnavailable):
-            raise
+        raise
+    except (OSError, MuxError) as exc:  # it may have started
+        sock.close()
         raise MuxError(f"control socket {path}: {exc}") from None
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +18,7 @@ from .health import HealthResult
 from .lock import controller_identity, device_lock, stale_reason
 from .plan import DeployPlan, Facts, ask_facts, make_plan
 from .prune import prune
-from .release import Release, ReleaseError, make_release
+from .release import Release, ReleaseError, make_release, read_json
 from .rollback import RollbackResult, revert, rollback
 
 DEFAULT_IMAGE_TAG = "edgefleet/runtime:latest"  # config edgefleet.image.tag
@@ -75,13 +73,7 @@ def prepare_release(target: Target, bundle_dir: Path, build_dir: Path, env: Devi
 
 def _golden(path: Path) -> dict:
     """Return the bundle's golden outputs, read once per file version (every device's gate uses them)."""
-    st = path.stat()
-    return _read_golden(str(path), st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=8)
-def _read_golden(path: str, _mtime_ns: int, _size: int) -> dict:
-    return json.loads(Path(path).read_text())["golden"]
+    return read_json(path)["golden"]
 
 
 def _without_stale_lock(target: Target, facts: Facts, log) -> Facts:

@@ -177,7 +177,7 @@ BUILDER = "import json, os, sys\n" + _BUILD + "build(json.loads(sys.argv[1]))\n"
 # Given a build spec (argv[1]; only where the login user writes the root itself), it then moves
 # the verified objects into objects/ and builds the release, in the same process and session.
 RECEIVER = """\
-import hashlib, json, os, sys, tarfile
+import hashlib, os, sys, tarfile
 bad, got = [], []
 with tarfile.open(fileobj=sys.stdin.buffer, mode="r|", bufsize=1 << 20) as tar:
     for m in tar:
@@ -206,6 +206,7 @@ if bad:
     sys.exit(4)
 """ + _BUILD + """\
 if len(sys.argv) > 1:
+    import json
     spec = json.loads(sys.argv[1])
     try:
         for n in got:

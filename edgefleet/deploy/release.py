@@ -25,7 +25,7 @@ from .env import DeviceEnv, _host_can_compile
 if TYPE_CHECKING:
     from ..image.ship import ShippedImage
 
-__all__ = ["ReleaseFile", "Release", "make_release", "ReleaseError"]
+__all__ = ["ReleaseFile", "Release", "make_release", "ReleaseError", "read_json"]
 
 MANIFEST_FORMAT = 1
 
@@ -119,9 +119,10 @@ def _tree_files(prefix: str, root: str, found: tuple) -> tuple[ReleaseFile, ...]
                  for path, *_ in found if os.path.isfile(path))
 
 
-def _read_json(path: Path):
+def read_json(path: Path):
     """Parse a JSON file once per content (by stat) in a process: bundle.json, asked twice per
-    target (~50 ms of CPU for 40). The answer is shared: read it, never change it."""
+    target and once per device's gate (~50 ms of CPU for 40). The answer is shared: read it,
+    never change it."""
     st = os.stat(path)
     return _parsed(str(path), st.st_mtime_ns, st.st_size, st.st_ino)
 
@@ -168,7 +169,7 @@ def _bundle_files(bundle_dir: Path) -> list[str]:
     """Return every file bundle.json lists (the graph, its weights file, the tokenizer) and bundle.json."""
     meta = bundle_dir / BUNDLE_JSON
     try:
-        listed = (_read_json(meta).get("files") if meta.is_file() else None) or REQUIRED_FILES
+        listed = (read_json(meta).get("files") if meta.is_file() else None) or REQUIRED_FILES
     except (OSError, ValueError, AttributeError) as error:
         raise ReleaseError(f"{meta}: not a bundle ({error}; run: invoke model.quantize)") from None
     odd = [n for n in listed if not isinstance(n, str) or not FILE_NAME.fullmatch(n) or n == BUNDLE_JSON]
@@ -219,7 +220,7 @@ def make_release(
     if tuning:
         content["tuning"] = {f.path: f.sha256 for f in tuning}
     release_id = "r-" + sha256_bytes(json.dumps(content, sort_keys=True).encode())[:12]
-    bundle_meta = _read_json(bundle_dir / BUNDLE_JSON)
+    bundle_meta = read_json(bundle_dir / BUNDLE_JSON)
     manifest = {
         "format": MANIFEST_FORMAT,
         "release_id": release_id,
