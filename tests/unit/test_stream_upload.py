@@ -93,6 +93,35 @@ def test_the_receiver_refuses_bytes_that_changed_on_the_way(tmp_path):
     assert [p.name for p in incoming.iterdir()] == [good[2]]  # the bad one is nowhere, not even as .part
 
 
+def test_the_receiver_widens_its_pipe_before_reading(tmp_path):
+    """sshd writes into the receiver's stdin pipe: at 1 MiB instead of 64 KiB it no longer holds
+    (and grows, on every new connection) a channel window's worth of buffers on the device."""
+    import fcntl
+    import subprocess
+    import tarfile
+    import time
+
+    get_size = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(["sh", "-c", _receiver()], stdin=read_end, cwd=tmp_path)
+    os.close(read_end)
+    try:
+        assert fcntl.fcntl(write_end, get_size) == 64 * 1024  # what a new pipe gets
+        data = b"z" * 1000
+        info = tarfile.TarInfo(hashlib.sha256(data).hexdigest())
+        info.size = len(data)
+        os.write(write_end, info.tobuf(tarfile.USTAR_FORMAT))  # a header, no body yet: it waits on us
+        deadline = time.monotonic() + 30
+        while fcntl.fcntl(write_end, get_size) != 1 << 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert fcntl.fcntl(write_end, get_size) == 1 << 20
+        os.write(write_end, data + bytes(-len(data) % 512) + bytes(1024))
+    finally:
+        os.close(write_end)
+        assert proc.wait(30) == 0
+    assert (tmp_path / info.name).read_bytes() == data
+
+
 def _release_spec(root, uploads, final="r-1"):
     return {"tmp": str(root / "releases" / f"{final}.tmp"), "final": str(root / "releases" / final),
             "objects": str(root / "objects"), "site": str(root / "envs" / "e1"),
