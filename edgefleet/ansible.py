@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .errors import EdgefleetError
 from .yamlsrc import Document
 
 __all__ = ["AnsibleError", "ansible_to_native"]
@@ -23,7 +24,7 @@ CONNECTION = {"ansible_host": "host", "ansible_port": "port", "ansible_user": "u
               "edgefleet_known_hosts": "known_hosts"}
 
 
-class AnsibleError(Exception):
+class AnsibleError(EdgefleetError):
     """The Ansible inventory has a shape we cannot read."""
 
 

@@ -17,6 +17,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import EdgefleetError
 
 __all__ = [
     "EngineError", "ContainerSpec", "ContainerInfo", "client", "image_labels", "image_id",
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 
-class EngineError(RuntimeError):
+class EngineError(EdgefleetError, RuntimeError):
     """A docker operation failed; the message says which and why."""
 
 
@@ -70,7 +71,7 @@ def _errors():
     return errors
 
 
-def client() -> "docker.DockerClient":  # noqa: F821 - imported when first needed
+def client() -> docker.DockerClient:  # noqa: F821 - imported when first needed
     """Return a docker client for the local engine (made once)."""
     global _client
     if _client is None:

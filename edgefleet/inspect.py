@@ -6,8 +6,15 @@ from .deploy import Device, service_call
 from .inventory import Target
 from .render import check_rendered, render_target
 from .ssh import SSHError, connect
-from .status import (TargetStatus, find_drift, parse_status, read_files_command, status_command, throttling,
-                     unified_diffs)
+from .status import (
+    TargetStatus,
+    find_drift,
+    parse_status,
+    read_files_command,
+    status_command,
+    throttling,
+    unified_diffs,
+)
 
 __all__ = ["collect_status", "device_diff"]
 

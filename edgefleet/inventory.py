@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .errors import InputError
 from .settings import SETTING_KEYS, Settings
 from .yamlsrc import Document, Origin, SourceError, layer_origins, read_document
 
@@ -21,7 +22,7 @@ __all__ = ["InventoryError", "Inventory", "Target", "Settings", "Origin", "load_
            "merge"]
 
 
-class InventoryError(Exception):
+class InventoryError(InputError):
     """The inventory is invalid; the message names the file, the line and the key."""
 
 

@@ -38,6 +38,7 @@ from invoke.exceptions import UnexpectedExit
 from invoke.runners import Result
 
 from . import sshmux
+from .errors import EdgefleetError
 
 __all__ = ["OpenSSHConnection", "OpenSSHError", "openssh_client", "persist_seconds", "control_dir"]
 
@@ -46,7 +47,7 @@ _KEY_CHARS = 16  # a control socket's name: part of the sha256 of how the device
 _MAX_SOCKET_PATH = 107 - 17
 
 
-class OpenSSHError(Exception):
+class OpenSSHError(EdgefleetError):
     """The OpenSSH client could not reach or trust the device (`edgefleet.ssh` rewords it as SSHError)."""
 
 

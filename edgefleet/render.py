@@ -17,6 +17,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from .errors import InputError
 from .inventory import Target
 from .paths import repo_root
 from .settings import LOOPBACK
@@ -34,7 +35,7 @@ UNIT_IMAGE_TEMPLATE = "edgefleet-runtime-image.service.j2"
 MAX_EXPOSURE = 2.0
 
 
-class RenderError(Exception):
+class RenderError(InputError):
     """A template failed to render or a rendered file failed its check."""
 
 

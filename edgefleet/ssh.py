@@ -10,6 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import EdgefleetError
 from .inventory import Target
 from .openssh import ForwardedHTTPConnection, OpenSSHConnection, OpenSSHError, openssh_client
 
@@ -23,7 +24,7 @@ __all__ = ["connect", "Endpoint", "SSHError", "http_over_ssh", "http_json_over_s
 logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 
 
-class SSHError(Exception):
+class SSHError(EdgefleetError):
     """A target could not be reached or did not prove who it is."""
 
 
@@ -43,7 +44,7 @@ class Endpoint:
     known_hosts: Path | None
 
     @classmethod
-    def of(cls, target: Target) -> "Endpoint":
+    def of(cls, target: Target) -> Endpoint:
         return cls(target.name, target.host, target.port, target.user, target.ssh_key, target.known_hosts)
 
 

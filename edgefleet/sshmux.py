@@ -16,6 +16,8 @@ import struct
 import time
 from dataclasses import dataclass
 
+from .errors import EdgefleetError
+
 __all__ = ["MuxError", "MuxUnavailable", "MuxRefused", "Completed", "Session", "run_command", "start_command",
            "open_forward"]
 
@@ -33,7 +35,7 @@ _NO_ESCAPE = 0xFFFFFFFF
 _MAX_PACKET = 256 * 1024
 
 
-class MuxError(Exception):
+class MuxError(EdgefleetError):
     """The master is gone or broke the protocol (the caller falls back to a new connection)."""
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..digest import sha256_file
+from ..errors import EdgefleetError
 
 __all__ = ["PYC_MARK", "DeviceEnv", "EnvError", "build_device_env", "build_target_env", "pin_requirements", "pip_platforms",
            "read_prune", "pruned", "runtime_prune"]
@@ -28,7 +29,7 @@ _PLATFORMS = {
 }
 
 
-class EnvError(Exception):
+class EnvError(EdgefleetError):
     """The device's packages could not be resolved."""
 
 

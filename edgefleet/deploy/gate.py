@@ -12,7 +12,6 @@ import json
 import shlex
 from dataclasses import dataclass, field
 
-
 __all__ = ["Budget", "ModelVerdict", "PROBE", "probe_command", "probe_request", "judge"]
 
 # Runs on the device with only the stdlib. Reads one JSON line on stdin (port, token, route,

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
-
 
 __all__ = ["HealthResult", "Call", "NotReady", "wait_ready", "golden_verdict"]
 

@@ -14,8 +14,8 @@ import os
 import shlex
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 __all__ = ["controller_identity", "owner_line", "parse_owner", "stale_reason", "process_start", "device_lock",
            "LOCK_FACTS"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
+from ..errors import EdgefleetError
 from ..inventory import Target
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
 from .lock import LOCK_FACTS
@@ -64,7 +65,7 @@ def _listing(key: str, directory: str) -> str:
             f'echo "{key}=$n"')
 
 
-class PlanError(Exception):
+class PlanError(EdgefleetError):
     """The device cannot take this release (the message says why and what to do)."""
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..digest import sha256_bytes, sha256_file
+from ..errors import EdgefleetError
 from ..model.bundle import BUNDLE_JSON, FILE_NAME, REQUIRED_FILES
 from ..render import TUNING_SCRIPT, TUNING_UNIT, UNIT_NAME, RenderedFile
 from .env import DeviceEnv, _host_can_compile
@@ -30,7 +31,7 @@ __all__ = ["ReleaseFile", "Release", "make_release", "ReleaseError", "read_json"
 MANIFEST_FORMAT = 1
 
 
-class ReleaseError(Exception):
+class ReleaseError(EdgefleetError):
     """The inputs of a release are incomplete or inconsistent."""
 
 

@@ -18,13 +18,15 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from ..errors import EdgefleetError
+
 __all__ = ["ArchiveError", "find_manifest", "platform_archive", "compress", "layer_sizes"]
 
 _INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                 "application/vnd.docker.distribution.manifest.list.v2+json")
 
 
-class ArchiveError(Exception):
+class ArchiveError(EdgefleetError):
     """The archive does not hold the wanted platform, or is not a docker/OCI archive."""
 
 

@@ -16,6 +16,8 @@ from edgefleet import engine
 from edgefleet.deploy.env import EnvError
 from edgefleet.image import base, context
 
+from ..errors import EdgefleetError
+
 __all__ = ["ImageError", "BuildStep", "BuildPlan", "PLATFORMS", "LOCAL_BASE", "RUNTIME_BASE",
            "parse_platforms", "arch_of", "plan_builds", "pick_ref", "resolve_ref", "build"]
 
@@ -25,7 +27,7 @@ LOCAL_BASE = "local"
 RUNTIME_BASE = base.Recipe("runtime-base", "edgefleet/runtime-base")
 
 
-class ImageError(Exception):
+class ImageError(EdgefleetError):
     """A runtime image could not be built, found or checked; the message says why."""
 
 

@@ -21,11 +21,13 @@ from pathlib import Path
 from edgefleet.deploy.env import build_device_env, pip_platforms, pruned, read_prune
 from edgefleet.paths import repo_root
 
+from ..errors import EdgefleetError
+
 __all__ = ["ContextError", "RuntimeContext", "recipe_dir", "lock_text", "write_lock", "read_prune",
            "pruned", "prune_site", "assemble"]
 
 
-class ContextError(Exception):
+class ContextError(EdgefleetError):
     """The build context could not be made."""
 
 

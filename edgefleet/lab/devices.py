@@ -26,6 +26,8 @@ from edgefleet import engine
 from edgefleet.inventory import load_board_profiles
 from edgefleet.lab import image, keys, plan, probe, sysfs
 
+from ..errors import EdgefleetError
+
 __all__ = ["LabPaths", "DeviceStatus", "LabBusy", "up", "down", "status", "session", "running_device"]
 
 UP_TIMEOUT_S = {"amd64": 120.0, "arm64": 300.0}
@@ -238,7 +240,7 @@ def running_device(paths: LabPaths, name: str) -> plan.LabDevice:
     return devices[name][0]
 
 
-class LabBusy(RuntimeError):
+class LabBusy(EdgefleetError, RuntimeError):
     """A lab is up already; a session would take it over."""
 
 

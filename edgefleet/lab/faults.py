@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from edgefleet import engine
 from edgefleet.lab import plan
 
+from ..errors import EdgefleetError
+
 __all__ = ["FaultError", "KNOBS", "container_of", "sshd_stop", "sshd_start", "sshd_kill", "kill_sshd_during_upload",
            "settle",
            "small_disk", "restore_disk", "fill_disk", "fill_disk_during_upload", "free_after_fill_kb", "free_disk",
@@ -28,7 +30,7 @@ FILLER = ".fault-filler"
 WATCH_S = 120  # a watcher that never fires ends by itself
 
 
-class FaultError(RuntimeError):
+class FaultError(EdgefleetError, RuntimeError):
     """A knob could not be applied; the message names the device and the command."""
 
 

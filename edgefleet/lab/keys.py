@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 __all__ = ["ensure_keypair", "public_key"]
 
 

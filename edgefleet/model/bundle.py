@@ -7,10 +7,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from edgefleet.model.files import file_record
+
+from ..errors import InputError
 
 __all__ = ["Bundle", "BundleError", "FileRecord", "Golden", "ClassifyGolden", "QaGolden",
            "read_bundle", "verify", "hash_problems", "BUNDLE_JSON", "REQUIRED_FILES", "WEIGHTS_FILE",
@@ -27,7 +28,7 @@ FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 SHA256 = r"^[0-9a-f]{64}$"
 
 
-class BundleError(ValueError):
+class BundleError(InputError, ValueError):
     """A bundle directory or its bundle.json is missing, malformed or does not match its files."""
 
 
@@ -65,7 +66,7 @@ class Golden(_Strict):
     tokens: list[int] | None = None  # each input's length (edge_runtime.golden.fitting)
 
     @model_validator(mode="after")
-    def _shapes_match(self) -> "Golden":
+    def _shapes_match(self) -> Golden:
         if len(self.texts) != len(self.embeddings):
             raise ValueError(f"{len(self.texts)} texts but {len(self.embeddings)} embeddings")
         dims = {len(row) for row in self.embeddings}
@@ -83,7 +84,7 @@ class ClassifyGolden(_Strict):
     tokens: list[int] | None = None
 
     @model_validator(mode="after")
-    def _shapes_match(self) -> "ClassifyGolden":
+    def _shapes_match(self) -> ClassifyGolden:
         if len(self.texts) != len(self.scores):
             raise ValueError(f"{len(self.texts)} texts but {len(self.scores)} scores")
         return self
@@ -106,7 +107,7 @@ class QaGolden(_Strict):
     tokens: list[int] | None = None
 
     @model_validator(mode="after")
-    def _shapes_match(self) -> "QaGolden":
+    def _shapes_match(self) -> QaGolden:
         if not len(self.questions) == len(self.contexts) == len(self.answers):
             raise ValueError(f"{len(self.questions)} questions, {len(self.contexts)} contexts, "
                              f"{len(self.answers)} answers")
@@ -138,14 +139,12 @@ class Bundle(_Strict):
     # ONNX Runtime session config entries the runtime should set (add_session_config_entry)
     session_config: dict[str, str] = Field(default_factory=dict)
     files: dict[str, FileRecord]
-    golden: Annotated[Union[Annotated[Golden, Tag("embed")],
-                            Annotated[ClassifyGolden, Tag("classify")],
-                            Annotated[QaGolden, Tag("qa")]], Discriminator(_golden_tag)]
+    golden: Annotated[Annotated[Golden, Tag("embed")] | Annotated[ClassifyGolden, Tag("classify")] | Annotated[QaGolden, Tag("qa")], Discriminator(_golden_tag)]
     created_by: str
     inputs_sha256: str | None = Field(default=None, pattern=SHA256)
 
     @model_validator(mode="after")
-    def _required_files(self) -> "Bundle":
+    def _required_files(self) -> Bundle:
         missing = [name for name in REQUIRED_FILES if name not in self.files]
         if missing:
             raise ValueError(f"files must list {', '.join(missing)}")

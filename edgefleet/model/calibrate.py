@@ -62,8 +62,7 @@ def quantize_static_graph(src: Path, dst: Path, tokenizer, texts: list[str],
 
     import onnx
     from onnx import TensorProto
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from edgefleet.model.quantize import quantize_graph
 

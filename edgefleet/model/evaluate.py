@@ -69,8 +69,8 @@ def torch_reference(model_dir, texts: list[str], max_len: int) -> np.ndarray:
 
 def ort_session(onnx_path, threads: int = 1):
     """Return a CPU session configured like edge_runtime's (explicit threads, no spinning)."""
-    from edge_runtime.model import session_options
     import onnxruntime as ort
+    from edge_runtime.model import session_options
 
     return ort.InferenceSession(str(onnx_path), sess_options=session_options(threads),
                                 providers=["CPUExecutionProvider"])

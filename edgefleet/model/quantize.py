@@ -140,9 +140,9 @@ def _golden(bundle_dir: Path, min_cosine: float) -> dict:
 
 def _document(meta: dict, name: str, recipe: Recipe, tmp: Path, key: str,
               fp32_nodes: list[str], split: dict[str, int], calibration_texts: Path) -> dict:
-    import onnxruntime
-
     from importlib.metadata import version
+
+    import onnxruntime
 
     task = meta.get("task", "embed")
     heads = {"embed": {"pooling": "mean", "normalize": True},

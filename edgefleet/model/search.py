@@ -18,8 +18,7 @@ import numpy as np
 
 from edgefleet.model.calibrate import CALIBRATION_METHODS
 from edgefleet.model.evaluate import Accuracy, accuracy, interleaved_medians, text_of
-from edgefleet.model.quantize import (CALIBRATION_TEXTS, Recipe, build_graph, smoothed_fp32,
-                                      stable_fp32)
+from edgefleet.model.quantize import CALIBRATION_TEXTS, Recipe, build_graph, smoothed_fp32, stable_fp32
 from edgefleet.model.stable import EXACT_SUFFIX
 
 __all__ = ["Target", "Measured", "Search", "quantizable_ops", "sensitivity", "search",

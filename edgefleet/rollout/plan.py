@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..errors import EdgefleetError
+
 __all__ = ["RolloutError", "RolloutPlan", "OK_RESULTS", "parse_count", "plan_rollout", "limit_exceeded",
            "to_roll_back", "resume_targets", "env_key"]
 
@@ -16,7 +18,7 @@ OK_RESULTS = ("updated", "unchanged")
 FAILED, ROLLED_BACK, NOT_REACHED, ROLLBACK_FAILED = "failed", "rolled back", "not reached", "rollback failed"
 
 
-class RolloutError(Exception):
+class RolloutError(EdgefleetError):
     """The rollout's options or record do not make sense; the message says which and why."""
 
 

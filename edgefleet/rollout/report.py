@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 
 from .plan import OK_RESULTS, RolloutError, RolloutPlan
@@ -28,14 +28,14 @@ class RolloutRecord:
     """
 
     def __init__(self, rollouts_dir: Path, plan: RolloutPlan, bundle: Path, meta: dict):
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         self.dir = rollouts_dir / stamp
         self.dir.mkdir(parents=True)
         self.log_dir = self.dir / "logs"
         self._lock = threading.Lock()
         self.doc = {
             "rollout": stamp, "record": str(self.dir), "status": "running", "bundle": str(bundle),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished": None,
+            "started": datetime.now(UTC).isoformat(timespec="seconds"), "finished": None,
             "seconds": None, **meta,
             "plan": {"waves": [list(w) for w in plan.waves], "max_fail": plan.max_fail,
                      "parallel": plan.parallel, "canary_wave": plan.canary_wave},
@@ -65,7 +65,7 @@ class RolloutRecord:
     def finish(self, stopped: bool, seconds: float, counts: dict[str, int]) -> dict:
         with self._lock:
             self.doc.update(status="stopped" if stopped else "completed", seconds=round(seconds, 2), counts=counts,
-                            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                            finished=datetime.now(UTC).isoformat(timespec="seconds"))
             self.write()
         return self.doc
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
-
 
 from ..deploy import DEFAULT_IMAGE_TAG, deploy, prepare_release, revert
 from ..deploy.env import build_target_env
@@ -23,8 +22,17 @@ from ..deploy.release import Release
 from ..inventory import Target
 from ..paths import repo_root
 from ..render import check_rendered_many, render_target
-from .plan import (FAILED, NOT_REACHED, OK_RESULTS, ROLLBACK_FAILED, ROLLED_BACK, RolloutPlan, env_key,
-                   limit_exceeded, to_roll_back)
+from .plan import (
+    FAILED,
+    NOT_REACHED,
+    OK_RESULTS,
+    ROLLBACK_FAILED,
+    ROLLED_BACK,
+    RolloutPlan,
+    env_key,
+    limit_exceeded,
+    to_roll_back,
+)
 
 __all__ = ["DeviceOutcome", "prepare_releases", "run_rollout"]
 

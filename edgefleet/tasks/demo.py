@@ -7,7 +7,8 @@ import time
 
 from invoke import Collection, Exit, task
 
-from ..deploy import Device, deploy as deploy_target, service_call
+from ..deploy import Device, service_call
+from ..deploy import deploy as deploy_target
 from ..inventory import load_inventory
 from ..paths import build_dir, bundle_dir, targets_dir
 from ..ssh import connect

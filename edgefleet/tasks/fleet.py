@@ -10,17 +10,27 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from ..deploy import DeployError, deploy as deploy_target, rollback as rollback_target
+from ..deploy import DeployError
+from ..deploy import deploy as deploy_target
+from ..deploy import rollback as rollback_target
 from ..deploy.env import EnvError
 from ..deploy.plan import PlanError
 from ..deploy.release import ReleaseError
-from ..inventory import InventoryError, load_inventory
-from ..paths import build_dir, bundle_dir, targets_dir
-from .image import image_tag
 from ..explain import explain_target
 from ..inspect import collect_status, device_diff
-from ..render import UNIT_NAME, MAX_EXPOSURE, RenderError, check_rendered, render_target, security_exposure, write_rendered
+from ..inventory import InventoryError, load_inventory
+from ..paths import build_dir, bundle_dir, targets_dir
+from ..render import (
+    MAX_EXPOSURE,
+    UNIT_NAME,
+    RenderError,
+    check_rendered,
+    render_target,
+    security_exposure,
+    write_rendered,
+)
 from ..ssh import SSHError
+from .image import image_tag
 
 USER_ERRORS = (InventoryError, RenderError, SSHError, PlanError, DeployError, EnvError, ReleaseError)
 

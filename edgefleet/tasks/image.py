@@ -48,7 +48,8 @@ def _platforms(c, platform):
 })
 def build(c, platform=None, tag=None, base=None, python=None):
     """Build the runtime image with buildx (multi-platform in one tag when the engine can)."""
-    from edgefleet.image.build import ImageError, build as run_build
+    from edgefleet.image.build import ImageError
+    from edgefleet.image.build import build as run_build
 
     started = time.monotonic()
     try:

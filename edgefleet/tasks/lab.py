@@ -8,9 +8,8 @@ from dataclasses import asdict
 from invoke import Collection, Exit, task
 
 from edgefleet import lab, paths
-from edgefleet.lab import knobs
+from edgefleet.lab import knobs, vmplan
 from edgefleet.lab import vm as labvm
-from edgefleet.lab import vmplan
 from edgefleet.lab.plan import ROUND_ROBIN
 
 

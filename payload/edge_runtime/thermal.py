@@ -87,7 +87,7 @@ class ThermalGuard:
             except Exception:  # a broken sysfs read must not kill the guard
                 log.exception("thermal_poll_failed")
 
-    def start(self) -> "ThermalGuard":
+    def start(self) -> ThermalGuard:
         """Tick once now, then poll in a daemon thread."""
         self.tick()
         self._thread = threading.Thread(target=self._run, name="thermal", daemon=True)

@@ -39,7 +39,7 @@ class InferenceWorker:
         """Return the number of jobs waiting or running."""
         return self.jobs.qsize() + (1 if self.busy else 0)
 
-    def start(self) -> "InferenceWorker":
+    def start(self) -> InferenceWorker:
         """Start the worker thread."""
         self._thread.start()
         return self
