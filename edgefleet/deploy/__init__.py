@@ -7,13 +7,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..device_env import DeviceEnv, build_target_env
 from ..inventory import Target
 from ..paths import repo_root
 from ..render import check_rendered, render_target
 from ..ssh import connect
 from .apply import DeployError, Device, apply_plan, now, record_state, restart_service, switch_current
 from .checks import health_gate, service_call
-from .env import DeviceEnv, build_target_env
 from .health import HealthResult
 from .lock import controller_identity, device_lock, stale_reason
 from .plan import DeployPlan, Facts, ask_facts, make_plan

@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from ..device_env import PYC_MARK
 from ..inventory import Target
+from ..openssh import OpenSSHError
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
 from ..ssh import OpenSSHConnection, SSHError
-from ..openssh import OpenSSHError
-from .env import PYC_MARK
 from .plan import DeployPlan, docker_argv
 from .release import Release, ReleaseFile
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..device_env import DeviceEnv, _host_can_compile
 from ..digest import sha256_bytes, sha256_file
 from ..errors import EdgefleetError
 from ..model.bundle import BUNDLE_JSON, FILE_NAME, REQUIRED_FILES
 from ..render import TUNING_SCRIPT, TUNING_UNIT, UNIT_NAME, RenderedFile
-from .env import DeviceEnv, _host_can_compile
 
 if TYPE_CHECKING:
     from ..image.ship import ShippedImage

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet import engine
-from edgefleet.deploy.env import EnvError
+from edgefleet.device_env import EnvError
 from edgefleet.image import base, context
 
 from ..errors import EdgefleetError

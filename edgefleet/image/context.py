@@ -1,6 +1,6 @@
 """The runtime image's build context: host-resolved wheels per platform, pruned, plus the payload.
 
-The wheels come from edgefleet.deploy.env (pip on the host, `--platform`/`--abi`, wheels only)
+The wheels come from edgefleet.device_env (pip on the host, `--platform`/`--abi`, wheels only)
 fed with docker/runtime/requirements.lock, whose `--hash` lines make pip check every wheel.
 The context directory is rewritten in place and only files whose bytes change are touched, so
 BuildKit's cache sees a payload edit as a change to the last layer only.
@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.deploy.env import build_device_env, pip_platforms, pruned, read_prune
+from edgefleet.device_env import build_device_env, pip_platforms, pruned, read_prune
 from edgefleet.paths import repo_root
 
 from ..errors import EdgefleetError

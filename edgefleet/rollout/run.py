@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..deploy import DEFAULT_IMAGE_TAG, deploy, prepare_release, revert
-from ..deploy.env import build_target_env
 from ..deploy.release import Release
+from ..device_env import build_target_env
 from ..inventory import Target
 from ..paths import repo_root
 from ..render import check_rendered_many, render_target

@@ -13,9 +13,9 @@ from invoke import Collection, Exit, task
 from ..deploy import DeployError
 from ..deploy import deploy as deploy_target
 from ..deploy import rollback as rollback_target
-from ..deploy.env import EnvError
 from ..deploy.plan import PlanError
 from ..deploy.release import ReleaseError
+from ..device_env import EnvError
 from ..explain import explain_target
 from ..inspect import collect_status, device_diff
 from ..inventory import InventoryError, load_inventory

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from e2e_lab import Phases, booted_vm
 
 from edgefleet.deploy import Device, service_call
 from edgefleet.deploy.health import wait_ready
@@ -27,7 +28,6 @@ from edgefleet.inventory import load_inventory
 from edgefleet.lab import vm as labvm
 from edgefleet.lab import vmplan
 from edgefleet.ssh import connect
-from e2e_lab import Phases, booted_vm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 REPO = Path(__file__).resolve().parents[2]

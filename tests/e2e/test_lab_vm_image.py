@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from e2e_lab import Phases, booted_vm
 
 from edgefleet.deploy import Device, service_call
 from edgefleet.image import build as image_build
@@ -31,7 +32,6 @@ from edgefleet.lab import vm as labvm
 from edgefleet.lab import vmplan
 from edgefleet.render import CONTAINER_NAME
 from edgefleet.ssh import connect
-from e2e_lab import Phases, booted_vm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 REPO = Path(__file__).resolve().parents[2]

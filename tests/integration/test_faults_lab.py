@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from edgefleet.deploy import DeployError, deploy, prepare_release
-from edgefleet.deploy.env import build_target_env
 from edgefleet.deploy.plan import PlanError
 from edgefleet.deploy.release import make_release
+from edgefleet.device_env import build_target_env
 from edgefleet.lab import faults
 from edgefleet.model.tiny import tiny_bundle
 from edgefleet.render import render_target

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from edge_runtime.sysfs import Sysfs
-from edgefleet.deploy.env import pin_requirements
+
+from edgefleet.device_env import pin_requirements
 from edgefleet.inventory import load_board_profiles, load_inventory
 from edgefleet.lab import plan, sysfs
 from edgefleet.render import render_target

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from edgefleet.deploy.apply import Device, apply_plan, restart_service
-from edgefleet.deploy.env import DeviceEnv
 from edgefleet.deploy.plan import Facts, make_plan
 from edgefleet.deploy.release import make_release
+from edgefleet.device_env import DeviceEnv
 from edgefleet.digest import sha256_file
 from edgefleet.inventory import load_boards, load_inventory
 from edgefleet.lab import plan, vmplan

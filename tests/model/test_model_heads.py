@@ -8,13 +8,13 @@ span beats the runner-up clearly.
 
 import json
 
+import edge_runtime
 import numpy as np
 import onnxruntime as ort
 import pytest
+from edge_runtime.heads import TaskError, softmax
 from tokenizers import Tokenizer
 
-import edge_runtime
-from edge_runtime.heads import TaskError, softmax
 from edgefleet.model.bundle import verify
 from edgefleet.model.tiny import TINY_LABELS
 

@@ -3,10 +3,9 @@
 import os
 from pathlib import Path
 
+import edge_runtime
 import numpy as np
 import pytest
-
-import edge_runtime
 from edge_runtime.model import l2_normalize
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -4,13 +4,13 @@ candidate search with its table and JSON; the mechanics, not MiniLM's numbers.""
 import json
 from collections import Counter
 
+import edge_runtime
 import numpy as np
 import onnx
 import pytest
 from invoke import Config, Context
 from tokenizers import Tokenizer
 
-import edge_runtime
 from edgefleet.model import search as se
 from edgefleet.model.bundle import model_bytes, verify
 from edgefleet.model.calibrate import TextCalibrationReader

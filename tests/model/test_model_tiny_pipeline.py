@@ -3,13 +3,13 @@
 import json
 import shutil
 
+import edge_runtime
 import numpy as np
 import onnxruntime as ort
 import pytest
+from edge_runtime.model import l2_normalize, mean_pool
 from tokenizers import Tokenizer
 
-import edge_runtime
-from edge_runtime.model import l2_normalize, mean_pool
 from edgefleet.model.bundle import BundleError, verify
 from edgefleet.model.export import default_max_seq_len
 

@@ -3,10 +3,9 @@
 import json
 import shutil
 
+import edge_runtime
 import numpy as np
 import pytest
-
-import edge_runtime
 
 
 def test_embed_json_reads_stdin_lines(tiny_bundle, run_cli):

@@ -1,9 +1,7 @@
 """runtime.yaml: every key of the contract, and errors that name the file and the key."""
 
 import pytest
-
-from edge_runtime.config import (ConfigError, LimitsConfig, RuntimeConfig, ThermalConfig,
-                                 is_loopback, parse_config)
+from edge_runtime.config import ConfigError, LimitsConfig, RuntimeConfig, ThermalConfig, is_loopback, parse_config
 
 CONTRACT = {
     "target": "pi5-01", "threads": 4, "affinity": [0, 1, 2, 3], "spin": False, "nice": -5,

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from edge_runtime.heads import InputError, answer_from, best_span, label_scores, softmax
 
 # token layout: [CLS] q q [SEP] c c c c c [SEP]  (context = positions 4..8)

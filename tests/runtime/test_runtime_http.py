@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-
 from edge_runtime.config import parse_config
 from edge_runtime.server import Service, make_server
 
@@ -389,7 +388,6 @@ def test_server_does_not_import_http_server_or_email(run_cli):
 
 def test_float32_json_round_trips_exactly():
     import numpy as np
-
     from edge_runtime.server import float32_json
 
     rows = (np.random.default_rng(1).random((3, 384), dtype=np.float32) - 0.5) / 7

@@ -5,7 +5,6 @@ import threading
 import time
 
 import pytest
-
 from edge_runtime import tuning
 from edge_runtime.config import LimitsConfig, parse_config
 from edge_runtime.metrics import Histogram, Metrics, sample

@@ -6,10 +6,9 @@ import shutil
 import textwrap
 from pathlib import Path
 
+import edge_runtime
 import numpy as np
 import pytest
-
-import edge_runtime
 from edge_runtime.config import parse_config
 from edge_runtime.service import Service
 

@@ -1,10 +1,8 @@
 """sysfs parsers, governor drift and the thermal guard, against a fake sysfs tree."""
 
 import pytest
-
 from edge_runtime.config import ThermalConfig
-from edge_runtime.sysfs import (Policy, Sysfs, governor_drift, parse_cpu_list, parse_khz,
-                                parse_millidegrees)
+from edge_runtime.sysfs import Policy, Sysfs, governor_drift, parse_cpu_list, parse_khz, parse_millidegrees
 from edge_runtime.thermal import HARD, OK, SOFT, ThermalGuard, next_state
 
 

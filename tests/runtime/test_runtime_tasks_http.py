@@ -2,9 +2,8 @@
 
 import json
 
-import pytest
-
 import edge_runtime
+import pytest
 from test_runtime_http import BAD_INPUT, LIMITS, POST, raw, request, serve  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)

@@ -5,7 +5,6 @@ import logging
 
 import numpy as np
 import pytest
-
 from edge_runtime.config import ConfigError, RuntimeConfig, parse_config, read_config
 from edge_runtime.model import BundleFormatError, l2_normalize, mean_pool, read_meta
 from edge_runtime.selftest import cosines, percentiles

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.deploy.env import pin_requirements
+from edgefleet.device_env import pin_requirements
 from edgefleet.inventory import load_inventory
 
 REPO = Path(__file__).resolve().parents[2]

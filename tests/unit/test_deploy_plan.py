@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.deploy.env import DeviceEnv
 from edgefleet.deploy.health import NotReady
 from edgefleet.deploy.plan import ARCH_NAMES, Facts, PlanError, facts_command, make_plan, parse_facts
 from edgefleet.deploy.release import ReleaseError, make_release
+from edgefleet.device_env import DeviceEnv
 from edgefleet.digest import sha256_file
 from edgefleet.inventory import load_inventory
 from edgefleet.render import render_target
@@ -404,6 +404,7 @@ def test_golden_verdict_per_task(golden, bodies, ok, metric, reason):
 
 def test_probe_request_carries_route_payloads_and_token():
     from edge_runtime import golden as goldens
+
     from edgefleet.deploy.gate import probe_request
     requests = [goldens.request("qa", item) for item in goldens.items(QA_GOLDEN)]
     line = json.loads(probe_request(18081, "/v1/qa", [p for _, p in requests], 3, "s3cret"))

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from edgefleet.deploy.env import EnvError, _deterministic_tar, pip_platforms
+from edgefleet.device_env import EnvError, _deterministic_tar, pip_platforms
 from edgefleet.digest import sha256_file
 
 
@@ -40,7 +40,7 @@ def test_host_compiled_pyc_is_shipped_and_used_as_is(tmp_path):
     import subprocess
     import sys
 
-    from edgefleet.deploy.env import PYC_MARK, _compile
+    from edgefleet.device_env import PYC_MARK, _compile
 
     src = tmp_path / "site"
     (src / "pkg").mkdir(parents=True)
@@ -69,7 +69,7 @@ def test_zstd_copy_holds_the_same_tar(tmp_path):
     import shutil
     import subprocess
 
-    from edgefleet.deploy.env import DeviceEnv, _with_zst
+    from edgefleet.device_env import DeviceEnv, _with_zst
 
     if shutil.which("zstd") is None:
         pytest.fail("zstd is missing: scripts/setup.sh installs it")

@@ -1,6 +1,6 @@
 """The device env leaves out what the runtime image leaves out (docker/runtime/prune.txt)."""
 
-from edgefleet.deploy import env
+from edgefleet import device_env as env
 
 
 def test_prune_tree_removes_matches_whole_and_keeps_the_rest(tmp_path):

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_deploy_plan import fake_bundle, fake_env
 
 from edgefleet.deploy.plan import Facts, PlanError, facts_command, make_plan, parse_facts
 from edgefleet.deploy.prune import unreferenced, unused_images
@@ -18,8 +19,6 @@ from edgefleet.image.ship import ShippedImage
 from edgefleet.inventory import InventoryError, load_inventory
 from edgefleet.lab import vmplan
 from edgefleet.render import MAX_EXPOSURE, UNIT_NAME, check_rendered, render_target, security_exposure
-
-from test_deploy_plan import fake_bundle, fake_env
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_A = "sha256:" + "a" * 64

@@ -11,8 +11,15 @@ import pytest
 from edgefleet.digest import sha256_bytes
 from edgefleet.inventory import load_inventory
 from edgefleet.render import UNIT_NAME, render_target
-from edgefleet.status import (DeviceState, find_drift, parse_status, read_files_command, status_command, throttling,
-                              unified_diffs)
+from edgefleet.status import (
+    DeviceState,
+    find_drift,
+    parse_status,
+    read_files_command,
+    status_command,
+    throttling,
+    unified_diffs,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

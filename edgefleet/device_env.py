@@ -16,8 +16,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..digest import sha256_file
-from ..errors import EdgefleetError
+from .digest import sha256_file
+from .errors import EdgefleetError
 
 __all__ = ["PYC_MARK", "DeviceEnv", "EnvError", "build_device_env", "build_target_env", "pin_requirements", "pip_platforms",
            "read_prune", "pruned", "runtime_prune"]
@@ -77,7 +77,7 @@ def pruned(name: str, patterns: list[str]) -> bool:
 
 def runtime_prune() -> list[str]:
     """Return the runtime's prune list (docker/runtime/prune.txt), shared by image and venv."""
-    from ..paths import repo_root
+    from .paths import repo_root
 
     return read_prune(repo_root() / "docker" / "runtime" / "prune.txt")
 
