@@ -14,9 +14,10 @@ import re
 import shlex
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 
 from ..device_env import PYC_MARK
+from ..errors import EdgefleetError
 from ..inventory import Target
 from ..openssh import OpenSSHError
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
@@ -31,7 +32,7 @@ _STEP_MARK = "edgefleet-step"  # Device.systems: each command of a batch reports
 IMAGE_ENV = "image.env"  # in an image release: EDGEFLEET_IMAGE and EDGEFLEET_RELEASE for the unit
 
 
-class DeployError(Exception):
+class DeployError(EdgefleetError):
     """A step failed on the device; the message names the target and the step."""
 
 
@@ -127,16 +128,36 @@ class Device:
 
 
 def _incoming(dev: Device) -> str:
-    if dev.target.settings.sudo:
-        return f"/var/tmp/edgefleet-incoming-{dev.c.user}"
-    return dev.path("objects", ".incoming")
+    """Return where uploads are staged: under the device root, never in a shared directory.
+
+    A fixed name in a world-writable directory (/var/tmp) could be taken by any local account
+    between our `rm` and `mkdir`, which could then rename its own bytes over a verified object.
+    Inside the root only the root's owner (or root) can create or rename anything.
+    """
+    if dev.owns_root or not dev.target.settings.sudo:
+        return dev.path("objects", ".incoming")
+    return dev.path(f".incoming-{dev.c.user}")  # made by root for the login user, 0700
+
+
+def _clear_incoming_command(dev: Device, incoming: str) -> str:
+    """Return the command that makes `incoming` anew, empty, private to the login user."""
+    if dev.owns_root or not dev.target.settings.sudo:
+        return f"rm -rf {q(incoming)} && mkdir -m 0700 {q(incoming)}"
+    return dev.file_command(f"rm -rf {q(incoming)} && mkdir -m 0700 {q(incoming)} && "
+                            f"chown {q(dev.c.user)} {q(incoming)}")
 
 
 def _discard_partial(dev: Device, incoming: str) -> None:
     try:  # a full disk: leave no partial file behind (a dead link: the next deploy clears it)
-        dev.run(f"rm -rf {q(incoming)}", "discard a partial upload", privileged=False, warn=True)
+        dev.run(f"rm -rf {q(incoming)}", "discard a partial upload", warn=True)
     except Exception:
         pass
+
+
+def _recheck_command(dev: Device, names: list[str]) -> str:
+    """Return the command that hashes objects again where they now are (before any `sudo install`)."""
+    lines = "".join(f"{n}  {n}\\n" for n in names)
+    return f"cd {q(dev.path('objects'))} && printf {q(lines)} | sha256sum --check --quiet --strict -"
 
 
 class UploadFailed(Exception):
@@ -195,7 +216,8 @@ with tarfile.open(fileobj=sys.stdin.buffer, mode="r|", bufsize=1 << 20) as tar:
             continue
         src, digest, part = tar.extractfile(m), hashlib.sha256(), "." + n + ".part"
         try:
-            with open(part, "wb") as out:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with open(fd, "wb") as out:
                 for chunk in iter(lambda: src.read(1 << 20), b""):
                     digest.update(chunk)
                     out.write(chunk)
@@ -335,7 +357,7 @@ def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool =
     incoming = _incoming(dev)
     # we hold the lock: anything in incoming is left over from a deploy that died mid-upload
     dev.batch([(dev.file_command(_layout_command(dev)), "create the device layout", False),
-               (f"rm -rf {q(incoming)} && mkdir -p {q(incoming)}", "clear the incoming dir", False)])
+               (_clear_incoming_command(dev, incoming), "clear the incoming dir", False)])
     t0 = time.monotonic()
     sums = "".join(f"{o.sha256}  {o.sha256}\n" for o in plan.upload).encode()
     uploads = [(o.path, str(o.source) if o.source is not None else io.BytesIO(o.data), o.sha256, o.size)
@@ -386,8 +408,11 @@ def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool =
     log(f"  uploaded {len(plan.upload)} objects, {sent / 1e6:.1f} MB in {secs:.1f} s ({how_sent}), {how}")
     if build:
         return None, True
-    return (f"cd {q(incoming)} && chmod 0644 -- {names} && mv -f -- {names} {q(dev.path('objects'))}/ "
-            f"&& rm -f SHA256SUMS"), False
+    move_in = (f"cd {q(incoming)} && chmod 0644 -- {names} && mv -f -- {names} {q(dev.path('objects'))}/ "
+               f"&& rm -f SHA256SUMS")
+    if dev.target.settings.sudo:  # objects may reach `sudo install`: hashed again where they now are
+        move_in += " && " + _recheck_command(dev, [o.sha256 for o in plan.upload])
+    return move_in, False
 
 
 def _build_spec(dev: Device, release: Release) -> dict:
@@ -586,7 +611,7 @@ def _log_tuning(code: int, log) -> None:
 
 def now() -> str:
     """Return the time for state.json and lock records (UTC, ISO 8601, seconds)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def record_state(dev: Device, entry: dict, keep: int = 50) -> None:
@@ -600,8 +625,8 @@ def record_state(dev: Device, entry: dict, keep: int = 50) -> None:
     history = (state.get("history") or [])[-(keep - 1):] + [entry]
     # "current" is the last release that passed its gate: an unhealthy one never becomes it
     state = {"current": entry.get("active") if entry.get("healthy") else state.get("current"), "history": history}
-    tmp = posixpath.join(_incoming(dev), "state.json")
-    # written where the login user may write, then moved into place (as root where it takes sudo)
-    dev.run(f"mkdir -p {q(_incoming(dev))} && cat > {q(tmp)} && "
-            + dev.file_command(f"chmod 0644 {q(tmp)} && mv -f {q(tmp)} {q(path)}"),
-            "write state.json", privileged=False, text=json.dumps(state, indent=2) + "\n")
+    tmp = dev.path(".state.json.tmp")
+    # written beside it under the root (never in a shared directory), created anew (noclobber:
+    # O_EXCL, so no link planted there is followed), then renamed into place
+    dev.run(f"rm -f {q(tmp)} && set -C && cat > {q(tmp)} && chmod 0644 {q(tmp)} && mv -f {q(tmp)} {q(path)}",
+            "write state.json", text=json.dumps(state, indent=2) + "\n")
