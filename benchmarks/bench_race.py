@@ -88,10 +88,10 @@ class Counters:
 
 
 def on_devices(targets, command: str, puts: list[tuple[Path | bytes, str]] = ()) -> None:
-    """Run `command` on every device (after uploading `puts`), in parallel, through edgefleet.ssh."""
+    """Run `command` on every device (after uploading `puts`), in parallel, through edgefleet.transport."""
     import io
 
-    from edgefleet.ssh import connect
+    from edgefleet.transport import connect
 
     def one(t):
         c = connect(t)

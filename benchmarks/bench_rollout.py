@@ -53,7 +53,7 @@ def timed(targets, bundle: Path, build: Path) -> tuple[float, int, dict]:
 
 def reset(targets) -> None:
     """Remove everything a deploy put on the devices, so the next rollout is a first deploy."""
-    from edgefleet.ssh import connect
+    from edgefleet.transport import connect
 
     for t in targets:
         c = connect(t)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .deploy import Device, service_call
 from .inventory import Target
 from .render import check_rendered, render_target
-from .ssh import SSHError, connect
+from .transport import SSHError, connect
 from .status import (
     TargetStatus,
     find_drift,

@@ -6,7 +6,7 @@ import difflib
 import shlex
 from dataclasses import asdict, dataclass, field
 
-from .deploy.plan import ARCH_NAMES, COMMITTED_FACT, GOVERNORS_FACT
+from .deploy.facts import ARCH_NAMES, COMMITTED_FACT, GOVERNORS_FACT
 from .inventory import Target
 from .render import TUNING_UNIT, UNIT_NAME, RenderedFile
 

@@ -1,145 +1,127 @@
-"""The model-level part of the health gate: p95 latency, RSS and throttling, measured on the device.
-
-A small stdlib-only probe runs on the device (python3 over SSH) and talks to the service on
-loopback, so the latency it reports is the device's, not the SSH link's. It reads /v1/info
-before, between and after its rounds, which gives the RSS and every throttle state the
-runtime's thermal guard was in during the check. `judge` is pure: probe answer in, verdict out.
-"""
+"""Run the health gate on a device: readiness, then the model judged on the device by the probe
+(`remote/probe.py`); the judgement itself is pure and lives in health.py."""
 
 from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, field
 
-__all__ = ["Budget", "ModelVerdict", "PROBE", "probe_command", "probe_request", "judge"]
+from ..render import UNIT_NAME
+from ..transport import http_json_over_ssh
+from .device import DeployError, Device
+from .health import Budget, Call, HealthResult, NotReady, golden_verdict, judge, probe_request, wait_ready
+from .remote import source
 
-# Runs on the device with only the stdlib. Reads one JSON line on stdin (port, token, route,
-# payloads, rounds), prints one JSON document (round 0's answers in "outputs"). Never raises: errors are part of the answer.
-PROBE = r'''
-import http.client, json, sys, time
-req = json.loads(sys.stdin.readline())
-out = {"latency_ms": [], "outputs": [], "info": [], "errors": []}
-def call(method, path, body=None):
-    conn = http.client.HTTPConnection("127.0.0.1", req["port"], timeout=req.get("timeout", 60))
-    headers = {"Content-Type": "application/json"}
-    if req.get("token"):
-        headers["Authorization"] = "Bearer " + req["token"]
+__all__ = ["service_call", "health_gate", "release_golden", "probe_command"]
+
+
+def service_call(dev: Device) -> Call:
+    """Return a `Call` to the runtime service on the device, through the SSH connection."""
+    port = dev.target.settings.runtime.port
+    return lambda path, payload=None, timeout=120.0: http_json_over_ssh(dev.transport, port, path, payload, timeout)
+
+
+def _journal(dev: Device, lines: int = 25) -> str:
+    res = dev.run(f"journalctl -u {UNIT_NAME} -n {lines} --no-pager -o cat", "read the journal", warn=True)
+    return res.stdout.strip()
+
+
+def _service(dev: Device) -> tuple[int, str]:
+    """Return the service's automatic restarts so far and its state (active, activating, failed, ...):
+    one `systemctl` for both (the gate asks while the model loads, often on many devices at once)."""
+    res = dev.run(f"systemctl show -p NRestarts -p ActiveState {UNIT_NAME}", "query the service", privileged=False,
+                  warn=True)
+    values = dict(line.partition("=")[::2] for line in res.stdout.splitlines())
+    restarts = values.get("NRestarts", "").strip()
+    return int(restarts) if restarts.isdigit() else 0, values.get("ActiveState", "").strip()
+
+
+def _probe(dev: Device, route: str, payloads: list[dict], rounds: int) -> dict:
+    """Run the model probe on the device (see gate.PROBE) and return its answer."""
+    s = dev.target.settings
+    request = probe_request(s.runtime.port, route, payloads, rounds, s.runtime.token)
+    res = dev.run(probe_command(), "run the model probe", privileged=False, warn=True, text=request)
+    if res.exited != 0:
+        return {"errors": [f"the probe failed on the device (exit {res.exited}): {res.stderr.strip()[-300:]}"]}
     try:
-        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-        resp = conn.getresponse()
-        raw = resp.read()
-        return resp.status, json.loads(raw or b"{}")
-    finally:
-        conn.close()
-def info():
+        return json.loads(res.stdout)
+    except ValueError:
+        return {"errors": [f"the probe printed no JSON: {res.stdout[:200]!r}"]}
+
+
+def health_gate(dev: Device, golden: dict, judge_model: bool = True) -> HealthResult:
+    """Wait for /readyz, then judge the model on the device: golden outputs, p95 latency, RSS, throttling.
+
+    A service systemd keeps restarting is judged crash-looping after two restarts, not waited for.
+    `judge_model` False: readiness only (a re-run that changed nothing).
+    """
+    s = dev.target.settings
+    # a no-op re-run finds the service ready at once: it spares the round trip unless it waits
+    restarts = {"before": _service(dev)[0] if judge_model else None, "n": 0}
+
+    def still_starting() -> bool:
+        if restarts["before"] is None:
+            restarts["before"] = _service(dev)[0]
+        restarts["n"] += 1
+        if restarts["n"] % 3:
+            return True
+        now, state = _service(dev)
+        crashes = now - restarts["before"]
+        if crashes >= 2:
+            raise NotReady(f"the service is crash-looping (systemd restarted it {crashes} times)")
+        return state in ("active", "activating")
+
     try:
-        status, body = call("GET", "/v1/info")
-        th = body.get("throttle") or {}
-        temps = [z.get("temp_c") for z in (body.get("temperatures") or {}).values() if isinstance(z, dict)]
-        out["info"].append({"status": status, "throttle": th.get("state"), "rss_bytes": body.get("rss_bytes"),
-                            "temps": [t for t in temps if isinstance(t, (int, float))]})
-    except Exception as exc:
-        out["errors"].append("/v1/info: %s" % exc)
-info()
-for r in range(req["rounds"]):
-    for payload in req["payloads"]:
-        t0 = time.perf_counter()
-        try:
-            status, body = call("POST", req["route"], payload)
-        except Exception as exc:
-            out["errors"].append("%s: %s" % (req["route"], exc))
-            continue
-        took = (time.perf_counter() - t0) * 1000.0
-        if status != 200:
-            out["errors"].append("%s answered %s: %s" % (req["route"], status, str(body)[:200]))
-            continue
-        out["latency_ms"].append(took)
-        if r == 0:
-            out["outputs"].append(body)
-    info()
-print(json.dumps(out))
-'''
+        waited = wait_ready(service_call(dev), s.health.ready_timeout_s, still_starting)
+    except NotReady as exc:
+        return HealthResult(False, f"{exc}; journal:\n{_journal(dev)}")
+    if not judge_model:
+        return HealthResult(True, "", ready_after_s=waited)
+    from edge_runtime import golden as goldens  # numpy: only when the model is judged
+
+    golden, unfit = _fitting(dev, golden)
+    if unfit:
+        return HealthResult(False, unfit, ready_after_s=waited)
+    task = goldens.task_of(golden)
+    requests = [goldens.request(task, item) for item in goldens.items(golden)]
+    rounds = s.health.latency_rounds
+    answer = _probe(dev, goldens.ROUTES[task], [payload for _, payload in requests], rounds)
+    budget = Budget(s.health.latency_budget_ms, s.health.rss_budget_mib, s.emulated)
+    verdict = judge(answer, budget, rounds * len(requests))
+    golden_ok, metric, worst, golden_why = golden_verdict(golden, verdict.outputs)
+    failures = ([] if golden_ok or verdict.failures else [golden_why]) + verdict.failures
+    return HealthResult(not failures, "; ".join(failures),
+                        min_cosine=worst if metric == "cosine" else None,
+                        max_abs_diff=worst if metric == "abs_diff" else None,
+                        latency_ms=[float(x) for x in answer.get("latency_ms") or []], ready_after_s=waited,
+                        p95_ms=verdict.p95_ms, rss_mib=verdict.rss_mib, temperature_c=verdict.temperature_c,
+                        throttled=verdict.throttled, notes=verdict.notes)
+
+
+def _fitting(dev: Device, golden: dict) -> tuple[dict, str]:
+    """Return the goldens that fit the device's max_seq_len (longer ones are truncated there, so
+    their outputs cannot match), and a reason when none does."""
+    from edge_runtime import golden as goldens
+
+    status, info = service_call(dev)("/v1/info", timeout=30)
+    if status != 200 or not isinstance(info, dict):
+        return golden, ""
+    fitted = goldens.fitting(golden, info.get("max_seq_len"))
+    if not goldens.items(fitted):
+        return fitted, f"no golden input fits the device's max_seq_len {info.get('max_seq_len')}"
+    return fitted, ""
+
+
+def release_golden(dev: Device, release_id: str) -> dict:
+    """Return the golden outputs of a release on the device (its bundle.json)."""
+    path = dev.path("releases", release_id, "bundle", "bundle.json")
+    res = dev.run(f"cat {shlex.quote(path)}", f"read {path}", privileged=False)
+    try:
+        return json.loads(res.stdout)["golden"]
+    except (ValueError, KeyError, TypeError):
+        raise DeployError(f"{dev.target.name}: {path} has no golden outputs") from None
 
 
 def probe_command() -> str:
     """Return the shell command that runs the probe with the device's python3."""
-    return "python3 -c " + shlex.quote(PROBE)
-
-
-def probe_request(port: int, route: str, payloads: list[dict], rounds: int, token: str | None) -> str:
-    """Return the probe's stdin line (the token travels here, never on a command line)."""
-    return json.dumps({"port": port, "route": route, "payloads": list(payloads), "rounds": rounds,
-                       "token": token}) + "\n"
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What the target allows: p95 latency (ms) and RSS (MiB); None means not judged."""
-
-    p95_ms: float | None
-    rss_mib: float | None
-    emulated: bool = False
-
-
-@dataclass
-class ModelVerdict:
-    """What the probe measured and whether the model passes; `notes` say what was not judged."""
-
-    ok: bool
-    failures: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    p95_ms: float | None = None
-    rss_mib: float | None = None
-    temperature_c: float | None = None
-    throttled: str | None = None  # the worst throttle state seen, when not "ok"
-    outputs: list = field(default_factory=list)  # round 0's response bodies, one per golden input
-
-    @property
-    def speed_judged(self) -> bool:
-        return not any(n.startswith(("emulated", "throttled", "no latency budget")) for n in self.notes)
-
-
-_SEVERITY = {"ok": 0, "soft": 1, "hard": 2}
-
-
-def judge(answer: dict, budget: Budget, expected_samples: int) -> ModelVerdict:
-    """Judge a probe answer against the budget.
-
-    A throttled (soft/hard at any sample) or emulated device is reported, not judged on
-    speed; RSS is judged either way. Any request that failed fails the gate.
-    """
-    latencies = [float(x) for x in answer.get("latency_ms") or []]
-    infos = [i for i in answer.get("info") or [] if isinstance(i, dict)]
-    v = ModelVerdict(ok=True, outputs=answer.get("outputs") or [])
-    v.failures += [str(e) for e in answer.get("errors") or []][:3]
-    if len(latencies) < expected_samples and not v.failures:
-        v.failures.append(f"only {len(latencies)} of {expected_samples} probe requests answered")
-    if latencies:
-        import numpy as np
-
-        v.p95_ms = float(np.percentile(np.asarray(latencies), 95))
-    rss = [i["rss_bytes"] for i in infos if isinstance(i.get("rss_bytes"), (int, float)) and i["rss_bytes"] > 0]
-    if rss:
-        v.rss_mib = max(rss) / 2**20
-    temps = [t for i in infos for t in i.get("temps") or []]
-    v.temperature_c = max(temps) if temps else None
-    states = [i.get("throttle") for i in infos if i.get("throttle")]
-    worst = max(states, key=lambda s: _SEVERITY.get(s, 0), default=None)
-    if worst and worst != "ok":
-        v.throttled = worst
-    if budget.rss_mib is not None:
-        if v.rss_mib is None:
-            v.failures.append("the service did not report its RSS (/v1/info rss_bytes)")
-        elif v.rss_mib > budget.rss_mib:
-            v.failures.append(f"RSS {v.rss_mib:.0f} MiB over the budget of {budget.rss_mib:.0f} MiB")
-    if budget.emulated:
-        v.notes.append("emulated: latency reported, not judged")
-    elif v.throttled:
-        v.notes.append(f"throttled ({v.throttled}) during the check: latency reported, not judged")
-    elif budget.p95_ms is None:
-        v.notes.append("no latency budget: latency reported, not judged")
-    elif v.p95_ms is not None and v.p95_ms > budget.p95_ms:
-        v.failures.append(f"p95 latency {v.p95_ms:.1f} ms over the budget of {budget.p95_ms:g} ms")
-    v.ok = not v.failures
-    return v
+    return "python3 -c " + shlex.quote(source("probe"))

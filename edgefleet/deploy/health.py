@@ -1,12 +1,15 @@
-"""Health gate: the running service is ready and reproduces the bundle's golden outputs."""
+"""The health gate's judgement, pure: readiness waits, golden outputs, and the probe's answer
+(p95 latency, RSS, throttling, measured on the device) judged against the board's budget."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["HealthResult", "Call", "NotReady", "wait_ready", "golden_verdict"]
+__all__ = ["HealthResult", "Call", "NotReady", "wait_ready", "golden_verdict", "Budget", "ModelVerdict", "judge",
+           "probe_request"]
 
 
 @dataclass
@@ -41,7 +44,7 @@ class HealthResult:
 
 
 # call(path, payload=None, timeout=...) -> (status, body): the one seam to the service,
-# over SSH in deploys (edgefleet.ssh.http_json_over_ssh), a fake in unit tests.
+# over SSH in deploys (edgefleet.transport.http_json_over_ssh), a fake in unit tests.
 Call = Callable[..., tuple[int, dict]]
 
 
@@ -89,3 +92,81 @@ def golden_verdict(golden: dict, bodies: list) -> tuple[bool, str, float | None,
     check = goldens.compare(golden, outputs)
     worst = check.worst if check.values else None
     return check.passed, check.metric, worst, "" if check.passed else f"golden outputs differ: {check.reason}"
+
+
+def probe_request(port: int, route: str, payloads: list[dict], rounds: int, token: str | None) -> str:
+    """Return the probe's stdin line (the token travels here, never on a command line)."""
+    return json.dumps({"port": port, "route": route, "payloads": list(payloads), "rounds": rounds,
+                       "token": token}) + "\n"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the target allows: p95 latency (ms) and RSS (MiB); None means not judged."""
+
+    p95_ms: float | None
+    rss_mib: float | None
+    emulated: bool = False
+
+
+@dataclass
+class ModelVerdict:
+    """What the probe measured and whether the model passes; `notes` say what was not judged."""
+
+    ok: bool
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    p95_ms: float | None = None
+    rss_mib: float | None = None
+    temperature_c: float | None = None
+    throttled: str | None = None  # the worst throttle state seen, when not "ok"
+    outputs: list = field(default_factory=list)  # round 0's response bodies, one per golden input
+
+    @property
+    def speed_judged(self) -> bool:
+        return not any(n.startswith(("emulated", "throttled", "no latency budget")) for n in self.notes)
+
+
+_SEVERITY = {"ok": 0, "soft": 1, "hard": 2}
+
+
+def judge(answer: dict, budget: Budget, expected_samples: int) -> ModelVerdict:
+    """Judge a probe answer against the budget.
+
+    A throttled (soft/hard at any sample) or emulated device is reported, not judged on
+    speed; RSS is judged either way. Any request that failed fails the gate.
+    """
+    latencies = [float(x) for x in answer.get("latency_ms") or []]
+    infos = [i for i in answer.get("info") or [] if isinstance(i, dict)]
+    v = ModelVerdict(ok=True, outputs=answer.get("outputs") or [])
+    v.failures += [str(e) for e in answer.get("errors") or []][:3]
+    if len(latencies) < expected_samples and not v.failures:
+        v.failures.append(f"only {len(latencies)} of {expected_samples} probe requests answered")
+    if latencies:
+        import numpy as np
+
+        v.p95_ms = float(np.percentile(np.asarray(latencies), 95))
+    rss = [i["rss_bytes"] for i in infos if isinstance(i.get("rss_bytes"), (int, float)) and i["rss_bytes"] > 0]
+    if rss:
+        v.rss_mib = max(rss) / 2**20
+    temps = [t for i in infos for t in i.get("temps") or []]
+    v.temperature_c = max(temps) if temps else None
+    states = [i.get("throttle") for i in infos if i.get("throttle")]
+    worst = max(states, key=lambda s: _SEVERITY.get(s, 0), default=None)
+    if worst and worst != "ok":
+        v.throttled = worst
+    if budget.rss_mib is not None:
+        if v.rss_mib is None:
+            v.failures.append("the service did not report its RSS (/v1/info rss_bytes)")
+        elif v.rss_mib > budget.rss_mib:
+            v.failures.append(f"RSS {v.rss_mib:.0f} MiB over the budget of {budget.rss_mib:.0f} MiB")
+    if budget.emulated:
+        v.notes.append("emulated: latency reported, not judged")
+    elif v.throttled:
+        v.notes.append(f"throttled ({v.throttled}) during the check: latency reported, not judged")
+    elif budget.p95_ms is None:
+        v.notes.append("no latency budget: latency reported, not judged")
+    elif v.p95_ms is not None and v.p95_ms > budget.p95_ms:
+        v.failures.append(f"p95 latency {v.p95_ms:.1f} ms over the budget of {budget.p95_ms:g} ms")
+    v.ok = not v.failures
+    return v

@@ -17,15 +17,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..inventory import Target
+from .facts import LOCK_FACTS, Facts
+
 __all__ = ["controller_identity", "owner_line", "parse_owner", "stale_reason", "process_start", "device_lock",
-           "LOCK_FACTS"]
+           "without_stale_lock"]
 
 q = shlex.quote
-# facts_command lines: the owner line, and the lock's age in seconds by the device's clock
-LOCK_FACTS = [
-    'if [ -e "$root/.lock" ]; then o=unknown; [ -r "$root/.lock/owner" ] && read -r o < "$root/.lock/owner"; '
-    'echo "lock=${o:-unknown}"; echo "lock_age=$(( $(date +%s) - $(stat -c %Y "$root/.lock") ))"; fi',
-]
 
 
 def process_start(pid: int) -> str | None:
@@ -125,7 +123,7 @@ class device_lock:
         if self.break_if_stale(owner, age) and self._take():
             return self
         owner, age = self.held_by()
-        from .apply import DeployError
+        from .device import DeployError
         raise DeployError(f"{self.dev.target.name}: another deploy holds {self.path} ({owner or 'no owner'}, "
                           f"{age if age is not None else '?'} s old); if none is running, remove it on the "
                           f"device: rm -r {self.path}")
@@ -145,7 +143,7 @@ class device_lock:
                 except Exception:
                     continue
                 try:
-                    dataclasses.replace(self.dev, c=conn).run(release, "release the deploy lock", warn=True)
+                    dataclasses.replace(self.dev, transport=conn).run(release, "release the deploy lock", warn=True)
                     return False
                 except Exception:
                     continue
@@ -154,3 +152,11 @@ class device_lock:
             self.log(f"  could not release {self.path} ({first}); the next deploy breaks it once this "
                      f"controller (pid {self.me['pid']}) has exited")
         return False
+
+
+def without_stale_lock(target: Target, facts: Facts, log) -> Facts:
+    """Let the plan go ahead when the lock on the device is stale (device_lock breaks it, saying so)."""
+    if facts.lock_owner and stale_reason(facts.lock_owner, facts.lock_age_s, target.settings.deploy.lock_ttl_s,
+                                         controller_identity()):
+        return dataclasses.replace(facts, lock_owner=None)
+    return facts

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from .plan import docker_argv
+from .device import docker_argv
 
 __all__ = ["committed_releases", "previous_committed", "choose_releases", "unreferenced", "unused_images",
            "listing_command", "parse_listing", "prune"]

@@ -8,13 +8,15 @@ import time
 from dataclasses import dataclass
 
 from ..inventory import Target
-from ..ssh import SSHError, connect
-from .apply import IMAGE_ENV, DeployError, Device, now, record_state, restart_service, switch_current
-from .checks import health_gate, release_golden
+from ..transport import SSHError, connect
+from .activate import IMAGE_ENV, restart_service, switch_current
+from .device import DeployError, Device, now
+from .facts import Facts, PlanError, ask_facts
+from .gate import health_gate, release_golden
 from .health import HealthResult
 from .lock import device_lock
-from .plan import Facts, PlanError, ask_facts
 from .prune import previous_committed
+from .record import record_state
 
 __all__ = ["RollbackResult", "revert", "rollback"]
 

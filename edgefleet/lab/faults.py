@@ -230,7 +230,7 @@ print(json.dumps(out))
 
 def device_state(target) -> DeviceState:
     """Read a target's release, commit, completeness, service, lock and leftovers over SSH."""
-    from edgefleet.ssh import connect
+    from edgefleet.transport import connect
 
     conn = connect(target)
     try:

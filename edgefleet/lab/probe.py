@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgefleet.ssh import Endpoint, SSHError, connect
+from edgefleet.transport import Endpoint, SSHError, connect
 
 __all__ = ["READY_STATES", "system_state"]
 

@@ -11,7 +11,7 @@ from ..deploy import Device, service_call
 from ..deploy import deploy as deploy_target
 from ..inventory import load_inventory
 from ..paths import build_dir, bundle_dir, targets_dir
-from ..ssh import connect
+from ..transport import connect
 from . import lab as lab_tasks
 from . import model as model_tasks
 from .fleet import USER_ERRORS

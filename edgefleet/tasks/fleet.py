@@ -13,7 +13,7 @@ from invoke import Collection, Exit, task
 from ..deploy import DeployError
 from ..deploy import deploy as deploy_target
 from ..deploy import rollback as rollback_target
-from ..deploy.plan import PlanError
+from ..deploy.facts import PlanError
 from ..deploy.release import ReleaseError
 from ..device_env import EnvError
 from ..explain import explain_target
@@ -29,7 +29,7 @@ from ..render import (
     security_exposure,
     write_rendered,
 )
-from ..ssh import SSHError
+from ..transport import SSHError
 from .image import image_tag
 
 USER_ERRORS = (InventoryError, RenderError, SSHError, PlanError, DeployError, EnvError, ReleaseError)

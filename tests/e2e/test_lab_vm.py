@@ -27,7 +27,7 @@ from edgefleet.deploy.health import wait_ready
 from edgefleet.inventory import load_inventory
 from edgefleet.lab import vm as labvm
 from edgefleet.lab import vmplan
-from edgefleet.ssh import connect
+from edgefleet.transport import connect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 REPO = Path(__file__).resolve().parents[2]

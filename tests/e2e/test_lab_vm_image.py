@@ -31,7 +31,7 @@ from edgefleet.lab import plan as labplan
 from edgefleet.lab import vm as labvm
 from edgefleet.lab import vmplan
 from edgefleet.render import CONTAINER_NAME
-from edgefleet.ssh import connect
+from edgefleet.transport import connect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 REPO = Path(__file__).resolve().parents[2]

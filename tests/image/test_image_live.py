@@ -76,7 +76,7 @@ def test_deploy_facts_report_the_arch_programs_run_as(runtime_tag, platform, arc
     """Under qemu-user the kernel is the host's: the facts must still say arm64 (a lab device's case)."""
     import subprocess
 
-    from edgefleet.deploy.plan import facts_command, parse_facts
+    from edgefleet.deploy.facts import facts_command, parse_facts
     from edgefleet.inventory import load_inventory
 
     target = load_inventory(repo_root() / "targets").target("pi5-01")

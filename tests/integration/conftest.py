@@ -13,7 +13,7 @@ import pytest
 
 from edgefleet import lab
 from edgefleet.inventory import load_inventory
-from edgefleet.ssh import connect
+from edgefleet.transport import connect
 
 REPO = Path(__file__).resolve().parents[2]
 

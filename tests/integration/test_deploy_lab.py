@@ -14,7 +14,7 @@ import pytest
 
 from edgefleet.deploy import Device, deploy, service_call
 from edgefleet.model.tiny import tiny_bundle
-from edgefleet.ssh import connect
+from edgefleet.transport import connect
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

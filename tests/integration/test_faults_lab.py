@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.deploy import DeployError, deploy, prepare_release
-from edgefleet.deploy.plan import PlanError
+from edgefleet.deploy.facts import PlanError
 from edgefleet.deploy.release import make_release
 from edgefleet.device_env import build_target_env
 from edgefleet.lab import faults

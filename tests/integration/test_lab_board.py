@@ -23,7 +23,7 @@ from edgefleet.deploy import deploy
 from edgefleet.inspect import collect_status
 from edgefleet.lab import knobs, sysfs
 from edgefleet.model.tiny import tiny_bundle
-from edgefleet.ssh import connect, http_over_ssh
+from edgefleet.transport import connect, http_over_ssh
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.inventory import load_inventory
-from edgefleet.ssh import SSHError, connect, openssh_argv
+from edgefleet.transport import SSHError, connect, openssh_argv
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -178,7 +178,7 @@ def test_openssh_http_over_the_master(local_sshd, monkeypatch, tmp_path):
     import sys
     import time
 
-    from edgefleet.ssh import http_over_ssh
+    from edgefleet.transport import http_over_ssh
 
     monkeypatch.delenv("EDGEFLEET_SSH_TRANSFER", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", short_dir(tmp_path))
@@ -214,7 +214,7 @@ def test_openssh_http_over_the_master(local_sshd, monkeypatch, tmp_path):
 def test_openssh_commands_talk_to_the_master_in_process(local_sshd, monkeypatch, tmp_path):
     """With a master up, a command is a request on its socket (no `ssh` started): input, large
     output on both streams and the exit status come back whole; a gone master falls back to a client."""
-    import edgefleet.openssh as openssh_mod
+    import edgefleet.transport.openssh as openssh_mod
 
     monkeypatch.delenv("EDGEFLEET_SSH_TRANSFER", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", short_dir(tmp_path))
@@ -257,7 +257,7 @@ def test_openssh_stream_is_read_by_the_master_itself(local_sshd, monkeypatch, tm
     whole of stderr are there once `wait` returns; a gone master falls back to a client."""
     import tempfile
 
-    import edgefleet.openssh as openssh_mod
+    import edgefleet.transport.openssh as openssh_mod
 
     monkeypatch.delenv("EDGEFLEET_SSH_TRANSFER", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", short_dir(tmp_path))

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.deploy.apply import Device, apply_plan, restart_service
-from edgefleet.deploy.plan import Facts, make_plan
+from edgefleet.deploy.activate import apply_plan, restart_service
+from edgefleet.deploy.device import Device
+from edgefleet.deploy.facts import Facts
+from edgefleet.deploy.plan import make_plan
 from edgefleet.deploy.release import make_release
 from edgefleet.device_env import DeviceEnv
 from edgefleet.digest import sha256_file
@@ -113,6 +115,8 @@ def allowed(argv: list[str], rules) -> bool:
 
 class RecordingConnection:
     """A Fabric-like connection that says yes to everything and keeps what it was asked."""
+
+    capabilities = frozenset({"put"})  # a Transport that uploads through put(), as over SFTP
 
     user = vmplan.DEPLOY_USER
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.deploy.facts import ARCH_NAMES, Facts, PlanError, facts_command, parse_facts
 from edgefleet.deploy.health import NotReady
-from edgefleet.deploy.plan import ARCH_NAMES, Facts, PlanError, facts_command, make_plan, parse_facts
+from edgefleet.deploy.plan import make_plan
 from edgefleet.deploy.release import ReleaseError, make_release
 from edgefleet.device_env import DeviceEnv
 from edgefleet.digest import sha256_file
@@ -405,7 +406,7 @@ def test_golden_verdict_per_task(golden, bodies, ok, metric, reason):
 def test_probe_request_carries_route_payloads_and_token():
     from edge_runtime import golden as goldens
 
-    from edgefleet.deploy.gate import probe_request
+    from edgefleet.deploy.health import probe_request
     requests = [goldens.request("qa", item) for item in goldens.items(QA_GOLDEN)]
     line = json.loads(probe_request(18081, "/v1/qa", [p for _, p in requests], 3, "s3cret"))
     assert line == {"port": 18081, "route": "/v1/qa", "rounds": 3, "token": "s3cret",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.deploy.apply import DeployError, Device
+from edgefleet.deploy.device import DeployError, Device
 from edgefleet.inventory import load_inventory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def test_one_session_runs_every_step_and_reports_warned_failures(dev, tmp_path):
     mark = tmp_path / "ran"
     codes = dev.systems([(["true"], "first", False), (["sh", "-c", "exit 4"], "may fail", True),
                          (["touch", str(mark)], "last", False)])
-    assert codes == [0, 4, 0] and mark.exists() and len(dev.c.commands) == 1
+    assert codes == [0, 4, 0] and mark.exists() and len(dev.transport.commands) == 1
 
 
 def test_the_failing_step_is_named_with_its_own_output_and_stops_the_batch(dev, tmp_path):
@@ -50,13 +50,13 @@ def test_the_failing_step_is_named_with_its_own_output_and_stops_the_batch(dev, 
 
 
 def test_each_step_is_one_argv_a_line_for_a_sudoers_list(dev):
-    sudo_dev = Device(dev.c, dev.target.__class__(**{**dev.target.__dict__, "settings":
+    sudo_dev = Device(dev.transport, dev.target.__class__(**{**dev.target.__dict__, "settings":
                                                        dev.target.settings.model_copy(update={"sudo": True})}))
-    sudo_dev.c.run = lambda command, **_: (dev.c.commands.append(command) or
+    sudo_dev.transport.run = lambda command, **_: (dev.transport.commands.append(command) or
                                            type("R", (), {"exited": 0, "stdout": "", "stderr": ""})())
     sudo_dev.systems([(["systemctl", "daemon-reload"], "reload", False),
                       (["systemctl", "restart", "x y.service"], "restart", False)])
-    lines = dev.c.commands[-1].splitlines()
+    lines = dev.transport.commands[-1].splitlines()
     assert lines[0].startswith("sudo -n systemctl daemon-reload; rc=$?; ")
     assert lines[1].startswith("sudo -n systemctl restart 'x y.service'; rc=$?; ")
 
@@ -71,8 +71,8 @@ def test_a_venv_release_is_built_by_one_python(tmp_path, host_compiled):
     import shlex
     import sys
 
-    from edgefleet.deploy.apply import BUILDER
     from edgefleet.deploy.release import _pyc
+    from edgefleet.deploy.remote import source as program_source
 
     objects, envs = tmp_path / "objects", tmp_path / "envs" / "e1"
     objects.mkdir()
@@ -93,7 +93,7 @@ def test_a_venv_release_is_built_by_one_python(tmp_path, host_compiled):
     (tmp / "payload" / "stale.py").write_text("x = 1\n")
     spec = {"tmp": str(tmp), "final": str(final), "objects": str(objects), "site": str(envs), "links": links,
             "compile": not host_compiled}
-    subprocess.run(f"{shlex.quote(sys.executable)} -c {shlex.quote(BUILDER)} {shlex.quote(json.dumps(spec))}",
+    subprocess.run(f"{shlex.quote(sys.executable)} -c {shlex.quote(program_source('builder'))} {shlex.quote(json.dumps(spec))}",
                    shell=True, check=True)
     assert not tmp.exists() and not (final / "payload" / "stale.py").exists()  # built, then renamed into place
     for rel, data in files.items():

@@ -10,9 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from edgefleet.deploy.gate import PROBE, Budget, judge, probe_request
+from edgefleet.deploy.health import Budget, judge, probe_request
 from edgefleet.deploy.lock import owner_line, parse_owner, process_start, stale_reason
 from edgefleet.deploy.prune import choose_releases, parse_listing, previous_committed, unreferenced
+from edgefleet.deploy.remote import source as program_source
 
 
 def answer(latencies=(10.0,) * 20, states=("ok", "ok"), rss=(100 * 2**20, 120 * 2**20), temps=(50.0,), errors=()):
@@ -76,7 +77,7 @@ def test_probe_runs_one_input_per_request_and_reads_info_between_rounds():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=30,
+        proc = subprocess.run([sys.executable, "-c", program_source("probe")], capture_output=True, text=True, timeout=30,
                               input=probe_request(server.server_address[1], "/v1/embed",
                                                    [{"texts": ["a"]}, {"texts": ["bb"]}], 2, "s3cret"))
     finally:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from test_deploy_plan import fake_bundle, fake_env
 
-from edgefleet.deploy.plan import Facts, PlanError, facts_command, make_plan, parse_facts
+from edgefleet.deploy.facts import Facts, PlanError, facts_command, parse_facts
+from edgefleet.deploy.plan import make_plan
 from edgefleet.deploy.prune import unreferenced, unused_images
 from edgefleet.deploy.release import ReleaseError, make_release
 from edgefleet.image.ship import ShippedImage
@@ -206,7 +207,7 @@ class ScriptedDevice:
         self.image_ids = image_ids
 
     def run(self, command, **_):
-        from edgefleet.deploy.apply import _STEP_MARK
+        from edgefleet.deploy.device import _STEP_MARK
 
         self.commands.append(command)
         steps = [line for line in command.splitlines() if _STEP_MARK in line]
@@ -217,14 +218,14 @@ class ScriptedDevice:
 
 def test_apply_first_image_release_loads_checks_and_restarts(tmp_path, monkeypatch):
     """apply_plan end to end for an image release (no packages, no payload): what the device is asked."""
-    from edgefleet.deploy import apply
+    from edgefleet.deploy import activate, device
 
     target = image_target(tmp_path)
     release = image_release(tmp_path, target)
     plan = make_plan(target, release, facts())
-    monkeypatch.setattr(apply, "upload_objects", lambda dev, plan, log, verify_on_arrival, build: ("true", False))
+    monkeypatch.setattr(activate, "upload_objects", lambda dev, plan, log, verify_on_arrival, build: ("true", False))
     conn, lines = ScriptedDevice(IMAGE_A + "\n"), []
-    apply.apply_plan(apply.Device(conn, target), plan, release, lines.append)
+    activate.apply_plan(device.Device(conn, target), plan, release, lines.append)
     sent = "\n".join(conn.commands)
     assert "docker load --quiet" in sent and f"rm -f /opt/edgefleet/objects/{release.image.sha256}" in sent
     assert "sudo -n systemctl restart edgefleet-runtime.service" in sent and "envs/" not in sent
@@ -232,6 +233,6 @@ def test_apply_first_image_release_loads_checks_and_restarts(tmp_path, monkeypat
     assert any(f"built releases/{release.release_id}" in line for line in lines)
     # an image that does not come up under the release's ID activates nothing
     conn = ScriptedDevice(IMAGE_B + "\n")
-    with pytest.raises(apply.DeployError, match=r"did not load as sha256:a+ \(docker said: exit 0\); nothing was activated"):
-        apply.apply_plan(apply.Device(conn, target), plan, release, lines.append)
+    with pytest.raises(device.DeployError, match=r"did not load as sha256:a+ \(docker said: exit 0\); nothing was activated"):
+        activate.apply_plan(device.Device(conn, target), plan, release, lines.append)
     assert not any("restart" in c or "current.new" in c for c in conn.commands)

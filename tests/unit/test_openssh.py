@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgefleet import openssh
-from edgefleet.ssh import Endpoint, _openssh_options, _openssh_reason
+from edgefleet.transport import Endpoint, OpenSSHError, openssh, sshconfig
+from edgefleet.transport.openssh import _openssh_options, _openssh_reason
 
 EP = Endpoint("pi5-01", "10.0.0.5", 2201, "deploy", None, Path("/inv/known_hosts"))
 CONN = SimpleNamespace(address="[10.0.0.5]:2201", known_hosts=Path("/inv/known_hosts"), user="deploy")
@@ -72,13 +72,13 @@ def test_a_gone_master_is_not_reported_as_the_commands_stderr():
 @pytest.mark.parametrize("raw, expected", [("", 120), ("0", 0), ("600", 600)])
 def test_persist_seconds(monkeypatch, raw, expected):
     monkeypatch.setenv("EDGEFLEET_SSH_PERSIST", raw)
-    assert openssh.persist_seconds() == expected
+    assert sshconfig.persist_seconds() == expected
 
 
 def test_persist_seconds_refuses_junk(monkeypatch):
     monkeypatch.setenv("EDGEFLEET_SSH_PERSIST", "2m")
-    with pytest.raises(openssh.OpenSSHError, match="EDGEFLEET_SSH_PERSIST='2m'"):
-        openssh.persist_seconds()
+    with pytest.raises(OpenSSHError, match="EDGEFLEET_SSH_PERSIST='2m'"):
+        sshconfig.persist_seconds()
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def short_dir():
 
 def test_control_dir_is_private(monkeypatch, short_dir):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_dir))
-    path = openssh.control_dir()
+    path = sshconfig.control_dir()
     assert path.parent == short_dir and (path.stat().st_mode & 0o777) == 0o700
 
 
@@ -99,7 +99,7 @@ def test_control_dir_too_long_for_a_socket_falls_back(monkeypatch, tmp_path):
     deep = tmp_path / ("x" * 80)
     deep.mkdir()
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
-    path = openssh.control_dir()
+    path = sshconfig.control_dir()
     assert len(str(path)) + 17 <= 90 and (path.stat().st_mode & 0o777) == 0o700
 
 
@@ -108,8 +108,8 @@ def test_control_dir_anyone_could_use_is_refused(monkeypatch, short_dir):
     shared = short_dir / f"edgefleet-ssh-{os.getuid()}"
     shared.mkdir()
     shared.chmod(0o777)
-    with pytest.raises(openssh.OpenSSHError, match="mode 0700"):
-        openssh.control_dir()
+    with pytest.raises(OpenSSHError, match="mode 0700"):
+        sshconfig.control_dir()
 
 
 def _conn(monkeypatch, tmp_path, persist: str) -> openssh.OpenSSHConnection:
@@ -153,12 +153,12 @@ def test_every_hop_gets_the_trust_settings_first(monkeypatch, short_dir):
     monkeypatch.setenv("HOME", str(short_dir))
     (short_dir / ".ssh").mkdir()
     (short_dir / ".ssh" / "config").write_text("Host bastion\n  StrictHostKeyChecking no\n")
-    text = openssh.client_config(Path("/inv/known_hosts")).read_text().splitlines()
+    text = sshconfig.client_config(Path("/inv/known_hosts")).read_text().splitlines()
     assert text[1:6] == ["Host *", "  StrictHostKeyChecking yes", "  BatchMode yes", "  LogLevel ERROR",
                          "  UserKnownHostsFile /inv/known_hosts"]
     assert text.index(f"  Include {short_dir}/.ssh/config") > text.index("  StrictHostKeyChecking yes")
-    with pytest.raises(openssh.OpenSSHError, match="spaces or quotes"):
-        openssh.client_config(Path("/inv/my hosts"))
+    with pytest.raises(OpenSSHError, match="spaces or quotes"):
+        sshconfig.client_config(Path("/inv/my hosts"))
 
 
 def test_client_config_written_by_many_threads_at_once(monkeypatch, short_dir):
@@ -169,9 +169,9 @@ def test_client_config_written_by_many_threads_at_once(monkeypatch, short_dir):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_dir))
     monkeypatch.setenv("HOME", str(short_dir))
     with ThreadPoolExecutor(16) as pool:
-        paths = set(pool.map(lambda _: openssh.client_config(Path("/inv/known_hosts")), range(64)))
+        paths = set(pool.map(lambda _: sshconfig.client_config(Path("/inv/known_hosts")), range(64)))
     assert len(paths) == 1 and "StrictHostKeyChecking yes" in paths.pop().read_text()
-    assert not list(openssh.control_dir().glob("*.tmp"))
+    assert not list(sshconfig.control_dir().glob("*.tmp"))
 
 
 def _effective(config: Path, host: str = "pi5-01") -> dict[str, str]:
@@ -185,17 +185,17 @@ def test_aes_gcm_first_unless_the_user_says_otherwise(monkeypatch, short_dir):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_dir))
     monkeypatch.setenv("HOME", str(short_dir))
     monkeypatch.delenv("EDGEFLEET_SSH_CIPHERS", raising=False)
-    monkeypatch.setattr(openssh, "_cpu_has_aes", lambda: True)
-    assert _effective(openssh.client_config(None))["ciphers"].startswith("aes128-gcm@openssh.com,aes256-gcm")
+    monkeypatch.setattr(sshconfig, "_cpu_has_aes", lambda: True)
+    assert _effective(sshconfig.client_config(None))["ciphers"].startswith("aes128-gcm@openssh.com,aes256-gcm")
     (short_dir / ".ssh").mkdir()
     (short_dir / ".ssh" / "config").write_text("Host pi4-*\n  Ciphers chacha20-poly1305@openssh.com\n")
-    config = openssh.client_config(None)
+    config = sshconfig.client_config(None)
     assert _effective(config, "pi4-07")["ciphers"] == "chacha20-poly1305@openssh.com"
     assert _effective(config, "pi5-01")["ciphers"].startswith("aes128-gcm@openssh.com")
-    monkeypatch.setattr(openssh, "_cpu_has_aes", lambda: False)  # OpenSSH's own order
-    assert _effective(openssh.client_config(None))["ciphers"].startswith("chacha20-poly1305@openssh.com")
+    monkeypatch.setattr(sshconfig, "_cpu_has_aes", lambda: False)  # OpenSSH's own order
+    assert _effective(sshconfig.client_config(None))["ciphers"].startswith("chacha20-poly1305@openssh.com")
     monkeypatch.setenv("EDGEFLEET_SSH_CIPHERS", "aes256-gcm@openssh.com")
-    assert _effective(openssh.client_config(None), "pi5-01")["ciphers"] == "aes256-gcm@openssh.com"
+    assert _effective(sshconfig.client_config(None), "pi5-01")["ciphers"] == "aes256-gcm@openssh.com"
     monkeypatch.setenv("EDGEFLEET_SSH_CIPHERS", "aes256-gcm; rm -rf /")
-    with pytest.raises(openssh.OpenSSHError, match="EDGEFLEET_SSH_CIPHERS"):
-        openssh.client_config(None)
+    with pytest.raises(OpenSSHError, match="EDGEFLEET_SSH_CIPHERS"):
+        sshconfig.client_config(None)

@@ -12,7 +12,7 @@ def test_tasks_import_no_numpy_onnxruntime_or_tokenizers():
     uses it (a no-op re-run of 40 devices takes ~1.5 s; these were ~0.45 s of it)."""
     heavy = ('numpy', 'onnxruntime', 'tokenizers', 'onnx', 'torch', 'docker', 'paramiko', 'fabric', 'rich',
              'cryptography')
-    code = ("import sys, tasks, edgefleet.rollout.run, edgefleet.deploy.checks; "
+    code = ("import sys, tasks, edgefleet.rollout.run, edgefleet.deploy.gate; "
             f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{REPO}:{REPO / 'payload'}"})

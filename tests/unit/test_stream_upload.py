@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from edgefleet.deploy.apply import UploadFailed, stream_upload
+from edgefleet.deploy.transfer import UploadFailed, stream_upload
 
 LOCAL = ["sh", "-c"]  # `ssh ... host` runs the remote command the same way
 
@@ -64,8 +64,8 @@ def _receiver(build: dict | None = None):
     import shlex
     import sys
 
-    from edgefleet.deploy.apply import RECEIVER
-    return f"{shlex.quote(sys.executable)} -c {shlex.quote(RECEIVER)}" + (
+    from edgefleet.deploy.remote import source as program_source
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(program_source('receiver'))}" + (
         f" {shlex.quote(json.dumps(build))}" if build else "")
 
 

@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import http.client
+import json
 import os
-import pwd
 import re
 import shlex
-import shutil
 import socket
-import stat
 import subprocess
 import tempfile
 from functools import cached_property
@@ -37,138 +34,13 @@ from invoke import Config, Context
 from invoke.exceptions import UnexpectedExit
 from invoke.runners import Result
 
-from . import sshmux
-from .errors import EdgefleetError
+from ..inventory import Target
+from . import mux as sshmux
+from .base import PUT, STREAM, Endpoint, OpenSSHError, SSHError, trust_hint
+from .sshconfig import KEY_CHARS, client_config, control_dir, openssh_client, persist_seconds
 
-__all__ = ["OpenSSHConnection", "OpenSSHError", "openssh_client", "persist_seconds", "control_dir"]
+__all__ = ["OpenSSHConnection", "ForwardedHTTPConnection", "connect_openssh", "openssh_argv"]
 
-DEFAULT_PERSIST_S = 120
-_KEY_CHARS = 16  # a control socket's name: part of the sha256 of how the device is reached
-_MAX_SOCKET_PATH = 107 - 17
-
-
-class OpenSSHError(EdgefleetError):
-    """The OpenSSH client could not reach or trust the device (`edgefleet.ssh` rewords it as SSHError)."""
-
-
-def openssh_client() -> str | None:
-    """Return the `ssh` client to use, or None (none installed, or EDGEFLEET_SSH_TRANSFER=paramiko)."""
-    if os.environ.get("EDGEFLEET_SSH_TRANSFER", "").lower() == "paramiko":
-        return None
-    return _which_ssh(os.environ.get("PATH"))
-
-
-@functools.lru_cache(maxsize=4)
-def _which_ssh(search_path: str | None) -> str | None:
-    # once per PATH and process: a rollout connects to every device, each in its own thread
-    return shutil.which("ssh", path=search_path)
-
-
-def persist_seconds() -> int:
-    """Return how long an idle master outlives its last use (EDGEFLEET_SSH_PERSIST; 0: no masters)."""
-    raw = os.environ.get("EDGEFLEET_SSH_PERSIST", "")
-    if not raw:
-        return DEFAULT_PERSIST_S
-    if not raw.isdigit():
-        raise OpenSSHError(f"EDGEFLEET_SSH_PERSIST={raw!r}: expected a whole number of seconds (0 turns masters off)")
-    return int(raw)
-
-
-def control_dir() -> Path:
-    """Return the private directory for control sockets (made 0700; refused if anyone else could use it)."""
-    where = (os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir())
-    if not _control_dir(*where).is_dir():  # removed since: make it again
-        _control_dir.cache_clear()
-    return _control_dir(*where)
-
-
-@functools.lru_cache(maxsize=4)
-def _control_dir(runtime_dir: str | None, tmp: str) -> Path:
-    # checked once per place and process (every connection of a rollout asks)
-    # a socket's path must fit sun_path (108 bytes) with the ".<16 random>" OpenSSH adds while binding
-    bases = [b for b in (runtime_dir, tmp, "/tmp") if b]
-    path = next(p for p in (Path(b) / f"edgefleet-ssh-{os.getuid()}" for b in bases)
-                if len(str(p)) + 1 + _KEY_CHARS <= _MAX_SOCKET_PATH or str(p.parent) == "/tmp")
-    path.mkdir(mode=0o700, exist_ok=True)
-    st = path.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise OpenSSHError(f"{path}: the SSH control socket directory must be a directory owned by uid "
-                           f"{os.getuid()} with mode 0700 (a socket there runs commands on devices)")
-    return path
-
-
-def preferred_ciphers() -> str:
-    """Return the Ciphers value for every hop ("" leaves OpenSSH's order): AES-GCM first when this
-    host's CPU has AES instructions, else OpenSSH's own order (chacha20-poly1305 first).
-
-    A deploy is mostly bulk bytes: with AES instructions AES-GCM costs the client and sshd about
-    a third less CPU per byte than chacha20-poly1305 (measured on this host), and the boards
-    edgefleet has profiles for (Cortex-A76/A78AE: Pi 5, RK3588, Jetson Orin) have them too. A
-    board without them (a Raspberry Pi 4) decrypts chacha20 faster: set `Ciphers` for it in
-    ~/.ssh/config, which wins, or EDGEFLEET_SSH_CIPHERS ("" for OpenSSH's order, or a value).
-    """
-    given = os.environ.get("EDGEFLEET_SSH_CIPHERS")
-    if given is not None:
-        if given and not re.fullmatch(r"[+^-]?[A-Za-z0-9@._-]+(,[A-Za-z0-9@._-]+)*", given):
-            raise OpenSSHError(f"EDGEFLEET_SSH_CIPHERS={given!r}: expected a comma-separated cipher list "
-                               "(as in ssh_config's Ciphers) or empty")
-        return given
-    return "^aes128-gcm@openssh.com,aes256-gcm@openssh.com" if _cpu_has_aes() else ""
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_has_aes() -> bool:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    # x86 "flags : ... aes ...", arm64 "Features : ... aes ..."
-    fields = (line.partition(":") for line in info.splitlines())
-    return any(key.strip() in ("flags", "Features") and "aes" in value.split() for key, _, value in fields)
-
-
-def _user_config() -> Path:
-    """Return ~/.ssh/config from $HOME, as Fabric reads it (OpenSSH alone would read the passwd home)."""
-    home = os.environ.get("HOME")
-    if not home:
-        try:
-            home = pwd.getpwuid(os.getuid()).pw_dir
-        except KeyError:
-            home = "/"
-    return Path(home) / ".ssh" / "config"
-
-
-def client_config(known_hosts: Path | None) -> Path:
-    """Write (once) and return the client config every hop to a device reads (`ssh -F`).
-
-    OpenSSH hands `-F` on to the clients it starts for ProxyJump hosts, but not `-o`; so the
-    trust settings live here, first (the first value obtained wins), then the user's own
-    ~/.ssh/config and the system's: a jump host's key is verified as strictly as the device's.
-    """
-    lines = ["# written by edgefleet: every hop to a device verifies its host key and never prompts",
-             "Host *", "  StrictHostKeyChecking yes", "  BatchMode yes", "  LogLevel ERROR"]
-    if known_hosts is not None:
-        lines += [f"  UserKnownHostsFile {_config_path(known_hosts)}", "  GlobalKnownHostsFile /dev/null"]
-    user = _user_config()
-    lines += [f"  Include {_config_path(user)}" if user.is_file() else "", "  Include /etc/ssh/ssh_config"]
-    ciphers = preferred_ciphers()
-    if ciphers:  # after the includes: a Ciphers line of the user's (for a host or all) wins
-        lines += ["Host *", f"  Ciphers {ciphers}"]
-    text = "\n".join(lines) + "\n"
-    path = control_dir() / f"client-{hashlib.sha256(text.encode()).hexdigest()[:_KEY_CHARS]}.conf"
-    if not path.is_file():  # many threads and processes may get here at once: each writes its own file
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".client-", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    return path
-
-
-def _config_path(path: Path) -> str:
-    text = str(path.expanduser().absolute())
-    if any(c in text for c in ' "\'\\\n'):
-        raise OpenSSHError(f"{text}: a path with spaces or quotes cannot go into an ssh_config")
-    return text
 
 
 class OpenSSHConnection(Context):
@@ -178,6 +50,8 @@ class OpenSSHConnection(Context):
     `host`: the address or ~/.ssh/config alias; `known_hosts`: the only file trusted (None: what
     ~/.ssh/config says), for every hop. `open()` before the first command.
     """
+
+    capabilities = frozenset({STREAM, PUT})
 
     def __init__(self, name: str, host: str, options: list[str], timeout: float, known_hosts: Path | None = None):
         # Invoke's defaults only: `run` here never reads Invoke's runner settings, and a full
@@ -190,7 +64,7 @@ class OpenSSHConnection(Context):
         if persist:
             # how the device is reached and trusted names its master; a timeout does not
             identity = [a for a in (*base, host) if not a.startswith("ConnectTimeout=")]
-            key = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:_KEY_CHARS]
+            key = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:KEY_CHARS]
             control_path = control_dir() / key
         mux = ["-o", "ControlMaster=no", "-o", f"ControlPath={control_path}"] if control_path else []
         # plain attributes (`_set`): a Context would file anything set on it as a config key,
@@ -383,6 +257,27 @@ class OpenSSHConnection(Context):
         return ours, proc
 
 
+    def request(self, port: int, path: str, payload: dict | None = None,
+                timeout: float = 120.0) -> tuple[int, dict[str, str], bytes]:
+        """Send one HTTP request to 127.0.0.1:`port` on the device over the master (`ssh -W`)."""
+        link = ForwardedHTTPConnection(self, port, timeout)
+        body = None if payload is None else json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json", "Connection": "close"}
+        try:
+            link.request("GET" if body is None else "POST", path, body=body, headers=headers)
+            response = link.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            refused = link.refused()
+            if refused is not None:  # not listening (yet): what paramiko's refused channel says too
+                raise ConnectionRefusedError(f"127.0.0.1:{port} on the device: {refused}") from None
+            if isinstance(exc, OSError):
+                raise
+            raise ConnectionResetError(f"127.0.0.1:{port} on the device: {exc or type(exc).__name__}") from None
+        finally:
+            link.release()
+
+
 class _MuxProcess:
     """What `stream` returns over a master: like the Popen an `ssh` client would be, for its use."""
 
@@ -469,3 +364,70 @@ class ForwardedHTTPConnection(http.client.HTTPConnection):
             carrier.wait()
         self._stderr += _without_mux_noise(carrier.stderr.read().decode(errors="replace"))
         carrier.stderr.close()
+
+
+def _openssh_options(ep: Endpoint, timeout: float) -> list[str]:
+    argv = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={int(timeout)}",
+            "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR"]
+    if ep.known_hosts is not None:
+        argv += ["-o", f"UserKnownHostsFile={ep.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null"]
+    if ep.ssh_key is not None:
+        argv += ["-i", str(ep.ssh_key), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"]
+    if ep.port is not None:
+        argv += ["-p", str(ep.port)]
+    if ep.user is not None:
+        argv += ["-l", ep.user]
+    return argv
+
+
+def connect_openssh(ep: Endpoint, timeout: float) -> OpenSSHConnection:
+    if ep.ssh_key is not None and not ep.ssh_key.is_file():
+        raise SSHError(f"{ep.name}: ssh_key {ep.ssh_key} does not exist")
+    try:
+        conn = OpenSSHConnection(ep.name, ep.host, _openssh_options(ep, timeout), timeout, ep.known_hosts)
+        conn.open()
+    except OpenSSHError as exc:
+        raise SSHError(_openssh_reason(ep, conn if "conn" in locals() else None, str(exc))) from None
+    except subprocess.TimeoutExpired:
+        raise SSHError(f"{ep.name}: SSH to {ep.host} did not answer within {timeout * 4:.0f} s") from None
+    return conn
+
+
+def _openssh_reason(ep: Endpoint, conn: OpenSSHConnection | None, stderr: str) -> str:
+    """Say why the OpenSSH client failed, as `connect` says it for Fabric."""
+    text = stderr.strip()
+    if conn is None:
+        return f"{ep.name}: {text}"
+    changed = re.search(r"Host key for (\S+) has changed", text)
+    if changed or "REMOTE HOST IDENTIFICATION HAS CHANGED" in text:
+        got = re.search(r"key sent by the remote host is\s+(\S+?)\.?$", text, re.M)
+        where = re.search(r"Offending \S+ key in (\S+)", text)
+        return (f"{ep.name}: HOST KEY CHANGED for {changed.group(1) if changed else conn.address}: got "
+                f"{got.group(1) if got else 'another key'}, not the one in {where.group(1) if where else conn.known_hosts}. "
+                "Refusing to connect; if the device was reinstalled, remove the old line and trust the new key.")
+    unknown = re.search(r"No \S+ host key is known for (\S+) and", text)
+    if unknown or "Host key verification failed" in text:
+        server = unknown.group(1) if unknown else conn.address
+        hop = "" if server == conn.address else " (a ProxyJump host on the way)"
+        return (f"{ep.name}: unknown host key for {server}{hop} (not in {conn.known_hosts}); "
+                + trust_hint(server, conn.known_hosts))
+    unreachable = re.search(r"ssh: connect to host \S+ port \d+: (.+)$|ssh: Could not resolve hostname \S+: (.+)$",
+                            text, re.M)
+    if unreachable:
+        return f"{ep.name}: cannot reach {conn.address}: {(unreachable.group(1) or unreachable.group(2)).strip()}"
+    return f"{ep.name}: SSH to {conn.user}@{conn.address} failed: {text[-500:] or 'no reason given'}"
+
+
+def openssh_argv(target: Target | Endpoint, timeout: float = 15.0) -> list[str] | None:
+    """Return the OpenSSH client argv (up to and including the host) for bulk transfers, or None.
+
+    The same trust as `connect`: host keys only from the target's known_hosts (or ~/.ssh/config's),
+    never added; the target's key only. OpenSSH moves bytes several times faster than paramiko
+    and each device's transfer is its own process. None when there is no `ssh` client or
+    EDGEFLEET_SSH_TRANSFER=paramiko: then everything goes through `connect`.
+    """
+    ssh = openssh_client()
+    if ssh is None:
+        return None
+    ep = target if isinstance(target, Endpoint) else Endpoint.of(target)
+    return [ssh, *_openssh_options(ep, timeout), "--", ep.host]

@@ -16,8 +16,6 @@ import struct
 import time
 from dataclasses import dataclass
 
-from .errors import EdgefleetError
-
 __all__ = ["MuxError", "MuxUnavailable", "MuxRefused", "Completed", "Session", "run_command", "start_command",
            "open_forward"]
 
@@ -35,7 +33,7 @@ _NO_ESCAPE = 0xFFFFFFFF
 _MAX_PACKET = 256 * 1024
 
 
-class MuxError(EdgefleetError):
+class MuxError(Exception):
     """The master is gone or broke the protocol (the caller falls back to a new connection)."""
 
 

@@ -1,0 +1,149 @@
+"""One deploy of one target: facts -> plan -> transfer -> activate -> gate -> record, or roll back."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..device_env import DeviceEnv, build_target_env
+from ..inventory import Target
+from ..paths import repo_root
+from ..render import check_rendered, render_target
+from ..transport import connect
+from .activate import apply_plan, restart_service, switch_current
+from .device import Device, now
+from .facts import Facts, ask_facts
+from .gate import health_gate
+from .health import HealthResult
+from .lock import device_lock, without_stale_lock
+from .plan import DeployPlan, make_plan
+from .prune import prune
+from .record import record_state
+from .release import Release, ReleaseError, make_release, read_json
+
+__all__ = ["DeployResult", "prepare_release", "deploy", "gather_facts", "DEFAULT_IMAGE_TAG"]
+
+DEFAULT_IMAGE_TAG = "edgefleet/runtime:latest"  # config edgefleet.image.tag
+
+
+@dataclass
+class DeployResult:
+    target: str
+    release_id: str
+    previous: str | None
+    changed: bool
+    health: HealthResult | None = None
+    rolled_back: bool = False
+    plan: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    temperature_c: float | None = None  # hottest thermal zone during the gate, when the device has any
+    pruned: list[str] = field(default_factory=list)  # old releases deleted after the commit
+
+    @property
+    def ok(self) -> bool:
+        return self.health is None or self.health.ok
+
+
+def prepare_release(target: Target, bundle_dir: Path, build_dir: Path, env: DeviceEnv | None = None,
+                    image_tag: str = DEFAULT_IMAGE_TAG, log=print, rendered=None) -> Release:
+    """Render, check and collect everything the device gets, on the host (`env`: packages resolved already).
+
+    `ship: image` targets get `image_tag`'s image for their arch (built by `image.build`) instead of packages.
+    `rendered`: the target's files, rendered (and checked) already.
+    """
+    if rendered is None:
+        rendered = render_target(target)
+        check_rendered(rendered, cache_dir=build_dir / "checked")
+    if target.settings.ship == "image":
+        from ..engine import EngineError
+        from ..image.archive import ArchiveError
+        from ..image.build import ImageError
+        from ..image.ship import shipped_image
+        try:
+            image = shipped_image(image_tag, target.settings.arch, build_dir, log=log)
+        except (ImageError, ArchiveError, EngineError) as exc:
+            raise ReleaseError(f"{target.name} (ship: image, {target.source}): {exc}") from None
+        return make_release(target.name, bundle_dir, repo_root() / "payload", rendered, None, image=image)
+    if env is None:
+        env = build_target_env(target, repo_root() / "payload" / "requirements.txt", build_dir / "device-envs")
+    return make_release(target.name, bundle_dir, repo_root() / "payload", rendered, env, cache_dir=build_dir / "pyc")
+
+
+def _golden(path: Path) -> dict:
+    """Return the bundle's golden outputs, read once per file version (every device's gate uses them)."""
+    return read_json(path)["golden"]
+
+
+def gather_facts(target: Target) -> Facts | None:
+    """Return the device's facts, or None when they cannot be had now (a deploy then asks, and says why).
+
+    A rollout asks its first wave's devices while it prepares the releases on the host.
+    """
+    try:
+        conn = connect(target)
+    except Exception:
+        return None
+    try:
+        return ask_facts(Device(conn, target))
+    except Exception:
+        return None
+    finally:
+        conn.close()
+
+
+def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = False, log=print,
+           release: Release | None = None, image_tag: str = DEFAULT_IMAGE_TAG, facts: Facts | None = None) -> DeployResult:
+    """Deploy `bundle_dir` to `target` and gate on health; roll back by itself on failure.
+
+    `release`: prepared already for this target (a rollout prepares all of them before its first wave).
+    `facts`: the device's, gathered moments ago (a rollout's first wave, while the releases were prepared).
+    """
+    t0 = time.monotonic()
+    release = release or prepare_release(target, bundle_dir, build_dir, image_tag=image_tag, log=log)
+    golden = _golden(bundle_dir / "bundle.json")
+    conn = connect(target)
+    try:
+        dev = Device(conn, target)
+        if facts is None:
+            facts = ask_facts(dev)
+        dev.owns_root = facts.owns_root
+        plan: DeployPlan = make_plan(target, release, without_stale_lock(target, facts, log))
+        lines = plan.describe()
+        for line in lines:
+            log(line)
+        result = DeployResult(target.name, release.release_id, facts.current, not plan.nothing_to_do, plan=lines)
+        if dry_run:
+            return result
+        if plan.nothing_to_do:
+            result.health = health_gate(dev, golden, judge_model=False)
+            log(f"  {result.health.summary()}")
+            result.seconds = time.monotonic() - t0
+            return result
+        with device_lock(dev, log, now(), reconnect=lambda: connect(target)):
+            apply_plan(dev, plan, release, log)
+            log("  health gate: /readyz, then golden outputs, p95 latency, RSS and throttling on the device ...")
+            result.health = health_gate(dev, golden)
+            result.temperature_c = result.health.temperature_c
+            log(f"  {result.health.summary()}")
+            # back to the last release that passed its gate (not merely the one that was current)
+            good = facts.committed if facts.committed in facts.releases - {release.release_id} else None
+            if not result.health.ok and good:
+                log(f"  rolling back to {good}")
+                switch_current(dev, good)
+                restart_service(dev)
+                result.rolled_back, result.previous = True, good
+            record_state(dev, {
+                "time": now(),
+                "release": release.release_id,
+                "previous": facts.current,
+                "healthy": result.health.ok,
+                "reason": result.health.reason[:300],
+                "active": result.previous if result.rolled_back else release.release_id,
+            })
+            if result.health.ok:
+                result.pruned = prune(dev, release.release_id, log)
+        result.seconds = time.monotonic() - t0
+        return result
+    finally:
+        conn.close()

@@ -1,0 +1,50 @@
+"""The one place that opens connections to devices: `connect` returns a `Transport`.
+
+Through the OpenSSH client over a multiplexed master (`openssh`) when there is an `ssh`
+client, else (or with EDGEFLEET_SSH_TRANSFER=paramiko) through Fabric (`fabric`, imported only
+then). Host keys are always verified, on every hop, and never added.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..inventory import Target
+from .base import PUT, STREAM, Endpoint, OpenSSHError, SSHError, StreamProcess, Transport
+from .openssh import OpenSSHConnection, connect_openssh, openssh_argv
+from .sshconfig import openssh_client
+
+__all__ = ["connect", "Transport", "StreamProcess", "Endpoint", "SSHError", "OpenSSHError", "STREAM", "PUT",
+           "OpenSSHConnection", "openssh_argv", "http_over_ssh", "http_json_over_ssh"]
+
+
+def connect(target: Target | Endpoint, timeout: float = 15.0) -> Transport:
+    """Open a connection to a target, refusing unknown or changed host keys (jump hosts too)."""
+    ep = target if isinstance(target, Endpoint) else Endpoint.of(target)
+    if openssh_client() is not None:
+        return connect_openssh(ep, timeout)
+    from .fabric import connect_fabric
+
+    return connect_fabric(ep, timeout)
+
+
+def http_over_ssh(conn: Transport, port: int, path: str, payload: dict | None = None,
+                  timeout: float = 120.0) -> tuple[int, dict[str, str], bytes]:
+    """Send one HTTP request to 127.0.0.1:`port` on the device through `conn`; return status, headers, body.
+
+    A refused connection (service not listening yet) raises ConnectionRefusedError.
+    """
+    return conn.request(port, path, payload, timeout)
+
+
+def http_json_over_ssh(conn: Transport, port: int, path: str, payload: dict | None = None,
+                       timeout: float = 120.0) -> tuple[int, dict]:
+    """Send one HTTP request to 127.0.0.1:`port` on the device through `conn`; decode the JSON answer.
+
+    A refused connection (service not listening yet) raises ConnectionRefusedError.
+    """
+    status, _, raw = conn.request(port, path, payload, timeout)
+    try:
+        return status, json.loads(raw or b"{}")
+    except ValueError:
+        return status, {"error": raw.decode(errors="replace")[:200]}
