@@ -27,7 +27,7 @@ IMAGE_ENV = "image.env"  # in an image release: EDGEFLEET_IMAGE and EDGEFLEET_RE
 def _build_spec(dev: Device, release: Release) -> dict:
     """Return what `build` (BUILDER, RECEIVER) needs to build a venv release on the device."""
     return {"tmp": dev.path("releases", f"{release.release_id}.tmp"), "final": dev.path("releases", release.release_id),
-            "objects": dev.path("objects"), "site": dev.path("envs", release.env.sha256),
+            "objects": dev.path("objects"), "site": dev.path("envs", release.packages.sha256),
             "links": [[f.sha256, f.path] for f in (*release.files, *release.compiled, release.manifest)],
             "compile": not release.compiled}
 
@@ -45,7 +45,7 @@ def _build_release_script(dev: Device, release: Release) -> str:
     for f in (*release.files, release.manifest):
         lines.append(f"ln -f {q(posixpath.join(objects, f.sha256))} {q(posixpath.join(tmp, f.path))}")
     # what the unit's EnvironmentFile reads: the image to run and where its bundle is
-    lines.append(f"printf 'EDGEFLEET_IMAGE=%s\\nEDGEFLEET_RELEASE=%s\\n' {q(release.image.image_id)} "
+    lines.append(f"printf 'EDGEFLEET_IMAGE=%s\\nEDGEFLEET_RELEASE=%s\\n' {q(release.runtime_image.image_id)} "
                  f"{q(release.release_id)} > {q(posixpath.join(tmp, IMAGE_ENV))}")
     lines.append(f"chmod -R a+rX {q(tmp)} && mv -T {q(tmp)} {q(final)}")
     return " && ".join(lines)
@@ -57,7 +57,7 @@ def _install_env_script(dev: Device, release: Release, tarball: ReleaseFile, big
     `big_records`: GNU tar reads the pipe in 1 MiB records instead of 10 KiB (0.24 vs 0.34 s for
     the 93 MB env on a lab device).
     """
-    env_dir = dev.path("envs", release.env.sha256)
+    env_dir = dev.path("envs", release.packages.sha256)
     tmp = env_dir + ".tmp"
     obj = dev.path("objects", tarball.sha256)
     records = "-b 2048 -B " if big_records else ""
@@ -133,7 +133,7 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
         tarball = plan.env_tarball or release.env_tarball(zstd=False)
         batch.append((dev.file_command(_install_env_script(dev, release, tarball, plan.big_records)),
                       "unpack the Python packages", False))
-        done.append(f"unpacked Python packages ({tarball.path}) into envs/{release.env.sha256[:12]}")
+        done.append(f"unpacked Python packages ({tarball.path}) into envs/{release.packages.sha256[:12]}")
     if plan.build_release and not built:
         batch.append((dev.file_command(_build_release_script(dev, release)), f"build releases/{release.release_id}",
                       False))
@@ -182,7 +182,7 @@ def load_image(dev: Device, release: Release, log) -> None:
     image by the sha256 of its config, which must be the ID the release records, or nothing is
     activated. Docker 20.10 (Debian bookworm) does not take zstd itself: zstd unpacks in a pipe.
     """
-    image = release.image
+    image = release.runtime_image
     tarball = dev.path("objects", image.sha256)
     t0 = time.monotonic()
     load = " ".join(q(a) for a in docker_argv(dev.target, "load", "--quiet"))

@@ -104,7 +104,8 @@ class Device:
 
     def _exec(self, command: str, step: str, warn: bool, text: str | None = None):
         try:
-            result = self.transport.run(command, hide=True, warn=True, in_stream=io.StringIO(text) if text is not None else False)
+            stdin = io.StringIO(text) if text is not None else False
+            result = self.transport.run(command, hide=True, warn=True, in_stream=stdin)
         except OpenSSHError as exc:  # the link, not the command (Fabric raises paramiko's errors here)
             raise SSHError(f"{self.target.name}: {step}: SSH failed: {str(exc)[-500:]}") from None
         if result.exited != 0 and not warn:

@@ -55,7 +55,8 @@ def _active_fact(unit: str) -> list[str]:
     lives in, e.g. a container's), else what `systemctl is-active` says (~8 ms: it is a big
     program; most no-op re-runs never start it)."""
     return [
-        'g2=; g1=; while IFS= read -r l; do case $l in 0::*) g2=${l#0::} ;; *:name=systemd:*) g1=${l#*:name=systemd:} ;; '
+        'g2=; g1=; while IFS= read -r l; do case $l in 0::*) g2=${l#0::} ;; '
+        '*:name=systemd:*) g1=${l#*:name=systemd:} ;; '
         'esac; done < /proc/self/cgroup 2>/dev/null',
         'b2=${g2%%/system.slice/*}; b2=${b2%%/user.slice/*}; b1=${g1%%/system.slice/*}; b1=${b1%%/user.slice/*}',
         f'a=; for f in "/sys/fs/cgroup$b2/system.slice/{unit}/cgroup.procs" '
@@ -194,7 +195,8 @@ def parse_facts(output: str) -> Facts:
             values[key.strip()] = value.strip()
     missing = {"arch", "python", "systemd", "free_kb"} - values.keys()
     if missing or not objects and _OBJECTS_MARK not in output:
-        raise PlanError(f"device facts incomplete (missing {', '.join(sorted(missing)) or 'objects'}): {output[:300]!r}")
+        what = ", ".join(sorted(missing)) or "objects"
+        raise PlanError(f"device facts incomplete (missing {what}): {output[:300]!r}")
     return Facts(
         arch=ARCH_NAMES.get(values["arch"], values["arch"]),
         python=values["python"],

@@ -57,16 +57,18 @@ def health_gate(dev: Device, golden: dict, judge_model: bool = True) -> HealthRe
     """
     s = dev.target.settings
     # a no-op re-run finds the service ready at once: it spares the round trip unless it waits
-    restarts = {"before": _service(dev)[0] if judge_model else None, "n": 0}
+    restarts_before = _service(dev)[0] if judge_model else None
+    polls = 0
 
     def still_starting() -> bool:
-        if restarts["before"] is None:
-            restarts["before"] = _service(dev)[0]
-        restarts["n"] += 1
-        if restarts["n"] % 3:
+        nonlocal restarts_before, polls
+        if restarts_before is None:
+            restarts_before = _service(dev)[0]
+        polls += 1
+        if polls % 3:
             return True
         now, state = _service(dev)
-        crashes = now - restarts["before"]
+        crashes = now - restarts_before
         if crashes >= 2:
             raise NotReady(f"the service is crash-looping (systemd restarted it {crashes} times)")
         return state in ("active", "activating")

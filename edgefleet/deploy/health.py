@@ -152,7 +152,7 @@ def judge(answer: dict, budget: Budget, expected_samples: int) -> ModelVerdict:
     temps = [t for i in infos for t in i.get("temps") or []]
     v.temperature_c = max(temps) if temps else None
     states = [i.get("throttle") for i in infos if i.get("throttle")]
-    worst = max(states, key=lambda s: _SEVERITY.get(s, 0), default=None)
+    worst = max(states, key=lambda s: _SEVERITY.get(str(s), 0), default=None)
     if worst and worst != "ok":
         v.throttled = worst
     if budget.rss_mib is not None:

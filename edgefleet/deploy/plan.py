@@ -87,7 +87,8 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
             how = "no docker command" if facts.docker == "missing" else f"docker failed: {facts.docker}"
             sudo = " through `sudo -n` (its sudoers list)" if s.sudo else ""
             raise PlanError(f"{where}: ship: image ({target.source}) needs a usable docker engine on the device, "
-                            f"and it has {how}; install docker (Debian: docker.io) and let {target.user or 'the login user'} "
+                            f"and it has {how}; install docker (Debian: docker.io) and let "
+                            f"{target.user or 'the login user'} "
                             f"run it{sudo}, or set ship: venv")
     elif facts.python != s.python:
         raise PlanError(f"{where}: device has python {facts.python or 'none'}, inventory says {s.python} "
@@ -120,7 +121,7 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
     if image is not None:
         needed = sum(f.size for f in upload) * 2 + (image.unpacked_size if load_image else 0)
     else:
-        needed = sum(f.size for f in upload) * 2 + (0 if release.env.sha256 in facts.envs else 400_000_000)
+        needed = sum(f.size for f in upload) * 2 + (0 if release.packages.sha256 in facts.envs else 400_000_000)
     if facts.free_bytes < needed:
         raise PlanError(f"{where}: {facts.free_bytes / 1e6:.0f} MB free under {s.root}, "
                         f"this release needs about {needed / 1e6:.0f} MB")
@@ -142,7 +143,7 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
         build_release=release.release_id not in facts.releases,
         install_unit=unit_changed,
         create_user=release.env is not None and not facts.user_exists,  # a container runs as uid 10001
-        load_image=image.image_id if load_image else None,
+        load_image=image.image_id if load_image and image is not None else None,
         activate=activate,
         restart=restart,
         # also when a deploy died after activating: its release was never judged

@@ -29,8 +29,10 @@ def previous_committed(history: list[dict], active: str | None) -> str | None:
     return next((r for r in reversed(committed_releases(history)) if r != active), None)
 
 
-def choose_releases(releases: set[str], history: list[dict], active: str | None, keep: int) -> tuple[list[str], list[str]]:
-    """Return (kept, deleted) release ids: the active, the previous committed, then the most recently used up to `keep`."""
+def choose_releases(releases: set[str], history: list[dict], active: str | None,
+                    keep: int) -> tuple[list[str], list[str]]:
+    """Return (kept, deleted) release ids: the active, the previous committed, then the most recently
+    used up to `keep`."""
     last_use: dict[str, int] = {}
     for i, entry in enumerate(history):
         for key in ("release", "active", "previous"):
@@ -109,7 +111,8 @@ def prune(dev, active: str | None, log) -> list[str]:
         return []
     # a release without a readable manifest keeps everything (we cannot tell what it uses)
     if any(not manifests.get(r, ("", {}))[1] for r in kept):
-        dead_objects, dead_envs = [], []
+        dead_objects: list[str] = []
+        dead_envs: list[str] = []
     else:
         dead_objects, dead_envs = unreferenced(manifests, kept, objects, envs)
     # an image goes only when a release that ran it goes, and no kept one runs it; a release

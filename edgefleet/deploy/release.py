@@ -46,7 +46,11 @@ class ReleaseFile:
     data: bytes | None = None
 
     def read(self) -> bytes:
-        return self.data if self.data is not None else self.source.read_bytes()
+        if self.data is not None:
+            return self.data
+        if self.source is None:
+            raise ReleaseError(f"{self.path}: neither bytes nor a source file")
+        return self.source.read_bytes()
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,20 @@ class Release:
     compiled: tuple[ReleaseFile, ...] = ()
 
     @property
+    def packages(self) -> DeviceEnv:
+        """Return a venv release's package env (an image release has none)."""
+        if self.env is None:
+            raise ReleaseError(f"{self.release_id} is an image release: it has no package env")
+        return self.env
+
+    @property
+    def runtime_image(self) -> ShippedImage:
+        """Return an image release's runtime image (a venv release has none)."""
+        if self.image is None:
+            raise ReleaseError(f"{self.release_id} is a venv release: it has no runtime image")
+        return self.image
+
+    @property
     def image_object(self) -> ReleaseFile | None:
         """Return the image's tarball as an object (loaded, then deleted, on the device)."""
         if self.image is None:
@@ -73,8 +91,8 @@ class Release:
 
     def env_tarball(self, zstd: bool) -> ReleaseFile:
         """Return the packages' tarball to ship: zstd-compressed when the device has `zstd` and we have it."""
-        env = self.env
-        if zstd and env.zst is not None:
+        env = self.packages
+        if zstd and env.zst is not None and env.zst_sha256 is not None:
             return ReleaseFile("site.tar.zst", env.zst_sha256, env.zst.stat().st_size, source=env.zst)
         return ReleaseFile("site.tar.gz", env.sha256, env.tarball.stat().st_size, source=env.tarball)
 
@@ -85,7 +103,8 @@ class Release:
         if self.env is not None:
             objects[self.env.sha256] = self.env_tarball(zstd=False)
         if self.image is not None:
-            objects[self.image.sha256] = self.image_object
+            objects[self.image.sha256] = ReleaseFile("image.tar.zst", self.image.sha256, self.image.size,
+                                                     source=self.image.tarball)
         return objects
 
 
@@ -216,7 +235,7 @@ def make_release(
     }
     if env is not None:
         content["env"] = {"sha256": env.sha256, "arch": env.arch, "python": env.python}
-    else:
+    elif image is not None:
         content["image"] = {"id": image.image_id, "sha256": image.sha256, "arch": image.arch}
     if tuning:
         content["tuning"] = {f.path: f.sha256 for f in tuning}

@@ -100,7 +100,8 @@ def revert(target: Target, release_id: str | None, reason: str, log=print) -> Ro
                 "release": to,
                 "previous": facts.current,
                 "healthy": result.health.ok,
-                "reason": f"rollback: {reason}"[:300] + ("" if result.ok else f"; failed: {result.health.reason}"[:200]),
+                "reason": f"rollback: {reason}"[:300]
+                + ("" if result.ok else f"; failed: {result.health.reason}"[:200]),
                 "active": result.active,
             })
         result.seconds = time.monotonic() - t0

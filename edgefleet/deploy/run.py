@@ -93,7 +93,8 @@ def gather_facts(target: Target) -> Facts | None:
 
 
 def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = False, log=print,
-           release: Release | None = None, image_tag: str = DEFAULT_IMAGE_TAG, facts: Facts | None = None) -> DeployResult:
+           release: Release | None = None, image_tag: str = DEFAULT_IMAGE_TAG,
+           facts: Facts | None = None) -> DeployResult:
     """Deploy `bundle_dir` to `target` and gate on health; roll back by itself on failure.
 
     `release`: prepared already for this target (a rollout prepares all of them before its first wave).

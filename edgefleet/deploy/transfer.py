@@ -90,7 +90,9 @@ def stream_upload(via, incoming: str, uploads: list, remote: str | None = None) 
                 [*via, remote], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
         except OSError as exc:  # OpenSSHError among them: the link, before any byte went
             raise UploadFailed("the stream", str(exc).strip()[-400:] or type(exc).__name__) from None
-        pipe = proc.stdin.fileno()
+        stdin = proc.stdin
+        assert stdin is not None  # both carriers start with a pipe to write into
+        pipe = stdin.fileno()
         try:
             for what, local, name, size in uploads:
                 writing = what
@@ -115,7 +117,7 @@ def stream_upload(via, incoming: str, uploads: list, remote: str | None = None) 
             proc.kill()
         finally:
             try:
-                proc.stdin.close()
+                stdin.close()
             except OSError:
                 pass
             try:
@@ -176,7 +178,7 @@ def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool =
                (_clear_incoming_command(dev, incoming), "clear the incoming dir", False)])
     t0 = time.monotonic()
     sums = "".join(f"{o.sha256}  {o.sha256}\n" for o in plan.upload).encode()
-    uploads = [(o.path, str(o.source) if o.source is not None else io.BytesIO(o.data), o.sha256, o.size)
+    uploads = [(o.path, str(o.source) if o.source is not None else io.BytesIO(o.read()), o.sha256, o.size)
                for o in plan.upload]
     # one tar stream through the OpenSSH client, over the device's master; SFTP through Fabric
     via = dev.transport.stream if STREAM in dev.transport.capabilities else None
@@ -192,7 +194,8 @@ def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool =
             stream_upload(via, incoming, uploads, remote=receiver if checked else None)
         except UploadFailed as exc:
             _discard_partial(dev, incoming)
-            if build and exc.code == receiver_program.BUILD_FAILED:  # verified and moved in (or some of them): nothing activated
+            # verified and moved in (or some of them): nothing activated
+            if build and exc.code == receiver_program.BUILD_FAILED:
                 raise DeployError(f"{dev.target.name}: build {posixpath.relpath(build['final'], dev.root)} failed: "
                                   f"{exc.why}") from None
             if checked and exc.code == receiver_program.MISMATCH:

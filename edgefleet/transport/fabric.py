@@ -102,7 +102,8 @@ def connect_fabric(ep: Endpoint, timeout: float) -> FabricConnection:
             raise SSHError(f"{ep.name}: ssh_key {ep.ssh_key} does not exist")
         connect_kwargs.update(key_filename=str(ep.ssh_key), look_for_keys=False, allow_agent=False)
     given = {k: v for k, v in (("port", ep.port), ("user", ep.user)) if v is not None}
-    conn = FabricConnection(host=ep.host, name=ep.name, connect_timeout=int(timeout), connect_kwargs=connect_kwargs, **given)
+    conn = FabricConnection(host=ep.host, name=ep.name, connect_timeout=int(timeout), connect_kwargs=connect_kwargs,
+                            **given)
     known_hosts = _known_hosts(ep, conn)
     _verify_host_keys(conn, known_hosts)
     try:

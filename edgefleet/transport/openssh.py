@@ -124,7 +124,7 @@ class OpenSSHConnection(Context):
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                      timeout=self.timeout * 4)
                 err.seek(0)
-                res.stderr = err.read().decode(errors="replace")
+                res.stderr = err.read().decode(errors="replace")  # type: ignore[assignment]  # text, as _check reads it
             if res.returncode != 0:
                 # a ControlPersist client sends its ProxyJump hops' stderr to /dev/null: ask again
                 # without a master to learn which hop refused and why
@@ -250,7 +250,8 @@ class OpenSSHConnection(Context):
                 pass  # no master: a client connects afresh
         ours, theirs = socket.socketpair()
         try:
-            proc = subprocess.Popen(self.argv(None, "-W", f"127.0.0.1:{port}"), stdin=theirs, stdout=theirs,
+            proc = subprocess.Popen(self.argv(None, "-W", f"127.0.0.1:{port}"), stdin=theirs.fileno(),
+                                    stdout=theirs.fileno(),
                                     stderr=subprocess.PIPE)
         finally:
             theirs.close()
@@ -311,7 +312,8 @@ _MUX_NOISE = re.compile(r"^(Control socket connect\(.*|mux_client_\w+: .*)\n?", 
 _SSH_FAILED = re.compile(r"^(ssh: |Host key verification failed|kex_exchange_identification|Connection (closed|reset|"
                          r"timed out)|client_loop: |Broken pipe|Permission denied \(|@@@@@@@@|Received disconnect|"
                          r"ssh_exchange_identification|Bad owner or permissions|Timeout, server .* not responding|"
-                         r"banner exchange: |stdio forwarding failed|Stdio forwarding request failed|channel \d+: open failed|"
+                         r"banner exchange: |stdio forwarding failed|Stdio forwarding request failed|"
+                         r"channel \d+: open failed|"
                          r"mux_client_\w+: )", re.M)
 
 
@@ -362,8 +364,9 @@ class ForwardedHTTPConnection(http.client.HTTPConnection):
         except subprocess.TimeoutExpired:
             carrier.kill()
             carrier.wait()
-        self._stderr += _without_mux_noise(carrier.stderr.read().decode(errors="replace"))
-        carrier.stderr.close()
+        if carrier.stderr is not None:
+            self._stderr += _without_mux_noise(carrier.stderr.read().decode(errors="replace"))
+            carrier.stderr.close()
 
 
 def _openssh_options(ep: Endpoint, timeout: float) -> list[str]:
@@ -403,7 +406,8 @@ def _openssh_reason(ep: Endpoint, conn: OpenSSHConnection | None, stderr: str) -
         got = re.search(r"key sent by the remote host is\s+(\S+?)\.?$", text, re.M)
         where = re.search(r"Offending \S+ key in (\S+)", text)
         return (f"{ep.name}: HOST KEY CHANGED for {changed.group(1) if changed else conn.address}: got "
-                f"{got.group(1) if got else 'another key'}, not the one in {where.group(1) if where else conn.known_hosts}. "
+                f"{got.group(1) if got else 'another key'}, "
+                f"not the one in {where.group(1) if where else conn.known_hosts}. "
                 "Refusing to connect; if the device was reinstalled, remove the old line and trust the new key.")
     unknown = re.search(r"No \S+ host key is known for (\S+) and", text)
     if unknown or "Host key verification failed" in text:
