@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EXACT_SUFFIX", "stabilize"]
+from edgefleet.model.graph import EXACT_SUFFIX, readers_of
 
-EXACT_SUFFIX = "_exact"
+__all__ = ["EXACT_SUFFIX", "stabilize"]
 
 
 class _Builder:
@@ -196,8 +196,6 @@ def _embeddings(b: _Builder, node, hidden: int) -> None:
 def _bias_to_residual(nodes: list, init: dict) -> list:
     """MatMul -> Add(bias) -> Add(residual) becomes MatMul -> Add(Add(residual, bias))."""
     import onnx
-
-    from edgefleet.model.smooth import readers_of
 
     readers = readers_of(nodes)
     replace, drop = {}, set()
