@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from onnxruntime.quantization import CalibrationDataReader
+
 from edgefleet.model.graph import fp32_by_design, graph_of, quantize_graph
 
 __all__ = ["CALIBRATION_METHODS", "TextCalibrationReader", "quantize_static_graph"]
@@ -17,13 +19,7 @@ __all__ = ["CALIBRATION_METHODS", "TextCalibrationReader", "quantize_static_grap
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
-def _reader_base():
-    from onnxruntime.quantization import CalibrationDataReader
-
-    return CalibrationDataReader
-
-
-class TextCalibrationReader(_reader_base()):
+class TextCalibrationReader(CalibrationDataReader):
     """Feed one tokenized text per call (batch 1), as the device runs them.
 
     pad=True pads every text to the longest: ORT's histogram collectors (entropy,

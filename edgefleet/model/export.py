@@ -174,7 +174,7 @@ def _torch_export(model_dir: Path, onnx_path: Path, opset: int, task: str = "emb
 
     sample = torch.ones((2, 8), dtype=torch.int64)
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
-    axes.update(zip(outputs, output_axes))
+    axes.update(zip(outputs, output_axes, strict=True))
     with torch.no_grad():
         torch.onnx.export(Outputs(model), (sample, sample, torch.zeros_like(sample)),
                           str(onnx_path), input_names=INPUTS, output_names=outputs,

@@ -231,6 +231,7 @@ def build_graph(fp32_dir: Path, recipe: Recipe, dst: Path, smoothed: Path | None
             split = outlier_counts(src)
     try:
         if recipe.method == "static":
+            assert recipe.calibration is not None  # Recipe.__post_init__: static names a method
             tokenizer = Tokenizer.from_file(str(fp32_dir / "tokenizer.json"))
             quantize_static_graph(src, dst, tokenizer, read_texts(calibration_texts),
                                   recipe.calibration, recipe.per_channel, recipe.fp32_nodes)

@@ -151,6 +151,7 @@ def search(fp32_dir, work, texts: list[str], target: Target = Target(),
     work.mkdir(parents=True, exist_ok=True)
     evaluator = _Evaluator(fp32_dir, texts, session_config or {})
     base = Recipe()
+    assert base.smooth_alpha is not None  # the candidates share one smoothed graph (SMOOTH_ALPHA)
     smoothed = work / "smoothed.onnx"
     source = stable_fp32(fp32_dir, work / "stable.onnx") if base.arch_stable else None
     smoothed_fp32(fp32_dir, smoothed, base.smooth_alpha, base.outliers, calibration_texts,

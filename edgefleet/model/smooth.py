@@ -55,7 +55,7 @@ def activation_absmax(onnx_path, tokenizer, texts: list[str]) -> dict[str, np.nd
     from edgefleet.model.evaluate import encode_feeds
 
     for text in texts:
-        outputs = dict(zip(names, session.run(names, encode_feeds(tokenizer, text, inputs))))
+        outputs = dict(zip(names, session.run(names, encode_feeds(tokenizer, text, inputs)), strict=True))
         for tensor in set(watch.values()):
             value = np.abs(outputs[tensor]).reshape(-1, outputs[tensor].shape[-1]).max(axis=0)
             maxima[tensor] = np.maximum(maxima.get(tensor, value), value)
