@@ -20,8 +20,8 @@ __all__ = ["Bundle", "BundleError", "FileRecord", "Golden", "ClassifyGolden", "Q
 BUNDLE_JSON = "bundle.json"
 REQUIRED_FILES = ("model.onnx", "tokenizer.json")
 # The graph's large initializers live beside it in one file ONNX Runtime memory-maps instead of
-# copying: MiniLM INT8 loads in 41-52 ms instead of 69-73 ms with 11.6 MiB less anonymous memory
-# (the 30522 x 384 embedding table stays a clean, shared, reclaimable file mapping).
+# copying: the session loads faster and with less anonymous memory (see benchmarks/RESULTS.md);
+# the embedding table stays a clean, shared, reclaimable file mapping.
 WEIGHTS_FILE = "model.onnx.data"
 EXTERNAL_MIN_BYTES = 4096  # small enough that the tests' tiny BERT has a weights file too
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -49,7 +49,7 @@ MIN_COSINE = 0.999
 # 0.8) 0.996; splitting the few outlier input channels of the FFN MatMuls into a small exact
 # FP32 path (4 for the FFN output, 2 for the FFN input MatMul) 0.9983, with every big MatMul in
 # INT8. Keeping the FFN output MatMuls of layers 0-2 in FP32 instead reached the same accuracy
-# 20% slower and 6 MB larger. FP32_NODES stays available for graphs that need it.
+# slower and larger (see benchmarks/RESULTS.md). FP32_NODES stays available for graphs that need it.
 SMOOTH_ALPHA = 0.8
 OUTLIER_CHANNELS = {r"/layer\.\d+/output/dense/MatMul$": 4,
                     r"/layer\.\d+/intermediate/dense/MatMul$": 2}

@@ -162,7 +162,8 @@ def _fold_into_values(attention, init: dict, inverse: np.ndarray) -> bool:
 def _exact_after_bias(nodes: list, init: dict) -> list:
     """Rewrite int8 -> Add(exact) -> Add(bias) as int8 -> Add(bias) -> Add(exact), so that ORT
     fuses the bias Add into the INT8 MatMul (one node fewer). Other patterns stay as they are.
-    (A 3-input Sum for exact + residual measured 5x slower than the two Adds.)"""
+    (A 3-input Sum for exact + residual measured slower than the two Adds: see
+    benchmarks/RESULTS.md.)"""
     import onnx
 
     readers = readers_of(nodes)
