@@ -10,20 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgefleet.model.stable import EXACT_SUFFIX
+from onnxruntime.quantization import CalibrationDataReader
+
+from edgefleet.model.graph import fp32_by_design, graph_of, quantize_graph
 
 __all__ = ["CALIBRATION_METHODS", "TextCalibrationReader", "quantize_static_graph"]
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
-def _reader_base():
-    from onnxruntime.quantization import CalibrationDataReader
-
-    return CalibrationDataReader
-
-
-class TextCalibrationReader(_reader_base()):
+class TextCalibrationReader(CalibrationDataReader):
     """Feed one tokenized text per call (batch 1), as the device runs them.
 
     pad=True pads every text to the longest: ORT's histogram collectors (entropy,
@@ -60,19 +56,15 @@ def quantize_static_graph(src: Path, dst: Path, tokenizer, texts: list[str],
     import io
     import tempfile
 
-    import onnx
     from onnx import TensorProto
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from edgefleet.model.quantize import quantize_graph
 
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method {method!r}: expected one of "
                          f"{', '.join(CALIBRATION_METHODS)}")
-    graph = onnx.load(str(src), load_external_data=False).graph
+    graph = graph_of(src)
     present = {node.name for node in graph.node}
-    excluded = [n for n in fp32_nodes if n in present] + [
-        n for n in present if n.endswith(("_outlier_matmul", EXACT_SUFFIX))]
+    excluded = [n for n in fp32_nodes if n in present] + fp32_by_design(present)
     inputs = [item.name for item in graph.input]
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]

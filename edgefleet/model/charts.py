@@ -39,7 +39,7 @@ def profile_chart(doc: dict, path) -> Path:
     totals = [row["total_us"] / 1000 for row in rows]
     fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.6))
     bars = ax.barh(range(len(rows)), totals, color="#4c72b0")
-    for bar, row in zip(bars, rows):
+    for bar, row in zip(bars, rows, strict=True):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
                 f" {row['share']:.1%} ({row['mean_us']:.0f} us x {row['calls']})",
                 va="center", fontsize=7)

@@ -28,10 +28,11 @@ FUSED_OPS = ["Attention", "MultiHeadAttention", "SkipLayerNormalization",
              "EmbedLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "LayerNormalization"]
 EXPORT_META = "export.json"
 # Fuse Add+LayerNormalization into SkipLayerNormalization? No: on x86 (ORT 1.32, MiniLM-L6, batch
-# 1, one thread) the SkipLayerNormalization kernel took 1.67 ms per run at 64 tokens against
-# 0.32 ms for Add + LayerNormalization (per-node profile), INT8 end to end 1.23x faster. ORT
-# re-fuses at session load unless the session disables SkipLayerNormFusion, so the bundle
-# carries that in `session_config` (benchmarks/bench_fusion.py measures both).
+# 1, one thread) the SkipLayerNormalization kernel is slower than Add + LayerNormalization
+# (per-node profile), and the INT8 model is faster end to end without it (see
+# benchmarks/RESULTS.md). ORT re-fuses at session load unless the session disables
+# SkipLayerNormFusion, so the bundle carries that in `session_config` (benchmarks/bench_fusion.py
+# measures both).
 SKIP_LAYER_NORM = False
 SESSION_CONFIG_UNFUSED = {"optimization.disable_specified_optimizers": "SkipLayerNormFusion"}
 
@@ -174,7 +175,7 @@ def _torch_export(model_dir: Path, onnx_path: Path, opset: int, task: str = "emb
 
     sample = torch.ones((2, 8), dtype=torch.int64)
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
-    axes.update(zip(outputs, output_axes))
+    axes.update(zip(outputs, output_axes, strict=True))
     with torch.no_grad():
         torch.onnx.export(Outputs(model), (sample, sample, torch.zeros_like(sample)),
                           str(onnx_path), input_names=INPUTS, output_names=outputs,

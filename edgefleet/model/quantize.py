@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgefleet.model.bundle import BUNDLE_JSON, WEIGHTS_FILE, Bundle, externalize_weights, model_bytes, parse_bundle
+from edgefleet.model.calibrate import CALIBRATION_METHODS, quantize_static_graph
 from edgefleet.model.export import EXPORT_META, SESSION_CONFIG_UNFUSED
 from edgefleet.model.files import atomic_dir, file_record, inputs_digest
-from edgefleet.model.stable import EXACT_SUFFIX
+from edgefleet.model.graph import graph_of, outlier_counts, quantize_graph
 
 __all__ = ["QuantizeResult", "Recipe", "quantize", "quantize_key", "bundle_name",
            "build_graph", "GOLDEN_TEXTS", "MIN_COSINE"]
@@ -48,7 +49,7 @@ MIN_COSINE = 0.999
 # 0.8) 0.996; splitting the few outlier input channels of the FFN MatMuls into a small exact
 # FP32 path (4 for the FFN output, 2 for the FFN input MatMul) 0.9983, with every big MatMul in
 # INT8. Keeping the FFN output MatMuls of layers 0-2 in FP32 instead reached the same accuracy
-# 20% slower and 6 MB larger. FP32_NODES stays available for graphs that need it.
+# slower and larger (see benchmarks/RESULTS.md). FP32_NODES stays available for graphs that need it.
 SMOOTH_ALPHA = 0.8
 OUTLIER_CHANNELS = {r"/layer\.\d+/output/dense/MatMul$": 4,
                     r"/layer\.\d+/intermediate/dense/MatMul$": 2}
@@ -79,8 +80,6 @@ class Recipe:
     arch_stable: bool = ARCH_STABLE
 
     def __post_init__(self):
-        from edgefleet.model.calibrate import CALIBRATION_METHODS
-
         if self.method not in ("dynamic", "static"):
             raise ValueError(f"quantization method {self.method!r}: expected dynamic or static")
         if (self.method == "static") != (self.calibration in CALIBRATION_METHODS):
@@ -204,32 +203,6 @@ def stable_fp32(fp32_dir: Path, dst: Path) -> Path:
     return Path(dst)
 
 
-def quantize_graph(src: Path, dst: Path, per_channel: bool = True,
-                   fp32_nodes: list[str] | tuple[str, ...] = (), weight_type: str = "QInt8",
-                   **extra) -> None:
-    """Dynamic INT8 of src into dst, leaving fp32_nodes (those present) in FP32."""
-    import onnx
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    graph = onnx.load(str(src), load_external_data=False).graph
-    present = {node.name for node in graph.node}
-    # outlier paths (edgefleet.model.smooth) and the arch-stable graph's means, sums and
-    # attention core (edgefleet.model.stable) stay FP32 by design
-    fp32_nodes = list(fp32_nodes) + [n for n in present if n.endswith(("_outlier_matmul",
-                                                                       EXACT_SUFFIX))]
-    quantize_dynamic(str(src), str(dst), weight_type=getattr(QuantType, weight_type),
-                     per_channel=per_channel,
-                     nodes_to_exclude=[name for name in fp32_nodes if name in present],
-                     extra_options={"DefaultTensorType": TensorProto.FLOAT}, **extra)
-
-
-def _graph_nodes(path: Path):
-    import onnx
-
-    return onnx.load(str(path), load_external_data=False).graph.node
-
-
 def build_graph(fp32_dir: Path, recipe: Recipe, dst: Path, smoothed: Path | None = None,
                 calibration_texts: Path = CALIBRATION_TEXTS) -> dict[str, int]:
     """Write dst: the INT8 graph of recipe; return the outlier channels split per node.
@@ -239,7 +212,6 @@ def build_graph(fp32_dir: Path, recipe: Recipe, dst: Path, smoothed: Path | None
     """
     from tokenizers import Tokenizer
 
-    from edgefleet.model.calibrate import quantize_static_graph
     from edgefleet.model.evaluate import read_texts
 
     fp32_dir, dst = Path(fp32_dir), Path(dst)
@@ -256,9 +228,10 @@ def build_graph(fp32_dir: Path, recipe: Recipe, dst: Path, smoothed: Path | None
                                   recipe.outlier_after_bias, source=stable)
         else:
             src = smoothed
-            split = _outlier_counts(src)
+            split = outlier_counts(src)
     try:
         if recipe.method == "static":
+            assert recipe.calibration is not None  # Recipe.__post_init__: static names a method
             tokenizer = Tokenizer.from_file(str(fp32_dir / "tokenizer.json"))
             quantize_static_graph(src, dst, tokenizer, read_texts(calibration_texts),
                                   recipe.calibration, recipe.per_channel, recipe.fp32_nodes)
@@ -268,17 +241,6 @@ def build_graph(fp32_dir: Path, recipe: Recipe, dst: Path, smoothed: Path | None
         for path in scratch:
             path.unlink(missing_ok=True)
     return split
-
-
-def _outlier_counts(path: Path) -> dict[str, int]:
-    """Return {MatMul name: outlier channels} of a smoothed graph (from its Gather indices)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    dims = {item.name: (list(item.dims) or [1])[0] for item in model.graph.initializer}
-    suffix = "_outlier_gather"
-    return {n.name[: -len(suffix)]: int(dims.get(n.input[1], 0)) for n in model.graph.node
-            if n.name.endswith(suffix)}
 
 
 def quantize(fp32_dir, out_dir, name: str | None = None, recipe: Recipe = Recipe(),
@@ -299,9 +261,9 @@ def quantize(fp32_dir, out_dir, name: str | None = None, recipe: Recipe = Recipe
                                 calibration_texts=calibration_texts)
         else:
             shutil.copyfile(graph, tmp / "model.onnx")
-            split = _outlier_counts(tmp / "model.onnx") if recipe.smooth_alpha else {}
+            split = outlier_counts(tmp / "model.onnx") if recipe.smooth_alpha else {}
         externalize_weights(tmp / "model.onnx")
-        present = {n.name for n in _graph_nodes(tmp / "model.onnx")}
+        present = {n.name for n in graph_of(tmp / "model.onnx").node}
         excluded = [n for n in recipe.fp32_nodes if n in present]
         shutil.copyfile(fp32_dir / "tokenizer.json", tmp / "tokenizer.json")
         document = _document(meta, name, recipe, tmp, key, excluded, split, calibration_texts)

@@ -18,8 +18,8 @@ import numpy as np
 
 from edgefleet.model.calibrate import CALIBRATION_METHODS
 from edgefleet.model.evaluate import Accuracy, accuracy, interleaved_medians, text_of
+from edgefleet.model.graph import EXACT_SUFFIX, OUTLIER_MATMUL_SUFFIX, graph_of, quantize_graph
 from edgefleet.model.quantize import CALIBRATION_TEXTS, Recipe, build_graph, smoothed_fp32, stable_fp32
-from edgefleet.model.stable import EXACT_SUFFIX
 
 __all__ = ["Target", "Measured", "Search", "quantizable_ops", "sensitivity", "search",
            "render_table", "as_json"]
@@ -73,13 +73,11 @@ class Search:
 
 def quantizable_ops(onnx_path) -> list[str]:
     """Return the names of MatMul/Attention nodes whose weight is a 2-D initializer."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    weights = {item.name for item in model.graph.initializer if len(item.dims) == 2}
-    return [node.name for node in model.graph.node
+    graph = graph_of(onnx_path)
+    weights = {item.name for item in graph.initializer if len(item.dims) == 2}
+    return [node.name for node in graph.node
             if node.op_type in QUANTIZABLE and len(node.input) > 1 and node.input[1] in weights
-            and not node.name.endswith(("_outlier_matmul", EXACT_SUFFIX))]
+            and not node.name.endswith((OUTLIER_MATMUL_SUFFIX, EXACT_SUFFIX))]
 
 
 class _Evaluator:
@@ -117,8 +115,6 @@ class _Evaluator:
 def sensitivity(evaluator: _Evaluator, smoothed: Path, fp32_dir: Path, work: Path,
                 ops: list[str], texts: list[str]) -> list[tuple[str, float]]:
     """Return (op, mean cosine loss) with only that op quantized, most sensitive first."""
-    from edgefleet.model.quantize import quantize_graph
-
     reference = evaluator.embed(evaluator.session(fp32_dir / "model.onnx"), texts)
     losses = []
     for op in ops:
@@ -155,6 +151,7 @@ def search(fp32_dir, work, texts: list[str], target: Target = Target(),
     work.mkdir(parents=True, exist_ok=True)
     evaluator = _Evaluator(fp32_dir, texts, session_config or {})
     base = Recipe()
+    assert base.smooth_alpha is not None  # the candidates share one smoothed graph (SMOOTH_ALPHA)
     smoothed = work / "smoothed.onnx"
     source = stable_fp32(fp32_dir, work / "stable.onnx") if base.arch_stable else None
     smoothed_fp32(fp32_dir, smoothed, base.smooth_alpha, base.outliers, calibration_texts,

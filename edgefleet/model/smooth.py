@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgefleet.model.graph import EXACT_SUFFIX, OUTLIER_GATHER_SUFFIX, OUTLIER_MATMUL_SUFFIX, readers_of
+
 __all__ = ["SMOOTH_OPS", "activation_absmax", "smooth", "resolve_outliers"]
 
 SMOOTH_OPS = ("MatMul", "Attention")
@@ -22,8 +24,6 @@ SMOOTH_OPS = ("MatMul", "Attention")
 
 def _targets(model, nodes: set[str] | None = None):
     """Yield (node, weight initializer) for MatMul/Attention nodes with a constant 2-D weight."""
-    from edgefleet.model.stable import EXACT_SUFFIX
-
     init = {item.name: item for item in model.graph.initializer}
     for node in model.graph.node:
         if node.name.endswith(EXACT_SUFFIX):  # means and sums of the arch-stable graph
@@ -55,7 +55,7 @@ def activation_absmax(onnx_path, tokenizer, texts: list[str]) -> dict[str, np.nd
     from edgefleet.model.evaluate import encode_feeds
 
     for text in texts:
-        outputs = dict(zip(names, session.run(names, encode_feeds(tokenizer, text, inputs))))
+        outputs = dict(zip(names, session.run(names, encode_feeds(tokenizer, text, inputs)), strict=True))
         for tensor in set(watch.values()):
             value = np.abs(outputs[tensor]).reshape(-1, outputs[tensor].shape[-1]).max(axis=0)
             maxima[tensor] = np.maximum(maxima.get(tensor, value), value)
@@ -159,19 +159,11 @@ def _fold_into_values(attention, init: dict, inverse: np.ndarray) -> bool:
     return True
 
 
-def readers_of(nodes) -> dict[str, list]:
-    """Return, for each tensor name, the nodes that take it as an input (in graph order)."""
-    readers: dict[str, list] = {}
-    for node in nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
-
-
 def _exact_after_bias(nodes: list, init: dict) -> list:
     """Rewrite int8 -> Add(exact) -> Add(bias) as int8 -> Add(bias) -> Add(exact), so that ORT
     fuses the bias Add into the INT8 MatMul (one node fewer). Other patterns stay as they are.
-    (A 3-input Sum for exact + residual measured 5x slower than the two Adds.)"""
+    (A 3-input Sum for exact + residual measured slower than the two Adds: see
+    benchmarks/RESULTS.md.)"""
     import onnx
 
     readers = readers_of(nodes)
@@ -206,9 +198,9 @@ def _outlier_path(node, rows: np.ndarray, picked: np.ndarray) -> tuple[list, lis
              numpy_helper.from_array(rows.astype(np.float32), weight)]
     gathered = f"{node.name}_outlier_in"
     return [onnx.helper.make_node("Gather", [node.input[0], index], [gathered], axis=-1,
-                                  name=f"{node.name}_outlier_gather"),
+                                  name=f"{node.name}{OUTLIER_GATHER_SUFFIX}"),
             onnx.helper.make_node("MatMul", [gathered, weight], [f"{node.name}_outlier_out"],
-                                  name=f"{node.name}_outlier_matmul")], inits
+                                  name=f"{node.name}{OUTLIER_MATMUL_SUFFIX}")], inits
 
 
 def resolve_outliers(node_names, patterns: dict[str, int]) -> dict[str, int]:

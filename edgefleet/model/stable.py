@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EXACT_SUFFIX", "stabilize"]
+from edgefleet.model.graph import EXACT_SUFFIX, readers_of
 
-EXACT_SUFFIX = "_exact"
+__all__ = ["EXACT_SUFFIX", "stabilize"]
 
 
 class _Builder:
@@ -43,22 +43,22 @@ class _Builder:
         return output
 
 
-def _layer_norm(b: _Builder, x: str, gamma: str, beta: str, eps: float, out: str, name: str,
+def _layer_norm(builder: _Builder, x: str, gamma: str, beta: str, eps: float, out: str, name: str,
                 hidden: int) -> None:
     """out = (x - mean) / sqrt(var + eps) * gamma + beta, means as MatMuls with 1/hidden."""
     ones = f"{name}/mean_weight"
-    if ones not in {i.name for i in b.inits}:
-        b.const(ones, np.full((hidden, 1), 1.0 / hidden, np.float32))
-    mean = b.node("MatMul", [x, ones], f"{name}/mean", f"{name}/mean{EXACT_SUFFIX}")
-    centered = b.node("Sub", [x, mean], f"{name}/centered", f"{name}/sub")
-    square = b.node("Mul", [centered, centered], f"{name}/square", f"{name}/square")
-    var = b.node("MatMul", [square, ones], f"{name}/var", f"{name}/var{EXACT_SUFFIX}")
-    eps_name = b.const(f"{name}/eps", np.array(eps, np.float32))
-    std = b.node("Sqrt", [b.node("Add", [var, eps_name], f"{name}/var_eps", f"{name}/add_eps")],
-                 f"{name}/std", f"{name}/sqrt")
-    normed = b.node("Div", [centered, std], f"{name}/normed", f"{name}/div")
-    scaled = b.node("Mul", [normed, gamma], f"{name}/scaled", f"{name}/gamma")
-    b.node("Add", [scaled, beta], out, f"{name}/beta")
+    if ones not in {i.name for i in builder.inits}:
+        builder.const(ones, np.full((hidden, 1), 1.0 / hidden, np.float32))
+    mean = builder.node("MatMul", [x, ones], f"{name}/mean", f"{name}/mean{EXACT_SUFFIX}")
+    centered = builder.node("Sub", [x, mean], f"{name}/centered", f"{name}/sub")
+    square = builder.node("Mul", [centered, centered], f"{name}/square", f"{name}/square")
+    var = builder.node("MatMul", [square, ones], f"{name}/var", f"{name}/var{EXACT_SUFFIX}")
+    eps_name = builder.const(f"{name}/eps", np.array(eps, np.float32))
+    std = builder.node("Sqrt", [builder.node("Add", [var, eps_name], f"{name}/var_eps", f"{name}/add_eps")],
+                       f"{name}/std", f"{name}/sqrt")
+    normed = builder.node("Div", [centered, std], f"{name}/normed", f"{name}/div")
+    scaled = builder.node("Mul", [normed, gamma], f"{name}/scaled", f"{name}/gamma")
+    builder.node("Add", [scaled, beta], out, f"{name}/beta")
 
 
 def _attr(node, name: str, default=None):
@@ -70,7 +70,7 @@ def _attr(node, name: str, default=None):
     return default
 
 
-def _attention(b: _Builder, node, init: dict, mask: str) -> None:
+def _attention(builder: _Builder, node, init: dict, mask: str) -> None:
     """Unfuse a packed-QKV Attention (mask: the attention mask as floats [B, 1, S, 1])."""
     from onnx import numpy_helper
 
@@ -79,69 +79,69 @@ def _attention(b: _Builder, node, init: dict, mask: str) -> None:
     hidden = int(weight.dims[1]) // 3
     size = hidden // heads
     name = node.name
-    qkv = b.node("MatMul", [node.input[0], node.input[1]], f"{name}/qkv", f"{name}/qkv_matmul")
+    qkv = builder.node("MatMul", [node.input[0], node.input[1]], f"{name}/qkv", f"{name}/qkv_matmul")
     # a Reshape between the INT8 MatMul and its bias Add keeps ORT from fusing them
-    rows = b.node("Reshape", [qkv, b.const(f"{name}/rows_shape", np.array([-1, 3 * hidden],
-                                                                          np.int64))],
-                  f"{name}/qkv_rows", f"{name}/qkv_rows")
+    rows = builder.node("Reshape", [qkv, builder.const(f"{name}/rows_shape", np.array([-1, 3 * hidden],
+                                                                                      np.int64))],
+                        f"{name}/qkv_rows", f"{name}/qkv_rows")
     bias = numpy_helper.to_array(init[node.input[2]]).astype(np.float32)
-    with_bias = b.node("Add", [rows, b.const(f"{name}/qkv_bias", bias)], f"{name}/qkv_biased",
-                       f"{name}/qkv_bias_add")
-    qkv_shape = b.node("Concat", [b.node("Shape", [node.input[0]], f"{name}/in_shape",
-                                         f"{name}/in_shape", end=-1),
-                                  b.const(f"{name}/heads_shape",
-                                          np.array([3, heads, size], np.int64))],
-                       f"{name}/qkv_shape", f"{name}/qkv_shape", axis=0)
-    biased = b.node("Reshape", [with_bias, qkv_shape], f"{name}/qkv_heads",
-                    f"{name}/qkv_reshape")
+    with_bias = builder.node("Add", [rows, builder.const(f"{name}/qkv_bias", bias)], f"{name}/qkv_biased",
+                             f"{name}/qkv_bias_add")
+    qkv_shape = builder.node("Concat", [builder.node("Shape", [node.input[0]], f"{name}/in_shape",
+                                                     f"{name}/in_shape", end=-1),
+                                        builder.const(f"{name}/heads_shape",
+                                                      np.array([3, heads, size], np.int64))],
+                             f"{name}/qkv_shape", f"{name}/qkv_shape", axis=0)
+    biased = builder.node("Reshape", [with_bias, qkv_shape], f"{name}/qkv_heads",
+                          f"{name}/qkv_reshape")
     parts = {}
     for index, part, perm in ((0, "q", [0, 2, 1, 3]), (1, "k", [0, 2, 3, 1]),
                               (2, "v", [0, 2, 1, 3])):
-        picked = b.node("Gather", [biased, b.const(f"{name}/{part}_index", np.array(index))],
-                        f"{name}/{part}", f"{name}/{part}_gather", axis=2)
-        parts[part] = b.node("Transpose", [picked], f"{name}/{part}_t", f"{name}/{part}_t",
-                             perm=perm)
-    scores = b.node("MatMul", [parts["q"], parts["k"]], f"{name}/scores",
-                    f"{name}/scores{EXACT_SUFFIX}")
-    scale = b.const(f"{name}/scale", np.array(1.0 / np.sqrt(size), np.float32))
-    scaled = b.node("Mul", [scores, scale], f"{name}/scaled", f"{name}/scale_mul")
+        picked = builder.node("Gather", [biased, builder.const(f"{name}/{part}_index", np.array(index))],
+                              f"{name}/{part}", f"{name}/{part}_gather", axis=2)
+        parts[part] = builder.node("Transpose", [picked], f"{name}/{part}_t", f"{name}/{part}_t",
+                                   perm=perm)
+    scores = builder.node("MatMul", [parts["q"], parts["k"]], f"{name}/scores",
+                          f"{name}/scores{EXACT_SUFFIX}")
+    scale = builder.const(f"{name}/scale", np.array(1.0 / np.sqrt(size), np.float32))
+    scaled = builder.node("Mul", [scores, scale], f"{name}/scaled", f"{name}/scale_mul")
     masked = scaled
     import onnx
 
-    top = b.node("ReduceMax", [masked], f"{name}/max", f"{name}/max", axes=[-1], keepdims=1)
-    exp = b.node("Exp", [b.node("Sub", [masked, top], f"{name}/shifted", f"{name}/shift")],
-                 f"{name}/exp", f"{name}/exp")
+    top = builder.node("ReduceMax", [masked], f"{name}/max", f"{name}/max", axes=[-1], keepdims=1)
+    exp = builder.node("Exp", [builder.node("Sub", [masked, top], f"{name}/shifted", f"{name}/shift")],
+                       f"{name}/exp", f"{name}/exp")
     # The row sums come out of the P @ V MatMul itself, a column appended to V (a separate
     # MatMul with one output column differs in the last bit across arches). Masked keys are
     # left out by zeroing their rows of V and of that column (the attention mask, 1 or 0 per
     # key): cheaper than adding a large negative number to every score.
-    column_shape = b.node("Concat", [b.node("Shape", [parts["v"]], f"{name}/v_shape",
-                                            f"{name}/v_shape", end=-1),
-                                     b.const(f"{name}/one", np.array([1], np.int64))],
-                          f"{name}/column_shape", f"{name}/column_shape", axis=0)
+    column_shape = builder.node("Concat", [builder.node("Shape", [parts["v"]], f"{name}/v_shape",
+                                                        f"{name}/v_shape", end=-1),
+                                           builder.const(f"{name}/one", np.array([1], np.int64))],
+                                f"{name}/column_shape", f"{name}/column_shape", axis=0)
     if mask:
-        column = b.node("Expand", [mask, column_shape], f"{name}/keys", f"{name}/keys")
-        kept = b.node("Mul", [parts["v"], mask], f"{name}/v_kept", f"{name}/v_mask")
+        column = builder.node("Expand", [mask, column_shape], f"{name}/keys", f"{name}/keys")
+        kept = builder.node("Mul", [parts["v"], mask], f"{name}/v_kept", f"{name}/v_mask")
     else:
-        column = b.node("ConstantOfShape", [column_shape], f"{name}/keys", f"{name}/keys",
-                        value=onnx.helper.make_tensor("one", onnx.TensorProto.FLOAT, [1],
-                                                      [1.0]))
+        column = builder.node("ConstantOfShape", [column_shape], f"{name}/keys", f"{name}/keys",
+                              value=onnx.helper.make_tensor("one", onnx.TensorProto.FLOAT, [1],
+                                                            [1.0]))
         kept = parts["v"]
-    values = b.node("Concat", [kept, column], f"{name}/v_ones", f"{name}/v_ones", axis=-1)
-    weighted = b.node("MatMul", [exp, values], f"{name}/weighted",
-                      f"{name}/context{EXACT_SUFFIX}")
-    starts, ends, axes = (b.const(f"{name}/{n}", np.array([v], np.int64))
+    values = builder.node("Concat", [kept, column], f"{name}/v_ones", f"{name}/v_ones", axis=-1)
+    weighted = builder.node("MatMul", [exp, values], f"{name}/weighted",
+                            f"{name}/context{EXACT_SUFFIX}")
+    starts, ends, axes = (builder.const(f"{name}/{n}", np.array([v], np.int64))
                           for n, v in (("start", 0), ("end", size), ("axis", -1)))
-    sliced = b.node("Slice", [weighted, starts, ends, axes], f"{name}/weighted_v",
-                    f"{name}/weighted_v")
-    total = b.node("Slice", [weighted, ends, b.const(f"{name}/last", np.array([size + 1],
-                                                                             np.int64)), axes],
-                   f"{name}/sum", f"{name}/sum")
-    context = b.node("Div", [sliced, total], f"{name}/context", f"{name}/softmax_div")
-    merged = b.node("Transpose", [context], f"{name}/context_t", f"{name}/context_t",
-                    perm=[0, 2, 1, 3])
-    out_shape = b.const(f"{name}/out_shape", np.array([0, 0, hidden], np.int64))
-    b.node("Reshape", [merged, out_shape], node.output[0], f"{name}/out_reshape")
+    sliced = builder.node("Slice", [weighted, starts, ends, axes], f"{name}/weighted_v",
+                          f"{name}/weighted_v")
+    total = builder.node("Slice", [weighted, ends, builder.const(f"{name}/last", np.array([size + 1], np.int64)),
+                                   axes],
+                         f"{name}/sum", f"{name}/sum")
+    context = builder.node("Div", [sliced, total], f"{name}/context", f"{name}/softmax_div")
+    merged = builder.node("Transpose", [context], f"{name}/context_t", f"{name}/context_t",
+                          perm=[0, 2, 1, 3])
+    out_shape = builder.const(f"{name}/out_shape", np.array([0, 0, hidden], np.int64))
+    builder.node("Reshape", [merged, out_shape], node.output[0], f"{name}/out_reshape")
 
 
 def _unfusable(node, init: dict) -> bool:
@@ -157,47 +157,45 @@ def _unfusable(node, init: dict) -> bool:
     return len(dims) == 2 and dims[1] == 3 * dims[0] and heads > 0 and dims[0] % heads == 0
 
 
-def _skip_layer_norm(b: _Builder, node, init: dict) -> None:
+def _skip_layer_norm(builder: _Builder, node, init: dict) -> None:
     """SkipLayerNormalization: input + skip (+ bias) -> the stable norm; output 3 the sum."""
     x, skip, gamma = node.input[:3]
     beta = node.input[3] if len(node.input) > 3 and node.input[3] else None
     bias = node.input[4] if len(node.input) > 4 and node.input[4] else None
     name = node.name
-    total = b.node("Add", [x, skip], f"{name}/sum" if bias or len(node.output) < 4 or
-                   not node.output[3] else node.output[3], f"{name}/add_skip")
+    total = builder.node("Add", [x, skip], f"{name}/sum" if bias or len(node.output) < 4 or
+                         not node.output[3] else node.output[3], f"{name}/add_skip")
     if bias:
         sum_name = node.output[3] if len(node.output) > 3 and node.output[3] else f"{name}/biased"
-        total = b.node("Add", [total, bias], sum_name, f"{name}/add_bias")
+        total = builder.node("Add", [total, bias], sum_name, f"{name}/add_bias")
     if beta is None:
-        beta = b.const(f"{name}/zero_beta", np.zeros(init[gamma].dims, np.float32))
-    _layer_norm(b, total, gamma, beta, float(_attr(node, "epsilon", 1e-12)), node.output[0],
+        beta = builder.const(f"{name}/zero_beta", np.zeros(init[gamma].dims, np.float32))
+    _layer_norm(builder, total, gamma, beta, float(_attr(node, "epsilon", 1e-12)), node.output[0],
                 name, int(init[gamma].dims[0]))
 
 
-def _embeddings(b: _Builder, node, hidden: int) -> None:
+def _embeddings(builder: _Builder, node, hidden: int) -> None:
     """Unfuse EmbedLayerNormalization: word + position + token type, then the stable norm."""
     ids, types, word, position, kind, gamma, beta = node.input[:7]
     name = node.name
-    words = b.node("Gather", [word, ids], f"{name}/words", f"{name}/word_gather")
-    length = b.node("Shape", [ids], f"{name}/length", f"{name}/length", start=1, end=2)
-    count = b.node("Squeeze", [length, b.const(f"{name}/axis0", np.array([0], np.int64))],
-                   f"{name}/count", f"{name}/count")
-    positions = b.node("Range", [b.const(f"{name}/zero", np.array(0, np.int64)), count,
-                                 b.const(f"{name}/step", np.array(1, np.int64))],
-                       f"{name}/positions", f"{name}/positions")
-    place = b.node("Gather", [position, positions], f"{name}/place", f"{name}/position_gather")
-    segment = b.node("Gather", [kind, types], f"{name}/segment", f"{name}/type_gather")
-    total = b.node("Add", [b.node("Add", [words, segment], f"{name}/ws", f"{name}/add_type"),
-                           place], f"{name}/sum", f"{name}/add_position")
-    _layer_norm(b, total, gamma, beta, float(_attr(node, "epsilon", 1e-12)), node.output[0],
+    words = builder.node("Gather", [word, ids], f"{name}/words", f"{name}/word_gather")
+    length = builder.node("Shape", [ids], f"{name}/length", f"{name}/length", start=1, end=2)
+    count = builder.node("Squeeze", [length, builder.const(f"{name}/axis0", np.array([0], np.int64))],
+                         f"{name}/count", f"{name}/count")
+    positions = builder.node("Range", [builder.const(f"{name}/zero", np.array(0, np.int64)), count,
+                                       builder.const(f"{name}/step", np.array(1, np.int64))],
+                             f"{name}/positions", f"{name}/positions")
+    place = builder.node("Gather", [position, positions], f"{name}/place", f"{name}/position_gather")
+    segment = builder.node("Gather", [kind, types], f"{name}/segment", f"{name}/type_gather")
+    total = builder.node("Add", [builder.node("Add", [words, segment], f"{name}/ws", f"{name}/add_type"),
+                                 place], f"{name}/sum", f"{name}/add_position")
+    _layer_norm(builder, total, gamma, beta, float(_attr(node, "epsilon", 1e-12)), node.output[0],
                 f"{name}/norm", hidden)
 
 
 def _bias_to_residual(nodes: list, init: dict) -> list:
     """MatMul -> Add(bias) -> Add(residual) becomes MatMul -> Add(Add(residual, bias))."""
     import onnx
-
-    from edgefleet.model.smooth import readers_of
 
     readers = readers_of(nodes)
     replace, drop = {}, set()
@@ -243,15 +241,15 @@ def stabilize(model):
     model = copy.deepcopy(model)
     graph = model.graph
     init = {item.name: item for item in graph.initializer}
-    b = _Builder(graph)
+    builder = _Builder(graph)
     mask = None
     for node in graph.node:
         if node.op_type == "Attention" and "attention_mask" in {i.name for i in graph.input}:
-            floats = b.node("Cast", ["attention_mask"], "stable/mask_float",
-                            "stable/mask_cast", to=onnx.TensorProto.FLOAT)
-            mask = b.node("Unsqueeze", [floats, b.const("stable/mask_axes",
+            floats = builder.node("Cast", ["attention_mask"], "stable/mask_float",
+                                  "stable/mask_cast", to=onnx.TensorProto.FLOAT)
+            mask = builder.node("Unsqueeze", [floats, builder.const("stable/mask_axes",
                                                          np.array([1, 3], np.int64))],
-                          "stable/mask", "stable/mask_unsqueeze")
+                                "stable/mask", "stable/mask_unsqueeze")
             break
     # a fused Attention kept as it is still reads the embedding node's mask index
     kept = {name for node in graph.node if node.op_type == "Attention" and
@@ -259,21 +257,21 @@ def stabilize(model):
     for node in graph.node:
         if node.op_type == "LayerNormalization":
             hidden = int(init[node.input[1]].dims[0])
-            _layer_norm(b, node.input[0], node.input[1], node.input[2],
+            _layer_norm(builder, node.input[0], node.input[1], node.input[2],
                         float(_attr(node, "epsilon", 1e-5)), node.output[0], node.name, hidden)
         elif node.op_type == "SkipLayerNormalization" and node.input[2] in init:
-            _skip_layer_norm(b, node, init)
+            _skip_layer_norm(builder, node, init)
         elif node.op_type == "EmbedLayerNormalization" and len(node.input) >= 7 and \
                 (len(node.input) < 9 or not node.input[8]) and node.input[5] in init and \
                 not kept & set(node.output[1:]):
-            _embeddings(b, node, int(init[node.input[5]].dims[0]))
+            _embeddings(builder, node, int(init[node.input[5]].dims[0]))
         elif node.op_type == "Attention" and _unfusable(node, init):
-            _attention(b, node, init, mask)
+            _attention(builder, node, init, mask)
         else:
-            b.nodes.append(node)
-    graph.initializer.extend(b.inits)
+            builder.nodes.append(node)
+    graph.initializer.extend(builder.inits)
     init = {item.name: item for item in graph.initializer}
-    nodes = _bias_to_residual(b.nodes, init)
+    nodes = _bias_to_residual(builder.nodes, init)
     del graph.node[:]
     graph.node.extend(_live(nodes, {item.name for item in graph.output}))
     used = {name for node in graph.node for name in node.input}

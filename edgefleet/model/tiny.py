@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
+from typing import Any
 
 __all__ = ["tiny_bert", "tiny_vocab", "tiny_tokenizer", "tiny_bundle", "TINY_LABELS"]
 
@@ -100,8 +101,8 @@ def tiny_bundle(root, seed: int = 0, task: str = "embed", **export_args) -> dict
     root = Path(root)
     model_dir = tiny_bert(root / "hf", seed=seed, task=task,
                           st_max_seq_len=64 if task == "embed" else None)
-    export(model_dir, root / "fp32", **({"max_seq_len": 64} if task != "embed" else {}),
-           **export_args)
+    task_args: dict[str, Any] = {"max_seq_len": 64} if task != "embed" else {}
+    export(model_dir, root / "fp32", **task_args, **export_args)
     name = "tiny-bert-int8" if task == "embed" else f"tiny-bert-{task}-int8"
     quantize(root / "fp32", root / "bundle", name=name)
     return {"model_dir": model_dir, "fp32_dir": root / "fp32", "bundle_dir": root / "bundle"}

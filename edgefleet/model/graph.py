@@ -1,0 +1,65 @@
+"""Node names and graph helpers shared by the rewrites (smooth, stable) and the quantizers.
+
+The rewrites name the nodes that must stay FP32 (an outlier path's MatMul, the arch-stable
+graph's means, sums and attention core); the quantizers read those names to leave them alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["EXACT_SUFFIX", "OUTLIER_MATMUL_SUFFIX", "OUTLIER_GATHER_SUFFIX", "fp32_by_design",
+           "readers_of", "graph_of", "outlier_counts", "quantize_graph"]
+
+# nodes of the arch-stable graph (edgefleet.model.stable) that must stay FP32
+EXACT_SUFFIX = "_exact"
+# the exact FP32 path that edgefleet.model.smooth splits off a MatMul: Gather -> MatMul -> Add
+OUTLIER_GATHER_SUFFIX = "_outlier_gather"
+OUTLIER_MATMUL_SUFFIX = "_outlier_matmul"
+
+
+def fp32_by_design(names) -> list[str]:
+    """Return the names (in their order) of nodes the rewrites meant to stay FP32."""
+    return [name for name in names if name.endswith((OUTLIER_MATMUL_SUFFIX, EXACT_SUFFIX))]
+
+
+def readers_of(nodes) -> dict[str, list]:
+    """Return, for each tensor name, the nodes that take it as an input (in graph order)."""
+    readers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def graph_of(path: Path):
+    """Return the graph of an ONNX file without loading its external weights."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph
+
+
+def outlier_counts(path: Path) -> dict[str, int]:
+    """Return {MatMul name: outlier channels} of a smoothed graph (from its Gather indices)."""
+    graph = graph_of(path)
+    dims = {item.name: (list(item.dims) or [1])[0] for item in graph.initializer}
+    suffix = OUTLIER_GATHER_SUFFIX
+    return {n.name[: -len(suffix)]: int(dims.get(n.input[1], 0)) for n in graph.node
+            if n.name.endswith(suffix)}
+
+
+def quantize_graph(src: Path, dst: Path, per_channel: bool = True,
+                   fp32_nodes: list[str] | tuple[str, ...] = (), weight_type: str = "QInt8",
+                   **extra) -> None:
+    """Dynamic INT8 of src into dst, leaving fp32_nodes (those present) in FP32."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    present = {node.name for node in graph_of(src).node}
+    # outlier paths (edgefleet.model.smooth) and the arch-stable graph's means, sums and
+    # attention core (edgefleet.model.stable) stay FP32 by design
+    fp32_nodes = list(fp32_nodes) + fp32_by_design(present)
+    quantize_dynamic(str(src), str(dst), weight_type=getattr(QuantType, weight_type),
+                     per_channel=per_channel,
+                     nodes_to_exclude=[name for name in fp32_nodes if name in present],
+                     extra_options={"DefaultTensorType": TensorProto.FLOAT}, **extra)
