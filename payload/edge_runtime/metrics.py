@@ -54,7 +54,7 @@ class Histogram:
 class Metrics:
     """Request counts and latencies per route, and inference time; gauges come from a callback."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests: dict[tuple[str, str, int], int] = {}
         self.latency: dict[str, Histogram] = {}
