@@ -100,7 +100,7 @@ class EmbeddingModel:
         # One input is never padded, so its attention mask is all ones; one text's type ids are
         # all zeros when the tokenizer says so for a probe (a QA pair's are not: tokenize_one
         # gives those their own array). Those two buffers are then filled once
-        # here instead of from Python lists on every call (~0.1 ms of 0.3 at 64 tokens).
+        # here instead of from Python lists on every call.
         probe = self.tokenizer.encode("a probe, with two words")
         self._constant = {"attention_mask": True,
                           "token_type_ids": not any(probe.type_ids)}
@@ -204,7 +204,7 @@ class EmbeddingModel:
             mask = mask.copy() if mask is not None else np.ones(hidden.shape[:2])
         if self.meta["pooling"] == "cls":
             pooled = hidden[:, 0, :]
-        elif len(texts) == 1:  # one text, no padding: a plain mean (2x faster than masked)
+        elif len(texts) == 1:  # one text, no padding: a plain mean (cheaper than masked)
             pooled = hidden.mean(axis=1)
         else:
             pooled = mean_pool(hidden, mask)

@@ -39,7 +39,7 @@ def float32_json(rows) -> bytes:
     """Return a float32 matrix as a JSON array of arrays, 9 significant digits per number.
 
     9 digits give back every float32 exactly; json.dumps writes the 17 digits of the float64
-    and takes about twice as long (benchmarks/RESULTS.md).
+    and takes longer (benchmarks/RESULTS.md).
     """
     if not len(rows) or not np.isfinite(rows).all():  # NaN/inf: json.dumps writes NaN
         return json.dumps(rows.tolist()).encode()

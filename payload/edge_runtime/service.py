@@ -126,7 +126,7 @@ class Service:
         return result
 
     def _idle(self) -> None:
-        """After long inputs, return glibc's freed blocks to the OS (~6 ms, off the answer path):
+        """After long inputs, return glibc's freed blocks to the OS (off the answer path):
         without it RSS stays at its peak (207 MiB after 8 x 256 tokens, 99 MiB with it).
 
         Short inputs leave less behind (~2-3 MiB after a burst of requests); that is handed
