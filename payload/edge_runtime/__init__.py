@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # imported on first use, so that a host tool reading only edge_runtime.golden does not
-    # load ONNX Runtime and the tokenizers (~0.3 s of a deploy's start-up)
+    # load ONNX Runtime and the tokenizers (a noticeable part of a deploy's start-up)
     if name in __all__:
         from edge_runtime import model
 

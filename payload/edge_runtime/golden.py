@@ -57,7 +57,7 @@ def task_of(golden: dict) -> str:
 def items(golden: dict) -> list:
     """Return the golden inputs: texts, or (question, context) pairs for QA."""
     if task_of(golden) == "qa":
-        return list(zip(golden["questions"], golden["contexts"]))
+        return list(zip(golden["questions"], golden["contexts"], strict=False))
     return list(golden["texts"])
 
 
@@ -125,7 +125,7 @@ def _differences(task: str, golden: dict, outputs: list) -> Check:
     threshold = float(golden["max_abs_diff"])
     wanted = golden["scores"] if task == "classify" else golden["answers"]
     values, failed = [], []
-    for index, (want, got) in enumerate(zip(wanted, outputs)):
+    for index, (want, got) in enumerate(zip(wanted, outputs, strict=False)):
         if task == "classify":
             same = set(want) == set(got["scores"]) and max(want, key=want.get) == got["label"]
             diff = max((abs(p - got["scores"].get(k, np.inf)) for k, p in want.items()),

@@ -30,7 +30,7 @@ def label_scores(logits: np.ndarray, labels: list[str]) -> list[dict]:
     for row in probabilities:
         best = int(row.argmax())
         results.append({"label": labels[best], "score": float(row[best]),
-                        "scores": {label: float(p) for label, p in zip(labels, row)}})
+                        "scores": {label: float(p) for label, p in zip(labels, row, strict=False)}})
     return results
 
 

@@ -42,7 +42,7 @@ class Histogram:
     def lines(self, name: str, labels: dict) -> list[str]:
         """Return the _bucket, _sum and _count lines."""
         out, running = [], 0
-        for bound, count in zip(self.buckets, self.counts):
+        for bound, count in zip(self.buckets, self.counts, strict=True):
             running += count
             out.append(sample(f"{name}_bucket", {**labels, "le": repr(bound)}, running))
         out.append(sample(f"{name}_bucket", {**labels, "le": "+Inf"}, self.count))
@@ -54,7 +54,7 @@ class Histogram:
 class Metrics:
     """Request counts and latencies per route, and inference time; gauges come from a callback."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests: dict[tuple[str, str, int], int] = {}
         self.latency: dict[str, Histogram] = {}

@@ -50,7 +50,7 @@ class SelftestResult:
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
     """Return p50/p90/p95/p99 of latency samples."""
     values = np.percentile(np.asarray(samples_ms, dtype=np.float64), [50, 90, 95, 99])
-    return {name: float(value) for name, value in zip(("p50", "p90", "p95", "p99"), values)}
+    return {name: float(value) for name, value in zip(("p50", "p90", "p95", "p99"), values, strict=True)}
 
 
 def rss_mib() -> float:

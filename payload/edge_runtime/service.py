@@ -13,11 +13,11 @@ from edge_runtime.config import RuntimeConfig
 from edge_runtime.golden import ROUTES
 from edge_runtime.heads import InputError
 from edge_runtime.metrics import Metrics
-from edge_runtime.model import load, read_meta
+from edge_runtime.model import EmbeddingModel, load, read_meta
 from edge_runtime.selftest import rss_mib, selftest
 from edge_runtime.sysfs import Sysfs, governor_drift
 from edge_runtime.thermal import HARD, SOFT, STATES, ThermalGuard
-from edge_runtime.tuning import place
+from edge_runtime.tuning import Placement, place
 from edge_runtime.validate import ApiError
 from edge_runtime.worker import InferenceWorker, QueueFull
 
@@ -69,9 +69,9 @@ class Service:
                  max_seq_len=None):
         self.bundle_dir, self.config = bundle_dir, config or RuntimeConfig()
         self.threads, self.max_seq_len = threads, max_seq_len or self.config.max_seq_len
-        self.model = None
+        self.model: EmbeddingModel | None = None
         self.state, self.status = "loading", "loading"
-        self.placement = None
+        self.placement: Placement | None = None
         self.started = time.monotonic()
         self.sysfs = Sysfs(self.config.sysfs_root)
         self.guard = ThermalGuard(self.sysfs, self.config.thermal)
@@ -86,25 +86,25 @@ class Service:
         """Return True once the model is loaded and the selftest passed."""
         return self.state == "ready"
 
-    def place(self) -> None:
+    def place(self) -> Placement:
         """Apply affinity and nice; call from the main thread before any other thread starts.
 
         sched_setaffinity(0) pins the calling thread; threads started later inherit it.
         """
         self.placement = place(self.config, self.threads)
+        return self.placement
 
     def start(self, poll: bool = True) -> None:
         """Place (unless done), load, selftest, then start the worker and the guard's thread."""
         try:
-            if self.placement is None:
-                self.place()
+            placement = self.placement or self.place()
             self.guard.start() if poll else self.guard.tick()
             started = time.perf_counter()
-            self.model = load(self.bundle_dir, threads=self.placement.threads,
-                              max_seq_len=self.max_seq_len, spin=self.placement.spin)
+            self.model = model = load(self.bundle_dir, threads=placement.threads,
+                                      max_seq_len=self.max_seq_len, spin=placement.spin)
             log.info("model_loaded bundle=%s seconds=%.3f", self.bundle_dir,
                      time.perf_counter() - started)
-            result = selftest(self.model)
+            result = selftest(model)
             gc.collect()
             gc.freeze()  # the model's objects live forever: keep them out of every GC pass
             _malloc_trim()
@@ -126,7 +126,7 @@ class Service:
         return result
 
     def _idle(self) -> None:
-        """After long inputs, return glibc's freed blocks to the OS (~6 ms, off the answer path):
+        """After long inputs, return glibc's freed blocks to the OS (off the answer path):
         without it RSS stays at its peak (207 MiB after 8 x 256 tokens, 99 MiB with it).
 
         Short inputs leave less behind (~2-3 MiB after a burst of requests); that is handed
@@ -148,12 +148,13 @@ class Service:
         503 when not ready, too hot or the queue is full; 409 when the bundle was built for
         another task; 400 when the model cannot take the input (e.g. the question is too long).
         """
-        if not self.ready:
+        model = self.model
+        if not self.ready or model is None:  # ready implies a model
             raise ApiError(503, f"not ready: {self.status}", state=self.state)
-        if task != self.model.task:
-            raise ApiError(409, f"this runtime serves a {self.model.task!r} bundle (POST "
-                                f"{ROUTES[self.model.task]}); {ROUTES[task]} needs a {task!r} "
-                                "bundle", task=self.model.task)
+        if task != model.task:
+            raise ApiError(409, f"this runtime serves a {model.task!r} bundle (POST "
+                                f"{ROUTES[model.task]}); {ROUTES[task]} needs a {task!r} "
+                                "bundle", task=model.task)
         if self.guard.state == HARD:
             retry = self.guard.retry_after_s
             raise ApiError(503, f"too hot ({self.guard.hottest()} °C): refusing new work",

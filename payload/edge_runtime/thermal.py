@@ -65,7 +65,7 @@ class ThermalGuard:
 
         The zones are looked up once and again every RESCAN_S or when one stops reading; a
         tick in between reads only their `temp` files (a lookup globs and reads every zone's
-        type: ~10x the work, 24/7 on every board).
+        type: far more work, 24/7 on every board).
         """
         now = time.monotonic()
         if self._found is None or now - self._found_at > RESCAN_S:

@@ -7,7 +7,7 @@ import json
 try:  # the function hmac.compare_digest is, without hmac's import of OpenSSL (~4 MiB RSS)
     from _operator import _compare_digest as compare_digest
 except ImportError:  # pragma: no cover - not CPython
-    from hmac import compare_digest
+    from hmac import compare_digest  # type: ignore[no-redef]
 
 __all__ = ["ApiError", "parse_texts", "parse_qa", "check_length", "check_token"]
 
