@@ -363,7 +363,13 @@ def remove(name: str, timeout: int = 10) -> bool:
 
 def exec_run(name: str, argv: list[str]) -> tuple[int, str]:
     """Run a command in a running container; return (exit code, combined output)."""
-    code, output = client().containers.get(name).exec_run(argv)
+    docker_errors = _errors()
+    try:
+        code, output = client().containers.get(name).exec_run(argv)
+    except docker_errors.NotFound:
+        raise EngineError(f"no container {name} (is it up?)") from None
+    except docker_errors.APIError as exc:  # e.g. 409: the container is not running
+        raise EngineError(f"{name}: {exc.explanation or exc}") from None
     return code, output.decode(errors="replace")
 
 
