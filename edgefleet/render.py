@@ -22,8 +22,9 @@ from .inventory import Target
 from .paths import repo_root
 from .settings import LOOPBACK
 
-__all__ = ["RenderedFile", "render_target", "write_rendered", "check_rendered", "check_rendered_many", "security_exposure",
-           "RenderError", "CONTAINER_NAME", "UNIT_NAME", "TUNING_UNIT", "TUNING_SCRIPT", "MAX_EXPOSURE"]
+__all__ = ["RenderedFile", "render_target", "write_rendered", "check_rendered", "check_rendered_many",
+           "security_exposure", "RenderError", "CONTAINER_NAME", "UNIT_NAME", "TUNING_UNIT", "TUNING_SCRIPT",
+           "MAX_EXPOSURE"]
 
 UNIT_NAME = "edgefleet-runtime.service"
 TUNING_UNIT = "edgefleet-tuning.service"
@@ -142,7 +143,7 @@ def check_rendered_many(file_sets: list[list[RenderedFile]], cache_dir: Path) ->
         if key not in scripts and key not in units:
             found[key] = _check_one(f)
     with concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
-        found.update(zip(scripts, pool.map(_syntax_only, scripts.values())))
+        found.update(zip(scripts, pool.map(_syntax_only, scripts.values()), strict=True))
     found.update(_verify_units(units))
     script_notes = _shellcheck_many(scripts)
     for key in pending:

@@ -139,7 +139,7 @@ def _wait_ready(devices: list[plan.LabDevice], paths: LabPaths, timeout: float) 
     with ThreadPoolExecutor(max_workers=min(16, len(devices) or 1)) as pool:
         while waiting and time.monotonic() - started < timeout:
             names = list(waiting)
-            last.update(zip(names, pool.map(ask, [waiting[n] for n in names])))
+            last.update(zip(names, pool.map(ask, [waiting[n] for n in names]), strict=True))
             for name in names:
                 if last[name] in probe.READY_STATES:
                     print(f"lab: {name} ready ({last[name]}) after "

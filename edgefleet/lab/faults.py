@@ -132,7 +132,8 @@ FILLED = "/run/edgefleet-fault-filled"  # kB free right after a fill during an u
 def _fill_to(path: str, leave_kb: int) -> str:
     avail = f"$(df -Pk {q(path)} | awk 'NR==2 {{print $4}}')"
     filler = f"{q(path)}/{FILLER}"
-    script = f"rm -f {filler}; n=$(( {avail} - {int(leave_kb)} )); [ $n -le 0 ] || fallocate -l $(( n * 1024 )) {filler}"
+    script = (f"rm -f {filler}; n=$(( {avail} - {int(leave_kb)} )); "
+              f"[ $n -le 0 ] || fallocate -l $(( n * 1024 )) {filler}")
     if leave_kb <= 0:  # someone else is writing: top up until the filesystem refuses (ENOSPC)
         script += f"; cat /dev/zero >> {filler} 2>/dev/null; echo {avail} > {FILLED}"
     return script

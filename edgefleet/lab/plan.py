@@ -11,7 +11,8 @@ import yaml
 from ..errors import InputError
 
 __all__ = [
-    "LabInputError", "ARCHES", "SLOT_ENV", "slot", "selector", "SSH_PORT_BASE", "RUNTIME_PORT_BASE", "MAX_DEVICES", "LABEL", "LabDevice",
+    "LabInputError", "ARCHES", "SLOT_ENV", "slot", "selector", "SSH_PORT_BASE", "RUNTIME_PORT_BASE", "MAX_DEVICES",
+    "LABEL", "LabDevice",
     "ROUND_ROBIN", "LAB_PYTHON", "plan_devices", "container_name", "known_hosts_line", "sshd_config",
     "device_overrides", "inventory_yaml",
 ]

@@ -189,7 +189,8 @@ def inventory_yaml(port: int, ssh_key: Path, known_hosts: Path, docker: bool = F
         },
     }
     header = ("# written by `invoke lab.vm up`; removed by `invoke lab.vm down`\n"
-              f"# {DOCKER_NAME if docker else NAME}: one arm64 VM under qemu-system-aarch64 (see edgefleet/lab/vmplan.py)\n")
+              f"# {DOCKER_NAME if docker else NAME}: one arm64 VM under qemu-system-aarch64 "
+              "(see edgefleet/lab/vmplan.py)\n")
     return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
 
 

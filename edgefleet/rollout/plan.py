@@ -84,7 +84,8 @@ def plan_rollout(names: list[str], canary: str | int = 1, batch: str | int = "10
     n_canary = min(parse_count(canary, total, "canary"), total)
     size = parse_count(batch, total, "batch", minimum=1)
     rest = names[n_canary:]
-    waves = ([tuple(names[:n_canary])] if n_canary else []) + [tuple(rest[i:i + size]) for i in range(0, len(rest), size)]
+    batches = [tuple(rest[i:i + size]) for i in range(0, len(rest), size)]
+    waves = ([tuple(names[:n_canary])] if n_canary else []) + batches
     return RolloutPlan(tuple(waves), parse_count(max_fail, total, "max-fail"), connections, canary_wave=bool(n_canary))
 
 

@@ -42,10 +42,11 @@ def _target(c, name: str | None, task: str) -> Target:
 
 def _targets(c, target: str | None, group: str | None) -> list[Target]:
     """Return the one device of --target or every device of --group (exactly one given)."""
-    if bool(target) == bool(group):
-        raise UsageError("give exactly one of --target or --group")
-    inventory = load_inventory(targets_dir(c))
-    return [inventory.target(target)] if target else inventory.group(group)
+    if target and not group:
+        return [load_inventory(targets_dir(c)).target(target)]
+    if group and not target:
+        return load_inventory(targets_dir(c)).group(group)
+    raise UsageError("give exactly one of --target or --group")
 
 
 @task(help={
@@ -100,7 +101,8 @@ def deploy(c, target=None, bundle=None, dry_run=False):
         print("dry run: nothing was changed")
         return
     if result.rolled_back:
-        raise Exit(f"{tgt.name}: release {result.release_id} failed its health gate; rolled back to {result.previous}", code=1)
+        raise Exit(f"{tgt.name}: release {result.release_id} failed its health gate; "
+                   f"rolled back to {result.previous}", code=1)
     if not result.ok:
         raise Exit(f"{tgt.name}: release {result.release_id} is UNHEALTHY: {result.health.reason}", code=1)
     verb = "deployed" if result.changed else "unchanged"
@@ -141,9 +143,12 @@ def rollback(c, target=None, group=None, parallel=10, json_=False, to=None):
     targets = _targets(c, target, group)
     _sigterm_unwinds()
     out = sys.stderr if json_ else sys.stdout
+
+    def roll_back(target: Target):
+        return rollback_target(target, to, log=lambda line: print(f"{target.name}: {line.strip()}", file=out))
+
     with ThreadPoolExecutor(max_workers=int(parallel)) as pool:
-        results = list(pool.map(lambda t: rollback_target(t, to, log=lambda line, n=t.name: print(f"{n}: {line.strip()}",
-                                                                                               file=out)), targets))
+        results = list(pool.map(roll_back, targets))
     if json_:
         print(json.dumps({"targets": {r.target: {
             "from": r.from_release, "to": r.to_release, "ok": r.ok, "active": r.active, "restored": r.restored,

@@ -1,4 +1,4 @@
-"""Tasks for the lab: `lab.up`, `lab.down`, `lab.status`, `lab.heat`, `lab.fault`, and the VM: `lab.vm.up|down|ssh|status`."""
+"""Lab tasks: `lab.up`, `lab.down`, `lab.status`, `lab.heat`, `lab.fault`; the VM: `lab.vm.up|down|ssh|status`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import asdict
 from invoke import Collection, task
 
 from edgefleet import lab, paths
+from edgefleet.errors import EdgefleetError
 from edgefleet.lab import knobs, vmplan
 from edgefleet.lab import vm as labvm
-from edgefleet.errors import EdgefleetError
 from edgefleet.lab.plan import ROUND_ROBIN
 
 from ._errors import UsageError, exits_on_user_error, require

@@ -105,7 +105,8 @@ def test_resume_refuses_a_record_without_devices():
 
 @pytest.mark.parametrize("a, b, same", [
     (("arm64", "3.11", {}, None, None), ("arm64", "3.11", {}, "", ""), True),
-    (("arm64", "3.10", {"onnxruntime": "1.23.2"}, None, None), ("arm64", "3.10", {"onnxruntime": "1.23.2"}, None, None), True),
+    (("arm64", "3.10", {"onnxruntime": "1.23.2"}, None, None),
+     ("arm64", "3.10", {"onnxruntime": "1.23.2"}, None, None), True),
     (("arm64", "3.11", {}, None, None), ("amd64", "3.11", {}, None, None), False),
     (("arm64", "3.10", {}, None, None), ("arm64", "3.10", {"onnxruntime": "1.23.2"}, None, None), False),
 ])
