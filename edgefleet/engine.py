@@ -71,7 +71,7 @@ _client = None
 
 
 def _errors():
-    """Return docker's exception module (the SDK is imported on first use: ~0.27 s of every task's start)."""
+    """Return docker's exception module (the SDK is imported on first use: it would slow every task's start)."""
     from docker import errors
     return errors
 

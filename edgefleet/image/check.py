@@ -27,7 +27,7 @@ __all__ = ["CROSS_MIN_COSINE", "PlatformResult", "host_arch", "parse_selftest", 
            "judge", "parse_check_output", "run_platform", "check_images", "texts_from_file"]
 
 CROSS_MIN_COSINE = 0.9999
-QEMU_CPU = "neoverse-n1"  # no SME: ORT would use it and QEMU emulates it ~25x slower
+QEMU_CPU = "neoverse-n1"  # no SME: ORT would use it and QEMU emulates it far slower
 TIMEOUT_S = {False: 180.0, True: 600.0}  # native, emulated
 BUNDLE_MOUNT = "/bundle"
 EMBED_MARKER = "=== edgefleet image.test: embed ==="
@@ -183,7 +183,7 @@ def run_platform(ref: str, platform: str, bundle_dir: Path, runs: int = 1,
     """Run selftest and embed texts (default the golden texts) in one platform's image."""
     emulated = arch_of(platform) != host_arch()
     texts = texts or _golden_texts(bundle_dir)
-    # emulated embeds cost ~1.3 s each: allow for more texts than the 8 goldens
+    # emulated embeds are slow: allow for more texts than the 8 goldens
     timeout = timeout or TIMEOUT_S[emulated] + (3.0 if emulated else 0.5) * len(texts)
     result = PlatformResult(platform, ref, emulated, False, "", [], {})
     command = ["python3", "-c", PROGRAM, "selftest", "--bundle", BUNDLE_MOUNT, "--runs", str(runs),

@@ -89,7 +89,7 @@ def _paused(action: str) -> str:
     """Run `action` with the device's upload writers stopped (SIGSTOP, then SIGCONT): the SFTP
     server (paramiko's path) and tar (the OpenSSH stream's).
 
-    The watcher polls, and a fast upload (70 MB/s on loopback) can end between its poll and its
+    The watcher polls, and a fast upload (on loopback) can end between its poll and its
     action; with the writer stopped the action strikes mid-upload however loaded the machine is.
     The writer is found by its name: sshd makes its sessions non-dumpable, so without
     CAP_SYS_PTRACE (dropped in containers) their open files cannot be read from /proc.

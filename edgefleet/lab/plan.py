@@ -25,7 +25,7 @@ LABEL = "edgefleet.lab"
 BOARD = "qemu-virt"
 ROUND_ROBIN = ("pi5", "orin-nano", "rk3588")  # `lab.up` without --board: core layouts differ
 LAB_PYTHON = "3.11"  # the lab image is Debian bookworm
-EMULATED_READY_S = 600.0  # ORT under qemu-user: 10 devices at once on 2 cores took 268-296 s
+EMULATED_READY_S = 600.0  # ORT under qemu-user is slow, most of all with many devices sharing few cores
 SLOT_ENV = "EDGEFLEET_LAB_SLOT"
 SLOTS = 10
 

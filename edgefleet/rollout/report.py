@@ -149,7 +149,7 @@ class LiveProgress:
         self.tasks: dict[int, Any] = {}  # wave -> rich's TaskID
         self.counts: dict[int, dict[str, int]] = {}
         self._lock = threading.Lock()
-        if not enabled:  # no display: rich is not even imported (~65 ms of a no-op re-run)
+        if not enabled:  # no display: rich is not even imported (a noticeable part of a no-op re-run)
             return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -96,7 +96,7 @@ GRAPHS = ("arch-stable", "fused")
     "min_cosine": "mixed/search: every text's cosine vs FP32 at least this",
     "mean_cosine": "mixed/search: mean cosine vs FP32 at least this",
     "per_tensor": "quantize weights per tensor instead of per channel (less accurate)",
-    "graph": "arch-stable (default: the same embeddings on arm64 and x86, ~1.1-1.2x the CPU "
+    "graph": "arch-stable (default: the same embeddings on arm64 and x86, somewhat more CPU "
              "time on x86) or fused (ORT's fused Attention/LayerNorm kernels: faster, but "
              "arm64 and x86 differ by up to ~1e-3 in cosine); dynamic and static modes",
     "json": "print one JSON document (the bundle, its size and quantization; with mixed/search "
