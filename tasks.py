@@ -3,7 +3,7 @@
 from invoke import Collection
 
 from edgefleet.paths import DEFAULTS
-from edgefleet.tasks import demo, fleet, image, lab, model, rollout
+from edgefleet.tasks import demo, dev, fleet, image, lab, model, rollout
 
 ns = Collection()
 ns.add_collection(model.ns)
@@ -13,5 +13,6 @@ for name in ("render", "deploy", "rollback", "status"):
     ns.add_task(fleet.ns.tasks[name])
 ns.add_task(rollout.rollout)
 ns.add_task(demo.demo)
+ns.add_task(dev.check)
 # sub-collections' `edgefleet` sections would be shadowed by this one: merged here
 ns.configure({"edgefleet": {**DEFAULTS, "image": dict(image.DEFAULTS)}})

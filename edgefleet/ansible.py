@@ -55,7 +55,7 @@ class _Reader:
         entry["vars"].update(self.mapping(gvars.get("edgefleet"), at + ("vars", "edgefleet")))
         entry["connection"].update({k: v for k, v in gvars.items() if k in CONNECTION})
         self.lines.setdefault(("groups", name), self.doc.line(*at))
-        for key in gvars.get("edgefleet") or {}:
+        if gvars.get("edgefleet"):
             self._map_lines(at + ("vars", "edgefleet"), ("groups", name, "vars"))
         for host, hvars in self.mapping(body.get("hosts"), at + ("hosts",)).items():
             hvars = {**self.mapping(hvars, at + ("hosts", host)), **self.vars_file("host_vars", host)}
@@ -127,6 +127,6 @@ def ansible_to_native(doc: Document) -> Document:
         device["groups"] = [g for g in groups if g != "all"] or ["all"]
         device.update(reader.mapping(hvars.get("edgefleet"), ("all", "hosts", host, "edgefleet")))
         devices[host] = device
-    groups = {name: {"description": f"Ansible group {name}", "vars": e["vars"], "children": e["children"]}
-              for name, e in reader.groups.items()}
-    return Document(doc.path, {"groups": groups, "devices": devices}, reader.lines)
+    native_groups = {name: {"description": f"Ansible group {name}", "vars": e["vars"], "children": e["children"]}
+                     for name, e in reader.groups.items()}
+    return Document(doc.path, {"groups": native_groups, "devices": devices}, reader.lines)

@@ -33,7 +33,7 @@ def sha256_file(path: Path) -> str:
 
     Remembered while the file's stat (device, inode, size, mtime, ctime) is unchanged: per
     process (a rollout to N devices hashes the same 23 MB model once, not N times) and, for
-    files of 1 MiB and more, on disk between runs (a no-op re-run hashes nothing: ~0.15 s). The
+    files of 1 MiB and more, on disk between runs (a no-op re-run hashes nothing). The
     device checks every upload against these sums, so a stale one could only fail a deploy,
     never slip bytes through.
     """

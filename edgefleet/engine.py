@@ -16,12 +16,17 @@ import subprocess
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from .errors import EdgefleetError
 
+if TYPE_CHECKING:
+    import docker
+
 __all__ = [
     "EngineError", "ContainerSpec", "ContainerInfo", "client", "image_labels", "image_id",
-    "import_image", "image_platform", "remove_image", "load_rootfs", "build_image", "create_container", "put_files", "start",
+    "import_image", "image_platform", "remove_image", "load_rootfs", "build_image", "create_container", "put_files",
+    "start",
     "remove", "exec_run", "containers", "logs", "usage", "Features", "features", "run_to_exit",
     "save_image", "load_image", "image_size", "image_layers", "has_buildx",
 ]
@@ -66,12 +71,12 @@ _client = None
 
 
 def _errors():
-    """Return docker's exception module (the SDK is imported on first use: ~0.27 s of every task's start)."""
+    """Return docker's exception module (the SDK is imported on first use: it would slow every task's start)."""
     from docker import errors
     return errors
 
 
-def client() -> docker.DockerClient:  # noqa: F821 - imported when first needed
+def client() -> docker.DockerClient:
     """Return a docker client for the local engine (made once)."""
     global _client
     if _client is None:
@@ -122,9 +127,9 @@ def import_image(tarball: Path, tag: str, platform: str, changes: list[str]) -> 
     print("+ zstd -dc " + shlex.quote(str(tarball)) + " | " + shlex.join(argv), flush=True)
     with _zstd_stream(tarball) as unzstd:
         try:
-            _run(argv, stdin=unzstd.stdout, quiet=True)
+            _run(argv, stdin=_pipe(unzstd.stdout), quiet=True)
         finally:
-            unzstd.stdout.close()
+            _pipe(unzstd.stdout).close()
     if unzstd.returncode != 0:
         raise EngineError(f"zstd -dc {tarball} failed ({unzstd.returncode})")
 
@@ -140,8 +145,15 @@ def remove_image(tag: str) -> None:
     client().images.remove(tag, force=True)
 
 
-def _zstd_stream(tarball: Path) -> subprocess.Popen:
+def _zstd_stream(tarball: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["zstd", "-dcq", str(tarball)], stdout=subprocess.PIPE)
+
+
+def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
+    """Return a child's end of a pipe asked for with subprocess.PIPE (so never None)."""
+    if stream is None:
+        raise EngineError("a subprocess pipe was not opened")
+    return stream
 
 
 def load_rootfs(tarball: Path, tag: str, arch: str, labels: dict[str, str]) -> None:
@@ -153,7 +165,8 @@ def load_rootfs(tarball: Path, tag: str, arch: str, labels: dict[str, str]) -> N
     """
     digest, size = hashlib.sha256(), 0
     with _zstd_stream(tarball) as unzstd:
-        for chunk in iter(lambda: unzstd.stdout.read(1 << 20), b""):
+        unzstd_out = _pipe(unzstd.stdout)
+        for chunk in iter(lambda: unzstd_out.read(1 << 20), b""):
             digest.update(chunk)
             size += len(chunk)
     config = json.dumps({
@@ -169,7 +182,7 @@ def load_rootfs(tarball: Path, tag: str, arch: str, labels: dict[str, str]) -> N
     print(f"+ docker load  # {tarball.name} as {tag} (linux/{arch})", flush=True)
     loader = subprocess.Popen(["docker", "load", "-q"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    with tarfile.open(fileobj=loader.stdin, mode="w|") as archive:
+    with tarfile.open(fileobj=_pipe(loader.stdin), mode="w|") as archive:
         for name, content in ((config_name, config), ("manifest.json", manifest)):
             info = tarfile.TarInfo(name)
             info.size = len(content)
@@ -177,10 +190,10 @@ def load_rootfs(tarball: Path, tag: str, arch: str, labels: dict[str, str]) -> N
         info = tarfile.TarInfo("layer.tar")
         info.size = size
         with _zstd_stream(tarball) as unzstd:
-            archive.addfile(info, unzstd.stdout)
-    loader.stdin.close()
-    err = loader.stderr.read()
-    loader.stdout.read()
+            archive.addfile(info, _pipe(unzstd.stdout))
+    _pipe(loader.stdin).close()
+    err = _pipe(loader.stderr).read()
+    _pipe(loader.stdout).read()
     if loader.wait() != 0:
         raise EngineError(f"docker load of {tarball} failed: {err.decode()[-2000:]}")
 
@@ -363,7 +376,13 @@ def remove(name: str, timeout: int = 10) -> bool:
 
 def exec_run(name: str, argv: list[str]) -> tuple[int, str]:
     """Run a command in a running container; return (exit code, combined output)."""
-    code, output = client().containers.get(name).exec_run(argv)
+    docker_errors = _errors()
+    try:
+        code, output = client().containers.get(name).exec_run(argv)
+    except docker_errors.NotFound:
+        raise EngineError(f"no container {name} (is it up?)") from None
+    except docker_errors.APIError as exc:  # e.g. 409: the container is not running
+        raise EngineError(f"{name}: {exc.explanation or exc}") from None
     return code, output.decode(errors="replace")
 
 

@@ -259,10 +259,12 @@ def _resolve_device(doc: Document, name: str, dev: DeviceEntry, boards, groups, 
     base = ("devices", name)
     where = f"devices.{name}"
     if name in inventory.targets:
-        raise InventoryError(f"{doc.where(*base)}: {where}: duplicate device (also in {inventory.targets[name].source})")
+        raise InventoryError(f"{doc.where(*base)}: {where}: duplicate device "
+                             f"(also in {inventory.targets[name].source})")
     if dev.board not in boards:
         known = ", ".join(sorted(boards)) or "none"
-        raise InventoryError(f"{doc.where(*base, 'board')}: {where}.board: unknown board {dev.board!r} (known: {known})")
+        raise InventoryError(f"{doc.where(*base, 'board')}: {where}.board: unknown board {dev.board!r} "
+                             f"(known: {known})")
     extra = dict(dev.model_extra or {})
     _check_setting_keys(extra, doc, base)
     board = boards[dev.board]

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["Settings", "RuntimeSettings", "SETTING_KEYS", "PROVIDERS", "LOOPBACK"]
 
-PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+Provider = Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+PROVIDERS: tuple[str, ...] = get_args(Provider)
+
+
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 _PIN = r"^[A-Za-z0-9._-]+$"
+
+
+def _cpu_only() -> list[Provider]:
+    return ["CPUExecutionProvider"]
 
 
 class _Strict(BaseModel):
@@ -105,7 +112,7 @@ class Settings(_Strict):
     big_cores: list[int] = Field(default_factory=list)
     governor: str = Field(default="performance", pattern=r"^[a-z_]+$")
     thermal: ThermalSettings = ThermalSettings()
-    providers: list[Literal[PROVIDERS]] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    providers: list[Provider] = Field(default_factory=_cpu_only)
     power: PowerSettings = PowerSettings()
     packages: PackageSettings = PackageSettings()
     runtime: RuntimeSettings = RuntimeSettings()
@@ -118,7 +125,8 @@ class Settings(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if not self.providers or self.providers[-1] != "CPUExecutionProvider" or len(set(self.providers)) != len(self.providers):
+        distinct = len(set(self.providers)) == len(self.providers)
+        if not self.providers or self.providers[-1] != "CPUExecutionProvider" or not distinct:
             raise ValueError(f"providers must be distinct and end with CPUExecutionProvider (got {self.providers})")
         if self.runtime.threads is not None and self.affinity and self.runtime.threads != len(self.affinity):
             raise ValueError(f"runtime.threads ({self.runtime.threads}) must equal the number of cores in the "

@@ -54,9 +54,8 @@ class TargetStatus:
 
 def status_command(target: Target, files: list[RenderedFile]) -> str:
     """Return one shell command that prints what `parse_status` reads."""
-    q = shlex.quote
     lines = [
-        f"root={q(target.settings.root)}",
+        f"root={shlex.quote(target.settings.root)}",
         'echo "arch=$(uname -m)"',
         'echo "current=$(readlink "$root/current" 2>/dev/null)"',
         COMMITTED_FACT,
@@ -65,7 +64,8 @@ def status_command(target: Target, files: list[RenderedFile]) -> str:
         f'echo "tuning=$(systemctl is-active {TUNING_UNIT} 2>/dev/null)"',
     ]
     for f in files:
-        lines.append(f"echo \"sha:{f.device_path}=$(sha256sum {q(f.device_path)} 2>/dev/null | cut -d' ' -f1)\"")
+        path = shlex.quote(f.device_path)
+        lines.append(f"echo \"sha:{f.device_path}=$(sha256sum {path} 2>/dev/null | cut -d' ' -f1)\"")
     lines += [
         GOVERNORS_FACT,
         f'for z in {_SYSFS}/class/thermal/thermal_zone*; do '
@@ -155,8 +155,8 @@ def throttling(target: Target, temperatures: dict[str, dict]) -> str:
 
 def read_files_command(files: list[RenderedFile]) -> str:
     """Return a command printing each device file behind a marker line (empty when missing)."""
-    q = shlex.quote
-    return "\n".join(f"echo {q('@@edgefleet-file ' + f.device_path)}; cat {q(f.device_path)} 2>/dev/null; echo"
+    return "\n".join(f"echo {shlex.quote('@@edgefleet-file ' + f.device_path)}; "
+                     f"cat {shlex.quote(f.device_path)} 2>/dev/null; echo"
                      for f in files)
 
 

@@ -30,6 +30,17 @@ class ArchiveError(EdgefleetError):
     """The archive does not hold the wanted platform, or is not a docker/OCI archive."""
 
 
+def read_member(tar: tarfile.TarFile, name: str, src: Path) -> bytes:
+    """Return the bytes of regular file `name` in `tar` (opened from `src`), or raise ArchiveError naming it."""
+    try:
+        member = tar.extractfile(name)
+    except KeyError:
+        member = None
+    if member is None:
+        raise ArchiveError(f"{src}: missing {name}")
+    return member.read()
+
+
 def _blob(digest: str) -> str:
     return "blobs/sha256/" + digest.split(":", 1)[1]
 
@@ -67,10 +78,7 @@ def platform_archive(src: Path, dest: Path, platform: str, repo_tag: str) -> Non
         names = set(tar.getnames())
 
         def read(name: str) -> bytes:
-            member = tar.extractfile(name)
-            if member is None:
-                raise ArchiveError(f"{src}: missing {name}")
-            return member.read()
+            return read_member(tar, name, src)
 
         def read_json(name: str) -> dict:
             return json.loads(read(name))
@@ -102,7 +110,7 @@ def platform_archive(src: Path, dest: Path, platform: str, repo_tag: str) -> Non
             config_out = f"{hashlib.sha256(config_bytes).hexdigest()}.json"
             add(config_out, config_bytes)
             layers_out = []
-            for name, diff_id in zip(layer_names, diff_ids):
+            for name, diff_id in zip(layer_names, diff_ids, strict=True):
                 raw = _raw_layer(read(name))
                 if "sha256:" + hashlib.sha256(raw).hexdigest() != diff_id:
                     raise ArchiveError(f"{src}: layer {name} does not match diff_id {diff_id}")
@@ -128,10 +136,10 @@ def compress(src: Path, dest: Path, level: int = 19) -> None:
 def layer_sizes(docker_archive: Path) -> list[tuple[str, int]]:
     """Return (instruction that made it, uncompressed bytes) per layer of a docker-archive."""
     with tarfile.open(docker_archive) as tar:
-        entry = json.loads(tar.extractfile("manifest.json").read())[0]
-        config = json.loads(tar.extractfile(entry["Config"]).read())
+        entry = json.loads(read_member(tar, "manifest.json", docker_archive))[0]
+        config = json.loads(read_member(tar, entry["Config"], docker_archive))
         steps = [h.get("created_by", "") for h in config.get("history", []) if not h.get("empty_layer")]
         sizes = [tar.getmember(name).size for name in entry["Layers"]]
     if len(steps) != len(sizes):
         steps = [""] * len(sizes)
-    return list(zip(steps, sizes))
+    return list(zip(steps, sizes, strict=True))

@@ -16,9 +16,9 @@ from edgefleet import engine
 from edgefleet.device_env import EnvError
 from edgefleet.image import base, context
 
-from ..errors import EdgefleetError
+from ..errors import EdgefleetError, InputError
 
-__all__ = ["ImageError", "BuildStep", "BuildPlan", "PLATFORMS", "LOCAL_BASE", "RUNTIME_BASE",
+__all__ = ["ImageError", "ImageInputError", "BuildStep", "BuildPlan", "PLATFORMS", "LOCAL_BASE", "RUNTIME_BASE",
            "parse_platforms", "arch_of", "plan_builds", "pick_ref", "resolve_ref", "build"]
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
@@ -29,6 +29,10 @@ RUNTIME_BASE = base.Recipe("runtime-base", "edgefleet/runtime-base")
 
 class ImageError(EdgefleetError):
     """A runtime image could not be built, found or checked; the message says why."""
+
+
+class ImageInputError(InputError, ImageError):
+    """What was asked of an image task cannot work (a platform, a texts file, a bundle); exit status 2."""
 
 
 @dataclass(frozen=True)
@@ -54,11 +58,11 @@ def parse_platforms(text: str) -> list[str]:
         if not item:
             continue
         if item not in PLATFORMS:
-            raise ImageError(f"unknown platform {item!r}; supported: {', '.join(PLATFORMS)}")
+            raise ImageInputError(f"unknown platform {item!r}; supported: {', '.join(PLATFORMS)}")
         if item not in found:
             found.append(item)
     if not found:
-        raise ImageError(f"no platform given; supported: {', '.join(PLATFORMS)}")
+        raise ImageInputError(f"no platform given; supported: {', '.join(PLATFORMS)}")
     return found
 
 

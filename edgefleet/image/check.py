@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from edgefleet import engine
-from edgefleet.image.build import ImageError, arch_of, resolve_ref
+from edgefleet.image.build import ImageError, ImageInputError, arch_of, resolve_ref
 
 __all__ = ["CROSS_MIN_COSINE", "PlatformResult", "host_arch", "parse_selftest", "cross_cosines",
            "judge", "parse_check_output", "run_platform", "check_images", "texts_from_file"]
 
 CROSS_MIN_COSINE = 0.9999
-QEMU_CPU = "neoverse-n1"  # no SME: ORT would use it and QEMU emulates it ~25x slower
+QEMU_CPU = "neoverse-n1"  # no SME: ORT would use it and QEMU emulates it far slower
 TIMEOUT_S = {False: 180.0, True: 600.0}  # native, emulated
 BUNDLE_MOUNT = "/bundle"
 EMBED_MARKER = "=== edgefleet image.test: embed ==="
@@ -131,9 +131,9 @@ def _golden_texts(bundle_dir: Path) -> list[str]:
     try:
         texts = (json.loads(meta_path.read_text()).get("golden") or {}).get("texts") or []
     except (OSError, ValueError) as exc:
-        raise ImageError(f"{meta_path}: cannot read golden texts ({exc})") from exc
+        raise ImageInputError(f"{meta_path}: cannot read golden texts ({exc})") from exc
     if not texts:
-        raise ImageError(f"{meta_path}: no golden texts ('golden.texts')")
+        raise ImageInputError(f"{meta_path}: no golden texts ('golden.texts')")
     return [str(t) for t in texts]
 
 
@@ -143,12 +143,12 @@ def texts_from_file(path: Path, first: int | None = None) -> list[str]:
         texts = [line for line in Path(path).read_text(encoding="utf-8").splitlines()
                  if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise ImageError(f"{path}: cannot read texts ({exc})") from exc
+        raise ImageInputError(f"{path}: cannot read texts ({exc})") from exc
     if first is not None and first < 1:
-        raise ImageError(f"first {first}: need at least one text")
+        raise ImageInputError(f"first {first}: need at least one text")
     texts = texts[:first] if first else texts
     if not texts:
-        raise ImageError(f"{path}: no texts (one a line)")
+        raise ImageInputError(f"{path}: no texts (one a line)")
     return texts
 
 
@@ -183,7 +183,7 @@ def run_platform(ref: str, platform: str, bundle_dir: Path, runs: int = 1,
     """Run selftest and embed texts (default the golden texts) in one platform's image."""
     emulated = arch_of(platform) != host_arch()
     texts = texts or _golden_texts(bundle_dir)
-    # emulated embeds cost ~1.3 s each: allow for more texts than the 8 goldens
+    # emulated embeds are slow: allow for more texts than the 8 goldens
     timeout = timeout or TIMEOUT_S[emulated] + (3.0 if emulated else 0.5) * len(texts)
     result = PlatformResult(platform, ref, emulated, False, "", [], {})
     command = ["python3", "-c", PROGRAM, "selftest", "--bundle", BUNDLE_MOUNT, "--runs", str(runs),

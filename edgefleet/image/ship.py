@@ -15,8 +15,8 @@ from pathlib import Path
 
 from edgefleet import engine
 from edgefleet.digest import sha256_bytes, sha256_file
-from edgefleet.image.archive import compress, platform_archive
-from edgefleet.image.build import arch_of, resolve_ref
+from edgefleet.image.archive import compress, platform_archive, read_member
+from edgefleet.image.build import ImageError, arch_of, resolve_ref
 
 __all__ = ["ShippedImage", "save_platform", "archive_image_id", "shipped_image", "SHIP_LEVEL"]
 
@@ -39,8 +39,8 @@ class ShippedImage:
 def archive_image_id(docker_archive: Path) -> str:
     """Return the image ID of a one-image docker-archive (the sha256 of its config)."""
     with tarfile.open(docker_archive) as tar:
-        entries = json.loads(tar.extractfile("manifest.json").read())
-        config = tar.extractfile(entries[0]["Config"]).read()
+        entries = json.loads(read_member(tar, "manifest.json", docker_archive))
+        config = read_member(tar, entries[0]["Config"], docker_archive)
     return "sha256:" + sha256_bytes(config)
 
 
@@ -67,6 +67,8 @@ def shipped_image(tag: str, arch: str, build_dir: Path, log=print, level: int = 
     platform = f"linux/{arch}"
     ref = resolve_ref(tag, platform)
     host_id = engine.image_id(ref)
+    if host_id is None:  # removed since resolve_ref found it
+        raise ImageError(f"runtime image {ref} is gone from the local engine")
     cache = build_dir / "images" / "ship"
     stem = f"{host_id.split(':', 1)[-1][:16]}-{arch}"
     tarball, record = cache / f"{stem}.tar.zst", cache / f"{stem}.json"

@@ -139,7 +139,7 @@ def _wait_ready(devices: list[plan.LabDevice], paths: LabPaths, timeout: float) 
     with ThreadPoolExecutor(max_workers=min(16, len(devices) or 1)) as pool:
         while waiting and time.monotonic() - started < timeout:
             names = list(waiting)
-            last.update(zip(names, pool.map(ask, [waiting[n] for n in names])))
+            last.update(zip(names, pool.map(ask, [waiting[n] for n in names]), strict=True))
             for name in names:
                 if last[name] in probe.READY_STATES:
                     print(f"lab: {name} ready ({last[name]}) after "
@@ -162,14 +162,14 @@ def up(paths: LabPaths, devices: int = 1, arch: str = "arm64", timeout: float | 
     """
     boards = load_board_profiles(paths.targets_dir)
     if board is not None and board not in boards:
-        raise ValueError(f"board: unknown board {board!r} (known: {', '.join(sorted(boards))})")
+        raise plan.LabInputError(f"board: unknown board {board!r} (known: {', '.join(sorted(boards))})")
     wanted = plan.plan_devices(devices, arch, board)
     existing = _existing()
     planned = {d.index: d for d in wanted}
     clash = [f"{d.name} ({d.arch}, {d.board})" for d in map(_device, existing.values())
              if d.arch != arch or (d.index in planned and planned[d.index].board != d.board)]
     if clash:
-        raise RuntimeError(f"lab already has {', '.join(clash)} with another arch or board; "
+        raise LabBusy(f"lab already has {', '.join(clash)} with another arch or board; "
                            "run `invoke lab.down` first")
     everyone = wanted + [d for d in map(_device, existing.values()) if d.index > devices]
     paths.state.mkdir(parents=True, exist_ok=True)
@@ -236,7 +236,7 @@ def running_device(paths: LabPaths, name: str) -> plan.LabDevice:
     devices = {d.name: (d, info) for info in engine.containers(plan.selector()) for d in [_device(info)]}
     if name not in devices or devices[name][1].status != "running":
         known = ", ".join(n for n, (_, info) in sorted(devices.items()) if info.status == "running") or "none"
-        raise ValueError(f"device: no running lab device {name!r} in slot {plan.slot()} (running: {known})")
+        raise plan.LabInputError(f"device: no running lab device {name!r} in slot {plan.slot()} (running: {known})")
     return devices[name][0]
 
 

@@ -25,7 +25,6 @@ __all__ = ["FaultError", "KNOBS", "container_of", "sshd_stop", "sshd_start", "ss
            "DeviceState",
            "device_state", "incoming_dir"]
 
-q = shlex.quote
 FILLER = ".fault-filler"
 WATCH_S = 120  # a watcher that never fires ends by itself
 
@@ -78,18 +77,19 @@ def _watch(device: str, name: str, condition: str, action: str) -> None:
     body = f"end=$(( $(date +%s) + {WATCH_S} )); until {condition}; do [ $(date +%s) -lt $end ] || exit 3; " \
            f"sleep 0.02; done; {action}"
     _sh(device, f"systemctl stop {unit} 2>/dev/null; systemctl reset-failed {unit} 2>/dev/null; "
-                f"systemd-run --quiet --collect --unit={unit} sh -c {q(body)}", f"start the {name} watcher")
+                f"systemd-run --quiet --collect --unit={unit} sh -c {shlex.quote(body)}", f"start the {name} watcher")
 
 
 def _upload_started(incoming: str, min_bytes: int) -> str:
-    return f"[ -n \"$(find {q(incoming)} -maxdepth 1 -type f -size +{max(min_bytes // 1024, 0)}k 2>/dev/null)\" ]"
+    kib = max(min_bytes // 1024, 0)
+    return f"[ -n \"$(find {shlex.quote(incoming)} -maxdepth 1 -type f -size +{kib}k 2>/dev/null)\" ]"
 
 
 def _paused(action: str) -> str:
     """Run `action` with the device's upload writers stopped (SIGSTOP, then SIGCONT): the SFTP
     server (paramiko's path) and tar (the OpenSSH stream's).
 
-    The watcher polls, and a fast upload (70 MB/s on loopback) can end between its poll and its
+    The watcher polls, and a fast upload (on loopback) can end between its poll and its
     action; with the writer stopped the action strikes mid-upload however loaded the machine is.
     The writer is found by its name: sshd makes its sessions non-dumpable, so without
     CAP_SYS_PTRACE (dropped in containers) their open files cannot be read from /proc.
@@ -116,23 +116,26 @@ def settle(device: str, timeout_s: float = 120.0) -> None:
 
 def small_disk(device: str, path: str, mb: int) -> None:
     """Mount an empty `mb` MiB tmpfs over `path`: a fresh, small filesystem (what was there is hidden, kept)."""
-    _sh(device, f"mkdir -p {q(path)} && mount -t tmpfs -o size={int(mb)}m,mode=0755 edgefleet-fault {q(path)}",
+    mount_point = shlex.quote(path)
+    _sh(device, f"mkdir -p {mount_point} && mount -t tmpfs -o size={int(mb)}m,mode=0755 edgefleet-fault {mount_point}",
         "mount a small filesystem")
 
 
 def restore_disk(device: str, path: str) -> None:
     """Unmount the small filesystem from `path` (lazily, if a process still uses it): the old content is back."""
-    _sh(device, f'if [ "$(findmnt -n -M {q(path)} -o SOURCE)" = edgefleet-fault ]; then umount {q(path)} || '
-                f"umount -l {q(path)}; fi", "unmount the small filesystem")
+    mount_point = shlex.quote(path)
+    _sh(device, f'if [ "$(findmnt -n -M {mount_point} -o SOURCE)" = edgefleet-fault ]; then umount {mount_point} || '
+                f"umount -l {mount_point}; fi", "unmount the small filesystem")
 
 
 FILLED = "/run/edgefleet-fault-filled"  # kB free right after a fill during an upload
 
 
 def _fill_to(path: str, leave_kb: int) -> str:
-    avail = f"$(df -Pk {q(path)} | awk 'NR==2 {{print $4}}')"
-    filler = f"{q(path)}/{FILLER}"
-    script = f"rm -f {filler}; n=$(( {avail} - {int(leave_kb)} )); [ $n -le 0 ] || fallocate -l $(( n * 1024 )) {filler}"
+    avail = f"$(df -Pk {shlex.quote(path)} | awk 'NR==2 {{print $4}}')"
+    filler = f"{shlex.quote(path)}/{FILLER}"
+    script = (f"rm -f {filler}; n=$(( {avail} - {int(leave_kb)} )); "
+              f"[ $n -le 0 ] || fallocate -l $(( n * 1024 )) {filler}")
     if leave_kb <= 0:  # someone else is writing: top up until the filesystem refuses (ENOSPC)
         script += f"; cat /dev/zero >> {filler} 2>/dev/null; echo {avail} > {FILLED}"
     return script
@@ -156,7 +159,7 @@ def free_after_fill_kb(device: str) -> int:
 
 def free_disk(device: str, path: str) -> None:
     """Remove the filler file."""
-    _sh(device, f"rm -f {q(path)}/{FILLER} {FILLED}", "free the disk")
+    _sh(device, f"rm -f {shlex.quote(path)}/{FILLER} {FILLED}", "free the disk")
 
 
 # what `invoke lab.fault` offers: name -> (function, the arguments it takes besides the device)
@@ -234,7 +237,8 @@ def device_state(target) -> DeviceState:
 
     conn = connect(target)
     try:
-        res = conn.run(f"python3 -c {q(_STATE)} {q(target.settings.root)}", hide=True, warn=True, in_stream=False)
+        res = conn.run(shlex.join(["python3", "-c", _STATE, target.settings.root]), hide=True, warn=True,
+                       in_stream=False)
     finally:
         conn.close()
     if res.exited != 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgefleet.lab import sysfs
+from edgefleet.lab import plan, sysfs
 from edgefleet.lab.devices import LabPaths, running_device
 
 __all__ = ["heat"]
@@ -16,6 +16,6 @@ def heat(paths: LabPaths, device: str, celsius: float, zone: str | int | None = 
     running_device(paths, device)
     root = paths.sysfs(device)
     if not (root / sysfs.THERMAL).is_dir():
-        raise ValueError(f"device: {device} has no fake sysfs under {root} (made by an older lab; "
+        raise plan.LabInputError(f"device: {device} has no fake sysfs under {root} (made by an older lab; "
                          "run `invoke lab.down` and `lab.up` again)")
     return sysfs.set_temperature(root, float(celsius), None if zone is None else str(zone))

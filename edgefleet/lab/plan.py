@@ -8,8 +8,11 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import InputError
+
 __all__ = [
-    "ARCHES", "SLOT_ENV", "slot", "selector", "SSH_PORT_BASE", "RUNTIME_PORT_BASE", "MAX_DEVICES", "LABEL", "LabDevice",
+    "LabInputError", "ARCHES", "SLOT_ENV", "slot", "selector", "SSH_PORT_BASE", "RUNTIME_PORT_BASE", "MAX_DEVICES",
+    "LABEL", "LabDevice",
     "ROUND_ROBIN", "LAB_PYTHON", "plan_devices", "container_name", "known_hosts_line", "sshd_config",
     "device_overrides", "inventory_yaml",
 ]
@@ -22,9 +25,13 @@ LABEL = "edgefleet.lab"
 BOARD = "qemu-virt"
 ROUND_ROBIN = ("pi5", "orin-nano", "rk3588")  # `lab.up` without --board: core layouts differ
 LAB_PYTHON = "3.11"  # the lab image is Debian bookworm
-EMULATED_READY_S = 600.0  # ORT under qemu-user: 10 devices at once on 2 cores took 268-296 s
+EMULATED_READY_S = 600.0  # ORT under qemu-user is slow, most of all with many devices sharing few cores
 SLOT_ENV = "EDGEFLEET_LAB_SLOT"
 SLOTS = 10
+
+
+class LabInputError(InputError, ValueError):
+    """A lab request cannot work (an arch, a count, a board, a device, a zone); exit status 2."""
 
 
 def slot() -> int:
@@ -35,7 +42,7 @@ def slot() -> int:
     """
     raw = os.environ.get(SLOT_ENV, "0").strip() or "0"
     if not raw.isdigit() or not 0 <= int(raw) < SLOTS:
-        raise ValueError(f"{SLOT_ENV}: expected 0..{SLOTS - 1}, got {raw!r}")
+        raise LabInputError(f"{SLOT_ENV}: expected 0..{SLOTS - 1}, got {raw!r}")
     return int(raw)
 
 
@@ -78,9 +85,9 @@ def container_name(index: int) -> str:
 def plan_devices(count: int, arch: str, board: str | None = None) -> list[LabDevice]:
     """Return devices 1..count for an arch, boards round-robin over ROUND_ROBIN unless one is given."""
     if arch not in ARCHES:
-        raise ValueError(f"arch: expected one of {', '.join(ARCHES)}, got {arch!r}")
+        raise LabInputError(f"arch: expected one of {', '.join(ARCHES)}, got {arch!r}")
     if not 1 <= count <= MAX_DEVICES:
-        raise ValueError(f"devices: expected 1..{MAX_DEVICES}, got {count}")
+        raise LabInputError(f"devices: expected 1..{MAX_DEVICES}, got {count}")
     return [LabDevice(index, arch, board or ROUND_ROBIN[(index - 1) % len(ROUND_ROBIN)])
             for index in range(1, count + 1)]
 
@@ -89,7 +96,7 @@ def known_hosts_line(port: int, public_key: str, host: str = "127.0.0.1") -> str
     """Return an OpenSSH known_hosts line for a host key served on host:port."""
     parts = public_key.split()
     if len(parts) < 2 or not parts[0].startswith("ssh-"):
-        raise ValueError(f"not an OpenSSH public key: {public_key[:40]!r}")
+        raise LabInputError(f"not an OpenSSH public key: {public_key[:40]!r}")
     address = host if port == 22 else f"[{host}]:{port}"
     return f"{address} {parts[0]} {parts[1]}"
 

@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.lab.plan import LabInputError
+
 __all__ = ["Cluster", "BoardLayout", "LAYOUTS", "GOVERNORS", "BOOT_GOVERNOR", "IDLE_C", "CPUFREQ", "THERMAL",
            "layout_for", "write_tree", "binds", "set_temperature", "set_governor", "read_governors"]
 
@@ -142,10 +144,10 @@ def _zone_dirs(root: Path) -> list[Path]:
 def set_temperature(root: Path, celsius: float, zone: str | None = None) -> list[str]:
     """Set one zone (number, thermal_zoneN or its type) or every zone to `celsius`; return the zones set."""
     if not -40.0 <= celsius <= 150.0:
-        raise ValueError(f"celsius: expected -40..150, got {celsius}")
+        raise LabInputError(f"celsius: expected -40..150, got {celsius}")
     zones = _zone_dirs(root)
     if not zones:
-        raise ValueError(f"{root / THERMAL}: no thermal zones (is the device up?)")
+        raise LabInputError(f"{root / THERMAL}: no thermal zones (is the device up?)")
     if zone is not None:
         wanted = str(zone)
         chosen = [z for z in zones if wanted in (z.name, z.name.removeprefix("thermal_zone"),
@@ -153,7 +155,7 @@ def set_temperature(root: Path, celsius: float, zone: str | None = None) -> list
         if not chosen:
             known = ", ".join(f"{z.name.removeprefix('thermal_zone')} ({(z / 'type').read_text().strip()})"
                               for z in zones)
-            raise ValueError(f"zone: no thermal zone {wanted!r} (known: {known})")
+            raise LabInputError(f"zone: no thermal zone {wanted!r} (known: {known})")
         zones = chosen
     for z in zones:
         _write(z / "temp", _millidegrees(celsius), 0o444)
@@ -166,11 +168,11 @@ def set_governor(root: Path, governor: str, policy: str | None = None) -> list[s
     if policy is not None:
         policies = [p for p in policies if p.name == policy]
         if not policies:
-            raise ValueError(f"policy: no cpufreq {policy!r} under {root / CPUFREQ}")
+            raise LabInputError(f"policy: no cpufreq {policy!r} under {root / CPUFREQ}")
     for p in policies:
         available = (p / "scaling_available_governors").read_text().split()
         if governor not in available:
-            raise ValueError(f"governor: {governor!r} is not available on {p.name} ({' '.join(available)})")
+            raise LabInputError(f"governor: {governor!r} is not available on {p.name} ({' '.join(available)})")
         _write(p / "scaling_governor", governor + "\n", 0o644)
     return [p.name for p in policies]
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from edgefleet.lab import image, keys, plan, probe, vmplan
 from edgefleet.paths import repo_root
 
-__all__ = ["VmPaths", "VmImage", "VmStatus", "ensure_image", "up", "down", "reboot", "status", "pid", "is_ours", "ssh_argv"]
+__all__ = ["VmPaths", "VmImage", "VmStatus", "ensure_image", "up", "down", "reboot", "status", "pid", "is_ours",
+           "ssh_argv"]
 
 BOOT_TIMEOUT_S = 300.0
 POWERDOWN_TIMEOUT_S = 90.0

@@ -48,11 +48,11 @@ class VmSpec:
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
-            raise ValueError(f"kernel: expected one of {', '.join(KERNELS)}, got {self.kernel!r}")
+            raise plan.LabInputError(f"kernel: expected one of {', '.join(KERNELS)}, got {self.kernel!r}")
         if not 1 <= self.cpus <= 8:
-            raise ValueError(f"cpus: expected 1..8, got {self.cpus}")
+            raise plan.LabInputError(f"cpus: expected 1..8, got {self.cpus}")
         if not 512 <= self.memory_mb <= 8192:
-            raise ValueError(f"memory_mb: expected 512..8192, got {self.memory_mb}")
+            raise plan.LabInputError(f"memory_mb: expected 512..8192, got {self.memory_mb}")
 
     @property
     def kernel_package(self) -> str:
@@ -189,7 +189,8 @@ def inventory_yaml(port: int, ssh_key: Path, known_hosts: Path, docker: bool = F
         },
     }
     header = ("# written by `invoke lab.vm up`; removed by `invoke lab.vm down`\n"
-              f"# {DOCKER_NAME if docker else NAME}: one arm64 VM under qemu-system-aarch64 (see edgefleet/lab/vmplan.py)\n")
+              f"# {DOCKER_NAME if docker else NAME}: one arm64 VM under qemu-system-aarch64 "
+              "(see edgefleet/lab/vmplan.py)\n")
     return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
 
 

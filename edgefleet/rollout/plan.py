@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import EdgefleetError
+from ..errors import InputError
 
 __all__ = ["RolloutError", "RolloutPlan", "OK_RESULTS", "parse_count", "plan_rollout", "limit_exceeded",
            "to_roll_back", "resume_targets", "env_key"]
@@ -18,12 +18,15 @@ OK_RESULTS = ("updated", "unchanged")
 FAILED, ROLLED_BACK, NOT_REACHED, ROLLBACK_FAILED = "failed", "rolled back", "not reached", "rollback failed"
 
 
-class RolloutError(EdgefleetError):
-    """The rollout's options or record do not make sense; the message says which and why."""
+class RolloutError(InputError):
+    """The rollout's options or record do not make sense; the message says which and why (exit 2)."""
 
 
 def parse_count(spec: str | int, total: int, what: str, minimum: int = 0) -> int:
-    """Return `spec` ("N" or "P%") as a device count out of `total`; a percentage rounds up."""
+    """Return `spec` ("N" or "P%") as a device count out of `total`; a percentage rounds up.
+
+    With `minimum` 1, a spec of zero (`0`, `0%`) is refused: it cannot mean "at least one".
+    """
     text = str(spec).strip()
     try:
         if text.endswith("%"):
@@ -37,6 +40,8 @@ def parse_count(spec: str | int, total: int, what: str, minimum: int = 0) -> int
                 raise ValueError
     except ValueError:
         raise RolloutError(f"--{what} {spec!r}: expected a count N >= 0 or a percentage P% (0-100)") from None
+    if count == 0 and minimum > 0:
+        raise RolloutError(f"--{what} {spec!r}: need at least {minimum} device(s)")
     return max(count, minimum)
 
 
@@ -64,19 +69,24 @@ class RolloutPlan:
 
 
 def plan_rollout(names: list[str], canary: str | int = 1, batch: str | int = "100%",
-                 max_fail: str | int = 0, parallel: int = 10) -> RolloutPlan:
+                 max_fail: str | int = 0, parallel: str | int = 10) -> RolloutPlan:
     """Split `names` (in order, duplicates dropped) into a canary wave, then batches."""
     names = list(dict.fromkeys(names))
     if not names:
         raise RolloutError("no devices to roll out to")
-    if int(parallel) < 1:
-        raise RolloutError(f"--parallel {parallel!r}: need at least 1 connection")
+    try:
+        connections = int(parallel)
+    except ValueError:
+        connections = 0
+    if connections < 1:
+        raise RolloutError(f"--parallel {parallel!r}: need a count of at least 1 connection")
     total = len(names)
     n_canary = min(parse_count(canary, total, "canary"), total)
     size = parse_count(batch, total, "batch", minimum=1)
     rest = names[n_canary:]
-    waves = ([tuple(names[:n_canary])] if n_canary else []) + [tuple(rest[i:i + size]) for i in range(0, len(rest), size)]
-    return RolloutPlan(tuple(waves), parse_count(max_fail, total, "max-fail"), int(parallel), canary_wave=bool(n_canary))
+    batches = [tuple(rest[i:i + size]) for i in range(0, len(rest), size)]
+    waves = ([tuple(names[:n_canary])] if n_canary else []) + batches
+    return RolloutPlan(tuple(waves), parse_count(max_fail, total, "max-fail"), connections, canary_wave=bool(n_canary))
 
 
 def limit_exceeded(failures: int, max_fail: int) -> bool:

@@ -6,8 +6,9 @@ import json
 import os
 import sys
 import threading
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from .plan import OK_RESULTS, RolloutError, RolloutPlan
 
@@ -145,9 +146,10 @@ class LiveProgress:
 
     def __init__(self, plan: RolloutPlan, enabled: bool = True):
         self.enabled = enabled
-        self.tasks, self.counts = {}, {}
+        self.tasks: dict[int, Any] = {}  # wave -> rich's TaskID
+        self.counts: dict[int, dict[str, int]] = {}
         self._lock = threading.Lock()
-        if not enabled:  # no display: rich is not even imported (~65 ms of a no-op re-run)
+        if not enabled:  # no display: rich is not even imported (a noticeable part of a no-op re-run)
             return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

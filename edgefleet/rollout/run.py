@@ -115,7 +115,8 @@ def _deploy_one(target: Target, release: Release, bundle_dir: Path, build_dir: P
         if r.ok:
             out.result, out.active = ("updated" if r.changed else "unchanged"), r.release_id
         else:
-            out.result, out.error = FAILED, r.health.reason[:500]
+            reason = r.health.reason if r.health is not None else "no health result"
+            out.result, out.error = FAILED, reason[:500]
             out.active = r.previous if r.rolled_back else r.release_id
             log(f"FAILED: {out.error}" + (f"; the device rolled back to {r.previous}" if r.rolled_back else ""))
     out.seconds = time.monotonic() - t0
@@ -178,7 +179,9 @@ def run_rollout(targets: list[Target], plan: RolloutPlan, releases: dict[str, Re
             back = to_roll_back({n: outcomes[n].as_dict() for n in wave})
             on_event("rollback", i, back)
             reason = f"wave {i} failed ({failures} device(s) failed, limit {plan.max_fail})"
-            for out in pool.map(lambda n: _revert_one(by_name[n], outcomes[n], reason, logs[n]), back):
+            reverted = pool.map(_revert_one, [by_name[n] for n in back], [outcomes[n] for n in back],
+                                [reason] * len(back), [logs[n] for n in back])
+            for out in reverted:
                 on_event("reverted", i, out)
             for n in (n for w in plan.waves[i:] for n in w):
                 logs[n]("not reached: the rollout stopped")

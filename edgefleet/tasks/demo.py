@@ -14,7 +14,7 @@ from ..paths import build_dir, bundle_dir, targets_dir
 from ..transport import connect
 from . import lab as lab_tasks
 from . import model as model_tasks
-from .fleet import USER_ERRORS
+from ._errors import exits_on_user_error
 
 PAIRS = [
     ("The delivery truck is parked at dock 4.", "A lorry is waiting at loading bay four."),
@@ -46,6 +46,7 @@ def query_device(dev: Device) -> tuple[list[float], list[float]]:
     "arch": "lab device architecture: arm64 (under QEMU, the default) or amd64 (native, fast)",
     "target": "device to deploy to (default: lab-01, created by lab.up)",
 })
+@exits_on_user_error
 def demo(c, arch="arm64", target="lab-01"):
     """Export, quantize, start a lab device, deploy, and query the model on the device."""
     from rich.console import Console  # here, not at import: every task's start would pay for it
@@ -59,17 +60,14 @@ def demo(c, arch="arm64", target="lab-01"):
     lab_tasks.up(c, devices=1, arch=arch)
     console.rule(f"4/4 deploy to {target}")
     tgt = load_inventory(targets_dir(c)).target(target)
+    result = deploy_target(tgt, bundle_dir(c), build_dir(c))
+    if not result.ok:
+        raise Exit(f"{target}: deploy failed its health gate: {result.health.reason}", code=1)
+    conn = connect(tgt)
     try:
-        result = deploy_target(tgt, bundle_dir(c), build_dir(c))
-        if not result.ok:
-            raise Exit(f"{target}: deploy failed its health gate: {result.health.reason}", code=1)
-        conn = connect(tgt)
-        try:
-            sims, latencies = query_device(Device(conn, tgt))
-        finally:
-            conn.close()
-    except USER_ERRORS as exc:
-        raise Exit(f"error: {exc}", code=1) from None
+        sims, latencies = query_device(Device(conn, tgt))
+    finally:
+        conn.close()
 
     from rich.table import Table
 
@@ -77,7 +75,7 @@ def demo(c, arch="arm64", target="lab-01"):
     table.add_column("sentence A")
     table.add_column("sentence B")
     table.add_column("cosine", justify="right")
-    for (a, b), sim in zip(PAIRS, sims):
+    for (a, b), sim in zip(PAIRS, sims, strict=True):
         table.add_row(a, b, f"{sim:.3f}")
     console.print(table)
     emulated = " (emulated: not a speed figure)" if tgt.settings.emulated else ""

@@ -10,15 +10,11 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from ..deploy import DeployError
 from ..deploy import deploy as deploy_target
 from ..deploy import rollback as rollback_target
-from ..deploy.facts import PlanError
-from ..deploy.release import ReleaseError
-from ..device_env import EnvError
 from ..explain import explain_target
 from ..inspect import collect_status, device_diff
-from ..inventory import InventoryError, load_inventory
+from ..inventory import Target, load_inventory
 from ..paths import build_dir, bundle_dir, targets_dir
 from ..render import (
     MAX_EXPOSURE,
@@ -29,10 +25,8 @@ from ..render import (
     security_exposure,
     write_rendered,
 )
-from ..transport import SSHError
+from ._errors import UsageError, exits_on_user_error, require
 from .image import image_tag
-
-USER_ERRORS = (InventoryError, RenderError, SSHError, PlanError, DeployError, EnvError, ReleaseError)
 
 
 def _sigterm_unwinds() -> None:
@@ -42,11 +36,17 @@ def _sigterm_unwinds() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _target(c, name: str):
-    try:
-        return load_inventory(targets_dir(c)).target(name)
-    except InventoryError as exc:
-        raise Exit(f"error: {exc}", code=2) from None
+def _target(c, name: str | None, task: str) -> Target:
+    return load_inventory(targets_dir(c)).target(require(name, "--target", task))
+
+
+def _targets(c, target: str | None, group: str | None) -> list[Target]:
+    """Return the one device of --target or every device of --group (exactly one given)."""
+    if target and not group:
+        return [load_inventory(targets_dir(c)).target(target)]
+    if group and not target:
+        return load_inventory(targets_dir(c)).group(group)
+    raise UsageError("give exactly one of --target or --group")
 
 
 @task(help={
@@ -56,27 +56,22 @@ def _target(c, name: str):
     "explain": "print where each resolved value came from (board / group / device file:line)",
     "diff": "fetch the files now on the device over SSH and show what a deploy would change",
 })
-def render(c, target, out=None, dry_run=False, explain=False, diff=False):
+@exits_on_user_error
+def render(c, target=None, out=None, dry_run=False, explain=False, diff=False):
     """Render a device's runtime config, systemd units and tuning script from templates/."""
-    tgt = _target(c, target)
+    tgt = _target(c, target, "render")
     if explain:
         print("\n".join(explain_target(tgt)))
         return
-    try:
-        files = render_target(tgt)
-        notes = check_rendered(files)
-        exposure = security_exposure(next(f for f in files if f.name == UNIT_NAME))
-    except RenderError as exc:
-        raise Exit(f"error: {exc}", code=2) from None
+    files = render_target(tgt)
+    notes = check_rendered(files)
+    exposure = security_exposure(next(f for f in files if f.name == UNIT_NAME))
     if exposure is not None:
         if exposure > MAX_EXPOSURE:
-            raise Exit(f"error: {UNIT_NAME}: systemd-analyze security exposure {exposure} > {MAX_EXPOSURE}", code=2)
+            raise RenderError(f"{UNIT_NAME}: systemd-analyze security exposure {exposure} > {MAX_EXPOSURE}")
         notes.append(f"{UNIT_NAME}: systemd-analyze security exposure {exposure} (<= {MAX_EXPOSURE})")
     if diff:
-        try:
-            diffs = device_diff(tgt)
-        except USER_ERRORS as exc:
-            raise Exit(f"error: {exc}", code=1) from None
+        diffs = device_diff(tgt)
         print("".join(diffs) if diffs else f"{tgt.name}: the device's files match the rendered ones")
     elif dry_run:
         for f in files:
@@ -95,20 +90,19 @@ def render(c, target, out=None, dry_run=False, explain=False, diff=False):
     "bundle": "bundle directory (default: config edgefleet.bundle)",
     "dry_run": "gather facts and print the plan; change nothing",
 })
-def deploy(c, target, bundle=None, dry_run=False):
+@exits_on_user_error
+def deploy(c, target=None, bundle=None, dry_run=False):
     """Deploy the bundle and the runtime to a device over SSH, then gate on health."""
-    tgt = _target(c, target)
+    tgt = _target(c, target, "deploy")
     bundle_path = Path(bundle) if bundle else bundle_dir(c)
     _sigterm_unwinds()
-    try:
-        result = deploy_target(tgt, bundle_path, build_dir(c), dry_run=dry_run, image_tag=image_tag(c))
-    except USER_ERRORS as exc:
-        raise Exit(f"error: {exc}", code=1) from None
+    result = deploy_target(tgt, bundle_path, build_dir(c), dry_run=dry_run, image_tag=image_tag(c))
     if dry_run:
         print("dry run: nothing was changed")
         return
     if result.rolled_back:
-        raise Exit(f"{tgt.name}: release {result.release_id} failed its health gate; rolled back to {result.previous}", code=1)
+        raise Exit(f"{tgt.name}: release {result.release_id} failed its health gate; "
+                   f"rolled back to {result.previous}", code=1)
     if not result.ok:
         raise Exit(f"{tgt.name}: release {result.release_id} is UNHEALTHY: {result.health.reason}", code=1)
     verb = "deployed" if result.changed else "unchanged"
@@ -139,22 +133,22 @@ def _print_rollback_table(results) -> None:
     "json": "print one JSON document instead of a table",
     "to": "with --target: this release (still on the device) instead of the previous committed one",
 })
+@exits_on_user_error
 def rollback(c, target=None, group=None, parallel=10, json_=False, to=None):
     """Roll devices back to their previous committed release, through the health gate."""
-    if bool(target) == bool(group):
-        raise Exit("error: give exactly one of --target or --group", code=2)
     if to and group:
-        raise Exit("error: --to names one device's release: use it with --target", code=2)
-    try:
-        inventory = load_inventory(targets_dir(c))
-        targets = [inventory.target(target)] if target else inventory.group(group)
-    except InventoryError as exc:
-        raise Exit(f"error: {exc}", code=2) from None
+        raise UsageError("--to names one device's release: use it with --target")
+    if int(parallel) < 1:
+        raise UsageError(f"--parallel {parallel}: need at least 1")
+    targets = _targets(c, target, group)
     _sigterm_unwinds()
     out = sys.stderr if json_ else sys.stdout
-    with ThreadPoolExecutor(max_workers=max(int(parallel), 1)) as pool:
-        results = list(pool.map(lambda t: rollback_target(t, to, log=lambda line, n=t.name: print(f"{n}: {line.strip()}",
-                                                                                               file=out)), targets))
+
+    def roll_back(target: Target):
+        return rollback_target(target, to, log=lambda line: print(f"{target.name}: {line.strip()}", file=out))
+
+    with ThreadPoolExecutor(max_workers=int(parallel)) as pool:
+        results = list(pool.map(roll_back, targets))
     if json_:
         print(json.dumps({"targets": {r.target: {
             "from": r.from_release, "to": r.to_release, "ok": r.ok, "active": r.active, "restored": r.restored,
@@ -190,16 +184,10 @@ def _print_status_table(statuses) -> None:
     "group": "every device of a group",
     "json": "print one JSON document instead of a table",
 })
+@exits_on_user_error
 def status(c, target=None, group=None, json_=False):
     """Report release, health, governor, temperatures and drift for a device or a group."""
-    if bool(target) == bool(group):
-        raise Exit("error: give exactly one of --target or --group", code=2)
-    try:
-        inventory = load_inventory(targets_dir(c))
-        targets = [inventory.target(target)] if target else inventory.group(group)
-        statuses = [collect_status(t) for t in targets]
-    except USER_ERRORS as exc:
-        raise Exit(f"error: {exc}", code=1) from None
+    statuses = [collect_status(t) for t in _targets(c, target, group)]
     if json_:
         print(json.dumps({"targets": {st.target: st.as_dict() for st in statuses}}, indent=2))
     else:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from edgefleet import engine, paths
+from edgefleet import paths
+
+from ._errors import UsageError, exits_on_user_error
 
 DEFAULTS = {
     "tag": "edgefleet/runtime:latest",
@@ -18,25 +20,22 @@ DEFAULTS = {
 }
 
 
-def _setting(c, key: str, value):
+def _setting(c, key: str, value: str | None) -> str:
     if value:
         return value
     section = (c.config.get("edgefleet", {}) or {}).get("image", {}) or {}
-    return section.get(key) or DEFAULTS[key]
+    return str(section.get(key) or DEFAULTS[key])
 
 
-def image_tag(c, tag=None) -> str:
+def image_tag(c, tag: str | None = None) -> str:
     """Return the runtime image tag: `tag`, else config edgefleet.image.tag (what `ship: image` deploys)."""
     return _setting(c, "tag", tag)
 
 
-def _platforms(c, platform):
-    from edgefleet.image.build import ImageError, parse_platforms
+def _platforms(c, platform: str | None) -> list[str]:
+    from edgefleet.image.build import parse_platforms
 
-    try:
-        return parse_platforms(_setting(c, "platforms", platform))
-    except ImageError as exc:
-        raise Exit(f"image: {exc}", code=2) from None
+    return parse_platforms(_setting(c, "platforms", platform))
 
 
 @task(help={
@@ -46,17 +45,14 @@ def _platforms(c, platform):
             "(default python:3.11-slim; config edgefleet.image.base)",
     "python": "the base's Python (X.Y): wheels are resolved for its ABI (default 3.11)",
 })
+@exits_on_user_error
 def build(c, platform=None, tag=None, base=None, python=None):
     """Build the runtime image with buildx (multi-platform in one tag when the engine can)."""
-    from edgefleet.image.build import ImageError
     from edgefleet.image.build import build as run_build
 
     started = time.monotonic()
-    try:
-        run_build(paths.build_dir(c), _platforms(c, platform), _setting(c, "tag", tag),
-                  _setting(c, "base", base), _setting(c, "python", python))
-    except (ImageError, engine.EngineError) as exc:
-        raise Exit(f"image.build: {exc}", code=1) from None
+    run_build(paths.build_dir(c), _platforms(c, platform), _setting(c, "tag", tag),
+              _setting(c, "base", base), _setting(c, "python", python))
     print(f"image.build: done in {time.monotonic() - started:.1f} s")
 
 
@@ -66,24 +62,21 @@ def build(c, platform=None, tag=None, base=None, python=None):
     "out": "output file (default <build>/images/<name>-<tag>-<arch>.tar.zst)",
     "level": "zstd level (default 19)",
 })
+@exits_on_user_error
 def save(c, platform="linux/arm64", tag=None, out=None, level=19):
     """Save one platform's image as a zstd docker-archive for offline devices, with its sha256."""
     from edgefleet.digest import sha256_file
-    from edgefleet.image.archive import ArchiveError
-    from edgefleet.image.build import ImageError, arch_of
+    from edgefleet.image.build import arch_of
     from edgefleet.image.ship import save_platform
 
     platforms = _platforms(c, platform)
     if len(platforms) != 1:
-        raise Exit("image.save: one --platform at a time (a device loads its own)", code=2)
+        raise UsageError("image.save: one --platform at a time (a device loads its own)")
     tag = _setting(c, "tag", tag)
     name = tag.rsplit("/", 1)[-1].replace(":", "-")
     dest = Path(out) if out else paths.build_dir(c) / "images" / f"{name}-{arch_of(platforms[0])}.tar.zst"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        save_platform(tag, platforms[0], dest, int(level))
-    except (ImageError, ArchiveError, engine.EngineError) as exc:
-        raise Exit(f"image.save: {exc}", code=1) from None
+    save_platform(tag, platforms[0], dest, int(level))
     digest = sha256_file(dest)
     dest.with_name(dest.name + ".sha256").write_text(f"{digest}  {dest.name}\n")
     print(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB), sha256 {digest}")
@@ -98,25 +91,22 @@ def save(c, platform="linux/arm64", tag=None, out=None, level=19):
     "min_cosine": "least cosine between two platforms' embeddings of a golden text (default 0.9999)",
     "json": "print one JSON document instead of the table",
     "texts": "compare the embeddings of this file's lines instead of the golden texts",
-    "first": "with --texts: only the first N lines (emulated, each costs ~1.3 s)",
+    "first": "with --texts: only the first N lines (each is slow under emulation)",
     "qemu_cpu": "CPU model qemu-user emulates for a foreign platform (default neoverse-n1)",
 })
+@exits_on_user_error
 def test(c, platform=None, tag=None, bundle=None, runs=1, min_cosine=0.9999, json_=False,
          texts=None, first=None, qemu_cpu=None):
     """Selftest each platform's image (arm64 under QEMU) and compare their embeddings."""
-    from edgefleet.image.build import ImageError
     from edgefleet.image.check import QEMU_CPU, check_images, texts_from_file
 
     bundle_dir = Path(bundle).resolve() if bundle else paths.bundle_dir(c)
-    try:
-        if first and not texts:
-            raise ImageError("--first needs --texts")
-        lines = texts_from_file(Path(texts), int(first) if first else None) if texts else None
-        report = check_images(_setting(c, "tag", tag), _platforms(c, platform), bundle_dir,
-                              runs=int(runs), min_cosine=float(min_cosine), texts=lines,
-                              qemu_cpu=qemu_cpu or QEMU_CPU)
-    except (ImageError, engine.EngineError) as exc:
-        raise Exit(f"image.test: {exc}", code=1) from None
+    if first and not texts:
+        raise UsageError("image.test: --first needs --texts")
+    lines = texts_from_file(Path(texts), int(first) if first else None) if texts else None
+    report = check_images(_setting(c, "tag", tag), _platforms(c, platform), bundle_dir,
+                          runs=int(runs), min_cosine=float(min_cosine), texts=lines,
+                          qemu_cpu=qemu_cpu or QEMU_CPU)
     if json_:
         print(json.dumps(report, indent=2))
     else:
@@ -141,6 +131,7 @@ def test(c, platform=None, tag=None, bundle=None, runs=1, min_cosine=0.9999, jso
 
 
 @task(help={"python": "Python X.Y of the images' base (default 3.11)"})
+@exits_on_user_error
 def lock(c, python=None):
     """Pin the runtime's wheels with hashes for every platform: docker/runtime/requirements.lock."""
     from edgefleet.image import context
@@ -148,11 +139,8 @@ def lock(c, python=None):
 
     python = _setting(c, "python", python)
     dest = context.recipe_dir() / "requirements.lock"
-    try:
-        context.write_lock(paths.repo_root() / "payload" / "requirements.txt", dest,
-                           tuple(arch_of(p) for p in PLATFORMS), python)
-    except context.ContextError as exc:
-        raise Exit(f"image.lock: {exc}", code=1) from None
+    context.write_lock(paths.repo_root() / "payload" / "requirements.txt", dest,
+                       tuple(arch_of(p) for p in PLATFORMS), python)
     print(f"wrote {dest}")
 
 

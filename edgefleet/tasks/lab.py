@@ -1,16 +1,19 @@
-"""Tasks for the lab: `lab.up`, `lab.down`, `lab.status`, `lab.heat`, `lab.fault`, and the VM: `lab.vm.up|down|ssh|status`."""
+"""Lab tasks: `lab.up`, `lab.down`, `lab.status`, `lab.heat`, `lab.fault`; the VM: `lab.vm.up|down|ssh|status`."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
 
-from invoke import Collection, Exit, task
+from invoke import Collection, task
 
 from edgefleet import lab, paths
+from edgefleet.errors import EdgefleetError
 from edgefleet.lab import knobs, vmplan
 from edgefleet.lab import vm as labvm
 from edgefleet.lab.plan import ROUND_ROBIN
+
+from ._errors import UsageError, exits_on_user_error, require
 
 
 def _lab_paths(c) -> lab.LabPaths:
@@ -23,21 +26,21 @@ def _lab_paths(c) -> lab.LabPaths:
     "timeout": "seconds to wait for SSH and systemd (default 120 amd64, 300 arm64)",
     "board": f"one board profile for every device (e.g. qemu-virt); default round-robin {', '.join(ROUND_ROBIN)}",
 })
+@exits_on_user_error
 def up(c, devices=1, arch="arm64", timeout=0, board=None):
     """Start lab devices and write their inventory (targets/lab.yaml)."""
-    try:
-        lab.up(_lab_paths(c), devices=int(devices), arch=arch, timeout=float(timeout) or None, board=board)
-    except ValueError as exc:
-        raise Exit(f"lab.up: {exc}", code=2) from None
+    lab.up(_lab_paths(c), devices=int(devices), arch=arch, timeout=float(timeout) or None, board=board)
 
 
 @task
+@exits_on_user_error
 def down(c):
     """Remove the lab's containers, inventory and state (image caches stay)."""
     lab.down(_lab_paths(c))
 
 
 @task(help={"json": "print one JSON document instead of a table"})
+@exits_on_user_error
 def status(c, json_=False):
     """Show each lab device: container state, arch, ssh and runtime ports."""
     devices = lab.status(_lab_paths(c))
@@ -56,14 +59,20 @@ def status(c, json_=False):
     "celsius": "temperature to set, e.g. 85 (45 is the idle value lab.up sets)",
     "zone": "one thermal zone: its number, thermal_zoneN or its type (default: every zone)",
 })
-def heat(c, device, celsius, zone=None):
+@exits_on_user_error
+def heat(c, device=None, celsius=None, zone=None):
     """Set a lab device's fake thermal zone(s) to a temperature (the runtime's guard sees it)."""
-    try:
-        zones = knobs.heat(_lab_paths(c), device, float(celsius), zone)
-    except ValueError as exc:
-        raise Exit(f"lab.heat: {exc}", code=2) from None
-    print(f"lab: {device} {', '.join(zones)} -> {float(celsius):.1f} C")
+    device = require(device, "--device", "lab.heat")
+    degrees = _number(require(celsius, "--celsius", "lab.heat"), "--celsius")
+    zones = knobs.heat(_lab_paths(c), device, degrees, zone)
+    print(f"lab: {device} {', '.join(zones)} -> {degrees:.1f} C")
 
+
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected a number") from None
 
 
 def _vm_paths(c) -> labvm.VmPaths:
@@ -77,32 +86,33 @@ def _vm_paths(c) -> labvm.VmPaths:
     "timeout": "seconds to wait for SSH and systemd (default 300)",
     "docker": "the variant with Debian's docker engine, as target lab-vm-docker (ship: image)",
 })
+@exits_on_user_error
 def vm_up(c, kernel="4k", cpus=4, memory=2048, timeout=0, docker=False):
     """Boot the arm64 VM (image built or cached) as target lab-vm and write targets/lab-vm.yaml."""
-    try:
-        spec = vmplan.VmSpec(kernel=kernel, cpus=int(cpus), memory_mb=int(memory), docker=bool(docker))
-    except ValueError as exc:
-        raise Exit(f"lab.vm.up: {exc}", code=2) from None
+    spec = vmplan.VmSpec(kernel=kernel, cpus=int(cpus), memory_mb=int(memory), docker=bool(docker))
     labvm.up(_vm_paths(c), spec, timeout=float(timeout) or None)
 
 
 @task(name="down")
+@exits_on_user_error
 def vm_down(c):
     """Power the VM off (QMP power button, then quit), remove its overlay and inventory."""
     labvm.down(_vm_paths(c))
 
 
 @task(name="ssh", help={"command": "run this instead of an interactive shell"})
+@exits_on_user_error
 def vm_ssh(c, command=""):
     """Open a shell on the VM as the deploy user (host key checked against the lab's known_hosts)."""
     vm_paths = _vm_paths(c)
     if labvm.pid(vm_paths) is None:
-        raise Exit("lab.vm.ssh: the VM is not running; start it with `invoke lab.vm.up`", code=1)
+        raise EdgefleetError("lab.vm.ssh: the VM is not running; start it with `invoke lab.vm.up`")
     argv = labvm.ssh_argv(vm_paths, command)
     c.run(vmplan.describe(argv), pty=not command, warn=True)
 
 
 @task(name="status", help={"json": "print one JSON document instead of a line"})
+@exits_on_user_error
 def vm_status(c, json_=False):
     """Show whether the VM runs: pid, ssh port, image and systemd's state."""
     state = labvm.status(_vm_paths(c))
@@ -128,21 +138,18 @@ for _task in (vm_up, vm_down, vm_ssh, vm_status):
     "mb": "for disk-small: size of the small filesystem in MiB (default 64)",
     "leave_mb": "for disk-fill: MiB left free (default 1)",
 })
-def fault(c, device, knob, path="/opt/edgefleet", mb=64, leave_mb="1"):
+@exits_on_user_error
+def fault(c, device=None, knob=None, path="/opt/edgefleet", mb=64, leave_mb="1"):
     """Inject a fault into a lab device: stop/start/kill sshd, a small or full disk."""
-    from edgefleet.engine import EngineError
     from edgefleet.lab import faults
 
+    device = require(device, "--device", "lab.fault")
+    knob = require(knob, "--knob", "lab.fault")
     if knob not in faults.KNOBS:
-        raise Exit(f"error: --knob {knob!r}: expected one of {', '.join(faults.KNOBS)}", code=2)
-    fn, wants = faults.KNOBS[knob]
-    given = {"path": path, "mb": int(mb), "leave_mb": float(leave_mb)}
-    try:
-        fn(device, *(given[w] for w in wants))
-    except (faults.FaultError, EngineError) as exc:
-        raise Exit(f"error: {exc}", code=1) from None
-    except Exception as exc:  # docker's NotFound for a device that is not up
-        raise Exit(f"error: {device}: {exc}", code=1) from None
+        raise UsageError(f"--knob {knob!r}: expected one of {', '.join(faults.KNOBS)}")
+    apply_knob, wants = faults.KNOBS[knob]
+    given = {"path": path, "mb": int(mb), "leave_mb": _number(str(leave_mb), "--leave-mb")}
+    apply_knob(device, *(given[w] for w in wants))
     print(f"lab: {knob} applied to {device}")
 
 

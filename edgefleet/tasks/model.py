@@ -8,7 +8,10 @@ from pathlib import Path
 
 from invoke import Collection, task
 
+from edgefleet.errors import EdgefleetError, InputError
 from edgefleet.paths import build_dir
+
+from ._errors import UsageError, exits_on_user_error
 
 MB = 1e6
 
@@ -37,6 +40,7 @@ def _resolve(path) -> Path:
     "max_answer_len": "qa: longest answer span in tokens (default 30)",
     "force": "export even when the inputs are unchanged",
 })
+@exits_on_user_error
 def export(c, model_dir=None, out=None, max_seq_len=None, opset=17, task=None,
            max_answer_len=None, force=False):
     """Export a model to optimized FP32 ONNX (legacy exporter + ORT transformer fusions)."""
@@ -49,7 +53,7 @@ def export(c, model_dir=None, out=None, max_seq_len=None, opset=17, task=None,
     seq = int(max_seq_len) if max_seq_len else None
     answer_len = int(max_answer_len) if max_answer_len else None
     if task is not None and task not in ex.TASKS:
-        raise SystemExit(f"--task {task}: expected one of {', '.join(ex.TASKS)}")
+        raise UsageError(f"--task {task}: expected one of {', '.join(ex.TASKS)}")
     key = ex.export_key(model_dir, seq, int(opset), task=task, max_answer_len=answer_len)
     meta = ex.read_meta(out)
     if not force and meta.get("inputs_sha256") == key and (out / "model.onnx").is_file():
@@ -58,8 +62,8 @@ def export(c, model_dir=None, out=None, max_seq_len=None, opset=17, task=None,
         try:
             result = ex.export(model_dir, out, max_seq_len=seq, opset=int(opset), task=task,
                                max_answer_len=answer_len)
-        except ValueError as error:
-            raise SystemExit(str(error)) from None
+        except ValueError as error:  # the model or an option does not fit the export
+            raise InputError(str(error)) from None
         print(f"exported {model_dir} in {result.seconds:.1f} s")
         meta = ex.read_meta(out)
     size = (out / "model.onnx").stat().st_size
@@ -92,13 +96,14 @@ GRAPHS = ("arch-stable", "fused")
     "min_cosine": "mixed/search: every text's cosine vs FP32 at least this",
     "mean_cosine": "mixed/search: mean cosine vs FP32 at least this",
     "per_tensor": "quantize weights per tensor instead of per channel (less accurate)",
-    "graph": "arch-stable (default: the same embeddings on arm64 and x86, ~1.1-1.2x the CPU "
+    "graph": "arch-stable (default: the same embeddings on arm64 and x86, somewhat more CPU "
              "time on x86) or fused (ORT's fused Attention/LayerNorm kernels: faster, but "
              "arm64 and x86 differ by up to ~1e-3 in cosine); dynamic and static modes",
     "json": "print one JSON document (the bundle, its size and quantization; with mixed/search "
             "also every candidate) instead of tables",
     "force": "quantize even when the inputs are unchanged",
 })
+@exits_on_user_error
 def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="minmax",
              calibration_texts=None, texts=None, min_cosine=0.99, mean_cosine=0.998,
              per_tensor=False, graph="arch-stable", json=False, force=False):
@@ -108,18 +113,18 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
     from edgefleet.model.bundle import WEIGHTS_FILE, BundleError, verify
 
     if mode not in MODES:
-        raise SystemExit(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+        raise UsageError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
     if graph not in GRAPHS:
-        raise SystemExit(f"--graph {graph!r}: expected one of {', '.join(GRAPHS)}")
+        raise UsageError(f"--graph {graph!r}: expected one of {', '.join(GRAPHS)}")
     if graph != "arch-stable" and mode in ("mixed", "search"):
-        raise SystemExit(f"--graph {graph}: only with --mode dynamic or static "
+        raise UsageError(f"--graph {graph}: only with --mode dynamic or static "
                          "(mixed and search build on the arch-stable graph)")
     model = _resolve(model) if model else build_dir(c) / "models" / "all-minilm-l6-v2"
     if not (model / ex.EXPORT_META).is_file():
-        raise SystemExit(f"{model}: no {ex.EXPORT_META}; run `invoke model.export` first")
+        raise InputError(f"{model}: no {ex.EXPORT_META}; run `invoke model.export` first")
     calib = _resolve(calibration_texts) if calibration_texts else qz.CALIBRATION_TEXTS
     if not calib.is_file():
-        raise SystemExit(f"--calibration-texts {calib}: no such file")
+        raise UsageError(f"--calibration-texts {calib}: no such file")
     name = name or qz.bundle_name(ex.read_meta(model)["source_model"]["name"])
     out = _resolve(out) if out else build_dir(c) / "bundles" / name
     try:
@@ -127,11 +132,11 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
                            calibration=calibration if mode == "static" else None,
                            per_channel=not per_tensor, arch_stable=graph == "arch-stable")
     except ValueError as error:
-        raise SystemExit(f"--calibration: {error}") from None
+        raise UsageError(f"--calibration: {error}") from None
     graph, searched = None, None
     export_task = ex.read_meta(model).get("task", "embed")
     if mode in ("mixed", "search") and export_task != "embed":
-        raise SystemExit(f"--mode {mode} compares embeddings; {model} is a {export_task} "
+        raise UsageError(f"--mode {mode} compares embeddings; {model} is a {export_task} "
                          "export (use dynamic or static)")
     if mode in ("mixed", "search"):
         recipe, graph, searched = _search(c, model, out, calib, texts, mode, float(min_cosine),
@@ -191,7 +196,7 @@ def _search(c, model: Path, out: Path, calib: Path, texts, mode: str, min_cosine
 
     eval_path = _resolve(texts) if texts else None
     if eval_path is not None and not eval_path.is_file():
-        raise SystemExit(f"--texts {eval_path}: no such file")
+        raise UsageError(f"--texts {eval_path}: no such file")
     session_config = ({} if ex.read_meta(model).get("skip_layer_norm", True)
                       else dict(ex.SESSION_CONFIG_UNFUSED))
     work = build_dir(c) / "cache" / f"quantize-{mode}-{out.name}"
@@ -218,6 +223,7 @@ def _search(c, model: Path, out: Path, calib: Path, texts, mode: str, min_cosine
     "also": "comma-separated other bundle dirs timed in the same rounds (e.g. another "
             "quantizer graph), each with its time relative to ours",
 })
+@exits_on_user_error
 def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False, also=None):
     """Time PyTorch FP32, ORT FP32, naive INT8 and our bundle side by side; print ratios."""
     import shlex
@@ -231,7 +237,7 @@ def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False, al
     for other in (also or "").split(","):
         if other.strip():
             parts += ["--also", str(_resolve(other.strip()))]
-    c.run(" ".join(shlex.quote(part) for part in parts), pty=False)
+    c.run(shlex.join(parts), pty=False)
 
 
 @task(help={
@@ -242,6 +248,7 @@ def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False, al
     "clock": "wall (default) or cpu: CPU time of the calling thread (--threads 1 only)",
     "json": "print one JSON document instead of the tables",
 })
+@exits_on_user_error
 def check(c, texts=None, threads=1, rounds=15, plot=None, clock="wall", json=False):
     """Accuracy vs FP32 PyTorch and latency per length: tables, --json and a PNG plot."""
     import shlex
@@ -257,7 +264,7 @@ def check(c, texts=None, threads=1, rounds=15, plot=None, clock="wall", json=Fal
         parts += ["--plot", str(_resolve(plot))]
     if json:
         parts.append("--json")
-    c.run(" ".join(shlex.quote(part) for part in parts), pty=False)
+    c.run(shlex.join(parts), pty=False)
 
 
 @task(help={
@@ -268,6 +275,7 @@ def check(c, texts=None, threads=1, rounds=15, plot=None, clock="wall", json=Fal
     "png": "chart path (default: <build_dir>/reports/profile-<bundle-name>.png)",
     "json": "print one JSON document (the runtime's profile plus the chart's path)",
 })
+@exits_on_user_error
 def profile(c, bundle=None, threads=None, runs=5, top=15, png=None, json=False):
     """Per-node ORT profile of a bundle by the runtime itself: top nodes as a table and a PNG."""
     import json as jsonlib
@@ -286,14 +294,14 @@ def profile(c, bundle=None, threads=None, runs=5, top=15, png=None, json=False):
              "--runs", str(int(runs)), "--top", str(int(top))]
     if threads:
         parts += ["--threads", str(int(threads))]
-    result = c.run(" ".join(shlex.quote(part) for part in parts), hide=True, warn=True,
+    result = c.run(shlex.join(parts), hide=True, warn=True,
                    in_stream=False)
     if result.exited != 0:
-        raise SystemExit(f"edge_runtime profile failed for {bundle}:\n{result.stderr.strip()}")
+        raise EdgefleetError(f"edge_runtime profile failed for {bundle}:\n{result.stderr.strip()}")
     try:
         doc = parse_profile(result.stdout)
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
+    except ValueError as error:  # the runtime printed something that is not a profile
+        raise EdgefleetError(str(error)) from None
     name = doc.get("bundle") or bundle.name
     path = _resolve(png) if png else build_dir(c) / "reports" / f"profile-{name}.png"
     profile_chart(doc, path)

@@ -8,30 +8,32 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from ..inventory import InventoryError, load_inventory
+from ..inventory import Target, load_inventory
 from ..paths import build_dir, bundle_dir, targets_dir
-from ..rollout import RolloutError, latest_record, plan_rollout, print_table, resume_targets
+from ..rollout import latest_record, plan_rollout, print_table, resume_targets
 from ..rollout import rollout as run
-from .fleet import USER_ERRORS, _sigterm_unwinds
+from ._errors import UsageError, exits_on_user_error
+from .fleet import _sigterm_unwinds
 from .image import image_tag
 
 DEFAULTS = {"canary": "1", "batch": "25%", "max_fail": "0", "parallel": 10}
 
 
-def _names(c, group: str | None, targets: str | None, resume: bool) -> tuple[list, dict]:
+def _names(c, group: str | None, targets: str | None, resume: bool) -> tuple[list[Target], dict]:
     """Return the targets to roll out to, in order, and what to record about the choice."""
     inventory = load_inventory(targets_dir(c))
     if resume:
         if group or targets:
-            raise RolloutError("--resume takes its devices from the last rollout; drop --group/--targets")
+            raise UsageError("--resume takes its devices from the last rollout; drop --group/--targets")
         record = latest_record(build_dir(c) / "rollouts")
         names = resume_targets(record)
         return [inventory.target(n) for n in names], {"resumed_from": record["rollout"], "bundle": record["bundle"],
                                                       "options": record.get("options", {})}
     if bool(group) == bool(targets):
-        raise RolloutError("give exactly one of --group or --targets (or --resume)")
+        raise UsageError("give exactly one of --group or --targets (or --resume)")
     if group:
         return inventory.group(group), {"group": group}
+    assert targets is not None  # exactly one of group and targets was given
     return [inventory.target(n.strip()) for n in targets.split(",") if n.strip()], {"targets": targets}
 
 
@@ -47,26 +49,25 @@ def _names(c, group: str | None, targets: str | None, resume: bool) -> tuple[lis
     "resume": "re-run only the devices of the last rollout that did not end on its release",
     "json": "print one JSON document (the rollout record) instead of a table",
 })
+@exits_on_user_error
 def rollout(c, group=None, targets=None, bundle=None, canary=None, batch=None, max_fail=None, parallel=None,
             dry_run=False, resume=False, json_=False):
     """Roll the bundle out in waves (canary, then batches), stop past --max-fail, roll back the failed wave."""
     out = sys.stderr if json_ else sys.stdout
-    try:
-        chosen, meta = _names(c, group, targets, resume)
-        # given on the command line, else the resumed rollout's, else the defaults
-        given = {"canary": canary, "batch": batch, "max_fail": max_fail, "parallel": parallel}
-        options = {k: v if v is not None else meta.get("options", {}).get(k, DEFAULTS[k]) for k, v in given.items()}
-        canary, batch, max_fail, parallel = (options[k] for k in ("canary", "batch", "max_fail", "parallel"))
-        if resume and not chosen:
-            print(f"nothing to resume: every device of rollout {meta['resumed_from']} is on its release", file=out)
-            if json_:
-                print(json.dumps({"resumed_from": meta["resumed_from"], "devices": {}, "status": "nothing to do"}))
-            return
-        plan = plan_rollout([t.name for t in chosen], canary, batch, max_fail, int(parallel))
-    except (InventoryError, RolloutError) as exc:
-        raise Exit(f"error: {exc}", code=2) from None
+    chosen, meta = _names(c, group, targets, resume)
+    # given on the command line, else the resumed rollout's, else the defaults
+    given = {"canary": canary, "batch": batch, "max_fail": max_fail, "parallel": parallel}
+    options = {k: v if v is not None else meta.get("options", {}).get(k, DEFAULTS[k]) for k, v in given.items()}
+    if resume and not chosen:
+        print(f"nothing to resume: every device of rollout {meta['resumed_from']} is on its release", file=out)
+        if json_:
+            print(json.dumps({"resumed_from": meta["resumed_from"], "devices": {}, "status": "nothing to do"}))
+        return
+    plan = plan_rollout([t.name for t in chosen], options["canary"], options["batch"], options["max_fail"],
+                        options["parallel"])
     bundle_path = Path(bundle) if bundle else Path(meta.get("bundle") or bundle_dir(c))
-    meta.update(options={"canary": str(canary), "batch": str(batch), "max_fail": str(max_fail), "parallel": int(parallel)})
+    meta.update(options={"canary": str(options["canary"]), "batch": str(options["batch"]),
+                         "max_fail": str(options["max_fail"]), "parallel": plan.parallel})
     if dry_run:
         lines = plan.describe() + [f"  bundle {bundle_path}", "dry run: nothing was changed"]
         if json_:
@@ -77,11 +78,8 @@ def rollout(c, group=None, targets=None, bundle=None, canary=None, batch=None, m
         return
     print("\n".join(plan.describe()), file=out)
     _sigterm_unwinds()
-    try:
-        doc = run(chosen, plan, bundle_path, build_dir(c), meta=meta, progress=sys.stderr.isatty(),
-                  log=lambda line: print(line, file=out), image_tag=image_tag(c))
-    except (*USER_ERRORS, RolloutError) as exc:
-        raise Exit(f"error: {exc}", code=1) from None
+    doc = run(chosen, plan, bundle_path, build_dir(c), meta=meta, progress=sys.stderr.isatty(),
+              log=lambda line: print(line, file=out), image_tag=image_tag(c))
     if json_:
         print(json.dumps(doc, indent=2))
     else:

@@ -8,7 +8,7 @@ import edge_runtime
 import numpy as np
 import onnx
 import pytest
-from invoke import Config, Context
+from invoke import Config, Context, Exit
 from tokenizers import Tokenizer
 
 from edgefleet.model import search as se
@@ -200,8 +200,9 @@ def test_quantize_task_static_json(tiny, tmp_path, capsys):
 ])
 def test_quantize_task_rejects_bad_options(tiny, tmp_path, kwargs, message):
     c = Context(Config(overrides={"edgefleet": {"build_dir": str(tmp_path / "build")}}))
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(Exit, match=message) as refused:
         tasks.quantize(c, model=str(tiny["fp32_dir"]), out=str(tmp_path / "b"), **kwargs)
+    assert refused.value.code == 2  # a usage error
 
 
 def test_quantize_task_graph_choice(tiny, tmp_path, capsys):
@@ -239,6 +240,7 @@ def test_static_mode_for_task_heads(task_models, tmp_path, task):
 
 def test_search_modes_refuse_task_heads(task_models, tmp_path):
     c = Context(Config(overrides={"edgefleet": {"build_dir": str(tmp_path / "build")}}))
-    with pytest.raises(SystemExit, match="compares embeddings"):
+    with pytest.raises(Exit, match="compares embeddings") as refused:
         tasks.quantize(c, model=str(task_models["qa"]["fp32_dir"]), out=str(tmp_path / "b"),
                        mode="mixed")
+    assert refused.value.code == 2

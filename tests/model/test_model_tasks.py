@@ -3,7 +3,7 @@
 import shutil
 
 import pytest
-from invoke import Config, Context
+from invoke import Config, Context, Exit
 
 from edgefleet.tasks import model as tasks
 
@@ -71,5 +71,6 @@ def test_export_task_records_task_and_rejects_unknown(tiny_classify, tmp_path, c
                  max_seq_len=32)
     assert "task classify; labels ['negative', 'neutral', 'positive']; max_seq_len 32" in \
         capsys.readouterr().out
-    with pytest.raises(SystemExit, match="--task summarize: expected one of embed, classify, qa"):
+    with pytest.raises(Exit, match="--task summarize: expected one of embed, classify, qa") as refused:
         tasks.export(c, model_dir=str(tiny_classify["model_dir"]), task="summarize")
+    assert refused.value.code == 2

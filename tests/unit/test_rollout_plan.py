@@ -21,7 +21,7 @@ DEVS = [f"d{i:02d}" for i in range(1, 11)]
     ("10%", 10, 0, 1),
     ("25%", 10, 0, 3),  # rounds up
     ("1%", 2000, 0, 20),
-    ("0%", 10, 1, 1),  # a batch has at least one device
+    ("1%", 10, 1, 1),  # a batch has at least one device
     ("100%", 7, 0, 7),
     (" 2 ", 10, 0, 2),
 ])
@@ -59,6 +59,9 @@ def test_plan_describe_names_the_canary():
 @pytest.mark.parametrize("kwargs, message", [
     ({"names": []}, "no devices"),
     ({"names": DEVS, "parallel": 0}, "--parallel"),
+    ({"names": DEVS, "parallel": "many"}, "--parallel"),
+    ({"names": DEVS, "batch": 0}, "--batch 0: need at least 1"),  # not silently a batch of one
+    ({"names": DEVS, "batch": "0%"}, "--batch '0%': need at least 1"),
     ({"names": DEVS, "max_fail": "lots"}, "--max-fail"),
     ({"names": DEVS, "canary": "-1"}, "--canary"),
 ])
@@ -102,7 +105,8 @@ def test_resume_refuses_a_record_without_devices():
 
 @pytest.mark.parametrize("a, b, same", [
     (("arm64", "3.11", {}, None, None), ("arm64", "3.11", {}, "", ""), True),
-    (("arm64", "3.10", {"onnxruntime": "1.23.2"}, None, None), ("arm64", "3.10", {"onnxruntime": "1.23.2"}, None, None), True),
+    (("arm64", "3.10", {"onnxruntime": "1.23.2"}, None, None),
+     ("arm64", "3.10", {"onnxruntime": "1.23.2"}, None, None), True),
     (("arm64", "3.11", {}, None, None), ("amd64", "3.11", {}, None, None), False),
     (("arm64", "3.10", {}, None, None), ("arm64", "3.10", {"onnxruntime": "1.23.2"}, None, None), False),
 ])
