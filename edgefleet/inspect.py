@@ -5,7 +5,6 @@ from __future__ import annotations
 from .deploy import Device, service_call
 from .inventory import Target
 from .render import check_rendered, render_target
-from .transport import SSHError, connect
 from .status import (
     TargetStatus,
     find_drift,
@@ -15,6 +14,7 @@ from .status import (
     throttling,
     unified_diffs,
 )
+from .transport import SSHError, connect
 
 __all__ = ["collect_status", "device_diff"]
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's two commands. Installs whatever is missing (idempotent), then:
 #   bash scripts/run.sh demo   export -> INT8 bundle -> lab device (arm64 under QEMU) -> deploy -> query
-#   bash scripts/run.sh test   every test tier: unit, integration (real sshd, docker, ORT), e2e (arm64 lab)
+#   bash scripts/run.sh test   ruff and mypy, then every test tier: unit, integration (real sshd, docker, ORT), e2e
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 what="${1:-}"
@@ -13,5 +13,9 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 case "$what" in
   demo) exec .venv/bin/invoke demo ;;
-  test) exec .venv/bin/python -m pytest -p no:cacheprovider --timeout=2400 "${@:2}" ;;
+  test)
+    # lint and types first: any finding fails the run before the (long) test tiers start
+    .venv/bin/ruff check edgefleet payload tasks.py
+    .venv/bin/mypy
+    exec .venv/bin/python -m pytest -p no:cacheprovider --timeout=2400 "${@:2}" ;;
 esac
