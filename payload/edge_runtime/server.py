@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -23,16 +24,24 @@ from edge_runtime.framing import (
     Answer,
     HttpHandler,
     ProtocolError,
-    Server,
+    render,
 )
+from edge_runtime.listener import Server
 from edge_runtime.service import Service, single_malloc_arena
 from edge_runtime.validate import ApiError, check_length, check_token, parse_qa, parse_texts
+from edge_runtime.worker import Abandoned
 
 __all__ = ["Service", "make_server", "serve", "Handler", "Server", "LIMITS", "float32_json",
            "MAX_LINE", "MAX_HEADERS", "MAX_HEAD_BYTES", "MAX_CONNECTIONS"]
 
 log = logging.getLogger("edge_runtime")
 OPEN_ROUTES = ("/healthz", "/readyz")  # the host's health gate and probes need no token
+ROUTES = {"/healthz": ("GET", "_healthz"), "/readyz": ("GET", "_readyz"),
+          "/metrics": ("GET", "_metrics"), "/v1/info": ("GET", "_info"),
+          "/v1/embed": ("POST", "_embed"), "/v1/classify": ("POST", "_classify"),
+          "/v1/qa": ("POST", "_qa")}  # route: (its one method, the Handler method answering it)
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
+                           "PATCH"})  # a known one on a route is 405, any other method 501
 
 
 def float32_json(rows) -> bytes:
@@ -47,6 +56,31 @@ def float32_json(rows) -> bytes:
     return ("[[" + "],[".join(",".join(map(fmt, row)) for row in rows.tolist()) + "]]").encode()
 
 
+def readiness(service: Service) -> dict:
+    """Return /readyz's answer; ApiError 503 while loading or after a failed selftest."""
+    if not service.ready:
+        state = "failed" if service.state == "failed" else "loading"
+        raise ApiError(503, f"not ready: {service.status}", state=state)
+    return {"status": "ready", "state": "ready", "detail": service.status,
+            "throttle": service.guard.state}
+
+
+def probe_answer(service: Service, path: str) -> bytes | None:
+    """Answer GET /healthz or /readyz outside a connection slot (None for any other path)."""
+    started = time.perf_counter()
+    if path == "/healthz":
+        status, payload = 200, {"status": "alive"}
+    elif path == "/readyz":
+        try:
+            status, payload = 200, readiness(service)
+        except ApiError as error:
+            status, payload = error.status, {"error": str(error), **error.extra}
+    else:
+        return None
+    service.metrics.request("GET", path, status, time.perf_counter() - started)
+    return render(status, json.dumps(payload).encode(), JSON)
+
+
 class Handler(HttpHandler):
     """Routes: GET /healthz /readyz /metrics /v1/info, POST /v1/embed /v1/classify /v1/qa (the
     one of the bundle's task answers, the others 409)."""
@@ -54,26 +88,28 @@ class Handler(HttpHandler):
     service: Service
 
     def respond(self) -> None:
-        handler = {"GET": self._get, "POST": self._post}.get(self.command)
-        if handler is None:
+        if self.command not in KNOWN_METHODS:
             self._json(501, {"error": f"Unsupported method ({self.command!r})"})
             self.keep_alive = False
             return
-        handler()
+        self._dispatch()
 
-    def _dispatch(self, routes: dict) -> None:
+    def _dispatch(self) -> None:
         """Route, answer; the request is counted in metrics before the answer leaves, so a
         client that reads /metrics right after its answer sees its own request."""
         started, route = time.perf_counter(), self.path.split("?", 1)[0]
         answer: Answer
         try:
-            action = routes.get(route)
-            if action is None:
+            if route not in ROUTES:
                 route = "other"
                 raise ApiError(404, f"no route {self.command} {self.path}")
+            method, name = ROUTES[route]
+            if self.command != method:
+                raise ApiError(405, f"{self.command} not allowed on {route} (only {method})",
+                               headers={"Allow": method})
             if route not in OPEN_ROUTES:
                 check_token(self.headers.get("authorization"), self.service.config.token)
-            payload = action()
+            payload = getattr(self, name)()
             if isinstance(payload, str):
                 answer = (200, payload.encode(), TEXT, None)
             elif isinstance(payload, bytes):
@@ -85,9 +121,9 @@ class Handler(HttpHandler):
                                        error.headers)
         except ProtocolError as error:  # the body did not arrive
             answer = self._json_answer(error.status, {"error": str(error)})
-        except (TimeoutError, ConnectionError):
-            self.service.metrics.request(self.command, route, 500,
-                                         time.perf_counter() - started)
+        except (TimeoutError, ConnectionError) as error:
+            gone = 499 if isinstance(error, Abandoned) else 500  # 499: nginx's "client gone"
+            self.service.metrics.request(self.command, route, gone, time.perf_counter() - started)
             raise
         except Exception as error:
             log.exception("request_failed path=%s", self.path)
@@ -97,24 +133,17 @@ class Handler(HttpHandler):
                                      time.perf_counter() - started)
         self._send(*answer)
 
-    def _get(self) -> None:
-        self._dispatch({"/healthz": lambda: {"status": "alive"}, "/readyz": self._readyz,
-                        "/metrics": self._metrics, "/v1/info": self.service.info})
-
-    def _post(self) -> None:
-        self._dispatch({"/v1/embed": self._embed, "/v1/classify": self._classify,
-                        "/v1/qa": self._qa})
+    def _healthz(self) -> dict:
+        return {"status": "alive"}
 
     def _readyz(self) -> dict:
-        service = self.service
-        if not service.ready:
-            state = "failed" if service.state == "failed" else "loading"
-            raise ApiError(503, f"not ready: {service.status}", state=state)
-        return {"status": "ready", "state": "ready", "detail": service.status,
-                "throttle": service.guard.state}
+        return readiness(self.service)
 
     def _metrics(self) -> str:
         return self.service.metrics.render(self.service.gauges())
+
+    def _info(self) -> dict:
+        return self.service.info()
 
     def _body(self) -> bytes:
         length = check_length(self.headers.get("content-length"),
@@ -124,20 +153,20 @@ class Handler(HttpHandler):
     def _embed(self) -> bytes:
         texts = parse_texts(self._body(), self.service.config.limits)
         started = time.perf_counter()
-        embeddings = self.service.embed(texts)
+        embeddings = self.service.embed(texts, wanted=self.client_waiting)
         ms = (time.perf_counter() - started) * 1e3
         return b'{"embeddings": %s, "ms": %s}' % (float32_json(embeddings), repr(ms).encode())
 
     def _classify(self) -> dict:
         texts = parse_texts(self._body(), self.service.config.limits)
         started = time.perf_counter()
-        results = self.service.infer("classify", texts)
+        results = self.service.infer("classify", texts, wanted=self.client_waiting)
         return {"results": results, "ms": (time.perf_counter() - started) * 1e3}
 
     def _qa(self) -> dict:
         question, context = parse_qa(self._body(), self.service.config.limits)
         started = time.perf_counter()
-        answer = self.service.infer("qa", question, context)
+        answer = self.service.infer("qa", question, context, wanted=self.client_waiting)
         return {**answer, "ms": (time.perf_counter() - started) * 1e3}
 
 
@@ -145,7 +174,7 @@ def make_server(service: Service, host: str, port: int,
                 timeout_s: float = SOCKET_TIMEOUT_S) -> Server:
     """Bind the HTTP server for a service (port 0 picks a free port)."""
     handler = type("BoundHandler", (Handler,), {"service": service, "timeout": timeout_s})
-    return Server((host, port), handler)
+    return Server((host, port), handler, probe=functools.partial(probe_answer, service))
 
 
 POLL_S = 2.0  # the accept loop's wake-ups when idle (a stop pokes it awake: see _shut_down)

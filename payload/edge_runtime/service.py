@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import time
+from concurrent.futures import CancelledError
 
 from edge_runtime.config import RuntimeConfig
 from edge_runtime.golden import ROUTES
@@ -19,7 +20,7 @@ from edge_runtime.sysfs import Sysfs, governor_drift
 from edge_runtime.thermal import HARD, SOFT, STATES, ThermalGuard
 from edge_runtime.tuning import Placement, place
 from edge_runtime.validate import ApiError
-from edge_runtime.worker import InferenceWorker, QueueFull
+from edge_runtime.worker import Abandoned, InferenceWorker, QueueFull
 
 __all__ = ["Service", "release_id", "rss_bytes"]
 
@@ -138,15 +139,16 @@ class Service:
     def _spacing(self, took_s: float) -> float:
         return took_s if self.guard.state == SOFT else 0.0
 
-    def embed(self, texts: list[str]):
+    def embed(self, texts: list[str], wanted=None):
         """Embed texts on the worker (see infer)."""
-        return self.infer("embed", texts)
+        return self.infer("embed", texts, wanted=wanted)
 
-    def infer(self, task: str, *args):
+    def infer(self, task: str, *args, wanted=None):
         """Queue one model call for the worker and wait for its result.
 
         503 when not ready, too hot or the queue is full; 409 when the bundle was built for
         another task; 400 when the model cannot take the input (e.g. the question is too long).
+        wanted() is asked before the call runs: False drops it and raises Abandoned.
         """
         model = self.model
         if not self.ready or model is None:  # ready implies a model
@@ -160,13 +162,15 @@ class Service:
             raise ApiError(503, f"too hot ({self.guard.hottest()} °C): refusing new work",
                            headers={"Retry-After": str(retry)}, throttle=HARD)
         try:
-            future = self.worker.submit((task, args))
+            future = self.worker.submit((task, args), wanted)
         except QueueFull as error:
             raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
         try:
             return future.result(timeout=WAIT_S)
         except InputError as error:
             raise ApiError(400, str(error)) from None
+        except CancelledError:
+            raise Abandoned(f"client gone before its {task} call ran") from None
 
     def info(self) -> dict:
         """Return bundle, release, placement, governors with drift, temperatures, throttle."""

@@ -22,9 +22,13 @@ class ApiError(Exception):
 
 def check_length(header: str | None, max_body_bytes: int) -> int:
     """Return the declared body length; 411 when missing or not a number, 413 over the limit."""
-    if header is None or not header.strip().isdigit():
+    digits = (header or "").strip()
+    if not (digits.isascii() and digits.isdigit()):  # isdigit() alone takes "²" and "٣"
         raise ApiError(411, "Content-Length required (a decimal number)")
-    length = int(header.strip())
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > len(str(max_body_bytes)):  # before int(): it refuses 4,300+ digits
+        raise ApiError(413, f"body larger than {max_body_bytes} bytes ({len(digits)} digits)")
+    length = int(digits)
     if length > max_body_bytes:
         raise ApiError(413, f"body larger than {max_body_bytes} bytes ({length})")
     return length
@@ -46,8 +50,9 @@ def _json(body: bytes):
         return json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as error:
         raise ApiError(400, f"body is not valid UTF-8: {error}") from None
-    except (json.JSONDecodeError, RecursionError) as error:
-        raise ApiError(400, f"body is not valid JSON: {error}") from None
+    except (ValueError, RecursionError) as error:  # ValueError: also a 4,300+ digit integer
+        reason = str(error).split(";")[0]  # not int()'s advice about sys.set_int_max_str_digits
+        raise ApiError(400, f"body is not valid JSON: {reason}") from None
 
 
 def _check_strings(named: list[tuple[str, str]], limits) -> None:

@@ -8,13 +8,17 @@ import threading
 import time
 from concurrent.futures import Future
 
-__all__ = ["InferenceWorker", "QueueFull"]
+__all__ = ["InferenceWorker", "QueueFull", "Abandoned"]
 
 log = logging.getLogger("edge_runtime")
 
 
 class QueueFull(Exception):
     """The queue holds queue_depth jobs already."""
+
+
+class Abandoned(ConnectionError):
+    """The client went away before the worker reached its job; the job was dropped."""
 
 
 class InferenceWorker:
@@ -44,18 +48,22 @@ class InferenceWorker:
         self._thread.start()
         return self
 
-    def submit(self, job) -> Future:
-        """Queue a job; raise QueueFull when the queue is full."""
+    def submit(self, job, wanted=None) -> Future:
+        """Queue a job; raise QueueFull when the queue is full.
+
+        wanted() is asked just before the job runs; when it returns False the job is dropped
+        and its future cancelled (the client that asked for it has gone).
+        """
         future: Future = Future()
         try:
-            self.jobs.put_nowait((job, future))
+            self.jobs.put_nowait((job, future, wanted))
         except queue.Full:
             raise QueueFull(f"inference queue full ({self.jobs.maxsize} waiting)") from None
         return future
 
     def stop(self) -> None:
         """Ask the worker to finish after the jobs queued so far."""
-        self.jobs.put((None, None))
+        self.jobs.put((None, None, None))
 
     def _housekeep(self, hook, name: str) -> None:
         try:
@@ -63,17 +71,26 @@ class InferenceWorker:
         except Exception:  # housekeeping must never stop the worker
             log.exception("worker_%s_failed", name)
 
+    def _still_wanted(self, wanted) -> bool:
+        try:
+            return bool(wanted())
+        except Exception:  # a broken check must not drop work
+            log.exception("worker_wanted_check_failed")
+            return True
+
     def _loop(self) -> None:
         unsettled = False
         while True:
             try:
-                job, future = self.jobs.get(timeout=self.settle_s if unsettled else None)
+                job, future, wanted = self.jobs.get(timeout=self.settle_s if unsettled else None)
             except queue.Empty:
                 unsettled = False
                 self._housekeep(self.settled, "settled")
                 continue
             if future is None:
                 return
+            if wanted is not None and not self._still_wanted(wanted):
+                future.cancel()
             if not future.set_running_or_notify_cancel():
                 continue
             self.busy = True

@@ -104,7 +104,8 @@ BAD_INPUT = [  # (name, raw request, status, words in the error)
     ("length not a number", POST + b"Content-Length: ten\r\n\r\n", 411, "Content-Length"),
     ("deep nesting", post(b"[" * 3000), 400, "not valid JSON"),
     ("unknown route", b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n", 404, "no route"),
-    ("wrong method", b"PUT /v1/embed HTTP/1.1\r\nHost: t\r\n\r\n", 501, "Unsupported method"),
+    ("unknown method", b"BREW /v1/embed HTTP/1.1\r\nHost: t\r\n\r\n", 501, "Unsupported method"),
+    ("wrong method", b"PUT /v1/embed HTTP/1.1\r\nHost: t\r\n\r\n", 405, "not allowed"),
     ("garbage request line", b"\x00\x01garbage\r\n\r\n", 400, "request"),
     ("bad http version", b"GET / HTTP/9.9\r\n\r\n", 505, "version"),
 ]
@@ -359,15 +360,17 @@ def test_connection_limit_gives_503(serve, monkeypatch):
             sock.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
             sock.settimeout(5)
             assert read_response(sock)[0] == 200
-        status, headers, body = raw(port, b"GET /healthz HTTP/1.1\r\n\r\n")
+        status, headers, body = raw(port, b"GET /v1/info HTTP/1.1\r\n\r\n")
         assert status == 503 and headers["retry-after"] == "1"
         assert "too many connections" in body["error"]
+        for probe in ("/healthz", "/readyz"):  # the health gate is answered over the cap
+            assert raw(port, b"GET %s HTTP/1.1\r\n\r\n" % probe.encode())[0] == 200
     finally:
         for sock in held:
             sock.close()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # the slots come back once the connections end
-        if request(port, "GET", "/healthz")[0] == 200:
+        if request(port, "GET", "/v1/info")[0] == 200:
             break
         time.sleep(0.05)
     else:

@@ -86,7 +86,7 @@ def test_server_routes_and_sigterm(tiny_bundle, start_server):
         ("POST", "/v1/embed", json.dumps({"texts": [1, 2]}), 400, "expected"),
         ("POST", "/v1/embed", json.dumps({"texts": []}), 400, "1..64"),
         ("GET", "/nope", None, 404, "no route"),
-        ("POST", "/healthz", "{}", 404, "no route"),
+        ("POST", "/healthz", "{}", 405, "not allowed"),
     ]
     for method, path, body, expected, message in cases:
         status, ctype, data = _request(port, method, path, body)
