@@ -1,15 +1,13 @@
 """The one place that talks to docker: the SDK to inspect and run, the CLI to build and import.
 
 Builds go through the `docker buildx` CLI (the SDK has no BuildKit); `docker import` reads a
-zstd tarball through a pipe. Everything else (containers, exec, copying files in) uses the SDK.
-Both honour DOCKER_HOST, so a private daemon on another socket works the same.
+zstd tarball through a pipe (engine_rootfs.py, the other half). Everything else (containers,
+exec, copying files in) uses the SDK. Both honour DOCKER_HOST, so a private daemon on another socket works the same.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import shlex
 import shutil
 import subprocess
@@ -25,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EngineError", "ContainerSpec", "ContainerInfo", "client", "image_labels", "image_id",
-    "import_image", "image_platform", "remove_image", "load_rootfs", "build_image", "create_container", "put_files",
+    "image_platform", "remove_image", "build_image", "create_container", "put_files",
     "start",
     "remove", "exec_run", "containers", "logs", "usage", "Features", "features", "run_to_exit",
     "save_image", "load_image", "image_size", "image_layers", "has_buildx",
@@ -118,22 +116,6 @@ def image_id(tag: str) -> str | None:
         return None
 
 
-def import_image(tarball: Path, tag: str, platform: str, changes: list[str]) -> None:
-    """Import a zstd-compressed rootfs tarball as an image (`docker import`)."""
-    argv = ["docker", "import", "--platform", platform]
-    for change in changes:
-        argv += ["--change", change]
-    argv += ["-", tag]
-    print("+ zstd -dc " + shlex.quote(str(tarball)) + " | " + shlex.join(argv), flush=True)
-    with _zstd_stream(tarball) as unzstd:
-        try:
-            _run(argv, stdin=_pipe(unzstd.stdout), quiet=True)
-        finally:
-            _pipe(unzstd.stdout).close()
-    if unzstd.returncode != 0:
-        raise EngineError(f"zstd -dc {tarball} failed ({unzstd.returncode})")
-
-
 def image_platform(tag: str) -> str:
     """Return the os/arch a local image is recorded as (e.g. linux/arm64)."""
     attrs = client().images.get(tag).attrs
@@ -154,48 +136,6 @@ def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
     if stream is None:
         raise EngineError("a subprocess pipe was not opened")
     return stream
-
-
-def load_rootfs(tarball: Path, tag: str, arch: str, labels: dict[str, str]) -> None:
-    """Load a zstd rootfs tarball as a one-layer image recorded with the right arch.
-
-    `docker import --platform` on dockerd 20.10 records the host's arch, and BuildKit then
-    looks for the base in a registry; `docker load` of an image archive keeps what its
-    config says.
-    """
-    digest, size = hashlib.sha256(), 0
-    with _zstd_stream(tarball) as unzstd:
-        unzstd_out = _pipe(unzstd.stdout)
-        for chunk in iter(lambda: unzstd_out.read(1 << 20), b""):
-            digest.update(chunk)
-            size += len(chunk)
-    config = json.dumps({
-        "architecture": arch, "os": "linux", **({"variant": "v8"} if arch == "arm64" else {}),
-        "config": {"Labels": labels,
-                   "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{digest.hexdigest()}"]},
-        "history": [{"created_by": f"edgefleet rootfs {tarball.name}"}],
-    }).encode()
-    config_name = hashlib.sha256(config).hexdigest() + ".json"
-    manifest = json.dumps([{"Config": config_name, "RepoTags": [tag],
-                            "Layers": ["layer.tar"]}]).encode()
-    print(f"+ docker load  # {tarball.name} as {tag} (linux/{arch})", flush=True)
-    loader = subprocess.Popen(["docker", "load", "-q"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    with tarfile.open(fileobj=_pipe(loader.stdin), mode="w|") as archive:
-        for name, content in ((config_name, config), ("manifest.json", manifest)):
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            archive.addfile(info, io.BytesIO(content))
-        info = tarfile.TarInfo("layer.tar")
-        info.size = size
-        with _zstd_stream(tarball) as unzstd:
-            archive.addfile(info, _pipe(unzstd.stdout))
-    _pipe(loader.stdin).close()
-    err = _pipe(loader.stderr).read()
-    _pipe(loader.stdout).read()
-    if loader.wait() != 0:
-        raise EngineError(f"docker load of {tarball} failed: {err.decode()[-2000:]}")
 
 
 def has_buildx() -> bool:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet import engine
+from edgefleet import engine, engine_rootfs
 from edgefleet.paths import repo_root
 
 __all__ = ["Recipe", "RECIPE_LABEL", "recipe_hash", "base_hash", "base_tag", "rootfs_tarball",
@@ -93,10 +93,10 @@ def ensure_base(recipe: Recipe, arch: str, build_dir: Path) -> str:
         return tag
     tarball = rootfs_tarball(recipe, arch, rootfs_cache(build_dir))
     labels = {RECIPE_LABEL: base_hash(recipe, arch), "edgefleet.arch": arch}
-    engine.import_image(tarball, tag, f"linux/{arch}",
-                        [f"LABEL {key}={value}" for key, value in labels.items()])
+    engine_rootfs.import_image(tarball, tag, f"linux/{arch}",
+                                [f"LABEL {key}={value}" for key, value in labels.items()])
     if engine.image_platform(tag) != f"linux/{arch}":
         # dockerd 20.10 records the host arch for `import --platform`: load it instead
         engine.remove_image(tag)
-        engine.load_rootfs(tarball, tag, arch, labels)
+        engine_rootfs.load_rootfs(tarball, tag, arch, labels)
     return tag
