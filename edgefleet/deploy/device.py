@@ -8,9 +8,9 @@ from __future__ import annotations
 import io
 import posixpath
 import re
-import shlex
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from shlex import quote
 
 from ..errors import EdgefleetError
 from ..inventory import Target
@@ -18,7 +18,6 @@ from ..transport import OpenSSHError, SSHError, Transport
 
 __all__ = ["Device", "DeployError", "root_steps", "docker_argv", "now"]
 
-q = shlex.quote
 _STEP_MARK = "edgefleet-step"  # Device.systems: each command of a batch reports its exit code
 
 
@@ -58,12 +57,12 @@ class Device:
     def file_command(self, command: str) -> str:
         """Return `command` as it runs to write the device root (through sudo unless the login user owns it)."""
         if self.target.settings.sudo and not self.owns_root:
-            return "sudo -n sh -c " + q(command)
+            return "sudo -n sh -c " + quote(command)
         return command
 
     def system_command(self, argv: list[str]) -> str:
         """Return a root-only argv as it runs: one plain `sudo -n` argv when the target uses sudo."""
-        return ("sudo -n " if self.target.settings.sudo else "") + " ".join(q(a) for a in argv)
+        return ("sudo -n " if self.target.settings.sudo else "") + " ".join(quote(a) for a in argv)
 
     def systems(self, steps: list[tuple[list[str], str, bool]]) -> list[int]:
         """Run root-only commands (argv, step, warn) in order in one session; return their exit codes."""
@@ -76,7 +75,7 @@ class Device:
         A root-only one is the same `sudo -n` argv `system` runs (one a line, so a sudoers list
         still names each); the first that fails and is not `warn` ends the batch and raises,
         naming its step. One session instead of one each: a session costs a fork and an exec on
-        the device (and ~0.1-0.2 s under qemu-user).
+        the device (and far more under qemu-user).
         """
         lines = []
         for i, (command, _, warn) in enumerate(steps):

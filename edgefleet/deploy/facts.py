@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from shlex import quote
 
 from ..errors import EdgefleetError
 from ..inventory import Target
@@ -18,7 +19,6 @@ from .device import Device, docker_argv
 __all__ = ["Facts", "PlanError", "facts_command", "parse_facts", "ask_facts", "ARCH_NAMES", "COMMITTED_FACT",
            "GOVERNORS_FACT", "LOCK_FACTS"]
 
-q = shlex.quote
 
 ARCH_NAMES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "amd64", "amd64": "amd64"}
 
@@ -52,8 +52,8 @@ _PYTHONS = ("3.13", "3.12", "3.11", "3.10", "3.9", "3.14", "3.8")  # tried after
 def _active_fact(unit: str) -> list[str]:
     """Return sh lines printing `active=<state>`: `active` when the unit's cgroup holds a process
     (read with builtins: cgroup v2, hybrid or v1, below whatever cgroup this session's systemd
-    lives in, e.g. a container's), else what `systemctl is-active` says (~8 ms: it is a big
-    program; most no-op re-runs never start it)."""
+    lives in, e.g. a container's), else what `systemctl is-active` says (a big program to start;
+    most no-op re-runs never start it)."""
     return [
         'g2=; g1=; while IFS= read -r l; do case $l in 0::*) g2=${l#0::} ;; '
         '*:name=systemd:*) g1=${l#*:name=systemd:} ;; '
@@ -129,8 +129,7 @@ def docker_facts(target: Target) -> list[str]:
 def facts_command(target: Target) -> str:
     """Return one shell command that prints the device's facts for `parse_facts`."""
     s = target.settings
-    q = shlex.quote
-    root, user = q(s.root), q(s.service_user)
+    root, user = quote(s.root), quote(s.service_user)
     lines = [
         f"root={root}",
         "nl='\n'",
@@ -143,7 +142,7 @@ def facts_command(target: Target) -> str:
         # arm64 devices) is the host kernel's, as a 64-bit kernel's is under a 32-bit userland
         'echo "arch=${HOSTTYPE:-$(uname -m)}"',
         # python3 is the same file as python3.X (the expected version first): no Python start-up
-        # (~0.1-0.3 s on a busy board) and no readlink; anything else is asked
+        # (slow on a busy board) and no readlink; anything else is asked
         'v=; on_path python3; p=$w; [ -n "$p" ] && for x in ' + " ".join(dict.fromkeys([s.python, *_PYTHONS])) +
         '; do [ "$p" -ef "${p%/*}/python$x" ] && v=$x && break; done',
         "[ -n \"$v\" ] || v=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null)",
@@ -171,7 +170,7 @@ def facts_command(target: Target) -> str:
         GOVERNORS_FACT,
         *(docker_facts(target) if s.ship == "image" else []),
         'if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi',
-        # GNU tar (not busybox's): it reads a pipe in 1 MiB records (-b 2048 -B), ~30% less unpack time
+        # GNU tar (not busybox's): it reads a pipe in 1 MiB records (-b 2048 -B), a faster unpack
         'on_path busybox; b=${w:-/nonexistent}; on_path tar; [ -n "$w" ] && ! [ "$w" -ef "$b" ] && echo gnu_tar=yes',
         f'echo {_OBJECTS_MARK}',
         'for f in "$root"/objects/*; do [ -e "$f" ] && echo "${f##*/}"; done',

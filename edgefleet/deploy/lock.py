@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from shlex import quote
 
 from ..inventory import Target
 from .facts import LOCK_FACTS, Facts
@@ -23,7 +23,6 @@ from .facts import LOCK_FACTS, Facts
 __all__ = ["controller_identity", "owner_line", "parse_owner", "stale_reason", "process_start", "device_lock",
            "without_stale_lock"]
 
-q = shlex.quote
 
 
 def process_start(pid: int) -> str | None:
@@ -91,14 +90,15 @@ class device_lock:
         self.path = dev.path(".lock")
 
     def _take(self) -> bool:
-        lock = q(self.path)
-        res = self.dev.run(f"mkdir -p {q(self.dev.root)} && mkdir {lock} && echo {q(self.owner)} > {lock}/owner",
+        lock = quote(self.path)
+        res = self.dev.run(f"mkdir -p {quote(self.dev.root)} && mkdir {lock} && "
+                           f"echo {quote(self.owner)} > {lock}/owner",
                            "take the deploy lock", warn=True)
         return res.exited == 0
 
     def held_by(self) -> tuple[str | None, int | None]:
         """Return the lock's owner line and age (s), or (None, None) when there is no lock."""
-        res = self.dev.run("root=" + q(self.dev.root) + "\n" + "\n".join(LOCK_FACTS), "read the deploy lock",
+        res = self.dev.run("root=" + quote(self.dev.root) + "\n" + "\n".join(LOCK_FACTS), "read the deploy lock",
                            privileged=False, warn=True)
         values = dict(line.partition("=")[::2] for line in res.stdout.splitlines())
         age = values.get("lock_age", "").strip()
@@ -110,8 +110,8 @@ class device_lock:
         if owner is None or reason is None:
             return False
         self.log(f"  breaking a stale deploy lock ({owner}): {reason}")
-        lock = q(self.path)
-        same = "" if owner == "unknown" else f'[ "$(cat {lock}/owner 2>/dev/null)" = {q(owner)} ] && '
+        lock = quote(self.path)
+        same = "" if owner == "unknown" else f'[ "$(cat {lock}/owner 2>/dev/null)" = {quote(owner)} ] && '
         res = self.dev.run(f"{same}mv -T {lock} {lock}.stale.$$ && rm -rf {lock}.stale.$$", "break a stale lock",
                            warn=True)
         return res.exited == 0
@@ -129,8 +129,8 @@ class device_lock:
                           f"device: rm -r {self.path}")
 
     def __exit__(self, *exc):
-        lock = q(self.path)
-        release = f'[ "$(cat {lock}/owner 2>/dev/null)" = {q(self.owner)} ] && rm -rf {lock}'
+        lock = quote(self.path)
+        release = f'[ "$(cat {lock}/owner 2>/dev/null)" = {quote(self.owner)} ] && rm -rf {lock}'
         try:
             self.dev.run(release, "release the deploy lock", warn=True)
         except Exception as first:  # the link died mid-deploy: try again on a new one, for a while

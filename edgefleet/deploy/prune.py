@@ -8,14 +8,13 @@ release refers to go with them. Runs only while the deploy lock is held.
 from __future__ import annotations
 
 import json
-import shlex
+from shlex import quote
 
 from .device import docker_argv
 
 __all__ = ["committed_releases", "previous_committed", "choose_releases", "unreferenced", "unused_images",
            "listing_command", "parse_listing", "prune"]
 
-q = shlex.quote
 _MARKS = ("--releases--", "--envs--", "--objects--")
 
 
@@ -69,7 +68,7 @@ def unused_images(manifests: dict[str, tuple[str, dict]], kept: list[str], gone:
 def listing_command(root: str) -> str:
     """Return a command printing state.json, every release with its manifest (id sha json), envs and objects."""
     return "\n".join([
-        f"root={q(root)}",
+        f"root={quote(root)}",
         'cat "$root/state.json" 2>/dev/null',
         f"echo; echo {_MARKS[0]}",
         'for r in "$root"/releases/*; do [ -e "$r" ] || continue; n=$(basename "$r")',
@@ -120,11 +119,11 @@ def prune(dev, active: str | None, log) -> list[str]:
     dead_images = unused_images(manifests, kept, gone)
     paths = ([dev.path("releases", r) for r in gone] + [dev.path("envs", e) for e in dead_envs]
              + [dev.path("objects", o) for o in dead_objects])
-    dev.run("rm -rf -- " + " ".join(q(p) for p in paths), "prune old releases")
+    dev.run("rm -rf -- " + " ".join(quote(p) for p in paths), "prune old releases")
     removed = 0
     for image_id in dead_images:
         argv = docker_argv(dev.target, "image", "rm", image_id.split(":", 1)[-1])
-        res = dev.run(" ".join(q(a) for a in argv), "remove an unused image", privileged=False, warn=True)
+        res = dev.run(" ".join(quote(a) for a in argv), "remove an unused image", privileged=False, warn=True)
         if res.exited == 0:
             removed += 1
         else:

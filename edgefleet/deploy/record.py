@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import shlex
+from shlex import quote
 
 from .device import Device
 
 __all__ = ["record_state"]
 
-q = shlex.quote
 def record_state(dev: Device, entry: dict, keep: int = 50) -> None:
     """Append `entry` to the device's state.json history (atomic replace)."""
     path = dev.path("state.json")
-    res = dev.run(f"cat {q(path)} 2>/dev/null || true", "read state.json", privileged=False, warn=True)
+    res = dev.run(f"cat {quote(path)} 2>/dev/null || true", "read state.json", privileged=False, warn=True)
     try:
         state = json.loads(res.stdout or "{}")
     except ValueError:
@@ -24,5 +23,6 @@ def record_state(dev: Device, entry: dict, keep: int = 50) -> None:
     tmp = dev.path(".state.json.tmp")
     # written beside it under the root (never in a shared directory), created anew (noclobber:
     # O_EXCL, so no link planted there is followed), then renamed into place
-    dev.run(f"rm -f {q(tmp)} && set -C && cat > {q(tmp)} && chmod 0644 {q(tmp)} && mv -f {q(tmp)} {q(path)}",
+    dev.run(f"rm -f {quote(tmp)} && set -C && cat > {quote(tmp)} && chmod 0644 {quote(tmp)} && "
+            f"mv -f {quote(tmp)} {quote(path)}",
             "write state.json", text=json.dumps(state, indent=2) + "\n")

@@ -120,7 +120,7 @@ def _tree(prefix: str, root: Path) -> list[ReleaseFile]:
     """Return the source files under `root` (no bytecode) as release files under `prefix`.
 
     A rollout asks once per target for the same payload: the walk's names, sizes and mtimes
-    decide whether the last answer still holds (40 targets: ~70 -> ~10 ms of CPU).
+    decide whether the last answer still holds (benchmarks/RESULTS.md).
     """
     found = []
     for top, dirs, names in os.walk(root):
@@ -141,7 +141,7 @@ def _tree_files(prefix: str, root: str, found: tuple) -> tuple[ReleaseFile, ...]
 
 def read_json(path: Path):
     """Parse a JSON file once per content (by stat) in a process: bundle.json, asked twice per
-    target and once per device's gate (~50 ms of CPU for 40). The answer is shared: read it,
+    target and once per device's gate. The answer is shared: read it,
     never change it."""
     st = os.stat(path)
     return _parsed(str(path), st.st_mtime_ns, st.st_size, st.st_ino)
@@ -157,7 +157,7 @@ def _compiled(files: list[ReleaseFile], python: str, cache_dir: Path | None = No
     none when this interpreter is another X.Y (its bytecode would not load there).
 
     `cache_dir`: kept there by source sha256 and this interpreter's magic number (compiling the
-    payload costs ~40 ms of CPU, a no-op rollout ~0.4 s in all).
+    payload on every rollout costs CPU a no-op rollout should not spend).
     """
     if not _host_can_compile(python):
         return ()

@@ -13,8 +13,8 @@ import json
 import os
 import posixpath
 import re
-import shlex
 import time
+from shlex import quote
 
 from ..transport import STREAM
 from .device import DeployError, Device
@@ -24,7 +24,6 @@ from .remote import source
 
 __all__ = ["upload_objects", "stream_upload", "layout_command", "UploadFailed"]
 
-q = shlex.quote
 def _incoming(dev: Device) -> str:
     """Return where uploads are staged: under the device root, never in a shared directory.
 
@@ -40,14 +39,14 @@ def _incoming(dev: Device) -> str:
 def _clear_incoming_command(dev: Device, incoming: str) -> str:
     """Return the command that makes `incoming` anew, empty, private to the login user."""
     if dev.owns_root or not dev.target.settings.sudo:
-        return f"rm -rf {q(incoming)} && mkdir -m 0700 {q(incoming)}"
-    return dev.file_command(f"rm -rf {q(incoming)} && mkdir -m 0700 {q(incoming)} && "
-                            f"chown {q(dev.transport.user)} {q(incoming)}")
+        return f"rm -rf {quote(incoming)} && mkdir -m 0700 {quote(incoming)}"
+    return dev.file_command(f"rm -rf {quote(incoming)} && mkdir -m 0700 {quote(incoming)} && "
+                            f"chown {quote(dev.transport.user)} {quote(incoming)}")
 
 
 def _discard_partial(dev: Device, incoming: str) -> None:
     try:  # a full disk: leave no partial file behind (a dead link: the next deploy clears it)
-        dev.run(f"rm -rf {q(incoming)}", "discard a partial upload", warn=True)
+        dev.run(f"rm -rf {quote(incoming)}", "discard a partial upload", warn=True)
     except Exception:
         pass
 
@@ -55,7 +54,7 @@ def _discard_partial(dev: Device, incoming: str) -> None:
 def _recheck_command(dev: Device, names: list[str]) -> str:
     """Return the command that hashes objects again where they now are (before any `sudo install`)."""
     lines = "".join(f"{n}  {n}\\n" for n in names)
-    return f"cd {q(dev.path('objects'))} && printf {q(lines)} | sha256sum --check --quiet --strict -"
+    return f"cd {quote(dev.path('objects'))} && printf {quote(lines)} | sha256sum --check --quiet --strict -"
 
 
 class UploadFailed(Exception):
@@ -82,7 +81,7 @@ def stream_upload(via, incoming: str, uploads: list, remote: str | None = None) 
     import tarfile
     import tempfile
 
-    remote = f"cd {q(incoming)} && exec {remote or 'tar -xf -'}"
+    remote = f"cd {quote(incoming)} && exec {remote or 'tar -xf -'}"
     writing, local_error = None, None
     with tempfile.TemporaryFile() as err:
         try:
@@ -154,8 +153,8 @@ def _send_file(fd: int, fh, size: int) -> None:
 
 
 def layout_command(dev: Device) -> str:
-    return (f"mkdir -p {q(dev.path('objects'))} {q(dev.path('releases'))} {q(dev.path('envs'))} "
-            f"&& chmod 0755 {q(dev.root)}")
+    return (f"mkdir -p {quote(dev.path('objects'))} {quote(dev.path('releases'))} {quote(dev.path('envs'))} "
+            f"&& chmod 0755 {quote(dev.root)}")
 
 
 def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool = False,
@@ -187,10 +186,10 @@ def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool =
     if not checked:
         uploads.append(("SHA256SUMS", io.BytesIO(sums), "SHA256SUMS", len(sums)))
     how_sent = "OpenSSH" if via else "SFTP"
-    names = " ".join(q(o.sha256) for o in plan.upload)
+    names = " ".join(quote(o.sha256) for o in plan.upload)
     if via is not None:
         try:
-            receiver = f"python3 -c {q(source('receiver'))}" + (f" {q(json.dumps(build))}" if build else "")
+            receiver = f"python3 -c {quote(source('receiver'))}" + (f" {quote(json.dumps(build))}" if build else "")
             stream_upload(via, incoming, uploads, remote=receiver if checked else None)
         except UploadFailed as exc:
             _discard_partial(dev, incoming)
@@ -215,10 +214,10 @@ def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool =
                                   f"{exc or type(exc).__name__}") from None
     sent = sum(o.size for o in plan.upload)
     if not checked:
-        verify = dev.run(f"cd {q(incoming)} && sha256sum --check --quiet --strict SHA256SUMS",
+        verify = dev.run(f"cd {quote(incoming)} && sha256sum --check --quiet --strict SHA256SUMS",
                          "verify uploads", privileged=False, warn=True)
         if verify.exited != 0:
-            dev.run(f"cd {q(incoming)} && rm -f -- {names} SHA256SUMS", "discard bad uploads", privileged=False,
+            dev.run(f"cd {quote(incoming)} && rm -f -- {names} SHA256SUMS", "discard bad uploads", privileged=False,
                     warn=True)
             raise DeployError(f"{dev.target.name}: uploaded files failed sha256 verification; nothing was "
                               f"activated: {(verify.stdout + verify.stderr).strip()[-400:]}")
@@ -227,7 +226,7 @@ def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool =
     log(f"  uploaded {len(plan.upload)} objects, {sent / 1e6:.1f} MB in {secs:.1f} s ({how_sent}), {how}")
     if build:
         return None, True
-    move_in = (f"cd {q(incoming)} && chmod 0644 -- {names} && mv -f -- {names} {q(dev.path('objects'))}/ "
+    move_in = (f"cd {quote(incoming)} && chmod 0644 -- {names} && mv -f -- {names} {quote(dev.path('objects'))}/ "
                f"&& rm -f SHA256SUMS")
     if dev.target.settings.sudo:  # objects may reach `sudo install`: hashed again where they now are
         move_in += " && " + _recheck_command(dev, [o.sha256 for o in plan.upload])

@@ -11,7 +11,8 @@ import json
 
 from ..inventory import Target
 from .base import PUT, STREAM, Endpoint, OpenSSHError, SSHError, StreamProcess, Transport
-from .openssh import OpenSSHConnection, connect_openssh, openssh_argv
+from .openssh import OpenSSHConnection
+from .openssh_login import connect_openssh, openssh_argv
 from .sshconfig import openssh_client
 
 __all__ = ["connect", "Transport", "StreamProcess", "Endpoint", "SSHError", "OpenSSHError", "STREAM", "PUT",

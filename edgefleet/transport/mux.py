@@ -3,7 +3,7 @@
 What `ssh -S <socket> host command` does, without starting a client: the master opens the
 session on its connection, and we hand it our pipes' file descriptors (SCM_RIGHTS), so the
 remote command's output flows straight into them. A command then costs a few socket messages
-instead of a process (~6 ms of CPU each: exec, libcrypto, config), once per command and device.
+instead of a process (an exec, libcrypto, the config), once per command and device.
 Only the passenger requests edgefleet needs: a command, and a stdio forward (`ssh -W`).
 """
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from edgefleet.transport import Endpoint, OpenSSHError, openssh, sshconfig
-from edgefleet.transport.openssh import _openssh_options, _openssh_reason
+from edgefleet.transport.openssh_login import _openssh_options, _openssh_reason
 
 EP = Endpoint("pi5-01", "10.0.0.5", 2201, "deploy", None, Path("/inv/known_hosts"))
 CONN = SimpleNamespace(address="[10.0.0.5]:2201", known_hosts=Path("/inv/known_hosts"), user="deploy")
