@@ -12,7 +12,7 @@ from pathlib import Path
 
 from onnxruntime.quantization import CalibrationDataReader
 
-from edgefleet.model.graph import fp32_by_design, graph_of, quantize_graph
+from edgefleet.model.graph import WEIGHT_TYPE, fp32_by_design, graph_of, quantize_graph
 
 __all__ = ["CALIBRATION_METHODS", "TextCalibrationReader", "quantize_static_graph"]
 
@@ -49,7 +49,7 @@ class TextCalibrationReader(CalibrationDataReader):
 def quantize_static_graph(src: Path, dst: Path, tokenizer, texts: list[str],
                           method: str = "minmax", per_channel: bool = True,
                           fp32_nodes: list[str] | tuple[str, ...] = ()) -> None:
-    """Write dst: src with static QDQ MatMuls (activations QUInt8, weights QInt8), dynamic
+    """Write dst: src with static QDQ MatMuls (activations QUInt8, weights QUInt8: graph.WEIGHT_TYPE), dynamic
     QAttention and INT8 embedding tables, leaving fp32_nodes (and outlier paths, the arch-stable
     graph's exact MatMuls) in FP32."""
     import contextlib
@@ -76,7 +76,7 @@ def quantize_static_graph(src: Path, dst: Path, tokenizer, texts: list[str],
             quantize_static(str(typed), str(qdq), reader,
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
                             per_channel=per_channel, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                            weight_type=getattr(QuantType, WEIGHT_TYPE), nodes_to_exclude=excluded,
                             calibrate_method=calibrate,
                             calibration_providers=["CPUExecutionProvider"],
                             extra_options={"DefaultTensorType": TensorProto.FLOAT,

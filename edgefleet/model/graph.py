@@ -18,6 +18,15 @@ OUTLIER_GATHER_SUFFIX = "_outlier_gather"
 OUTLIER_MATMUL_SUFFIX = "_outlier_matmul"
 
 
+# Weights as unsigned 8-bit (U8U8 with the uint8 activations), not signed (U8S8): on an x86 CPU
+# without VNNI (AVX2 only, e.g. many AMD EPYC and older Intel hosts, and amd64 boards) ONNX
+# Runtime computes U8S8 with VPMADDUBSW, whose int16 pair sums saturate, and a BERT's INT8
+# outputs drift far from FP32 (worst on batches). U8U8 never saturates on any CPU, so the same
+# bundle is right on every host that checks it and every device that runs it; ARM's dot-product
+# kernels take it as they take U8S8. See ORT's quantization docs ("reduce_range ... non-VNNI").
+WEIGHT_TYPE = "QUInt8"
+
+
 def fp32_by_design(names) -> list[str]:
     """Return the names (in their order) of nodes the rewrites meant to stay FP32."""
     return [name for name in names if name.endswith((OUTLIER_MATMUL_SUFFIX, EXACT_SUFFIX))]
@@ -49,7 +58,7 @@ def outlier_counts(path: Path) -> dict[str, int]:
 
 
 def quantize_graph(src: Path, dst: Path, per_channel: bool = True,
-                   fp32_nodes: list[str] | tuple[str, ...] = (), weight_type: str = "QInt8",
+                   fp32_nodes: list[str] | tuple[str, ...] = (), weight_type: str = WEIGHT_TYPE,
                    **extra) -> None:
     """Dynamic INT8 of src into dst, leaving fp32_nodes (those present) in FP32."""
     from onnx import TensorProto

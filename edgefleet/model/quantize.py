@@ -13,7 +13,7 @@ from edgefleet.model.bundle import BUNDLE_JSON, WEIGHTS_FILE, Bundle, externaliz
 from edgefleet.model.calibrate import CALIBRATION_METHODS, quantize_static_graph
 from edgefleet.model.export import EXPORT_META, SESSION_CONFIG_UNFUSED
 from edgefleet.model.files import atomic_dir, file_record, inputs_digest
-from edgefleet.model.graph import graph_of, outlier_counts, quantize_graph
+from edgefleet.model.graph import WEIGHT_TYPE, graph_of, outlier_counts, quantize_graph
 
 __all__ = ["QuantizeResult", "Recipe", "quantize", "quantize_key", "bundle_name",
            "build_graph", "GOLDEN_TEXTS", "MIN_COSINE"]
@@ -151,7 +151,7 @@ def _document(meta: dict, name: str, recipe: Recipe, tmp: Path, key: str,
         "format": 1, "name": name, "task": task, "max_seq_len": meta["max_seq_len"],
         "inputs": meta["inputs"], "outputs": meta["outputs"], **heads,
         "source_model": meta["source_model"],
-        "quantization": {"method": recipe.method, "weight_type": "QInt8",
+        "quantization": {"method": recipe.method, "weight_type": WEIGHT_TYPE,
                          "per_channel": recipe.per_channel,
                          "onnxruntime": onnxruntime.__version__,
                          "smooth_alpha": recipe.smooth_alpha,
