@@ -102,9 +102,9 @@ class Release:
         objects = {f.sha256: f for f in (*self.files, *self.compiled, self.unit, *self.tuning, self.manifest)}
         if self.env is not None:
             objects[self.env.sha256] = self.env_tarball(zstd=False)
-        if self.image is not None:
-            objects[self.image.sha256] = ReleaseFile("image.tar.zst", self.image.sha256, self.image.size,
-                                                     source=self.image.tarball)
+        image = self.image_object
+        if image is not None:
+            objects[image.sha256] = image
         return objects
 
 

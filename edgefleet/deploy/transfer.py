@@ -37,9 +37,8 @@ def _incoming(dev: Device) -> str:
 
 
 def _clear_incoming_command(dev: Device, incoming: str) -> str:
-    """Return the command that makes `incoming` anew, empty, private to the login user."""
-    if dev.owns_root or not dev.target.settings.sudo:
-        return f"rm -rf {quote(incoming)} && mkdir -m 0700 {quote(incoming)}"
+    """Return the command that makes `incoming` anew, empty, private to the login user (made by root
+    where the root is root's; the chown is then the login user's own, a no-op, where it writes the root)."""
     return dev.file_command(f"rm -rf {quote(incoming)} && mkdir -m 0700 {quote(incoming)} && "
                             f"chown {quote(dev.transport.user)} {quote(incoming)}")
 
