@@ -17,5 +17,5 @@ case "$what" in
     # lint and types first: any finding fails the run before the (long) test tiers start
     .venv/bin/ruff check edgefleet payload tasks.py
     .venv/bin/mypy
-    exec .venv/bin/python -m pytest -p no:cacheprovider --timeout=2400 "${@:2}" ;;
+    exec .venv/bin/python -m pytest -p no:cacheprovider --timeout=2400 --durations=40 "${@:2}" ;;
 esac
