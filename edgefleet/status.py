@@ -6,6 +6,7 @@ import difflib
 import shlex
 from dataclasses import asdict, dataclass, field
 
+from .deploy.converge import ReleaseDrift, describe_drift, parse_release_drift, release_check_lines
 from .deploy.facts import ARCH_NAMES, COMMITTED_FACT, GOVERNORS_FACT
 from .inventory import Target
 from .render import TUNING_UNIT, UNIT_NAME, RenderedFile
@@ -29,6 +30,7 @@ class DeviceState:
     file_sha256: dict[str, str | None]
     governors: dict[str, str]
     temperatures: dict[str, dict]
+    release_drift: ReleaseDrift = ReleaseDrift()  # the active release's files vs its manifest, changed objects
 
 
 @dataclass
@@ -67,6 +69,7 @@ def status_command(target: Target, files: list[RenderedFile]) -> str:
         path = shlex.quote(f.device_path)
         lines.append(f"echo \"sha:{f.device_path}=$(sha256sum {path} 2>/dev/null | cut -d' ' -f1)\"")
     lines += [
+        *release_check_lines(),
         GOVERNORS_FACT,
         f'for z in {_SYSFS}/class/thermal/thermal_zone*; do '
         '[ -r "$z/temp" ] && echo "temp:${z##*/}=$(cat "$z/type" 2>/dev/null)=$(cat "$z/temp")"; done',
@@ -78,10 +81,12 @@ def status_command(target: Target, files: list[RenderedFile]) -> str:
 def parse_status(output: str) -> DeviceState:
     """Parse the output of `status_command`."""
     values, shas, governors, temps = {}, {}, {}, {}
+    pairs = []
     for line in output.splitlines():
         key, sep, value = line.partition("=")
         if not sep:
             continue
+        pairs.append((key, value.strip()))
         kind, _, name = key.partition(":")
         if kind == "sha" and name:
             shas[name] = value or None
@@ -105,6 +110,7 @@ def parse_status(output: str) -> DeviceState:
         file_sha256=shas,
         governors=governors,
         temperatures=temps,
+        release_drift=parse_release_drift(pairs),
     )
 
 
@@ -124,6 +130,11 @@ def find_drift(target: Target, files: list[RenderedFile], state: DeviceState) ->
             drift.append(f"{f.device_path} is missing")
         elif got != sha256_bytes(f.text.encode()):
             drift.append(f"{f.device_path} differs from the rendered file (render --target {target.name} --diff)")
+    # what a deploy repairs: the release's files put back, changed objects hashed (the corrupt ones sent again)
+    drift += [f"{line} (deploy puts it back)" for line in describe_drift(state.release_drift.files)]
+    if state.release_drift.suspect_objects:
+        drift.append(f"{len(state.release_drift.suspect_objects)} object(s) written to since verified "
+                     f"(deploy hashes them, sends the corrupt ones again)")
     if state.service_enabled != "enabled":
         drift.append(f"{UNIT_NAME} is {state.service_enabled}, not enabled")
     if state.service_active != "active":

@@ -12,6 +12,7 @@ from shlex import quote
 
 from ..device_env import PYC_MARK
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
+from .converge import COPIED_FILES, repair_command
 from .device import DeployError, Device, docker_argv, root_steps
 from .plan import DeployPlan
 from .release import Release, ReleaseFile
@@ -28,7 +29,7 @@ def _build_spec(dev: Device, release: Release) -> dict:
     return {"tmp": dev.path("releases", f"{release.release_id}.tmp"), "final": dev.path("releases", release.release_id),
             "objects": dev.path("objects"), "site": dev.path("envs", release.packages.sha256),
             "links": [[f.sha256, f.path] for f in (*release.files, *release.compiled, release.manifest)],
-            "compile": not release.compiled}
+            "copies": list(COPIED_FILES), "compile": not release.compiled}
 
 
 def _build_release_script(dev: Device, release: Release) -> str:
@@ -42,7 +43,11 @@ def _build_release_script(dev: Device, release: Release) -> str:
     if dirs:
         lines.append("cd " + quote(tmp) + " && mkdir -p " + " ".join(quote(d) for d in dirs))
     for f in (*release.files, release.manifest):
-        lines.append(f"ln -f {quote(posixpath.join(objects, f.sha256))} {quote(posixpath.join(tmp, f.path))}")
+        obj, dest = quote(posixpath.join(objects, f.sha256)), quote(posixpath.join(tmp, f.path))
+        if f.path in COPIED_FILES:  # meant to be edited: a copy with the verified mark (deploy/converge.py)
+            lines.append(f"cp {obj} {dest} && chmod 0644 {dest} && TZ=UTC0 touch -t 197001010000.00 {dest}")
+        else:
+            lines.append(f"ln -f {obj} {dest}")
     # what the unit's EnvironmentFile reads: the image to run and where its bundle is
     lines.append(f"printf 'EDGEFLEET_IMAGE=%s\\nEDGEFLEET_RELEASE=%s\\n' {quote(release.runtime_image.image_id)} "
                  f"{quote(release.release_id)} > {quote(posixpath.join(tmp, IMAGE_ENV))}")
@@ -125,6 +130,10 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
     batch: list[tuple[str, str, bool]] = []
     if move_in:
         batch.append((dev.file_command(move_in), "move verified objects in", False))
+    if plan.repair:  # the active release's files put back from verified objects (moved in just above)
+        batch.append((dev.file_command(repair_command(dev, [(p, sha) for p, sha, _ in plan.repair])),
+                      "repair the active release's files", False))
+        done.append(f"repaired {', '.join(p for p, _, _ in plan.repair)} from verified objects")
     if plan.load_image:  # the image loads from its verified tarball before the release is built
         if batch:
             dev.batch(batch)

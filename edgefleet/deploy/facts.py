@@ -14,6 +14,7 @@ from shlex import quote
 from ..errors import EdgefleetError
 from ..inventory import Target
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
+from .converge import ReleaseDrift, parse_release_drift, release_check_lines
 from .device import Device, docker_argv
 
 __all__ = ["Facts", "PlanError", "facts_command", "parse_facts", "ask_facts", "ARCH_NAMES", "COMMITTED_FACT",
@@ -113,6 +114,7 @@ class Facts:
     images: frozenset[str] = frozenset()  # image IDs (sha256:...) in the device's engine
     zstd: bool = False  # the device has zstd (an image's tarball needs it; the packages' one is smaller with it)
     gnu_tar: bool = False  # tar takes -b/-B (busybox's does not)
+    drift: ReleaseDrift = ReleaseDrift()  # the active release's files and the objects changed since verified
 
 
 def docker_facts(target: Target) -> list[str]:
@@ -172,6 +174,7 @@ def facts_command(target: Target) -> str:
         'if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi',
         # GNU tar (not busybox's): it reads a pipe in 1 MiB records (-b 2048 -B), a faster unpack
         'on_path busybox; b=${w:-/nonexistent}; on_path tar; [ -n "$w" ] && ! [ "$w" -ef "$b" ] && echo gnu_tar=yes',
+        *release_check_lines(),
         f'echo {_OBJECTS_MARK}',
         'for f in "$root"/objects/*; do [ -e "$f" ] && echo "${f##*/}"; done',
         "true",
@@ -188,10 +191,12 @@ def parse_facts(output: str) -> Facts:
     """Parse the output of `facts_command`."""
     head, _, objects = output.partition(_OBJECTS_MARK)
     values: dict[str, str] = {}
+    repeated: list[tuple[str, str]] = []  # the release check's lines: one key, many values
     for line in head.splitlines():
         key, sep, value = line.partition("=")
         if sep:
             values[key.strip()] = value.strip()
+            repeated.append((key.strip(), value.strip()))
     missing = {"arch", "python", "systemd", "free_kb"} - values.keys()
     if missing or not objects and _OBJECTS_MARK not in output:
         what = ", ".join(sorted(missing)) or "objects"
@@ -220,4 +225,5 @@ def parse_facts(output: str) -> Facts:
         images=frozenset(values.get("images", "").split()),
         zstd=values.get("zstd") == "yes",
         gnu_tar=values.get("gnu_tar") == "yes",
+        drift=parse_release_drift(repeated),
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ..inventory import Target
 from ..render import TUNING_UNIT, UNIT_NAME
+from .converge import describe_drift
 from .facts import Facts, PlanError
 from .release import Release, ReleaseFile
 
@@ -35,6 +36,9 @@ class DeployPlan:
     reload_units: bool = False
     big_records: bool = False  # unpack with tar -b 2048 -B (GNU tar)
     load_image: str | None = None  # ship: image: the image ID to load from its uploaded tarball
+    # the active release's files to put back from their verified objects: (path, sha256, what happened)
+    repair: tuple[tuple[str, str, str], ...] = ()
+    corrupt: tuple[str, ...] = ()  # objects this release reuses whose bytes changed since verified: sent again
 
     @property
     def upload_bytes(self) -> int:
@@ -42,14 +46,21 @@ class DeployPlan:
 
     @property
     def nothing_to_do(self) -> bool:
-        return not (self.upload or self.load_image or self.install_env or self.build_release or self.install_unit
-                    or self.install_tuning or self.create_user or self.activate or self.restart or self.gate)
+        return not (self.upload or self.repair or self.load_image or self.install_env or self.build_release
+                    or self.install_unit or self.install_tuning or self.create_user or self.activate or self.restart
+                    or self.gate)
 
     def describe(self) -> list[str]:
         """Return the plan as lines a person reads."""
         if self.nothing_to_do:
             return [f"{self.target}: release {self.release_id} is already active and running; nothing to do"]
-        steps = [f"{self.target}: {self.previous or '(none)'} -> {self.release_id}"]
+        same = self.previous == self.release_id
+        steps = [f"{self.target}: {self.release_id} (active), converging" if same
+                 else f"{self.target}: {self.previous or '(none)'} -> {self.release_id}"]
+        steps += [f"  repair: {line}" for line in describe_drift(tuple((p, kind, s) for p, s, kind in self.repair))]
+        if self.corrupt:
+            steps.append(f"  repair: {len(self.corrupt)} object(s) no longer match their sha256 "
+                         f"({', '.join(c[:12] for c in self.corrupt)}): uploaded again")
         if self.upload:
             steps.append(f"  upload {len(self.upload)} objects, {self.upload_bytes / 1e6:.1f} MB (verified by sha256)")
         if self.create_user:
@@ -75,8 +86,11 @@ class DeployPlan:
         return steps + [f"  note: {n}" for n in self.notes]
 
 
-def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
-    """Check the device can take `release` and decide the steps."""
+def make_plan(target: Target, release: Release, facts: Facts, corrupt: frozenset[str] = frozenset()) -> DeployPlan:
+    """Check the device can take `release` and decide the steps.
+
+    `corrupt`: objects on the device whose bytes are no longer their sha256 (`verify_objects`).
+    """
     s = target.settings
     where = f"{target.name} ({target.host})"
     if facts.arch != s.arch:
@@ -117,7 +131,19 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
               and not (image is not None and sha == image.sha256 and not load_image) and sha not in built}
     if env_tarball is not None:
         wanted[env_tarball.sha256] = env_tarball
-    upload = tuple(f for sha, f in sorted(wanted.items()) if sha not in facts.objects)
+    # converge: the active release's files put back from objects, the objects it reuses re-sent when corrupt
+    repair = _repairs(release, facts) if facts.current == release.release_id else ()
+    by_sha = release.objects()
+    kept = {f.sha256 for f in (*release.files, *release.compiled, release.manifest, release.unit, *release.tuning)}
+    for sha in {sha for _, sha, _ in repair} | (corrupt & kept):
+        if sha in by_sha:
+            wanted[sha] = by_sha[sha]
+    have = facts.objects - corrupt
+    upload = tuple(f for sha, f in sorted(wanted.items()) if sha not in have)
+    missing = sorted({sha for _, sha, _ in repair} - have - wanted.keys())
+    if missing:
+        raise PlanError(f"{where}: release {release.release_id} on the device needs objects this host cannot send "
+                        f"({', '.join(m[:12] for m in missing)}: another host's bytecode); deploy from that host")
     if image is not None:
         needed = sum(f.size for f in upload) * 2 + (image.unpacked_size if load_image else 0)
     else:
@@ -129,7 +155,7 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
     drifted = [policy for policy, governor in facts.governors if governor != s.governor]
     tuning_changed = (facts.tuning_unit_sha256, facts.tuning_script_sha256) != tuple(f.sha256 for f in release.tuning)
     activate = facts.current != release.release_id
-    restart = activate or unit_changed or facts.service_active != "active"
+    restart = activate or unit_changed or facts.service_active != "active" or bool(repair)
     return DeployPlan(
         target=target.name,
         release_id=release.release_id,
@@ -148,7 +174,17 @@ def make_plan(target: Target, release: Release, facts: Facts) -> DeployPlan:
         restart=restart,
         # also when a deploy died after activating: its release was never judged
         gate=restart or facts.committed != release.release_id,
+        repair=repair,
+        corrupt=tuple(sorted(corrupt & wanted.keys())),
         install_tuning=bool(release.tuning) and (tuning_changed or bool(drifted)),
         notes=(f"cpufreq {', '.join(drifted)}: governor is not {s.governor}; the tuning unit re-applies it",)
         if release.tuning and drifted and not tuning_changed else (),
     )
+
+
+def _repairs(release: Release, facts: Facts) -> tuple[tuple[str, str, str], ...]:
+    """Return (path, sha256, kind) for each file of the active release that differs from its manifest
+    or whose object turned out corrupt; the sha256 is this host's where it has the file."""
+    ours = {f.path: f.sha256 for f in (*release.files, *release.compiled, release.manifest)}
+    found = {path: (ours.get(path) or sha, kind) for path, kind, sha in facts.drift.files}
+    return tuple((path, sha, kind) for path, (sha, kind) in sorted(found.items()) if sha)

@@ -12,6 +12,7 @@ from ..paths import repo_root
 from ..render import check_rendered, render_target
 from ..transport import connect
 from .activate import apply_plan, restart_service, switch_current
+from .converge import verify_objects
 from .device import Device, now
 from .facts import Facts, ask_facts
 from .gate import health_gate
@@ -109,7 +110,9 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
         if facts is None:
             facts = ask_facts(dev)
         dev.owns_root = facts.owns_root
-        plan: DeployPlan = make_plan(target, release, without_stale_lock(target, facts, log))
+        # objects written to since they were verified: hashed again; the corrupt ones are sent again
+        corrupt = frozenset(verify_objects(dev, sorted(facts.drift.suspect_objects), restamp=not dry_run))
+        plan: DeployPlan = make_plan(target, release, without_stale_lock(target, facts, log), corrupt)
         lines = plan.describe()
         for line in lines:
             log(line)

@@ -17,6 +17,7 @@ import time
 from shlex import quote
 
 from ..transport import STREAM
+from .converge import stamp_command
 from .device import DeployError, Device
 from .plan import DeployPlan
 from .remote import receiver as receiver_program
@@ -153,7 +154,7 @@ def _send_file(fd: int, fh, size: int) -> None:
 
 def layout_command(dev: Device) -> str:
     return (f"mkdir -p {quote(dev.path('objects'))} {quote(dev.path('releases'))} {quote(dev.path('envs'))} "
-            f"&& chmod 0755 {quote(dev.root)}")
+            f"&& chmod 0755 {quote(dev.root)} && {stamp_command(quote(dev.root))}")
 
 
 def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool = False,
@@ -225,7 +226,9 @@ def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool =
     log(f"  uploaded {len(plan.upload)} objects, {sent / 1e6:.1f} MB in {secs:.1f} s ({how_sent}), {how}")
     if build:
         return None, True
-    move_in = (f"cd {quote(incoming)} && chmod 0644 -- {names} && mv -f -- {names} {quote(dev.path('objects'))}/ "
+    # read-only, with the verified mark (mtime 0: tar sets it, SFTP does not), as the receiver leaves them
+    move_in = (f"cd {quote(incoming)} && chmod 0444 -- {names} && TZ=UTC0 touch -t 197001010000.00 -- {names} "
+               f"&& mv -f -- {names} {quote(dev.path('objects'))}/ "
                f"&& rm -f SHA256SUMS")
     if dev.target.settings.sudo:  # objects may reach `sudo install`: hashed again where they now are
         move_in += " && " + _recheck_command(dev, [o.sha256 for o in plan.upload])

@@ -1,0 +1,116 @@
+"""Converge a device to its release: find what changed on it since it was verified, and put it back.
+
+Every object is verified by sha256 when it arrives, then given the mtime of a stamp file
+(`objects/.mtime0`, the epoch). Any later write to an object, or to a release file linked to it,
+moves its mtime past the stamp's, and so does a replaced file (`sed -i`, an editor's save). So a
+deploy finds changed files with the shell's `-nt` and `-ef` tests, as cheap as listing them, and
+hashes only the few it suspects: a no-op deploy reads no file's bytes. Files meant to be edited
+on a device (`COPIED_FILES`) are copies, never links: editing them cannot change an object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from shlex import quote
+
+from .device import Device
+
+__all__ = ["COPIED_FILES", "STAMP", "ReleaseDrift", "release_check_lines", "parse_release_drift",
+           "stamp_command", "verify_objects", "repair_command", "describe_drift"]
+
+COPIED_FILES = ("runtime.yaml",)  # in a release dir: copies of their objects, never hard links
+STAMP = ".mtime0"  # in objects/: mtime 0; every verified object and copy carries the same mtime
+
+_KINDS = {"missing": "missing on the device", "edited": "edited on the device",
+          "unlinked": "replaced on the device (no longer the release's own file)"}
+
+
+@dataclass(frozen=True)
+class ReleaseDrift:
+    """How the active release's files differ from its manifest, and which objects changed since verified."""
+
+    files: tuple[tuple[str, str, str], ...] = ()  # (path in the release, kind: missing | edited | unlinked,
+    #                                                sha256 its manifest on the device gives, "" for manifest.json)
+    suspect_objects: frozenset[str] = frozenset()  # written to since verified (bytes to be hashed again)
+
+
+def stamp_command(root_q: str) -> str:
+    """Return sh creating the stamp file (mtime 0) under objects/ when it is missing."""
+    stamp = f"{root_q}/objects/{STAMP}"
+    return f"{{ [ -e {stamp} ] || TZ=UTC0 touch -t 197001010000.00 {stamp}; }}"
+
+
+def release_check_lines() -> list[str]:
+    """Return sh lines (with $root set) printing `drift:<kind>=<path>` for every file of the active
+    release that is missing, newer than the stamp, or not its object's own file, and
+    `suspect=<sha256>` for every object newer than the stamp (all of them when there is no stamp)."""
+    copies = "|".join(quote(p) for p in COPIED_FILES)
+    return [
+        'st="$root/objects/.mtime0"; [ -e "$st" ] || st=',
+        'for f in "$root"/objects/*; do [ -e "$f" ] && { [ -z "$st" ] || [ "$f" -nt "$st" ]; } && '
+        'echo "suspect=${f##*/}"; done',
+        'm="$root/current/manifest.json"',
+        'if [ -n "$st" ] && [ -f "$m" ]; then',
+        '  [ "$m" -nt "$st" ] && echo "drift:edited=manifest.json"',
+        '  sec=; while IFS= read -r l; do case $l in',
+        "    '  \"files\": {'|'  \"compiled\": {') sec=1 ;;",
+        "    '  }'*) sec= ;;",
+        '    *) [ -n "$sec" ] || continue; l=${l#*\\"}; p=${l%%\\"*}; s=${l#*\\": \\"}; s=${s%%\\"*}',
+        '       f="$root/current/$p"',
+        '       if [ ! -e "$f" ]; then echo "drift:missing=$p=$s"',
+        '       elif [ "$f" -nt "$st" ]; then echo "drift:edited=$p=$s"',
+        f'       else case $p in {copies}) ;; *) [ "$f" -ef "$root/objects/$s" ] || '
+        'echo "drift:unlinked=$p=$s" ;; esac',
+        '       fi ;;',
+        '  esac; done < "$m"',
+        'fi',
+    ]
+
+
+def parse_release_drift(values: list[tuple[str, str]]) -> ReleaseDrift:
+    """Read the `drift:<kind>=<path>` and `suspect=<sha256>` lines of `release_check_lines`."""
+    files, suspects = [], set()
+    for key, value in values:
+        if key == "suspect" and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+            suspects.add(value)
+        elif key.startswith("drift:") and key[6:] in _KINDS:
+            path, _, sha = value.partition("=")
+            if path and ".." not in path.split("/") and not path.startswith("/"):
+                files.append((path, key[6:], sha if len(sha) == 64 else ""))
+    return ReleaseDrift(tuple(sorted(set(files))), frozenset(suspects))
+
+
+def describe_drift(files: tuple[tuple[str, str, str], ...]) -> list[str]:
+    """Return one line a person reads per drifted file: `runtime.yaml edited on the device`."""
+    return [f"{path} {_KINDS[kind]}" for path, kind, _ in files]
+
+
+def verify_objects(dev: Device, suspects: list[str], restamp: bool = True) -> set[str]:
+    """Hash `suspects` (objects written to since verified) on the device; return those that are not
+    their sha256 any more. The others get the stamp's mtime back (unless `restamp` is False: a dry run)."""
+    if not suspects:
+        return set()
+    objects = quote(dev.path("objects"))
+    names = " ".join(quote(s) for s in sorted(suspects))
+    touch = f"touch -r {STAMP} -- \"${{f}}\"; " if restamp else ""
+    script = (f"cd {objects} && {stamp_command(quote(dev.root))} && sha256sum -- {names} 2>/dev/null | "
+              f"while read -r h f; do if [ \"$h\" = \"$f\" ]; then {touch}echo \"ok=$f\"; fi; done; true")
+    out = dev.run(script, "verify changed objects", privileged=restamp).stdout
+    good = {line[3:].strip() for line in out.splitlines() if line.startswith("ok=")}
+    return set(suspects) - good
+
+
+def repair_command(dev: Device, files: list[tuple[str, str]]) -> str:
+    """Return sh putting each (path, sha256) of the active release back from its verified object:
+    a copy (with the stamp's mtime) for `COPIED_FILES`, a hard link for the rest."""
+    current, objects = dev.path("current"), dev.path("objects")
+    steps = []
+    for path, sha in files:
+        dest, obj = quote(f"{current}/{path}"), quote(f"{objects}/{sha}")
+        if path in COPIED_FILES:
+            tmp = quote(f"{current}/.{path}.repair")
+            steps.append(f"cp -f {obj} {tmp} && touch -r {quote(objects + '/' + STAMP)} {tmp} && chmod 0644 {tmp} "
+                         f"&& mv -f {tmp} {dest}")
+        else:
+            steps.append(f"mkdir -p \"$(dirname {dest})\" && ln -f {obj} {dest}")
+    return " && ".join(steps)
