@@ -162,7 +162,7 @@ def edgefleet_child(targets_dir: Path, build: Path) -> int:
     the deploy without the gate's CPU in it, and the gates follow together. Default (overlap): as
     a rollout runs, each gate as soon as its device is placed.
     """
-    import edgefleet.deploy as deploy_mod
+    import edgefleet.deploy.run as deploy_mod  # the module whose deploy() calls health_gate
     import edgefleet.rollout.run as run_mod
     from edgefleet.rollout import plan_rollout, rollout
 

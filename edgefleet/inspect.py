@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+
 from .deploy import Device, service_call
 from .inventory import Target
 from .render import check_rendered, render_target
@@ -16,7 +19,55 @@ from .status import (
 )
 from .transport import SSHError, connect
 
-__all__ = ["collect_status", "device_diff"]
+__all__ = ["collect_status", "device_diff", "kept_releases", "releases_command", "parse_releases"]
+
+_STATE_MARK = "--state.json--"
+
+
+def releases_command(root: str) -> str:
+    """Return sh printing `release=<id> <bundle id>` per release kept on the device, then state.json."""
+    return "\n".join([
+        f"root={shlex.quote(root)}",
+        'for r in "$root"/releases/r-*; do [ -d "$r" ] || continue; '
+        'b=$(sha256sum < "$r/bundle/bundle.json" 2>/dev/null); echo "release=${r##*/} ${b%% *}"; done',
+        '[ "$root/current" -ef "$root/releases" ] || for r in "$root"/releases/r-*; do '
+        '[ "$root/current" -ef "$r" ] && echo "current=${r##*/}"; done',
+        f"echo {_STATE_MARK}",
+        'cat "$root/state.json" 2>/dev/null; true',
+    ])
+
+
+def parse_releases(output: str) -> list[dict]:
+    """Return one record per kept release (id, bundle id, active, the last time it was deployed and
+    whether it passed its gate then), newest first, from `releases_command`'s output."""
+    head, _, state_text = output.partition(_STATE_MARK)
+    try:
+        history = json.loads(state_text or "{}").get("history") or []
+    except (ValueError, AttributeError):
+        history = []
+    last = {h.get("release"): h for h in history if isinstance(h, dict)}
+    current, bundles = None, {}
+    for line in head.splitlines():
+        key, _, value = line.partition("=")
+        words = value.split()
+        if key == "current":
+            current = value.strip()
+        elif key == "release" and words:
+            bundles[words[0]] = words[1][:12] if len(words) > 1 else None
+    rows = [{"release": r, "bundle_id": bundle, "active": r == current,
+             "deployed": (last.get(r) or {}).get("time"), "healthy": (last.get(r) or {}).get("healthy")}
+            for r, bundle in bundles.items()]
+    return sorted(rows, key=lambda row: row["deployed"] or "", reverse=True)
+
+
+def kept_releases(target: Target) -> list[dict]:
+    """Return the releases kept on the device (what `rollback --to` can name)."""
+    conn = connect(target)
+    try:
+        out = Device(conn, target).run(releases_command(target.settings.root), "list releases", privileged=False)
+    finally:
+        conn.close()
+    return parse_releases(out.stdout)
 
 
 def collect_status(target: Target) -> TargetStatus:
@@ -30,7 +81,7 @@ def collect_status(target: Target) -> TargetStatus:
         dev = Device(conn, target)
         state = parse_status(dev.run(status_command(target, files), "read status", privileged=False).stdout)
         result = TargetStatus(
-            target.name, reachable=True, release=state.current, committed=state.committed,
+            target.name, reachable=True, release=state.current, bundle_id=state.bundle_id, committed=state.committed,
             service=f"{state.service_active}/{state.service_enabled}", governors=state.governors,
             temperatures=state.temperatures, throttling=throttling(target, state.temperatures),
             drift=find_drift(target, files, state),

@@ -31,6 +31,7 @@ class DeviceState:
     governors: dict[str, str]
     temperatures: dict[str, dict]
     release_drift: ReleaseDrift = ReleaseDrift()  # the active release's files vs its manifest, changed objects
+    bundle_id: str | None = None  # sha256 of the active release's bundle.json, short
 
 
 @dataclass
@@ -40,6 +41,7 @@ class TargetStatus:
     target: str
     reachable: bool
     release: str | None = None
+    bundle_id: str | None = None  # the bundle it runs: sha256 of its bundle.json, short (as /v1/info says)
     committed: str | None = None
     healthy: bool | None = None
     ready_detail: str = ""
@@ -61,6 +63,7 @@ def status_command(target: Target, files: list[RenderedFile]) -> str:
         'echo "arch=$(uname -m)"',
         'echo "current=$(readlink "$root/current" 2>/dev/null)"',
         COMMITTED_FACT,
+        'b=$(sha256sum < "$root/current/bundle/bundle.json" 2>/dev/null) && echo "bundle_id=${b%% *}"',
         f'echo "active=$(systemctl is-active {UNIT_NAME} 2>/dev/null)"',
         f'echo "enabled=$(systemctl is-enabled {UNIT_NAME} 2>/dev/null)"',
         f'echo "tuning=$(systemctl is-active {TUNING_UNIT} 2>/dev/null)"',
@@ -111,6 +114,7 @@ def parse_status(output: str) -> DeviceState:
         governors=governors,
         temperatures=temps,
         release_drift=parse_release_drift(pairs),
+        bundle_id=values.get("bundle_id", "")[:12] or None,
     )
 
 

@@ -22,7 +22,10 @@ def service_call(dev: Device) -> Call:
 
 
 def _journal(dev: Device, lines: int = 25) -> str:
-    res = dev.run(f"journalctl -u {UNIT_NAME} -n {lines} --no-pager -o cat", "read the journal", warn=True)
+    """Return the last `lines` of the service's latest run (not the lines of the release it replaced)."""
+    res = dev.run(f"i=$(systemctl show -p InvocationID --value {UNIT_NAME} 2>/dev/null); "
+                  f"if [ -n \"$i\" ]; then journalctl -n {lines} --no-pager -o cat _SYSTEMD_INVOCATION_ID=\"$i\"; "
+                  f"else journalctl -u {UNIT_NAME} -n {lines} --no-pager -o cat; fi", "read the journal", warn=True)
     return res.stdout.strip()
 
 

@@ -69,6 +69,11 @@ class Release:
     compiled: tuple[ReleaseFile, ...] = ()
 
     @property
+    def bundle_id(self) -> str:
+        """Return the bundle's identity: the sha256 of its bundle.json (which holds every file's), short."""
+        return next((f.sha256[:12] for f in self.files if f.path == f"bundle/{BUNDLE_JSON}"), "?")
+
+    @property
     def packages(self) -> DeviceEnv:
         """Return a venv release's package env (an image release has none)."""
         if self.env is None:

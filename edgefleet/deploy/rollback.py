@@ -32,6 +32,7 @@ class RollbackResult:
     active: str | None
     health: HealthResult | None = None
     restored: bool = False  # the older release failed its gate, so the device went back to `from_release`
+    skipped: bool = False  # nothing earlier to go back to: the device was left as it is (not a failure)
     seconds: float = 0.0
     error: str = ""
 
@@ -77,9 +78,13 @@ def revert(target: Target, release_id: str | None, reason: str, log=print) -> Ro
             facts = ask_facts(dev)
             to = release_id or previous_committed(_history(dev), facts.current)
             result = RollbackResult(target.name, facts.current, to, False, facts.current)
-            if to is None:
-                raise DeployError(f"{target.name}: no earlier committed release to roll back to "
-                                  f"(state.json history has none other than {facts.current})")
+            if to is None:  # nothing to go back to is not a failure: the device stays as it is
+                result.ok, result.skipped = True, True
+                result.error = (f"skipped: no earlier committed release on the device (still on "
+                                f"{facts.current or 'no release'})")
+                log(f"  {result.error}")
+                result.seconds = time.monotonic() - t0
+                return result
             if to not in facts.releases:
                 raise DeployError(f"{target.name}: cannot roll back, releases/{to} is not on the device")
             _check_image(dev, facts, to)

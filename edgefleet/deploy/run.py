@@ -95,11 +95,13 @@ def gather_facts(target: Target) -> Facts | None:
 
 def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = False, log=print,
            release: Release | None = None, image_tag: str = DEFAULT_IMAGE_TAG,
-           facts: Facts | None = None) -> DeployResult:
+           facts: Facts | None = None, on_facts=None) -> DeployResult:
     """Deploy `bundle_dir` to `target` and gate on health; roll back by itself on failure.
 
     `release`: prepared already for this target (a rollout prepares all of them before its first wave).
     `facts`: the device's, gathered moments ago (a rollout's first wave, while the releases were prepared).
+    `on_facts(facts)`: called once the device's facts are known (a report then knows its previous
+    release even when a later step fails).
     """
     t0 = time.monotonic()
     release = release or prepare_release(target, bundle_dir, build_dir, image_tag=image_tag, log=log)
@@ -109,6 +111,8 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
         dev = Device(conn, target)
         if facts is None:
             facts = ask_facts(dev)
+        if on_facts is not None:
+            on_facts(facts)
         dev.owns_root = facts.owns_root
         # objects written to since they were verified: hashed again; the corrupt ones are sent again
         corrupt = frozenset(verify_objects(dev, sorted(facts.drift.suspect_objects), restamp=not dry_run))
@@ -140,6 +144,7 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
             record_state(dev, {
                 "time": now(),
                 "release": release.release_id,
+                "bundle": release.bundle_id,
                 "previous": facts.current,
                 "healthy": result.health.ok,
                 "reason": result.health.reason[:300],

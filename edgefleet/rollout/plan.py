@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..errors import InputError
 
 __all__ = ["RolloutError", "RolloutPlan", "OK_RESULTS", "parse_count", "plan_rollout", "limit_exceeded",
+           "choose_canary",
            "to_roll_back", "resume_targets", "env_key"]
 
 # a device ends a rollout in one of these
@@ -87,6 +88,24 @@ def plan_rollout(names: list[str], canary: str | int = 1, batch: str | int = "10
     batches = [tuple(rest[i:i + size]) for i in range(0, len(rest), size)]
     waves = ([tuple(names[:n_canary])] if n_canary else []) + batches
     return RolloutPlan(tuple(waves), parse_count(max_fail, total, "max-fail"), connections, canary_wave=bool(n_canary))
+
+
+def choose_canary(plan: RolloutPlan, changing: set[str]) -> RolloutPlan:
+    """Return `plan` with its canary wave made of devices whose release will change, where there are any:
+    a canary already on the new release tests nothing. Each swapped device takes the other's place."""
+    if not plan.canary_wave or len(plan.waves) < 2:
+        return plan
+    canary = list(plan.waves[0])
+    later = [n for wave in plan.waves[1:] for n in wave if n in changing]
+    swaps = {}
+    for i, name in enumerate(canary):
+        if name not in changing and later:
+            swaps[later.pop(0)] = name
+            canary[i] = next(k for k, v in swaps.items() if v == name)
+    if not swaps:
+        return plan
+    waves = [tuple(canary)] + [tuple(swaps.get(n, n) for n in wave) for wave in plan.waves[1:]]
+    return RolloutPlan(tuple(waves), plan.max_fail, plan.parallel, canary_wave=True)
 
 
 def limit_exceeded(failures: int, max_fail: int) -> bool:

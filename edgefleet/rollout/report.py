@@ -6,13 +6,15 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .plan import OK_RESULTS, RolloutError, RolloutPlan
+from .plan import FAILED, NOT_REACHED, ROLLBACK_FAILED, ROLLED_BACK, RolloutError, RolloutPlan
 
-__all__ = ["RolloutRecord", "latest_record", "LiveProgress", "print_table"]
+__all__ = ["RolloutRecord", "latest_record", "LiveProgress", "print_table", "LastKnown", "summary_line",
+           "device_line"]
 
 RECORD = "rollout.json"
 JOURNAL = "devices.jsonl"
@@ -64,8 +66,10 @@ class RolloutRecord:
             self.write()
 
     def finish(self, stopped: bool, seconds: float, counts: dict[str, int]) -> dict:
+        failed = any(counts.get(r) for r in (FAILED, ROLLED_BACK, ROLLBACK_FAILED))
         with self._lock:
-            self.doc.update(status="stopped" if stopped else "completed", seconds=round(seconds, 2), counts=counts,
+            self.doc.update(status="stopped" if stopped else "failed" if failed else "completed",
+                            seconds=round(seconds, 2), counts=counts,
                             finished=datetime.now(UTC).isoformat(timespec="seconds"))
             self.write()
         return self.doc
@@ -81,11 +85,16 @@ def latest_record(rollouts_dir: Path) -> dict:
     records = sorted(rollouts_dir.glob(f"*/{RECORD}")) if rollouts_dir.is_dir() else []
     if not records:
         raise RolloutError(f"no rollout recorded under {rollouts_dir}; nothing to resume")
+    return latest_record_of(records[-1])
+
+
+def latest_record_of(path: Path) -> dict:
+    """Return the rollout record at `path` (its rollout.json), with the outcomes its journal has."""
     try:
-        doc = json.loads(records[-1].read_text())
+        doc = json.loads(path.read_text())
     except ValueError as exc:
-        raise RolloutError(f"{records[-1]}: not a rollout record: {exc}") from None
-    journal = records[-1].parent / JOURNAL
+        raise RolloutError(f"{path}: not a rollout record: {exc}") from None
+    journal = path.parent / JOURNAL
     if doc.get("status") == "running" and journal.is_file():  # the controller stopped before its last write
         for line in journal.read_text().splitlines():
             try:
@@ -95,6 +104,36 @@ def latest_record(rollouts_dir: Path) -> dict:
             if entry.get("target") in doc.get("devices", {}):
                 doc["devices"][entry["target"]] = entry
     return doc
+
+
+class LastKnown:
+    """The release each device was last known on, from the newest rollout records (read once, when first asked)."""
+
+    def __init__(self, rollouts_dir: Path, records: int = 20):
+        self.rollouts_dir, self.records = rollouts_dir, records
+        self._known: dict[str, str] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> str | None:
+        with self._lock:
+            if self._known is None:
+                self._known = self._read()
+        return self._known.get(name)
+
+    def _read(self) -> dict[str, str]:
+        known: dict[str, str] = {}
+        paths = sorted(self.rollouts_dir.glob(f"*/{RECORD}"), reverse=True)[:self.records] \
+            if self.rollouts_dir.is_dir() else []
+        for path in paths:
+            try:
+                devices = latest_record_of(path).get("devices", {})
+            except (OSError, ValueError, RolloutError):
+                continue
+            for name, d in devices.items():
+                release = d.get("active") or (d.get("previous") if d.get("result") == NOT_REACHED else None)
+                if isinstance(release, str) and name not in known:
+                    known[name] = release
+        return known
 
 
 def _fmt(value, fmt: str) -> str:
@@ -110,42 +149,102 @@ def _latency(d: dict) -> str:
 
 
 def _detail(d: dict) -> str:
-    error = (d.get("error") or "").split("; journal:")[0].strip()
-    return error.splitlines()[0][:160] if error else ""
+    """The failure's first line, and the log's last line when there is one (where the failing line is)."""
+    error = (d.get("error") or "").strip()
+    if not error:
+        return ""
+    head, _, journal = error.partition("; journal:")
+    last = next((line.strip() for line in reversed(journal.splitlines()) if line.strip()), "")
+    return head.splitlines()[0][:160] + (f" | {last[-160:]}" if last else "")
+
+
+def _releases(d: dict) -> str:
+    """previous -> target: '(none)' only when the device said it had no release, '?' when nothing is known."""
+    if not d.get("new"):
+        return "-"
+    previous = d.get("previous") or ("?" if d.get("previous_from", "device") == "unknown" else "(none)")
+    return f"{previous} -> {d['new']}"
+
+
+def _where(d: dict) -> str:
+    return d.get("where") or ("on " + d["active"] if d.get("active") else d.get("result", ""))
+
+
+def _outcome(d: dict) -> str:
+    """The result a summary counts: a failed device that went back by itself is 'failed (rolled back)'."""
+    result = d.get("result", NOT_REACHED)
+    if result == FAILED and (d.get("where") or "").startswith("rolled back"):
+        return "failed (rolled back)"
+    if result == ROLLED_BACK:
+        return "rolled back (its wave failed)"
+    return result
+
+
+_ORDER = ("updated", "unchanged", "failed", "failed (rolled back)", "rolled back (its wave failed)",
+          "rollback failed", "not reached")
+
+
+def summary_line(doc: dict) -> str:
+    """Return '3 updated, 1 unchanged, 1 failed (rolled back)': every device counted once, by what happened."""
+    counts: dict[str, int] = {}
+    for name in doc["order"]:
+        kind = _outcome(doc["devices"][name])
+        counts[kind] = counts.get(kind, 0) + 1
+    kinds = sorted(counts, key=lambda k: _ORDER.index(k) if k in _ORDER else len(_ORDER))
+    return ", ".join(f"{counts[k]} {k}" for k in kinds)
+
+
+def device_line(d: dict) -> str:
+    """One plain line for a device that finished (off a terminal, as it finishes)."""
+    detail = _detail(d)
+    return (f"wave {d['wave']} {d['target']}: {d.get('result')}: {_releases(d)}; {_where(d)}"
+            + (f" ({d['seconds']:.1f} s)" if d.get("seconds") else "") + (f": {detail}" if detail else ""))
 
 
 def print_table(doc: dict, console=None) -> None:
-    """Print the final table: device, old -> new release, result, latency, temperature, time."""
+    """Print the final table: device, previous -> target release, where it is now, result, latency, time."""
     from rich.console import Console
     from rich.table import Table
 
     styles = {"updated": "green", "unchanged": "green", "failed": "bold red", "rolled back": "yellow",
               "rollback failed": "bold red", "not reached": "dim"}
-    table = Table(title=f"rollout {doc['rollout']}: {doc['status']}")
-    for column in ("wave", "device", "old -> new release", "result", "p95 ms", "temp °C", "time s", "detail"):
-        table.add_column(column, justify="right" if column in ("wave", "p95 ms", "temp °C", "time s") else "left",
-                         no_wrap=column != "detail")
+    bundles = sorted({d["bundle"] for d in doc["devices"].values() if d.get("bundle")})
+    title = f"rollout {doc['rollout']}: {doc['status']}" + (f" (bundle {', '.join(bundles)})" if bundles else "")
+    table = Table(title=title)
+    rows = []
     for name in doc["order"]:
         d = doc["devices"][name]
-        release = f"{d.get('previous') or '(none)'} -> {d.get('new') or '?'}" if d.get("new") else "-"
         result = d["result"]
-        table.add_row(str(d["wave"]), name, release, f"[{styles.get(result, '')}]{result}[/]",
-                      _latency(d), _fmt(d.get("temperature_c"), ".1f"),
-                      _fmt(d.get("seconds") if result != "not reached" else None, ".1f"), _detail(d))
-    console = console or Console(width=None if sys.stdout.isatty() else 160)
+        rows.append((str(d["wave"]), name, _releases(d), f"[{styles.get(result, '')}]{result}[/]", _where(d),
+                     _latency(d), _fmt(d.get("temperature_c"), ".1f"),
+                     _fmt(d.get("seconds") if result != NOT_REACHED else None, ".1f")))
+    columns = ("wave", "device", "previous -> target", "result", "now", "p95 ms", "°C", "s")
+    for i, column in enumerate(columns):
+        # names and release ids are never cut: their columns are as wide as their longest cell
+        widest = max([len(r[i]) for r in rows] + [1]) if column in ("device", "previous -> target") else None
+        table.add_column(column, justify="right" if column in ("wave", "p95 ms", "°C", "s") else "left",
+                         no_wrap=column != "now", min_width=widest, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
     console.print(table)
-    counts = doc.get("counts", {})
-    ok = sum(counts.get(r, 0) for r in OK_RESULTS)
-    others = [f"{n} {r}" for r, n in sorted(counts.items()) if r != "ok" and r not in OK_RESULTS and n]
-    console.print("; ".join([f"{ok}/{len(doc['order'])} on the new release", *others, f"record {doc['record']}"]
+    for name in doc["order"]:  # each failure on lines of its own: the reason and the failing line, uncut
+        detail = _detail(doc["devices"][name])
+        if detail:
+            console.print(f"{name}: {detail}", soft_wrap=True, markup=False, highlight=False)
+    console.print("; ".join([summary_line(doc), f"record {doc['record']}"]
                             + ([f"took {doc['seconds']:.1f} s"] if doc.get("seconds") else [])), soft_wrap=True)
 
 
 class LiveProgress:
     """One progress line per wave with counts (rich, on stderr); use as `on_event` of `run_rollout`."""
 
-    def __init__(self, plan: RolloutPlan, enabled: bool = True):
+    def __init__(self, plan: RolloutPlan, enabled: bool = True, plain=None):
+        """`plain`: off a terminal, where one line per device as it finishes and per wave is written (a
+        print-like callable), instead of the live display."""
         self.enabled = enabled
+        self.plain: Callable[[str], None] | None = None if enabled else plain
+        self.waves = {i: len(w) for i, w in enumerate(plan.waves, 1)}
         self.tasks: dict[int, Any] = {}  # wave -> rich's TaskID
         self.counts: dict[int, dict[str, int]] = {}
         self._lock = threading.Lock()
@@ -172,6 +271,8 @@ class LiveProgress:
 
     def __call__(self, kind: str, wave: int, payload) -> None:
         if not self.enabled:
+            if self.plain is not None:
+                self._plain(self.plain, kind, wave, payload)
             return
         with self._lock:
             task = self.tasks[wave]
@@ -186,3 +287,21 @@ class LiveProgress:
                 self.progress.console.print(f"wave {wave} failed: rolling back {', '.join(payload)}")
             elif kind == "stopped":
                 self.progress.console.print(f"wave {wave}: {payload} device(s) failed, over the limit; stopping")
+
+    def _plain(self, say: Callable[[str], None], kind: str, wave: int, payload) -> None:
+        with self._lock:
+            if kind == "wave":
+                self.counts[wave] = {}
+                say(f"wave {wave}: {len(payload)} device(s): {', '.join(payload)}")
+            elif kind in ("device", "reverted"):
+                d = payload.as_dict()
+                say(device_line(d))
+                if kind == "device":
+                    c = self.counts.setdefault(wave, {})
+                    c[d["result"]] = c.get(d["result"], 0) + 1
+                    if sum(c.values()) == self.waves[wave]:
+                        say(f"wave {wave} done: " + ", ".join(f"{n} {r}" for r, n in sorted(c.items())))
+            elif kind == "rollback" and payload:
+                say(f"wave {wave} failed: rolling back {', '.join(payload)}")
+            elif kind == "stopped":
+                say(f"wave {wave}: {payload} device(s) failed, over the limit; stopping")

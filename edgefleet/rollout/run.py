@@ -16,12 +16,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..deploy import DEFAULT_IMAGE_TAG, deploy, prepare_release, revert
+from ..deploy import DEFAULT_IMAGE_TAG, deploy, gather_facts, prepare_release, revert
+from ..deploy.facts import Facts
 from ..deploy.release import Release
 from ..device_env import build_target_env
 from ..inventory import Target
 from ..paths import repo_root
 from ..render import check_rendered_many, render_target
+from ..textclip import keep_tail
 from .plan import (
     FAILED,
     NOT_REACHED,
@@ -53,6 +55,9 @@ class DeviceOutcome:
     gate_notes: list[str] = field(default_factory=list)  # measured but not judged (emulated, throttled)
     seconds: float = 0.0
     error: str = ""
+    where: str = ""  # where the device is now, in words: "on B", "rolled back to A", "unreachable: last known A"
+    bundle: str | None = None  # the new release's bundle identity (sha256 of bundle.json, short)
+    previous_from: str = "device"  # where `previous` comes from: device (its facts), last known, unknown
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -97,30 +102,50 @@ def _file_log(path: Path) -> Callable[[str], None]:
 
 
 def _deploy_one(target: Target, release: Release, bundle_dir: Path, build_dir: Path, out: DeviceOutcome,
-                log: Callable[[str], None], facts: Future | None = None) -> DeviceOutcome:
+                log: Callable[[str], None], facts: Future | None = None,
+                last_known: Callable[[str], str | None] = lambda name: None) -> DeviceOutcome:
     t0 = time.monotonic()
-    out.new = release.release_id
+    out.new, out.bundle = release.release_id, release.bundle_id
+    seen: list[Facts] = []  # the device's facts, once the deploy read them
     try:
         r = deploy(target, bundle_dir, build_dir, log=log, release=release,
-                   facts=facts.result() if facts is not None else None)
+                   facts=facts.result() if facts is not None else None, on_facts=seen.append)
     except Exception as exc:  # one device's failure is a result, not the rollout's end
-        out.result, out.error = FAILED, str(exc) or type(exc).__name__
+        out.result, out.error = FAILED, keep_tail(str(exc) or type(exc).__name__)
         log(f"FAILED: {out.error}")
         if not str(exc):
             log(traceback.format_exc())
+        # where it is now: asked again (it may have been mid-switch), else what was known before
+        out.previous = seen[0].current if seen else last_known(target.name)
+        out.previous_from = "device" if seen else "last known" if out.previous else "unknown"
+        now = gather_facts(target)
+        if now is None:
+            out.where = f"unreachable: last known {out.previous}" if out.previous else "unreachable"
+        else:
+            out.active = now.current
+            out.where = (f"still on {now.current}" if now.current == out.previous
+                         else f"on {now.current or 'no release'} (was {out.previous or 'no release'})")
     else:
         out.previous, out.temperature_c = r.previous, r.temperature_c
         if r.health is not None:
             out.latency_ms, out.rss_mib, out.gate_notes = r.health.p95_ms, r.health.rss_mib, list(r.health.notes)
         if r.ok:
             out.result, out.active = ("updated" if r.changed else "unchanged"), r.release_id
+            out.where = f"on {r.release_id}"
         else:
             reason = r.health.reason if r.health is not None else "no health result"
-            out.result, out.error = FAILED, reason[:500]
+            out.result, out.error = FAILED, keep_tail(reason)
             out.active = r.previous if r.rolled_back else r.release_id
+            out.where = (f"rolled back to {r.previous}" if r.rolled_back
+                         else f"on {r.release_id} (failed its gate, nothing to roll back to)")
             log(f"FAILED: {out.error}" + (f"; the device rolled back to {r.previous}" if r.rolled_back else ""))
     out.seconds = time.monotonic() - t0
     return out
+
+
+def _not_reached(out: DeviceOutcome, known: str | None) -> None:
+    out.previous, out.previous_from = known, "last known" if known else "unknown"
+    out.where = f"not reached: last known {known}" if known else "not reached"
 
 
 def _revert_one(target: Target, out: DeviceOutcome, reason: str, log: Callable[[str], None]) -> DeviceOutcome:
@@ -131,8 +156,10 @@ def _revert_one(target: Target, out: DeviceOutcome, reason: str, log: Callable[[
     except Exception as exc:
         ok, why, out.active = False, str(exc) or type(exc).__name__, None
     out.result = ROLLED_BACK if ok else ROLLBACK_FAILED
+    out.where = (f"rolled back to {out.active}" if ok
+                 else f"on {out.active}" if out.active else f"unknown: last known {out.new}")
     if not ok:
-        out.error = f"rollback to {out.previous} failed: {why}"[:500]
+        out.error = keep_tail(f"rollback to {out.previous} failed: {why}")
         log(out.error)
     out.seconds += time.monotonic() - t0
     return out
@@ -140,12 +167,14 @@ def _revert_one(target: Target, out: DeviceOutcome, reason: str, log: Callable[[
 
 def run_rollout(targets: list[Target], plan: RolloutPlan, releases: dict[str, Release], bundle_dir: Path,
                 build_dir: Path, log_dir: Path, on_event: Callable[..., None] = lambda *a: None,
-                facts: dict[str, Future] | None = None) -> tuple[list[DeviceOutcome], bool]:
+                facts: dict[str, Future] | None = None,
+                last_known: Callable[[str], str | None] = lambda name: None) -> tuple[list[DeviceOutcome], bool]:
     """Run `plan`; return every device's outcome (in plan order) and whether the rollout stopped early.
 
     `on_event(kind, wave, payload)`: ("wave", i, names), ("device", i, outcome), ("stopped", i, failures),
     ("rollback", i, names), ("reverted", i, outcome); called from worker threads.
     `facts`: devices' facts being gathered already (`gather_facts` futures; None inside: ask again).
+    `last_known(name)`: the release a device was last known on (earlier rollouts), for one that cannot be asked.
     """
     facts = facts or {}
     by_name = {t.name: t for t in targets}
@@ -158,8 +187,10 @@ def run_rollout(targets: list[Target], plan: RolloutPlan, releases: dict[str, Re
         out = outcomes[name]
         if stop.is_set():  # the limit was passed while this device waited for a connection slot
             logs[name]("not reached: the rollout stopped")
+            _not_reached(out, last_known(name))
         else:
-            _deploy_one(by_name[name], releases[name], bundle_dir, build_dir, out, logs[name], facts.get(name))
+            _deploy_one(by_name[name], releases[name], bundle_dir, build_dir, out, logs[name], facts.get(name),
+                        last_known)
             with lock:
                 failures += out.result == FAILED
                 if limit_exceeded(failures, plan.max_fail):
@@ -185,6 +216,7 @@ def run_rollout(targets: list[Target], plan: RolloutPlan, releases: dict[str, Re
                 on_event("reverted", i, out)
             for n in (n for w in plan.waves[i:] for n in w):
                 logs[n]("not reached: the rollout stopped")
+                _not_reached(outcomes[n], last_known(n))
             break
     return [outcomes[n] for n in plan.targets], stopped
 

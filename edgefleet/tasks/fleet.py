@@ -12,8 +12,9 @@ from invoke import Collection, Exit, task
 
 from ..deploy import deploy as deploy_target
 from ..deploy import rollback as rollback_target
+from ..errors import EdgefleetError
 from ..explain import explain_target
-from ..inspect import collect_status, device_diff
+from ..inspect import collect_status, device_diff, kept_releases
 from ..inventory import Target, load_inventory
 from ..paths import build_dir, bundle_dir, targets_dir
 from ..render import (
@@ -118,8 +119,10 @@ def _print_rollback_table(results) -> None:
         table.add_column(column)
     for r in results:
         h = r.health
-        result = "rolled back" if r.ok else ("FAILED, restored" if r.restored else "FAILED")
-        table.add_row(r.target, f"{r.from_release or '?'} -> {r.to_release or '?'}", result,
+        result = "skipped" if r.skipped else "rolled back" if r.ok else ("FAILED, restored" if r.restored else "FAILED")
+        releases = (f"{r.from_release or '(none)'} (kept)" if r.skipped
+                    else f"{r.from_release or '?'} -> {r.to_release or '?'}")
+        table.add_row(r.target, releases, result,
                       "-" if h is None or h.p95_ms is None else f"{h.p95_ms:.1f}",
                       "-" if h is None or h.temperature_c is None else f"{h.temperature_c:.1f}", f"{r.seconds:.1f}",
                       (r.error or (", ".join(h.notes) if h else "")).split("; journal:")[0][:160])
@@ -152,6 +155,7 @@ def rollback(c, target=None, group=None, parallel=10, json_=False, to=None):
     if json_:
         print(json.dumps({"targets": {r.target: {
             "from": r.from_release, "to": r.to_release, "ok": r.ok, "active": r.active, "restored": r.restored,
+            "skipped": r.skipped,
             "seconds": round(r.seconds, 2), "error": r.error,
             "health": None if r.health is None else {k: getattr(r.health, k) for k in (
                 "ok", "reason", "min_cosine", "p95_ms", "rss_mib", "temperature_c", "throttled", "notes")},
@@ -162,20 +166,46 @@ def rollback(c, target=None, group=None, parallel=10, json_=False, to=None):
         raise Exit(code=1)
 
 
-def _print_status_table(statuses) -> None:
+def _print_status_table(statuses, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="edgefleet status")
-    for column in ("target", "release", "healthy", "service", "governor", "temperature", "drift"):
-        table.add_column(column)
+    # names, release ids and bundle ids are never cut (the other columns wrap): as wide as their longest cell
+    widest = {"target": max([len(st.target) for st in statuses] + [6]), "release": 14, "bundle": 12}
+    for column in ("target", "release", "bundle", "healthy", "service", "governor", "temperature", "drift"):
+        table.add_column(column, min_width=widest.get(column), no_wrap=column in widest)
     for st in statuses:
         if not st.reachable:
-            table.add_row(st.target, "-", "-", "unreachable", "-", "-", st.error)
+            table.add_row(st.target, "-", "-", "-", "unreachable", "-", "-", st.error)
             continue
         governors = ", ".join(sorted(set(st.governors.values()))) or "no cpufreq"
-        table.add_row(st.target, st.release or "-", {True: "yes", False: "NO", None: "?"}[st.healthy],
-                      st.service, governors, st.throttling, "\n".join(st.drift) or "none")
+        table.add_row(st.target, st.release or "-", st.bundle_id or "-",
+                      {True: "yes", False: "NO", None: "?"}[st.healthy], st.service, governors, st.throttling,
+                      "\n".join(st.drift) or "none")
+    (console or Console()).print(table)
+
+
+def _kept_or_why(target: Target) -> list[dict]:
+    from ..transport import SSHError
+
+    try:
+        return kept_releases(target)
+    except (SSHError, EdgefleetError, OSError) as exc:  # an unreachable device is a row, not the end
+        return [{"release": f"unreachable: {str(exc)[-200:]}"}]
+
+
+def _print_releases(kept: dict[str, list[dict]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="releases kept on the devices (rollback --target X --to RELEASE)")
+    for column in ("target", "release", "bundle", "active", "last deployed", "passed its gate"):
+        table.add_column(column, no_wrap=column in ("target", "release", "bundle"))
+    for name, rows in kept.items():
+        for row in rows or [{"release": "(none)"}]:
+            table.add_row(name, row["release"], row.get("bundle_id") or "-", "yes" if row.get("active") else "",
+                          row.get("deployed") or "-", {True: "yes", False: "no", None: "-"}[row.get("healthy")])
     Console().print(table)
 
 
@@ -183,10 +213,20 @@ def _print_status_table(statuses) -> None:
     "target": "one device name",
     "group": "every device of a group",
     "json": "print one JSON document instead of a table",
+    "releases": "list the releases kept on each device (ids for rollback --to), instead of the status",
 })
 @exits_on_user_error
-def status(c, target=None, group=None, json_=False):
+def status(c, target=None, group=None, json_=False, releases=False):
     """Report release, health, governor, temperatures and drift for a device or a group."""
+    if releases:
+        kept = {t.name: _kept_or_why(t) for t in _targets(c, target, group)}
+        if json_:
+            print(json.dumps({"targets": {name: {"releases": rows} for name, rows in kept.items()}}, indent=2))
+        else:
+            _print_releases(kept)
+        if any(row["release"].startswith("unreachable") for rows in kept.values() for row in rows):
+            raise Exit(code=1)
+        return
     statuses = [collect_status(t) for t in _targets(c, target, group)]
     if json_:
         print(json.dumps({"targets": {st.target: st.as_dict() for st in statuses}}, indent=2))

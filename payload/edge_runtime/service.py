@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import hashlib
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ from edge_runtime.tuning import Placement, place
 from edge_runtime.validate import ApiError
 from edge_runtime.worker import Abandoned, InferenceWorker, QueueFull
 
-__all__ = ["Service", "release_id", "rss_bytes"]
+__all__ = ["Service", "release_id", "bundle_id", "rss_bytes"]
 
 log = logging.getLogger("edge_runtime")
 RELEASE_PATH = re.compile(r"/releases/([^/]+)/bundle/?$")
@@ -35,6 +36,18 @@ def release_id(bundle_dir) -> str | None:
     """Return <id> when the bundle resolves to .../releases/<id>/bundle, else None."""
     match = RELEASE_PATH.search(os.path.realpath(str(bundle_dir)))
     return match.group(1) if match else None
+
+
+def bundle_id(bundle_dir) -> str | None:
+    """Return the bundle's identity: the sha256 of its bundle.json (which holds every file's), short.
+
+    Two bundles with one directory name are told apart by it; deploys and rollouts show the same.
+    """
+    try:
+        with open(os.path.join(str(bundle_dir), "bundle.json"), "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()[:12]
+    except OSError:
+        return None
 
 
 def rss_bytes() -> int:
@@ -182,6 +195,7 @@ class Service:
         placement = self.placement
         return {
             "bundle": meta.get("name") or os.path.basename(os.path.normpath(str(self.bundle_dir))),
+            "bundle_id": bundle_id(self.bundle_dir),
             "task": meta.get("task"),
             **({"labels": meta["labels"]} if meta.get("task") == "classify" else {}),
             **({"max_answer_len": meta["max_answer_len"]} if meta.get("task") == "qa" else {}),

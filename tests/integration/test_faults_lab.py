@@ -145,6 +145,10 @@ def test_device_down_before_the_rollout(fleet, build, bundles, v1):
         faults.sshd_start("lab-03")
     assert results(doc) == {"lab-01": "updated", "lab-02": "updated", "lab-03": "failed"}, doc
     assert "cannot reach" in doc["devices"]["lab-03"]["error"]
+    # the row says where it is: its release from the last rollout, not "(none) ->"; the rollout is titled failed
+    down = doc["devices"]["lab-03"]
+    assert down["previous"] == v1["lab-03"] and down["where"] == f"unreachable: last known {v1['lab-03']}", down
+    assert doc["status"] == "failed"
     settled(fleet["lab-03"], v1["lab-03"])
     resumed = run(fleet, build, resume_targets(latest_record(build / "rollouts")), bundles["v2"], canary=0)
     assert results(resumed) == {"lab-03": "updated"}, resumed

@@ -1,5 +1,6 @@
 """The HTTP service in-process on 127.0.0.1: bad input, token, thermal 503, queue, load."""
 
+import hashlib
 import json
 import socket
 import threading
@@ -195,6 +196,7 @@ def test_info_and_governor_drift(serve, fake_sysfs):
     status, _, info = request(port, "GET", "/v1/info")
     assert status == 200 and info["state"] == "ready" and info["threads"] == 1
     assert info["bundle"] and info["release"] is None
+    assert info["bundle_id"] == hashlib.sha256(open(f"{service.bundle_dir}/bundle.json", "rb").read()).hexdigest()[:12]
     assert info["governor"]["drift"] == ["policy1"]
     assert info["governor"]["policies"]["policy0"]["governor"] == "performance"
     assert info["temperatures"]["thermal_zone0"] == {"type": "cpu-thermal", "temp_c": 45.0}

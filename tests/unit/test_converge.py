@@ -155,3 +155,26 @@ def test_status_reports_what_deploy_repairs(device, how):
     subprocess.run(["sh", "-c", repair_command(dev, [(p, s) for p, s, _ in plan.repair])], check=True)
     out = subprocess.run(["sh", "-c", status_command(dev.target, files)], capture_output=True, text=True).stdout
     assert not [d for d in find_drift(dev.target, files, parse_status(out)) if "on the device" in d]
+
+
+def test_releases_kept_on_the_device_are_listed_for_rollback_to(device):
+    """`status --releases`: each release dir on the device, its bundle id, which is active, its last gate."""
+    import json
+
+    from edgefleet.inspect import parse_releases, releases_command
+
+    dev, release = device
+    Path(dev.path("state.json")).write_text(json.dumps({"current": release.release_id, "history": [
+        {"time": "2026-12-07T10:00:00Z", "release": release.release_id, "healthy": True}]}, indent=2))
+    out = subprocess.run(["sh", "-c", releases_command(dev.root)], capture_output=True, text=True).stdout
+    assert parse_releases(out) == [{"release": release.release_id, "bundle_id": release.bundle_id, "active": True,
+                                    "deployed": "2026-12-07T10:00:00Z", "healthy": True}]
+
+
+def test_status_names_the_bundle_the_device_runs(device):
+    from edgefleet.status import parse_status, status_command
+
+    dev, release = device
+    files = render_target(dev.target)
+    out = subprocess.run(["sh", "-c", status_command(dev.target, files)], capture_output=True, text=True).stdout
+    assert parse_status(out).bundle_id == release.bundle_id and len(release.bundle_id) == 12

@@ -262,8 +262,9 @@ def test_final_table_shows_old_new_release_p95_marks_and_temperature():
     console = Console(record=True, width=220)
     print_table(doc, console=console)
     text = console.export_text()
-    assert "old -> new release" in text and "p95 ms" in text and "temp °C" in text
+    assert "previous -> target" in text and "p95 ms" in text and "°C" in text
     assert "r-1 -> r-2" in text and "12.2" in text and "51.0" in text
     assert "(none) -> r-3" in text and "80.0 (emulated)" in text
-    assert "9.0 (throttled)" in text and "RSS 900 MiB over the budget of 250 MiB" in text and "lots" not in text
-    assert "2/3 on the new release" in text and "1 failed" in text
+    # the reason, then the journal's last line (its tail, where the failing line is)
+    assert "9.0 (throttled)" in text and "c: RSS 900 MiB over the budget of 250 MiB | lots" in text
+    assert "2 updated, 1 failed;" in text

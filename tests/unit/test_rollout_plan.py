@@ -151,4 +151,4 @@ def test_table_shows_old_and_new_release(tmp_path):
     print_table(doc, console)
     text = console.export_text()
     assert "r-1 -> r-2" in text and "failed" in text and "41.0" in text and "not reached" in text
-    assert "0/2 on the new release" in text
+    assert "1 failed, 1 not reached;" in text and "stopped" in text

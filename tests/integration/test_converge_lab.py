@@ -1,0 +1,71 @@
+"""A deploy converges a real lab device (sshd, systemd) to its release: edits put back, a corrupt
+object sent again, and `status` names what `deploy` repairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgefleet.deploy import deploy, rollback
+from edgefleet.inspect import collect_status
+from edgefleet.model.tiny import tiny_bundle
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+PAYLOAD_FILE = "payload/edge_runtime/__init__.py"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return tiny_bundle(tmp_path_factory.mktemp("tiny"))["bundle_dir"]
+
+
+@pytest.fixture(scope="module")
+def deployed(one_lab_device, bundle):
+    first = deploy(one_lab_device, bundle, REPO / "build", log=lambda _: None)
+    assert first.ok
+    return one_lab_device
+
+
+def objects_intact(run_on, target) -> str:
+    """Return the objects whose bytes are not their name (empty: all intact)."""
+    objects = f"{target.settings.root}/objects"
+    return run_on(target, f"cd {objects} && for f in *; do [ \"$(sha256sum < $f | cut -d' ' -f1)\" = \"$f\" ] "
+                          "|| echo $f; done")
+
+
+def test_rollback_with_no_earlier_release_is_skipped(deployed):
+    result = rollback(deployed, log=lambda _: None)
+    assert result.ok and result.skipped and "no earlier committed release" in result.error, result
+
+
+@pytest.mark.parametrize("edit", ["echo '# tweak' >> {f}", "sed -i 's/^log_level:.*/log_level: debug/' {f}"])
+def test_edited_config_is_reported_then_repaired(run_on, deployed, bundle, edit):
+    root = deployed.settings.root
+    run_on(deployed, edit.format(f=f"{root}/current/runtime.yaml"))
+    assert objects_intact(run_on, deployed) == ""  # runtime.yaml is a copy: no object changed
+    drift = collect_status(deployed).drift
+    assert "runtime.yaml edited on the device (deploy puts it back)" in drift, drift
+    lines: list[str] = []
+    repaired = deploy(deployed, bundle, REPO / "build", log=lines.append)
+    assert repaired.ok and repaired.changed, lines
+    assert "  repair: runtime.yaml edited on the device" in lines, lines
+    assert [d for d in collect_status(deployed).drift if "on the device" in d] == []
+    again: list[str] = []
+    assert not deploy(deployed, bundle, REPO / "build", log=again.append).changed, again
+
+
+def test_corrupted_object_is_uploaded_again(run_on, deployed, bundle):
+    root = deployed.settings.root
+    run_on(deployed, f"echo '# tweak' >> {root}/current/{PAYLOAD_FILE}")  # in place, through the hard link
+    bad = objects_intact(run_on, deployed)
+    assert bad, "the write did not reach the object: nothing to test"
+    lines: list[str] = []
+    repaired = deploy(deployed, bundle, REPO / "build", log=lines.append)
+    assert repaired.ok, lines
+    assert f"  repair: {PAYLOAD_FILE} edited on the device" in lines, lines
+    assert any("no longer match their sha256" in line and bad[:12] in line for line in lines), lines
+    assert any(line.startswith("  upload 1 objects") for line in lines), lines
+    assert objects_intact(run_on, deployed) == ""
+    assert run_on(deployed, f"[ {root}/current/{PAYLOAD_FILE} -ef {root}/objects/{bad} ] && echo linked") == "linked"
