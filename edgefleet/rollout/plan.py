@@ -15,7 +15,7 @@ __all__ = ["RolloutError", "RolloutPlan", "OK_RESULTS", "parse_count", "plan_rol
            "to_roll_back", "resume_targets", "env_key"]
 
 # a device ends a rollout in one of these
-OK_RESULTS = ("updated", "unchanged")
+OK_RESULTS = ("updated", "repaired", "unchanged")  # repaired: on the release already, drift put back
 FAILED, ROLLED_BACK, NOT_REACHED, ROLLBACK_FAILED = "failed", "rolled back", "not reached", "rollback failed"
 
 

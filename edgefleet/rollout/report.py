@@ -180,7 +180,7 @@ def _outcome(d: dict) -> str:
     return result
 
 
-_ORDER = ("updated", "unchanged", "failed", "failed (rolled back)", "rolled back (its wave failed)",
+_ORDER = ("updated", "repaired", "unchanged", "failed", "failed (rolled back)", "rolled back (its wave failed)",
           "rollback failed", "not reached")
 
 
@@ -206,7 +206,7 @@ def print_table(doc: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    styles = {"updated": "green", "unchanged": "green", "failed": "bold red", "rolled back": "yellow",
+    styles = {"updated": "green", "repaired": "green", "unchanged": "green", "failed": "bold red", "rolled back": "yellow",
               "rollback failed": "bold red", "not reached": "dim"}
     bundles = sorted({d["bundle"] for d in doc["devices"].values() if d.get("bundle")})
     title = f"rollout {doc['rollout']}: {doc['status']}" + (f" (bundle {', '.join(bundles)})" if bundles else "")

@@ -130,7 +130,8 @@ def _deploy_one(target: Target, release: Release, bundle_dir: Path, build_dir: P
         if r.health is not None:
             out.latency_ms, out.rss_mib, out.gate_notes = r.health.p95_ms, r.health.rss_mib, list(r.health.notes)
         if r.ok:
-            out.result, out.active = ("updated" if r.changed else "unchanged"), r.release_id
+            out.result = ("unchanged" if not r.changed else "repaired" if r.previous == r.release_id else "updated")
+            out.active = r.release_id
             out.where = f"on {r.release_id}"
         else:
             reason = r.health.reason if r.health is not None else "no health result"

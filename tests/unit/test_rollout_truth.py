@@ -163,3 +163,12 @@ def test_status_at_80_columns_keeps_names_and_release_ids_whole():
     _print_status_table(statuses, console)
     text = console.export_text()
     assert all(n in text for n in names) and text.count("r-0123456789ab") == 2 and "b0ddle5ab1e5" in text
+
+
+def test_a_drifted_device_is_repaired_not_unchanged(monkeypatch, tmp_path):
+    def repaired(on_facts):
+        on_facts(facts("r-B"))
+        return DeployResult("x", "r-B", "r-B", True, HealthResult(True, ""))
+
+    doc, text = run(monkeypatch, tmp_path, {"lab-01": repaired, "lab-02": unchanged}, now={})
+    assert doc["devices"]["lab-01"]["result"] == "repaired" and "1 repaired, 1 unchanged;" in text
