@@ -12,7 +12,7 @@ from shlex import quote
 
 from ..device_env import PYC_MARK
 from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
-from .converge import COPIED_FILES, repair_command
+from .converge import COPIED_FILES, STAMP, repair_command
 from .device import DeployError, Device, docker_argv, root_steps
 from .plan import DeployPlan
 from .release import Release, ReleaseFile
@@ -51,7 +51,10 @@ def _build_release_script(dev: Device, release: Release) -> str:
     # what the unit's EnvironmentFile reads: the image to run and where its bundle is
     lines.append(f"printf 'EDGEFLEET_IMAGE=%s\\nEDGEFLEET_RELEASE=%s\\n' {quote(release.runtime_image.image_id)} "
                  f"{quote(release.release_id)} > {quote(posixpath.join(tmp, IMAGE_ENV))}")
-    lines.append(f"chmod -R a+rX {quote(tmp)} && mv -T {quote(tmp)} {quote(final)}")
+    # the verified mark on its directories (deploy/converge.py), then into place
+    lines.append(f"chmod -R a+rX {quote(tmp)} && find {quote(tmp)} -type d -exec touch -r "
+                 f"{quote(posixpath.join(objects, STAMP))} {{}} + && mv -T {quote(tmp)} {quote(final)} && "
+                 f"touch -r {quote(posixpath.join(objects, STAMP))} {quote(final)}")
     return " && ".join(lines)
 
 

@@ -20,6 +20,9 @@ __all__ = ["COPIED_FILES", "STAMP", "ReleaseDrift", "release_check_lines", "pars
 
 COPIED_FILES = ("runtime.yaml",)  # in a release dir: copies of their objects, never hard links
 STAMP = ".mtime0"  # in objects/: mtime 0; every verified object and copy carries the same mtime
+# a release's directories (their mtimes are the stamp's once built): a file added, removed or
+# replaced in one moves its mtime
+_RELEASE_DIRS = ("", "bundle", "payload", "payload/edge_runtime", "payload/edge_runtime/__pycache__")
 
 _KINDS = {"missing": "missing on the device", "edited": "edited on the device",
           "unlinked": "replaced on the device (no longer the release's own file)"}
@@ -41,16 +44,26 @@ def stamp_command(root_q: str) -> str:
 
 
 def release_check_lines() -> list[str]:
-    """Return sh lines (with $root set) printing `drift:<kind>=<path>` for every file of the active
-    release that is missing, newer than the stamp, or not its object's own file, and
-    `suspect=<sha256>` for every object newer than the stamp (all of them when there is no stamp)."""
+    """Return sh lines (with $root set) printing `drift:<kind>=<path>=<sha256>` for every file of the
+    active release that is missing, newer than the stamp, or not its object's own file, and
+    `suspect=<sha256>` for every object newer than the stamp (all of them when there is no stamp).
+
+    The manifest is read line by line only when a cheap sign says something changed (most no-op
+    deploys read none): an object written to, the copied files or the manifest newer than the
+    stamp, or a directory of the release (their mtimes are the stamp's too: adding, removing or
+    replacing a file, as `sed -i` does, moves its directory's).
+    """
     copies = "|".join(quote(p) for p in COPIED_FILES)
+    dirs = " ".join(f'"$root/current/{d}"' for d in _RELEASE_DIRS)
+    checked = " ".join(f'"$root/current/{p}"' for p in (*COPIED_FILES, "manifest.json"))
     return [
-        'st="$root/objects/.mtime0"; [ -e "$st" ] || st=',
+        'st="$root/objects/.mtime0"; [ -e "$st" ] || st=; look=',
         'for f in "$root"/objects/*; do [ -e "$f" ] && { [ -z "$st" ] || [ "$f" -nt "$st" ]; } && '
-        'echo "suspect=${f##*/}"; done',
+        'echo "suspect=${f##*/}" && look=1; done',
         'm="$root/current/manifest.json"',
-        'if [ -n "$st" ] && [ -f "$m" ]; then',
+        f'[ -n "$st" ] && [ -z "$look" ] && for f in {checked} {dirs}; do '
+        '[ -e "$f" ] && [ "$f" -nt "$st" ] && look=1 && break; done',
+        'if [ -n "$st" ] && [ -n "$look" ] && [ -f "$m" ]; then',
         '  [ "$m" -nt "$st" ] && echo "drift:edited=manifest.json"',
         '  sec=; while IFS= read -r l; do case $l in',
         "    '  \"files\": {'|'  \"compiled\": {') sec=1 ;;",
@@ -113,4 +126,7 @@ def repair_command(dev: Device, files: list[tuple[str, str]]) -> str:
                          f"&& mv -f {tmp} {dest}")
         else:
             steps.append(f"mkdir -p \"$(dirname {dest})\" && ln -f {obj} {dest}")
+    # the directories the repair wrote in get the mark back (else every later deploy reads the manifest)
+    dirs = " ".join(quote(f"{current}/{d}") for d in _RELEASE_DIRS)
+    steps.append(f"for d in {dirs}; do [ -d \"$d\" ] && touch -r {quote(objects + '/' + STAMP)} \"$d\"; done; true")
     return " && ".join(steps)

@@ -206,8 +206,8 @@ def print_table(doc: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    styles = {"updated": "green", "repaired": "green", "unchanged": "green", "failed": "bold red", "rolled back": "yellow",
-              "rollback failed": "bold red", "not reached": "dim"}
+    styles = {"updated": "green", "repaired": "green", "unchanged": "green", "failed": "bold red",
+              "rolled back": "yellow", "rollback failed": "bold red", "not reached": "dim"}
     bundles = sorted({d["bundle"] for d in doc["devices"].values() if d.get("bundle")})
     title = f"rollout {doc['rollout']}: {doc['status']}" + (f" (bundle {', '.join(bundles)})" if bundles else "")
     table = Table(title=title)

@@ -34,4 +34,7 @@ def build(spec: dict) -> None:
         import compileall
 
         compileall.compile_dir(os.path.join(tmp, "payload"), quiet=1, stripdir=tmp, prependdir=spec["final"])
+    for top, _, _ in os.walk(tmp, topdown=False):  # the verified mark on its directories too
+        os.utime(top, (0, 0))
     os.rename(tmp, spec["final"])
+    os.utime(spec["final"], (0, 0))
