@@ -177,8 +177,11 @@ def make_plan(target: Target, release: Release, facts: Facts, corrupt: frozenset
         repair=repair,
         corrupt=tuple(sorted(corrupt & wanted.keys())),
         install_tuning=bool(release.tuning) and (tuning_changed or bool(drifted)),
-        notes=(f"cpufreq {', '.join(drifted)}: governor is not {s.governor}; the tuning unit re-applies it",)
-        if release.tuning and drifted and not tuning_changed else (),
+        notes=((f"cpufreq {', '.join(drifted)}: governor is not {s.governor}; the tuning unit re-applies it",)
+               if release.tuning and drifted and not tuning_changed else ())
+        + ((f"{len(corrupt - wanted.keys())} object(s) of other releases no longer match their sha256 "
+            f"({', '.join(sorted(c[:12] for c in corrupt - wanted.keys()))}): left as they are (status "
+            f"reports them); do not roll back to a release that uses them",) if corrupt - wanted.keys() else ()),
     )
 
 
