@@ -138,7 +138,7 @@ def find_drift(target: Target, files: list[RenderedFile], state: DeviceState) ->
     drift += [f"{line} (deploy puts it back)" for line in describe_drift(state.release_drift.files)]
     if state.release_drift.suspect_objects:
         drift.append(f"{len(state.release_drift.suspect_objects)} object(s) written to since verified "
-                     f"(deploy hashes them and sends the corrupt ones a release of it uses again)")
+                     f"(deploy hashes them, and sends again the corrupt ones its release uses)")
     if state.service_enabled != "enabled":
         drift.append(f"{UNIT_NAME} is {state.service_enabled}, not enabled")
     if state.service_active != "active":
