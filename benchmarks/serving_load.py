@@ -9,6 +9,7 @@ again` is the noise floor: an on/off ratio inside it is "within noise".
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -21,6 +22,13 @@ import numpy as np
 SERVERS = ("off", "on", "off again")
 CLIENTS = (1, 4, 16)
 LENGTHS = {"short": 16, "medium": 64}
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return the process's user + system CPU seconds so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_config(directory: Path, name: str, enabled: bool, threads: int) -> Path:
@@ -57,7 +65,11 @@ def load(port: int, client_class, post_raw, text: str, clients: int,
 
 def measure(bundle: Path, threads: int, texts: dict[str, str], rounds: int, seconds: float,
             start_server, client_class, post_raw, workdir: Path) -> dict:
-    """Return {(length, clients, server): [(req/s, p50, p99) per round]}."""
+    """Return {(length, clients, server): [(req/s, p50, p99, server CPU ms a request) per round]}.
+
+    The server's CPU per request is printed beside the wall-clock figures: on a shared machine
+    it moves much less with other people's load than req/s does.
+    """
     log = open("/dev/null", "w")
     procs: dict[str, tuple[subprocess.Popen, int]] = {}
     try:
@@ -73,11 +85,13 @@ def measure(bundle: Path, threads: int, texts: dict[str, str], rounds: int, seco
             for length, text in texts.items():
                 for clients in CLIENTS:
                     for name in order:
-                        samples, rate = load(procs[name][1], client_class, post_raw, text,
-                                             clients, seconds)
+                        proc, port = procs[name]
+                        cpu = cpu_seconds(proc.pid)
+                        samples, rate = load(port, client_class, post_raw, text, clients, seconds)
+                        cpu_ms = (cpu_seconds(proc.pid) - cpu) * 1e3 / max(len(samples), 1)
                         cells.setdefault((length, clients, name), []).append(
                             (rate, float(np.percentile(samples, 50)),
-                             float(np.percentile(samples, 99))))
+                             float(np.percentile(samples, 99)), cpu_ms))
             print(f"  serving round {index + 1}/{rounds} done", file=sys.stderr)
         return cells
     finally:
@@ -96,7 +110,7 @@ def report(cells: dict, tokens: dict[str, int], rounds: int, seconds: float) -> 
           f"{rounds} rounds of {seconds:.1f} s per cell, order rotated each round")
     print(f"{'texts':>14s} {'clients':>7s} | {'req/s off':>9s} {'on':>7s} {'again':>7s} | "
           f"{'p50 off':>7s} {'on':>6s} | {'p99 off':>7s} {'on':>6s} | {'on/off':>6s} "
-          f"{'noise':>6s}")
+          f"{'noise':>6s} | {'cpu ms/req off':>14s} {'on':>5s} {'again':>5s}")
     for length in tokens:
         for clients in CLIENTS:
             off, on, again = (med((length, clients, name), 0) for name in SERVERS)
@@ -107,7 +121,9 @@ def report(cells: dict, tokens: dict[str, int], rounds: int, seconds: float) -> 
                   f"{again:7.0f} | {med((length, clients, 'off'), 1):7.2f} "
                   f"{med((length, clients, 'on'), 1):6.2f} | "
                   f"{med((length, clients, 'off'), 2):7.2f} {med((length, clients, 'on'), 2):6.2f}"
-                  f" | {ratio:6.2f} {noise:6.1%} {verdict}")
+                  f" | {ratio:6.2f} {noise:6.1%} | {med((length, clients, 'off'), 3):14.2f} "
+                  f"{med((length, clients, 'on'), 3):5.2f} {med((length, clients, 'off again'), 3):5.2f}"
+                  f" {verdict}")
     single = med(("short", 1, "off"), 0)
     best = med(("short", 16, "on"), 0)
     p99 = med(("short", 16, "on"), 2)
