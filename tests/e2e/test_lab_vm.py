@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "build" / "bundles" / "all-minilm-l6-v2-int8"
 KERNEL = os.environ.get("EDGEFLEET_VM_KERNEL", "16k")  # the Pi 5's page size; 4k: Orin's and RK3588's
-# the docker variant, as test_lab_vm_image.py boots: one VM image (built once, ~6 min under
+# the docker variant, as test_lab_vm_image.py boots: one VM image (built once, the slowest step under
 # emulation) serves both e2e tests; a venv deploy does not mind docker beside it
 SPEC = vmplan.VmSpec(kernel=KERNEL, docker=os.environ.get("EDGEFLEET_VM_PLAIN") != "1")
 NAME = SPEC.target_name
