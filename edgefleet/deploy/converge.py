@@ -10,6 +10,8 @@ on a device (`COPIED_FILES`) are copies, never links: editing them cannot change
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from shlex import quote
 
@@ -24,6 +26,7 @@ STAMP = ".mtime0"  # in objects/: mtime 0; every verified object and copy carrie
 # replaced in one moves its mtime
 _RELEASE_DIRS = ("", "bundle", "payload", "payload/edge_runtime", "payload/edge_runtime/__pycache__")
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _KINDS = {"missing": "missing on the device", "edited": "edited on the device",
           "unlinked": "replaced on the device (no longer the release's own file)"}
 
@@ -44,9 +47,10 @@ def stamp_command(root_q: str) -> str:
 
 
 def release_check_lines() -> list[str]:
-    """Return sh lines (with $root set) printing `drift:<kind>=<path>=<sha256>` for every file of the
-    active release that is missing, newer than the stamp, or not its object's own file, and
-    `suspect=<sha256>` for every object newer than the stamp (all of them when there is no stamp).
+    """Return sh lines (with $root set) printing `release_drift=<kind>:<path>:<sha256> ...` for every
+    file of the active release that is missing, newer than the stamp, or not its object's own file,
+    and `suspects=<sha256> ...` for every object newer than the stamp (all of them when there is no
+    stamp).
 
     The manifest is read line by line only when a cheap sign says something changed (most no-op
     deploys read none): an object written to, the copied files or the manifest newer than the
@@ -57,40 +61,41 @@ def release_check_lines() -> list[str]:
     dirs = " ".join(f'"$root/current/{d}"' for d in _RELEASE_DIRS)
     checked = " ".join(f'"$root/current/{p}"' for p in (*COPIED_FILES, "manifest.json"))
     return [
-        'st="$root/objects/.mtime0"; [ -e "$st" ] || st=; look=',
+        'st="$root/objects/.mtime0"; [ -e "$st" ] || st=; look=; sus=; dr=',
         'for f in "$root"/objects/*; do [ -e "$f" ] && { [ -z "$st" ] || [ "$f" -nt "$st" ]; } && '
-        'echo "suspect=${f##*/}" && look=1; done',
+        'sus="$sus ${f##*/}" && look=1; done',
         'm="$root/current/manifest.json"',
         f'[ -n "$st" ] && [ -z "$look" ] && for f in {checked} {dirs}; do '
         '[ -e "$f" ] && [ "$f" -nt "$st" ] && look=1 && break; done',
         'if [ -n "$st" ] && [ -n "$look" ] && [ -f "$m" ]; then',
-        '  [ "$m" -nt "$st" ] && echo "drift:edited=manifest.json"',
+        '  [ "$m" -nt "$st" ] && dr="$dr edited:manifest.json:"',
         '  sec=; while IFS= read -r l; do case $l in',
         "    '  \"files\": {'|'  \"compiled\": {') sec=1 ;;",
         "    '  }'*) sec= ;;",
         '    *) [ -n "$sec" ] || continue; l=${l#*\\"}; p=${l%%\\"*}; s=${l#*\\": \\"}; s=${s%%\\"*}',
         '       f="$root/current/$p"',
-        '       if [ ! -e "$f" ]; then echo "drift:missing=$p=$s"',
-        '       elif [ "$f" -nt "$st" ]; then echo "drift:edited=$p=$s"',
+        '       if [ ! -e "$f" ]; then dr="$dr missing:$p:$s"',
+        '       elif [ "$f" -nt "$st" ]; then dr="$dr edited:$p:$s"',
         f'       else case $p in {copies}) ;; *) [ "$f" -ef "$root/objects/$s" ] || '
-        'echo "drift:unlinked=$p=$s" ;; esac',
+        'dr="$dr unlinked:$p:$s" ;; esac',
         '       fi ;;',
         '  esac; done < "$m"',
         'fi',
+        'echo "suspects=$sus"; echo "release_drift=$dr"',
     ]
 
 
-def parse_release_drift(values: list[tuple[str, str]]) -> ReleaseDrift:
-    """Read the `drift:<kind>=<path>` and `suspect=<sha256>` lines of `release_check_lines`."""
-    files, suspects = [], set()
-    for key, value in values:
-        if key == "suspect" and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
-            suspects.add(value)
-        elif key.startswith("drift:") and key[6:] in _KINDS:
-            path, _, sha = value.partition("=")
-            if path and ".." not in path.split("/") and not path.startswith("/"):
-                files.append((path, key[6:], sha if len(sha) == 64 else ""))
-    return ReleaseDrift(tuple(sorted(set(files))), frozenset(suspects))
+def parse_release_drift(values: Mapping[str, str]) -> ReleaseDrift:
+    """Read the `suspects=` and `release_drift=` lines of `release_check_lines` (a name that is not a
+    sha256 or a path that climbs out of the release is dropped: device output is not trusted)."""
+    suspects = {s for s in values.get("suspects", "").split() if _SHA256.fullmatch(s)}
+    files = set()
+    for word in values.get("release_drift", "").split():
+        kind, _, rest = word.partition(":")
+        path, _, sha = rest.rpartition(":")
+        if kind in _KINDS and path and ".." not in path.split("/") and not path.startswith("/"):
+            files.add((path, kind, sha if _SHA256.fullmatch(sha) else ""))
+    return ReleaseDrift(tuple(sorted(files)), frozenset(suspects))
 
 
 def describe_drift(files: tuple[tuple[str, str, str], ...]) -> list[str]:
