@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["HealthResult", "Call", "NotReady", "wait_ready", "golden_verdict", "Budget", "ModelVerdict", "judge",
-           "probe_request"]
+__all__ = ["HealthResult", "Call", "NotReady", "Readiness", "parse_readiness", "wait_ready",
+           "golden_verdict", "Budget", "ModelVerdict", "judge", "probe_request"]
 
 
 @dataclass
@@ -52,8 +52,49 @@ class NotReady(Exception):
     """The service did not become ready; the message says what it last answered."""
 
 
+@dataclass(frozen=True)
+class Readiness:
+    """Whether a device's runtime takes inference now, from its /readyz answer; the one
+    definition of healthy that `status` and the deploy's gate share.
+
+    state: ready | loading | failed | too_hot | overloaded (the runtime's own words),
+    unreachable (no answer) or unknown (an answer we cannot read).
+    """
+
+    serving: bool
+    state: str
+    reason: str
+
+
+def parse_readiness(status: int | None, body: object) -> Readiness:
+    """Read one /readyz answer (status None: no answer); anything unexpected is not serving."""
+    if status is None:
+        return Readiness(False, "unreachable", "/readyz: no answer")
+    if not isinstance(body, dict):
+        body = {}
+    state = body.get("state")
+    state = state if isinstance(state, str) and state else None
+    said = body.get("reason") or body.get("detail") or str(body.get("error") or "").removeprefix("not ready: ")
+    reason = str(said)[:300]
+    if status == 200:
+        if body.get("throttle") == "hard":  # a runtime that answered 200 while refusing work
+            return Readiness(False, "too_hot", "refusing inference: thermal guard at its hard limit")
+        return Readiness(True, "ready", reason)
+    if status == 503 and state is not None:
+        return Readiness(False, state, reason or state)
+    return Readiness(False, "unknown", reason or f"/readyz answered {status}")
+
+
+# The runtime says these itself: waiting for the gate's timeout would not change them
+_SETTLED = ("failed", "too_hot", "overloaded")
+
+
 def wait_ready(call: Call, timeout_s: float, still_starting=lambda: True, poll_s: float = 1.0) -> float:
-    """Poll `/readyz` until 200; return seconds waited. `still_starting()` False stops early."""
+    """Poll `/readyz` until the service takes inference; return seconds waited.
+
+    `still_starting()` False stops early; so does a service that says it failed its selftest
+    or refuses inference (too hot, queue full for long).
+    """
     start = time.monotonic()
     deadline = start + timeout_s
     last = "no answer"
@@ -63,12 +104,15 @@ def wait_ready(call: Call, timeout_s: float, still_starting=lambda: True, poll_s
         except (OSError, ValueError) as exc:  # not listening yet, or a garbled answer
             status, body = None, {}
             last = str(exc) or type(exc).__name__
-        if status == 200:
+        ready = parse_readiness(status, body)
+        if ready.serving:
             return time.monotonic() - start
         if status is not None:
             last = f"/readyz {status} {body}"
-        if body.get("state") == "failed":  # loaded, but the selftest failed: waiting won't help
-            raise NotReady(f"service is up but not ready: {body.get('error')}")
+        if ready.state == "failed":  # loaded, but the selftest failed: waiting won't help
+            raise NotReady(f"service is up but not ready: {ready.reason}")
+        if ready.state in _SETTLED:
+            raise NotReady(f"service is up but refusing inference: {ready.reason}")
         if not still_starting():
             raise NotReady(f"service stopped before it was ready (last: {last})")
         time.sleep(poll_s)

@@ -162,6 +162,13 @@ def rollback(c, target=None, group=None, parallel=10, json_=False, to=None):
         raise Exit(code=1)
 
 
+def _healthy_cell(st) -> str:
+    """yes, ?, or NO with the reason (the runtime's own words: too hot, queue full, selftest)."""
+    if st.healthy is None:
+        return "?"
+    return "yes" if st.healthy else f"NO: {st.ready_detail}" if st.ready_detail else "NO"
+
+
 def _print_status_table(statuses) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -174,7 +181,7 @@ def _print_status_table(statuses) -> None:
             table.add_row(st.target, "-", "-", "unreachable", "-", "-", st.error)
             continue
         governors = ", ".join(sorted(set(st.governors.values()))) or "no cpufreq"
-        table.add_row(st.target, st.release or "-", {True: "yes", False: "NO", None: "?"}[st.healthy],
+        table.add_row(st.target, st.release or "-", _healthy_cell(st),
                       st.service, governors, st.throttling, "\n".join(st.drift) or "none")
     Console().print(table)
 
