@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..device_env import DeviceEnv, build_target_env
 from ..inventory import Target
+from ..inventory_check import check_bundle_fits
 from ..paths import repo_root
 from ..render import check_rendered, render_target
 from ..transport import connect
@@ -52,6 +53,7 @@ def prepare_release(target: Target, bundle_dir: Path, build_dir: Path, env: Devi
     `ship: image` targets get `image_tag`'s image for their arch (built by `image.build`) instead of packages.
     `rendered`: the target's files, rendered (and checked) already.
     """
+    check_bundle_fits(target, bundle_dir)  # before any work: a value the bundle cannot honour
     if rendered is None:
         rendered = render_target(target)
         check_rendered(rendered, cache_dir=build_dir / "checked")
