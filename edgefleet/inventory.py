@@ -32,28 +32,34 @@ class _Strict(BaseModel):
 
 
 class BoardFile(_Strict):
-    description: str
-    cpu: str
-    cores: int = Field(ge=1, le=256)
-    settings: dict[str, Any]
+    description: str = Field(description="what the board is")
+    cpu: str = Field(description="its CPU, for people")
+    cores: int = Field(ge=1, le=256, description=(
+        "CPU count; core numbers in `big_cores` and `runtime.affinity` must be below it"))
+    settings: dict[str, Any] = Field(description="any settings (below): the first layer")
 
 
 class GroupEntry(_Strict):
-    description: str = ""
-    vars: dict[str, Any] = Field(default_factory=dict)
-    children: list[str] = Field(default_factory=list)
+    description: str = Field(default="", description="what the group is, for people")
+    vars: dict[str, Any] = Field(default_factory=dict, description="any settings, for every device in the group")
+    children: list[str] = Field(default_factory=list, description=(
+        "names of groups whose devices are also in this group (their vars apply after this group's)"))
 
 
 class DeviceEntry(_Strict):
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    board: str
-    host: str
-    port: int | None = Field(default=None, ge=1, le=65535)  # None: ~/.ssh/config, else 22
-    user: str | None = None  # None: ~/.ssh/config, else the local user
-    ssh_key: str | None = None
-    known_hosts: str | None = None
-    groups: list[str] = Field(default_factory=list)
+    board: str = Field(description="a board profile's name (`boards/<board>.yaml`)")
+    host: str = Field(description="address or name to SSH to")
+    port: int | None = Field(default=None, ge=1, le=65535, description=(
+        "SSH port; null: from `~/.ssh/config`, else 22"))
+    user: str | None = Field(default=None, description="login user; null: from `~/.ssh/config`, else the local user")
+    ssh_key: str | None = Field(default=None, description=(
+        "private key; `~` expanded, relative to the inventory file's directory"))
+    known_hosts: str | None = Field(default=None, description=(
+        "the only `known_hosts` the host key is checked against; resolved as `ssh_key`"))
+    groups: list[str] = Field(default_factory=list, description=(
+        "groups the device belongs to, in resolution order (each after its parent groups)"))
 
 
 class InventoryFile(_Strict):
