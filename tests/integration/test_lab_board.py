@@ -173,6 +173,28 @@ def test_heated_past_the_hard_limit_status_says_not_healthy_and_why(rk3588):
     assert collect_status(target).healthy
 
 
+def test_the_docs_lab_inventory_reaches_a_lab_device(rk3588, tmp_path):
+    """docs/inventory.md's copy-paste inventory, moved to this lab's slot as the docs say, logs in
+    to lab-01 (host key verified against the lab's known_hosts) and reads its release and health."""
+    from tests.unit.test_inventory_docs import yaml_block
+
+    target, paths, first = rk3588
+    text = yaml_block("<!-- snippet: lab-fleet")
+    moves = (("port: 2201", f"port: {target.port}"),
+             ("{port: 18081}", f"{{port: {target.settings.runtime.port}}}"),
+             ("../build/lab/id_ed25519", str(target.ssh_key)),
+             ("../build/lab/known_hosts", str(target.known_hosts)))
+    for old, new in moves:
+        assert old in text, old
+        text = text.replace(old, new)
+    (tmp_path / "myfleet").mkdir()
+    (tmp_path / "myfleet" / "fleet.yaml").write_text(text)
+    report = _invoke(lab.LabPaths(build_dir=paths.build_dir, targets_dir=tmp_path / "myfleet"),
+                     "status", "--target", "shelf-pi-01", "--json")
+    st = json.loads(report.stdout)["targets"]["shelf-pi-01"]
+    assert st["reachable"] and st["release"] == first.release_id and st["healthy"], (st, report.stderr)
+
+
 def test_heat_knob_errors_name_the_device_and_zone(rk3588):
     _, paths, _ = rk3588
     with pytest.raises(ValueError, match=r"no running lab device 'lab-07' .*running: lab-01"):
