@@ -112,3 +112,20 @@ def test_deploy_refuses_max_seq_len_above_the_bundle_before_any_work(tmp_path):
                                                            "    runtime: {max_seq_len: 1024}\n"))
     with pytest.raises(InventoryError, match=r"fleet.yaml:5: devices.d1.runtime.max_seq_len: 1024 is above"):
         prepare_release(inv.target("d1"), write_bundle(tmp_path, 256), tmp_path / "build")
+
+
+def test_deploy_task_exits_2_naming_where_max_seq_len_was_set(tmp_path):
+    """As a user meets it: `invoke deploy --dry-run` stops before any connection, exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    inv = make_inventory(tmp_path / "inv", "devices:\n  d1:\n    board: pi5\n    host: 127.0.0.1\n"
+                                           "    runtime: {max_seq_len: 1024}\n")
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "invoke", "deploy", "--target", "d1", "--bundle",
+                           str(write_bundle(tmp_path, 256)), "--dry-run"], cwd=repo, capture_output=True, text=True,
+                          env={"INVOKE_EDGEFLEET_TARGETS_DIR": str(inv), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "fleet.yaml:5: devices.d1.runtime.max_seq_len: 1024 is above the bundle's max_seq_len 256" in proc.stderr
+    assert "Traceback" not in proc.stderr
