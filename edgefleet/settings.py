@@ -39,7 +39,8 @@ class RuntimeSettings(_Strict):
     affinity: list[int] | None = Field(default=None, description="cores the runtime pins itself to; null: `big_cores`")
     spin: bool = Field(default=False, description="let ORT's threads spin while waiting")
     nice: int = Field(default=0, ge=-20, le=19, description=(
-        "the service's nice value (negative grants `CAP_SYS_NICE`, or a nice ulimit in the image variant)"))
+        "the service's nice value (set by systemd's `Nice=`, so the service holds no capability; "
+        "a nice ulimit in the image variant)"))
     host: str = Field(default="127.0.0.1", description=(
         "address the API binds; not loopback (127.0.0.1, ::1, localhost) needs `runtime.token`"))
     port: int = Field(default=8080, ge=1, le=65535, description="port the API binds")
