@@ -65,6 +65,11 @@ class DeploySettings(_Strict):
 
     keep_releases: int = Field(default=3, ge=2, le=100)  # the active and the previous always stay
     lock_ttl_s: float = Field(default=3600.0, ge=60)  # a lock older than this may be broken
+    # the longest any one device command may run (a batch of steps is one command; a slow board
+    # under load unpacks its packages within it), and the longest one device's deploy may take
+    # before its next step fails (rolling back, if it had switched, gets the command timeout again)
+    command_timeout_s: float = Field(default=900.0, ge=1)
+    device_deadline_s: float = Field(default=3600.0, ge=1)
 
 
 class ThermalSettings(_Strict):
