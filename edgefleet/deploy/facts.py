@@ -17,7 +17,7 @@ from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
 from .device import Device, docker_argv
 
 __all__ = ["Facts", "PlanError", "facts_command", "parse_facts", "ask_facts", "ARCH_NAMES", "COMMITTED_FACT",
-           "GOVERNORS_FACT", "LOCK_FACTS"]
+           "GOVERNORS_FACT", "LOCK_FACTS", "MIN_FREE_BYTES", "check_room"]
 
 
 ARCH_NAMES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "amd64", "amd64": "amd64"}
@@ -115,6 +115,19 @@ class Facts:
     gnu_tar: bool = False  # tar takes -b/-B (busybox's does not)
 
 
+# what any deploy or rollback writes besides uploads (the lock, state.json and its backup, a
+# symlink), with room to spare: below this nothing is written and the device is named
+MIN_FREE_BYTES = 4 * 2**20
+
+
+def check_room(target: Target, facts: Facts, what: str) -> None:
+    """Refuse to `what` (a deploy, a rollback) when the device root's filesystem is (nearly) full."""
+    if facts.free_bytes < MIN_FREE_BYTES:
+        raise PlanError(f"{target.name}: {facts.free_bytes / 1e6:.1f} MB free under {target.settings.root}: "
+                        f"too little to {what} (it writes the lock and state.json; needs "
+                        f"{MIN_FREE_BYTES / 1e6:.0f} MB); free some space on the device")
+
+
 def docker_facts(target: Target) -> list[str]:
     """Return the facts lines of an image target: is docker usable, which image IDs it has."""
     listing = " ".join(shlex.quote(a) for a in docker_argv(target, "image", "ls", "--quiet", "--no-trunc"))
@@ -184,6 +197,12 @@ def ask_facts(dev: Device) -> Facts:
     return parse_facts(dev.run(facts_command(dev.target), "gather facts", privileged=False).stdout)
 
 
+def _whole(text: str) -> int | None:
+    """Return `text` as a whole number (ASCII digits, a sign allowed), or None."""
+    digits = text.removeprefix("-")
+    return int(text) if digits.isascii() and digits.isdigit() else None
+
+
 def parse_facts(output: str) -> Facts:
     """Parse the output of `facts_command`."""
     head, _, objects = output.partition(_OBJECTS_MARK)
@@ -196,6 +215,9 @@ def parse_facts(output: str) -> Facts:
     if missing or not objects and _OBJECTS_MARK not in output:
         what = ", ".join(sorted(missing)) or "objects"
         raise PlanError(f"device facts incomplete (missing {what}): {output[:300]!r}")
+    free_kb = values["free_kb"]
+    if not (free_kb.isascii() and free_kb.isdigit()):  # df's answer is device data: a whole number or nothing
+        raise PlanError(f"device facts: free_kb={free_kb[:40]!r} is not a whole number of KiB (df -Pk)")
     return Facts(
         arch=ARCH_NAMES.get(values["arch"], values["arch"]),
         python=values["python"],
@@ -203,7 +225,7 @@ def parse_facts(output: str) -> Facts:
         current=values.get("current", "").rsplit("/", 1)[-1] or None,
         committed=values.get("committed") or None,
         lock_owner=values.get("lock") or None,
-        free_bytes=int(values["free_kb"] or 0) * 1024,
+        free_bytes=int(free_kb) * 1024,
         unit_sha256=values.get("unit_sha") or None,
         service_active=values.get("active") or "unknown",
         user_exists=values.get("user") == "yes",
@@ -215,7 +237,7 @@ def parse_facts(output: str) -> Facts:
         governors=tuple(sorted((key.split(":", 1)[1], value) for key, value in values.items()
                                if key.startswith("governor:"))),
         owns_root=values.get("owns_root") == "yes",
-        lock_age_s=int(values["lock_age"]) if values.get("lock_age", "").lstrip("-").isdigit() else None,
+        lock_age_s=_whole(values.get("lock_age", "")),
         docker=values.get("docker", "not asked"),
         images=frozenset(values.get("images", "").split()),
         zstd=values.get("zstd") == "yes",
