@@ -304,7 +304,8 @@ def _run_client(argv: list[str], data: bytes | None, timeout: float | None) -> t
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
-    output = {proc.stdout.fileno(): TailBuffer(), proc.stderr.fileno(): TailBuffer()}
+    out, err = TailBuffer(), TailBuffer()
+    output = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
     try:
         with selectors.DefaultSelector() as sel:
             for fd in output:
@@ -343,7 +344,7 @@ def _run_client(argv: list[str], data: bytes | None, timeout: float | None) -> t
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None and not stream.closed:
                 stream.close()
-    return exited, output[proc.stdout.fileno()].value(), output[proc.stderr.fileno()].value()
+    return exited, out.value(), err.value()
 
 
 class _MuxProcess:
