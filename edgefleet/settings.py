@@ -39,7 +39,9 @@ class RuntimeSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     max_seq_len: int | None = Field(default=None, ge=8, le=8192)
-    token: str | None = None
+    # printable ASCII without blanks, quotes or backslashes: it is written, single-quoted, into
+    # the root-only environment file systemd reads (secrets/runtime.env), never into runtime.yaml
+    token: str | None = Field(default=None, pattern=r"^[\x21\x23-\x26\x28-\x5b\x5d-\x7e]+$")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     memory_max: str = Field(default="1G", pattern=r"^[0-9]+[KMGT]?$")
     limits: LimitSettings = LimitSettings()

@@ -22,6 +22,7 @@ from .plan import DeployPlan, make_plan
 from .prune import prune
 from .record import record_state
 from .release import Release, ReleaseError, make_release, read_json
+from .secrets import write_token_file
 
 __all__ = ["DeployResult", "prepare_release", "deploy", "gather_facts", "DEFAULT_IMAGE_TAG"]
 
@@ -98,6 +99,8 @@ def _activate_and_gate(dev: Device, plan: DeployPlan, release: Release, golden: 
     that timed out, device data of the wrong shape, a lost restart) is a failed gate, so the caller
     rolls back. A failure before the switch raises: the device still runs what it ran."""
     try:
+        if plan.restart:  # before the (re)start that reads it; the token is not part of any object
+            write_token_file(dev)
         apply_plan(dev, plan, release, log)
         log("  health gate: /readyz, then golden outputs, p95 latency, RSS and throttling on the device ...")
         return health_gate(dev, golden)

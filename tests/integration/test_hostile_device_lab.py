@@ -23,7 +23,7 @@ from edgefleet.deploy.lock import device_lock
 from edgefleet.deploy.rollback import revert, rollback
 from edgefleet.lab import faults
 from edgefleet.model.tiny import tiny_bundle
-from edgefleet.transport import connect
+from edgefleet.transport import connect, http_json_over_ssh
 from edgefleet.transport.base import OUTPUT_CAP
 
 pytestmark = pytest.mark.integration
@@ -157,3 +157,27 @@ def test_full_disk_never_leaves_an_ownerless_lock(device, run_on):
         faults.free_disk("lab-01", root)
         faults.restore_disk("lab-01", root)
     assert faults.device_state(device).lock is None
+
+
+@pytest.mark.timeout(600)
+def test_the_api_token_is_readable_by_root_only(device, bundles, run_on):
+    token = "lab-token-7f3a9c1e5b2d4f60"
+    s = device.settings
+    with_token = device.__class__(**{**device.__dict__, "settings": s.model_copy(
+        update={"runtime": s.runtime.model_copy(update={"token": token})})})
+    root = s.root
+    result = deploy(with_token, bundles["v1"], REPO / "build", log=lambda _: None)
+    assert result.ok, result.health  # the gate's probe sends the token: the service has it
+    conn = connect(device)
+    try:
+        status, _ = http_json_over_ssh(conn, s.runtime.port, "/v1/info", timeout=10)
+    finally:
+        conn.close()
+    assert status == 401  # and demands it
+    holders = run_on(device, f"grep -rl {token} {root} /etc/systemd/system 2>/dev/null; true")
+    assert holders == f"{root}/secrets/runtime.env"
+    assert run_on(device, f"stat -c '%a %U' {root}/secrets {root}/secrets/runtime.env").split("\n") == [
+        "700 root", "600 root"]
+    # without a token again: the file goes with the next (re)start
+    assert deploy(device, bundles["v2"], REPO / "build", log=lambda _: None).ok
+    assert run_on(device, f"ls -A {root}/secrets") == ""
