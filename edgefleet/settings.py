@@ -46,7 +46,10 @@ class RuntimeSettings(_Strict):
     port: int = Field(default=8080, ge=1, le=65535, description="port the API binds")
     max_seq_len: int | None = Field(default=None, ge=8, le=8192, description=(
         "lower the bundle's max sequence length; null: the bundle's; above the bundle's is refused at deploy"))
-    token: str | None = Field(default=None, description="bearer token for the API")
+    # printable ASCII without blanks, quotes or backslashes: it is written, single-quoted, into
+    # the root-only environment file systemd reads (secrets/runtime.env), never into runtime.yaml
+    token: str | None = Field(default=None, pattern=r"^[\x21\x23-\x26\x28-\x5b\x5d-\x7e]+$", description=(
+        "bearer token for the API (kept in a root-only file on the device, not in runtime.yaml)"))
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info",
                                                                     description="the runtime's log level")
     memory_max: str = Field(default="1G", pattern=r"^[0-9]+[KMGT]?$",
@@ -77,6 +80,12 @@ class DeploySettings(_Strict):
     keep_releases: int = Field(default=3, ge=2, le=100, description=(
         "releases kept after a commit (the active and the previous always stay)"))
     lock_ttl_s: float = Field(default=3600.0, ge=60, description="a deploy lock older than this may be broken")
+    command_timeout_s: float = Field(default=900.0, ge=1, description=(
+        "the longest one device command may run (a batch of steps is one command; a slow board under "
+        "load unpacks its packages within it)"))
+    device_deadline_s: float = Field(default=3600.0, ge=1, description=(
+        "the longest one device's deploy may take before its next step fails (a rollback, if it had "
+        "switched, gets the command timeout again)"))
 
 
 class ThermalSettings(_Strict):
