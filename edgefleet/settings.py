@@ -101,6 +101,12 @@ class PackageSettings(_Strict):
         return self
 
 
+class MenderSettings(_Strict):
+    """How `mender.artifact` labels this board's artifacts (docs/mender.md)."""
+
+    device_type: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")  # None: the board's name
+
+
 class Settings(_Strict):
     """Everything a board, a group or a device may set."""
 
@@ -118,6 +124,7 @@ class Settings(_Strict):
     runtime: RuntimeSettings = RuntimeSettings()
     health: HealthSettings = HealthSettings()
     deploy: DeploySettings = DeploySettings()
+    mender: MenderSettings = MenderSettings()
     emulated: bool = False
     # how the runtime reaches the device: `venv` (payload + packages unpacked on the device, run
     # by the device's python3) or `image` (the runtime image for its arch, run by its docker)
