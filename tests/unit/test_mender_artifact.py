@@ -132,3 +132,16 @@ def test_missing_signing_key_is_an_input_error_naming_the_config_key(inventory, 
     board = board_classes([inventory.target("pi5-01")], _maker(tmp_path))[0]
     with pytest.raises(InputError, match="edgefleet.mender.signing_key"):
         write_artifact(board, tmp_path / "out", tmp_path / "none.pem")
+
+
+@pytest.mark.parametrize(("current", "expected"), [
+    ("", {"ArtifactVerifyKey": "/k.pem"}),
+    ('{"ServerURL": "https://m.example", "ArtifactVerifyKey": "/old.pem"}',
+     {"ServerURL": "https://m.example", "ArtifactVerifyKey": "/k.pem"}),
+    ("not json", {"ArtifactVerifyKey": "/k.pem"}),
+    ("[1, 2]", {"ArtifactVerifyKey": "/k.pem"}),
+])
+def test_bootstrap_sets_the_verify_key_and_keeps_the_rest_of_mender_conf(current, expected):
+    from edgefleet.mender.standalone import _merged_conf
+
+    assert json.loads(_merged_conf(current, "/k.pem")) == expected
