@@ -1,8 +1,8 @@
 """The update module's program, as the device runs it: one Python file built from real modules.
 
-`module.py` is the module itself; it uses the SSH deploy's own device programs (the release
-builder and the gate's probe, `edgefleet/deploy/remote/`) and the gate's judgement
-(`edgefleet/deploy/health.py`), which are sent ahead of it in one file: lines ending in
+`module.py` is the module itself and `gate.py` its health gate; they use the SSH deploy's own
+device programs (the release builder and the gate's probe, `edgefleet/deploy/remote/`) and the
+gate's judgement (`edgefleet/deploy/health.py`), which are sent ahead of them in one file: lines ending in
 `# host only` are left out, as are the helpers' `__main__` blocks and `from __future__` lines
 (said once, first). Everything in the file needs only the device's python3 and stdlib; the
 judgement imports numpy and `edge_runtime` from the release being judged.
@@ -20,7 +20,7 @@ _HOST_ONLY = "# host only"
 _FUTURE = "from __future__ import annotations"
 # (package, module) sent ahead of module.py, in order
 _HELPERS = (("edgefleet.deploy.remote", "build"), ("edgefleet.deploy.remote", "probe"),
-            ("edgefleet.deploy", "health"), (__package__, "module"))
+            ("edgefleet.deploy", "health"), (__package__, "gate"), (__package__, "module"))
 
 
 def _program_lines(text: str) -> list[str]:
