@@ -94,6 +94,7 @@ def artifact_spec(board: BoardClass) -> dict:
         "device_type": board.device_type,
         "root": s.root,
         "service_user": s.service_user,
+        "keep_releases": s.deploy.keep_releases,
         "links": [[f.sha256, f.path] for f in (*release.files, *release.compiled, release.manifest)],
         "compile": not release.compiled,
         "env": {"sha256": env.sha256, "pyc_mark": PYC_MARK},

@@ -79,3 +79,28 @@ def test_state_json_is_the_deploys_own_format(tmp_path):
     assert state["current"] == "r-aaaaaaaaaaaa" and len(state["history"]) == 2
     # the SSH deploy's facts read the committed release from line 2, in shell
     assert (tmp_path / "state.json").read_text().splitlines()[1] == '  "current": "r-aaaaaaaaaaaa",'
+
+
+def test_a_commit_prunes_old_releases_as_a_deploy_does(tmp_path):
+    from edgefleet.mender.device import module
+
+    spec = {"root": str(tmp_path), "keep_releases": 2}
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    history = []
+    for rid in ("r-aaaaaaaaaaa1", "r-aaaaaaaaaaa2", "r-aaaaaaaaaaa3"):
+        data = rid.encode()
+        sha = hashlib.sha256(data).hexdigest()
+        (objects / sha).write_bytes(data)
+        manifest = json.dumps({"release_id": rid, "files": {"bundle/model.onnx": sha}}).encode()
+        (objects / hashlib.sha256(manifest).hexdigest()).write_bytes(manifest)
+        (tmp_path / "releases" / rid).mkdir(parents=True)
+        (tmp_path / "releases" / rid / "manifest.json").write_bytes(manifest)
+        history.append({"release": rid, "healthy": True, "active": rid})
+    (tmp_path / "releases" / "r-aaaaaaaaaaa4.tmp").mkdir()  # a killed install's leftover
+    (tmp_path / "state.json").write_text(json.dumps({"current": "r-aaaaaaaaaaa3", "history": history}))
+    deleted = module.prune_releases({**spec, "release_id": "r-aaaaaaaaaaa3"})
+    assert deleted == ["r-aaaaaaaaaaa1", "r-aaaaaaaaaaa4.tmp"]
+    assert sorted(p.name for p in (tmp_path / "releases").iterdir()) == ["r-aaaaaaaaaaa2", "r-aaaaaaaaaaa3"]
+    assert hashlib.sha256(b"r-aaaaaaaaaaa1").hexdigest() not in {p.name for p in objects.iterdir()}
+    assert len(list(objects.iterdir())) == 4  # the two kept releases' object and manifest

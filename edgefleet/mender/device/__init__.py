@@ -3,7 +3,7 @@
 `module.py` is the module itself and `gate.py` its health gate; they use the SSH deploy's own
 device programs (the release builder and the gate's probe, `edgefleet/deploy/remote/`) and the
 gate's judgement (`edgefleet/deploy/health.py`), which are sent ahead of them in one file: lines ending in
-`# host only` are left out, as are the helpers' `__main__` blocks and `from __future__` lines
+`# host only` and relative imports are left out, as are the helpers' `__main__` blocks and `from __future__` lines
 (said once, first). Everything in the file needs only the device's python3 and stdlib; the
 judgement imports numpy and `edge_runtime` from the release being judged.
 """
@@ -20,7 +20,8 @@ _HOST_ONLY = "# host only"
 _FUTURE = "from __future__ import annotations"
 # (package, module) sent ahead of module.py, in order
 _HELPERS = (("edgefleet.deploy.remote", "build"), ("edgefleet.deploy.remote", "probe"),
-            ("edgefleet.deploy", "health"), (__package__, "gate"), (__package__, "module"))
+            ("edgefleet.deploy", "health"), ("edgefleet.deploy", "prune"), (__package__, "gate"),
+            (__package__, "module"))
 
 
 def _program_lines(text: str) -> list[str]:
@@ -28,7 +29,8 @@ def _program_lines(text: str) -> list[str]:
     for line in text.splitlines():
         if line.startswith('if __name__ == "__main__":'):
             break  # a helper's own entry point: only the module's runs
-        if line.rstrip().endswith(_HOST_ONLY) or line.startswith("from __future__ "):
+        # a relative import is the host package's: what it names is used only by host-side code
+        if line.rstrip().endswith(_HOST_ONLY) or line.startswith(("from __future__ ", "from .")):
             continue
         kept.append(line)
     return kept

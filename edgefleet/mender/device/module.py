@@ -20,6 +20,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from edgefleet.deploy.prune import choose_releases, unreferenced  # host only
 from edgefleet.deploy.remote.build import build  # host only
 from edgefleet.mender.device.gate import health_gate  # host only
 
@@ -256,6 +257,32 @@ def artifact_install(files_dir: str, work: str) -> None:
 
 # -- ArtifactCommit, ArtifactRollback, Cleanup ------------------------------------------------
 
+def prune_releases(spec: dict) -> list[str]:
+    """Keep the last `keep_releases` releases as a deploy's prune does (the deploy's own choice of what
+    goes); return the deleted ones. A kept release whose manifest cannot be read keeps everything."""
+    releases_dir, objects_dir, envs_dir = path(spec, "releases"), path(spec, "objects"), path(spec, "envs")
+    kept, deleted = choose_releases(set(os.listdir(releases_dir)), read_state(spec).get("history") or [],
+                                    spec["release_id"], spec["keep_releases"])
+    manifests = {}
+    for rid in kept:
+        manifest = os.path.join(releases_dir, rid, "manifest.json")
+        try:
+            with open(manifest) as f:
+                manifests[rid] = (sha256_of(manifest), json.load(f))
+        except (OSError, ValueError):
+            return []
+    objects = {n for n in os.listdir(objects_dir) if not n.startswith(".")}
+    envs = {n for n in os.listdir(envs_dir) if not n.endswith(".tmp")} if os.path.isdir(envs_dir) else set()
+    gone_objects, gone_envs = unreferenced(manifests, kept, objects, envs)
+    for rid in deleted:
+        shutil.rmtree(os.path.join(releases_dir, rid), ignore_errors=True)
+    for name in gone_objects:
+        os.unlink(os.path.join(objects_dir, name))
+    for name in gone_envs:
+        shutil.rmtree(os.path.join(envs_dir, name), ignore_errors=True)
+    return deleted
+
+
 def load_install(work: str) -> dict:
     try:
         with open(os.path.join(work, "install.json")) as f:
@@ -275,7 +302,9 @@ def artifact_commit(work: str) -> None:
         raise ModuleError(f"health gate failed for {spec['release_id']}: {reason}")
     record_state(spec, {"time": now(), "release": spec["release_id"], "previous": done["current"], "healthy": True,
                         "reason": "", "active": spec["release_id"], "p95_ms": p95, "via": "mender"})
-    say(f"{spec['release_id']} passed its health gate in {time.monotonic() - t0:.1f} s; committed")
+    deleted = prune_releases(spec)
+    say(f"{spec['release_id']} passed its health gate in {time.monotonic() - t0:.1f} s; committed"
+        + (f"; pruned {', '.join(deleted)}" if deleted else ""))
 
 
 def artifact_rollback(work: str) -> None:
