@@ -271,7 +271,8 @@ def prune_releases(spec: dict) -> list[str]:
                 manifests[rid] = (sha256_of(manifest), json.load(f))
         except (OSError, ValueError):
             return []
-    objects = {n for n in os.listdir(objects_dir) if not n.startswith(".")}
+    # only what is named by a sha256: a deploy's .incoming dir and a copy's .part files are not objects
+    objects = {n for n in os.listdir(objects_dir) if len(n) == 64 and not n.strip("0123456789abcdef")}
     envs = {n for n in os.listdir(envs_dir) if not n.endswith(".tmp")} if os.path.isdir(envs_dir) else set()
     gone_objects, gone_envs = unreferenced(manifests, kept, objects, envs)
     for rid in deleted:
@@ -302,7 +303,11 @@ def artifact_commit(work: str) -> None:
         raise ModuleError(f"health gate failed for {spec['release_id']}: {reason}")
     record_state(spec, {"time": now(), "release": spec["release_id"], "previous": done["current"], "healthy": True,
                         "reason": "", "active": spec["release_id"], "p95_ms": p95, "via": "mender"})
-    deleted = prune_releases(spec)
+    try:
+        deleted = prune_releases(spec)
+    except OSError as exc:  # committed already: pruning is housekeeping, never a reason to roll back
+        deleted = []
+        say(f"warning: pruning old releases failed ({exc}); the next commit or deploy tries again")
     say(f"{spec['release_id']} passed its health gate in {time.monotonic() - t0:.1f} s; committed"
         + (f"; pruned {', '.join(deleted)}" if deleted else ""))
 
