@@ -9,7 +9,17 @@ import shlex
 from ..render import UNIT_NAME
 from ..transport import http_json_over_ssh
 from .device import DeployError, Device
-from .health import Budget, Call, HealthResult, NotReady, golden_verdict, judge, probe_request, wait_ready
+from .health import (
+    Budget,
+    Call,
+    HealthResult,
+    NotReady,
+    golden_verdict,
+    judge,
+    probe_answer,
+    probe_request,
+    wait_ready,
+)
 from .remote import source
 
 __all__ = ["service_call", "health_gate", "release_golden", "probe_command"]
@@ -95,7 +105,7 @@ def health_gate(dev: Device, golden: dict, judge_model: bool = True) -> HealthRe
     return HealthResult(not failures, "; ".join(failures),
                         min_cosine=worst if metric == "cosine" else None,
                         max_abs_diff=worst if metric == "abs_diff" else None,
-                        latency_ms=[float(x) for x in answer.get("latency_ms") or []], ready_after_s=waited,
+                        latency_ms=probe_answer(answer)[0].latency_ms, ready_after_s=waited,
                         p95_ms=verdict.p95_ms, rss_mib=verdict.rss_mib, temperature_c=verdict.temperature_c,
                         throttled=verdict.throttled, notes=verdict.notes)
 
@@ -108,7 +118,11 @@ def _fitting(dev: Device, golden: dict) -> tuple[dict, str]:
     status, info = service_call(dev)("/v1/info", timeout=30)
     if status != 200 or not isinstance(info, dict):
         return golden, ""
-    fitted = goldens.fitting(golden, info.get("max_seq_len"))
+    max_seq_len = info.get("max_seq_len")
+    if max_seq_len is not None and (not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool)
+                                    or max_seq_len < 1):
+        return golden, f"/v1/info max_seq_len is {max_seq_len!r:.60}, not a whole number of tokens"
+    fitted = goldens.fitting(golden, max_seq_len)
     if not goldens.items(fitted):
         return fitted, f"no golden input fits the device's max_seq_len {info.get('max_seq_len')}"
     return fitted, ""

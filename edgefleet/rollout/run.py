@@ -20,6 +20,7 @@ from ..deploy import DEFAULT_IMAGE_TAG, deploy, prepare_release, revert
 from ..deploy.release import Release
 from ..device_env import build_target_env
 from ..inventory import Target
+from ..inventory_check import check_bundle_fits
 from ..paths import repo_root
 from ..render import check_rendered_many, render_target
 from .plan import (
@@ -68,6 +69,8 @@ def prepare_releases(targets: list[Target], bundle_dir: Path, build_dir: Path, l
         s = t.settings
         return env_key(s.arch, s.python, s.packages.pins, s.packages.find_links, s.packages.index_url)
 
+    for t in targets:  # every value the bundle cannot honour, before packages are resolved
+        check_bundle_fits(t, bundle_dir)
     envs = {}
     requirements = repo_root() / "payload" / "requirements.txt"
     for t in targets:
