@@ -131,7 +131,8 @@ class MenderSettings(_Strict):
     """How `mender.artifact` labels this board's artifacts (docs/mender.md)."""
 
     device_type: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$", description=(
-        "the Mender device type of the board class (`mender.artifact`, [mender.md](mender.md)); null: the board's name"))
+        "the Mender device type of the board class (`mender.artifact`, [mender.md](mender.md)); "
+        "null: the board's name"))
 
 
 class Settings(_Strict):
