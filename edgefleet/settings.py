@@ -20,6 +20,10 @@ def _cpu_only() -> list[Provider]:
     return ["CPUExecutionProvider"]
 
 
+# an execution provider's options as ONNX Runtime takes them (it reads every value as a string)
+ProviderOption = str | int | float | bool
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -113,6 +117,9 @@ class Settings(_Strict):
     governor: str = Field(default="performance", pattern=r"^[a-z_]+$")
     thermal: ThermalSettings = ThermalSettings()
     providers: list[Provider] = Field(default_factory=_cpu_only)
+    provider_options: dict[Provider, dict[str, ProviderOption]] = Field(default_factory=dict)
+    # accelerators the device must run on: a fallback to CPU then fails the health gate
+    require_providers: list[Provider] = Field(default_factory=list)
     power: PowerSettings = PowerSettings()
     packages: PackageSettings = PackageSettings()
     runtime: RuntimeSettings = RuntimeSettings()
@@ -128,6 +135,11 @@ class Settings(_Strict):
         distinct = len(set(self.providers)) == len(self.providers)
         if not self.providers or self.providers[-1] != "CPUExecutionProvider" or not distinct:
             raise ValueError(f"providers must be distinct and end with CPUExecutionProvider (got {self.providers})")
+        for name in [*self.provider_options, *self.require_providers]:
+            if name not in self.providers:
+                raise ValueError(f"{name} is not in providers {self.providers}")
+        if "CPUExecutionProvider" in self.require_providers:
+            raise ValueError("require_providers names accelerators; CPUExecutionProvider is always there")
         if self.runtime.threads is not None and self.affinity and self.runtime.threads != len(self.affinity):
             raise ValueError(f"runtime.threads ({self.runtime.threads}) must equal the number of cores in the "
                              f"affinity {self.affinity} (set runtime.affinity to fewer cores instead)")

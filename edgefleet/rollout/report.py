@@ -111,7 +111,10 @@ def _latency(d: dict) -> str:
 
 def _detail(d: dict) -> str:
     error = (d.get("error") or "").split("; journal:")[0].strip()
-    return error.splitlines()[0][:160] if error else ""
+    if error:
+        return error.splitlines()[0][:160]
+    # a warning the gate passed with: an execution provider the board asked for is missing
+    return next((n[:160] for n in d.get("gate_notes") or [] if n.startswith("provider fallback")), "")
 
 
 def print_table(doc: dict, console=None) -> None:

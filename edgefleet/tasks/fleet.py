@@ -175,7 +175,8 @@ def _print_status_table(statuses) -> None:
             continue
         governors = ", ".join(sorted(set(st.governors.values()))) or "no cpufreq"
         table.add_row(st.target, st.release or "-", {True: "yes", False: "NO", None: "?"}[st.healthy],
-                      st.service, governors, st.throttling, "\n".join(st.drift) or "none")
+                      st.service, governors, st.throttling,
+                      "\n".join(st.drift + [f"warning: {w}" for w in st.warnings]) or "none")
     Console().print(table)
 
 

@@ -109,3 +109,33 @@ def test_status_reports_drift_and_deploy_repairs_it(run_on, lab_target, bundle):
     repaired = deploy(lab_target, bundle, REPO / "build", log=lambda _: None)
     assert repaired.ok and repaired.changed
     assert collect_status(lab_target).drift == []
+
+
+ORIN_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_orin_providers_on_cpu_only_onnxruntime_warn_and_fail_when_required(run_on, lab_target, bundle):
+    """An Orin's provider list on a device whose onnxruntime is PyPI's (CPU only): the gate passes
+    with a fallback warning that status shows too; with `require_providers` it fails and rolls back."""
+    from dataclasses import replace
+
+    from edgefleet.inspect import collect_status
+
+    def asking(**settings):
+        return replace(lab_target, settings=lab_target.settings.model_copy(update=settings))
+
+    orin = asking(providers=ORIN_PROVIDERS)
+    fallback = deploy(orin, bundle, REPO / "build", log=lambda _: None)
+    assert fallback.ok and fallback.changed, fallback.health and fallback.health.reason
+    [warning] = [n for n in fallback.health.notes if n.startswith("provider fallback")]
+    assert "TensorrtExecutionProvider, CUDAExecutionProvider not offered" in warning
+    assert warning in fallback.health.summary()
+    assert collect_status(orin).warnings == [warning]
+
+    lines: list[str] = []
+    required = deploy(asking(providers=ORIN_PROVIDERS, require_providers=["CUDAExecutionProvider"]), bundle,
+                      REPO / "build", log=lines.append)
+    assert not required.ok and required.rolled_back and required.previous == fallback.release_id
+    assert "required execution provider CUDAExecutionProvider is not active" in required.health.reason
+    root = lab_target.settings.root
+    assert run_on(lab_target, f"readlink {root}/current") == f"releases/{fallback.release_id}"
