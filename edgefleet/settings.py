@@ -62,6 +62,16 @@ class HealthSettings(_Strict):
     latency_budget_ms: float | None = Field(default=None, gt=0)  # p95, batch 1, on the device; None: not judged
     rss_budget_mib: float | None = Field(default=None, gt=0)  # the service's RSS after the check; None: not judged
     latency_rounds: int = Field(default=3, ge=1, le=50)  # times each golden text is sent for the p95
+    # a release whose p95 is worse than the committed one's (state.json) by more than this fraction,
+    # and by more than regression_min_ms, fails its gate; None: not judged
+    max_regression: float | None = Field(default=0.25, gt=0)
+    regression_min_ms: float = Field(default=2.0, ge=0)  # below this the probe's noise decides
+
+
+class BundleSettings(_Strict):
+    """The bundle variant a target takes from a bundle set: int8 for CPUs, fp16 for GPU providers."""
+
+    precision: Literal["int8", "fp16"] = "int8"
 
 
 class DeploySettings(_Strict):
@@ -124,6 +134,7 @@ class Settings(_Strict):
     packages: PackageSettings = PackageSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     health: HealthSettings = HealthSettings()
+    bundle: BundleSettings = BundleSettings()
     deploy: DeploySettings = DeploySettings()
     emulated: bool = False
     # how the runtime reaches the device: `venv` (payload + packages unpacked on the device, run

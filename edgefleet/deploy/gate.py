@@ -11,6 +11,7 @@ from ..transport import http_json_over_ssh
 from .device import DeployError, Device
 from .health import Budget, Call, HealthResult, NotReady, golden_verdict, judge, probe_request, wait_ready
 from .providers import provider_verdict
+from .regression import regression_verdict
 from .remote import source
 
 __all__ = ["service_call", "health_gate", "release_golden", "probe_command"]
@@ -50,8 +51,10 @@ def _probe(dev: Device, route: str, payloads: list[dict], rounds: int) -> dict:
         return {"errors": [f"the probe printed no JSON: {res.stdout[:200]!r}"]}
 
 
-def health_gate(dev: Device, golden: dict, judge_model: bool = True) -> HealthResult:
-    """Wait for /readyz, then judge the model on the device: golden outputs, p95 latency, RSS, throttling.
+def health_gate(dev: Device, golden: dict, judge_model: bool = True,
+                baseline_p95_ms: float | None = None) -> HealthResult:
+    """Wait for /readyz, then judge the model on the device: golden outputs, p95 latency, RSS, throttling,
+    and the p95 against `baseline_p95_ms` (the committed release's, from state.json).
 
     A service systemd keeps restarting is judged crash-looping after two restarts, not waited for.
     `judge_model` False: readiness only (a re-run that changed nothing).
@@ -96,12 +99,18 @@ def health_gate(dev: Device, golden: dict, judge_model: bool = True) -> HealthRe
     verdict = judge(answer, budget, rounds * len(requests))
     golden_ok, metric, worst, golden_why = golden_verdict(golden, verdict.outputs)
     failures = provider_failures + ([] if golden_ok or verdict.failures else [golden_why]) + verdict.failures
+    regressed, regression_note = regression_verdict(
+        verdict.p95_ms, baseline_p95_ms, s.health.max_regression, s.health.regression_min_ms,
+        judged=not s.emulated and not verdict.throttled,
+        why_not="emulated" if s.emulated else f"throttled ({verdict.throttled})")
+    failures += [regressed] if regressed else []
     return HealthResult(not failures, "; ".join(failures),
                         min_cosine=worst if metric == "cosine" else None,
                         max_abs_diff=worst if metric == "abs_diff" else None,
                         latency_ms=[float(x) for x in answer.get("latency_ms") or []], ready_after_s=waited,
                         p95_ms=verdict.p95_ms, rss_mib=verdict.rss_mib, temperature_c=verdict.temperature_c,
-                        throttled=verdict.throttled, notes=provider_warnings + verdict.notes)
+                        throttled=verdict.throttled, notes=provider_warnings + verdict.notes
+                        + ([regression_note] if regression_note else []))
 
 
 def _service_info(dev: Device) -> dict:

@@ -20,7 +20,9 @@ from .lock import device_lock, without_stale_lock
 from .plan import DeployPlan, make_plan
 from .prune import prune
 from .record import record_state
+from .regression import committed_p95
 from .release import Release, ReleaseError, make_release, read_json
+from .variant import pick_variant
 
 __all__ = ["DeployResult", "prepare_release", "deploy", "gather_facts", "DEFAULT_IMAGE_TAG"]
 
@@ -39,6 +41,8 @@ class DeployResult:
     seconds: float = 0.0
     temperature_c: float | None = None  # hottest thermal zone during the gate, when the device has any
     pruned: list[str] = field(default_factory=list)  # old releases deleted after the commit
+    variant: str = "int8"  # the bundle precision the target got (its board's bundle.precision)
+    warnings: list[str] = field(default_factory=list)  # e.g. the board's variant was not in the set
 
     @property
     def ok(self) -> bool:
@@ -101,6 +105,10 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
     `facts`: the device's, gathered moments ago (a rollout's first wave, while the releases were prepared).
     """
     t0 = time.monotonic()
+    variant = pick_variant(target, bundle_dir)
+    if variant.warning:
+        log(f"  warning: {variant.warning}")
+    bundle_dir = variant.bundle_dir
     release = release or prepare_release(target, bundle_dir, build_dir, image_tag=image_tag, log=log)
     golden = _golden(bundle_dir / "bundle.json")
     conn = connect(target)
@@ -113,7 +121,8 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
         lines = plan.describe()
         for line in lines:
             log(line)
-        result = DeployResult(target.name, release.release_id, facts.current, not plan.nothing_to_do, plan=lines)
+        result = DeployResult(target.name, release.release_id, facts.current, not plan.nothing_to_do, plan=lines,
+                              variant=variant.precision, warnings=[variant.warning] if variant.warning else [])
         if dry_run:
             return result
         if plan.nothing_to_do:
@@ -124,7 +133,8 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
         with device_lock(dev, log, now(), reconnect=lambda: connect(target)):
             apply_plan(dev, plan, release, log)
             log("  health gate: /readyz, then golden outputs, p95 latency, RSS and throttling on the device ...")
-            result.health = health_gate(dev, golden)
+            baseline = committed_p95(dev, facts.committed) if facts.committed != release.release_id else None
+            result.health = health_gate(dev, golden, baseline_p95_ms=baseline)
             result.temperature_c = result.health.temperature_c
             log(f"  {result.health.summary()}")
             # back to the last release that passed its gate (not merely the one that was current)
@@ -137,9 +147,11 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
             record_state(dev, {
                 "time": now(),
                 "release": release.release_id,
+                "variant": variant.precision,
                 "previous": facts.current,
                 "healthy": result.health.ok,
                 "reason": result.health.reason[:300],
+                "p95_ms": result.health.p95_ms,  # the regression gate's baseline for the next release
                 "active": result.previous if result.rolled_back else release.release_id,
             })
             if result.health.ok:

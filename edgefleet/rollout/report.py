@@ -113,8 +113,8 @@ def _detail(d: dict) -> str:
     error = (d.get("error") or "").split("; journal:")[0].strip()
     if error:
         return error.splitlines()[0][:160]
-    # a warning the gate passed with: an execution provider the board asked for is missing
-    return next((n[:160] for n in d.get("gate_notes") or [] if n.startswith("provider fallback")), "")
+    # what the device passed with but not as its board asked: a provider fallback, another variant
+    return "; ".join(d.get("warnings") or [])[:160]
 
 
 def print_table(doc: dict, console=None) -> None:
@@ -131,6 +131,8 @@ def print_table(doc: dict, console=None) -> None:
     for name in doc["order"]:
         d = doc["devices"][name]
         release = f"{d.get('previous') or '(none)'} -> {d.get('new') or '?'}" if d.get("new") else "-"
+        if d.get("variant") and d.get("new"):
+            release += f" ({d['variant']})"
         result = d["result"]
         table.add_row(str(d["wave"]), name, release, f"[{styles.get(result, '')}]{result}[/]",
                       _latency(d), _fmt(d.get("temperature_c"), ".1f"),

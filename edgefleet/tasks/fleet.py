@@ -106,7 +106,7 @@ def deploy(c, target=None, bundle=None, dry_run=False):
     if not result.ok:
         raise Exit(f"{tgt.name}: release {result.release_id} is UNHEALTHY: {result.health.reason}", code=1)
     verb = "deployed" if result.changed else "unchanged"
-    print(f"{tgt.name}: {verb} {result.release_id} in {result.seconds:.1f} s")
+    print(f"{tgt.name}: {verb} {result.release_id} ({result.variant} variant) in {result.seconds:.1f} s")
 
 
 def _print_rollback_table(results) -> None:
