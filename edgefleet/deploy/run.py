@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..device_env import DeviceEnv, build_target_env
+from ..errors import InputError
 from ..inventory import Target
 from ..paths import repo_root
 from ..render import check_rendered, render_target
@@ -15,6 +16,7 @@ from .activate import apply_plan, restart_service, switch_current
 from .device import Device, now
 from .facts import Facts, ask_facts
 from .gate import health_gate
+from .gpu_packages import gpu_package_check
 from .health import HealthResult
 from .lock import device_lock, without_stale_lock
 from .plan import DeployPlan, make_plan
@@ -105,6 +107,11 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
     `facts`: the device's, gathered moments ago (a rollout's first wave, while the releases were prepared).
     """
     t0 = time.monotonic()
+    package_error, package_note = gpu_package_check(target)
+    if package_error:
+        raise InputError(package_error)
+    if package_note:
+        log(f"  note: {package_note}")
     variant = pick_variant(target, bundle_dir)
     if variant.warning:
         log(f"  warning: {variant.warning}")

@@ -17,9 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..deploy import DEFAULT_IMAGE_TAG, deploy, prepare_release, revert
+from ..deploy.gpu_packages import gpu_package_check
 from ..deploy.release import Release
 from ..deploy.variant import pick_variant
 from ..device_env import build_target_env
+from ..errors import InputError
 from ..inventory import Target
 from ..paths import repo_root
 from ..render import check_rendered_many, render_target
@@ -71,6 +73,9 @@ def prepare_releases(targets: list[Target], bundle_dir: Path, build_dir: Path, l
         s = t.settings
         return env_key(s.arch, s.python, s.packages.pins, s.packages.find_links, s.packages.index_url)
 
+    refused = [error for t in targets if (error := gpu_package_check(t)[0])]
+    if refused:  # before any device is touched: the package set cannot give what they require
+        raise InputError("; ".join(refused))
     envs = {}
     requirements = repo_root() / "payload" / "requirements.txt"
     for t in targets:
