@@ -80,8 +80,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    from edgefleet.model.evaluate import ort_embed, ort_session, read_texts
     from tokenizers import Tokenizer
+
+    from edgefleet.model.evaluate import ort_embed, ort_session, read_texts
 
     texts = read_texts(args.texts)
     reference = ort_embed(ort_session(args.fp32 / "model.onnx"), Tokenizer.from_file(str(args.fp32 / "tokenizer.json")),
