@@ -24,7 +24,7 @@ from .settings import LOOPBACK
 
 __all__ = ["RenderedFile", "render_target", "write_rendered", "check_rendered", "check_rendered_many",
            "security_exposure", "RenderError", "CONTAINER_NAME", "UNIT_NAME", "TUNING_UNIT", "TUNING_SCRIPT",
-           "MAX_EXPOSURE"]
+           "MAX_EXPOSURE", "RUNTIME_UNIT_EXPOSURE"]
 
 UNIT_NAME = "edgefleet-runtime.service"
 TUNING_UNIT = "edgefleet-tuning.service"
@@ -34,6 +34,9 @@ DEVICE_PYTHON = "/usr/bin/python3"
 CONTAINER_NAME = "edgefleet-runtime"  # the runtime's container in image mode (`ship: image`)
 UNIT_IMAGE_TEMPLATE = "edgefleet-runtime-image.service.j2"
 MAX_EXPOSURE = 2.0
+# what the venv runtime unit reaches on every board profile (the tests hold it there; the image
+# unit, which runs docker, stays under MAX_EXPOSURE only)
+RUNTIME_UNIT_EXPOSURE = 1.2
 
 
 class RenderError(InputError):

@@ -18,7 +18,7 @@ from ..transport import OpenSSHError, SSHError, Transport
 
 __all__ = ["Device", "DeployError", "root_steps", "docker_argv", "now"]
 
-_STEP_MARK = "edgefleet-step"  # Device.systems: each command of a batch reports its exit code
+_STEP_MARK = "edgefleet-step"  # Device.batch: each command of a batch reports its exit code
 
 
 class DeployError(EdgefleetError):
@@ -33,6 +33,9 @@ class Device:
     no sudo when the login user owns the root (`owns_root`, from the facts), and root-only
     system steps (`system`: units, useradd), each one plain `sudo -n` argv with no shell, so a
     sudoers list can name exactly what a deploy runs.
+
+    Three verbs: `run` (a shell command), `system` (one root-only argv), `batch` (several of
+    either, built by `file_command` / `system_command` / `root_steps`, in one session).
     """
 
     transport: Transport
@@ -63,10 +66,6 @@ class Device:
     def system_command(self, argv: list[str]) -> str:
         """Return a root-only argv as it runs: one plain `sudo -n` argv when the target uses sudo."""
         return ("sudo -n " if self.target.settings.sudo else "") + " ".join(quote(a) for a in argv)
-
-    def systems(self, steps: list[tuple[list[str], str, bool]]) -> list[int]:
-        """Run root-only commands (argv, step, warn) in order in one session; return their exit codes."""
-        return self.batch(root_steps(self, steps))
 
     def batch(self, steps: list[tuple[str, str, bool]]) -> list[int]:
         """Run commands (`file_command`/`system_command` strings, step, warn) in order in one

@@ -18,7 +18,7 @@ from pathlib import Path
 from shlex import quote
 
 from ..inventory import Target
-from .facts import LOCK_FACTS, Facts
+from .facts import LOCK, Facts, read_values
 
 __all__ = ["controller_identity", "owner_line", "parse_owner", "stale_reason", "process_start", "device_lock",
            "without_stale_lock"]
@@ -98,11 +98,9 @@ class device_lock:
 
     def held_by(self) -> tuple[str | None, int | None]:
         """Return the lock's owner line and age (s), or (None, None) when there is no lock."""
-        res = self.dev.run("root=" + quote(self.dev.root) + "\n" + "\n".join(LOCK_FACTS), "read the deploy lock",
-                           privileged=False, warn=True)
-        values = dict(line.partition("=")[::2] for line in res.stdout.splitlines())
-        age = values.get("lock_age", "").strip()
-        return values.get("lock", "").strip() or None, int(age) if age.lstrip("-").isdigit() else None
+        res = self.dev.run("root=" + quote(self.dev.root) + "\n" + "\n".join(LOCK.lines(self.dev.target)),
+                           "read the deploy lock", privileged=False, warn=True)
+        return LOCK.parse(read_values(res.stdout))
 
     def break_if_stale(self, owner: str | None, age: int | None) -> bool:
         """Break the lock if the stale-lock rule allows it (only if its owner line is unchanged)."""

@@ -13,7 +13,7 @@ import yaml
 # runtime.yaml, the same result; safe either way.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-__all__ = ["RuntimeConfig", "ThermalConfig", "LimitsConfig", "ConfigError", "read_config",
+__all__ = ["RuntimeConfig", "ThermalConfig", "LimitsConfig", "BatchingConfig", "ConfigError", "read_config",
            "parse_config", "is_loopback"]
 
 log = logging.getLogger("edge_runtime")
@@ -46,6 +46,17 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class BatchingConfig:
+    """Micro-batching of concurrent requests (batching.py): enabled is "auto" (batch only a
+    batch-invariant bundle), True or False; at most max_batch texts a batch; a wait of at most
+    max_wait_ms for more jobs, only while clients are concurrent."""
+
+    enabled: bool | str = "auto"
+    max_batch: int = 16
+    max_wait_ms: float = 4.0
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     """Settings from runtime.yaml; None means "not given" (the CLI or the runtime decides)."""
 
@@ -65,6 +76,7 @@ class RuntimeConfig:
     governor: str | None = "performance"
     thermal: ThermalConfig = field(default_factory=ThermalConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     provider_options: dict = field(default_factory=dict)
     require_providers: tuple[str, ...] = ()
@@ -72,8 +84,9 @@ class RuntimeConfig:
 
 INT_RANGES = {"threads": (1, 1024), "port": (0, 65535), "max_seq_len": (2, 1 << 20),
               "nice": (-20, 19), "max_body_bytes": (64, 1 << 30), "max_texts": (1, 1 << 16),
-              "max_text_chars": (1, 1 << 24), "queue_depth": (1, 1 << 16)}
-FLOAT_RANGES = {"soft_c": (-50.0, 200.0), "hard_c": (-50.0, 200.0), "poll_s": (0.01, 3600.0)}
+              "max_text_chars": (1, 1 << 24), "queue_depth": (1, 1 << 16), "max_batch": (1, 256)}
+FLOAT_RANGES = {"soft_c": (-50.0, 200.0), "hard_c": (-50.0, 200.0), "poll_s": (0.01, 3600.0),
+                "max_wait_ms": (0.0, 100.0)}
 
 
 def is_loopback(host: str) -> bool:
@@ -127,6 +140,11 @@ def _check(source: str, key: str, value):
         return _int(source, key, value)
     if key in FLOAT_RANGES:
         return _float(source, key, value)
+    if key == "enabled":
+        if not isinstance(value, bool) and value != "auto":
+            raise ConfigError(f"{source}: key 'enabled' must be auto, true or false, "
+                              f"got {value!r}")
+        return value
     if key == "spin":
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: key 'spin' must be true or false, got {value!r}")
@@ -227,9 +245,10 @@ def parse_config(data, source: str = "runtime.yaml") -> RuntimeConfig:
         raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
     known = _known_keys(data, RuntimeConfig, source)
     values = {"thermal": _section(data.get("thermal"), source, "thermal", ThermalConfig),
-              "limits": _section(data.get("limits"), source, "limits", LimitsConfig)}
+              "limits": _section(data.get("limits"), source, "limits", LimitsConfig),
+              "batching": _section(data.get("batching"), source, "batching", BatchingConfig)}
     values.update(_provider_values(data, source))
-    for key in known - {"thermal", "limits", *PROVIDER_KEYS}:
+    for key in known - {"thermal", "limits", "batching", *PROVIDER_KEYS}:
         checked = _check(source, key, data.get(key))
         if checked is not None:
             values[key] = checked

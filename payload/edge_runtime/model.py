@@ -137,6 +137,10 @@ class EmbeddingModel:
         return {name: feeds[name].astype(self.input_types.get(name, np.int64), copy=False)
                 for name in self.input_names}
 
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Return each text's token count after truncation (padding not counted)."""
+        return [sum(e.attention_mask) for e in self.tokenizer.encode_batch(list(texts))]
+
     def tokenize_one(self, text: str, pair: str | None = None) -> dict[str, np.ndarray]:
         """Encode one text (or a pair) into the preallocated buffers; return (1, n) views.
 

@@ -10,6 +10,7 @@ import re
 import time
 from concurrent.futures import CancelledError
 
+from edge_runtime.batching import Decision, decide, job_size, run_grouped
 from edge_runtime.config import RuntimeConfig
 from edge_runtime.golden import ROUTES
 from edge_runtime.heads import InputError
@@ -20,7 +21,7 @@ from edge_runtime.sysfs import Sysfs, governor_drift
 from edge_runtime.thermal import HARD, SOFT, STATES, ThermalGuard
 from edge_runtime.tuning import Placement, place
 from edge_runtime.validate import ApiError
-from edge_runtime.worker import Abandoned, InferenceWorker, QueueFull
+from edge_runtime.worker import Abandoned, BatchPolicy, InferenceWorker, QueueFull
 
 __all__ = ["Service", "release_id", "rss_bytes"]
 
@@ -78,6 +79,7 @@ class Service:
         self.guard = ThermalGuard(self.sysfs, self.config.thermal)
         self.metrics = Metrics()
         self._trim = False
+        self.batching = Decision(False, "not loaded")
         self.worker = InferenceWorker(self._run, self.config.limits.queue_depth,
                                       observe=self.metrics.inferred, spacing=self._spacing,
                                       idle=self._idle, settled=_malloc_trim)
@@ -116,6 +118,7 @@ class Service:
             gc.freeze()  # the model's objects live forever: keep them out of every GC pass
             _malloc_trim()
             if result.passed:
+                self._batch_if_safe(model)
                 self.worker.start()
             self.state = "ready" if result.passed else "failed"
             self.status = result.reason
@@ -131,6 +134,33 @@ class Service:
         result = getattr(self.model, TASK_METHODS[task])(*args)
         self._trim = self._trim or self.model.last_tokens > TRIM_TOKENS
         return result
+
+    def _batch_if_safe(self, model: EmbeddingModel) -> None:
+        """Give the worker a batch policy when batching.py's rule allows it for this bundle."""
+        settings = self.config.batching
+        self.batching = decide(settings, model.meta)
+        log.info("batching enabled=%s max_batch=%d max_wait_ms=%s (%s)", self.batching.enabled,
+                 settings.max_batch, settings.max_wait_ms, self.batching.reason)
+        if self.batching.enabled and settings.max_batch > 1:
+            self.worker.batch = BatchPolicy(size=job_size, run_many=self._run_many,
+                                            max_items=settings.max_batch,
+                                            max_wait_s=settings.max_wait_ms / 1e3)
+
+    def _run_many(self, jobs: list) -> list:
+        """Run several queued jobs of one task as few model calls as padding allows."""
+        model = self.model
+        task = jobs[0][0]
+        if model is None or any(job[0] != task for job in jobs):
+            return [self._outcome(job) for job in jobs]
+        outcomes = run_grouped(getattr(model, TASK_METHODS[task]), model.token_lengths, jobs)
+        self._trim = self._trim or model.last_tokens > TRIM_TOKENS
+        return outcomes
+
+    def _outcome(self, job):
+        try:
+            return self._run(job)
+        except Exception as error:
+            return error
 
     def _idle(self) -> None:
         """After long inputs, return glibc's freed blocks to the OS (off the answer path):
@@ -212,6 +242,9 @@ class Service:
                          "hard_c": self.config.thermal.hard_c},
             "providers": self.providers(),
             "queue_depth": self.worker.depth,
+            "batching": {"enabled": self.batching.enabled, "reason": self.batching.reason,
+                         "max_batch": self.config.batching.max_batch,
+                         "max_wait_ms": self.config.batching.max_wait_ms},
             "rss_bytes": rss_bytes(),
             "uptime_s": round(time.monotonic() - self.started, 3),
         }

@@ -7,6 +7,7 @@ lab that is already up, and takes down the one it starts.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from edgefleet.deploy import Device, deploy, service_call
 from edgefleet.model.tiny import tiny_bundle
+from edgefleet.render import RUNTIME_UNIT_EXPOSURE
 from edgefleet.transport import connect
 
 pytestmark = pytest.mark.integration
@@ -44,10 +46,11 @@ def test_deploy_then_nothing_changed(run_on, lab_target, bundle, tmp_path):
     # the service runs unprivileged, as the edgefleet user
     pid = run_on(lab_target, "systemctl show -p MainPID --value edgefleet-runtime.service")
     assert run_on(lab_target, f"ps -o user= -p {pid}") == "edgefleet"
-    # ...with CAP_SYS_NICE only (lab-01 is a pi5: nice -5), and the unit's sandbox applied: / is
-    # read-only in its namespace
+    # ...with no capability at all, yet at nice -5 (lab-01 is a pi5: systemd set Nice=), and the
+    # unit's sandbox applied: / is read-only in its namespace
     assert lab_target.board.name == "pi5" and lab_target.settings.runtime.nice == -5
-    assert run_on(lab_target, f"grep CapBnd /proc/{pid}/status").split() == ["CapBnd:", f"{1 << 23:016x}"]
+    assert run_on(lab_target, f"grep CapBnd /proc/{pid}/status").split() == ["CapBnd:", f"{0:016x}"]
+    assert run_on(lab_target, f"ps -o ni= -p {pid}") == "-5"
     root_mount = run_on(lab_target, f"awk '$5 == \"/\" {{print $6}}' /proc/{pid}/mountinfo")
     assert root_mount.split(",")[0] == "ro"
     state = json.loads(run_on(lab_target, f"cat {root}/state.json"))
@@ -66,6 +69,14 @@ def test_deploy_then_nothing_changed(run_on, lab_target, bundle, tmp_path):
     assert not second.changed and second.ok
     assert second.release_id == first.release_id
     assert "nothing to do" in lines[0]
+
+
+def test_installed_unit_security_exposure(run_on, lab_target):
+    """systemd itself scores the running unit (not the offline file): at most RUNTIME_UNIT_EXPOSURE."""
+    out = run_on(lab_target, "systemd-analyze security --no-pager edgefleet-runtime.service 2>&1")
+    match = re.search(r"Overall exposure level for edgefleet-runtime.service: ([0-9.]+)", out)
+    assert match, out[-600:]
+    assert float(match.group(1)) <= RUNTIME_UNIT_EXPOSURE, out[-1500:]
 
 
 def test_unhealthy_release_rolls_back(run_on, lab_target, bundle, tmp_path):

@@ -100,7 +100,7 @@ def test_runtime_and_status_read_the_boards_fake_sysfs(rk3588):
     host_cpus = sorted(os.sched_getaffinity(0))
     assert now["affinity"] == host_cpus and now["threads"] == min(4, len(host_cpus))
     assert "CPUs [4, 5, 6, 7] do not exist" in now["tuning_warnings"][0]
-    assert now["nice"] == -5  # the unit grants CAP_SYS_NICE, the lab container has it
+    assert now["nice"] == -5  # systemd sets Nice= (the lab container has CAP_SYS_NICE)
 
     status, _, text = call(target, "/metrics")
     assert status == 200

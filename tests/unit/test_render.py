@@ -33,7 +33,7 @@ def test_render_values_come_from_the_target(inventory, name, threads, max_len, a
     unit = files[UNIT_NAME].text.splitlines()
     # the runtime pins itself (it copes with missing CPUs; systemd's CPUAffinity= fails the start)
     assert "Nice=-5" in unit and not any(line.startswith("CPUAffinity=") for line in unit)
-    for line in ("User=edgefleet", "CapabilityBoundingSet=CAP_SYS_NICE", "AmbientCapabilities=CAP_SYS_NICE",
+    for line in ("User=edgefleet", "CapabilityBoundingSet=", "AmbientCapabilities=", "PrivateMounts=yes",
                  "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes"):
         assert line in unit
     assert files[UNIT_NAME].device_path == f"/etc/systemd/system/{UNIT_NAME}"
