@@ -3,12 +3,13 @@
 from invoke import Collection
 
 from edgefleet.paths import DEFAULTS
-from edgefleet.tasks import demo, dev, fleet, image, lab, model, rollout
+from edgefleet.tasks import demo, dev, fleet, image, inventory, lab, model, rollout
 
 ns = Collection()
 ns.add_collection(model.ns)
 ns.add_collection(lab.ns)
 ns.add_collection(image.ns)
+ns.add_collection(inventory.ns)
 for name in ("render", "deploy", "rollback", "status"):
     ns.add_task(fleet.ns.tasks[name])
 ns.add_task(rollout.rollout)

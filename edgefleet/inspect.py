@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .deploy import Device, service_call
+from .deploy.health import parse_readiness
 from .deploy.providers import fallback_warning
 from .inventory import Target
 from .render import check_rendered, render_target
@@ -37,10 +38,9 @@ def collect_status(target: Target) -> TargetStatus:
             drift=find_drift(target, files, state),
         )
         if state.service_active == "active":
-            try:
-                code, body = service_call(dev)("/readyz", timeout=10)
-                result.healthy = code == 200
-                result.ready_detail = str(body.get("detail") or body.get("error") or "")
+            try:  # healthy as the deploy's gate judges it: the runtime takes inference now
+                ready = parse_readiness(*service_call(dev)("/readyz", timeout=10))
+                result.healthy, result.ready_detail = ready.serving, ready.reason
                 if result.healthy:
                     result.warnings = _warnings(dev)
             except (OSError, ValueError) as exc:

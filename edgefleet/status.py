@@ -11,7 +11,7 @@ from .inventory import Target
 from .render import TUNING_UNIT, UNIT_NAME, RenderedFile
 
 __all__ = ["DeviceState", "TargetStatus", "status_command", "parse_status", "find_drift", "unified_diffs",
-           "read_files_command"]
+           "read_files_command", "plain"]
 
 _SYSFS = "/sys"
 
@@ -51,6 +51,14 @@ class TargetStatus:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def plain(value: object):
+    """Return `value` as rich text that is never read as markup: device strings (a governor file,
+    an error a device printed) may hold `[`...`]`, which rich would parse (or fail on)."""
+    from rich.text import Text
+
+    return Text(str(value))
 
 
 def _file_shas(files: list[RenderedFile]) -> Fact[dict[str, str | None]]:

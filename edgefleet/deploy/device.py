@@ -8,21 +8,26 @@ from __future__ import annotations
 import io
 import posixpath
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from shlex import quote
 
 from ..errors import EdgefleetError
 from ..inventory import Target
-from ..transport import OpenSSHError, SSHError, Transport
+from ..transport import CommandTimeout, OpenSSHError, SSHError, Transport
 
-__all__ = ["Device", "DeployError", "root_steps", "docker_argv", "now"]
+__all__ = ["Device", "DeployError", "StepTimeout", "root_steps", "docker_argv", "now"]
 
 _STEP_MARK = "edgefleet-step"  # Device.batch: each command of a batch reports its exit code
 
 
 class DeployError(EdgefleetError):
     """A step failed on the device; the message names the target and the step."""
+
+
+class StepTimeout(DeployError):
+    """A step did not end within its timeout, or the device's deadline had passed."""
 
 
 @dataclass
@@ -41,6 +46,7 @@ class Device:
     transport: Transport
     target: Target
     owns_root: bool = False
+    deadline: float | None = None  # time.monotonic() after which no step starts (deploy.device_deadline_s)
 
     @property
     def root(self) -> str:
@@ -100,10 +106,28 @@ class Device:
                               f"{text}")
         return codes
 
+    def step_timeout(self, step: str) -> float:
+        """Return how long the next step may run: the command timeout, or less when the deadline is near."""
+        limit = self.target.settings.deploy.command_timeout_s
+        if self.deadline is None:
+            return limit
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise StepTimeout(f"{self.target.name}: {step}: not started, the device's deadline has passed "
+                              f"(deploy.device_deadline_s = {self.target.settings.deploy.device_deadline_s:g} s)")
+        return min(limit, left)
+
     def _exec(self, command: str, step: str, warn: bool, text: str | None = None):
+        from invoke.exceptions import CommandTimedOut  # what Fabric's run raises
+
+        timeout = self.step_timeout(step)
         try:
             stdin = io.StringIO(text) if text is not None else False
-            result = self.transport.run(command, hide=True, warn=True, in_stream=stdin)
+            result = self.transport.run(command, hide=True, warn=True, in_stream=stdin, timeout=timeout)
+        except (CommandTimeout, CommandTimedOut):
+            raise StepTimeout(f"{self.target.name}: {step} timed out after {timeout:.0f} s (deploy.command_timeout_s "
+                              f"{self.target.settings.deploy.command_timeout_s:g} s, deploy.device_deadline_s "
+                              f"{self.target.settings.deploy.device_deadline_s:g} s)") from None
         except OpenSSHError as exc:  # the link, not the command (Fabric raises paramiko's errors here)
             raise SSHError(f"{self.target.name}: {step}: SSH failed: {str(exc)[-500:]}") from None
         if result.exited != 0 and not warn:

@@ -22,7 +22,8 @@ from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
 from .device import Device, docker_argv
 
 __all__ = ["Fact", "Facts", "FactError", "PlanError", "Values", "facts_command", "parse_facts", "ask_facts",
-           "read_values", "script", "ARCH_NAMES", "ARCH", "CURRENT", "COMMITTED", "ACTIVE", "GOVERNORS", "LOCK"]
+           "read_values", "script", "MIN_FREE_BYTES", "check_room", "ARCH_NAMES", "ARCH", "CURRENT", "COMMITTED",
+           "ACTIVE", "GOVERNORS", "LOCK"]
 
 
 ARCH_NAMES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "amd64", "amd64": "amd64"}
@@ -156,7 +157,7 @@ def _parse_lock(values: Values) -> tuple[str | None, int | None]:
     """The lock's owner line (`unknown` when it has none) and its age in seconds, or (None, None)."""
     owner = values.get("lock") or None
     age = values.get("lock_age", "")
-    return owner, int(age) if age.lstrip("-").isdigit() else None
+    return owner, int(age) if age.lstrip("-").isascii() and age.lstrip("-").isdigit() else None
 
 
 # the owner line, and the lock's age in seconds by the device's clock
@@ -333,6 +334,19 @@ class Facts:
     images: frozenset[str] = frozenset()  # image IDs (sha256:...) in the device's engine
     zstd: bool = False  # the device has zstd (an image's tarball needs it; the packages' one is smaller with it)
     gnu_tar: bool = False  # tar takes -b/-B (busybox's does not)
+
+
+# what any deploy or rollback writes besides uploads (the lock, state.json and its backup, a
+# symlink), with room to spare: below this nothing is written and the device is named
+MIN_FREE_BYTES = 4 * 2**20
+
+
+def check_room(target: Target, facts: Facts, what: str) -> None:
+    """Refuse to `what` (a deploy, a rollback) when the device root's filesystem is (nearly) full."""
+    if facts.free_bytes < MIN_FREE_BYTES:
+        raise PlanError(f"{target.name}: {facts.free_bytes / 1e6:.1f} MB free under {target.settings.root}: "
+                        f"too little to {what} (it writes the lock and state.json; needs "
+                        f"{MIN_FREE_BYTES / 1e6:.0f} MB); free some space on the device")
 
 
 def facts_command(target: Target) -> str:

@@ -9,7 +9,17 @@ import shlex
 from ..render import UNIT_NAME
 from ..transport import http_json_over_ssh
 from .device import DeployError, Device
-from .health import Budget, Call, HealthResult, NotReady, golden_verdict, judge, probe_request, wait_ready
+from .health import (
+    Budget,
+    Call,
+    HealthResult,
+    NotReady,
+    golden_verdict,
+    judge,
+    probe_answer,
+    probe_request,
+    wait_ready,
+)
 from .providers import provider_verdict
 from .regression import regression_verdict
 from .remote import source
@@ -107,7 +117,7 @@ def health_gate(dev: Device, golden: dict, judge_model: bool = True,
     return HealthResult(not failures, "; ".join(failures),
                         min_cosine=worst if metric == "cosine" else None,
                         max_abs_diff=worst if metric == "abs_diff" else None,
-                        latency_ms=[float(x) for x in answer.get("latency_ms") or []], ready_after_s=waited,
+                        latency_ms=probe_answer(answer)[0].latency_ms, ready_after_s=waited,
                         p95_ms=verdict.p95_ms, rss_mib=verdict.rss_mib, temperature_c=verdict.temperature_c,
                         throttled=verdict.throttled, notes=provider_warnings + verdict.notes
                         + ([regression_note] if regression_note else []))
@@ -126,7 +136,11 @@ def _fitting(golden: dict, info: dict) -> tuple[dict, str]:
 
     if not info:
         return golden, ""
-    fitted = goldens.fitting(golden, info.get("max_seq_len"))
+    max_seq_len = info.get("max_seq_len")
+    if max_seq_len is not None and (not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool)
+                                    or max_seq_len < 1):
+        return golden, f"/v1/info max_seq_len is {max_seq_len!r:.60}, not a whole number of tokens"
+    fitted = goldens.fitting(golden, max_seq_len)
     if not goldens.items(fitted):
         return fitted, f"no golden input fits the device's max_seq_len {info.get('max_seq_len')}"
     return fitted, ""

@@ -23,6 +23,7 @@ from ..deploy.variant import pick_variant
 from ..device_env import build_target_env
 from ..errors import InputError
 from ..inventory import Target
+from ..inventory_check import check_bundle_fits
 from ..paths import repo_root
 from ..render import check_rendered_many, render_target
 from .plan import (
@@ -76,6 +77,8 @@ def prepare_releases(targets: list[Target], bundle_dir: Path, build_dir: Path, l
     refused = [error for t in targets if (error := gpu_package_check(t)[0])]
     if refused:  # before any device is touched: the package set cannot give what they require
         raise InputError("; ".join(refused))
+    for t in targets:  # every value the bundle (the target's variant) cannot honour, before packages
+        check_bundle_fits(t, pick_variant(t, bundle_dir).bundle_dir)
     envs = {}
     requirements = repo_root() / "payload" / "requirements.txt"
     for t in targets:

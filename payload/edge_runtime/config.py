@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -68,6 +70,7 @@ class RuntimeConfig:
     host: str | None = None
     port: int | None = None
     token: str | None = None
+    token_env: str | None = None  # the environment variable holding the token (filled by systemd)
     max_seq_len: int | None = None
     log_level: str | None = None
     target: str | None = None
@@ -122,6 +125,8 @@ def _string(source, key, value):
         value = str(value)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{source}: key {key!r} must be a non-empty string, got {value!r}")
+    if key == "token_env" and not re.fullmatch(r"[A-Z_][A-Z0-9_]*", value):
+        raise ConfigError(f"{source}: key 'token_env' must name an environment variable, got {value!r}")
     if key == "log_level":
         if value.lower() not in LOG_LEVELS:
             raise ConfigError(f"{source}: key 'log_level' must be one of "
@@ -229,6 +234,9 @@ def _cross_check(config: RuntimeConfig, source: str) -> None:
     if config.threads and config.affinity and config.threads != len(config.affinity):
         raise ConfigError(f"{source}: key 'threads' ({config.threads}) must equal the number "
                           f"of CPUs in 'affinity' ({len(config.affinity)})")
+    if config.host and not is_loopback(config.host) and not config.token and config.token_env:
+        raise ConfigError(f"{source}: key 'token_env' names {config.token_env}, which is not set: the runtime's "
+                          f"unit sets it (EnvironmentFile=); to run by hand, export it")
     if config.host and not is_loopback(config.host) and not config.token:
         raise ConfigError(f"{source}: key 'token' is required when 'host' ({config.host}) "
                           "is not a loopback address")
@@ -252,6 +260,9 @@ def parse_config(data, source: str = "runtime.yaml") -> RuntimeConfig:
         checked = _check(source, key, data.get(key))
         if checked is not None:
             values[key] = checked
+    if values.get("token_env") and not values.get("token"):
+        # the token itself is kept out of this file (readable by any local account on a device)
+        values["token"] = os.environ.get(values["token_env"]) or None
     if "governor" in data and data["governor"] is None:
         values["governor"] = None  # explicitly unset: report governors, judge no drift
     config = RuntimeConfig(**values)

@@ -30,6 +30,8 @@ RELEASE_PATH = re.compile(r"/releases/([^/]+)/bundle/?$")
 WAIT_S = 60.0
 TRIM_TOKENS = 128  # after a call over this many tokens, hand freed memory back when idle
 TASK_METHODS = {"embed": "embed", "classify": "classify", "qa": "answer"}
+# A queue full for a moment is load; full for this long, the device is not serving in practice
+QUEUE_FULL_S = 10.0
 
 
 def release_id(bundle_dir) -> str | None:
@@ -79,6 +81,7 @@ class Service:
         self.guard = ThermalGuard(self.sysfs, self.config.thermal)
         self.metrics = Metrics()
         self._trim = False
+        self.full_since: float | None = None  # when new work was first refused for a full queue
         self.batching = Decision(False, "not loaded")
         self.worker = InferenceWorker(self._run, self.config.limits.queue_depth,
                                       observe=self.metrics.inferred, spacing=self._spacing,
@@ -88,6 +91,27 @@ class Service:
     def ready(self) -> bool:
         """Return True once the model is loaded and the selftest passed."""
         return self.state == "ready"
+
+    def serving(self) -> tuple[str, str]:
+        """Return (state, reason): whether the service takes inference now, and if not, why.
+
+        States: "ready" (serving; soft throttling only slows it), "loading", "failed" (load or
+        selftest), "too_hot" (the thermal guard refuses new work), "overloaded" (the queue has
+        refused work for QUEUE_FULL_S). /readyz answers from this, so the host's status and
+        health gate see the same refusals a client of /v1/embed does.
+        """
+        if self.state != "ready":
+            return self.state, self.status
+        if self.guard.state == HARD:
+            t = self.config.thermal
+            return "too_hot", (f"too hot: {self.guard.hottest()} °C above the hard limit {t.hard_c:g} °C, "
+                               f"refusing inference until below {t.soft_c:g} °C")
+        since = self.full_since
+        if since is not None and self.worker.depth >= self.config.limits.queue_depth \
+                and time.monotonic() - since >= QUEUE_FULL_S:
+            return "overloaded", (f"inference queue full ({self.config.limits.queue_depth}) for "
+                                  f"{time.monotonic() - since:.0f} s, refusing new work")
+        return "ready", self.status
 
     def place(self) -> Placement:
         """Apply affinity and nice; call from the main thread before any other thread starts.
@@ -200,7 +224,9 @@ class Service:
         try:
             future = self.worker.submit((task, args), wanted)
         except QueueFull as error:
+            self.full_since = self.full_since or time.monotonic()
             raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
+        self.full_since = None
         try:
             return future.result(timeout=WAIT_S)
         except InputError as error:
@@ -226,6 +252,7 @@ class Service:
             "release": release_id(self.bundle_dir) or self.config.release,
             "target": self.config.target,
             "state": self.state,
+            "serving": dict(zip(("state", "reason"), self.serving(), strict=True)),
             "threads": placement.threads if placement else None,
             "affinity": list(placement.affinity) if placement else None,
             "spin": placement.spin if placement else self.config.spin,

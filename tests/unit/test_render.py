@@ -73,7 +73,7 @@ def test_explain_names_board_group_and_device_lines(inventory):
     from edgefleet.explain import explain_target
     lines = explain_target(inventory.target("orin-01"))
     by_key = {ln.split(" = ")[0].strip(): ln for ln in lines[1:]}
-    assert "board orin-nano" in by_key["arch"] and "orin-nano.yaml:5" in by_key["arch"]
+    assert "board orin-nano" in by_key["arch"] and "orin-nano.yaml:6" in by_key["arch"]  # line 1 names the schema
     assert "group jetsons" in by_key["runtime.max_seq_len"] and "fleet.yaml:" in by_key["runtime.max_seq_len"]
     assert "device orin-01" in by_key["runtime.affinity"]
     assert by_key["root"].endswith("<- default")
