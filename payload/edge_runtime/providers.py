@@ -38,9 +38,14 @@ def choose_providers(requested: Iterable[str], options: dict, available: Iterabl
     offered = set(available)
     chosen = [name for name in requested if name != CPU and name in offered]
     missing = [name for name in requested if name != CPU and name not in offered]
-    session = tuple((name, {str(k): str(v) for k, v in (options.get(name) or {}).items()})
+    session = tuple((name, {str(k): _option(v) for k, v in (options.get(name) or {}).items()})
                     for name in [*chosen, CPU])
     return ProviderChoice(requested, session, missing)
+
+
+def _option(value) -> str:
+    # booleans as "1"/"0": ORT's option parsers take those for a bool; Python's "True" is not a given
+    return ("1" if value else "0") if isinstance(value, bool) else str(value)
 
 
 def node_shares(events: list[dict]) -> dict[str, float]:

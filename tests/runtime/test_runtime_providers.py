@@ -35,7 +35,7 @@ def test_provider_options_go_with_their_provider_as_strings():
                                                                    "trt_max_workspace_size": 1 << 30}},
                               ORIN)
     assert choice.session_providers[0] == ("TensorrtExecutionProvider",
-                                           {"trt_fp16_enable": "True",
+                                           {"trt_fp16_enable": "1",
                                             "trt_max_workspace_size": str(1 << 30)})
     assert choice.session_providers[-1] == ("CPUExecutionProvider", {})
 
