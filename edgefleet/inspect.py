@@ -7,6 +7,7 @@ import shlex
 
 from .deploy import Device, service_call
 from .deploy.health import parse_readiness
+from .deploy.providers import fallback_warning
 from .inventory import Target
 from .render import check_rendered, render_target
 from .status import (
@@ -91,6 +92,8 @@ def collect_status(target: Target) -> TargetStatus:
             try:  # healthy as the deploy's gate judges it: the runtime takes inference now
                 ready = parse_readiness(*service_call(dev)("/readyz", timeout=10))
                 result.healthy, result.ready_detail = ready.serving, ready.reason
+                if result.healthy:
+                    result.warnings = _warnings(dev)
             except (OSError, ValueError) as exc:
                 result.healthy, result.ready_detail = False, f"/readyz: {exc}"
         else:
@@ -98,6 +101,16 @@ def collect_status(target: Target) -> TargetStatus:
         return result
     finally:
         conn.close()
+
+
+def _warnings(dev: Device) -> list[str]:
+    """Return what the running service reports that deserves a warning (a provider fallback)."""
+    try:
+        code, info = service_call(dev)("/v1/info", timeout=10)
+    except (OSError, ValueError):
+        return []
+    warning = fallback_warning(info.get("providers")) if code == 200 and isinstance(info, dict) else None
+    return [warning] if warning else []
 
 
 def device_diff(target: Target) -> list[str]:

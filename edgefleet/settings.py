@@ -20,6 +20,10 @@ def _cpu_only() -> list[Provider]:
     return ["CPUExecutionProvider"]
 
 
+# an execution provider's options as ONNX Runtime takes them (it reads every value as a string)
+ProviderOption = str | int | float | bool
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -72,6 +76,17 @@ class HealthSettings(_Strict):
     rss_budget_mib: float | None = Field(default=None, gt=0, description=(
         "the service's RSS after the check; null: not judged"))
     latency_rounds: int = Field(default=3, ge=1, le=50, description="times each golden text is sent for the p95")
+    max_regression: float | None = Field(default=0.25, gt=0, description=(
+        "a p95 worse than the committed release's by more than this fraction fails the gate; null: not judged"))
+    regression_min_ms: float = Field(default=2.0, ge=0, description=(
+        "...and by more than this many ms (the probe's noise floor on a fast model)"))
+
+
+class BundleSettings(_Strict):
+    """The bundle variant a target takes from a bundle set: int8 for CPUs, fp16 for GPU providers."""
+
+    precision: Literal["int8", "fp16"] = Field(default="int8", description=(
+        "the bundle variant taken from a bundle set (`<model>-int8/`, `<model>-fp16/`)"))
 
 
 class DeploySettings(_Strict):
@@ -127,6 +142,14 @@ class PackageSettings(_Strict):
         return self
 
 
+class MenderSettings(_Strict):
+    """How `mender.artifact` labels this board's artifacts (docs/mender.md)."""
+
+    device_type: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$", description=(
+        "the Mender device type of the board class (`mender.artifact`, [mender.md](mender.md)); "
+        "null: the board's name"))
+
+
 class Settings(_Strict):
     """Everything a board, a group or a device may set."""
 
@@ -145,11 +168,17 @@ class Settings(_Strict):
     thermal: ThermalSettings = Field(default=ThermalSettings(), description="the runtime's thermal guard")
     providers: list[Provider] = Field(default_factory=_cpu_only, description=(
         "execution providers, preferred first; distinct, `CPUExecutionProvider` last"))
+    provider_options: dict[Provider, dict[str, ProviderOption]] = Field(default_factory=dict, description=(
+        "ONNX Runtime options per provider, e.g. `TensorrtExecutionProvider: {trt_fp16_enable: true}`"))
+    require_providers: list[Provider] = Field(default_factory=list, description=(
+        "accelerators the device must run on: a fallback to CPU then fails the health gate"))
     power: PowerSettings = Field(default=PowerSettings(), description="Jetson power settings")
     packages: PackageSettings = Field(default=PackageSettings(), description="the runtime's Python packages")
     runtime: RuntimeSettings = Field(default=RuntimeSettings(), description="the on-device runtime")
     health: HealthSettings = Field(default=HealthSettings(), description="the deploy's health gate")
+    bundle: BundleSettings = Field(default=BundleSettings(), description="the bundle variant")
     deploy: DeploySettings = Field(default=DeploySettings(), description="device-side housekeeping")
+    mender: MenderSettings = Field(default=MenderSettings(), description="Mender artifacts of this board class")
     emulated: bool = Field(default=False, description="an emulated device: latency and speed never judged")
     ship: Literal["venv", "image"] = Field(default="venv", description=(
         "how the runtime reaches the device: `venv` (payload and packages unpacked, run by the device's "
@@ -160,6 +189,11 @@ class Settings(_Strict):
         distinct = len(set(self.providers)) == len(self.providers)
         if not self.providers or self.providers[-1] != "CPUExecutionProvider" or not distinct:
             raise ValueError(f"providers must be distinct and end with CPUExecutionProvider (got {self.providers})")
+        for name in [*self.provider_options, *self.require_providers]:
+            if name not in self.providers:
+                raise ValueError(f"{name} is not in providers {self.providers}")
+        if "CPUExecutionProvider" in self.require_providers:
+            raise ValueError("require_providers names accelerators; CPUExecutionProvider is always there")
         if self.runtime.threads is not None and self.affinity and self.runtime.threads != len(self.affinity):
             raise ValueError(f"runtime.threads ({self.runtime.threads}) must equal the number of cores in the "
                              f"affinity {self.affinity} (set runtime.affinity to fewer cores instead)")

@@ -61,6 +61,7 @@ class TargetStatus:
     temperatures: dict[str, dict] = field(default_factory=dict)
     throttling: str = "unknown"
     drift: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. an execution provider fallback
     error: str = ""
 
     def as_dict(self) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 from shlex import quote
 
 from ..device_env import DeviceEnv, build_target_env
+from ..errors import InputError
 from ..inventory import Target
 from ..inventory_check import check_bundle_fits
 from ..paths import repo_root
@@ -18,13 +19,16 @@ from .converge import verify_objects
 from .device import DeployError, Device, now
 from .facts import Facts, PlanError, ask_facts, check_room
 from .gate import health_gate
+from .gpu_packages import gpu_package_check
 from .health import HealthResult
 from .lock import device_lock, without_stale_lock
 from .plan import DeployPlan, make_plan
 from .prune import prune
 from .record import record_state
+from .regression import committed_p95
 from .release import Release, ReleaseError, make_release, read_json
 from .secrets import write_token_file
+from .variant import pick_variant
 
 __all__ = ["DeployResult", "prepare_release", "deploy", "gather_facts", "DEFAULT_IMAGE_TAG"]
 
@@ -43,6 +47,8 @@ class DeployResult:
     seconds: float = 0.0
     temperature_c: float | None = None  # hottest thermal zone during the gate, when the device has any
     pruned: list[str] = field(default_factory=list)  # old releases deleted after the commit
+    variant: str = "int8"  # the bundle precision the target got (its board's bundle.precision)
+    warnings: list[str] = field(default_factory=list)  # e.g. the board's variant was not in the set
 
     @property
     def ok(self) -> bool:
@@ -97,7 +103,8 @@ def gather_facts(target: Target) -> Facts | None:
         conn.close()
 
 
-def _activate_and_gate(dev: Device, plan: DeployPlan, release: Release, golden: dict, log) -> HealthResult:
+def _activate_and_gate(dev: Device, plan: DeployPlan, release: Release, golden: dict, log,
+                       baseline_p95_ms: float | None = None) -> HealthResult:
     """Activate the release and run the health gate; a failure once `current` has switched (a step
     that timed out, device data of the wrong shape, a lost restart) is a failed gate, so the caller
     rolls back. A failure before the switch raises: the device still runs what it ran."""
@@ -106,7 +113,7 @@ def _activate_and_gate(dev: Device, plan: DeployPlan, release: Release, golden: 
             write_token_file(dev)
         apply_plan(dev, plan, release, log)
         log("  health gate: /readyz, then golden outputs, p95 latency, RSS and throttling on the device ...")
-        return health_gate(dev, golden)
+        return health_gate(dev, golden, baseline_p95_ms=baseline_p95_ms)
     except (DeployError, SSHError, PlanError, OSError) as exc:
         dev.deadline = None
         if not plan.activate or not _switched(dev, release.release_id):
@@ -134,6 +141,15 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
     release even when a later step fails).
     """
     t0 = time.monotonic()
+    package_error, package_note = gpu_package_check(target)
+    if package_error:
+        raise InputError(package_error)
+    if package_note:
+        log(f"  note: {package_note}")
+    variant = pick_variant(target, bundle_dir)
+    if variant.warning:
+        log(f"  warning: {variant.warning}")
+    bundle_dir = variant.bundle_dir
     release = release or prepare_release(target, bundle_dir, build_dir, image_tag=image_tag, log=log)
     golden = _golden(bundle_dir / "bundle.json")
     conn = connect(target)
@@ -150,7 +166,8 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
         lines = plan.describe()
         for line in lines:
             log(line)
-        result = DeployResult(target.name, release.release_id, facts.current, not plan.nothing_to_do, plan=lines)
+        result = DeployResult(target.name, release.release_id, facts.current, not plan.nothing_to_do, plan=lines,
+                              variant=variant.precision, warnings=[variant.warning] if variant.warning else [])
         if dry_run:
             return result
         if plan.nothing_to_do:
@@ -160,8 +177,9 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
             return result
         check_room(target, facts, "deploy")  # the plan counted the uploads; this, every write
         with device_lock(dev, log, now(), reconnect=lambda: connect(target)):
+            baseline = committed_p95(dev, facts.committed) if facts.committed != release.release_id else None
             try:
-                result.health = _activate_and_gate(dev, plan, release, golden, log)
+                result.health = _activate_and_gate(dev, plan, release, golden, log, baseline)
             finally:
                 dev.deadline = None  # rolling back and recording get their command timeouts, whatever the hour
             result.temperature_c = result.health.temperature_c
@@ -177,9 +195,11 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
                 "time": now(),
                 "release": release.release_id,
                 "bundle": release.bundle_id,
+                "variant": variant.precision,
                 "previous": facts.current,
                 "healthy": result.health.ok,
                 "reason": result.health.reason[:300],
+                "p95_ms": result.health.p95_ms,  # the regression gate's baseline for the next release
                 "active": result.previous if result.rolled_back else release.release_id,
             }, log=log)
             if result.health.ok and sound:

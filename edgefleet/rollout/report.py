@@ -152,7 +152,8 @@ def _detail(d: dict) -> str:
     """The failure's first line, and the log's last line when there is one (where the failing line is)."""
     error = (d.get("error") or "").strip()
     if not error:
-        return ""
+        # what the device passed with but not as its board asked: a provider fallback, another variant
+        return "; ".join(d.get("warnings") or [])[:160]
     head, _, journal = error.partition("; journal:")
     last = next((line.strip() for line in reversed(journal.splitlines()) if line.strip()), "")
     return head.splitlines()[0][:160] + (f" | {last[-160:]}" if last else "")
@@ -163,7 +164,8 @@ def _releases(d: dict) -> str:
     if not d.get("new"):
         return "-"
     previous = d.get("previous") or ("?" if d.get("previous_from", "device") == "unknown" else "(none)")
-    return f"{previous} -> {d['new']}"
+    variant = f" ({d['variant']})" if d.get("variant") else ""
+    return f"{previous} -> {d['new']}{variant}"
 
 
 def _where(d: dict) -> str:

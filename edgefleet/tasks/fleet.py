@@ -109,7 +109,7 @@ def deploy(c, target=None, bundle=None, dry_run=False):
         raise Exit(f"{tgt.name}: release {result.release_id} is UNHEALTHY: {result.health.reason}", code=1)
     verb = ("unchanged" if not result.changed else "repaired" if result.previous == result.release_id
             else "deployed")
-    print(f"{tgt.name}: {verb} {result.release_id} in {result.seconds:.1f} s")
+    print(f"{tgt.name}: {verb} {result.release_id} ({result.variant} variant) in {result.seconds:.1f} s")
 
 
 def _print_rollback_table(results) -> None:
@@ -190,7 +190,8 @@ def _print_status_table(statuses, console=None) -> None:
             continue
         governors = ", ".join(sorted(set(st.governors.values()))) or "no cpufreq"
         table.add_row(plain(st.target), plain(st.release or "-"), plain(st.bundle_id or "-"), plain(_healthy_cell(st)),
-                      plain(st.service), plain(governors), plain(st.throttling), plain("\n".join(st.drift) or "none"))
+                      plain(st.service), plain(governors), plain(st.throttling),
+                      plain("\n".join(st.drift + [f"warning: {w}" for w in st.warnings]) or "none"))
     (console or Console()).print(table)
 
 

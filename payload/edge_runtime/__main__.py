@@ -56,7 +56,8 @@ def _load(args, config: RuntimeConfig):
 
     placement = place(config, args.threads)
     return load(_bundle(args, config), threads=placement.threads, spin=placement.spin,
-                max_seq_len=_pick(args.max_seq_len, config.max_seq_len, None))
+                max_seq_len=_pick(args.max_seq_len, config.max_seq_len, None),
+                providers=config.providers, provider_options=config.provider_options)
 
 
 def _embed(args, config) -> int:

@@ -80,6 +80,9 @@ class RuntimeConfig:
     thermal: ThermalConfig = field(default_factory=ThermalConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    provider_options: dict = field(default_factory=dict)
+    require_providers: tuple[str, ...] = ()
 
 
 INT_RANGES = {"threads": (1, 1024), "port": (0, 65535), "max_seq_len": (2, 1 << 20),
@@ -191,6 +194,42 @@ def _section(data, source: str, name: str, kind):
     return kind(**values)
 
 
+PROVIDER_KEYS = ("providers", "provider_options", "require_providers")
+
+
+def _names(source: str, key: str, value) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(name, str) and name for name in value):
+        raise ConfigError(f"{source}: key {key!r} must be a list of provider names, got {value!r}")
+    return tuple(value)
+
+
+def _provider_values(data: dict, source: str) -> dict:
+    """Return the provider keys given in `data`, checked: names, options per provider, requirements."""
+    values: dict = {}
+    if data.get("providers") is not None:
+        values["providers"] = _names(source, "providers", data["providers"])
+    providers = values.get("providers", RuntimeConfig.providers)
+    options = data.get("provider_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise ConfigError(f"{source}: key 'provider_options' must be a mapping, got {options!r}")
+        for name, values_of in options.items():
+            if not isinstance(values_of, dict) or not all(
+                    isinstance(k, str) and isinstance(v, (str, int, float, bool))
+                    for k, v in values_of.items()):
+                raise ConfigError(f"{source}: key 'provider_options.{name}' must be a mapping of "
+                                  f"option names to values, got {values_of!r}")
+        values["provider_options"] = dict(options)
+    if data.get("require_providers") is not None:
+        required = _names(source, "require_providers", data["require_providers"])
+        for name in required:
+            if name not in providers:
+                raise ConfigError(f"{source}: key 'require_providers': {name} is not in "
+                                  f"'providers' {list(providers)}")
+        values["require_providers"] = required
+    return values
+
+
 def _cross_check(config: RuntimeConfig, source: str) -> None:
     if config.threads and config.affinity and config.threads != len(config.affinity):
         raise ConfigError(f"{source}: key 'threads' ({config.threads}) must equal the number "
@@ -216,7 +255,8 @@ def parse_config(data, source: str = "runtime.yaml") -> RuntimeConfig:
     values = {"thermal": _section(data.get("thermal"), source, "thermal", ThermalConfig),
               "limits": _section(data.get("limits"), source, "limits", LimitsConfig),
               "batching": _section(data.get("batching"), source, "batching", BatchingConfig)}
-    for key in known - {"thermal", "limits", "batching"}:
+    values.update(_provider_values(data, source))
+    for key in known - {"thermal", "limits", "batching", *PROVIDER_KEYS}:
         checked = _check(source, key, data.get(key))
         if checked is not None:
             values[key] = checked

@@ -141,7 +141,13 @@ class Service:
             self.guard.start() if poll else self.guard.tick()
             started = time.perf_counter()
             self.model = model = load(self.bundle_dir, threads=placement.threads,
-                                      max_seq_len=self.max_seq_len, spin=placement.spin)
+                                      max_seq_len=self.max_seq_len, spin=placement.spin,
+                                      providers=self.config.providers,
+                                      provider_options=self.config.provider_options,
+                                      profile_nodes=True)
+            if model.providers and model.providers.missing:
+                log.warning("providers_fallback missing=%s active=%s", ",".join(model.providers.missing),
+                            ",".join(model.providers.names))
             log.info("model_loaded bundle=%s seconds=%.3f", self.bundle_dir,
                      time.perf_counter() - started)
             result = selftest(model)
@@ -275,6 +281,7 @@ class Service:
                              for z in self.guard.zones},
             "throttle": {"state": self.guard.state, "soft_c": self.config.thermal.soft_c,
                          "hard_c": self.config.thermal.hard_c},
+            "providers": self.providers(),
             "queue_depth": self.worker.depth,
             "batching": {"enabled": self.batching.enabled, "reason": self.batching.reason,
                          "max_batch": self.config.batching.max_batch,
@@ -282,6 +289,16 @@ class Service:
             "rss_bytes": rss_bytes(),
             "uptime_s": round(time.monotonic() - self.started, 3),
         }
+
+    def providers(self) -> dict:
+        """Return the execution providers: requested, active (the session's), missing, required,
+        and the share of graph nodes each active one runs."""
+        model = self.model
+        active = model.session.get_providers() if model else []
+        return {"requested": list(self.config.providers), "active": active,
+                "missing": [p for p in self.config.providers if model and p not in active],
+                "required": list(self.config.require_providers),
+                "node_share": dict(model.node_share) if model else {}}
 
     def gauges(self) -> list:
         """Return the gauges for /metrics: queue, temperatures, throttle, governor drift."""
@@ -300,4 +317,15 @@ class Service:
              [({"policy": p.name, "governor": p.governor or "", "wanted":
                 self.config.governor or ""}, int(p.name in drift)) for p in policies]),
             ("edge_resident_memory_bytes", "Resident set size.", [({}, rss_bytes())]),
+            *self._provider_gauges(),
         ]
+
+    def _provider_gauges(self) -> list:
+        providers = self.providers()
+        names = list(dict.fromkeys([*providers["requested"], *providers["active"]]))
+        return [("edge_provider_active", "1 when the session runs on this execution provider "
+                 "(requested or active).", [({"provider": p}, int(p in providers["active"]))
+                                            for p in names]),
+                ("edge_provider_node_share", "Share of graph nodes this provider ran (profiled "
+                 "once at load).", [({"provider": p}, float(share))
+                                    for p, share in sorted(providers["node_share"].items())])]

@@ -144,3 +144,15 @@ def test_a_broken_file_among_many_is_named(inventory, tmp_path, broken, message)
     assert not any(tmp_path.iterdir()) or all(  # nothing of the failing batch's bad file is remembered
         p.name != render._check_key(next(f for f in bad if f.name.endswith(".sh" if broken == "script" else ".service")))
         for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name, providers, options", [
+    ("pi5-01", ["CPUExecutionProvider"], {}),
+    ("orin-01", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+     {"TensorrtExecutionProvider": {"trt_fp16_enable": True}}),
+])
+def test_runtime_config_carries_the_boards_providers(inventory, name, providers, options):
+    files = {f.name: f for f in render_target(inventory.target(name))}
+    config = yaml.safe_load(files["runtime.yaml"].text)
+    assert config["providers"] == providers
+    assert config["provider_options"] == options and config["require_providers"] == []
