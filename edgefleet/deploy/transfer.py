@@ -13,6 +13,7 @@ import json
 import os
 import posixpath
 import re
+import threading
 import time
 from shlex import quote
 
@@ -65,10 +66,12 @@ class UploadFailed(Exception):
         self.what, self.why, self.code = what, why, code
 
 
-def stream_upload(via, incoming: str, uploads: list, remote: str | None = None) -> None:
+def stream_upload(via, incoming: str, uploads: list, remote: str | None = None, timeout: float | None = None) -> None:
     """Send `uploads` (what, local path or file object, name, size) as one tar stream to a remote
     command that unpacks it into `incoming` (`remote`: another command that reads the stream
-    there, e.g. RECEIVER's); raise UploadFailed.
+    there, e.g. RECEIVER's); raise UploadFailed. `timeout`: the longest the whole stream may take;
+    then the carrier is ended (`terminate()`: ssh gets SIGTERM, a mux session lets go of its
+    channel), which breaks our pipe, and the upload fails naming the object being sent.
 
     `via`: how the remote command starts: `via(command, stderr)` returns a process whose `stdin`
     we write into (OpenSSHConnection.stream: the device's master reads our pipe itself), or an
@@ -92,6 +95,16 @@ def stream_upload(via, incoming: str, uploads: list, remote: str | None = None) 
         stdin = proc.stdin
         assert stdin is not None  # both carriers start with a pipe to write into
         pipe = stdin.fileno()
+        expired = threading.Event()
+
+        def expire() -> None:  # never closes our pipe's fd: the writing thread may still use its number
+            expired.set()
+            proc.terminate()
+
+        watchdog = threading.Timer(timeout, expire) if timeout else None
+        if watchdog is not None:
+            watchdog.daemon = True
+            watchdog.start()
         try:
             for what, local, name, size in uploads:
                 writing = what
@@ -124,8 +137,12 @@ def stream_upload(via, incoming: str, uploads: list, remote: str | None = None) 
             except OSError as exc:  # the master broke off (OpenSSHError): as `ssh` would, 255
                 code = 255
                 err.write(f"\n{exc}".encode())
+            if watchdog is not None:
+                watchdog.cancel()
         err.seek(0)
         detail = err.read().decode(errors="replace").strip()
+    if expired.is_set():
+        raise UploadFailed(writing or "the stream", f"timed out after {timeout:.0f} s (deploy.command_timeout_s)")
     if local_error is not None:
         raise UploadFailed(writing or "the stream", f"reading it on this host: {local_error}")
     if code == 0 and writing is None:
@@ -190,7 +207,8 @@ def upload_objects(dev: Device, plan: DeployPlan, log, verify_on_arrival: bool =
     if via is not None:
         try:
             receiver = f"python3 -c {quote(source('receiver'))}" + (f" {quote(json.dumps(build))}" if build else "")
-            stream_upload(via, incoming, uploads, remote=receiver if checked else None)
+            stream_upload(via, incoming, uploads, remote=receiver if checked else None,
+                          timeout=dev.target.settings.deploy.command_timeout_s)
         except UploadFailed as exc:
             _discard_partial(dev, incoming)
             # verified and moved in (or some of them): nothing activated

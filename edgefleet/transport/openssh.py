@@ -363,6 +363,11 @@ class _MuxProcess:
         self.stdin.close()
         self.session.close()
 
+    def terminate(self) -> None:
+        """End the session from another thread: the master lets go of the channel and of its end of
+        our pipe (so a blocked write fails); our end stays open for the writer to close."""
+        self.session.close()
+
 
 def _input_bytes(in_stream) -> bytes | None:
     if in_stream is None or in_stream is False:

@@ -169,3 +169,16 @@ def test_a_release_the_receiver_cannot_build_says_so(tmp_path):
     assert failed.value.code == 5 and "build:" in failed.value.why and "0" * 64 in failed.value.why
     assert not (tmp_path / "releases" / "r-1").exists()  # nothing half-built in place
     assert (tmp_path / "objects" / uploads[0][2]).is_file()  # verified and kept: the next deploy needs no re-upload
+
+
+def test_a_device_that_stops_reading_fails_the_upload_within_its_timeout(tmp_path):
+    """#19: every device step is bounded, the upload stream too (a stalled link once hung it forever)."""
+    import time
+
+    uploads = [obj("site.tar.gz", b"z" * 4_000_000, tmp_path)]
+    stalled = ["sh", "-c", "exec sleep 120"]  # takes the stream, never reads it: the pipe fills, the write blocks
+    started = time.monotonic()
+    with pytest.raises(UploadFailed) as failed:
+        stream_upload(stalled, str(tmp_path), uploads, timeout=1.0)
+    assert time.monotonic() - started < 30
+    assert failed.value.what == "site.tar.gz" and "timed out after 1 s" in failed.value.why
