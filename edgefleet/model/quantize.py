@@ -209,13 +209,14 @@ def smoothed_fp32(fp32_dir: Path, dst: Path, alpha: float,
     return split
 
 
-def stable_fp32(fp32_dir: Path, dst: Path) -> Path:
-    """Write dst: the export's FP32 graph with arch-stable ops (edgefleet.model.stable)."""
+def stable_fp32(fp32_dir: Path, dst: Path, norms: bool = True) -> Path:
+    """Write dst: the export's FP32 graph with arch-stable ops (edgefleet.model.stable); with
+    norms=False only the attention is unfused (ORT's fused layer norms stay)."""
     import onnx
 
     from edgefleet.model.stable import stabilize
 
-    onnx.save(stabilize(onnx.load(str(Path(fp32_dir) / "model.onnx"))), str(dst))
+    onnx.save(stabilize(onnx.load(str(Path(fp32_dir) / "model.onnx")), norms=norms), str(dst))
     return Path(dst)
 
 
@@ -241,8 +242,11 @@ def build_graph(fp32_dir: Path, recipe: Recipe, dst: Path, smoothed: Path | None
 
     fp32_dir, dst = Path(fp32_dir), Path(dst)
     src, split, scratch = fp32_dir / "model.onnx", {}, []
-    if recipe.arch_stable and smoothed is None:
-        src = stable_fp32(fp32_dir, dst.with_name(dst.name + ".stable.onnx"))
+    # the fused graph keeps ORT's layer norms but, for per-row scales, not its QAttention (which
+    # takes one activation scale per tensor: a batch-dependent result)
+    if (recipe.arch_stable or recipe.per_row) and smoothed is None:
+        src = stable_fp32(fp32_dir, dst.with_name(dst.name + ".stable.onnx"),
+                          norms=recipe.arch_stable)
         scratch.append(src)
     if recipe.smooth_alpha:
         if smoothed is None:
