@@ -25,3 +25,13 @@ def test_a_fine_tune_is_named_after_its_directory_not_its_base(tiny, tmp_path):
     assert result.source["name"] == "my-finetune"
     named = export(model_dir, tmp_path / "named", name="support-tickets-v2")
     assert named.source["name"] == "support-tickets-v2"
+
+
+def test_quantize_prints_no_ort_warnings(tiny, tmp_path, caplog):
+    import logging
+
+    from edgefleet.model.graph import quantize_graph
+
+    with caplog.at_level(logging.WARNING):
+        quantize_graph(tiny["fp32_dir"] / "model.onnx", tmp_path / "int8.onnx")
+    assert not [r for r in caplog.records if r.name == "root"], caplog.text[:300]
