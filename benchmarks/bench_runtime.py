@@ -1,6 +1,8 @@
-"""The device runtime side by side: in-process vs HTTP, 4 clients, cold start, RSS, load mode.
+"""The device runtime side by side: in-process vs HTTP, 4 clients, cold start, RSS, load mode,
+and serving throughput at 1/4/16 clients with micro-batching off and on (serving_load.py).
 
     .venv/bin/python benchmarks/bench_runtime.py [--bundle DIR] [--rounds 30] [--threads 2]
+    .venv/bin/python benchmarks/bench_runtime.py --serving-only [--serving-rounds 3]
 
 Everything runs on 127.0.0.1 on this machine. In-process and HTTP latencies are measured
 round-robin in the same seconds (the server is a separate process, as on the device), so read
@@ -30,9 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "payload"))
 
-import numpy as np  # noqa: E402
-
 import edge_runtime  # noqa: E402
+import numpy as np  # noqa: E402
+import serving_load  # noqa: E402
 
 DEFAULT_BUNDLE = REPO / "build/bundles/all-minilm-l6-v2-int8"
 LOAD_PROBE = """
@@ -89,12 +91,14 @@ def proc_anon_kib(pid: int) -> int:
         return int([line for line in rollup if line.startswith("Anonymous:")][0].split()[1])
 
 
-def start_server(bundle: Path, threads: int, log) -> tuple[subprocess.Popen, int, float]:
+def start_server(bundle: Path, threads: int, log,
+                 config: Path | None = None) -> tuple[subprocess.Popen, int, float]:
     """Start `serve`; return the process, its port and seconds from spawn to /readyz 200."""
     port = free_port()
     started = time.perf_counter()
+    extra = ["--config", str(config)] if config else []
     proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "serve", "--bundle",
-                             str(bundle), "--port", str(port), "--threads", str(threads)],
+                             str(bundle), "--port", str(port), "--threads", str(threads), *extra],
                             env=env(), stdout=log, stderr=subprocess.STDOUT)
     while time.perf_counter() - started < 60:
         try:
@@ -224,9 +228,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--cold-starts", type=int, default=3)
     parser.add_argument("--ftz-runs", type=int, default=40, help="0 skips flush-to-zero")
+    parser.add_argument("--serving-rounds", type=int, default=3, help="0 skips serving")
+    parser.add_argument("--serving-seconds", type=float, default=2.0, help="per cell and round")
+    parser.add_argument("--serving-only", action="store_true", help="only the serving table")
     args = parser.parse_args()
     bundle = Path(args.bundle)
     texts = json.loads((bundle / "bundle.json").read_text())["golden"]["texts"]
+    if args.serving_only:
+        serving(bundle, args, texts)
+        return
 
     modes = load_modes(bundle, 3)
     log = open(os.devnull, "w")
@@ -308,6 +318,24 @@ def main() -> None:
               f"{'max |on-off|':>13s}")
         for tokens, off, on, again, diff in ftz:
             print(f"{tokens:6d} {off:8.2f} {on:8.2f} {again:10.2f} {on / off:7.3f} {diff:13.2e}")
+    serving(bundle, args, texts)
+
+
+def serving(bundle: Path, args, texts) -> None:
+    """Measure and print the serving table (batching off / on / off again)."""
+    if not args.serving_rounds:
+        return
+    import tempfile
+
+    tokenizer = edge_runtime.load(bundle, threads=1).tokenizer
+    words = " ".join(texts).split()
+    picked = {name: text_of(tokenizer, words, n) for name, n in serving_load.LENGTHS.items()}
+    with tempfile.TemporaryDirectory() as workdir:
+        cells = serving_load.measure(bundle, args.threads, {k: v[0] for k, v in picked.items()},
+                                     args.serving_rounds, args.serving_seconds, start_server,
+                                     RawClient, post_raw, Path(workdir))
+    serving_load.report(cells, {k: v[1] for k, v in picked.items()}, args.serving_rounds,
+                        args.serving_seconds)
 
 
 if __name__ == "__main__":

@@ -145,10 +145,14 @@ def pin_requirements(text: str, pins: dict[str, str]) -> str:
     def norm(name: str) -> str:
         return re.sub(r"[-_.]+", "-", name).lower()
     wanted = {norm(n): (n, v) for n, v in pins.items()}
+    # onnxruntime-gpu is onnxruntime (the same `onnxruntime` module) with CUDA/TensorRT: never both
+    replaced = {"onnxruntime"} if "onnxruntime-gpu" in wanted else set()
     out = []
     for line in text.splitlines():
         match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
-        if match and not line.lstrip().startswith("#") and norm(match.group(1)) in wanted:
+        if match and not line.lstrip().startswith("#") and norm(match.group(1)) in replaced:
+            out.append(f"# {line.strip()}  # replaced by onnxruntime-gpu (board profile)")
+        elif match and not line.lstrip().startswith("#") and norm(match.group(1)) in wanted:
             name, version = wanted.pop(norm(match.group(1)))
             out.append(f"{name}=={version}  # pinned by the board profile")
         else:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .deploy import Device, service_call
+from .deploy.health import parse_readiness
+from .deploy.providers import fallback_warning
 from .inventory import Target
 from .render import check_rendered, render_target
 from .status import (
@@ -36,10 +38,11 @@ def collect_status(target: Target) -> TargetStatus:
             drift=find_drift(target, files, state),
         )
         if state.service_active == "active":
-            try:
-                code, body = service_call(dev)("/readyz", timeout=10)
-                result.healthy = code == 200
-                result.ready_detail = str(body.get("detail") or body.get("error") or "")
+            try:  # healthy as the deploy's gate judges it: the runtime takes inference now
+                ready = parse_readiness(*service_call(dev)("/readyz", timeout=10))
+                result.healthy, result.ready_detail = ready.serving, ready.reason
+                if result.healthy:
+                    result.warnings = _warnings(dev)
             except (OSError, ValueError) as exc:
                 result.healthy, result.ready_detail = False, f"/readyz: {exc}"
         else:
@@ -47,6 +50,16 @@ def collect_status(target: Target) -> TargetStatus:
         return result
     finally:
         conn.close()
+
+
+def _warnings(dev: Device) -> list[str]:
+    """Return what the running service reports that deserves a warning (a provider fallback)."""
+    try:
+        code, info = service_call(dev)("/v1/info", timeout=10)
+    except (OSError, ValueError):
+        return []
+    warning = fallback_warning(info.get("providers")) if code == 200 and isinstance(info, dict) else None
+    return [warning] if warning else []
 
 
 def device_diff(target: Target) -> list[str]:

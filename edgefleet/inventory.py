@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InputError
-from .settings import SETTING_KEYS, Settings
+from .inventory_check import _model_of, check_layer, unknown_key, words, written_at
+from .settings import Settings
 from .yamlsrc import Document, Origin, SourceError, layer_origins, read_document
 
 __all__ = ["InventoryError", "Inventory", "Target", "Settings", "Origin", "load_inventory", "load_board_profiles",
@@ -31,28 +32,34 @@ class _Strict(BaseModel):
 
 
 class BoardFile(_Strict):
-    description: str
-    cpu: str
-    cores: int = Field(ge=1, le=256)
-    settings: dict[str, Any]
+    description: str = Field(description="what the board is")
+    cpu: str = Field(description="its CPU, for people")
+    cores: int = Field(ge=1, le=256, description=(
+        "CPU count; core numbers in `big_cores` and `runtime.affinity` must be below it"))
+    settings: dict[str, Any] = Field(description="any settings (below): the first layer")
 
 
 class GroupEntry(_Strict):
-    description: str = ""
-    vars: dict[str, Any] = Field(default_factory=dict)
-    children: list[str] = Field(default_factory=list)
+    description: str = Field(default="", description="what the group is, for people")
+    vars: dict[str, Any] = Field(default_factory=dict, description="any settings, for every device in the group")
+    children: list[str] = Field(default_factory=list, description=(
+        "names of groups whose devices are also in this group (their vars apply after this group's)"))
 
 
 class DeviceEntry(_Strict):
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    board: str
-    host: str
-    port: int | None = Field(default=None, ge=1, le=65535)  # None: ~/.ssh/config, else 22
-    user: str | None = None  # None: ~/.ssh/config, else the local user
-    ssh_key: str | None = None
-    known_hosts: str | None = None
-    groups: list[str] = Field(default_factory=list)
+    board: str = Field(description="a board profile's name (`boards/<board>.yaml`)")
+    host: str = Field(description="address or name to SSH to")
+    port: int | None = Field(default=None, ge=1, le=65535, description=(
+        "SSH port; null: from `~/.ssh/config`, else 22"))
+    user: str | None = Field(default=None, description="login user; null: from `~/.ssh/config`, else the local user")
+    ssh_key: str | None = Field(default=None, description=(
+        "private key; `~` expanded, relative to the inventory file's directory"))
+    known_hosts: str | None = Field(default=None, description=(
+        "the only `known_hosts` the host key is checked against; resolved as `ssh_key`"))
+    groups: list[str] = Field(default_factory=list, description=(
+        "groups the device belongs to, in resolution order (each after its parent groups)"))
 
 
 class InventoryFile(_Strict):
@@ -115,42 +122,60 @@ def _read(path: Path) -> Document:
         raise InventoryError(str(exc)) from None
 
 
-def _errors(doc: Document, exc: ValidationError, base: tuple = (), origins: dict | None = None) -> InventoryError:
+def _model_at(model: type[BaseModel], loc: tuple[str, ...]) -> type[BaseModel] | None:
+    """Return the model that holds the last key of `loc` (a dict entry's name is stepped over)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        if field is None:
+            continue  # the name of a group or a device
+        annotation = field.annotation
+        if get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        sub = _model_of(annotation)
+        if sub is None:
+            return None
+        model = sub
+    return model
+
+
+def _errors(doc: Document, exc: ValidationError, model: type[BaseModel], base: tuple = (), origins=None,
+            device: str = "") -> InventoryError:
     lines = []
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = words(err)
         named = re.match(r"([a-z_]+(?:\.[a-z_]+)*) ", msg)  # a model check names its key first
         if named and origins is not None and loc + tuple(named.group(1).split(".")) in origins:
             loc = loc + tuple(named.group(1).split("."))
-        key = ".".join(base + loc)
-        where = doc.where(*base, *loc)
-        if origins is not None:  # a resolved setting: point at the layer that set it
+        if err["type"] == "extra_forbidden":
+            holder = _model_at(model, loc)
+            allowed = list(holder.model_fields) if holder else []
+            lines.append(unknown_key(doc.where(*base, *loc), base + loc, allowed))
+            continue
+        where, key = doc.where(*base, *loc), ".".join(base + loc)
+        if origins is not None:  # a resolved setting: point at the layer and path that set it
             for n in range(len(loc), 0, -1):
                 if loc[:n] in origins:
-                    o = origins[loc[:n]]
-                    where = f"{o.path}:{o.line}"
-                    key = f"{key} (set by {o.layer})" if o.path != doc.path else key
+                    where, key = written_at(origins[loc[:n]], device, where)
                     break
-        got = err.get("input")
-        got_text = "" if isinstance(got, (dict, list)) or err["type"] == "missing" else f" (got {got!r})"
-        lines.append(f"{where}: {key or '(top)'}: {msg}{got_text}")
+        if origins is not None and err["type"] == "missing":
+            msg += " (set it in the board profile, a group's vars or the device)"
+        lines.append(f"{where}: {key or '(top)'}: {msg}")
     return InventoryError("\n".join(lines))
 
 
-def _validate(model: type[BaseModel], data: Any, doc: Document, base: tuple = (), origins=None) -> Any:
+def _validate(model: type[BaseModel], data: Any, doc: Document, base: tuple = (), origins=None,
+              device: str = "") -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise _errors(doc, exc, base, origins) from None
+        raise _errors(doc, exc, model, base, origins, device) from None
 
 
-def _check_setting_keys(data: dict[str, Any], doc: Document, base: tuple) -> None:
-    for key in data:
-        if key not in SETTING_KEYS:
-            allowed = ", ".join(sorted(SETTING_KEYS))
-            raise InventoryError(f"{doc.where(*base, key)}: {'.'.join((*base, str(key)))}: "
-                                 f"unknown setting (allowed: {allowed})")
+def _check_layer(data: Any, doc: Document, base: tuple, also=None) -> None:
+    problems = check_layer(data, Settings, doc, base, also)
+    if problems:
+        raise InventoryError("\n".join(problems))
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +195,7 @@ def load_boards(boards_dir: Path) -> dict[str, Board]:
     for path in sorted(boards_dir.glob("*.yaml")):
         doc = _read(path)
         entry = _validate(BoardFile, doc.data, doc)
-        _check_setting_keys(entry.settings, doc, ("settings",))
+        _check_layer(entry.settings, doc, ("settings",))
         boards[path.stem] = Board(path.stem, entry.description, entry.cpu, entry.cores, entry.settings, doc)
     return boards
 
@@ -236,7 +261,7 @@ def load_inventory(targets_dir: Path) -> Inventory:
             if name in groups and groups[name][1] != group:
                 raise InventoryError(f"{doc.where('groups', name)}: groups.{name}: also defined in "
                                      f"{groups[name][0].where('groups', name)}")
-            _check_setting_keys(group.vars, doc, ("groups", name, "vars"))
+            _check_layer(group.vars, doc, ("groups", name, "vars"))
             groups[name] = (doc, group)
     parents: dict[str, list[str]] = {}
     for name, (doc, group) in groups.items():
@@ -266,7 +291,7 @@ def _resolve_device(doc: Document, name: str, dev: DeviceEntry, boards, groups, 
         raise InventoryError(f"{doc.where(*base, 'board')}: {where}.board: unknown board {dev.board!r} "
                              f"(known: {known})")
     extra = dict(dev.model_extra or {})
-    _check_setting_keys(extra, doc, base)
+    _check_layer(extra, doc, base, also=DeviceEntry.model_fields)
     board = boards[dev.board]
     origins: dict[tuple[str, ...], Origin] = {}
     layered = board.settings
@@ -284,7 +309,7 @@ def _resolve_device(doc: Document, name: str, dev: DeviceEntry, boards, groups, 
         layer_origins(origins, group.vars, gdoc, ("groups", g, "vars"), f"group {g}")
     layered = merge(layered, extra)
     layer_origins(origins, extra, doc, base, f"device {name}")
-    settings = _validate(Settings, layered, doc, base, origins)
+    settings = _validate(Settings, layered, doc, base, origins, device=name)
     for key, cores in (("big_cores", settings.big_cores), ("runtime.affinity", settings.runtime.affinity or [])):
         bad = [c for c in cores if not 0 <= c < board.cores]
         if bad:

@@ -24,7 +24,7 @@ from .settings import LOOPBACK
 
 __all__ = ["RenderedFile", "render_target", "write_rendered", "check_rendered", "check_rendered_many",
            "security_exposure", "RenderError", "CONTAINER_NAME", "UNIT_NAME", "TUNING_UNIT", "TUNING_SCRIPT",
-           "MAX_EXPOSURE"]
+           "MAX_EXPOSURE", "RUNTIME_UNIT_EXPOSURE", "TOKEN_ENV", "TOKEN_FILE", "token_digest"]
 
 UNIT_NAME = "edgefleet-runtime.service"
 TUNING_UNIT = "edgefleet-tuning.service"
@@ -34,6 +34,11 @@ DEVICE_PYTHON = "/usr/bin/python3"
 CONTAINER_NAME = "edgefleet-runtime"  # the runtime's container in image mode (`ship: image`)
 UNIT_IMAGE_TEMPLATE = "edgefleet-runtime-image.service.j2"
 MAX_EXPOSURE = 2.0
+# what the venv runtime unit reaches on every board profile (the tests hold it there; the image
+# unit, which runs docker, stays under MAX_EXPOSURE only)
+RUNTIME_UNIT_EXPOSURE = 1.2
+TOKEN_ENV = "EDGEFLEET_RUNTIME_TOKEN"  # the variable runtime.yaml's token_env names
+TOKEN_FILE = "secrets/runtime.env"  # under the device root: the token for systemd, root only, 0600
 
 
 class RenderError(InputError):
@@ -67,6 +72,15 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     return env
 
 
+def token_digest(target_name: str, token: str) -> str:
+    """Return a salted scrypt digest of `token` (written in runtime.yaml: a new token, a new release;
+    slow to guess from, unlike a plain hash)."""
+    import hashlib
+
+    salt = f"edgefleet-runtime-token:{target_name}".encode()
+    return "scrypt-n16384-r8-p1:" + hashlib.scrypt(token.encode(), salt=salt, n=2**14, r=8, p=1, dklen=16).hex()
+
+
 def render_target(target: Target, templates_dir: Path | None = None) -> list[RenderedFile]:
     """Render the runtime config, the runtime unit, and the tuning unit and script for `target`."""
     env = _environment(templates_dir or repo_root() / "templates")
@@ -82,6 +96,9 @@ def render_target(target: Target, templates_dir: Path | None = None) -> list[Ren
         "tuning_unit": TUNING_UNIT,
         "tuning_script_path": TUNING_SCRIPT_PATH,
         "container": CONTAINER_NAME,
+        "token_env": TOKEN_ENV,
+        "token_file": TOKEN_FILE,
+        "token_digest": token_digest(target.name, settings.runtime.token) if settings.runtime.token else "",
     }
     # ship: image runs the same runtime from its image under docker (templates/*-image.service.j2)
     unit_template = UNIT_IMAGE_TEMPLATE if settings.ship == "image" else f"{UNIT_NAME}.j2"

@@ -6,12 +6,12 @@ import difflib
 import shlex
 from dataclasses import asdict, dataclass, field
 
-from .deploy.facts import ARCH_NAMES, COMMITTED_FACT, GOVERNORS_FACT
+from .deploy.facts import ACTIVE, ARCH, COMMITTED, CURRENT, GOVERNORS, Fact, Values, read_values, script
 from .inventory import Target
 from .render import TUNING_UNIT, UNIT_NAME, RenderedFile
 
 __all__ = ["DeviceState", "TargetStatus", "status_command", "parse_status", "find_drift", "unified_diffs",
-           "read_files_command"]
+           "read_files_command", "plain"]
 
 _SYSFS = "/sys"
 
@@ -46,65 +46,77 @@ class TargetStatus:
     temperatures: dict[str, dict] = field(default_factory=dict)
     throttling: str = "unknown"
     drift: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. an execution provider fallback
     error: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
+def plain(value: object):
+    """Return `value` as rich text that is never read as markup: device strings (a governor file,
+    an error a device printed) may hold `[`...`]`, which rich would parse (or fail on)."""
+    from rich.text import Text
+
+    return Text(str(value))
+
+
+def _file_shas(files: list[RenderedFile]) -> Fact[dict[str, str | None]]:
+    """The sha256 of each rendered file where the device has it (`sha:<path>=`, empty if missing)."""
+    def lines(target: Target) -> list[str]:
+        return [f"echo \"sha:{f.device_path}=$(sha256sum {shlex.quote(f.device_path)} 2>/dev/null | cut -d' ' -f1)\""
+                for f in files]
+
+    def parse(values: Values) -> dict[str, str | None]:
+        shas: dict[str, str | None] = {}
+        for key, value in values.items():
+            if key.startswith("sha:") and key[4:]:  # compared with the rendered file's: any other text differs
+                shas[key[4:]] = value or None
+        return shas
+    return Fact(lines, parse)
+
+
+def _parse_temperatures(values: Values) -> dict[str, dict]:
+    temps: dict[str, dict] = {}
+    for key, value in values.items():
+        if key.startswith("temp:") and key[5:]:
+            zone_type, _, milli = value.rpartition("=")
+            celsius = int(milli) / 1000.0 if milli.lstrip("-").isascii() and milli.lstrip("-").isdigit() else None
+            temps[key[5:]] = {"type": zone_type, "celsius": celsius}
+    return temps
+
+
+# one line `temp:<zone>=<type>=<millidegrees>` per thermal zone
+TEMPERATURES: Fact[dict[str, dict]] = Fact(
+    lambda target: [f'for z in {_SYSFS}/class/thermal/thermal_zone*; do '
+                    '[ -r "$z/temp" ] && echo "temp:${z##*/}=$(cat "$z/type" 2>/dev/null)=$(cat "$z/temp")"; done'],
+    _parse_temperatures)
+
+ENABLED: Fact[str] = Fact(lambda target: [f'echo "enabled=$(systemctl is-enabled {UNIT_NAME} 2>/dev/null)"'],
+                          lambda values: values.get("enabled") or "unknown")
+TUNING_ACTIVE: Fact[str] = Fact(lambda target: [f'echo "tuning=$(systemctl is-active {TUNING_UNIT} 2>/dev/null)"'],
+                                lambda values: values.get("tuning") or "unknown")
+
+
 def status_command(target: Target, files: list[RenderedFile]) -> str:
     """Return one shell command that prints what `parse_status` reads."""
-    lines = [
-        f"root={shlex.quote(target.settings.root)}",
-        'echo "arch=$(uname -m)"',
-        'echo "current=$(readlink "$root/current" 2>/dev/null)"',
-        COMMITTED_FACT,
-        f'echo "active=$(systemctl is-active {UNIT_NAME} 2>/dev/null)"',
-        f'echo "enabled=$(systemctl is-enabled {UNIT_NAME} 2>/dev/null)"',
-        f'echo "tuning=$(systemctl is-active {TUNING_UNIT} 2>/dev/null)"',
-    ]
-    for f in files:
-        path = shlex.quote(f.device_path)
-        lines.append(f"echo \"sha:{f.device_path}=$(sha256sum {path} 2>/dev/null | cut -d' ' -f1)\"")
-    lines += [
-        GOVERNORS_FACT,
-        f'for z in {_SYSFS}/class/thermal/thermal_zone*; do '
-        '[ -r "$z/temp" ] && echo "temp:${z##*/}=$(cat "$z/type" 2>/dev/null)=$(cat "$z/temp")"; done',
-        "true",
-    ]
-    return "\n".join(lines)
+    return script(target, (ARCH, CURRENT, COMMITTED, ACTIVE, ENABLED, TUNING_ACTIVE, _file_shas(files), GOVERNORS,
+                           TEMPERATURES))
 
 
 def parse_status(output: str) -> DeviceState:
-    """Parse the output of `status_command`."""
-    values, shas, governors, temps = {}, {}, {}, {}
-    for line in output.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        kind, _, name = key.partition(":")
-        if kind == "sha" and name:
-            shas[name] = value or None
-        elif kind == "governor" and name:
-            governors[name] = value.strip()
-        elif kind == "temp" and name:
-            zone_type, _, milli = value.rpartition("=")
-            try:
-                temps[name] = {"type": zone_type, "celsius": int(milli) / 1000.0}
-            except ValueError:
-                temps[name] = {"type": zone_type, "celsius": None}
-        else:
-            values[key] = value.strip()
+    """Parse the output of `status_command` (FactError, naming what, on a shape it does not take)."""
+    values = read_values(output)
     return DeviceState(
-        arch=ARCH_NAMES.get(values.get("arch", ""), values.get("arch", "")),
-        current=values.get("current", "").rsplit("/", 1)[-1] or None,
-        committed=values.get("committed") or None,
-        service_active=values.get("active") or "unknown",
-        service_enabled=values.get("enabled") or "unknown",
-        tuning_active=values.get("tuning") or "unknown",
-        file_sha256=shas,
-        governors=governors,
-        temperatures=temps,
+        arch=ARCH.parse(values) if "arch" in values else "",
+        current=CURRENT.parse(values),
+        committed=COMMITTED.parse(values),
+        service_active=ACTIVE.parse(values),
+        service_enabled=ENABLED.parse(values),
+        tuning_active=TUNING_ACTIVE.parse(values),
+        file_sha256=_file_shas([]).parse(values),
+        governors=dict(GOVERNORS.parse(values)),
+        temperatures=TEMPERATURES.parse(values),
     )
 
 

@@ -29,6 +29,7 @@ class Origin:
     layer: str
     path: Path
     line: int
+    written: Key = ()  # the key's full path in that file, e.g. ("groups", "pis", "vars", "runtime", "threads")
 
     def __str__(self) -> str:
         return f"{self.layer} ({self.path}:{self.line})"
@@ -101,7 +102,7 @@ def layer_origins(origins: dict[Key, Origin], data: Any, doc: Document, base: Ke
         if not isinstance(value, dict):
             for old in [k for k in origins if k[:len(path)] == path]:
                 del origins[old]
-            origins[path] = Origin(layer, doc.path, doc.line(*base, *path))
+            origins[path] = Origin(layer, doc.path, doc.line(*base, *path), base + path)
         else:
             if path in origins:  # a dict replaces a scalar set earlier
                 del origins[path]

@@ -19,7 +19,8 @@ die() { echo "setup: ERROR: $*" >&2; exit 1; }
 # -- 1. Debian bookworm packages -------------------------------------------------------------
 bookworm_pkgs=(runc debootstrap openssh-client openssh-server systemd
     iproute2 zstd ca-certificates python3 python3-venv tar shellcheck rsync nftables
-    qemu-system-arm qemu-utils e2fsprogs)   # the lab VM: qemu-system-aarch64 7.2, qemu-img, mkfs.ext4 -d
+    qemu-system-arm qemu-utils e2fsprogs    # the lab VM: qemu-system-aarch64 7.2, qemu-img, mkfs.ext4 -d
+    mender-artifact)                        # mender.artifact: writes and signs Mender artifacts (3.9)
 # from trixie, and nothing else from it (checked below): multi-platform images need dockerd
 # >= 26 with containerd >= 1.7 (bookworm has 20.10 and 1.6); trixie splits the CLI out
 trixie_pkgs=(qemu-user docker-buildx docker.io docker-cli containerd)

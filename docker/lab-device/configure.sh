@@ -18,7 +18,7 @@ for unit in getty.target console-getty.service systemd-logind.service \
     apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
     fstrim.timer systemd-timesyncd.service systemd-firstboot.service \
     systemd-remount-fs.service sys-kernel-config.mount sys-kernel-debug.mount \
-    sys-kernel-tracing.mount dev-hugepages.mount; do
+    sys-kernel-tracing.mount dev-hugepages.mount mender-client.service; do
     ln -sf /dev/null "$root/etc/systemd/system/$unit"
 done
 if [ "$arch" = arm64 ]; then
@@ -29,4 +29,7 @@ if [ "$arch" = arm64 ]; then
         >"$root/etc/systemd/system.conf.d/10-edgefleet-qemu.conf"
     echo 'QEMU_CPU=neoverse-n1' >>"$root/etc/environment"
 fi
+# mender-client keeps its state in /data/mender (/var/lib/mender links there); its daemon is
+# masked above: the lab runs the client's standalone commands only
+install -d -m 700 "$root/data/mender"
 echo lab-device >"$root/etc/hostname"

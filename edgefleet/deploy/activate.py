@@ -100,7 +100,7 @@ def _restart_steps() -> list[tuple[list[str], str, bool]]:
 
 def restart_service(dev: Device) -> None:
     """Enable and restart the service; forget an earlier crash loop (systemd's start limit) first."""
-    dev.systems(_restart_steps())
+    dev.batch(root_steps(dev, _restart_steps()))
 
 
 def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:

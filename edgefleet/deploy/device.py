@@ -8,21 +8,26 @@ from __future__ import annotations
 import io
 import posixpath
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from shlex import quote
 
 from ..errors import EdgefleetError
 from ..inventory import Target
-from ..transport import OpenSSHError, SSHError, Transport
+from ..transport import CommandTimeout, OpenSSHError, SSHError, Transport
 
-__all__ = ["Device", "DeployError", "root_steps", "docker_argv", "now"]
+__all__ = ["Device", "DeployError", "StepTimeout", "root_steps", "docker_argv", "now"]
 
-_STEP_MARK = "edgefleet-step"  # Device.systems: each command of a batch reports its exit code
+_STEP_MARK = "edgefleet-step"  # Device.batch: each command of a batch reports its exit code
 
 
 class DeployError(EdgefleetError):
     """A step failed on the device; the message names the target and the step."""
+
+
+class StepTimeout(DeployError):
+    """A step did not end within its timeout, or the device's deadline had passed."""
 
 
 @dataclass
@@ -33,11 +38,15 @@ class Device:
     no sudo when the login user owns the root (`owns_root`, from the facts), and root-only
     system steps (`system`: units, useradd), each one plain `sudo -n` argv with no shell, so a
     sudoers list can name exactly what a deploy runs.
+
+    Three verbs: `run` (a shell command), `system` (one root-only argv), `batch` (several of
+    either, built by `file_command` / `system_command` / `root_steps`, in one session).
     """
 
     transport: Transport
     target: Target
     owns_root: bool = False
+    deadline: float | None = None  # time.monotonic() after which no step starts (deploy.device_deadline_s)
 
     @property
     def root(self) -> str:
@@ -63,10 +72,6 @@ class Device:
     def system_command(self, argv: list[str]) -> str:
         """Return a root-only argv as it runs: one plain `sudo -n` argv when the target uses sudo."""
         return ("sudo -n " if self.target.settings.sudo else "") + " ".join(quote(a) for a in argv)
-
-    def systems(self, steps: list[tuple[list[str], str, bool]]) -> list[int]:
-        """Run root-only commands (argv, step, warn) in order in one session; return their exit codes."""
-        return self.batch(root_steps(self, steps))
 
     def batch(self, steps: list[tuple[str, str, bool]]) -> list[int]:
         """Run commands (`file_command`/`system_command` strings, step, warn) in order in one
@@ -101,10 +106,28 @@ class Device:
                               f"{text}")
         return codes
 
+    def step_timeout(self, step: str) -> float:
+        """Return how long the next step may run: the command timeout, or less when the deadline is near."""
+        limit = self.target.settings.deploy.command_timeout_s
+        if self.deadline is None:
+            return limit
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise StepTimeout(f"{self.target.name}: {step}: not started, the device's deadline has passed "
+                              f"(deploy.device_deadline_s = {self.target.settings.deploy.device_deadline_s:g} s)")
+        return min(limit, left)
+
     def _exec(self, command: str, step: str, warn: bool, text: str | None = None):
+        from invoke.exceptions import CommandTimedOut  # what Fabric's run raises
+
+        timeout = self.step_timeout(step)
         try:
             stdin = io.StringIO(text) if text is not None else False
-            result = self.transport.run(command, hide=True, warn=True, in_stream=stdin)
+            result = self.transport.run(command, hide=True, warn=True, in_stream=stdin, timeout=timeout)
+        except (CommandTimeout, CommandTimedOut):
+            raise StepTimeout(f"{self.target.name}: {step} timed out after {timeout:.0f} s (deploy.command_timeout_s "
+                              f"{self.target.settings.deploy.command_timeout_s:g} s, deploy.device_deadline_s "
+                              f"{self.target.settings.deploy.device_deadline_s:g} s)") from None
         except OpenSSHError as exc:  # the link, not the command (Fabric raises paramiko's errors here)
             raise SSHError(f"{self.target.name}: {step}: SSH failed: {str(exc)[-500:]}") from None
         if result.exited != 0 and not warn:

@@ -9,7 +9,19 @@ import shlex
 from ..render import UNIT_NAME
 from ..transport import http_json_over_ssh
 from .device import DeployError, Device
-from .health import Budget, Call, HealthResult, NotReady, golden_verdict, judge, probe_request, wait_ready
+from .health import (
+    Budget,
+    Call,
+    HealthResult,
+    NotReady,
+    golden_verdict,
+    judge,
+    probe_answer,
+    probe_request,
+    wait_ready,
+)
+from .providers import provider_verdict
+from .regression import regression_verdict
 from .remote import source
 
 __all__ = ["service_call", "health_gate", "release_golden", "probe_command"]
@@ -49,8 +61,10 @@ def _probe(dev: Device, route: str, payloads: list[dict], rounds: int) -> dict:
         return {"errors": [f"the probe printed no JSON: {res.stdout[:200]!r}"]}
 
 
-def health_gate(dev: Device, golden: dict, judge_model: bool = True) -> HealthResult:
-    """Wait for /readyz, then judge the model on the device: golden outputs, p95 latency, RSS, throttling.
+def health_gate(dev: Device, golden: dict, judge_model: bool = True,
+                baseline_p95_ms: float | None = None) -> HealthResult:
+    """Wait for /readyz, then judge the model on the device: golden outputs, p95 latency, RSS, throttling,
+    and the p95 against `baseline_p95_ms` (the committed release's, from state.json).
 
     A service systemd keeps restarting is judged crash-looping after two restarts, not waited for.
     `judge_model` False: readiness only (a re-run that changed nothing).
@@ -81,9 +95,12 @@ def health_gate(dev: Device, golden: dict, judge_model: bool = True) -> HealthRe
         return HealthResult(True, "", ready_after_s=waited)
     from edge_runtime import golden as goldens  # numpy: only when the model is judged
 
-    golden, unfit = _fitting(dev, golden)
+    info = _service_info(dev)
+    golden, unfit = _fitting(golden, info)
     if unfit:
         return HealthResult(False, unfit, ready_after_s=waited)
+    provider_failures, provider_warnings = provider_verdict(
+        info.get("providers"), list(s.providers), list(s.require_providers))
     task = goldens.task_of(golden)
     requests = [goldens.request(task, item) for item in goldens.items(golden)]
     rounds = s.health.latency_rounds
@@ -91,24 +108,39 @@ def health_gate(dev: Device, golden: dict, judge_model: bool = True) -> HealthRe
     budget = Budget(s.health.latency_budget_ms, s.health.rss_budget_mib, s.emulated)
     verdict = judge(answer, budget, rounds * len(requests))
     golden_ok, metric, worst, golden_why = golden_verdict(golden, verdict.outputs)
-    failures = ([] if golden_ok or verdict.failures else [golden_why]) + verdict.failures
+    failures = provider_failures + ([] if golden_ok or verdict.failures else [golden_why]) + verdict.failures
+    regressed, regression_note = regression_verdict(
+        verdict.p95_ms, baseline_p95_ms, s.health.max_regression, s.health.regression_min_ms,
+        judged=not s.emulated and not verdict.throttled,
+        why_not="emulated" if s.emulated else f"throttled ({verdict.throttled})")
+    failures += [regressed] if regressed else []
     return HealthResult(not failures, "; ".join(failures),
                         min_cosine=worst if metric == "cosine" else None,
                         max_abs_diff=worst if metric == "abs_diff" else None,
-                        latency_ms=[float(x) for x in answer.get("latency_ms") or []], ready_after_s=waited,
+                        latency_ms=probe_answer(answer)[0].latency_ms, ready_after_s=waited,
                         p95_ms=verdict.p95_ms, rss_mib=verdict.rss_mib, temperature_c=verdict.temperature_c,
-                        throttled=verdict.throttled, notes=verdict.notes)
+                        throttled=verdict.throttled, notes=provider_warnings + verdict.notes
+                        + ([regression_note] if regression_note else []))
 
 
-def _fitting(dev: Device, golden: dict) -> tuple[dict, str]:
+def _service_info(dev: Device) -> dict:
+    """Return the service's /v1/info, or {} when it does not answer with one."""
+    status, info = service_call(dev)("/v1/info", timeout=30)
+    return info if status == 200 and isinstance(info, dict) else {}
+
+
+def _fitting(golden: dict, info: dict) -> tuple[dict, str]:
     """Return the goldens that fit the device's max_seq_len (longer ones are truncated there, so
     their outputs cannot match), and a reason when none does."""
     from edge_runtime import golden as goldens
 
-    status, info = service_call(dev)("/v1/info", timeout=30)
-    if status != 200 or not isinstance(info, dict):
+    if not info:
         return golden, ""
-    fitted = goldens.fitting(golden, info.get("max_seq_len"))
+    max_seq_len = info.get("max_seq_len")
+    if max_seq_len is not None and (not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool)
+                                    or max_seq_len < 1):
+        return golden, f"/v1/info max_seq_len is {max_seq_len!r:.60}, not a whole number of tokens"
+    fitted = goldens.fitting(golden, max_seq_len)
     if not goldens.items(fitted):
         return fitted, f"no golden input fits the device's max_seq_len {info.get('max_seq_len')}"
     return fitted, ""

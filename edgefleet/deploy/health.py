@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["HealthResult", "Call", "NotReady", "wait_ready", "golden_verdict", "Budget", "ModelVerdict", "judge",
-           "probe_request"]
+__all__ = ["HealthResult", "Call", "NotReady", "Readiness", "parse_readiness", "wait_ready",
+           "golden_verdict", "Budget", "ModelVerdict", "judge", "probe_request", "probe_answer", "ProbeAnswer"]
 
 
 @dataclass
@@ -52,8 +53,49 @@ class NotReady(Exception):
     """The service did not become ready; the message says what it last answered."""
 
 
+@dataclass(frozen=True)
+class Readiness:
+    """Whether a device's runtime takes inference now, from its /readyz answer; the one
+    definition of healthy that `status` and the deploy's gate share.
+
+    state: ready | loading | failed | too_hot | overloaded (the runtime's own words),
+    unreachable (no answer) or unknown (an answer we cannot read).
+    """
+
+    serving: bool
+    state: str
+    reason: str
+
+
+def parse_readiness(status: int | None, body: object) -> Readiness:
+    """Read one /readyz answer (status None: no answer); anything unexpected is not serving."""
+    if status is None:
+        return Readiness(False, "unreachable", "/readyz: no answer")
+    if not isinstance(body, dict):
+        body = {}
+    state = body.get("state")
+    state = state if isinstance(state, str) and state else None
+    said = body.get("reason") or body.get("detail") or str(body.get("error") or "").removeprefix("not ready: ")
+    reason = str(said)[:300]
+    if status == 200:
+        if body.get("throttle") == "hard":  # a runtime that answered 200 while refusing work
+            return Readiness(False, "too_hot", "refusing inference: thermal guard at its hard limit")
+        return Readiness(True, "ready", reason)
+    if status == 503 and state is not None:
+        return Readiness(False, state, reason or state)
+    return Readiness(False, "unknown", reason or f"/readyz answered {status}")
+
+
+# The runtime says these itself: waiting for the gate's timeout would not change them
+_SETTLED = ("failed", "too_hot", "overloaded")
+
+
 def wait_ready(call: Call, timeout_s: float, still_starting=lambda: True, poll_s: float = 1.0) -> float:
-    """Poll `/readyz` until 200; return seconds waited. `still_starting()` False stops early."""
+    """Poll `/readyz` until the service takes inference; return seconds waited.
+
+    `still_starting()` False stops early; so does a service that says it failed its selftest
+    or refuses inference (too hot, queue full for long).
+    """
     start = time.monotonic()
     deadline = start + timeout_s
     last = "no answer"
@@ -63,12 +105,17 @@ def wait_ready(call: Call, timeout_s: float, still_starting=lambda: True, poll_s
         except (OSError, ValueError) as exc:  # not listening yet, or a garbled answer
             status, body = None, {}
             last = str(exc) or type(exc).__name__
-        if status == 200:
+        ready = parse_readiness(status, body)
+        if ready.serving:
             return time.monotonic() - start
+        if not isinstance(body, dict):  # device data: a JSON object or nothing we act on
+            body = {"unexpected": f"{body!r:.120}"}
         if status is not None:
             last = f"/readyz {status} {body}"
-        if body.get("state") == "failed":  # loaded, but the selftest failed: waiting won't help
-            raise NotReady(f"service is up but not ready: {body.get('error')}")
+        if ready.state == "failed":  # loaded, but the selftest failed: waiting won't help
+            raise NotReady(f"service is up but not ready: {ready.reason}")
+        if ready.state in _SETTLED:
+            raise NotReady(f"service is up but refusing inference: {ready.reason}")
         if not still_starting():
             raise NotReady(f"service stopped before it was ready (last: {last})")
         time.sleep(poll_s)
@@ -87,9 +134,12 @@ def golden_verdict(golden: dict, bodies: list) -> tuple[bool, str, float | None,
     task = goldens.task_of(golden)
     try:
         outputs = [goldens.from_response(task, body) for body in bodies]
-    except (KeyError, IndexError, TypeError) as error:
-        return False, "", None, f"{goldens.ROUTES[task]} answered without {error}"
-    check = goldens.compare(golden, outputs)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:  # device data
+        return False, "", None, f"{goldens.ROUTES[task]} answered without {error!s:.120}"
+    try:
+        check = goldens.compare(golden, outputs)
+    except (TypeError, ValueError) as error:  # numbers of the wrong shape from the device
+        return False, "", None, f"{goldens.ROUTES[task]} answered outputs of the wrong shape: {error!s:.120}"
     worst = check.worst if check.values else None
     return check.passed, check.metric, worst, "" if check.passed else f"golden outputs differ: {check.reason}"
 
@@ -130,28 +180,94 @@ class ModelVerdict:
 _SEVERITY = {"ok": 0, "soft": 1, "hard": 2}
 
 
-def judge(answer: dict, budget: Budget, expected_samples: int) -> ModelVerdict:
-    """Judge a probe answer against the budget.
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def probe_answer(answer) -> tuple[ProbeAnswer, list[str]]:
+    """Check the shape of the probe's answer (device data); return it typed and what was wrong.
+
+    A wrong shape is a failure of the gate that says which field, never an exception.
+    """
+    wrong: list[str] = []
+    if not isinstance(answer, dict):
+        return ProbeAnswer(), [f"the probe answered a JSON {type(answer).__name__}, not an object"]
+
+    def listed(key: str) -> list:
+        value = answer.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            wrong.append(f"the probe's {key} is {value!r:.60}, not a list")
+            return []
+        return value
+
+    latencies = listed("latency_ms")
+    if not all(_number(x) for x in latencies):
+        wrong.append(f"the probe's latency_ms holds non-numbers: {latencies!r:.80}")
+        latencies = []
+    infos = []
+    for i, info in enumerate(listed("info")):
+        if not isinstance(info, dict):
+            wrong.append(f"the probe's info[{i}] is {info!r:.60}, not an object")
+            continue
+        rss, temps, throttle = info.get("rss_bytes"), info.get("temps") or [], info.get("throttle")
+        if rss is not None and not _number(rss):
+            wrong.append(f"the probe's info[{i}].rss_bytes is {rss!r:.60}, not a number")
+            rss = None
+        if not isinstance(temps, list) or not all(_number(t) for t in temps):
+            wrong.append(f"the probe's info[{i}].temps is {temps!r:.60}, not a list of numbers")
+            temps = []
+        if throttle is not None and not isinstance(throttle, str):
+            wrong.append(f"the probe's info[{i}].throttle is {throttle!r:.60}, not a string")
+            throttle = None
+        infos.append(ProbeInfo(rss, [float(t) for t in temps], throttle))
+    errors = listed("errors")
+    return ProbeAnswer([float(x) for x in latencies], infos, listed("outputs"), [str(e) for e in errors]), wrong
+
+
+@dataclass
+class ProbeInfo:
+    """One /v1/info sample the probe took: the service's RSS, thermal zones, throttle state."""
+
+    rss_bytes: float | None = None
+    temps: list[float] = field(default_factory=list)
+    throttle: str | None = None
+
+
+@dataclass
+class ProbeAnswer:
+    """What the probe measured on the device, shape-checked (see `probe_answer`)."""
+
+    latency_ms: list[float] = field(default_factory=list)
+    info: list[ProbeInfo] = field(default_factory=list)
+    outputs: list = field(default_factory=list)  # round 0's response bodies, one per golden input
+    errors: list[str] = field(default_factory=list)
+
+
+def judge(answer, budget: Budget, expected_samples: int) -> ModelVerdict:
+    """Judge a probe answer (as the device printed it, any JSON) against the budget.
 
     A throttled (soft/hard at any sample) or emulated device is reported, not judged on
-    speed; RSS is judged either way. Any request that failed fails the gate.
+    speed; RSS is judged either way. Any request that failed fails the gate, as does an
+    answer of the wrong shape.
     """
-    latencies = [float(x) for x in answer.get("latency_ms") or []]
-    infos = [i for i in answer.get("info") or [] if isinstance(i, dict)]
-    v = ModelVerdict(ok=True, outputs=answer.get("outputs") or [])
-    v.failures += [str(e) for e in answer.get("errors") or []][:3]
+    probe, wrong = probe_answer(answer)
+    latencies = probe.latency_ms
+    v = ModelVerdict(ok=True, outputs=probe.outputs)
+    v.failures += wrong[:3] + probe.errors[:3]
     if len(latencies) < expected_samples and not v.failures:
         v.failures.append(f"only {len(latencies)} of {expected_samples} probe requests answered")
     if latencies:
         import numpy as np
 
         v.p95_ms = float(np.percentile(np.asarray(latencies), 95))
-    rss = [i["rss_bytes"] for i in infos if isinstance(i.get("rss_bytes"), (int, float)) and i["rss_bytes"] > 0]
+    rss = [i.rss_bytes for i in probe.info if i.rss_bytes is not None and i.rss_bytes > 0]
     if rss:
         v.rss_mib = max(rss) / 2**20
-    temps = [t for i in infos for t in i.get("temps") or []]
+    temps = [t for i in probe.info for t in i.temps]
     v.temperature_c = max(temps) if temps else None
-    states = [i.get("throttle") for i in infos if i.get("throttle")]
+    states = [i.throttle for i in probe.info if i.throttle]
     worst = max(states, key=lambda s: _SEVERITY.get(str(s), 0), default=None)
     if worst and worst != "ok":
         v.throttled = worst

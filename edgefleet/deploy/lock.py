@@ -18,7 +18,7 @@ from pathlib import Path
 from shlex import quote
 
 from ..inventory import Target
-from .facts import LOCK_FACTS, Facts
+from .facts import LOCK, Facts, read_values
 
 __all__ = ["controller_identity", "owner_line", "parse_owner", "stale_reason", "process_start", "device_lock",
            "without_stale_lock"]
@@ -79,6 +79,9 @@ def stale_reason(owner: str | None, age_s: int | None, ttl_s: float, me: dict[st
     return None
 
 
+_HELD = 10  # the lock command's exit status when another deploy holds the lock
+
+
 class device_lock:
     """Hold the device's deploy lock for a `with` block; break a stale one (saying so) first."""
 
@@ -90,19 +93,31 @@ class device_lock:
         self.path = dev.path(".lock")
 
     def _take(self) -> bool:
-        lock = quote(self.path)
-        res = self.dev.run(f"mkdir -p {quote(self.dev.root)} && mkdir {lock} && "
-                           f"echo {quote(self.owner)} > {lock}/owner",
-                           "take the deploy lock", warn=True)
-        return res.exited == 0
+        """Take the lock: True, or False when another holds it; raise when it cannot be written.
+
+        The lock appears with its owner line or not at all: the owner is written into a new
+        directory of our own, which is then renamed to `.lock` (a rename onto a lock that
+        exists fails). A full disk fails the write, before anything is called a lock.
+        """
+        lock, new = quote(self.path), quote(f"{self.path}.new")
+        res = self.dev.run(
+            f"mkdir -p {quote(self.dev.root)} || exit 3\n"
+            f"[ -e {lock} ] && exit {_HELD}\n"
+            f't={new}.$$; rm -rf "$t" && mkdir "$t" && printf \'%s\\n\' {quote(self.owner)} > "$t/owner" && '
+            f'[ -s "$t/owner" ] && mv -T "$t" {lock} 2>/dev/null && exit 0\n'
+            f'rc=$?; rm -rf "$t"; [ -e {lock} ] && exit {_HELD}; exit $rc',
+            "take the deploy lock", warn=True)
+        if res.exited in (0, _HELD):
+            return res.exited == 0
+        from .device import DeployError
+        raise DeployError(f"{self.dev.target.name}: take the deploy lock failed (exit {res.exited}): "
+                          f"{(res.stderr or res.stdout).strip()[-300:] or 'could not write its owner line'}")
 
     def held_by(self) -> tuple[str | None, int | None]:
         """Return the lock's owner line and age (s), or (None, None) when there is no lock."""
-        res = self.dev.run("root=" + quote(self.dev.root) + "\n" + "\n".join(LOCK_FACTS), "read the deploy lock",
-                           privileged=False, warn=True)
-        values = dict(line.partition("=")[::2] for line in res.stdout.splitlines())
-        age = values.get("lock_age", "").strip()
-        return values.get("lock", "").strip() or None, int(age) if age.lstrip("-").isdigit() else None
+        res = self.dev.run("root=" + quote(self.dev.root) + "\n" + "\n".join(LOCK.lines(self.dev.target)),
+                           "read the deploy lock", privileged=False, warn=True)
+        return LOCK.parse(read_values(res.stdout))
 
     def break_if_stale(self, owner: str | None, age: int | None) -> bool:
         """Break the lock if the stale-lock rule allows it (only if its owner line is unchanged)."""

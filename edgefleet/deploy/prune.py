@@ -11,6 +11,7 @@ import json
 from shlex import quote
 
 from .device import docker_argv
+from .state import parse_state
 
 __all__ = ["committed_releases", "previous_committed", "choose_releases", "unreferenced", "unused_images",
            "listing_command", "parse_listing", "prune"]
@@ -79,15 +80,21 @@ def listing_command(root: str) -> str:
     ])
 
 
-def parse_listing(output: str) -> tuple[dict, dict[str, tuple[str, dict]], set[str], set[str], set[str]]:
-    """Parse `listing_command` output: (state, manifests, release ids, envs, objects)."""
+def parse_listing(output: str) -> tuple[dict | None, dict[str, tuple[str, dict]], set[str], set[str], set[str]]:
+    """Parse `listing_command` output: (state, manifests, release ids, envs, objects).
+
+    `state` is None when state.json is unreadable or of the wrong shape (never taken as empty).
+    """
     state_text, _, rest = output.partition(_MARKS[0])
     rel_text, _, rest = rest.partition(_MARKS[1])
     env_text, _, obj_text = rest.partition(_MARKS[2])
-    try:
-        state = json.loads(state_text) if state_text.strip() else {}
-    except ValueError:
-        state = {}
+    state: dict | None = {"current": None, "history": []}
+    if state_text.strip():
+        try:
+            parsed = parse_state(state_text)
+            state = {"current": parsed.current, "history": list(parsed.history)}
+        except ValueError:
+            state = None
     manifests, releases = {}, set()
     for line in rel_text.strip().splitlines():
         rid, _, tail = line.partition(" ")
@@ -104,7 +111,12 @@ def prune(dev, active: str | None, log) -> list[str]:
     """Delete what the device no longer needs beyond the last `deploy.keep_releases`; return the release ids deleted."""
     state, manifests, releases, envs, objects = parse_listing(
         dev.run(listing_command(dev.root), "list releases", privileged=False).stdout)
-    history = state.get("history") or []
+    # without a sound history the last committed release cannot be told apart (names rank
+    # nothing): keep everything until a deploy has written a sound state.json again
+    if state is None or not state["history"] and releases - {active}:
+        log("  prune skipped: state.json is unreadable or has no history, so nothing is known to be unused")
+        return []
+    history = state["history"]
     kept, gone = choose_releases(releases, history, active, dev.target.settings.deploy.keep_releases)
     if not gone:
         return []

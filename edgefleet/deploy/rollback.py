@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from dataclasses import dataclass
@@ -11,12 +10,12 @@ from ..inventory import Target
 from ..transport import SSHError, connect
 from .activate import IMAGE_ENV, restart_service, switch_current
 from .device import DeployError, Device, now
-from .facts import Facts, PlanError, ask_facts
+from .facts import Facts, PlanError, ask_facts, check_room
 from .gate import health_gate, release_golden
 from .health import HealthResult
 from .lock import device_lock
 from .prune import previous_committed
-from .record import record_state
+from .record import read_state, record_state
 
 __all__ = ["RollbackResult", "revert", "rollback"]
 
@@ -36,13 +35,11 @@ class RollbackResult:
     error: str = ""
 
 
-def _history(dev: Device) -> list[dict]:
-    res = dev.run(f"cat {shlex.quote(dev.path('state.json'))} 2>/dev/null || true", "read state.json",
-                  privileged=False, warn=True)
-    try:
-        return json.loads(res.stdout or "{}").get("history") or []
-    except (ValueError, AttributeError):
-        return []
+def _history(dev: Device, log) -> list[dict]:
+    read = read_state(dev)
+    if read.problem:
+        log(f"  {read.problem}")
+    return list(read.state.history)
 
 
 def _check_image(dev: Device, facts: Facts, release_id: str) -> None:
@@ -72,10 +69,12 @@ def revert(target: Target, release_id: str | None, reason: str, log=print) -> Ro
     try:
         dev = Device(conn, target)
         # whether the login user owns the device root decides how the lock itself is written
-        dev.owns_root = ask_facts(dev).owns_root
+        first = ask_facts(dev)
+        dev.owns_root = first.owns_root
+        check_room(target, first, "roll back")  # a rollback writes the lock and state.json
         with device_lock(dev, log, now(), reconnect=lambda: connect(target)):
             facts = ask_facts(dev)
-            to = release_id or previous_committed(_history(dev), facts.current)
+            to = release_id or previous_committed(_history(dev, log), facts.current)
             result = RollbackResult(target.name, facts.current, to, False, facts.current)
             if to is None:
                 raise DeployError(f"{target.name}: no earlier committed release to roll back to "
@@ -103,7 +102,7 @@ def revert(target: Target, release_id: str | None, reason: str, log=print) -> Ro
                 "reason": f"rollback: {reason}"[:300]
                 + ("" if result.ok else f"; failed: {result.health.reason}"[:200]),
                 "active": result.active,
-            })
+            }, log=log)
         result.seconds = time.monotonic() - t0
         return result
     finally:

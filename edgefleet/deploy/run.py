@@ -5,22 +5,29 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from shlex import quote
 
 from ..device_env import DeviceEnv, build_target_env
+from ..errors import InputError
 from ..inventory import Target
+from ..inventory_check import check_bundle_fits
 from ..paths import repo_root
 from ..render import check_rendered, render_target
-from ..transport import connect
+from ..transport import SSHError, connect
 from .activate import apply_plan, restart_service, switch_current
-from .device import Device, now
-from .facts import Facts, ask_facts
+from .device import DeployError, Device, now
+from .facts import Facts, PlanError, ask_facts, check_room
 from .gate import health_gate
+from .gpu_packages import gpu_package_check
 from .health import HealthResult
 from .lock import device_lock, without_stale_lock
 from .plan import DeployPlan, make_plan
 from .prune import prune
 from .record import record_state
+from .regression import committed_p95
 from .release import Release, ReleaseError, make_release, read_json
+from .secrets import write_token_file
+from .variant import pick_variant
 
 __all__ = ["DeployResult", "prepare_release", "deploy", "gather_facts", "DEFAULT_IMAGE_TAG"]
 
@@ -39,6 +46,8 @@ class DeployResult:
     seconds: float = 0.0
     temperature_c: float | None = None  # hottest thermal zone during the gate, when the device has any
     pruned: list[str] = field(default_factory=list)  # old releases deleted after the commit
+    variant: str = "int8"  # the bundle precision the target got (its board's bundle.precision)
+    warnings: list[str] = field(default_factory=list)  # e.g. the board's variant was not in the set
 
     @property
     def ok(self) -> bool:
@@ -52,6 +61,7 @@ def prepare_release(target: Target, bundle_dir: Path, build_dir: Path, env: Devi
     `ship: image` targets get `image_tag`'s image for their arch (built by `image.build`) instead of packages.
     `rendered`: the target's files, rendered (and checked) already.
     """
+    check_bundle_fits(target, bundle_dir)  # before any work: a value the bundle cannot honour
     if rendered is None:
         rendered = render_target(target)
         check_rendered(rendered, cache_dir=build_dir / "checked")
@@ -92,6 +102,33 @@ def gather_facts(target: Target) -> Facts | None:
         conn.close()
 
 
+def _activate_and_gate(dev: Device, plan: DeployPlan, release: Release, golden: dict, log,
+                       baseline_p95_ms: float | None = None) -> HealthResult:
+    """Activate the release and run the health gate; a failure once `current` has switched (a step
+    that timed out, device data of the wrong shape, a lost restart) is a failed gate, so the caller
+    rolls back. A failure before the switch raises: the device still runs what it ran."""
+    try:
+        if plan.restart:  # before the (re)start that reads it; the token is not part of any object
+            write_token_file(dev)
+        apply_plan(dev, plan, release, log)
+        log("  health gate: /readyz, then golden outputs, p95 latency, RSS and throttling on the device ...")
+        return health_gate(dev, golden, baseline_p95_ms=baseline_p95_ms)
+    except (DeployError, SSHError, PlanError, OSError) as exc:
+        dev.deadline = None
+        if not plan.activate or not _switched(dev, release.release_id):
+            raise
+        return HealthResult(False, f"after the switch: {str(exc)[-600:]}")
+
+
+def _switched(dev: Device, release_id: str) -> bool:
+    """Return whether `current` leads to `release_id` now (False when the device cannot say)."""
+    command = f"[ {quote(dev.path('current'))} -ef {quote(dev.path('releases', release_id))} ]"
+    try:
+        return dev.run(command, "check where current leads", privileged=False, warn=True).exited == 0
+    except Exception:  # the link is gone (Fabric raises paramiko's own errors): the first failure stands
+        return False
+
+
 def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = False, log=print,
            release: Release | None = None, image_tag: str = DEFAULT_IMAGE_TAG,
            facts: Facts | None = None) -> DeployResult:
@@ -101,11 +138,20 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
     `facts`: the device's, gathered moments ago (a rollout's first wave, while the releases were prepared).
     """
     t0 = time.monotonic()
+    package_error, package_note = gpu_package_check(target)
+    if package_error:
+        raise InputError(package_error)
+    if package_note:
+        log(f"  note: {package_note}")
+    variant = pick_variant(target, bundle_dir)
+    if variant.warning:
+        log(f"  warning: {variant.warning}")
+    bundle_dir = variant.bundle_dir
     release = release or prepare_release(target, bundle_dir, build_dir, image_tag=image_tag, log=log)
     golden = _golden(bundle_dir / "bundle.json")
     conn = connect(target)
     try:
-        dev = Device(conn, target)
+        dev = Device(conn, target, deadline=time.monotonic() + target.settings.deploy.device_deadline_s)
         if facts is None:
             facts = ask_facts(dev)
         dev.owns_root = facts.owns_root
@@ -113,7 +159,8 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
         lines = plan.describe()
         for line in lines:
             log(line)
-        result = DeployResult(target.name, release.release_id, facts.current, not plan.nothing_to_do, plan=lines)
+        result = DeployResult(target.name, release.release_id, facts.current, not plan.nothing_to_do, plan=lines,
+                              variant=variant.precision, warnings=[variant.warning] if variant.warning else [])
         if dry_run:
             return result
         if plan.nothing_to_do:
@@ -121,10 +168,13 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
             log(f"  {result.health.summary()}")
             result.seconds = time.monotonic() - t0
             return result
+        check_room(target, facts, "deploy")  # the plan counted the uploads; this, every write
         with device_lock(dev, log, now(), reconnect=lambda: connect(target)):
-            apply_plan(dev, plan, release, log)
-            log("  health gate: /readyz, then golden outputs, p95 latency, RSS and throttling on the device ...")
-            result.health = health_gate(dev, golden)
+            baseline = committed_p95(dev, facts.committed) if facts.committed != release.release_id else None
+            try:
+                result.health = _activate_and_gate(dev, plan, release, golden, log, baseline)
+            finally:
+                dev.deadline = None  # rolling back and recording get their command timeouts, whatever the hour
             result.temperature_c = result.health.temperature_c
             log(f"  {result.health.summary()}")
             # back to the last release that passed its gate (not merely the one that was current)
@@ -134,16 +184,20 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
                 switch_current(dev, good)
                 restart_service(dev)
                 result.rolled_back, result.previous = True, good
-            record_state(dev, {
+            sound = record_state(dev, {
                 "time": now(),
                 "release": release.release_id,
+                "variant": variant.precision,
                 "previous": facts.current,
                 "healthy": result.health.ok,
                 "reason": result.health.reason[:300],
+                "p95_ms": result.health.p95_ms,  # the regression gate's baseline for the next release
                 "active": result.previous if result.rolled_back else release.release_id,
-            })
-            if result.health.ok:
+            }, log=log)
+            if result.health.ok and sound:
                 result.pruned = prune(dev, release.release_id, log)
+            elif result.health.ok:
+                log("  prune skipped until state.json holds a sound history (next deploy)")
         result.seconds = time.monotonic() - t0
         return result
     finally:

@@ -3,7 +3,7 @@
 Privileges: docker's default seccomp profile plus CAP_SYS_ADMIN, which systemd needs to set
 up the namespaces of the units it runs (ProtectSystem=, PrivateTmp=, ...): without it those
 settings are silently not applied, and the lab would not test the hardened unit real boards
-run; and CAP_SYS_NICE, which the runtime unit grants on boards whose profile sets nice < 0.
+run; and CAP_SYS_NICE, with which systemd applies the unit's Nice= on boards whose profile sets nice < 0.
 systemd needs its name=systemd cgroup writable, which the read-only bind of /sys/fs/cgroup
 gives on this cgroup-v1 host (docker makes only the top mount read-only, the hierarchies under
 it stay writable); /run and /run/lock are tmpfs as systemd expects. Both mean root in a lab

@@ -138,7 +138,11 @@ class Bundle(_Strict):
     labels: list[str] | None = Field(default=None, min_length=1)  # classify only, in id order
     max_answer_len: int | None = Field(default=None, ge=1)  # qa only, in tokens
     source_model: SourceModel
-    quantization: Quantization
+    # the variant: int8 for CPUs, fp16 for GPU providers (edgefleet.model.fp16); int8 bundles
+    # say how they were quantized, fp16 ones how they were converted
+    precision: Literal["int8", "fp16"] = "int8"
+    quantization: Quantization | None = None
+    conversion: dict | None = None
     # ONNX Runtime session config entries the runtime should set (add_session_config_entry)
     session_config: dict[str, str] = Field(default_factory=dict)
     files: dict[str, FileRecord]
@@ -156,6 +160,8 @@ class Bundle(_Strict):
         if odd:
             raise ValueError(f"files: {', '.join(map(repr, odd))} must be plain file names in the bundle "
                              f"directory (letters, digits, '.', '_', '-'), not {BUNDLE_JSON}")
+        if (self.quantization is None) == (self.precision == "int8"):
+            raise ValueError("key 'quantization' is required for precision int8 and only for it")
         if "input_ids" not in self.inputs:
             raise ValueError("inputs must include input_ids")
         needs = {"embed": ("pooling", "normalize"), "classify": ("labels",),

@@ -111,7 +111,10 @@ def _latency(d: dict) -> str:
 
 def _detail(d: dict) -> str:
     error = (d.get("error") or "").split("; journal:")[0].strip()
-    return error.splitlines()[0][:160] if error else ""
+    if error:
+        return error.splitlines()[0][:160]
+    # what the device passed with but not as its board asked: a provider fallback, another variant
+    return "; ".join(d.get("warnings") or [])[:160]
 
 
 def print_table(doc: dict, console=None) -> None:
@@ -128,6 +131,8 @@ def print_table(doc: dict, console=None) -> None:
     for name in doc["order"]:
         d = doc["devices"][name]
         release = f"{d.get('previous') or '(none)'} -> {d.get('new') or '?'}" if d.get("new") else "-"
+        if d.get("variant") and d.get("new"):
+            release += f" ({d['variant']})"
         result = d["result"]
         table.add_row(str(d["wave"]), name, release, f"[{styles.get(result, '')}]{result}[/]",
                       _latency(d), _fmt(d.get("temperature_c"), ".1f"),

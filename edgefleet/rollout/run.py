@@ -17,9 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..deploy import DEFAULT_IMAGE_TAG, deploy, prepare_release, revert
+from ..deploy.gpu_packages import gpu_package_check
 from ..deploy.release import Release
+from ..deploy.variant import pick_variant
 from ..device_env import build_target_env
+from ..errors import InputError
 from ..inventory import Target
+from ..inventory_check import check_bundle_fits
 from ..paths import repo_root
 from ..render import check_rendered_many, render_target
 from .plan import (
@@ -51,6 +55,8 @@ class DeviceOutcome:
     temperature_c: float | None = None  # hottest zone during the gate
     rss_mib: float | None = None
     gate_notes: list[str] = field(default_factory=list)  # measured but not judged (emulated, throttled)
+    variant: str | None = None  # the bundle precision the device got (int8, fp16)
+    warnings: list[str] = field(default_factory=list)  # passed, but not as asked (variant, providers)
     seconds: float = 0.0
     error: str = ""
 
@@ -68,6 +74,11 @@ def prepare_releases(targets: list[Target], bundle_dir: Path, build_dir: Path, l
         s = t.settings
         return env_key(s.arch, s.python, s.packages.pins, s.packages.find_links, s.packages.index_url)
 
+    refused = [error for t in targets if (error := gpu_package_check(t)[0])]
+    if refused:  # before any device is touched: the package set cannot give what they require
+        raise InputError("; ".join(refused))
+    for t in targets:  # every value the bundle (the target's variant) cannot honour, before packages
+        check_bundle_fits(t, pick_variant(t, bundle_dir).bundle_dir)
     envs = {}
     requirements = repo_root() / "payload" / "requirements.txt"
     for t in targets:
@@ -81,8 +92,8 @@ def prepare_releases(targets: list[Target], bundle_dir: Path, build_dir: Path, l
     notes = check_rendered_many(list(rendered.values()), build_dir / "checked")
     for note in dict.fromkeys(notes):
         log(f"note: {note}")
-    return {t.name: prepare_release(t, bundle_dir, build_dir, env=envs.get(key(t)), image_tag=image_tag, log=log,
-                                    rendered=rendered[t.name])
+    return {t.name: prepare_release(t, pick_variant(t, bundle_dir).bundle_dir, build_dir, env=envs.get(key(t)),
+                                    image_tag=image_tag, log=log, rendered=rendered[t.name])
             for t in targets}
 
 
@@ -109,9 +120,11 @@ def _deploy_one(target: Target, release: Release, bundle_dir: Path, build_dir: P
         if not str(exc):
             log(traceback.format_exc())
     else:
-        out.previous, out.temperature_c = r.previous, r.temperature_c
+        out.previous, out.temperature_c, out.variant = r.previous, r.temperature_c, r.variant
+        out.warnings = list(r.warnings)
         if r.health is not None:
             out.latency_ms, out.rss_mib, out.gate_notes = r.health.p95_ms, r.health.rss_mib, list(r.health.notes)
+            out.warnings += [n for n in r.health.notes if n.startswith("provider fallback")]
         if r.ok:
             out.result, out.active = ("updated" if r.changed else "unchanged"), r.release_id
         else:

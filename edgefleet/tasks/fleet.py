@@ -25,6 +25,7 @@ from ..render import (
     security_exposure,
     write_rendered,
 )
+from ..status import plain
 from ._errors import UsageError, exits_on_user_error, require
 from .image import image_tag
 
@@ -106,7 +107,7 @@ def deploy(c, target=None, bundle=None, dry_run=False):
     if not result.ok:
         raise Exit(f"{tgt.name}: release {result.release_id} is UNHEALTHY: {result.health.reason}", code=1)
     verb = "deployed" if result.changed else "unchanged"
-    print(f"{tgt.name}: {verb} {result.release_id} in {result.seconds:.1f} s")
+    print(f"{tgt.name}: {verb} {result.release_id} ({result.variant} variant) in {result.seconds:.1f} s")
 
 
 def _print_rollback_table(results) -> None:
@@ -119,10 +120,10 @@ def _print_rollback_table(results) -> None:
     for r in results:
         h = r.health
         result = "rolled back" if r.ok else ("FAILED, restored" if r.restored else "FAILED")
-        table.add_row(r.target, f"{r.from_release or '?'} -> {r.to_release or '?'}", result,
+        table.add_row(r.target, plain(f"{r.from_release or '?'} -> {r.to_release or '?'}"), result,
                       "-" if h is None or h.p95_ms is None else f"{h.p95_ms:.1f}",
                       "-" if h is None or h.temperature_c is None else f"{h.temperature_c:.1f}", f"{r.seconds:.1f}",
-                      (r.error or (", ".join(h.notes) if h else "")).split("; journal:")[0][:160])
+                      plain((r.error or (", ".join(h.notes) if h else "")).split("; journal:")[0][:160]))
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
@@ -162,6 +163,13 @@ def rollback(c, target=None, group=None, parallel=10, json_=False, to=None):
         raise Exit(code=1)
 
 
+def _healthy_cell(st) -> str:
+    """yes, ?, or NO with the reason (the runtime's own words: too hot, queue full, selftest)."""
+    if st.healthy is None:
+        return "?"
+    return "yes" if st.healthy else f"NO: {st.ready_detail}" if st.ready_detail else "NO"
+
+
 def _print_status_table(statuses) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -171,11 +179,12 @@ def _print_status_table(statuses) -> None:
         table.add_column(column)
     for st in statuses:
         if not st.reachable:
-            table.add_row(st.target, "-", "-", "unreachable", "-", "-", st.error)
+            table.add_row(st.target, "-", "-", "unreachable", "-", "-", plain(st.error))
             continue
         governors = ", ".join(sorted(set(st.governors.values()))) or "no cpufreq"
-        table.add_row(st.target, st.release or "-", {True: "yes", False: "NO", None: "?"}[st.healthy],
-                      st.service, governors, st.throttling, "\n".join(st.drift) or "none")
+        table.add_row(plain(st.target), plain(st.release or "-"), plain(_healthy_cell(st)),
+                      plain(st.service), plain(governors), plain(st.throttling),
+                      plain("\n".join(st.drift + [f"warning: {w}" for w in st.warnings]) or "none"))
     Console().print(table)
 
 

@@ -46,31 +46,31 @@ def export(c, model_dir=None, out=None, max_seq_len=None, opset=17, task=None,
            max_answer_len=None, force=False, name=None):
     """Export a model to optimized FP32 ONNX (legacy exporter + ORT transformer fusions)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from edgefleet.model import export as ex
+    from edgefleet.model import export as exporter
 
     model_dir = _resolve(model_dir) if model_dir else _default_model_dir()
-    slug = (name or ex.source_name(model_dir)).rsplit("/", 1)[-1].lower()
+    slug = (name or exporter.source_name(model_dir)).rsplit("/", 1)[-1].lower()
     out = _resolve(out) if out else build_dir(c) / "models" / slug
     seq = int(max_seq_len) if max_seq_len else None
     answer_len = int(max_answer_len) if max_answer_len else None
-    if task is not None and task not in ex.TASKS:
-        raise UsageError(f"--task {task}: expected one of {', '.join(ex.TASKS)}")
-    key = ex.export_key(model_dir, seq, int(opset), task=task, max_answer_len=answer_len,
+    if task is not None and task not in exporter.TASKS:
+        raise UsageError(f"--task {task}: expected one of {', '.join(exporter.TASKS)}")
+    key = exporter.export_key(model_dir, seq, int(opset), task=task, max_answer_len=answer_len,
                         name=name)
-    meta = ex.read_meta(out)
+    meta = exporter.read_meta(out)
     if not force and meta.get("inputs_sha256") == key and (out / "model.onnx").is_file():
         print(f"up to date: {out} (inputs unchanged)")
     else:
         try:
-            result = ex.export(model_dir, out, max_seq_len=seq, opset=int(opset), task=task,
-                               max_answer_len=answer_len, name=name)
+            result = exporter.export(model_dir, out, max_seq_len=seq, opset=int(opset),
+                                     task=task, max_answer_len=answer_len, name=name)
         except ValueError as error:  # the model or an option does not fit the export
             raise InputError(str(error)) from None
         print(f"exported {model_dir} in {result.seconds:.1f} s")
-        meta = ex.read_meta(out)
+        meta = exporter.read_meta(out)
     size = (out / "model.onnx").stat().st_size
     print(f"wrote {out / 'model.onnx'} ({size / MB:.1f} MB), {out / 'tokenizer.json'}, "
-          f"{out / ex.EXPORT_META}")
+          f"{out / exporter.EXPORT_META}")
     heads = {"classify": f"; labels {meta.get('labels')}",
              "qa": f"; max_answer_len {meta.get('max_answer_len')}"}.get(meta.get("task"), "")
     print(f"task {meta.get('task', 'embed')}{heads}; max_seq_len {meta['max_seq_len']}; "
@@ -105,16 +105,34 @@ GRAPHS = ("arch-stable", "fused")
     "json": "print one JSON document (the bundle, its size and quantization; with mixed/search "
             "also every candidate) instead of tables",
     "force": "quantize even when the inputs are unchanged",
+    "precision": "int8 (default: the CPU variant, see --mode) or fp16 (the GPU variant: "
+                 "<build_dir>/bundles/<model-name>-fp16/, ONNX Runtime's float16 converter)",
 })
 @exits_on_user_error
 def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="minmax",
              calibration_texts=None, texts=None, min_cosine=0.99, mean_cosine=0.998,
-             per_tensor=False, graph="arch-stable", json=False, force=False):
-    """Quantize an FP32 export to INT8 (dynamic, static, mixed or searched) into a bundle."""
-    from edgefleet.model import export as ex
-    from edgefleet.model import quantize as qz
+             per_tensor=False, graph="arch-stable", json=False, force=False, precision="int8"):
+    """Quantize an FP32 export to INT8 (dynamic, static, mixed or searched) or FP16 into a bundle."""
+    from edgefleet.model import export as exporter
+    from edgefleet.model import quantize as quantizer
     from edgefleet.model.bundle import WEIGHTS_FILE, BundleError, verify
 
+    if precision not in ("int8", "fp16"):
+        raise UsageError(f"--precision {precision!r}: expected int8 or fp16")
+    if precision == "fp16":
+        from edgefleet.model.fp16 import write_fp16_bundle
+
+        model = _resolve(model) if model else build_dir(c) / "models" / "all-minilm-l6-v2"
+        if not (model / exporter.EXPORT_META).is_file():
+            raise InputError(f"{model}: no {exporter.EXPORT_META}; run `invoke model.export` first")
+        name = name or quantizer.bundle_name(exporter.read_meta(model)["source_model"]["name"], "fp16")
+        report = write_fp16_bundle(model, _resolve(out) if out else build_dir(c) / "bundles" / name, name,
+                                   force=force, log=lambda line: print(line, file=_stream(json)))
+        if json:
+            import json as jsonlib
+
+            print(jsonlib.dumps(report, indent=1))
+        return
     if mode not in MODES:
         raise UsageError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
     if graph not in GRAPHS:
@@ -123,28 +141,28 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
         raise UsageError(f"--graph {graph}: only with --mode dynamic or static "
                          "(mixed and search build on the arch-stable graph)")
     model = _resolve(model) if model else build_dir(c) / "models" / "all-minilm-l6-v2"
-    if not (model / ex.EXPORT_META).is_file():
-        raise InputError(f"{model}: no {ex.EXPORT_META}; run `invoke model.export` first")
-    calib = _resolve(calibration_texts) if calibration_texts else qz.CALIBRATION_TEXTS
+    if not (model / exporter.EXPORT_META).is_file():
+        raise InputError(f"{model}: no {exporter.EXPORT_META}; run `invoke model.export` first")
+    calib = _resolve(calibration_texts) if calibration_texts else quantizer.CALIBRATION_TEXTS
     if not calib.is_file():
         raise UsageError(f"--calibration-texts {calib}: no such file")
-    name = name or qz.bundle_name(ex.read_meta(model)["source_model"]["name"])
+    name = name or quantizer.bundle_name(exporter.read_meta(model)["source_model"]["name"])
     out = _resolve(out) if out else build_dir(c) / "bundles" / name
     try:
-        recipe = qz.Recipe(method="static" if mode == "static" else "dynamic",
+        recipe = quantizer.Recipe(method="static" if mode == "static" else "dynamic",
                            calibration=calibration if mode == "static" else None,
                            per_channel=not per_tensor, arch_stable=graph == "arch-stable")
     except ValueError as error:
         raise UsageError(f"--calibration: {error}") from None
     graph, searched = None, None
-    export_task = ex.read_meta(model).get("task", "embed")
+    export_task = exporter.read_meta(model).get("task", "embed")
     if mode in ("mixed", "search") and export_task != "embed":
         raise UsageError(f"--mode {mode} compares embeddings; {model} is a {export_task} "
                          "export (use dynamic or static)")
     if mode in ("mixed", "search"):
         recipe, graph, searched = _search(c, model, out, calib, texts, mode, float(min_cosine),
                                           float(mean_cosine), json)
-    key = qz.quantize_key(model, recipe, calibration_texts=calib)
+    key = quantizer.quantize_key(model, recipe, calibration_texts=calib)
     try:
         current = verify(out) if (out / "bundle.json").is_file() else None
     except BundleError as error:
@@ -154,7 +172,7 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
         print(f"up to date: {out} (inputs unchanged, file hashes verified)", file=_stream(json))
         bundle = current
     else:
-        result = qz.quantize(model, out, name=name, recipe=recipe, graph=graph,
+        result = quantizer.quantize(model, out, name=name, recipe=recipe, graph=graph,
                              calibration_texts=calib)
         print(f"quantized in {result.seconds:.1f} s", file=_stream(json))
         bundle = result.bundle
@@ -177,7 +195,7 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
 
         print(jsonlib.dumps({"bundle": str(out), "model_bytes": int8, "fp32_bytes": fp32,
                              "size_vs_fp32": round(int8 / fp32, 4),
-                             "quantization": bundle.quantization.model_dump(),
+                             "quantization": bundle.quantization and bundle.quantization.model_dump(),
                              "search": searched}, indent=1))
 
 
@@ -193,27 +211,27 @@ def _search(c, model: Path, out: Path, calib: Path, texts, mode: str, min_cosine
     its graph and the search as plain data."""
     import sys
 
-    from edgefleet.model import export as ex
-    from edgefleet.model import search as se
+    from edgefleet.model import export as exporter
+    from edgefleet.model import search as recipe_search
     from edgefleet.model.evaluate import read_texts
 
     eval_path = _resolve(texts) if texts else None
     if eval_path is not None and not eval_path.is_file():
         raise UsageError(f"--texts {eval_path}: no such file")
-    session_config = ({} if ex.read_meta(model).get("skip_layer_norm", True)
-                      else dict(ex.SESSION_CONFIG_UNFUSED))
+    session_config = ({} if exporter.read_meta(model).get("skip_layer_norm", True)
+                      else dict(exporter.SESSION_CONFIG_UNFUSED))
     work = build_dir(c) / "cache" / f"quantize-{mode}-{out.name}"
-    result = se.search(model, work, read_texts(eval_path), se.Target(min_cosine, mean_cosine),
+    result = recipe_search.search(model, work, read_texts(eval_path), recipe_search.Target(min_cosine, mean_cosine),
                        calibration_texts=calib, session_config=session_config,
-                       methods=se.CALIBRATION_METHODS if mode == "search" else (),
+                       methods=recipe_search.CALIBRATION_METHODS if mode == "search" else (),
                        log=lambda line: print(line, file=sys.stderr))
-    se.keep(result, build_dir(c) / "reports" / f"quantize-{out.name}.json")
+    recipe_search.keep(result, build_dir(c) / "reports" / f"quantize-{out.name}.json")
     if not as_json:
-        se.render_table(result)
+        recipe_search.render_table(result)
     if not result.picked.meets:
         print(f"WARNING: no candidate met the target; writing the most accurate, "
               f"{result.picked.name}", file=sys.stderr)
-    return result.picked.recipe, result.picked.graph, se.as_json(result)
+    return result.picked.recipe, result.picked.graph, recipe_search.as_json(result)
 
 
 def _bundle_args(c, bundle, fp32) -> list[str]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 
 from ..inventory import Target
-from .base import PUT, STREAM, Endpoint, OpenSSHError, SSHError, StreamProcess, Transport
+from .base import PUT, STREAM, CommandTimeout, Endpoint, OpenSSHError, SSHError, StreamProcess, Transport
 from .openssh import OpenSSHConnection
 from .openssh_login import connect_openssh, openssh_argv
 from .sshconfig import openssh_client
 
-__all__ = ["connect", "Transport", "StreamProcess", "Endpoint", "SSHError", "OpenSSHError", "STREAM", "PUT",
-           "OpenSSHConnection", "openssh_argv", "http_over_ssh", "http_json_over_ssh"]
+__all__ = ["connect", "Transport", "StreamProcess", "Endpoint", "SSHError", "OpenSSHError", "CommandTimeout", "STREAM",
+           "PUT", "OpenSSHConnection", "openssh_argv", "http_over_ssh", "http_json_over_ssh"]
 
 
 def connect(target: Target | Endpoint, timeout: float = 15.0) -> Transport:
@@ -40,12 +40,16 @@ def http_over_ssh(conn: Transport, port: int, path: str, payload: dict | None = 
 
 def http_json_over_ssh(conn: Transport, port: int, path: str, payload: dict | None = None,
                        timeout: float = 120.0) -> tuple[int, dict]:
-    """Send one HTTP request to 127.0.0.1:`port` on the device through `conn`; decode the JSON answer.
+    """Send one HTTP request to 127.0.0.1:`port` on the device through `conn`; decode the JSON answer
+    (always a dict: an answer that is not a JSON object becomes {"error": ...}).
 
     A refused connection (service not listening yet) raises ConnectionRefusedError.
     """
     status, _, raw = conn.request(port, path, payload, timeout)
     try:
-        return status, json.loads(raw or b"{}")
-    except ValueError:
+        doc = json.loads(raw or b"{}")
+    except (ValueError, RecursionError):
         return status, {"error": raw.decode(errors="replace")[:200]}
+    if not isinstance(doc, dict):  # device data: the service answers JSON objects, anything else is an error
+        return status, {"error": f"{path} answered a JSON {type(doc).__name__}, not an object: {raw[:120]!r}"}
+    return status, doc

@@ -18,7 +18,13 @@ from invoke.runners import Result
 from ..errors import EdgefleetError
 from ..inventory import Target
 
-__all__ = ["Transport", "StreamProcess", "Endpoint", "SSHError", "OpenSSHError", "STREAM", "PUT", "trust_hint"]
+__all__ = ["Transport", "StreamProcess", "Endpoint", "SSHError", "OpenSSHError", "CommandTimeout", "STREAM", "PUT",
+           "trust_hint", "TailBuffer", "OUTPUT_CAP", "RESPONSE_CAP"]
+
+# what the controller keeps of one stream of a device command's output: its tail (the failing
+# line is at the end); a device cannot make the controller buffer more than twice this
+OUTPUT_CAP = 8 * 2**20
+RESPONSE_CAP = 8 * 2**20  # the most of one HTTP answer from the device that is read
 
 STREAM = "stream"  # `stream()`: bytes written into a remote command's stdin (a tar upload)
 PUT = "put"  # `put()`: a file written to a path on the device (SFTP)
@@ -30,6 +36,33 @@ class SSHError(EdgefleetError):
 
 class OpenSSHError(EdgefleetError):
     """The OpenSSH client could not reach or trust the device (`connect` rewords it as SSHError)."""
+
+
+class CommandTimeout(OpenSSHError):
+    """A device command did not end within its timeout (the message says which and how long)."""
+
+
+class TailBuffer:
+    """Collect bytes keeping only the last `cap` (amortized: trimmed once it holds twice that)."""
+
+    def __init__(self, cap: int = OUTPUT_CAP):
+        self.cap, self.data, self.dropped = cap, bytearray(), 0
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > 2 * self.cap:
+            cut = len(self.data) - self.cap
+            del self.data[:cut]
+            self.dropped += cut
+
+    def value(self) -> bytes:
+        """Return what was kept; when bytes were dropped, a first line says how many."""
+        if len(self.data) > self.cap:
+            self.dropped += len(self.data) - self.cap
+            del self.data[:len(self.data) - self.cap]
+        if not self.dropped:
+            return bytes(self.data)
+        return f"[edgefleet: the first {self.dropped} bytes of this output were dropped]\n".encode() + bytes(self.data)
 
 
 class StreamProcess(Protocol):

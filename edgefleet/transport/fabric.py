@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fabric import Connection
 
-from .base import PUT, Endpoint, SSHError, trust_hint
+from .base import PUT, RESPONSE_CAP, Endpoint, SSHError, trust_hint
 
 __all__ = ["FabricConnection", "connect_fabric"]
 
@@ -49,7 +49,7 @@ class FabricConnection(Connection):
             except paramiko.ChannelException as exc:
                 raise ConnectionRefusedError(f"127.0.0.1:{port} on the device: {exc}") from None
             response = link.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
+            return response.status, dict(response.getheaders()), response.read(RESPONSE_CAP)
         finally:
             link.close()
 

@@ -16,8 +16,10 @@ import struct
 import time
 from dataclasses import dataclass
 
-__all__ = ["MuxError", "MuxUnavailable", "MuxRefused", "Completed", "Session", "run_command", "start_command",
-           "open_forward"]
+from .base import TailBuffer
+
+__all__ = ["MuxError", "MuxTimeout", "MuxUnavailable", "MuxRefused", "Completed", "Session", "run_command",
+           "start_command", "open_forward"]
 
 _HELLO = 0x00000001
 _NEW_SESSION = 0x10000002
@@ -35,6 +37,10 @@ _MAX_PACKET = 256 * 1024
 
 class MuxError(Exception):
     """The master is gone or broke the protocol (the caller falls back to a new connection)."""
+
+
+class MuxTimeout(MuxError):
+    """The command did not end within its timeout (it may still run on the device)."""
 
 
 class MuxUnavailable(MuxError):
@@ -237,7 +243,7 @@ def _collect(sock: socket.socket, session: int, fds: _Fds, out_r: int, err_r: in
              timeout: float | None) -> Completed:
     """Feed stdin, drain stdout and stderr until both end, and read the exit message."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    output = {out_r: bytearray(), err_r: bytearray()}
+    output = {out_r: TailBuffer(), err_r: TailBuffer()}
     exited: int | None = None
     sock.setblocking(False)
     with selectors.DefaultSelector() as sel:
@@ -252,7 +258,7 @@ def _collect(sock: socket.socket, session: int, fds: _Fds, out_r: int, err_r: in
         while output.keys() & {k.fd for k in sel.get_map().values()} or exited is None:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise MuxError(f"the command did not end within {timeout} s")
+                raise MuxTimeout(f"the command did not end within {timeout:g} s")
             for key, _ in sel.select(left):
                 fd = key.fd
                 if fd == in_w:
@@ -266,7 +272,7 @@ def _collect(sock: socket.socket, session: int, fds: _Fds, out_r: int, err_r: in
                 elif fd in output:
                     chunk = os.read(fd, 65536)
                     if chunk:
-                        output[fd] += chunk
+                        output[fd].add(chunk)
                     else:
                         sel.unregister(fd)
                 else:
@@ -275,7 +281,7 @@ def _collect(sock: socket.socket, session: int, fds: _Fds, out_r: int, err_r: in
                         sel.unregister(sock)
                         if exited is None:  # gone without an exit status: as `ssh` says it, 255
                             exited = 255
-                            output[err_r] += b"mux_client_read_packet: the master closed the session\n"
+                            output[err_r].add(b"mux_client_read_packet: the master closed the session\n")
                         continue
                     pending += chunk
                     while len(pending) >= 4 and len(pending) >= 4 + struct.unpack(">I", pending[:4])[0]:
@@ -286,7 +292,7 @@ def _collect(sock: socket.socket, session: int, fds: _Fds, out_r: int, err_r: in
                             exited = struct.unpack(">I", packet[8:12])[0]
                         elif kind not in (_TTY_ALLOC_FAIL, _OK):
                             raise MuxError(f"unexpected message {kind:#x} from the master")
-    return Completed(exited, bytes(output[out_r]), bytes(output[err_r]))
+    return Completed(exited, output[out_r].value(), output[err_r].value())
 
 
 def open_forward(path: str, host: str, port: int) -> tuple[socket.socket, socket.socket]:

@@ -23,10 +23,12 @@ import http.client
 import json
 import os
 import re
+import selectors
 import shlex
 import socket
 import subprocess
 import tempfile
+import time
 from functools import cached_property
 from pathlib import Path
 
@@ -35,7 +37,7 @@ from invoke.exceptions import UnexpectedExit
 from invoke.runners import Result
 
 from . import mux as sshmux
-from .base import PUT, STREAM, OpenSSHError
+from .base import PUT, RESPONSE_CAP, STREAM, CommandTimeout, OpenSSHError, TailBuffer
 from .sshconfig import KEY_CHARS, client_config, control_dir, openssh_client, persist_seconds
 
 __all__ = ["OpenSSHConnection", "ForwardedHTTPConnection"]
@@ -61,8 +63,11 @@ class OpenSSHConnection(Context):
         persist = persist_seconds()
         control_path: Path | None = None
         if persist:
-            # how the device is reached and trusted names its master; a timeout does not
+            # how the device is reached and trusted names its master; a timeout does not. The
+            # trusted keys are part of "trusted": a master checked the host key once, when it
+            # logged in, so after any edit of known_hosts a run logs in anew (and checks again)
             identity = [a for a in (*base, host) if not a.startswith("ConnectTimeout=")]
+            identity += _known_hosts_digests(known_hosts)
             key = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:KEY_CHARS]
             control_path = control_dir() / key
         mux = ["-o", "ControlMaster=no", "-o", f"ControlPath={control_path}"] if control_path else []
@@ -191,14 +196,11 @@ class OpenSSHConnection(Context):
                 return done.exited, done.stdout, done.stderr
             except sshmux.MuxUnavailable:
                 pass  # no master (gone since open()): the client below connects afresh
+            except sshmux.MuxTimeout as exc:
+                raise CommandTimeout(f"{exc}: {command[:80]}") from None
             except sshmux.MuxError as exc:  # it may have run: never run it twice
                 raise OpenSSHError(f"mux_client_request_session: {exc}") from None
-        try:
-            res = subprocess.run(self.argv(command), input=data, stdin=None if data is not None else subprocess.DEVNULL,
-                                 capture_output=True, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise OpenSSHError(f"ssh: command timed out after {timeout} s: {command[:80]}") from exc
-        return res.returncode, res.stdout, res.stderr
+        return _run_client(self.argv(command), data, timeout)
 
     def stream(self, command: str, stderr) -> subprocess.Popen | _MuxProcess:
         """Start `command` on the device to read what we write into the returned process's `stdin`
@@ -266,7 +268,7 @@ class OpenSSHConnection(Context):
         try:
             link.request("GET" if body is None else "POST", path, body=body, headers=headers)
             response = link.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
+            return response.status, dict(response.getheaders()), response.read(RESPONSE_CAP)
         except (OSError, http.client.HTTPException) as exc:
             refused = link.refused()
             if refused is not None:  # not listening (yet): what paramiko's refused channel says too
@@ -276,6 +278,73 @@ class OpenSSHConnection(Context):
             raise ConnectionResetError(f"127.0.0.1:{port} on the device: {exc or type(exc).__name__}") from None
         finally:
             link.release()
+
+
+def _known_hosts_digests(known_hosts: Path | None) -> list[str]:
+    """Return a digest of each known_hosts file that decides trust (the target's, else OpenSSH's defaults).
+
+    With known_hosts left to ~/.ssh/config (UserKnownHostsFile there), OpenSSH's default files are
+    the ones hashed; a file named only in ~/.ssh/config is not (see docs/security.md).
+    """
+    files = [known_hosts] if known_hosts is not None else [
+        Path("~/.ssh/known_hosts").expanduser(), Path("~/.ssh/known_hosts2").expanduser(),
+        Path("/etc/ssh/ssh_known_hosts"), Path("/etc/ssh/ssh_known_hosts2")]
+    digests = []
+    for path in files:
+        try:
+            digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        except OSError:
+            digests.append("-")
+    return digests
+
+
+def _run_client(argv: list[str], data: bytes | None, timeout: float | None) -> tuple[int, bytes, bytes]:
+    """Run an `ssh` client: feed `data`, keep the tail of its output (TailBuffer), bounded by `timeout`."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = TailBuffer(), TailBuffer()
+    output = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    try:
+        with selectors.DefaultSelector() as sel:
+            for fd in output:
+                sel.register(fd, selectors.EVENT_READ)
+            view = memoryview(data or b"")
+            if proc.stdin is not None:
+                os.set_blocking(proc.stdin.fileno(), False)
+                sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE)
+            while sel.get_map():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise CommandTimeout(f"ssh: the command did not end within {timeout:g} s: {argv[-1][:80]}")
+                for key, _ in sel.select(left):
+                    if key.fd in output:
+                        chunk = os.read(key.fd, 65536)
+                        if chunk:
+                            output[key.fd].add(chunk)
+                        else:
+                            sel.unregister(key.fd)
+                        continue
+                    try:
+                        view = view[os.write(key.fd, view[:65536]):]
+                    except BrokenPipeError:
+                        view = view[len(view):]
+                    if not view:
+                        sel.unregister(key.fd)
+                        proc.stdin.close()  # type: ignore[union-attr]  # the command sees its input end
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.1)
+        exited = proc.wait(left)
+    except subprocess.TimeoutExpired:
+        raise CommandTimeout(f"ssh: the command did not end within {timeout:g} s: {argv[-1][:80]}") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
+    return exited, out.value(), err.value()
 
 
 class _MuxProcess:

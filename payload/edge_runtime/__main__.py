@@ -64,7 +64,8 @@ def _load(args, config: RuntimeConfig):
 
     placement = place(config, args.threads)
     return load(_bundle(args, config), threads=placement.threads, spin=placement.spin,
-                max_seq_len=_pick(args.max_seq_len, config.max_seq_len, None))
+                max_seq_len=_pick(args.max_seq_len, config.max_seq_len, None),
+                providers=config.providers, provider_options=config.provider_options)
 
 
 def _embed(args, config) -> int:
@@ -152,7 +153,8 @@ def _serve(args, config) -> int:
 
     host = _pick(args.host, config.host, "127.0.0.1")
     if not is_loopback(host) and not config.token:
-        raise ConfigError(f"--host {host} is not loopback: set 'token' in runtime.yaml")
+        raise ConfigError(f"--host {host} is not loopback: set 'token' in runtime.yaml "
+                          "(or 'token_env' and that variable)")
     service = Service(_bundle(args, config), config, threads=args.threads,
                       max_seq_len=_pick(args.max_seq_len, config.max_seq_len, None))
     return serve(service, host, _pick(args.port, config.port, 8080))

@@ -12,6 +12,7 @@ A reserved slot would not do: slow clients can take a reserved slot as easily as
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import socket
 import socketserver
@@ -46,8 +47,10 @@ class ProbeDesk:
         self.waiting: OrderedDict[socket.socket, tuple[float, bytearray]] = OrderedDict()
         self.incoming: list[socket.socket] = []
         self.lock = threading.Lock()
-        self.wake_r, self.wake_w = socket.socketpair()
-        self.wake_r.setblocking(False)
+        # a pipe, not a socketpair: the unit allows no AF_UNIX sockets
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
         self.selector.register(self.wake_r, selectors.EVENT_READ)
         self.closed = False
         self.thread = threading.Thread(target=self._loop, name="probe-desk", daemon=True)
@@ -67,8 +70,9 @@ class ProbeDesk:
 
     def _wake(self) -> None:
         try:
-            self.wake_w.send(b"x")
-        except OSError:  # the pipe is full: the loop is awake anyway
+            if self.wake_w >= 0:
+                os.write(self.wake_w, b"x")
+        except OSError:  # the pipe is full (the loop is awake anyway), or closed
             pass
 
     def _loop(self) -> None:
@@ -78,7 +82,7 @@ class ProbeDesk:
                 soonest = min((due for due, _ in self.waiting.values()), default=None)
                 timeout = None if soonest is None else max(0.0, soonest - time.monotonic())
                 for key, _ in self.selector.select(timeout):
-                    if key.fileobj is self.wake_r:
+                    if key.fileobj == self.wake_r:
                         self._drain_wake()
                     else:
                         self._read(key.fileobj)  # type: ignore[arg-type]
@@ -91,14 +95,15 @@ class ProbeDesk:
             for sock in list(self.waiting):
                 self._finish(sock, None)
             self.selector.close()
-            self.wake_r.close()
-            self.wake_w.close()
+            wake_w, self.wake_w = self.wake_w, -1  # no later _wake writes into a reused fd
+            os.close(self.wake_r)
+            os.close(wake_w)
 
     def _drain_wake(self) -> None:
         try:
-            while self.wake_r.recv(4096):
+            while os.read(self.wake_r, 4096):
                 pass
-        except OSError:
+        except OSError:  # BlockingIOError: drained
             pass
 
     def _take_incoming(self) -> None:

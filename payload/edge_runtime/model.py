@@ -14,6 +14,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from edge_runtime.heads import InputError, TaskError, answer_from, label_scores
+from edge_runtime.providers import ProviderChoice, choose_providers, profile_prefix, profiled_node_shares
 
 __all__ = ["EmbeddingModel", "BundleFormatError", "load", "read_meta", "mean_pool",
            "l2_normalize", "session_options", "TASK_KEYS"]
@@ -92,6 +93,8 @@ class EmbeddingModel:
     _constant: dict = field(default_factory=dict, repr=False)
     last_tokens: int = 0  # batch x sequence length of the latest call
     last_encoding: Any = field(default=None, repr=False)
+    providers: ProviderChoice | None = None  # what runtime.yaml asked for and what is missing
+    node_share: dict = field(default_factory=dict)  # provider -> share of graph nodes, when profiled
 
     def __post_init__(self):
         self._buffers = {name: np.zeros(self.max_seq_len,
@@ -133,6 +136,10 @@ class EmbeddingModel:
         }
         return {name: feeds[name].astype(self.input_types.get(name, np.int64), copy=False)
                 for name in self.input_names}
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Return each text's token count after truncation (padding not counted)."""
+        return [sum(e.attention_mask) for e in self.tokenizer.encode_batch(list(texts))]
 
     def tokenize_one(self, text: str, pair: str | None = None) -> dict[str, np.ndarray]:
         """Encode one text (or a pair) into the preallocated buffers; return (1, n) views.
@@ -237,15 +244,17 @@ def session_options(threads: int | None, spin: bool = False,
     return options
 
 
-def _session(model_path: Path, options: ort.SessionOptions,
-             from_bytes: bool = False) -> ort.InferenceSession:
+def _session(model_path: Path, options: ort.SessionOptions, from_bytes: bool = False,
+             providers=(("CPUExecutionProvider", {}),)) -> ort.InferenceSession:
     # load-from-path measured faster and smaller than from bytes (benchmarks/bench_runtime.py)
     source: str | bytes = str(model_path)
     if from_bytes:
         source = model_path.read_bytes()  # external weights (model.onnx.data) resolve beside it
         options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                          str(model_path.parent))
-    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, sess_options=options,
+                                providers=[name for name, _ in providers],
+                                provider_options=[dict(opts) for _, opts in providers])
 
 
 def _check_outputs(bundle_dir: Path, meta: dict, session) -> None:
@@ -266,8 +275,14 @@ def _check_outputs(bundle_dir: Path, meta: dict, session) -> None:
 
 def load(bundle_dir, threads: int | None = None, max_seq_len: int | None = None,
          spin: bool = False, from_bytes: bool = False, options=None,
-         flush_denormals: bool = False) -> EmbeddingModel:
-    """Load a bundle; max_seq_len may lower the bundle's limit, never raise it."""
+         flush_denormals: bool = False, providers=("CPUExecutionProvider",),
+         provider_options: dict | None = None, profile_nodes: bool = False) -> EmbeddingModel:
+    """Load a bundle; max_seq_len may lower the bundle's limit, never raise it.
+
+    `providers`: preferred first; those this onnxruntime does not offer are left out (the
+    model's `providers` says which), CPU is always last. `profile_nodes`: run one probe with
+    ORT's profiler to learn the share of nodes each provider took (model.node_share).
+    """
     bundle_dir = Path(bundle_dir)
     meta = read_meta(bundle_dir)
     limit = meta["max_seq_len"] if not max_seq_len else min(int(max_seq_len), meta["max_seq_len"])
@@ -282,7 +297,11 @@ def load(bundle_dir, threads: int | None = None, max_seq_len: int | None = None,
     # bundle-chosen ORT settings, e.g. keeping SkipLayerNorm unfused where that measured faster
     for key, value in (meta.get("session_config") or {}).items():
         options.add_session_config_entry(str(key), str(value))
-    session = _session(bundle_dir / "model.onnx", options, from_bytes)
+    choice = choose_providers(providers, provider_options or {}, ort.get_available_providers())
+    if profile_nodes:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix()
+    session = _session(bundle_dir / "model.onnx", options, from_bytes, choice.session_providers)
     graph_inputs = {item.name: item.type for item in session.get_inputs()}
     unknown = set(graph_inputs) - {"input_ids", "attention_mask", "token_type_ids"}
     if unknown:
@@ -291,8 +310,12 @@ def load(bundle_dir, threads: int | None = None, max_seq_len: int | None = None,
     _check_outputs(bundle_dir, meta, session)
     names = tuple(name for name in ("input_ids", "attention_mask", "token_type_ids")
                   if name in graph_inputs)
-    return EmbeddingModel(session=session, tokenizer=tokenizer, meta=meta, bundle_dir=bundle_dir,
-                          max_seq_len=limit, threads=options.intra_op_num_threads,
-                          input_names=names,
-                          input_types={name: _DTYPES.get(graph_inputs[name], np.int64)
-                                       for name in names})
+    model = EmbeddingModel(session=session, tokenizer=tokenizer, meta=meta, bundle_dir=bundle_dir,
+                           max_seq_len=limit, threads=options.intra_op_num_threads,
+                           input_names=names,
+                           input_types={name: _DTYPES.get(graph_inputs[name], np.int64)
+                                        for name in names}, providers=choice)
+    if profile_nodes:
+        model.node_share = profiled_node_shares(
+            session, lambda: model.infer(model.tokenize_one("a probe of the providers")))
+    return model

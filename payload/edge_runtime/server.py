@@ -57,11 +57,12 @@ def float32_json(rows) -> bytes:
 
 
 def readiness(service: Service) -> dict:
-    """Return /readyz's answer; ApiError 503 while loading or after a failed selftest."""
-    if not service.ready:
-        state = "failed" if service.state == "failed" else "loading"
-        raise ApiError(503, f"not ready: {service.status}", state=state)
-    return {"status": "ready", "state": "ready", "detail": service.status,
+    """Return /readyz's answer: 200 only while the service takes inference, else ApiError 503
+    with the state and the reason (loading, failed, too_hot, overloaded; Service.serving)."""
+    state, reason = service.serving()
+    if state != "ready":
+        raise ApiError(503, f"not ready: {reason}", state=state, reason=reason)
+    return {"status": "ready", "state": "ready", "detail": reason, "reason": reason,
             "throttle": service.guard.state}
 
 

@@ -10,6 +10,7 @@ import re
 import time
 from concurrent.futures import CancelledError
 
+from edge_runtime.batching import Decision, decide, job_size, run_grouped
 from edge_runtime.config import RuntimeConfig
 from edge_runtime.golden import ROUTES
 from edge_runtime.heads import InputError
@@ -20,7 +21,7 @@ from edge_runtime.sysfs import Sysfs, governor_drift
 from edge_runtime.thermal import HARD, SOFT, STATES, ThermalGuard
 from edge_runtime.tuning import Placement, place
 from edge_runtime.validate import ApiError
-from edge_runtime.worker import Abandoned, InferenceWorker, QueueFull
+from edge_runtime.worker import Abandoned, BatchPolicy, InferenceWorker, QueueFull
 
 __all__ = ["Service", "release_id", "rss_bytes"]
 
@@ -29,6 +30,8 @@ RELEASE_PATH = re.compile(r"/releases/([^/]+)/bundle/?$")
 WAIT_S = 60.0
 TRIM_TOKENS = 128  # after a call over this many tokens, hand freed memory back when idle
 TASK_METHODS = {"embed": "embed", "classify": "classify", "qa": "answer"}
+# A queue full for a moment is load; full for this long, the device is not serving in practice
+QUEUE_FULL_S = 10.0
 
 
 def release_id(bundle_dir) -> str | None:
@@ -78,6 +81,8 @@ class Service:
         self.guard = ThermalGuard(self.sysfs, self.config.thermal)
         self.metrics = Metrics()
         self._trim = False
+        self.full_since: float | None = None  # when new work was first refused for a full queue
+        self.batching = Decision(False, "not loaded")
         self.worker = InferenceWorker(self._run, self.config.limits.queue_depth,
                                       observe=self.metrics.inferred, spacing=self._spacing,
                                       idle=self._idle, settled=_malloc_trim)
@@ -86,6 +91,27 @@ class Service:
     def ready(self) -> bool:
         """Return True once the model is loaded and the selftest passed."""
         return self.state == "ready"
+
+    def serving(self) -> tuple[str, str]:
+        """Return (state, reason): whether the service takes inference now, and if not, why.
+
+        States: "ready" (serving; soft throttling only slows it), "loading", "failed" (load or
+        selftest), "too_hot" (the thermal guard refuses new work), "overloaded" (the queue has
+        refused work for QUEUE_FULL_S). /readyz answers from this, so the host's status and
+        health gate see the same refusals a client of /v1/embed does.
+        """
+        if self.state != "ready":
+            return self.state, self.status
+        if self.guard.state == HARD:
+            t = self.config.thermal
+            return "too_hot", (f"too hot: {self.guard.hottest()} °C above the hard limit {t.hard_c:g} °C, "
+                               f"refusing inference until below {t.soft_c:g} °C")
+        since = self.full_since
+        if since is not None and self.worker.depth >= self.config.limits.queue_depth \
+                and time.monotonic() - since >= QUEUE_FULL_S:
+            return "overloaded", (f"inference queue full ({self.config.limits.queue_depth}) for "
+                                  f"{time.monotonic() - since:.0f} s, refusing new work")
+        return "ready", self.status
 
     def place(self) -> Placement:
         """Apply affinity and nice; call from the main thread before any other thread starts.
@@ -102,7 +128,13 @@ class Service:
             self.guard.start() if poll else self.guard.tick()
             started = time.perf_counter()
             self.model = model = load(self.bundle_dir, threads=placement.threads,
-                                      max_seq_len=self.max_seq_len, spin=placement.spin)
+                                      max_seq_len=self.max_seq_len, spin=placement.spin,
+                                      providers=self.config.providers,
+                                      provider_options=self.config.provider_options,
+                                      profile_nodes=True)
+            if model.providers and model.providers.missing:
+                log.warning("providers_fallback missing=%s active=%s", ",".join(model.providers.missing),
+                            ",".join(model.providers.names))
             log.info("model_loaded bundle=%s seconds=%.3f", self.bundle_dir,
                      time.perf_counter() - started)
             result = selftest(model)
@@ -110,6 +142,7 @@ class Service:
             gc.freeze()  # the model's objects live forever: keep them out of every GC pass
             _malloc_trim()
             if result.passed:
+                self._batch_if_safe(model)
                 self.worker.start()
             self.state = "ready" if result.passed else "failed"
             self.status = result.reason
@@ -125,6 +158,33 @@ class Service:
         result = getattr(self.model, TASK_METHODS[task])(*args)
         self._trim = self._trim or self.model.last_tokens > TRIM_TOKENS
         return result
+
+    def _batch_if_safe(self, model: EmbeddingModel) -> None:
+        """Give the worker a batch policy when batching.py's rule allows it for this bundle."""
+        settings = self.config.batching
+        self.batching = decide(settings, model.meta)
+        log.info("batching enabled=%s max_batch=%d max_wait_ms=%s (%s)", self.batching.enabled,
+                 settings.max_batch, settings.max_wait_ms, self.batching.reason)
+        if self.batching.enabled and settings.max_batch > 1:
+            self.worker.batch = BatchPolicy(size=job_size, run_many=self._run_many,
+                                            max_items=settings.max_batch,
+                                            max_wait_s=settings.max_wait_ms / 1e3)
+
+    def _run_many(self, jobs: list) -> list:
+        """Run several queued jobs of one task as few model calls as padding allows."""
+        model = self.model
+        task = jobs[0][0]
+        if model is None or any(job[0] != task for job in jobs):
+            return [self._outcome(job) for job in jobs]
+        outcomes = run_grouped(getattr(model, TASK_METHODS[task]), model.token_lengths, jobs)
+        self._trim = self._trim or model.last_tokens > TRIM_TOKENS
+        return outcomes
+
+    def _outcome(self, job):
+        try:
+            return self._run(job)
+        except Exception as error:
+            return error
 
     def _idle(self) -> None:
         """After long inputs, return glibc's freed blocks to the OS (off the answer path):
@@ -164,7 +224,9 @@ class Service:
         try:
             future = self.worker.submit((task, args), wanted)
         except QueueFull as error:
+            self.full_since = self.full_since or time.monotonic()
             raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
+        self.full_since = None
         try:
             return future.result(timeout=WAIT_S)
         except InputError as error:
@@ -190,6 +252,7 @@ class Service:
             "release": release_id(self.bundle_dir) or self.config.release,
             "target": self.config.target,
             "state": self.state,
+            "serving": dict(zip(("state", "reason"), self.serving(), strict=True)),
             "threads": placement.threads if placement else None,
             "affinity": list(placement.affinity) if placement else None,
             "spin": placement.spin if placement else self.config.spin,
@@ -204,10 +267,24 @@ class Service:
                              for z in self.guard.zones},
             "throttle": {"state": self.guard.state, "soft_c": self.config.thermal.soft_c,
                          "hard_c": self.config.thermal.hard_c},
+            "providers": self.providers(),
             "queue_depth": self.worker.depth,
+            "batching": {"enabled": self.batching.enabled, "reason": self.batching.reason,
+                         "max_batch": self.config.batching.max_batch,
+                         "max_wait_ms": self.config.batching.max_wait_ms},
             "rss_bytes": rss_bytes(),
             "uptime_s": round(time.monotonic() - self.started, 3),
         }
+
+    def providers(self) -> dict:
+        """Return the execution providers: requested, active (the session's), missing, required,
+        and the share of graph nodes each active one runs."""
+        model = self.model
+        active = model.session.get_providers() if model else []
+        return {"requested": list(self.config.providers), "active": active,
+                "missing": [p for p in self.config.providers if model and p not in active],
+                "required": list(self.config.require_providers),
+                "node_share": dict(model.node_share) if model else {}}
 
     def gauges(self) -> list:
         """Return the gauges for /metrics: queue, temperatures, throttle, governor drift."""
@@ -226,4 +303,15 @@ class Service:
              [({"policy": p.name, "governor": p.governor or "", "wanted":
                 self.config.governor or ""}, int(p.name in drift)) for p in policies]),
             ("edge_resident_memory_bytes", "Resident set size.", [({}, rss_bytes())]),
+            *self._provider_gauges(),
         ]
+
+    def _provider_gauges(self) -> list:
+        providers = self.providers()
+        names = list(dict.fromkeys([*providers["requested"], *providers["active"]]))
+        return [("edge_provider_active", "1 when the session runs on this execution provider "
+                 "(requested or active).", [({"provider": p}, int(p in providers["active"]))
+                                            for p in names]),
+                ("edge_provider_node_share", "Share of graph nodes this provider ran (profiled "
+                 "once at load).", [({"provider": p}, float(share))
+                                    for p, share in sorted(providers["node_share"].items())])]

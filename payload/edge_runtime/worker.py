@@ -1,4 +1,11 @@
-"""One inference thread fed by a bounded queue; a full queue refuses work at once."""
+"""One inference thread fed by a bounded queue; a full queue refuses work at once.
+
+With a batch policy the thread takes several queued jobs at once (micro-batching): it drains
+what already waits and, only when one of the recent batches held more than one job (clients are
+concurrent), waits up to max_wait_s for as many jobs as the largest of them. Waiting on the
+recent largest, not the last, keeps a late client from splitting the next batch in two. A lone
+client never waits (after a burst, for RECENT of its requests at most).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,14 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 
-__all__ = ["InferenceWorker", "QueueFull", "Abandoned"]
+__all__ = ["InferenceWorker", "QueueFull", "Abandoned", "BatchPolicy"]
 
 log = logging.getLogger("edge_runtime")
+RECENT = 8  # batches the expected company is taken from
 
 
 class QueueFull(Exception):
@@ -19,6 +29,17 @@ class QueueFull(Exception):
 
 class Abandoned(ConnectionError):
     """The client went away before the worker reached its job; the job was dropped."""
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How the worker batches: size(job) is a job's text count (0: never batched), at most
+    max_items texts a batch, run_many(jobs) returns one result or exception per job."""
+
+    size: Callable[[object], int]
+    run_many: Callable[[list], list]
+    max_items: int = 16
+    max_wait_s: float = 0.004
 
 
 class InferenceWorker:
@@ -31,17 +52,21 @@ class InferenceWorker:
     """
 
     def __init__(self, run, depth: int, observe=lambda s: None, spacing=lambda s: 0.0,
-                 idle=lambda: None, settled=lambda: None, settle_s: float = 1.0):
+                 idle=lambda: None, settled=lambda: None, settle_s: float = 1.0,
+                 batch: BatchPolicy | None = None):
         self.run, self.observe, self.spacing, self.idle = run, observe, spacing, idle
         self.settled, self.settle_s = settled, settle_s
+        self.batch = batch  # None: one job at a time; set before start()
         self.jobs: queue.Queue = queue.Queue(maxsize=depth)
-        self.busy = False
+        self.busy = 0  # jobs running now
+        self.batches: list[int] = []  # jobs per batch run, the latest 64 (tests, metrics)
+        self._held: tuple | None = None  # taken from the queue but left for the next batch
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
 
     @property
     def depth(self) -> int:
         """Return the number of jobs waiting or running."""
-        return self.jobs.qsize() + (1 if self.busy else 0)
+        return self.jobs.qsize() + self.busy + (self._held is not None)
 
     def start(self) -> InferenceWorker:
         """Start the worker thread."""
@@ -78,33 +103,96 @@ class InferenceWorker:
             log.exception("worker_wanted_check_failed")
             return True
 
+    def _next(self, timeout: float | None) -> tuple:
+        """Return the held-back job if any, else the next from the queue (queue.Empty)."""
+        if self._held is not None:
+            item, self._held = self._held, None
+            return item
+        return self.jobs.get(timeout=timeout)
+
+    def _gather(self, first: tuple) -> list[tuple]:
+        """Return first plus the jobs that join its batch (see the module docstring)."""
+        batch = self.batch
+        size = batch.size(first[0]) if batch else 0
+        if not batch or not size or size >= batch.max_items:
+            return [first]
+        taken, items = [first], size
+        expected = max(self.batches[-RECENT:], default=1)
+        waiting = expected > 1  # concurrent clients: worth a short wait for the rest
+        deadline = time.monotonic() + batch.max_wait_s
+        while items < batch.max_items:
+            left = deadline - time.monotonic()
+            try:
+                item = self.jobs.get_nowait() if not waiting or left <= 0 or \
+                    len(taken) >= expected else self.jobs.get(timeout=left)
+            except queue.Empty:
+                break
+            job_size = batch.size(item[0]) if item[1] is not None else 0
+            if not job_size or items + job_size > batch.max_items:
+                self._held = item  # a stop, an unbatchable or a too-big job goes next, alone
+                break
+            taken.append(item)
+            items += job_size
+        return taken
+
+    def _wanted(self, taken: list[tuple]) -> list[tuple]:
+        """Drop the jobs whose client has gone (their futures cancelled); keep the rest."""
+        kept = []
+        for job, future, wanted in taken:
+            if wanted is not None and not self._still_wanted(wanted):
+                future.cancel()
+            if future.set_running_or_notify_cancel():
+                kept.append((job, future))
+        return kept
+
+    def _execute(self, kept: list[tuple]) -> None:
+        """Run the jobs (one alone, or as one batch) and settle their futures."""
+        self.busy = len(kept)
+        started = time.perf_counter()
+        try:
+            if len(kept) == 1:
+                outcomes = [self._outcome(kept[0][0])]
+            else:
+                outcomes = self.batch.run_many([job for job, _ in kept])  # type: ignore[union-attr]
+            for (_, future), outcome in zip(kept, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+        except BaseException as error:  # the worker outlives any batch
+            for _, future in kept:
+                if not future.done():
+                    future.set_exception(error)
+        finally:
+            self.busy = 0
+            self.observe(time.perf_counter() - started)
+        self.batches = [*self.batches[-63:], len(kept)]
+
+    def _outcome(self, job):
+        try:
+            return self.run(job)
+        except BaseException as error:
+            return error
+
     def _loop(self) -> None:
         unsettled = False
         while True:
             try:
-                job, future, wanted = self.jobs.get(timeout=self.settle_s if unsettled else None)
+                first = self._next(self.settle_s if unsettled else None)
             except queue.Empty:
                 unsettled = False
                 self._housekeep(self.settled, "settled")
                 continue
-            if future is None:
+            if first[1] is None:
                 return
-            if wanted is not None and not self._still_wanted(wanted):
-                future.cancel()
-            if not future.set_running_or_notify_cancel():
+            kept = self._wanted(self._gather(first))
+            if not kept:
                 continue
-            self.busy = True
             started = time.perf_counter()
-            try:
-                future.set_result(self.run(job))
-            except BaseException as error:  # the worker outlives any one job
-                future.set_exception(error)
-            finally:
-                took = time.perf_counter() - started
-                self.busy = False
-                self.observe(took)
+            self._execute(kept)
+            took = time.perf_counter() - started
             unsettled = True
-            if self.jobs.empty():
+            if self.jobs.empty() and self._held is None:
                 self._housekeep(self.idle, "idle")
             gap = self.spacing(took)
             if gap > 0:

@@ -32,7 +32,11 @@ from edgefleet.transport import connect
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "build" / "bundles" / "all-minilm-l6-v2-int8"
-KERNEL = os.environ.get("EDGEFLEET_VM_KERNEL", "4k")  # 16k: the Pi 5's page size
+KERNEL = os.environ.get("EDGEFLEET_VM_KERNEL", "16k")  # the Pi 5's page size; 4k: Orin's and RK3588's
+# the docker variant, as test_lab_vm_image.py boots: one VM image (built once, the slowest step under
+# emulation) serves both e2e tests; a venv deploy does not mind docker beside it
+SPEC = vmplan.VmSpec(kernel=KERNEL, docker=os.environ.get("EDGEFLEET_VM_PLAIN") != "1")
+NAME = SPEC.target_name
 READY_TIMEOUT_S = 600.0  # ORT's first load under TCG on a loaded 2-core host
 
 
@@ -61,7 +65,18 @@ def bundle():
 def vm(tmp_path_factory, phases):
     """Boot the VM on a fresh overlay with its inventory in a private targets dir; always stop it."""
     paths = labvm.VmPaths(build_dir=REPO / "build", targets_dir=tmp_path_factory.mktemp("targets"))
-    yield from booted_vm(paths, vmplan.VmSpec(kernel=KERNEL), phases, "image")
+    booted = booted_vm(paths, SPEC, phases, "image")
+    yield from _as_venv_target(booted, paths)
+
+
+def _as_venv_target(booted, paths: labvm.VmPaths):
+    """Pass `booted_vm`'s paths on once the inventory ships a venv (the docker variant's target
+    ships an image; this test is about the venv path), then let it stop the VM."""
+    for value in booted:
+        document = yaml.safe_load(paths.inventory.read_text())
+        document["devices"][NAME].pop("ship", None)
+        paths.inventory.write_text(yaml.safe_dump(document, sort_keys=False))
+        yield value
 
 
 def invoke(paths: labvm.VmPaths, *args: str, timeout: float = 1800) -> str:
@@ -74,7 +89,7 @@ def invoke(paths: labvm.VmPaths, *args: str, timeout: float = 1800) -> str:
 
 
 def target(paths: labvm.VmPaths):
-    return load_inventory(paths.targets_dir).target(vmplan.NAME)
+    return load_inventory(paths.targets_dir).target(NAME)
 
 
 def on_vm(paths: labvm.VmPaths, command: str) -> str:
@@ -106,7 +121,7 @@ def x86_embeddings(texts: list[str]) -> np.ndarray:
 
 
 def released(out: str) -> str:
-    match = re.search(r"lab-vm: (?:deployed|unchanged) (r-[0-9a-f]{12})", out)
+    match = re.search(rf"{NAME}: (?:deployed|unchanged) (r-[0-9a-f]{{12}})", out)
     assert match, out[-3000:]
     return match.group(1)
 
@@ -125,7 +140,7 @@ def test_deploy_reboot_rollback_on_arm64_vm(bundle, vm, phases):
 
     # -- first release --------------------------------------------------------------------------
     started = time.monotonic()
-    out = invoke(paths, "deploy", "--target", vmplan.NAME)
+    out = invoke(paths, "deploy", "--target", NAME)
     phases.mark("deploy_first", started)
     first = released(out)
     gate = re.search(r"healthy, ready after ([\d.]+) s, golden min cosine ([\d.]+).*emulated: latency reported, not judged", out)
@@ -163,10 +178,10 @@ def test_deploy_reboot_rollback_on_arm64_vm(bundle, vm, phases):
     # -- second release: a config change (one thread) makes a new release -------------------------
     inventory_file = paths.inventory
     document = yaml.safe_load(inventory_file.read_text())
-    document["devices"][vmplan.NAME]["runtime"] = {"threads": 1}
+    document["devices"][NAME]["runtime"] = {"threads": 1}
     inventory_file.write_text(yaml.safe_dump(document, sort_keys=False))
     started = time.monotonic()
-    second = released(invoke(paths, "deploy", "--target", vmplan.NAME))
+    second = released(invoke(paths, "deploy", "--target", NAME))
     phases.mark("deploy_second", started)
     assert second != first
 
@@ -191,7 +206,7 @@ def test_deploy_reboot_rollback_on_arm64_vm(bundle, vm, phases):
 
     # -- roll back to the first release: it serves again ------------------------------------------
     started = time.monotonic()
-    out = invoke(paths, "rollback", "--target", vmplan.NAME)
+    out = invoke(paths, "rollback", "--target", NAME)
     phases.mark("rollback", started)
     assert f"-> {first}" in out and "rolled back" in out, out[-3000:]
     assert on_vm(paths, f"readlink {tgt.settings.root}/current") == f"releases/{first}"

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgefleet.render import MAX_EXPOSURE, TUNING_SCRIPT, UNIT_NAME, check_rendered, render_target, security_exposure
+from edgefleet.render import (
+    MAX_EXPOSURE,
+    RUNTIME_UNIT_EXPOSURE,
+    TUNING_SCRIPT,
+    UNIT_NAME,
+    check_rendered,
+    render_target,
+    security_exposure,
+)
 
 from .regen import GOLDEN, golden_targets
 
@@ -45,6 +53,7 @@ def test_golden_files_pass_the_real_tools(board, target):
     exposure = security_exposure(next(f for f in files if f.name == UNIT_NAME))
     print(f"{board}: {UNIT_NAME} exposure {exposure}")
     assert exposure <= MAX_EXPOSURE
+    assert exposure <= RUNTIME_UNIT_EXPOSURE  # 1.4-1.6 before MemoryDenyWriteExecute, ~@resources, ...
 
 
 @pytest.mark.parametrize("board, target", TARGETS, ids=[b for b, _ in TARGETS])
@@ -57,10 +66,9 @@ def test_runtime_config_follows_the_contract(board, target):
     assert config["thermal"]["soft_c"] < config["thermal"]["hard_c"]
     assert set(config["limits"]) == {"max_body_bytes", "max_texts", "max_text_chars", "queue_depth"}
     unit = (GOLDEN / board / UNIT_NAME).read_text().splitlines()
-    if s.runtime.nice < 0:
-        assert "AmbientCapabilities=CAP_SYS_NICE" in unit and "CapabilityBoundingSet=CAP_SYS_NICE" in unit
-    else:
-        assert "CapabilityBoundingSet=" in unit
+    # no capability even for a negative nice: systemd sets Nice= before the runtime starts
+    assert "AmbientCapabilities=" in unit and "CapabilityBoundingSet=" in unit
+    assert ("SystemCallFilter=sched_setaffinity" in unit) == bool(config["affinity"])
     assert f"Nice={s.runtime.nice}" in unit
 
 

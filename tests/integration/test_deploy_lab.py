@@ -7,6 +7,7 @@ lab that is already up, and takes down the one it starts.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from edgefleet.deploy import Device, deploy, service_call
 from edgefleet.model.tiny import tiny_bundle
+from edgefleet.render import RUNTIME_UNIT_EXPOSURE
 from edgefleet.transport import connect
 
 pytestmark = pytest.mark.integration
@@ -44,10 +46,11 @@ def test_deploy_then_nothing_changed(run_on, lab_target, bundle, tmp_path):
     # the service runs unprivileged, as the edgefleet user
     pid = run_on(lab_target, "systemctl show -p MainPID --value edgefleet-runtime.service")
     assert run_on(lab_target, f"ps -o user= -p {pid}") == "edgefleet"
-    # ...with CAP_SYS_NICE only (lab-01 is a pi5: nice -5), and the unit's sandbox applied: / is
-    # read-only in its namespace
+    # ...with no capability at all, yet at nice -5 (lab-01 is a pi5: systemd set Nice=), and the
+    # unit's sandbox applied: / is read-only in its namespace
     assert lab_target.board.name == "pi5" and lab_target.settings.runtime.nice == -5
-    assert run_on(lab_target, f"grep CapBnd /proc/{pid}/status").split() == ["CapBnd:", f"{1 << 23:016x}"]
+    assert run_on(lab_target, f"grep CapBnd /proc/{pid}/status").split() == ["CapBnd:", f"{0:016x}"]
+    assert run_on(lab_target, f"ps -o ni= -p {pid}") == "-5"
     root_mount = run_on(lab_target, f"awk '$5 == \"/\" {{print $6}}' /proc/{pid}/mountinfo")
     assert root_mount.split(",")[0] == "ro"
     state = json.loads(run_on(lab_target, f"cat {root}/state.json"))
@@ -66,6 +69,14 @@ def test_deploy_then_nothing_changed(run_on, lab_target, bundle, tmp_path):
     assert not second.changed and second.ok
     assert second.release_id == first.release_id
     assert "nothing to do" in lines[0]
+
+
+def test_installed_unit_security_exposure(run_on, lab_target):
+    """systemd itself scores the running unit (not the offline file): at most RUNTIME_UNIT_EXPOSURE."""
+    out = run_on(lab_target, "systemd-analyze security --no-pager edgefleet-runtime.service 2>&1")
+    match = re.search(r"Overall exposure level for edgefleet-runtime.service: ([0-9.]+)", out)
+    assert match, out[-600:]
+    assert float(match.group(1)) <= RUNTIME_UNIT_EXPOSURE, out[-1500:]
 
 
 def test_unhealthy_release_rolls_back(run_on, lab_target, bundle, tmp_path):
@@ -109,3 +120,110 @@ def test_status_reports_drift_and_deploy_repairs_it(run_on, lab_target, bundle):
     repaired = deploy(lab_target, bundle, REPO / "build", log=lambda _: None)
     assert repaired.ok and repaired.changed
     assert collect_status(lab_target).drift == []
+
+
+ORIN_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_orin_providers_on_cpu_only_onnxruntime_warn_and_fail_when_required(run_on, lab_target, bundle,
+                                                                          monkeypatch):
+    """An Orin's provider list on a device whose onnxruntime is PyPI's (CPU only): the gate passes
+    with a fallback warning that status shows too; with `require_providers` deploy refuses a package
+    set without onnxruntime-gpu, and where the device's onnxruntime still lacks the provider (a
+    wrong wheel, missing CUDA libraries) the gate fails and rolls back."""
+    from dataclasses import replace
+
+    from edgefleet.deploy import run as deploy_run
+    from edgefleet.errors import InputError
+    from edgefleet.inspect import collect_status
+
+    def asking(**settings):
+        return replace(lab_target, settings=lab_target.settings.model_copy(update=settings))
+
+    orin = asking(providers=ORIN_PROVIDERS)
+    fallback = deploy(orin, bundle, REPO / "build", log=lambda _: None)
+    assert fallback.ok and fallback.changed, fallback.health and fallback.health.reason
+    [warning] = [n for n in fallback.health.notes if n.startswith("provider fallback")]
+    assert "TensorrtExecutionProvider, CUDAExecutionProvider not offered" in warning
+    assert warning in fallback.health.summary()
+    assert collect_status(orin).warnings == [warning]
+
+    needs_cuda = asking(providers=ORIN_PROVIDERS, require_providers=["CUDAExecutionProvider"])
+    with pytest.raises(InputError, match="require_providers CUDAExecutionProvider needs onnxruntime-gpu"):
+        deploy(needs_cuda, bundle, REPO / "build", log=lambda _: None)
+    # the package set passes the host's check (as one with onnxruntime-gpu would); the device's does not run it
+    monkeypatch.setattr(deploy_run, "gpu_package_check", lambda target: (None, None))
+    lines: list[str] = []
+    required = deploy(needs_cuda, bundle, REPO / "build", log=lines.append)
+    assert not required.ok and required.rolled_back and required.previous == fallback.release_id
+    assert "required execution provider CUDAExecutionProvider is not active" in required.health.reason
+    root = lab_target.settings.root
+    assert run_on(lab_target, f"readlink {root}/current") == f"releases/{fallback.release_id}"
+
+
+def _slower_bundle(src: Path, dst: Path, size: int = 384, rounds: int = 4) -> Path:
+    """Copy `src` with a graph that gives the same outputs after extra work: MatMuls on a value
+    made from the input ids (nothing ORT can fold away), multiplied by zero and added."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgefleet.model.bundle import externalize_weights
+    from edgefleet.model.files import file_record
+
+    shutil.copytree(src, dst)
+    model = onnx.load(str(dst / "model.onnx"))
+    graph = model.graph
+    out = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = [f"{out}_fast" if name == out else name for name in node.output]
+    rng = np.random.default_rng(0)
+    graph.initializer.extend([numpy_helper.from_array((rng.random((size, size)) * 0.01).astype(np.float32), "slow_a"),
+                              numpy_helper.from_array(np.zeros((), np.float32), "slow_zero")])
+    nodes = [helper.make_node("Cast", ["input_ids"], ["slow_ids"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["slow_ids"], ["slow_sum"], keepdims=0),
+             helper.make_node("Mul", ["slow_a", "slow_sum"], ["slow_x0"])]
+    for i in range(rounds):
+        nodes += [helper.make_node("MatMul", [f"slow_x{i}", "slow_a"], [f"slow_y{i}"]),
+                  helper.make_node("Tanh", [f"slow_y{i}"], [f"slow_x{i + 1}"])]
+    nodes += [helper.make_node("ReduceSum", [f"slow_x{rounds}"], ["slow_r"], keepdims=0),
+              helper.make_node("Mul", ["slow_r", "slow_zero"], ["slow_z"]),
+              helper.make_node("Add", [f"{out}_fast", "slow_z"], [out])]
+    graph.node.extend(nodes)
+    onnx.save(model, str(dst / "model.onnx"))
+    externalize_weights(dst / "model.onnx")
+    meta = json.loads((dst / "bundle.json").read_text())
+    meta["name"] = meta.get("name", "tiny") + "-slow"
+    meta["files"] = {name: file_record(dst / name) for name in meta["files"] if (dst / name).is_file()}
+    (dst / "bundle.json").write_text(json.dumps(meta))
+    return dst
+
+
+def test_a_slower_release_fails_the_regression_gate_and_rolls_back(run_on, lab_target, bundle, tmp_path):
+    """Lab devices are emulated (speed never judged); this one is marked native for the test, without
+    an absolute budget, so only the regression against the committed release's p95 can fail it."""
+    from dataclasses import replace
+
+    settings = lab_target.settings
+    native = replace(lab_target, settings=settings.model_copy(update={
+        "emulated": False, "health": settings.health.model_copy(update={"latency_budget_ms": None})}))
+    # the baseline itself is not compared (the shared CI host's noise on a 2 ms model); the slow one is
+    unjudged = replace(native, settings=native.settings.model_copy(update={
+        "health": native.settings.health.model_copy(update={"latency_budget_ms": None, "max_regression": None})}))
+    base = deploy(unjudged, bundle, REPO / "build", log=lambda _: None)
+    assert base.ok, base.health and base.health.summary()
+    root = lab_target.settings.root
+    state = json.loads(run_on(lab_target, f"cat {root}/state.json"))
+    committed = state["current"]
+    assert isinstance(state["history"][-1]["p95_ms"], float)
+
+    slow = deploy(native, _slower_bundle(bundle, tmp_path / "slow"), REPO / "build", log=lambda _: None)
+    assert not slow.ok and slow.rolled_back and slow.previous == committed, slow.health.summary()
+    assert slow.health.reason.startswith("regression: p95"), slow.health.reason
+    assert run_on(lab_target, f"readlink {root}/current") == f"releases/{committed}"
+
+    # the same slower release on the emulated device: reported, never judged
+    emulated = deploy(replace(native, settings=native.settings.model_copy(update={"emulated": True})),
+                      tmp_path / "slow", REPO / "build", log=lambda _: None)
+    assert emulated.ok and any(n.startswith("regression seen") for n in emulated.health.notes), \
+        emulated.health.summary()

@@ -13,6 +13,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -100,7 +102,7 @@ def test_runtime_and_status_read_the_boards_fake_sysfs(rk3588):
     host_cpus = sorted(os.sched_getaffinity(0))
     assert now["affinity"] == host_cpus and now["threads"] == min(4, len(host_cpus))
     assert "CPUs [4, 5, 6, 7] do not exist" in now["tuning_warnings"][0]
-    assert now["nice"] == -5  # the unit grants CAP_SYS_NICE, the lab container has it
+    assert now["nice"] == -5  # systemd sets Nice= (the lab container has CAP_SYS_NICE)
 
     status, _, text = call(target, "/metrics")
     assert status == 200
@@ -142,6 +144,55 @@ def test_heat_past_soft_then_hard_refuses_work_then_recovers(rk3588):
     wait_for_throttle(target, "ok")
     status, _, body = call(target, "/v1/embed", texts)
     assert status == 200 and len(json.loads(body)["embeddings"]) == 1
+
+
+def _invoke(paths, *args: str) -> subprocess.CompletedProcess:
+    """Run a task as a user types it, against this lab's inventory."""
+    env = {**os.environ, "INVOKE_EDGEFLEET_TARGETS_DIR": str(paths.targets_dir), "COLUMNS": "240"}
+    return subprocess.run([str(Path(sys.executable).parent / "invoke"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_heated_past_the_hard_limit_status_says_not_healthy_and_why(rk3588):
+    """`lab.heat --celsius 99`: the runtime refuses inference, so `status` says unhealthy, why, and exits 1."""
+    target, paths, _ = rk3588
+    try:
+        heat = _invoke(paths, "lab.heat", "--device", "lab-01", "--celsius", "99")
+        assert heat.returncode == 0, heat.stderr
+        wait_for_throttle(target, "hard")
+        table = _invoke(paths, "status", "--target", "lab-01")
+        assert table.returncode == 1, table.stdout + table.stderr
+        assert "too hot" in table.stdout, table.stdout
+        report = _invoke(paths, "status", "--target", "lab-01", "--json")
+        st = json.loads(report.stdout)["targets"]["lab-01"]
+        assert report.returncode == 1 and st["healthy"] is False, st
+        assert "too hot: 99.0 °C above the hard limit 85 °C" in st["ready_detail"], st
+    finally:
+        knobs.heat(paths, "lab-01", sysfs.IDLE_C)
+    wait_for_throttle(target, "ok")
+    assert collect_status(target).healthy
+
+
+def test_the_docs_lab_inventory_reaches_a_lab_device(rk3588, tmp_path):
+    """docs/inventory.md's copy-paste inventory, moved to this lab's slot as the docs say, logs in
+    to lab-01 (host key verified against the lab's known_hosts) and reads its release and health."""
+    from tests.unit.test_inventory_docs import yaml_block
+
+    target, paths, first = rk3588
+    text = yaml_block("<!-- snippet: lab-fleet")
+    moves = (("port: 2201", f"port: {target.port}"),
+             ("{port: 18081}", f"{{port: {target.settings.runtime.port}}}"),
+             ("../build/lab/id_ed25519", str(target.ssh_key)),
+             ("../build/lab/known_hosts", str(target.known_hosts)))
+    for old, new in moves:
+        assert old in text, old
+        text = text.replace(old, new)
+    (tmp_path / "myfleet").mkdir()
+    (tmp_path / "myfleet" / "fleet.yaml").write_text(text)
+    report = _invoke(lab.LabPaths(build_dir=paths.build_dir, targets_dir=tmp_path / "myfleet"),
+                     "status", "--target", "shelf-pi-01", "--json")
+    st = json.loads(report.stdout)["targets"]["shelf-pi-01"]
+    assert st["reachable"] and st["release"] == first.release_id and st["healthy"], (st, report.stderr)
 
 
 def test_heat_knob_errors_name_the_device_and_zone(rk3588):

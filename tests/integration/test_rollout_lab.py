@@ -106,3 +106,36 @@ def test_rollout_waves_rollback_resume_and_canary_stop(run_on, fleet, bundles, t
     assert "golden" in fourth["devices"]["lab-01"]["error"]
     assert active(fleet, run_on) == v2
     assert resume_targets(latest_record(build / "rollouts")) == NAMES
+
+
+def test_mixed_boards_each_get_the_variant_their_board_asks_for(run_on, fleet, tmp_path):
+    """Boards round-robin: lab-02 is an orin-nano (bundle.precision fp16), the others int8. One
+    rollout of the set's int8 bundle gives lab-02 the FP16 sibling; the table and the record say so."""
+    from edgefleet.model.fp16 import convert_fp16
+
+    paths = tiny_bundle(tmp_path / "tiny")
+    shutil.copytree(paths["bundle_dir"], tmp_path / "set" / "tiny-int8")
+    convert_fp16(paths["fp32_dir"], tmp_path / "set" / "tiny-fp16", name="tiny-fp16")
+    build = tmp_path / "build"
+    build.mkdir()
+    (REPO / "build" / "device-envs").mkdir(parents=True, exist_ok=True)
+    (build / "device-envs").symlink_to(REPO / "build" / "device-envs")
+    doc = rollout(fleet, plan_rollout(NAMES, canary=1, batch=2, max_fail=0), tmp_path / "set" / "tiny-int8", build,
+                  progress=False, log=lambda _: None)
+    assert doc["status"] == "completed" and set(results(doc).values()) == {"updated"}, doc
+    assert {n: d["variant"] for n, d in doc["devices"].items()} == {"lab-01": "int8", "lab-02": "fp16",
+                                                                     "lab-03": "int8"}
+    for target in fleet:
+        meta = json.loads(run_on(target, f"cat {target.settings.root}/current/bundle/bundle.json"))
+        assert meta.get("precision", "int8") == doc["devices"][target.name]["variant"]
+    # the Orin's TensorRT/CUDA are not in the lab's onnxruntime: it passed with the warning
+    assert any(w.startswith("provider fallback") for w in doc["devices"]["lab-02"]["warnings"])
+    from io import StringIO
+
+    from rich.console import Console
+
+    from edgefleet.rollout.report import print_table
+
+    out = StringIO()
+    print_table(doc, Console(file=out, width=250))
+    assert "(fp16)" in out.getvalue() and "provider fallback" in out.getvalue()

@@ -158,7 +158,7 @@ def test_every_root_command_of_a_first_deploy_is_in_the_sudoers_list(tmp_path, v
     dev = Device(conn, vm_target, owns_root=facts.owns_root)
     apply_plan(dev, make_plan(vm_target, release, facts), release, log=lambda *_: None)
     restart_service(dev)
-    # a batch (Device.systems) runs one sudo argv a line: `<argv>; rc=$?; <report rc>`
+    # a batch (Device.batch) runs one sudo argv a line: `<argv>; rc=$?; <report rc>`
     lines = [line.split("; rc=$?")[0] for c in conn.commands for line in c.splitlines()]
     sudo = [c for c in lines if c.startswith("sudo ")]
     rules = sudoers_rules(vmplan.sudoers_text())

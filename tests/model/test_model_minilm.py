@@ -100,3 +100,23 @@ def test_fp32_onnx_matches_pytorch(minilm, texts):
     values = (l2_normalize(np.stack(rows)) * reference).sum(axis=1)
     print(f"\nFP32 ONNX vs PyTorch: min {values.min():.6f}")
     assert values.min() > 0.9999
+
+
+def test_fp16_variant_matches_fp32_on_the_check_texts(minilm, texts, tmp_path):
+    """The FP16 bundle (the GPU variant) against the FP32 export, both run by edge_runtime on the
+    CPU: issue #21's target is a mean cosine of at least 0.9995."""
+    from edgefleet.model.bundle import verify
+    from edgefleet.model.fp16 import MIN_MEAN_COSINE, convert_fp16
+
+    fp16 = convert_fp16(minilm["fp32_dir"], tmp_path / "fp16", name="minilm-fp16").bundle_dir
+    assert verify(fp16).precision == "fp16"
+    fp32_bundle = tmp_path / "fp32"  # the export as a bundle the runtime loads: the FP32 graph
+    fp32_bundle.mkdir()
+    for name in ("model.onnx", "tokenizer.json"):
+        (fp32_bundle / name).symlink_to(minilm["fp32_dir"] / name)
+    (fp32_bundle / "bundle.json").write_text((fp16 / "bundle.json").read_text())
+    got = edge_runtime.load(fp16).embed(texts)
+    want = edge_runtime.load(fp32_bundle).embed(texts)
+    cosines = (got * want).sum(axis=1)
+    print(f"\nFP16 vs FP32 on {len(texts)} texts: mean {cosines.mean():.7f}, min {cosines.min():.7f}")
+    assert cosines.mean() >= MIN_MEAN_COSINE and cosines.min() >= 0.999

@@ -177,3 +177,31 @@ def test_a_hung_up_clients_queued_job_is_dropped(serve):
     else:
         raise AssertionError("no 499 counted for the abandoned request")
 
+
+
+def test_probe_desk_needs_no_unix_sockets(monkeypatch):
+    """The unit allows only AF_INET/AF_INET6 sockets: the desk over the cap must not need AF_UNIX."""
+    from edge_runtime.listener import ProbeDesk
+
+    real_socket = socket.socket
+
+    def inet_only(family=socket.AF_INET, *args, **kwargs):
+        if family == socket.AF_UNIX:
+            raise PermissionError("RestrictAddressFamilies: AF_UNIX refused")
+        return real_socket(family, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "socket", inet_only)
+    monkeypatch.setattr(socket, "socketpair", lambda *a, **k: inet_only(socket.AF_UNIX))
+    with real_socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        desk = ProbeDesk(lambda path: b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+                         if path == "/readyz" else None)
+        try:
+            with socket.create_connection(listener.getsockname(), timeout=5) as client:
+                accepted, _ = listener.accept()
+                desk.add(accepted)
+                client.sendall(b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert client.recv(4096).startswith(b"HTTP/1.1 200")
+        finally:
+            desk.close()

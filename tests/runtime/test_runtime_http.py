@@ -399,3 +399,38 @@ def test_float32_json_round_trips_exactly():
     assert np.array_equal(back, rows)
     assert json.loads(float32_json(np.zeros((0, 4), dtype=np.float32))) == []
     assert float32_json(np.array([[np.nan]], dtype=np.float32)) == b"[[NaN]]"
+
+
+def test_readyz_refuses_exactly_when_embed_refuses_for_heat(serve, fake_sysfs):
+    """One definition of serving: /readyz is 503 with the reason whenever /v1/embed refuses."""
+    service, port = serve()
+    for temp in (45.0, 80.0, 90.0, 80.0, 70.0):
+        fake_sysfs.zone(0, temp)
+        service.guard.tick()
+        embed_status = embed(port, ["warm"])[0]
+        ready_status, _, body = request(port, "GET", "/readyz")
+        assert ready_status == embed_status, temp
+        if ready_status == 503:
+            assert body["state"] == "too_hot" and "above the hard limit 85" in body["reason"], body
+
+
+def test_readyz_refuses_while_the_queue_stays_full(serve, monkeypatch):
+    from edge_runtime import service as service_module
+
+    monkeypatch.setattr(service_module, "QUEUE_FULL_S", 0.2)
+    service, port = serve(limits={"queue_depth": 1})
+    gate = threading.Event()
+    real_run = service.worker.run
+    service.worker.run = lambda texts: (gate.wait(10), real_run(texts))[1]
+    running = service.worker.submit(("embed", (["a"],)))
+    while not service.worker.busy:
+        time.sleep(0.001)
+    queued = service.worker.submit(("embed", (["b"],)))
+    assert embed(port, ["c"])[0] == 503
+    assert request(port, "GET", "/readyz")[0] == 200  # full for a moment: still serving
+    time.sleep(0.3)
+    status, _, body = request(port, "GET", "/readyz")
+    assert status == 503 and body["state"] == "overloaded" and "queue full" in body["reason"], body
+    gate.set()
+    running.result(10), queued.result(10)
+    assert request(port, "GET", "/readyz")[0] == 200

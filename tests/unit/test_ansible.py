@@ -26,12 +26,12 @@ def test_ansible_example_renders_the_same_configs_as_its_native_equivalent():
 
 
 @pytest.mark.parametrize("hosts, expected", [
-    ("all:\n  hosts:\n    h1:\n      ansible_host: 10.0.0.1\n", "hosts.yaml:3: devices.h1.board: Field required"),
+    ("all:\n  hosts:\n    h1:\n      ansible_host: 10.0.0.1\n", "hosts.yaml:3: devices.h1.board: required key missing"),
     ("all:\n  hosts:\n    h1:\n      edgefleet_board: pi5\n      edgefleet:\n        colour: red\n",
-     "hosts.yaml:6: devices.h1.colour: unknown setting"),
+     "hosts.yaml:6: devices.h1.colour: unknown key"),
     ("all:\n  children:\n    g:\n      hostz: {}\n", "hosts.yaml:4: all.children.g.hostz: unknown key"),
     ("all:\n  children:\n    g:\n      vars:\n        edgefleet:\n          runtime: {port: 0}\n"
-     "      hosts:\n        h1: {edgefleet_board: pi5}\n", "hosts.yaml:6: devices.h1.runtime.port"),
+     "      hosts:\n        h1: {edgefleet_board: pi5}\n", "hosts.yaml:6: groups.g.vars.runtime.port: 0 is below the minimum 1"),
 ])
 def test_ansible_errors_point_into_the_file(tmp_path, hosts, expected):
     (tmp_path / "hosts.yaml").write_text(textwrap.dedent(hosts))

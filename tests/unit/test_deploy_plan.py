@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -422,3 +423,28 @@ def test_systemd_rereads_units_only_when_an_installed_one_is_replaced(target, re
     assert changed.install_unit and not changed.install_tuning and changed.reload_units
     tuning = make_plan(target, release, facts(unit_sha256=release.unit.sha256, tuning_unit_sha256="0" * 64))
     assert not tuning.install_unit and tuning.install_tuning and tuning.reload_units
+
+
+@pytest.mark.parametrize("line, named", [
+    ("free_kb=abc", "free_kb='abc'"),
+    ("free_kb=²", "free_kb='²'"),
+    ("unit_sha=not-a-hash", "unit_sha='not-a-hash'"),
+    ("current=releases/r-1;rm -rf", "is not a release name"),
+    ("committed=r-0a1b$(x)", "is not a release name"),
+])
+def test_parse_facts_refuses_a_wrong_shape_naming_the_key(line, named):
+    """Device data is untrusted: a value of the wrong shape is a per-device error naming the key."""
+    output = "arch=aarch64\npython=3.11\nsystemd=yes\nfree_kb=2\n" + line + "\n--objects--\n"
+    with pytest.raises(PlanError, match=re.escape(named)):
+        parse_facts(output)
+
+
+def test_status_and_deploy_ask_the_same_facts(target):
+    """The facts both read (arch, current, committed, active, governors) are one set of shell lines."""
+    from edgefleet.deploy import facts
+    from edgefleet.status import status_command
+
+    command = status_command(target, [])
+    for fact in (facts.ARCH, facts.CURRENT, facts.COMMITTED, facts.ACTIVE, facts.GOVERNORS):
+        assert all(line in command for line in fact.lines(target))
+        assert all(line in facts_command(target) for line in fact.lines(target))

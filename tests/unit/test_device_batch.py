@@ -1,4 +1,4 @@
-"""Root-only steps batched into one session (Device.systems), run by sh on this host."""
+"""Root-only steps batched into one session (Device.batch of root_steps), run by sh on this host."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.deploy.device import DeployError, Device
+from edgefleet.deploy.device import DeployError, Device, root_steps
 from edgefleet.inventory import load_inventory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,17 +34,17 @@ def dev():
 
 def test_one_session_runs_every_step_and_reports_warned_failures(dev, tmp_path):
     mark = tmp_path / "ran"
-    codes = dev.systems([(["true"], "first", False), (["sh", "-c", "exit 4"], "may fail", True),
-                         (["touch", str(mark)], "last", False)])
+    codes = dev.batch(root_steps(dev, [(["true"], "first", False), (["sh", "-c", "exit 4"], "may fail", True),
+                         (["touch", str(mark)], "last", False)]))
     assert codes == [0, 4, 0] and mark.exists() and len(dev.transport.commands) == 1
 
 
 def test_the_failing_step_is_named_with_its_own_output_and_stops_the_batch(dev, tmp_path):
     after = tmp_path / "after"
     with pytest.raises(DeployError) as failed:
-        dev.systems([(["sh", "-c", "echo early-noise >&2"], "first", False),
+        dev.batch(root_steps(dev, [(["sh", "-c", "echo early-noise >&2"], "first", False),
                      (["sh", "-c", "echo no such unit >&2; exit 5"], "enable the service", False),
-                     (["touch", str(after)], "never", False)])
+                     (["touch", str(after)], "never", False)]))
     assert str(failed.value) == "pi5-01: enable the service failed (exit 5): no such unit"  # its own output only
     assert not after.exists()
 
@@ -54,8 +54,8 @@ def test_each_step_is_one_argv_a_line_for_a_sudoers_list(dev):
                                                        dev.target.settings.model_copy(update={"sudo": True})}))
     sudo_dev.transport.run = lambda command, **_: (dev.transport.commands.append(command) or
                                            type("R", (), {"exited": 0, "stdout": "", "stderr": ""})())
-    sudo_dev.systems([(["systemctl", "daemon-reload"], "reload", False),
-                      (["systemctl", "restart", "x y.service"], "restart", False)])
+    sudo_dev.batch(root_steps(sudo_dev, [(["systemctl", "daemon-reload"], "reload", False),
+                      (["systemctl", "restart", "x y.service"], "restart", False)]))
     lines = dev.transport.commands[-1].splitlines()
     assert lines[0].startswith("sudo -n systemctl daemon-reload; rc=$?; ")
     assert lines[1].startswith("sudo -n systemctl restart 'x y.service'; rc=$?; ")

@@ -75,15 +75,15 @@ OK_DEVICE = "devices: {d1: {board: pi5, host: h}}\n"
 
 @pytest.mark.parametrize("fleet, extra, expected", [
     # 1 unknown setting on a device
-    ("devices:\n  d1:\n    board: pi5\n    host: h\n    colour: red\n", None, "fleet.yaml:5: devices.d1.colour: unknown setting"),
+    ("devices:\n  d1:\n    board: pi5\n    host: h\n    colour: red\n", None, "fleet.yaml:5: devices.d1.colour: unknown key"),
     # 2 wrong type
     ("devices:\n  d1:\n    board: pi5\n    host: h\n    port: abc\n", None, "fleet.yaml:5: devices.d1.port: "),
     # 3 out of range
-    ("devices:\n  d1:\n    board: pi5\n    host: h\n    port: 70000\n", None, "fleet.yaml:5: devices.d1.port: Input should be less than or equal to 65535"),
+    ("devices:\n  d1:\n    board: pi5\n    host: h\n    port: 70000\n", None, "fleet.yaml:5: devices.d1.port: 70000 is above the maximum 65535"),
     # 4 unknown board
     ("devices:\n  d1:\n    board: pi7\n    host: h\n", None, "fleet.yaml:3: devices.d1.board: unknown board 'pi7'"),
     # 5 missing field
-    ("devices:\n  d1:\n    board: pi5\n", None, "fleet.yaml:2: devices.d1.host: Field required"),
+    ("devices:\n  d1:\n    board: pi5\n", None, "fleet.yaml:2: devices.d1.host: required key missing"),
     # 6 core the board does not have
     ("devices:\n  d1:\n    board: pi5\n    host: h\n    big_cores: [0, 9]\n", None, "fleet.yaml:5: devices.d1.big_cores: cores [9] do not exist"),
     # 7 unknown group
@@ -93,9 +93,9 @@ OK_DEVICE = "devices: {d1: {board: pi5, host: h}}\n"
     # 9 bad enum
     ("devices:\n  d1:\n    board: pi5\n    host: h\n    arch: sparc\n", None, "fleet.yaml:5: devices.d1.arch"),
     # 10 unknown setting in group vars
-    ("groups:\n  g:\n    vars:\n      colour: red\n", None, "fleet.yaml:4: groups.g.vars.colour: unknown setting"),
+    ("groups:\n  g:\n    vars:\n      colour: red\n", None, "fleet.yaml:4: groups.g.vars.colour: unknown key"),
     # 11 unknown key in a group
-    ("groups:\n  g:\n    varz: {}\n", None, "fleet.yaml:3: groups.g.varz: Extra inputs are not permitted"),
+    ("groups:\n  g:\n    varz: {}\n", None, "fleet.yaml:3: groups.g.varz: unknown key (did you mean `vars`?)"),
     # 12 wrong shape
     ("devices: [d1, d2]\n", None, "fleet.yaml:1: devices: "),
     # 13 YAML syntax
@@ -116,14 +116,14 @@ OK_DEVICE = "devices: {d1: {board: pi5, host: h}}\n"
      "fleet.yaml:5: devices.d1.providers: providers must be distinct and end with CPUExecutionProvider"),
     # 20 non-loopback host without a token
     ("devices:\n  d1:\n    board: pi5\n    host: h\n    runtime: {host: 0.0.0.0}\n", None, "token is required when host is not loopback"),
-    # 21 a bad value set by a group names the group's line
+    # 21 a bad value set by a group names the group's line and path
     ("groups:\n  g:\n    vars:\n      runtime: {nice: -40}\ndevices:\n  d1: {board: pi5, host: h, groups: [g]}\n", None,
-     "fleet.yaml:4: devices.d1.runtime.nice"),
+     "fleet.yaml:4: groups.g.vars.runtime.nice"),
     # 22 affinity outside the board
     ("devices:\n  d1:\n    board: pi5\n    host: h\n    runtime:\n      affinity: [4]\n", None, "fleet.yaml:6: devices.d1.runtime.affinity: cores [4] do not exist"),
     # 23 a broken board profile
     (OK_DEVICE, {"boards/bad.yaml": "description: x\ncpu: y\ncores: 2\nsettings:\n  arch: arm64\n  gpu: yes\n"},
-     "bad.yaml:6: settings.gpu: unknown setting"),
+     "bad.yaml:6: settings.gpu: unknown key"),
 ])
 def test_errors_name_file_line_and_key(tmp_path, fleet, extra, expected):
     with pytest.raises(InventoryError) as err:
@@ -136,7 +136,7 @@ def test_render_task_reports_errors_without_a_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "invoke", "render", "--target", "d1"], cwd=REPO,
                           capture_output=True, text=True, env={"INVOKE_EDGEFLEET_TARGETS_DIR": str(inv), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2
-    assert "fleet.yaml:5: devices.d1.colour: unknown setting" in proc.stderr
+    assert "fleet.yaml:5: devices.d1.colour: unknown key" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
 

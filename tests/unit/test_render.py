@@ -33,7 +33,7 @@ def test_render_values_come_from_the_target(inventory, name, threads, max_len, a
     unit = files[UNIT_NAME].text.splitlines()
     # the runtime pins itself (it copes with missing CPUs; systemd's CPUAffinity= fails the start)
     assert "Nice=-5" in unit and not any(line.startswith("CPUAffinity=") for line in unit)
-    for line in ("User=edgefleet", "CapabilityBoundingSet=CAP_SYS_NICE", "AmbientCapabilities=CAP_SYS_NICE",
+    for line in ("User=edgefleet", "CapabilityBoundingSet=", "AmbientCapabilities=", "PrivateMounts=yes",
                  "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes"):
         assert line in unit
     assert files[UNIT_NAME].device_path == f"/etc/systemd/system/{UNIT_NAME}"
@@ -73,7 +73,7 @@ def test_explain_names_board_group_and_device_lines(inventory):
     from edgefleet.explain import explain_target
     lines = explain_target(inventory.target("orin-01"))
     by_key = {ln.split(" = ")[0].strip(): ln for ln in lines[1:]}
-    assert "board orin-nano" in by_key["arch"] and "orin-nano.yaml:5" in by_key["arch"]
+    assert "board orin-nano" in by_key["arch"] and "orin-nano.yaml:6" in by_key["arch"]  # line 1 names the schema
     assert "group jetsons" in by_key["runtime.max_seq_len"] and "fleet.yaml:" in by_key["runtime.max_seq_len"]
     assert "device orin-01" in by_key["runtime.affinity"]
     assert by_key["root"].endswith("<- default")
@@ -144,3 +144,15 @@ def test_a_broken_file_among_many_is_named(inventory, tmp_path, broken, message)
     assert not any(tmp_path.iterdir()) or all(  # nothing of the failing batch's bad file is remembered
         p.name != render._check_key(next(f for f in bad if f.name.endswith(".sh" if broken == "script" else ".service")))
         for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name, providers, options", [
+    ("pi5-01", ["CPUExecutionProvider"], {}),
+    ("orin-01", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+     {"TensorrtExecutionProvider": {"trt_fp16_enable": True}}),
+])
+def test_runtime_config_carries_the_boards_providers(inventory, name, providers, options):
+    files = {f.name: f for f in render_target(inventory.target(name))}
+    config = yaml.safe_load(files["runtime.yaml"].text)
+    assert config["providers"] == providers
+    assert config["provider_options"] == options and config["require_providers"] == []

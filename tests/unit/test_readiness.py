@@ -1,0 +1,42 @@
+"""One definition of a healthy device: the runtime's /readyz answer, read by one parser for
+`status` and the deploy's health gate."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgefleet.deploy.health import NotReady, parse_readiness, wait_ready
+
+HOT = "too hot: 99.0 °C above the hard limit 85 °C, refusing inference until below 75 °C"
+
+
+@pytest.mark.parametrize("status, body, serving, state, reason", [
+    (200, {"status": "ready", "state": "ready", "detail": "golden ok", "throttle": "ok"}, True, "ready", "golden ok"),
+    (200, {"status": "ready", "state": "ready", "throttle": "soft"}, True, "ready", ""),  # slower, serving
+    (200, {}, True, "ready", ""),
+    # a runtime from before /readyz said so: ready, yet its thermal guard refuses work
+    (200, {"status": "ready", "state": "ready", "throttle": "hard"}, False, "too_hot",
+     "refusing inference: thermal guard at its hard limit"),
+    (503, {"state": "too_hot", "reason": HOT, "error": "not ready: " + HOT}, False, "too_hot", HOT),
+    (503, {"state": "overloaded", "reason": "inference queue full (16) for 12 s"}, False, "overloaded",
+     "inference queue full (16) for 12 s"),
+    (503, {"state": "failed", "error": "not ready: 2 of 8 golden texts below 0.999"}, False, "failed",
+     "2 of 8 golden texts below 0.999"),
+    (503, {"state": "loading", "error": "not ready: loading"}, False, "loading", "loading"),
+    (503, {"error": "too many connections"}, False, "unknown", "too many connections"),
+    (500, "not json", False, "unknown", "/readyz answered 500"),
+    (None, {}, False, "unreachable", "/readyz: no answer"),
+])
+def test_parse_readiness(status, body, serving, state, reason):
+    got = parse_readiness(status, body)
+    assert (got.serving, got.state, got.reason) == (serving, state, reason)
+
+
+@pytest.mark.parametrize("body, match", [
+    ({"state": "too_hot", "reason": HOT}, "refusing inference: too hot: 99.0"),
+    ({"state": "overloaded", "reason": "inference queue full (16) for 12 s"}, "refusing inference: inference queue"),
+])
+def test_gate_stops_at_once_on_a_refusing_device(body, match):
+    """A device refusing inference fails the gate at once, with the runtime's own reason."""
+    with pytest.raises(NotReady, match=match):
+        wait_ready(lambda path, timeout=10: (503, body), timeout_s=0.3, poll_s=0.01)
