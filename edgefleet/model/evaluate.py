@@ -123,16 +123,21 @@ def interleaved_medians(engines: dict, arg, rounds: int, warmup: int = 2,
                         clock=time.perf_counter) -> dict[str, float]:
     """Call each engine on arg round-robin; return the median ms of each.
 
+    The engines' order rotates each round (round r starts with engine r mod n): whichever runs
+    first or right after another engine pays for caches and frequency in its own way, and a
+    fixed order gave identical copies of one bundle 0.89-0.98x of each other's time.
     clock=time.thread_time counts only the CPU time of the calling thread: with one intra-op
     thread ORT runs every kernel on it, so a loaded machine's time slicing drops out.
     """
     for fn in engines.values():
         for _ in range(warmup):
             fn(arg)
+    names = list(engines)
     samples: dict[str, list[float]] = {name: [] for name in engines}
-    for _ in range(rounds):
-        for name, fn in engines.items():
+    for index in range(rounds):
+        start = index % len(names)
+        for name in names[start:] + names[:start]:
             started = clock()
-            fn(arg)
+            engines[name](arg)
             samples[name].append((clock() - started) * 1000)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: statistics.median(samples[name]) for name in names}

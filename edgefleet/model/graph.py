@@ -6,6 +6,7 @@ graph's means, sums and attention core); the quantizers read those names to leav
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["EXACT_SUFFIX", "OUTLIER_MATMUL_SUFFIX", "OUTLIER_GATHER_SUFFIX", "fp32_by_design",
@@ -57,6 +58,41 @@ def outlier_counts(path: Path) -> dict[str, int]:
             if n.name.endswith(suffix)}
 
 
+@contextmanager
+def quiet_ort_quantizer():
+    """Hold back the root-logger warnings ORT's quantizer prints (20-40 a model: "run
+    pre-processing", "failed to infer data type" for contrib-op outputs, which DefaultTensorType
+    answers); one summary line goes to this module's logger at debug level."""
+    import logging
+
+    held: list[logging.LogRecord] = []
+
+    class _Hold(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.name == "root" and record.levelno <= logging.WARNING:
+                held.append(record)
+                return False
+            return True
+
+    root = logging.getLogger()
+    hold = _Hold()
+    handlers = list(root.handlers) or [logging.lastResort]
+    root.addFilter(hold)
+    for handler in handlers:
+        if handler is not None:
+            handler.addFilter(hold)
+    try:
+        yield
+    finally:
+        root.removeFilter(hold)
+        for handler in handlers:
+            if handler is not None:
+                handler.removeFilter(hold)
+        if held:
+            logging.getLogger(__name__).debug("onnxruntime quantizer: %d warnings held back",
+                                              len(held))
+
+
 def quantize_graph(src: Path, dst: Path, per_channel: bool = True,
                    fp32_nodes: list[str] | tuple[str, ...] = (), weight_type: str = WEIGHT_TYPE,
                    **extra) -> None:
@@ -68,7 +104,8 @@ def quantize_graph(src: Path, dst: Path, per_channel: bool = True,
     # outlier paths (edgefleet.model.smooth) and the arch-stable graph's means, sums and
     # attention core (edgefleet.model.stable) stay FP32 by design
     fp32_nodes = list(fp32_nodes) + fp32_by_design(present)
-    quantize_dynamic(str(src), str(dst), weight_type=getattr(QuantType, weight_type),
-                     per_channel=per_channel,
-                     nodes_to_exclude=[name for name in fp32_nodes if name in present],
-                     extra_options={"DefaultTensorType": TensorProto.FLOAT}, **extra)
+    with quiet_ort_quantizer():
+        quantize_dynamic(str(src), str(dst), weight_type=getattr(QuantType, weight_type),
+                         per_channel=per_channel,
+                         nodes_to_exclude=[name for name in fp32_nodes if name in present],
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT}, **extra)

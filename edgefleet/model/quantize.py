@@ -14,6 +14,7 @@ from edgefleet.model.calibrate import CALIBRATION_METHODS, quantize_static_graph
 from edgefleet.model.export import EXPORT_META, SESSION_CONFIG_UNFUSED
 from edgefleet.model.files import atomic_dir, file_record, inputs_digest
 from edgefleet.model.graph import WEIGHT_TYPE, graph_of, outlier_counts, quantize_graph
+from edgefleet.model.per_row import PER_ROW_SUFFIX
 
 __all__ = ["QuantizeResult", "Recipe", "quantize", "quantize_key", "bundle_name",
            "build_graph", "GOLDEN_TEXTS", "MIN_COSINE"]
@@ -59,6 +60,9 @@ FOLD_VALUES = True
 OUTLIER_AFTER_BIAS = True
 # FP32 parts as ops that give the same bits on x86 and arm64 (edgefleet.model.stable)
 ARCH_STABLE = True
+# Dynamic INT8 activations scaled per row (per token), not per tensor: a text's result does not
+# depend on the other texts in its batch (edgefleet.model.per_row); measured more accurate too.
+PER_ROW = True
 CALIBRATION_TEXTS = Path(__file__).resolve().parent / "data" / "calibration.txt"
 
 
@@ -78,6 +82,7 @@ class Recipe:
     fold_values: bool = FOLD_VALUES
     outlier_after_bias: bool = OUTLIER_AFTER_BIAS
     arch_stable: bool = ARCH_STABLE
+    per_row: bool = PER_ROW
 
     def __post_init__(self):
         if self.method not in ("dynamic", "static"):
@@ -121,7 +126,7 @@ def quantize_key(fp32_dir, recipe: Recipe = Recipe(), min_cosine: float = MIN_CO
              Path(calibration_texts)]
     settings = {"recipe": recipe.settings(), "min_cosine": min_cosine, "golden": GOLDEN_TEXTS,
                 "golden_qa": GOLDEN_QA, "max_abs_diff": MAX_ABS_DIFF,
-                "onnxruntime": onnxruntime.__version__, "format": 5}
+                "onnxruntime": onnxruntime.__version__, "format": 6}
     return inputs_digest(files, settings)
 
 
@@ -130,8 +135,7 @@ def _golden(bundle_dir: Path, min_cosine: float) -> dict:
     from edge_runtime.golden import expected
 
     model = edge_runtime.load(bundle_dir)
-    # One input per call, as the device's selftest does: dynamic INT8 picks its activation
-    # scales per call, so a padded batch gives (slightly) different vectors than batch 1.
+    # One input per call; the device's selftest checks them alone and as one batch.
     if model.task == "qa":
         return expected(model, GOLDEN_QA, MAX_ABS_DIFF)
     return expected(model, GOLDEN_TEXTS, min_cosine if model.task == "embed" else MAX_ABS_DIFF)
@@ -153,6 +157,7 @@ def _document(meta: dict, name: str, recipe: Recipe, tmp: Path, key: str,
         "source_model": meta["source_model"],
         "quantization": {"method": recipe.method, "weight_type": WEIGHT_TYPE,
                          "per_channel": recipe.per_channel,
+                         "activation_scales": activation_scales(tmp / "model.onnx"),
                          "onnxruntime": onnxruntime.__version__,
                          "smooth_alpha": recipe.smooth_alpha,
                          "calibration_texts": (Path(calibration_texts).name if
@@ -166,6 +171,17 @@ def _document(meta: dict, name: str, recipe: Recipe, tmp: Path, key: str,
                   if (tmp / f).is_file()},
         "created_by": f"edgefleet {version('edgefleet')}", "inputs_sha256": key,
     }
+
+
+def activation_scales(path: Path) -> str:
+    """Return how the INT8 graph at path scales its dynamic activations: per-row, per-tensor,
+    mixed (fused ops that take one scale per tensor), or static / none."""
+    nodes = list(graph_of(path).node)
+    per_tensor = any(node.op_type == "DynamicQuantizeLinear" for node in nodes)
+    per_row = any(node.name.endswith(PER_ROW_SUFFIX) for node in nodes)
+    if per_tensor or per_row:
+        return "mixed" if per_tensor and per_row else "per-tensor" if per_tensor else "per-row"
+    return "static" if any(node.op_type == "QuantizeLinear" for node in nodes) else "none"
 
 
 def smoothed_fp32(fp32_dir: Path, dst: Path, alpha: float,
@@ -193,14 +209,24 @@ def smoothed_fp32(fp32_dir: Path, dst: Path, alpha: float,
     return split
 
 
-def stable_fp32(fp32_dir: Path, dst: Path) -> Path:
-    """Write dst: the export's FP32 graph with arch-stable ops (edgefleet.model.stable)."""
+def stable_fp32(fp32_dir: Path, dst: Path, norms: bool = True) -> Path:
+    """Write dst: the export's FP32 graph with arch-stable ops (edgefleet.model.stable); with
+    norms=False only the attention is unfused (ORT's fused layer norms stay)."""
     import onnx
 
     from edgefleet.model.stable import stabilize
 
-    onnx.save(stabilize(onnx.load(str(Path(fp32_dir) / "model.onnx"))), str(dst))
+    onnx.save(stabilize(onnx.load(str(Path(fp32_dir) / "model.onnx")), norms=norms), str(dst))
     return Path(dst)
+
+
+def per_row_graph(path: Path) -> None:
+    """Rewrite the INT8 graph at path in place with per-row activation scales."""
+    import onnx
+
+    from edgefleet.model.per_row import per_row_activations
+
+    onnx.save(per_row_activations(onnx.load(str(path))), str(path))
 
 
 def build_graph(fp32_dir: Path, recipe: Recipe, dst: Path, smoothed: Path | None = None,
@@ -216,8 +242,11 @@ def build_graph(fp32_dir: Path, recipe: Recipe, dst: Path, smoothed: Path | None
 
     fp32_dir, dst = Path(fp32_dir), Path(dst)
     src, split, scratch = fp32_dir / "model.onnx", {}, []
-    if recipe.arch_stable and smoothed is None:
-        src = stable_fp32(fp32_dir, dst.with_name(dst.name + ".stable.onnx"))
+    # the fused graph keeps ORT's layer norms but, for per-row scales, not its QAttention (which
+    # takes one activation scale per tensor: a batch-dependent result)
+    if (recipe.arch_stable or recipe.per_row) and smoothed is None:
+        src = stable_fp32(fp32_dir, dst.with_name(dst.name + ".stable.onnx"),
+                          norms=recipe.arch_stable)
         scratch.append(src)
     if recipe.smooth_alpha:
         if smoothed is None:
@@ -237,6 +266,8 @@ def build_graph(fp32_dir: Path, recipe: Recipe, dst: Path, smoothed: Path | None
                                   recipe.calibration, recipe.per_channel, recipe.fp32_nodes)
         else:
             quantize_graph(src, dst, recipe.per_channel, recipe.fp32_nodes)
+            if recipe.per_row:
+                per_row_graph(dst)
     finally:
         for path in scratch:
             path.unlink(missing_ok=True)

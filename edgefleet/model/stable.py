@@ -70,8 +70,10 @@ def _attr(node, name: str, default=None):
     return default
 
 
-def _attention(builder: _Builder, node, init: dict, mask: str) -> None:
-    """Unfuse a packed-QKV Attention (mask: the attention mask as floats [B, 1, S, 1])."""
+def _attention(builder: _Builder, node, init: dict, mask: str | None,
+               key_bias: str | None = None) -> None:
+    """Unfuse a packed-QKV Attention (mask: the attention mask as floats [B, 1, S, 1];
+    key_bias: 0 for a real key, -10000 for a padded one, [B, 1, 1, S])."""
     from onnx import numpy_helper
 
     heads = int(_attr(node, "num_heads"))
@@ -105,7 +107,11 @@ def _attention(builder: _Builder, node, init: dict, mask: str) -> None:
                           f"{name}/scores{EXACT_SUFFIX}")
     scale = builder.const(f"{name}/scale", np.array(1.0 / np.sqrt(size), np.float32))
     scaled = builder.node("Mul", [scores, scale], f"{name}/scaled", f"{name}/scale_mul")
-    masked = scaled
+    # Padded keys leave the softmax's max: a max taken over them shifts a short text's scores
+    # by whatever its padding scored, and its exp() values then underflow or round differently
+    # than when the text runs alone (batch invariance, edgefleet.model.per_row).
+    masked = scaled if key_bias is None else builder.node("Add", [scaled, key_bias],
+                                                          f"{name}/masked", f"{name}/key_mask")
     import onnx
 
     top = builder.node("ReduceMax", [masked], f"{name}/max", f"{name}/max", axes=[-1], keepdims=1)
@@ -232,8 +238,12 @@ def _live(nodes: list, outputs: set[str]) -> list:
         nodes = kept
 
 
-def stabilize(model):
-    """Return a copy of an exported BERT graph rewritten as the module docstring says."""
+def stabilize(model, norms: bool = True):
+    """Return a copy of an exported BERT graph rewritten as the module docstring says.
+
+    norms=False keeps ORT's fused layer norms (faster, not arch-stable) and only unfuses the
+    attention, so that its QKV MatMul can take per-row activation scales.
+    """
     import copy
 
     import onnx
@@ -242,7 +252,7 @@ def stabilize(model):
     graph = model.graph
     init = {item.name: item for item in graph.initializer}
     builder = _Builder(graph)
-    mask = None
+    mask = key_bias = None
     for node in graph.node:
         if node.op_type == "Attention" and "attention_mask" in {i.name for i in graph.input}:
             floats = builder.node("Cast", ["attention_mask"], "stable/mask_float",
@@ -250,12 +260,21 @@ def stabilize(model):
             mask = builder.node("Unsqueeze", [floats, builder.const("stable/mask_axes",
                                                          np.array([1, 3], np.int64))],
                                 "stable/mask", "stable/mask_unsqueeze")
+            offset = builder.node("Sub", [floats, builder.const("stable/one", np.array(1.0, np.float32))],
+                                  "stable/mask_offset", "stable/mask_offset")
+            scaled_offset = builder.node("Mul", [offset, builder.const("stable/big", np.array(10000.0, np.float32))],
+                                         "stable/key_offset", "stable/key_offset")
+            key_bias = builder.node("Unsqueeze", [scaled_offset, builder.const("stable/key_axes",
+                                                               np.array([1, 2], np.int64))],
+                                    "stable/key_bias", "stable/key_bias_unsqueeze")
             break
     # a fused Attention kept as it is still reads the embedding node's mask index
     kept = {name for node in graph.node if node.op_type == "Attention" and
             not _unfusable(node, init) for name in node.input}
     for node in graph.node:
-        if node.op_type == "LayerNormalization":
+        if not norms and "LayerNormalization" in node.op_type:
+            builder.nodes.append(node)
+        elif node.op_type == "LayerNormalization":
             hidden = int(init[node.input[1]].dims[0])
             _layer_norm(builder, node.input[0], node.input[1], node.input[2],
                         float(_attr(node, "epsilon", 1e-5)), node.output[0], node.name, hidden)
@@ -266,7 +285,7 @@ def stabilize(model):
                 not kept & set(node.output[1:]):
             _embeddings(builder, node, int(init[node.input[5]].dims[0]))
         elif node.op_type == "Attention" and _unfusable(node, init):
-            _attention(builder, node, init, mask)
+            _attention(builder, node, init, mask, key_bias)
         else:
             builder.nodes.append(node)
     graph.initializer.extend(builder.inits)
@@ -275,7 +294,7 @@ def stabilize(model):
     del graph.node[:]
     graph.node.extend(_live(nodes, {item.name for item in graph.output}))
     used = {name for node in graph.node for name in node.input}
-    kept = [item for item in graph.initializer if item.name in used]
+    live_inits = [item for item in graph.initializer if item.name in used]
     del graph.initializer[:]
-    graph.initializer.extend(kept)
+    graph.initializer.extend(live_inits)
     return model

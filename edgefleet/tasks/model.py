@@ -39,29 +39,31 @@ def _resolve(path) -> Path:
             "BertForQuestionAnswering -> qa)",
     "max_answer_len": "qa: longest answer span in tokens (default 30)",
     "force": "export even when the inputs are unchanged",
+    "name": "the model's name in its bundles (default: the model directory's name)",
 })
 @exits_on_user_error
 def export(c, model_dir=None, out=None, max_seq_len=None, opset=17, task=None,
-           max_answer_len=None, force=False):
+           max_answer_len=None, force=False, name=None):
     """Export a model to optimized FP32 ONNX (legacy exporter + ORT transformer fusions)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from edgefleet.model import export as exporter
 
     model_dir = _resolve(model_dir) if model_dir else _default_model_dir()
-    slug = exporter.source_name(model_dir).rsplit("/", 1)[-1].lower()
+    slug = (name or exporter.source_name(model_dir)).rsplit("/", 1)[-1].lower()
     out = _resolve(out) if out else build_dir(c) / "models" / slug
     seq = int(max_seq_len) if max_seq_len else None
     answer_len = int(max_answer_len) if max_answer_len else None
     if task is not None and task not in exporter.TASKS:
         raise UsageError(f"--task {task}: expected one of {', '.join(exporter.TASKS)}")
-    key = exporter.export_key(model_dir, seq, int(opset), task=task, max_answer_len=answer_len)
+    key = exporter.export_key(model_dir, seq, int(opset), task=task, max_answer_len=answer_len,
+                        name=name)
     meta = exporter.read_meta(out)
     if not force and meta.get("inputs_sha256") == key and (out / "model.onnx").is_file():
         print(f"up to date: {out} (inputs unchanged)")
     else:
         try:
-            result = exporter.export(model_dir, out, max_seq_len=seq, opset=int(opset), task=task,
-                               max_answer_len=answer_len)
+            result = exporter.export(model_dir, out, max_seq_len=seq, opset=int(opset),
+                                     task=task, max_answer_len=answer_len, name=name)
         except ValueError as error:  # the model or an option does not fit the export
             raise InputError(str(error)) from None
         print(f"exported {model_dir} in {result.seconds:.1f} s")
@@ -97,8 +99,9 @@ GRAPHS = ("arch-stable", "fused")
     "mean_cosine": "mixed/search: mean cosine vs FP32 at least this",
     "per_tensor": "quantize weights per tensor instead of per channel (less accurate)",
     "graph": "arch-stable (default: the same embeddings on arm64 and x86, somewhat more CPU "
-             "time on x86) or fused (ORT's fused Attention/LayerNorm kernels: faster, but "
-             "arm64 and x86 differ by up to ~1e-3 in cosine); dynamic and static modes",
+             "time on x86) or fused (ORT's fused LayerNorm kernels, attention unfused for "
+             "per-row scales: 5-10% faster, arm64 and x86 differ by up to ~1e-3 in cosine); "
+             "dynamic and static modes; both batch-invariant",
     "json": "print one JSON document (the bundle, its size and quantization; with mixed/search "
             "also every candidate) instead of tables",
     "force": "quantize even when the inputs are unchanged",
@@ -231,6 +234,18 @@ def _search(c, model: Path, out: Path, calib: Path, texts, mode: str, min_cosine
     return result.picked.recipe, result.picked.graph, recipe_search.as_json(result)
 
 
+def _bundle_args(c, bundle, fp32) -> list[str]:
+    """Return --bundle/--fp32 for the benchmark scripts; a missing one is an input error."""
+    bundle_path = _resolve(bundle) if bundle else build_dir(c) / "bundles" / "all-minilm-l6-v2-int8"
+    fp32_path = _resolve(fp32) if fp32 else build_dir(c) / "models" / "all-minilm-l6-v2"
+    for path, what in ((bundle_path / "bundle.json", "--bundle"),
+                       (fp32_path / "model.onnx", "--fp32")):
+        if not path.is_file():
+            raise InputError(f"{what}: {path} not found (run `invoke model.export` and "
+                             "`invoke model.quantize` first, or name another directory)")
+    return ["--bundle", str(bundle_path), "--fp32", str(fp32_path)]
+
+
 @task(help={
     "threads": "comma-separated intra-op thread counts, e.g. 1,2",
     "batch": "comma-separated batch sizes, e.g. 1,8",
@@ -240,9 +255,13 @@ def _search(c, model: Path, out: Path, calib: Path, texts, mode: str, min_cosine
     "json": "print one JSON document instead of the table",
     "also": "comma-separated other bundle dirs timed in the same rounds (e.g. another "
             "quantizer graph), each with its time relative to ours",
+    "bundle": "the INT8 bundle to time (default: <build_dir>/bundles/all-minilm-l6-v2-int8)",
+    "fp32": "its FP32 export (default: <build_dir>/models/all-minilm-l6-v2); PyTorch runs the "
+            "bundle's own source model",
 })
 @exits_on_user_error
-def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False, also=None):
+def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False, also=None,
+          bundle=None, fp32=None):
     """Time PyTorch FP32, ORT FP32, naive INT8 and our bundle side by side; print ratios."""
     import shlex
     import sys
@@ -252,6 +271,7 @@ def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False, al
     script = repo_root() / "benchmarks" / "bench_model.py"
     parts = [sys.executable, str(script), "--threads", str(threads), "--batch", str(batch),
              "--rounds", str(int(rounds)), "--clock", str(clock)] + (["--json"] if json else [])
+    parts += _bundle_args(c, bundle, fp32)
     for other in (also or "").split(","):
         if other.strip():
             parts += ["--also", str(_resolve(other.strip()))]
@@ -265,9 +285,13 @@ def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False, al
     "plot": "PNG path (default: <repo>/build/reports/model-check.png)",
     "clock": "wall (default) or cpu: CPU time of the calling thread (--threads 1 only)",
     "json": "print one JSON document instead of the tables",
+    "bundle": "the INT8 bundle to check (default: <build_dir>/bundles/all-minilm-l6-v2-int8)",
+    "fp32": "its FP32 export (default: <build_dir>/models/all-minilm-l6-v2); PyTorch runs the "
+            "bundle's own source model",
 })
 @exits_on_user_error
-def check(c, texts=None, threads=1, rounds=15, plot=None, clock="wall", json=False):
+def check(c, texts=None, threads=1, rounds=15, plot=None, clock="wall", json=False,
+          bundle=None, fp32=None):
     """Accuracy vs FP32 PyTorch and latency per length: tables, --json and a PNG plot."""
     import shlex
     import sys
@@ -276,6 +300,7 @@ def check(c, texts=None, threads=1, rounds=15, plot=None, clock="wall", json=Fal
 
     parts = [sys.executable, str(repo_root() / "benchmarks" / "check_model.py"),
              "--threads", str(int(threads)), "--rounds", str(int(rounds)), "--clock", str(clock)]
+    parts += _bundle_args(c, bundle, fp32)
     if texts:
         parts += ["--texts", str(_resolve(texts))]
     if plot:

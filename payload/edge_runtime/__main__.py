@@ -1,4 +1,4 @@
-"""Command line: python -m edge_runtime serve|embed|selftest|profile --bundle DIR."""
+"""Command line: python -m edge_runtime serve|embed|classify|answer|selftest|profile --bundle DIR."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m edge_runtime", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in [("serve", "serve the HTTP API"), ("embed", "embed texts (stdin lines)"),
+                       ("classify", "label texts (stdin lines): label, probability, text"),
+                       ("answer", "find the answer to --question in --context"),
                        ("selftest", "check golden outputs, print latency"),
                        ("profile", "per-node ORT profile and latency per length")]:
         sub = commands.add_parser(name, help=text)
@@ -27,9 +29,15 @@ def _parser() -> argparse.ArgumentParser:
         if name == "serve":
             sub.add_argument("--host", help="listen address (default 127.0.0.1)")
             sub.add_argument("--port", type=int, help="listen port (default 8080; 0 = any free)")
-        if name == "embed":
-            sub.add_argument("--json", action="store_true", help='print {"embeddings": [...]}')
+        if name in ("embed", "classify"):
+            shape = '{"embeddings": [...]}' if name == "embed" else '{"results": [...]}'
+            sub.add_argument("--json", action="store_true", help=f"print {shape}")
             sub.add_argument("texts", nargs="*", help="texts (default: one per stdin line)")
+        if name == "answer":
+            sub.add_argument("--question", required=True, help="the question")
+            sub.add_argument("--context", help="the text to search (default: stdin)")
+            sub.add_argument("--json", action="store_true",
+                             help='print {"answer", "score", "start", "end"}')
         if name in ("selftest", "profile"):
             sub.add_argument("--runs", type=int, default=5, help="timed runs per text")
         if name == "profile":
@@ -69,6 +77,29 @@ def _embed(args, config) -> int:
     else:
         for row in vectors:
             print(" ".join(f"{value:.6f}" for value in row))
+    return 0
+
+
+def _classify(args, config) -> int:
+    texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
+    results = _load(args, config).classify(texts)
+    if args.json:
+        json.dump({"results": results}, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        for text, result in zip(texts, results, strict=True):
+            print(f"{result['label']}\t{result['score']:.6f}\t{text}")
+    return 0
+
+
+def _answer(args, config) -> int:
+    context = args.context if args.context is not None else sys.stdin.read()
+    result = _load(args, config).answer(args.question, context)
+    if args.json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(f"{result['answer']}\t{result['score']:.6f}")
     return 0
 
 
@@ -138,7 +169,8 @@ def main(argv=None) -> int:
         config = read_config(args.config) if args.config else RuntimeConfig()
         if config.log_level:
             logging.getLogger().setLevel(config.log_level.upper())
-        run = {"serve": _serve, "embed": _embed, "selftest": _selftest, "profile": _profile}
+        run = {"serve": _serve, "embed": _embed, "classify": _classify, "answer": _answer,
+               "selftest": _selftest, "profile": _profile}
         return run[args.command](args, config)
     except (ConfigError, ValueError, OSError) as error:
         log.error("error %s", error)

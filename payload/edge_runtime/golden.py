@@ -2,8 +2,9 @@
 
 One definition for the three places that use goldens: the host writing them into bundle.json
 (edgefleet.model.quantize), the device's selftest, and the host's health gate over HTTP.
-Every golden is run alone (batch 1), as the device does: dynamic INT8 picks its activation
-scales per call, so a padded batch gives slightly different outputs.
+The expected outputs come from each golden run alone (batch 1); the device's selftest also runs
+them as one padded batch and holds those outputs to the same tolerance (a per-row INT8 bundle
+gives a text the same result in any batch, edgefleet.model.per_row).
 
   embed     {"texts", "embeddings", "min_cosine"}          cosine per text >= min_cosine
   classify  {"texts", "scores", "max_abs_diff"}            same label, |p - p_golden| <= tol

@@ -206,7 +206,8 @@ def test_quantize_task_rejects_bad_options(tiny, tmp_path, kwargs, message):
 
 
 def test_quantize_task_graph_choice(tiny, tmp_path, capsys):
-    """--graph fused keeps ORT's fused attention (QAttention); the default arch-stable graph has none."""
+    """--graph fused keeps ORT's fused layer norms, the default arch-stable graph has none; both
+    unfuse the attention (QAttention takes per-tensor scales only: batch-dependent)."""
     import onnx
 
     c = Context(Config(overrides={"edgefleet": {"build_dir": str(tmp_path / "build")}}))
@@ -216,7 +217,8 @@ def test_quantize_task_graph_choice(tiny, tmp_path, capsys):
         tasks.quantize(c, model=str(tiny["fp32_dir"]), out=str(out), graph=graph, json=True)
         capsys.readouterr()
         ops[graph] = {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
-    assert "QAttention" in ops["fused"] and "QAttention" not in ops["arch-stable"]
+    assert "LayerNormalization" in ops["fused"] and "LayerNormalization" not in ops["arch-stable"]
+    assert not {"QAttention", "DynamicQuantizeLinear"} & (ops["fused"] | ops["arch-stable"])
 
 
 def _texts_file(tmp_path):

@@ -45,7 +45,7 @@ def test_profile_task_writes_table_and_png(tiny_qa, tmp_path, capsys):
     tasks.profile(c, bundle=str(tiny_qa["bundle_dir"]), runs=1, top=6)
     out = capsys.readouterr().out
     png = tmp_path / "build" / "reports" / "profile-tiny-bert-qa-int8.png"
-    assert "(qa)" in out and "DynamicQuantizeMatMul" in out and f"wrote {png}" in out
+    assert "(qa)" in out and "MatMulIntegerToFloat" in out and f"wrote {png}" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     tasks.profile(c, bundle=str(tiny_qa["bundle_dir"]), runs=1, top=3, json=True,
                   png=str(tmp_path / "p.png"))
