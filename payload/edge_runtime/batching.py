@@ -2,7 +2,8 @@
 
 A batch changes a text's neighbours and its padding. That is only safe for a bundle whose
 outputs do not depend on them: FP32 graphs, and quantized ones that declare it in bundle.json
-(`"batch_invariant": true`, e.g. INT8 with per-row activation scales). Dynamic INT8 with one
+(`"batch_invariant": true`), and INT8 whose `quantization.activation_scales` is `per-row`,
+`static` or `none`. Dynamic INT8 with one
 activation scale per call is not: a client's vector would depend on strangers' texts. So
 `batching.enabled: auto` (the default) batches only those bundles; `true` forces it (the user
 accepts the dependence), `false` turns it off.
@@ -23,6 +24,7 @@ BATCHED_TASKS = ("embed", "classify")  # QA answers one (question, context) pair
 # (or a quarter more than it, for long texts): padding beyond that costs more than the batch saves.
 PAD_SLACK_TOKENS = 4
 PAD_SLACK_RATIO = 0.25
+INVARIANT_SCALES = ("per-row", "static", "none")
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,10 @@ class Decision:
 
 def decide(config: BatchingConfig, meta: dict) -> Decision:
     """Decide from runtime.yaml's batching.enabled and the bundle's metadata."""
-    invariant = meta.get("batch_invariant") is True
+    quantization = meta.get("quantization")
+    scales = quantization.get("activation_scales") if isinstance(quantization, dict) else None
+    # per-row scales (edgefleet.model.per_row), static ones, or none: nothing depends on the batch
+    invariant = meta.get("batch_invariant") is True or scales in INVARIANT_SCALES
     fp32 = "quantization" not in meta
     if config.enabled is False:
         return Decision(False, "off in runtime.yaml (batching.enabled: false)")
@@ -45,7 +50,8 @@ def decide(config: BatchingConfig, meta: dict) -> Decision:
                         "text's result depends on the texts batched with it", meta.get("name"))
         return Decision(True, "on in runtime.yaml (batching.enabled: true)")
     if invariant:
-        return Decision(True, "the bundle declares batch_invariant")
+        return Decision(True, f"the bundle is batch-invariant ({scales or 'batch_invariant'} activation scales)"
+                        if scales in INVARIANT_SCALES else "the bundle declares batch_invariant")
     if fp32:
         return Decision(True, "FP32 bundle (batch-invariant)")
     return Decision(False, "the bundle does not declare batch_invariant (a text's result would "

@@ -120,11 +120,14 @@ def test_a_malformed_job_in_a_batch_fails_alone(fp32_bundle, fake_sysfs):
     service.worker.stop()
 
 
-def test_int8_bundle_without_the_declaration_is_not_batched(tiny_bundle, fake_sysfs):
+def test_int8_bundle_with_per_row_scales_is_batched(tiny_bundle, fake_sysfs):
+    """The quantizer's INT8 scales each row on its own: batching it by default is safe (#20)."""
+    import json
+
+    assert json.loads((tiny_bundle / "bundle.json").read_text())["quantization"]["activation_scales"] == "per-row"
     service = started(tiny_bundle, fake_sysfs)
     info = service.info()["batching"]
-    assert info["enabled"] is False and "batch_invariant" in info["reason"]
-    assert service.worker.batch is None
+    assert info["enabled"] is True and "per-row" in info["reason"]
     service.worker.stop()
 
 
@@ -176,6 +179,11 @@ def test_batch_size_is_bounded_and_a_stop_is_honoured():
     ("auto", {}, True),  # FP32
     (False, {}, False),
     (True, {"quantization": {"method": "dynamic"}}, True),
+    # what edgefleet.model.quantize writes: per-row scales batch by default, per-tensor ones never
+    ("auto", {"quantization": {"method": "dynamic", "activation_scales": "per-row"}}, True),
+    ("auto", {"quantization": {"method": "dynamic", "activation_scales": "per-tensor"}}, False),
+    ("auto", {"quantization": {"method": "dynamic", "activation_scales": "mixed"}}, False),
+    ("auto", {"quantization": "per-row"}, False),
 ])
 def test_decision(enabled, meta, expected):
     decision = decide(BatchingConfig(enabled=enabled), {"name": "b", **meta})
