@@ -51,6 +51,11 @@ class DeployResult:
     warnings: list[str] = field(default_factory=list)  # e.g. the board's variant was not in the set
 
     @property
+    def repaired(self) -> bool:
+        """Drift put back on the release the device was on already (not a release finished or changed)."""
+        return self.previous == self.release_id and any(line.lstrip().startswith("repair:") for line in self.plan)
+
+    @property
     def ok(self) -> bool:
         return self.health is None or self.health.ok
 

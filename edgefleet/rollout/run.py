@@ -143,7 +143,7 @@ def _deploy_one(target: Target, release: Release, bundle_dir: Path, build_dir: P
             out.latency_ms, out.rss_mib, out.gate_notes = r.health.p95_ms, r.health.rss_mib, list(r.health.notes)
             out.warnings += [n for n in r.health.notes if n.startswith("provider fallback")]
         if r.ok:
-            out.result = ("unchanged" if not r.changed else "repaired" if r.previous == r.release_id else "updated")
+            out.result = ("unchanged" if not r.changed else "repaired" if r.repaired else "updated")
             out.active = r.release_id
             out.where = f"on {r.release_id}"
         else:

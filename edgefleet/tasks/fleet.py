@@ -107,8 +107,7 @@ def deploy(c, target=None, bundle=None, dry_run=False):
                    f"rolled back to {result.previous}", code=1)
     if not result.ok:
         raise Exit(f"{tgt.name}: release {result.release_id} is UNHEALTHY: {result.health.reason}", code=1)
-    verb = ("unchanged" if not result.changed else "repaired" if result.previous == result.release_id
-            else "deployed")
+    verb = ("unchanged" if not result.changed else "repaired" if result.repaired else "deployed")
     print(f"{tgt.name}: {verb} {result.release_id} ({result.variant} variant) in {result.seconds:.1f} s")
 
 

@@ -168,7 +168,13 @@ def test_status_at_80_columns_keeps_names_and_release_ids_whole():
 def test_a_drifted_device_is_repaired_not_unchanged(monkeypatch, tmp_path):
     def repaired(on_facts):
         on_facts(facts("r-B"))
-        return DeployResult("x", "r-B", "r-B", True, HealthResult(True, ""))
+        return DeployResult("x", "r-B", "r-B", True, HealthResult(True, ""),
+                            plan=["  repair: runtime.yaml edited on the device"])
 
-    doc, text = run(monkeypatch, tmp_path, {"lab-01": repaired, "lab-02": unchanged}, now={})
-    assert doc["devices"]["lab-01"]["result"] == "repaired" and "1 repaired, 1 unchanged;" in text
+    def finished(on_facts):  # switched to r-B by a controller killed before the gate: this run commits it
+        on_facts(facts("r-B"))
+        return DeployResult("x", "r-B", "r-B", True, HealthResult(True, ""), plan=["  gate, then commit r-B"])
+
+    doc, text = run(monkeypatch, tmp_path, {"lab-01": repaired, "lab-02": unchanged, "lab-03": finished}, now={})
+    assert doc["devices"]["lab-01"]["result"] == "repaired" and doc["devices"]["lab-03"]["result"] == "updated"
+    assert "1 updated, 1 repaired, 1 unchanged;" in text
