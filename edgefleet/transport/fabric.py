@@ -9,15 +9,53 @@ import logging
 import re
 from pathlib import Path
 
-from fabric import Connection
+from fabric import Config, Connection
+from fabric.runners import Remote
 
-from .base import PUT, RESPONSE_CAP, Endpoint, SSHError, trust_hint
+from .base import OUTPUT_CAP, PUT, RESPONSE_CAP, Endpoint, SSHError, trust_hint
 
 __all__ = ["FabricConnection", "connect_fabric"]
 
 # paramiko logs a refused channel (service not listening yet) as an ERROR before raising it;
 # we handle the exception, so the log line is only noise
 logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
+
+
+class CappedRemote(Remote):
+    """Fabric's remote runner keeping only the last OUTPUT_CAP characters of each stream (as the
+    OpenSSH transport keeps bytes): a device that floods its output cannot flood our memory.
+
+    Invoke's runner appends every chunk to one list it joins at the end, with no limit; these two
+    handlers are its documented hooks for reading a stream, so the cap lives here.
+    """
+
+    def handle_stdout(self, buffer_, hide, output) -> None:
+        self._keep_tail(buffer_, hide, output, self.read_proc_stdout)
+
+    def handle_stderr(self, buffer_, hide, output) -> None:
+        self._keep_tail(buffer_, hide, output, self.read_proc_stderr)
+
+    def _keep_tail(self, buffer_, hide, output, reader) -> None:
+        kept: list[str] = []
+        size = dropped = 0
+        for data in self.read_proc_output(reader):
+            if not hide:
+                self.write_our_output(stream=output, string=data)
+            kept.append(data)
+            size += len(data)
+            if size > 2 * OUTPUT_CAP:  # trimmed in bulk: amortized, never a copy per chunk
+                tail = "".join(kept)[-OUTPUT_CAP:]
+                dropped += size - len(tail)
+                kept, size = [tail], len(tail)
+            if self.watchers:
+                self.respond(kept)
+        text = "".join(kept)
+        if len(text) > OUTPUT_CAP:
+            dropped += len(text) - OUTPUT_CAP
+            text = text[-OUTPUT_CAP:]
+        if dropped:
+            text = f"[edgefleet: the first {dropped} characters of this output were dropped]\n" + text
+        buffer_[:] = [text]
 
 
 class FabricConnection(Connection):
@@ -103,7 +141,7 @@ def connect_fabric(ep: Endpoint, timeout: float) -> FabricConnection:
         connect_kwargs.update(key_filename=str(ep.ssh_key), look_for_keys=False, allow_agent=False)
     given = {k: v for k, v in (("port", ep.port), ("user", ep.user)) if v is not None}
     conn = FabricConnection(host=ep.host, name=ep.name, connect_timeout=int(timeout), connect_kwargs=connect_kwargs,
-                            **given)
+                            config=Config(overrides={"runners": {"remote": CappedRemote}}), **given)
     known_hosts = _known_hosts(ep, conn)
     _verify_host_keys(conn, known_hosts)
     try:

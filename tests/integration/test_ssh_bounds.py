@@ -59,3 +59,17 @@ def test_a_hanging_command_times_out_and_a_flood_keeps_its_tail(local_sshd, open
     finally:
         if persist != "0":
             conn.exit_master()
+
+
+def test_the_fabric_transport_keeps_a_floods_tail_too(local_sshd, monkeypatch):
+    """#19: captured output is capped on the paramiko fallback as on OpenSSH (it kept all of it)."""
+    monkeypatch.setenv("EDGEFLEET_SSH_TRANSFER", "paramiko")
+    conn = connect(target_for(local_sshd, local_sshd.known_hosts))
+    try:
+        assert type(conn).__name__ == "FabricConnection"
+        res = conn.run("head -c 40M /dev/zero | tr '\\0' x; echo; echo the-last-line", hide=True, in_stream=False,
+                       warn=True)
+        assert res.stdout.rstrip().endswith("the-last-line") and len(res.stdout) <= OUTPUT_CAP + 200
+        assert res.stdout.startswith("[edgefleet: the first ")
+    finally:
+        conn.close()
