@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,10 +36,21 @@ def task_models(tmp_path_factory):
             for task, seed in (("classify", 2), ("qa", 3))}
 
 
+@pytest.hookimpl(trylast=True)  # after -m / -k deselected theirs: only what runs is looked at
 def pytest_collection_modifyitems(config, items):
-    """Say which tiers run; CI runs all of them."""
+    """Say which tiers run; CI runs all of them. The e2e tier runs last, and when it boots the lab
+    VM, the VM's image is built in the background from the start (tests/e2e/e2e_lab.py)."""
     if os.environ.get("EDGEFLEET_FAST"):
         skip = pytest.mark.skip(reason="EDGEFLEET_FAST set: unit tier only")
         for item in items:
             if "integration" in item.keywords or "e2e" in item.keywords:
                 item.add_marker(skip)
+        return
+    e2e = [item for item in items if "e2e" in item.keywords]
+    items[:] = [item for item in items if "e2e" not in item.keywords] + e2e
+    if (any(Path(str(item.fspath)).name.startswith("test_lab_vm") for item in e2e) and len(e2e) < len(items)
+            and not config.option.collectonly):
+        sys.path.insert(0, str(Path(__file__).parent / "e2e"))
+        import e2e_lab
+
+        e2e_lab.start_prebuild(Path(__file__).resolve().parents[1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import hashlib
 import logging
 import os
 import re
@@ -46,6 +45,8 @@ def bundle_id(bundle_dir) -> str | None:
 
     Two bundles with one directory name are told apart by it; deploys and rollouts show the same.
     """
+    import hashlib  # here, not at import: the service's start-up imports stay small (test_runtime_http)
+
     try:
         with open(os.path.join(str(bundle_dir), "bundle.json"), "rb") as fh:
             return hashlib.sha256(fh.read()).hexdigest()[:12]

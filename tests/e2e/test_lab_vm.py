@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from e2e_lab import Phases, booted_vm
+from e2e_lab import Phases, booted_vm, vm_spec
 
 from edgefleet.deploy import Device, service_call
 from edgefleet.deploy.health import wait_ready
@@ -32,10 +32,11 @@ from edgefleet.transport import connect
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "build" / "bundles" / "all-minilm-l6-v2-int8"
-KERNEL = os.environ.get("EDGEFLEET_VM_KERNEL", "16k")  # the Pi 5's page size; 4k: Orin's and RK3588's
-# the docker variant, as test_lab_vm_image.py boots: one VM image (built once, the slowest step under
-# emulation) serves both e2e tests; a venv deploy does not mind docker beside it
-SPEC = vmplan.VmSpec(kernel=KERNEL, docker=os.environ.get("EDGEFLEET_VM_PLAIN") != "1")
+# the docker variant on the 16K-page kernel (the Pi 5's), as test_lab_vm_image.py boots: one VM
+# image (built once, the slowest step under emulation) serves both e2e tests; a venv deploy does not
+# mind docker beside it
+SPEC = vm_spec()
+KERNEL = SPEC.kernel
 NAME = SPEC.target_name
 READY_TIMEOUT_S = 600.0  # ORT's first load under TCG on a loaded 2-core host
 
