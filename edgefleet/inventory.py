@@ -14,17 +14,12 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import InputError
-from .inventory_check import _model_of, check_layer, unknown_key, words, written_at
+from .inventory_check import InventoryError, _model_of, check_layer, unknown_key, words, written_at
 from .settings import Settings
 from .yamlsrc import Document, Origin, SourceError, layer_origins, read_document
 
 __all__ = ["InventoryError", "Inventory", "Target", "Settings", "Origin", "load_inventory", "load_board_profiles",
            "merge"]
-
-
-class InventoryError(InputError):
-    """The inventory is invalid; the message names the file, the line and the key."""
 
 
 class _Strict(BaseModel):

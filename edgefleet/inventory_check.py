@@ -19,7 +19,12 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
+from .errors import InputError
 from .yamlsrc import Document, Origin
+
+
+class InventoryError(InputError):
+    """The inventory is invalid; the message names the file, the line and the key."""
 
 __all__ = ["words", "unknown_key", "check_layer", "setting_paths", "check_bundle_fits", "written_at"]
 
@@ -146,8 +151,6 @@ def check_bundle_fits(target, bundle_dir: Path) -> None:
     """Refuse a target whose values cannot work with this bundle (runtime.max_seq_len above the
     bundle's), naming the file, line and path where the value was set."""
     import json
-
-    from .inventory import InventoryError
 
     asked = target.settings.runtime.max_seq_len
     if asked is None:

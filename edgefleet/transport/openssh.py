@@ -23,12 +23,10 @@ import http.client
 import json
 import os
 import re
-import selectors
 import shlex
 import socket
 import subprocess
 import tempfile
-import time
 from functools import cached_property
 from pathlib import Path
 
@@ -37,7 +35,8 @@ from invoke.exceptions import UnexpectedExit
 from invoke.runners import Result
 
 from . import mux as sshmux
-from .base import PUT, RESPONSE_CAP, STREAM, CommandTimeout, OpenSSHError, TailBuffer
+from .base import PUT, RESPONSE_CAP, STREAM, CommandTimeout, OpenSSHError
+from .openssh_process import MuxProcess, input_bytes, run_client, ssh_failed, without_mux_noise
 from .sshconfig import KEY_CHARS, client_config, control_dir, openssh_client, persist_seconds
 
 __all__ = ["OpenSSHConnection", "ForwardedHTTPConnection"]
@@ -175,12 +174,12 @@ class OpenSSHConnection(Context):
         `in_stream`: False/None (no input), a text or bytes stream, str or bytes. An SSH-level
         failure (exit 255 and the client's own message) raises OpenSSHError.
         """
-        data = _input_bytes(in_stream)
+        data = input_bytes(in_stream)
         command = self._prefix_commands(command)
         exited, out, err = self._execute(command, data, timeout)
         stdout, raw = out.decode(errors="replace"), err.decode(errors="replace")
-        stderr = _without_mux_noise(raw)
-        if exited == 255 and _ssh_failed(raw):
+        stderr = without_mux_noise(raw)
+        if exited == 255 and ssh_failed(raw):
             raise OpenSSHError(raw.strip())
         result = Result(stdout=stdout, stderr=stderr, command=command, shell="", exited=exited,
                         hide=("stdout", "stderr"))
@@ -200,9 +199,9 @@ class OpenSSHConnection(Context):
                 raise CommandTimeout(f"{exc}: {command[:80]}") from None
             except sshmux.MuxError as exc:  # it may have run: never run it twice
                 raise OpenSSHError(f"mux_client_request_session: {exc}") from None
-        return _run_client(self.argv(command), data, timeout)
+        return run_client(self.argv(command), data, timeout)
 
-    def stream(self, command: str, stderr) -> subprocess.Popen | _MuxProcess:
+    def stream(self, command: str, stderr) -> subprocess.Popen | MuxProcess:
         """Start `command` on the device to read what we write into the returned process's `stdin`
         (its output is dropped, its errors go to the file `stderr`); `wait()` returns its exit status.
 
@@ -220,7 +219,7 @@ class OpenSSHConnection(Context):
                 os.close(w)
                 raise OpenSSHError(f"mux_client_request_session: {exc}") from None
             else:
-                return _MuxProcess(session, os.fdopen(w, "wb", buffering=0))
+                return MuxProcess(session, os.fdopen(w, "wb", buffering=0))
             finally:
                 os.close(r)  # the master holds its own copy
         return subprocess.Popen(self.argv(command), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -233,7 +232,7 @@ class OpenSSHConnection(Context):
             exited, _, err = self._execute(command, source.read(), None)  # small files (state.json)
         if exited != 0:
             raise OSError(f"{self.name}: writing {remote} failed: "
-                          f"{_without_mux_noise(err.decode(errors='replace')).strip()[-300:]}")
+                          f"{without_mux_noise(err.decode(errors='replace')).strip()[-300:]}")
 
     def forward(self, port: int) -> tuple[socket.socket, socket.socket | subprocess.Popen]:
         """Open a stream to 127.0.0.1:`port` on the device (`ssh -W`); return our end of it and what
@@ -298,106 +297,6 @@ def _known_hosts_digests(known_hosts: Path | None) -> list[str]:
     return digests
 
 
-def _run_client(argv: list[str], data: bytes | None, timeout: float | None) -> tuple[int, bytes, bytes]:
-    """Run an `ssh` client: feed `data`, keep the tail of its output (TailBuffer), bounded by `timeout`."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    out, err = TailBuffer(), TailBuffer()
-    output = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
-    try:
-        with selectors.DefaultSelector() as sel:
-            for fd in output:
-                sel.register(fd, selectors.EVENT_READ)
-            view = memoryview(data or b"")
-            if proc.stdin is not None:
-                os.set_blocking(proc.stdin.fileno(), False)
-                sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE)
-            while sel.get_map():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise CommandTimeout(f"ssh: the command did not end within {timeout:g} s: {argv[-1][:80]}")
-                for key, _ in sel.select(left):
-                    if key.fd in output:
-                        chunk = os.read(key.fd, 65536)
-                        if chunk:
-                            output[key.fd].add(chunk)
-                        else:
-                            sel.unregister(key.fd)
-                        continue
-                    try:
-                        view = view[os.write(key.fd, view[:65536]):]
-                    except BrokenPipeError:
-                        view = view[len(view):]
-                    if not view:
-                        sel.unregister(key.fd)
-                        proc.stdin.close()  # type: ignore[union-attr]  # the command sees its input end
-        left = None if deadline is None else max(deadline - time.monotonic(), 0.1)
-        exited = proc.wait(left)
-    except subprocess.TimeoutExpired:
-        raise CommandTimeout(f"ssh: the command did not end within {timeout:g} s: {argv[-1][:80]}") from None
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None and not stream.closed:
-                stream.close()
-    return exited, out.value(), err.value()
-
-
-class _MuxProcess:
-    """What `stream` returns over a master: like the Popen an `ssh` client would be, for its use."""
-
-    def __init__(self, session: sshmux.Session, stdin):
-        self.session, self.stdin = session, stdin
-
-    def wait(self, timeout: float | None = None) -> int:
-        try:
-            return self.session.wait(timeout)
-        except sshmux.MuxError as exc:
-            raise OpenSSHError(f"mux_client_request_session: {exc}") from None
-
-    def kill(self) -> None:
-        self.stdin.close()
-        self.session.close()
-
-    def terminate(self) -> None:
-        """End the session from another thread: the master lets go of the channel and of its end of
-        our pipe (so a blocked write fails); our end stays open for the writer to close."""
-        self.session.close()
-
-
-def _input_bytes(in_stream) -> bytes | None:
-    if in_stream is None or in_stream is False:
-        return None
-    if isinstance(in_stream, (bytes, str)):
-        data = in_stream
-    else:
-        data = in_stream.read()
-    return data.encode() if isinstance(data, str) else data
-
-
-# what the client prints when the master it was told to use is gone; it then connects directly
-_MUX_NOISE = re.compile(r"^(Control socket connect\(.*|mux_client_\w+: .*)\n?", re.M)
-# the client's own failures (a remote command's exit 255 alone is not one)
-_SSH_FAILED = re.compile(r"^(ssh: |Host key verification failed|kex_exchange_identification|Connection (closed|reset|"
-                         r"timed out)|client_loop: |Broken pipe|Permission denied \(|@@@@@@@@|Received disconnect|"
-                         r"ssh_exchange_identification|Bad owner or permissions|Timeout, server .* not responding|"
-                         r"banner exchange: |stdio forwarding failed|Stdio forwarding request failed|"
-                         r"channel \d+: open failed|"
-                         r"mux_client_\w+: )", re.M)
-
-
-def _without_mux_noise(stderr: str) -> str:
-    return _MUX_NOISE.sub("", stderr)
-
-
-def _ssh_failed(stderr: str) -> bool:
-    return bool(_SSH_FAILED.search(stderr))
-
-
 class ForwardedHTTPConnection(http.client.HTTPConnection):
     """HTTP to 127.0.0.1:`port` on the device over `ssh -W` (nothing listens on this host).
 
@@ -438,5 +337,5 @@ class ForwardedHTTPConnection(http.client.HTTPConnection):
             carrier.kill()
             carrier.wait()
         if carrier.stderr is not None:
-            self._stderr += _without_mux_noise(carrier.stderr.read().decode(errors="replace"))
+            self._stderr += without_mux_noise(carrier.stderr.read().decode(errors="replace"))
             carrier.stderr.close()

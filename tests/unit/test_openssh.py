@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgefleet.transport import Endpoint, OpenSSHError, openssh, sshconfig
+from edgefleet.transport import Endpoint, OpenSSHError, openssh, openssh_process, sshconfig
 from edgefleet.transport.openssh_login import _openssh_options, _openssh_reason
 
 EP = Endpoint("pi5-01", "10.0.0.5", 2201, "deploy", None, Path("/inv/known_hosts"))
@@ -61,12 +61,12 @@ def test_client_messages_become_the_same_errors_as_fabrics(stderr, expected):
     ("error: ssh: is not a command here\n", False),
 ])
 def test_exit_255_is_the_links_only_when_the_client_says_so(stderr, failed):
-    assert openssh._ssh_failed(stderr) is failed
+    assert openssh_process.ssh_failed(stderr) is failed
 
 
 def test_a_gone_master_is_not_reported_as_the_commands_stderr():
     noisy = "Control socket connect(/run/x/abc): Connection refused\nreal error\n"
-    assert openssh._without_mux_noise(noisy) == "real error\n"
+    assert openssh_process.without_mux_noise(noisy) == "real error\n"
 
 
 @pytest.mark.parametrize("raw, expected", [("", 120), ("0", 0), ("600", 600)])
@@ -144,7 +144,7 @@ def test_no_masters_when_persist_is_zero(monkeypatch, short_dir):
     (io.BytesIO(b"raw"), b"raw"),
 ])
 def test_input_streams(given, expected):
-    assert openssh._input_bytes(given) == expected
+    assert openssh_process.input_bytes(given) == expected
 
 
 def test_every_hop_gets_the_trust_settings_first(monkeypatch, short_dir):
