@@ -8,10 +8,8 @@ Emulated and throttled devices report the comparison; it is never judged there.
 
 from __future__ import annotations
 
-import json
-import shlex
-
 from .device import Device
+from .record import read_state
 
 __all__ = ["committed_p95", "baseline_from_state", "regression_verdict"]
 
@@ -30,15 +28,11 @@ def baseline_from_state(state, committed: str | None) -> float | None:
 
 
 def committed_p95(dev: Device, committed: str | None) -> float | None:
-    """Return the committed release's recorded p95 from the device's state.json (None: not known)."""
+    """Return the committed release's recorded p95 from the device's state.json (None: not known),
+    read as every deploy reads it (shape-checked, recovered from its backup when broken)."""
     if not committed:
         return None
-    path = dev.path("state.json")
-    res = dev.run(f"cat {shlex.quote(path)} 2>/dev/null || true", "read state.json", privileged=False, warn=True)
-    try:
-        return baseline_from_state(json.loads(res.stdout or "{}"), committed)
-    except ValueError:
-        return None
+    return baseline_from_state({"history": list(read_state(dev).state.history)}, committed)
 
 
 def regression_verdict(p95_ms: float | None, baseline_ms: float | None, max_regression: float | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import logging
 import os
@@ -40,6 +41,7 @@ def release_id(bundle_dir) -> str | None:
     return match.group(1) if match else None
 
 
+@functools.lru_cache(maxsize=8)  # a bundle's files never change under it: /v1/info hashes it once
 def bundle_id(bundle_dir) -> str | None:
     """Return the bundle's identity: the sha256 of its bundle.json (which holds every file's), short.
 

@@ -119,6 +119,14 @@ def lab_targets(tmp_path_factory, names: list[str], board: str | None = None):
 
 
 @pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A tiny random BERT's INT8 bundle, made once per module that deploys one."""
+    from edgefleet.model.tiny import tiny_bundle
+
+    return tiny_bundle(tmp_path_factory.mktemp("tiny"))["bundle_dir"]
+
+
+@pytest.fixture(scope="module")
 def one_lab_device(tmp_path_factory):
     """A lab of one amd64 device, lab-01, for this test module."""
     for targets in lab_targets(tmp_path_factory, ["lab-01"]):

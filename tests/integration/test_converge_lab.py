@@ -9,16 +9,10 @@ import pytest
 
 from edgefleet.deploy import deploy, rollback
 from edgefleet.inspect import collect_status
-from edgefleet.model.tiny import tiny_bundle
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 PAYLOAD_FILE = "payload/edge_runtime/__init__.py"
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return tiny_bundle(tmp_path_factory.mktemp("tiny"))["bundle_dir"]
 
 
 @pytest.fixture(scope="module")

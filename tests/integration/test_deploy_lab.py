@@ -14,17 +14,11 @@ from pathlib import Path
 import pytest
 
 from edgefleet.deploy import Device, deploy, service_call
-from edgefleet.model.tiny import tiny_bundle
 from edgefleet.render import RUNTIME_UNIT_EXPOSURE
 from edgefleet.transport import connect
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return tiny_bundle(tmp_path_factory.mktemp("tiny"))["bundle_dir"]
 
 
 @pytest.fixture(scope="module")

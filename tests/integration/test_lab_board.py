@@ -24,17 +24,11 @@ from edgefleet import lab
 from edgefleet.deploy import deploy
 from edgefleet.inspect import collect_status
 from edgefleet.lab import knobs, sysfs
-from edgefleet.model.tiny import tiny_bundle
 from edgefleet.transport import connect, http_over_ssh
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[2]
 POLICY = "/sys/devices/system/cpu/cpufreq/policy4/scaling_governor"
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return tiny_bundle(tmp_path_factory.mktemp("tiny"))["bundle_dir"]
 
 
 @pytest.fixture(scope="module")

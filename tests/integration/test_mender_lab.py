@@ -25,7 +25,6 @@ from edgefleet.mender.artifact import board_classes, write_artifact
 from edgefleet.mender.device.module import SPEC_NAME
 from edgefleet.mender.keys import make_signing_key
 from edgefleet.mender.standalone import bootstrap, install
-from edgefleet.model.tiny import tiny_bundle
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("mender-artifact") is None, reason="needs mender-artifact")]
@@ -35,11 +34,6 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     return make_signing_key(tmp_path_factory.mktemp("keys") / "signing.pem")
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return tiny_bundle(tmp_path_factory.mktemp("tiny"))["bundle_dir"]
 
 
 @pytest.fixture(scope="module")

@@ -173,8 +173,9 @@ def test_thermal_soft_hard_503_then_recovery(serve, fake_sysfs):
     assert service._spacing(0.01) == 0.01  # soft: idle as long as the inference took
 
 
-def test_queue_full_gives_503(serve):
-    service, port = serve(limits={"queue_depth": 1})
+def fill_the_queue(service):
+    """Hold the worker on one job with a second one queued (queue_depth 1): the queue is full
+    until the returned gate is set. Returns (gate, the running job, the queued job)."""
     gate = threading.Event()
     real_run = service.worker.run
     service.worker.run = lambda texts: (gate.wait(10), real_run(texts))[1]
@@ -182,6 +183,12 @@ def test_queue_full_gives_503(serve):
     while not service.worker.busy:
         time.sleep(0.001)
     queued = service.worker.submit(("embed", (["b"],)))
+    return gate, running, queued
+
+
+def test_queue_full_gives_503(serve):
+    service, port = serve(limits={"queue_depth": 1})
+    gate, running, queued = fill_the_queue(service)
     status, headers, body = embed(port, ["c"])
     assert status == 503 and "queue full" in body["error"] and headers["retry-after"] == "1"
     assert 'edge_queue_depth 2' in request(port, "GET", "/metrics")[2]
@@ -421,13 +428,7 @@ def test_readyz_refuses_while_the_queue_stays_full(serve, monkeypatch):
 
     monkeypatch.setattr(service_module, "QUEUE_FULL_S", 0.2)
     service, port = serve(limits={"queue_depth": 1})
-    gate = threading.Event()
-    real_run = service.worker.run
-    service.worker.run = lambda texts: (gate.wait(10), real_run(texts))[1]
-    running = service.worker.submit(("embed", (["a"],)))
-    while not service.worker.busy:
-        time.sleep(0.001)
-    queued = service.worker.submit(("embed", (["b"],)))
+    gate, running, queued = fill_the_queue(service)
     assert embed(port, ["c"])[0] == 503
     assert request(port, "GET", "/readyz")[0] == 200  # full for a moment: still serving
     time.sleep(0.3)
