@@ -10,8 +10,11 @@ and the per-row quantization chain differ:
 - fused-tr / stable-tr: per-row rounding by +0.5 and a truncating Cast (no Round node);
 - fused-s8rr-tr: signed 7-bit weights (ORT's reduce_range), so that AVX2's fast U8S8 kernel
   does not saturate;
-- fused-s8-a7-tr: signed 8-bit weights and 7-bit activations (levels 63, zero point 64), the
-  other way to keep U8S8 from saturating.
+- fused-s8-a7: signed 8-bit weights and 7-bit activations (levels 63, zero point 64), the
+  other way to keep U8S8 from saturating;
+- fused-mha: the attention core as ORT's FP32 MultiHeadAttention (com.microsoft) over the
+  quantized QKV projection, instead of the unfused ops of edgefleet.model.stable (an
+  experiment: this script swaps stable's attention builder while it builds).
 
 Time them with `benchmarks/bench_model.py --also <out>/<NAME>` (or `--profile --also ...`).
 """
@@ -34,23 +37,56 @@ VARIANTS = {
     "stable-tr": {"arch_stable": True, "truncate": True},
     "fused-s8rr-tr": {"arch_stable": False, "truncate": True, "weight_type": "QInt8",
                       "reduce_range": True},
-    "fused-s8-a7-tr": {"arch_stable": False, "truncate": True, "weight_type": "QInt8",
-                       "levels": 63, "zero_point": 64},
+    "fused-s8-a7": {"arch_stable": False, "weight_type": "QInt8", "levels": 63,
+                    "zero_point": 64},
+    "fused-mha": {"arch_stable": False, "attention": "mha"},
 }
 
 
+def _mha_attention(builder, node, init, mask, key_bias=None) -> None:
+    """Attention as MatMul(QKV) -> Split -> MultiHeadAttention(q, k, v, bias, key padding mask)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from edgefleet.model.stable import _attr
+
+    hidden = int(init[node.input[1]].dims[1]) // 3
+    name = node.name
+    qkv = builder.node("MatMul", [node.input[0], node.input[1]], f"{name}/qkv", f"{name}/qkv_matmul")
+    parts = [f"{name}/q", f"{name}/k", f"{name}/v"]
+    sizes = builder.const(f"{name}/split", np.array([hidden] * 3, np.int64))
+    builder.nodes.append(onnx.helper.make_node("Split", [qkv, sizes], parts, name=f"{name}/split",
+                                               axis=-1))
+    if not any(item.output[0] == "mha/mask" for item in builder.nodes):
+        builder.node("Cast", ["attention_mask"], "mha/mask", "mha/mask_cast",
+                     to=onnx.TensorProto.INT32)
+    bias = builder.const(f"{name}/qkv_bias",
+                         numpy_helper.to_array(init[node.input[2]]).astype(np.float32))
+    builder.nodes.append(onnx.helper.make_node(
+        "MultiHeadAttention", [*parts, bias, "mha/mask"], [node.output[0]], name=f"{name}/mha",
+        domain="com.microsoft", num_heads=int(_attr(node, "num_heads"))))
+
+
 def build(fp32_dir: Path, out: Path, arch_stable: bool, weight_type: str = "QUInt8",
-          reduce_range: bool = False, **per_row) -> None:
+          reduce_range: bool = False, attention: str = "unfused", **per_row) -> None:
     """Write the bundle out: the default recipe's steps with the variant's settings."""
     import onnx
 
+    from edgefleet.model import stable as stable_module
     from edgefleet.model.graph import quantize_graph
     from edgefleet.model.per_row import per_row_activations
 
     recipe = Recipe(arch_stable=arch_stable)
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        stable = stable_fp32(fp32_dir, work / "stable.onnx", norms=arch_stable)
+        unfused = stable_module._attention
+        if attention == "mha":
+            stable_module._attention = _mha_attention  # type: ignore[assignment]
+        try:
+            stable = stable_fp32(fp32_dir, work / "stable.onnx", norms=arch_stable)
+        finally:
+            stable_module._attention = unfused
         assert recipe.smooth_alpha is not None
         smoothed_fp32(fp32_dir, work / "smoothed.onnx", recipe.smooth_alpha, source=stable)
         quantize_graph(work / "smoothed.onnx", work / "int8.onnx", recipe.per_channel,
