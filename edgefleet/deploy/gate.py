@@ -91,7 +91,7 @@ def health_gate(dev: Device, golden: dict, judge_model: bool = True,
         return state in ("active", "activating")
 
     try:
-        waited = wait_ready(service_call(dev), s.health.ready_timeout_s, still_starting)
+        waited = wait_ready(service_call(dev), s.health.ready_timeout_s, still_starting, warmup_s=s.health.warmup_s)
     except NotReady as exc:
         return HealthResult(False, f"{exc}; journal:\n{_journal(dev)}")
     if not judge_model:

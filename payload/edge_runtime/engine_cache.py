@@ -257,6 +257,9 @@ class EngineCache:
         tmp = self.dir / f".{KEY_JSON}.tmp"
         try:
             tmp.write_text(json.dumps(document, indent=1) + "\n")
+            # key.json readable by the deploy's login user (prune reads it); the engines stay private
+            os.chmod(tmp, 0o644)
+            os.chmod(self.dir, 0o711)
             os.replace(tmp, self.dir / KEY_JSON)
         except OSError as error:
             log.warning("engine_cache_key_json_failed dir=%s error=%s", self.dir, error)
