@@ -20,7 +20,7 @@ from .health import (
     probe_request,
     wait_ready,
 )
-from .providers import provider_verdict
+from .providers import engine_note, provider_verdict
 from .regression import regression_verdict
 from .remote import source
 
@@ -104,6 +104,7 @@ def health_gate(dev: Device, golden: dict, judge_model: bool = True,
         return HealthResult(False, unfit, ready_after_s=waited)
     provider_failures, provider_warnings = provider_verdict(
         info.get("providers"), list(s.providers), list(s.require_providers))
+    provider_warnings += engine_note(info.get("providers"))
     task = goldens.task_of(golden)
     requests = [goldens.request(task, item) for item in goldens.items(golden)]
     rounds = s.health.latency_rounds

@@ -217,6 +217,7 @@ class EngineCache:
     context_options: dict  # ...of a start from the context model (no dump)
     writable: bool = True
     source: str = "model"  # what the last session came from: "model" or "context model"
+    build_s: float | None = None  # how long the last session from model.onnx took to create
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -253,7 +254,7 @@ class EngineCache:
                     "context_model": self.has_context_model(), "source": self.source,
                     "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if built_s is not None:
-            document["build_s"] = round(built_s, 1)
+            self.build_s = document["build_s"] = round(built_s, 1)
         tmp = self.dir / f".{KEY_JSON}.tmp"
         try:
             tmp.write_text(json.dumps(document, indent=1) + "\n")
@@ -266,7 +267,8 @@ class EngineCache:
 
     def describe(self) -> dict:
         return {"dir": str(self.dir), "key": self.key, "facts": asdict(self.facts), "source": self.source,
-                "context_model": self.has_context_model(), "writable": self.writable, "notes": list(self.notes)}
+                "context_model": self.has_context_model(), "build_s": self.build_s, "writable": self.writable,
+                "notes": list(self.notes)}
 
 
 def prepare(bundle_dir, cache_root: str | None, user_options: dict, inputs: list[str], max_batch: int,
