@@ -19,9 +19,10 @@ thread PyTorch and ONNX Runtime both compute on that thread, so time slices give
 processes on a shared machine drop out (it is refused for more than one thread, where CPU time
 is not latency).
 `--profile` instead runs ORT's per-node profiler on ours, each `--also` bundle, naive INT8 and ORT
-FP32 (1 thread, one length and batch) and prints the kernel time per op type and per group of
-ops (INT8 GEMMs, per-row quantize chain, attention core, layer norms...) side by side: where
-ours spends the time naive INT8 does not (benchmarks/profile_ops.py).
+FP32 (1 thread, one length, the first --batch) and prints each group of ops' (INT8 GEMMs, per-row
+quantize chain, attention core, layer norms...) and op type's share of the kernel time and that
+share of the CPU ms per call, side by side: where ours spends the time naive INT8 does not
+(benchmarks/profile_ops.py).
 """
 
 from __future__ import annotations
