@@ -333,7 +333,7 @@ def serving(bundle: Path, args, texts) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         cells = serving_load.measure(bundle, args.threads, {k: v[0] for k, v in picked.items()},
                                      args.serving_rounds, args.serving_seconds, start_server,
-                                     RawClient, post_raw, Path(workdir))
+                                     Path(workdir))
     serving_load.report(cells, {k: v[1] for k, v in picked.items()}, args.serving_rounds,
                         args.serving_seconds)
 

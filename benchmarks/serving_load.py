@@ -5,15 +5,24 @@ Three servers run at once: `off` (batching.enabled: false), `on` (true) and `off
 identical `off`). Each round measures every (length, clients) cell on all three, in an order
 that rotates each round, so no server always goes first. The spread between `off` and `off
 again` is the noise floor: an on/off ratio inside it is "within noise".
+
+The clients are keep-alive sockets driven by one selector thread (each sends its next request as
+soon as its answer is in): 16 Python client threads would take a share of the 2 cores and of the
+GIL that grows with the client count, so the 16-client cells would measure the load generator.
+The server's CPU per request is split into its connection threads (HTTP framing, JSON decode and
+encode) and its long-lived threads (the inference worker and ORT's intra-op pool: tokenizing,
+the model, pooling).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import selectors
+import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -38,34 +47,87 @@ def write_config(directory: Path, name: str, enabled: bool, threads: int) -> Pat
     return path
 
 
-def load(port: int, client_class, post_raw, text: str, clients: int,
-         seconds: float) -> tuple[list[float], float]:
-    """Keep `clients` keep-alive clients busy for `seconds`; return latencies (ms), req/s."""
+def thread_cpu(pid: int) -> dict[int, float]:
+    """Return {thread id: user + system CPU seconds} for the process's live threads."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended between listdir and open
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def request_bytes(text: str) -> bytes:
+    body = json.dumps({"texts": [text]}).encode()
+    return (b"POST /v1/embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)) + body
+
+
+def _answered(buf: bytearray) -> int:
+    """Return the length of the whole response at the start of buf (0: not all in yet)."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return 0
+    head = bytes(buf[:end]).lower()
+    if head[9:12] != b"200":
+        raise SystemExit(f"/v1/embed answered {head[9:12].decode()}")
+    start = head.find(b"\r\ncontent-length:") + 17
+    stop = head.find(b"\r\n", start)
+    need = end + 4 + int(head[start:stop if stop > 0 else len(head)])
+    return need if len(buf) >= need else 0
+
+
+def load(port: int, text: str, clients: int, seconds: float) -> tuple[list[float], float]:
+    """Keep `clients` keep-alive connections busy for `seconds` from one selector thread;
+    return latencies (ms) and req/s. Requests still in flight at the end are not counted."""
+    request = request_bytes(text)
+    selector = selectors.DefaultSelector()
+    sent: dict[socket.socket, list] = {}
     samples: list[float] = []
-    lock = threading.Lock()
-    stop = time.perf_counter() + seconds
-
-    def client():
-        conn = client_class(port)
-        mine = []
-        while time.perf_counter() < stop:
-            mine.append(post_raw(conn, [text]))
-        conn.close()
-        with lock:
-            samples.extend(mine)
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return samples, len(samples) / (time.perf_counter() - started)
+    try:
+        for _ in range(clients):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            selector.register(sock, selectors.EVENT_READ)
+            sent[sock] = [bytearray(), 0.0]
+        started = time.perf_counter()
+        stop = started + seconds
+        for sock, state in sent.items():
+            state[1] = time.perf_counter()
+            sock.sendall(request)
+        while (now := time.perf_counter()) < stop:
+            wait = min(stop - now, 30.0)
+            events = selector.select(wait)
+            if not events and wait >= 30.0:
+                raise SystemExit("no answer for 30 s")
+            for key, _ in events:
+                sock = key.fileobj  # type: ignore[assignment]
+                state = sent[sock]
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise SystemExit("server closed a connection")
+                state[0] += chunk
+                need = _answered(state[0])
+                if need:
+                    del state[0][:need]
+                    now = time.perf_counter()
+                    samples.append((now - state[1]) * 1e3)
+                    state[1] = now
+                    sock.sendall(request)
+        return samples, len(samples) / (time.perf_counter() - started)
+    finally:
+        for sock in sent:
+            sock.close()
+        selector.close()
 
 
 def measure(bundle: Path, threads: int, texts: dict[str, str], rounds: int, seconds: float,
-            start_server, client_class, post_raw, workdir: Path) -> dict:
-    """Return {(length, clients, server): [(req/s, p50, p99, server CPU ms a request) per round]}.
+            start_server, workdir: Path) -> dict:
+    """Return {(length, clients, server): [(req/s, p50, p99, server CPU ms a request, of which
+    connection threads' ms) per round]}.
 
     The server's CPU per request is printed beside the wall-clock figures: on a shared machine
     it moves much less with other people's load than req/s does.
@@ -78,7 +140,7 @@ def measure(bundle: Path, threads: int, texts: dict[str, str], rounds: int, seco
             proc, port, _ = start_server(bundle, threads, log, config)
             procs[name] = (proc, port)
         for _, port in procs.values():  # warm each once
-            load(port, client_class, post_raw, texts["short"], 4, 0.3)
+            load(port, texts["short"], 4, 0.3)
         cells: dict = {}
         for index in range(rounds):
             order = list(SERVERS[index % 3:] + SERVERS[:index % 3])
@@ -86,12 +148,17 @@ def measure(bundle: Path, threads: int, texts: dict[str, str], rounds: int, seco
                 for clients in CLIENTS:
                     for name in order:
                         proc, port = procs[name]
-                        cpu = cpu_seconds(proc.pid)
-                        samples, rate = load(port, client_class, post_raw, text, clients, seconds)
-                        cpu_ms = (cpu_seconds(proc.pid) - cpu) * 1e3 / max(len(samples), 1)
+                        cpu, before = cpu_seconds(proc.pid), thread_cpu(proc.pid)
+                        samples, rate = load(port, text, clients, seconds)
+                        time.sleep(0.05)  # the connection threads see the close and end
+                        after, total = thread_cpu(proc.pid), cpu_seconds(proc.pid) - cpu
+                        # threads alive before and after: the worker, ORT's pool, main, thermal
+                        lasting = sum(after[tid] - before[tid] for tid in after if tid in before)
+                        per = 1e3 / max(len(samples), 1)
                         cells.setdefault((length, clients, name), []).append(
                             (rate, float(np.percentile(samples, 50)),
-                             float(np.percentile(samples, 99)), cpu_ms))
+                             float(np.percentile(samples, 99)), total * per,
+                             (total - lasting) * per))
             print(f"  serving round {index + 1}/{rounds} done", file=sys.stderr)
         return cells
     finally:
@@ -110,7 +177,8 @@ def report(cells: dict, tokens: dict[str, int], rounds: int, seconds: float) -> 
           f"{rounds} rounds of {seconds:.1f} s per cell, order rotated each round")
     print(f"{'texts':>14s} {'clients':>7s} | {'req/s off':>9s} {'on':>7s} {'again':>7s} | "
           f"{'p50 off':>7s} {'on':>6s} | {'p99 off':>7s} {'on':>6s} | {'on/off':>6s} "
-          f"{'noise':>6s} | {'cpu ms/req off':>14s} {'on':>5s} {'again':>5s}")
+          f"{'noise':>6s} | {'cpu ms/req off':>14s} {'on':>5s} {'again':>5s} | {'http off':>8s} "
+          f"{'on':>5s}")
     for length in tokens:
         for clients in CLIENTS:
             off, on, again = (med((length, clients, name), 0) for name in SERVERS)
@@ -123,7 +191,10 @@ def report(cells: dict, tokens: dict[str, int], rounds: int, seconds: float) -> 
                   f"{med((length, clients, 'off'), 2):7.2f} {med((length, clients, 'on'), 2):6.2f}"
                   f" | {ratio:6.2f} {noise:6.1%} | {med((length, clients, 'off'), 3):14.2f} "
                   f"{med((length, clients, 'on'), 3):5.2f} {med((length, clients, 'off again'), 3):5.2f}"
+                  f" | {med((length, clients, 'off'), 4):8.2f} {med((length, clients, 'on'), 4):5.2f}"
                   f" {verdict}")
+    print("cpu ms/req: the server's CPU per request (all threads); http: of it, the connection "
+          "threads' (HTTP framing, JSON in and out); the rest is the worker and ORT's pool")
     single = med(("short", 1, "off"), 0)
     best = med(("short", 16, "on"), 0)
     p99 = med(("short", 16, "on"), 2)
