@@ -110,7 +110,7 @@ class Service:
         self.engine = None  # engine_cache.EngineCache when TensorRT is asked for and offered
         self.worker = InferenceWorker(self._run, self.config.limits.queue_depth,
                                       observe=self.metrics.inferred, spacing=self._spacing,
-                                      idle=self._idle, settled=_malloc_trim)
+                                      idle=self._idle, settled=self._settled)
 
     @property
     def ready(self) -> bool:
@@ -251,11 +251,18 @@ class Service:
         """After long inputs, return glibc's freed blocks to the OS (off the answer path):
         without it RSS stays at its peak (207 MiB after 8 x 256 tokens, 99 MiB with it).
 
-        Short inputs leave less behind (~2-3 MiB after a burst of requests); that is handed
-        back by the worker's settled hook once no request came for a second."""
-        if self._trim:
+        Not while clients are concurrent: the queue is empty for a moment after each of their
+        batches, and the next batch faults the same memory straight back in (a trim after every
+        batch cost 10-25% more CPU a text, benchmarks/RESULTS.md). Then the trim waits for
+        _settled, as do short inputs' leftovers (~2-3 MiB after a burst of requests)."""
+        if self._trim and not self.worker.concurrent:
             self._trim = False
             _malloc_trim()
+
+    def _settled(self) -> None:
+        """No job came for the worker's settle time: hand freed memory back."""
+        self._trim = False
+        _malloc_trim()
 
     def _spacing(self, took_s: float) -> float:
         return took_s if self.guard.state == SOFT else 0.0

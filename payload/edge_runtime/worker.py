@@ -68,6 +68,11 @@ class InferenceWorker:
         """Return the number of jobs waiting or running."""
         return self.jobs.qsize() + self.busy + (self._held is not None)
 
+    @property
+    def concurrent(self) -> bool:
+        """Return True while clients are concurrent: one of the recent batches held several jobs."""
+        return max(self.batches[-RECENT:], default=1) > 1
+
     def start(self) -> InferenceWorker:
         """Start the worker thread."""
         self._thread.start()
@@ -118,7 +123,7 @@ class InferenceWorker:
             return [first]
         taken, items = [first], size
         expected = max(self.batches[-RECENT:], default=1)
-        waiting = expected > 1  # concurrent clients: worth a short wait for the rest
+        waiting = self.concurrent  # worth a short wait for the rest
         deadline = time.monotonic() + batch.max_wait_s
         while items < batch.max_items:
             left = deadline - time.monotonic()

@@ -212,3 +212,30 @@ def test_check_token(header, token, ok):
         with pytest.raises(ApiError) as error:
             check_token(header, token)
         assert error.value.status == 401 and "WWW-Authenticate" in error.value.headers
+
+
+def test_concurrent_batches_leave_the_trim_to_the_quiet_spell(tiny_bundle, fake_sysfs, monkeypatch):
+    """Between the batches of concurrent clients the queue is empty for a moment after every
+    batch; trimming there hands back memory the next batch faults straight back in."""
+    from edge_runtime import service as service_module
+    from edge_runtime.config import parse_config
+
+    trims = []
+    monkeypatch.setattr(service_module, "_malloc_trim", lambda: trims.append(1))
+    service = service_module.Service(tiny_bundle, parse_config(
+        {"sysfs_root": str(fake_sysfs.root), "threads": 1, "batching": {"enabled": True}}))
+    service.start(poll=False)
+    assert service.ready
+    trims.clear()
+    jobs = [("embed", (["word " * 40],)) for _ in range(8)]
+    service.worker.batches = [len(jobs)]  # as the worker records a batch of concurrent jobs
+    service._run_many(jobs)
+    assert service.model.last_tokens > service_module.TRIM_TOKENS
+    service._idle()
+    assert trims == []  # not between two batches
+    service.worker.settled()  # no job for settle_s: now
+    assert trims == [1]
+    service._run(("embed", (["word " * 400] * 4,)))  # a lone client's long call: trimmed when idle
+    service.worker.batches = [1] * 8
+    service._idle()
+    assert trims == [1, 1]
