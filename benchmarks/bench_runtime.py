@@ -59,8 +59,8 @@ def pct(samples, q) -> float:
     return float(np.percentile(np.asarray(samples), q))
 
 
-def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO / "payload")}
+def env(payload: Path | None = None) -> dict:
+    return {**os.environ, "PYTHONPATH": str(payload or REPO / "payload")}
 
 
 def load_modes(bundle: Path, repeats: int) -> dict:
@@ -91,15 +91,16 @@ def proc_anon_kib(pid: int) -> int:
         return int([line for line in rollup if line.startswith("Anonymous:")][0].split()[1])
 
 
-def start_server(bundle: Path, threads: int, log,
-                 config: Path | None = None) -> tuple[subprocess.Popen, int, float]:
-    """Start `serve`; return the process, its port and seconds from spawn to /readyz 200."""
+def start_server(bundle: Path, threads: int, log, config: Path | None = None,
+                 payload: Path | None = None) -> tuple[subprocess.Popen, int, float]:
+    """Start `serve` (from payload, default this tree's); return the process, its port and
+    seconds from spawn to /readyz 200."""
     port = free_port()
     started = time.perf_counter()
     extra = ["--config", str(config)] if config else []
     proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "serve", "--bundle",
                              str(bundle), "--port", str(port), "--threads", str(threads), *extra],
-                            env=env(), stdout=log, stderr=subprocess.STDOUT)
+                            env=env(payload), stdout=log, stderr=subprocess.STDOUT)
     while time.perf_counter() - started < 60:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -231,6 +232,8 @@ def main() -> None:
     parser.add_argument("--serving-rounds", type=int, default=3, help="0 skips serving")
     parser.add_argument("--serving-seconds", type=float, default=2.0, help="per cell and round")
     parser.add_argument("--serving-only", action="store_true", help="only the serving table")
+    parser.add_argument("--serving-base", help="another checkout whose payload serves a fourth "
+                        "server, batching on (before/after in one run)")
     args = parser.parse_args()
     bundle = Path(args.bundle)
     texts = json.loads((bundle / "bundle.json").read_text())["golden"]["texts"]
@@ -333,7 +336,8 @@ def serving(bundle: Path, args, texts) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         cells = serving_load.measure(bundle, args.threads, {k: v[0] for k, v in picked.items()},
                                      args.serving_rounds, args.serving_seconds, start_server,
-                                     Path(workdir))
+                                     Path(workdir), Path(args.serving_base) if args.serving_base
+                                     else None)
     serving_load.report(cells, {k: v[1] for k, v in picked.items()}, args.serving_rounds,
                         args.serving_seconds)
 

@@ -2,8 +2,10 @@
 medium texts, micro-batching off and on side by side, with an A/A control for the noise.
 
 Three servers run at once: `off` (batching.enabled: false), `on` (true) and `off again` (a second
-identical `off`). Each round measures every (length, clients) cell on all three, in an order
-that rotates each round, so no server always goes first. The spread between `off` and `off
+identical `off`); with a base tree (`--serving-base DIR`: another checkout, e.g. a worktree of
+the previous commit) a fourth, `on (base)`, runs that tree's payload with batching on. Each
+round measures every (length, clients) cell on every server, in an order that rotates each
+round, so no server always goes first. The spread between `off` and `off
 again` is the noise floor: an on/off ratio inside it is "within noise".
 
 The clients are keep-alive sockets driven by one selector thread (each sends its next request as
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 SERVERS = ("off", "on", "off again")
+BASE = "on (base)"
 CLIENTS = (1, 4, 16)
 LENGTHS = {"short": 16, "medium": 64}
 
@@ -125,7 +128,7 @@ def load(port: int, text: str, clients: int, seconds: float) -> tuple[list[float
 
 
 def measure(bundle: Path, threads: int, texts: dict[str, str], rounds: int, seconds: float,
-            start_server, workdir: Path) -> dict:
+            start_server, workdir: Path, base: Path | None = None) -> dict:
     """Return {(length, clients, server): [(req/s, p50, p99, server CPU ms a request, of which
     connection threads' ms) per round]}.
 
@@ -135,15 +138,18 @@ def measure(bundle: Path, threads: int, texts: dict[str, str], rounds: int, seco
     log = open("/dev/null", "w")
     procs: dict[str, tuple[subprocess.Popen, int]] = {}
     try:
-        for name in SERVERS:
-            config = write_config(workdir, name, name == "on", threads)
-            proc, port, _ = start_server(bundle, threads, log, config)
+        servers = (*SERVERS, BASE) if base else SERVERS
+        for name in servers:
+            config = write_config(workdir, name, name in ("on", BASE), threads)
+            proc, port, _ = start_server(bundle, threads, log, config,
+                                         payload=base / "payload" if name == BASE else None)
             procs[name] = (proc, port)
         for _, port in procs.values():  # warm each once
             load(port, texts["short"], 4, 0.3)
         cells: dict = {}
         for index in range(rounds):
-            order = list(SERVERS[index % 3:] + SERVERS[:index % 3])
+            turn = index % len(servers)
+            order = list(servers[turn:] + servers[:turn])
             for length, text in texts.items():
                 for clients in CLIENTS:
                     for name in order:
@@ -195,6 +201,14 @@ def report(cells: dict, tokens: dict[str, int], rounds: int, seconds: float) -> 
                   f" {verdict}")
     print("cpu ms/req: the server's CPU per request (all threads); http: of it, the connection "
           "threads' (HTTP framing, JSON in and out); the rest is the worker and ORT's pool")
+    if any(key[2] == BASE for key in cells):
+        print("on vs on (base): req/s, p99 ms, server CPU ms a request")
+        for length in tokens:
+            for clients in CLIENTS:
+                on, base = (length, clients, "on"), (length, clients, BASE)
+                print(f"{length:>7s} {clients:3d} clients | req/s {med(on, 0):5.0f} vs {med(base, 0):5.0f}"
+                      f" ({med(on, 0) / med(base, 0):.2f}x) | p99 {med(on, 2):7.1f} vs {med(base, 2):7.1f}"
+                      f" | cpu {med(on, 3):6.2f} vs {med(base, 3):6.2f} ({med(on, 3) / med(base, 3):.2f}x)")
     single = med(("short", 1, "off"), 0)
     best = med(("short", 16, "on"), 0)
     p99 = med(("short", 16, "on"), 2)
