@@ -239,3 +239,32 @@ def test_concurrent_batches_leave_the_trim_to_the_quiet_spell(tiny_bundle, fake_
     service.worker.batches = [1] * 8
     service._idle()
     assert trims == [1, 1]
+
+
+FAULTS_PROBE = """
+import resource, numpy as np
+from edge_runtime.service import single_malloc_arena
+assert single_malloc_arena()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def call():  # a batched call: several 4 MiB tensors alive at once, all freed at its end
+    return [np.ones(1 << 20, dtype=np.float32) for _ in range(6)]
+for _ in range(3):  # the heap grows once
+    call()
+before = faults()
+for _ in range(20):
+    call()
+print(faults() - before)
+"""
+
+
+def test_large_tensors_do_not_fault_their_pages_in_on_every_call():
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    out = subprocess.run([sys.executable, "-c", FAULTS_PROBE], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(tuning.__file__))})
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) < 20 * 6 * 1024 // 10, out.stdout  # faulted in again: 6 * 1024 a call
