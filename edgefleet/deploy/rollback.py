@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -9,8 +10,16 @@ from dataclasses import dataclass
 from ..inventory import Target
 from ..transport import SSHError, connect
 from .activate import IMAGE_ENV, restart_service, switch_current
+from .converge import (
+    describe_drift,
+    kept_release_repairs,
+    parse_release_drift,
+    release_check_lines,
+    repair_command,
+    verify_objects,
+)
 from .device import DeployError, Device, now
-from .facts import Facts, PlanError, ask_facts, check_room
+from .facts import Fact, Facts, PlanError, ask_facts, check_room, read_values, script
 from .gate import health_gate, release_golden
 from .health import HealthResult
 from .lock import device_lock
@@ -18,6 +27,8 @@ from .prune import previous_committed
 from .record import read_state, record_state
 
 __all__ = ["RollbackResult", "revert", "rollback"]
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass
@@ -59,6 +70,36 @@ def _check_image(dev: Device, facts: Facts, release_id: str) -> None:
                           f"is no longer in the device's docker")
 
 
+def _converge_kept_release(dev: Device, facts: Facts, release_id: str, log) -> None:
+    """Check releases/`release_id` file by file against its manifest, as a deploy checks the
+    active release, before anything switches to it; put back what verified objects can.
+
+    Raise DeployError naming each file that nothing on the device can put back (its object
+    corrupt or gone, or the manifest itself edited): the device then stays as it is. The host is
+    not asked for the bytes: a rollback works from what the device holds (the host may no longer
+    have that release's bundle), and a deploy of that bundle sends them again.
+    """
+    if not _PLAIN_NAME.fullmatch(release_id):  # it goes into a double-quoted sh word below
+        raise DeployError(f"{dev.target.name}: cannot roll back to releases/{release_id!r}: not a release name")
+    release = f"$root/releases/{release_id}"
+    check = Fact(lambda _: release_check_lines(release, always=True), parse_release_drift)
+    out = dev.run(script(dev.target, [check]), f"check releases/{release_id}", privileged=False).stdout
+    drift = check.parse(read_values(out))
+    # objects written to since verified: hashed again (the intact ones get their mark back)
+    corrupt = verify_objects(dev, sorted(drift.suspect_objects))
+    repairs, refusals = kept_release_repairs(drift, corrupt, facts.objects)
+    if refusals:
+        raise DeployError(f"{dev.target.name}: cannot roll back to {release_id}: {'; '.join(refusals)}. Nothing "
+                          f"was changed (still on {facts.current}); deploy a bundle instead (it sends the "
+                          f"objects again), or roll back --to another release (status --releases lists them)")
+    if not repairs:
+        return
+    wanted = {path for path, _ in repairs}
+    for line in describe_drift(tuple(f for f in drift.files if f[0] in wanted)):
+        log(f"  repair: {line}")
+    dev.run(repair_command(dev, repairs, dev.path("releases", release_id)), f"repair releases/{release_id}")
+
+
 def revert(target: Target, release_id: str | None, reason: str, log=print) -> RollbackResult:
     """Switch `target` to `release_id` (None: the previous committed release), restart, gate, record.
 
@@ -87,6 +128,7 @@ def revert(target: Target, release_id: str | None, reason: str, log=print) -> Ro
             if to not in facts.releases:
                 raise DeployError(f"{target.name}: cannot roll back, releases/{to} is not on the device")
             _check_image(dev, facts, to)
+            _converge_kept_release(dev, facts, to, log)
             log(f"  rolling back {facts.current} -> {to} ({reason})")
             switch_current(dev, to)
             restart_service(dev)
