@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -10,16 +9,9 @@ from dataclasses import dataclass
 from ..inventory import Target
 from ..transport import SSHError, connect
 from .activate import IMAGE_ENV, restart_service, switch_current
-from .converge import (
-    describe_drift,
-    kept_release_repairs,
-    parse_release_drift,
-    release_check_lines,
-    repair_command,
-    verify_objects,
-)
+from .converge import check_kept_release, describe_drift, kept_release_repairs, repair_command, verify_objects
 from .device import DeployError, Device, now
-from .facts import Fact, Facts, PlanError, ask_facts, check_room, read_values, script
+from .facts import Facts, PlanError, ask_facts, check_room
 from .gate import health_gate, release_golden
 from .health import HealthResult
 from .lock import device_lock
@@ -28,7 +20,6 @@ from .record import read_state, record_state
 
 __all__ = ["RollbackResult", "revert", "rollback"]
 
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass
@@ -79,12 +70,10 @@ def _converge_kept_release(dev: Device, facts: Facts, release_id: str, log) -> N
     not asked for the bytes: a rollback works from what the device holds (the host may no longer
     have that release's bundle), and a deploy of that bundle sends them again.
     """
-    if not _PLAIN_NAME.fullmatch(release_id):  # it goes into a double-quoted sh word below
-        raise DeployError(f"{dev.target.name}: cannot roll back to releases/{release_id!r}: not a release name")
-    release = f"$root/releases/{release_id}"
-    check = Fact(lambda _: release_check_lines(release, always=True), parse_release_drift)
-    out = dev.run(script(dev.target, [check]), f"check releases/{release_id}", privileged=False).stdout
-    drift = check.parse(read_values(out))
+    try:
+        drift = check_kept_release(dev, release_id)
+    except ValueError as exc:
+        raise DeployError(f"{dev.target.name}: cannot roll back: {exc}") from None
     # objects written to since verified: hashed again (the intact ones get their mark back)
     corrupt = verify_objects(dev, sorted(drift.suspect_objects))
     repairs, refusals = kept_release_repairs(drift, corrupt, facts.objects)

@@ -240,3 +240,41 @@ def test_kept_release_repairs_from_a_table():
                         f"p/y.py replaced on the device (no longer the release's own file), and its object "
                         f"{b[:12]} no longer matches its sha256",
                         f"runtime.yaml edited on the device, and its object {c[:12]} is not on the device"]
+
+
+def second_release(dev, tmp_path):
+    """Another release (runtime.log_level changed) built beside the first and made active."""
+    t = dev.target
+    runtime = t.settings.runtime.model_copy(update={"log_level": "warning"})
+    other = dataclasses.replace(t, settings=t.settings.model_copy(update={"runtime": runtime}))
+    release = make_release(t.name, fake_bundle(tmp_path / "b"), REPO / "payload", render_target(other),
+                           fake_env(tmp_path))
+    send(dev, release, [sha for sha in release.objects() if not Path(dev.path("objects", sha)).exists()])
+    build({**_build_spec(dev, release), "compile": False})
+    switch_current(dev, release.release_id)
+    return release
+
+
+def test_a_deploy_back_to_a_kept_release_repairs_it_before_the_switch(device, tmp_path):
+    """Deploying a release the device still keeps (after a rollback, say) checks that release too:
+    its edited copy put back, its corrupt object sent again, its missing file linked again."""
+    from edgefleet.deploy.converge import check_kept_release, repair_command, verify_objects
+
+    dev, first = device
+    second_release(dev, tmp_path)
+    kept = dev.path("releases", first.release_id)
+    sha = next(f.sha256 for f in first.files if f.path == "runtime.yaml")
+    subprocess.run(["sh", "-c", f"sed -i 's/^/ /' {kept}/runtime.yaml && echo x >> {dev.path('objects', sha)} && "
+                                f"rm {kept}/{PAYLOAD_FILE}"], check=True)
+    facts, _ = plan_now(dev, first)
+    corrupt = frozenset(verify_objects(dev, sorted(facts.drift.suspect_objects)))
+    assert corrupt == {sha}
+    plan = make_plan(dev.target, first, facts, corrupt, kept_drift=check_kept_release(dev, first.release_id))
+    lines = plan.describe()
+    assert "  repair: runtime.yaml edited on the device" in lines, lines
+    assert f"  repair: {PAYLOAD_FILE} missing on the device" in lines, lines
+    assert [f.sha256 for f in plan.upload] == [sha] and plan.activate
+    send(dev, first, [f.sha256 for f in plan.upload])
+    subprocess.run(["sh", "-c", repair_command(dev, [(p, s) for p, s, _ in plan.repair], kept)], check=True)
+    assert objects_intact(dev)
+    assert check_kept_release(dev, first.release_id).files == ()
