@@ -508,26 +508,48 @@ def quartiles(values: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
-def tree_table(results: dict, n: int, op: str, names: list[str]) -> str:
-    """Each tree's runs side by side: median, quartiles, the 1-minute load, ratio to the first tree."""
-    lines = [f"\n{op} from each work tree, {n} devices (wall s of the whole child process; in-process s "
+def tree_table(results: dict, n: int, op: str, names: list[str], per_turn: int = 1) -> str:
+    """Each tree's runs side by side: median, quartiles, the 1-minute load, ratio to the first tree,
+    and the median of the per-round ratios (each round's median against the first tree's in the
+    same round: slow drifts of the machine's load cancel out)."""
+    lines = [f"\n{op} from each work tree, {n} devices (wall s of the whole child process; in-proc: "
              f"without its start-up)",
-             f"{'phase':7} {'tree':16} {'runs':>4} {'median':>7} {'q1-q3':>13} {'in-proc':>7} {'load':>9} {'x first':>7}"]
+             f"{'phase':7} {'tree':14} {'runs':>4} {'median':>7} {'q1-q3':>13} {'in-proc':>7} {'q1-q3':>13} "
+             f"{'load':>9} {'x first':>7} {'paired':>15}"]
     for phase, by_tool in results.items():
-        first = None
+        first: dict | None = None
         for name in names:
             runs = by_tool.get(f"edgefleet@{name}") or []
             if not runs:
                 continue
-            walls = [r["wall"] for r in runs]
-            q1, q3 = quartiles(walls)
+            walls, inner = [r["wall"] for r in runs], [r["inner"] for r in runs]
+            rounds = {}
+            for i, r in enumerate(runs):
+                rounds.setdefault(i // per_turn, []).append(r["wall"])
             median = statistics.median(walls)
-            first = first or median
+            if first is None:
+                first = {"median": median, "rounds": rounds}
+            paired = [statistics.median(w) / statistics.median(first["rounds"][k])
+                      for k, w in rounds.items() if k in first["rounds"]]
+            pq1, pq3 = quartiles(paired)
+            q1, q3 = quartiles(walls)
+            i1, i3 = quartiles(inner)
             loads = [r["load"] for r in runs]
-            lines.append(f"{phase:7} {name:16} {len(runs):4} {median:7.3f} {q1:6.3f}-{q3:6.3f} "
-                         f"{statistics.median(r['inner'] for r in runs):7.3f} {min(loads):4.1f}-{max(loads):4.1f} "
-                         f"{median / first:7.3f}")
+            lines.append(f"{phase:7} {name:14} {len(runs):4} {median:7.3f} {q1:6.3f}-{q3:6.3f} "
+                         f"{statistics.median(inner):7.3f} {i1:6.3f}-{i3:6.3f} {min(loads):4.1f}-{max(loads):4.1f} "
+                         f"{median / first['median']:7.3f} {statistics.median(paired):5.3f} "
+                         f"({pq1:.2f}-{pq3:.2f})")
+    lines.append("x first: median / the first tree's median; paired: median (quartiles) of the per-round ratios")
     return "\n".join(lines)
+
+
+def summarize(path: Path, op: str, per_turn: int) -> int:
+    """Print the tree table of a race written with --json (the trees in the order they were given;
+    `op` and `per_turn` where the file does not say)."""
+    doc = json.loads(path.read_text())
+    names = [t.partition("@")[2] for t in next(iter(doc["results"].values())) if t.startswith("edgefleet@")]
+    print(tree_table(doc["results"], doc["devices"], doc.get("op", op), names, doc.get("per_turn", per_turn)))
+    return 0
 
 
 def main() -> int:
@@ -569,8 +591,11 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=3.0,
                     help="seconds to wait after a --tree switch before the timed runs (runtimes finish starting)")
     ap.add_argument("--json", type=Path, help="also write every run to this file")
+    ap.add_argument("--summarize", type=Path, metavar="JSON", help="print the --tree table of a race's --json and stop")
     ap.add_argument("--edgefleet-child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.summarize:
+        return summarize(args.summarize, args.op, args.per_turn)
     if args.edgefleet_child:
         return edgefleet_child(*args.edgefleet_child)
     if args.bundle:
@@ -620,10 +645,10 @@ def main() -> int:
     print(table(split_warm(results), n, args.rounds, tuple(loads), args.job, args.restart, args.gates))
     print(verdict(split_warm(results)))
     if args.trees:
-        print(tree_table(results, n, args.op, list(args.trees)))
+        print(tree_table(results, n, args.op, list(args.trees), args.per_turn))
     if args.json:
         args.json.write_text(json.dumps({"devices": n, "rounds": args.rounds, "job": args.job, "restart": args.restart, "gates": args.gates, "load": loads,
-                                         "results": results}, indent=1))
+                                         "op": args.op, "per_turn": args.per_turn, "results": results}, indent=1))
     return 0
 
 
