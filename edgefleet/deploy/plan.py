@@ -185,7 +185,7 @@ def make_plan(target: Target, release: Release, facts: Facts, corrupt: frozenset
                if release.tuning and drifted and not tuning_changed else ())
         + ((f"{len(corrupt - wanted.keys())} object(s) of other releases no longer match their sha256 "
             f"({', '.join(sorted(c[:12] for c in corrupt - wanted.keys()))}): left as they are (status "
-            f"reports them); do not roll back to a release that uses them",) if corrupt - wanted.keys() else ()),
+            f"reports them); a rollback to a release that needs them is refused",) if corrupt - wanted.keys() else ()),
     )
 
 
