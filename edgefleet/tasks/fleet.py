@@ -108,7 +108,8 @@ def deploy(c, target=None, bundle=None, dry_run=False):
     if not result.ok:
         raise Exit(f"{tgt.name}: release {result.release_id} is UNHEALTHY: {result.health.reason}", code=1)
     verb = ("unchanged" if not result.changed else "repaired" if result.repaired else "deployed")
-    print(f"{tgt.name}: {verb} {result.release_id} ({result.variant} variant) in {result.seconds:.1f} s")
+    tuned = f", tuned: {result.tuned}" if result.tuned else ""
+    print(f"{tgt.name}: {verb} {result.release_id} (variant {result.variant}{tuned}) in {result.seconds:.1f} s")
 
 
 def _print_rollback_table(results) -> None:
