@@ -12,7 +12,7 @@ from ..inventory import load_inventory
 from ..paths import build_dir, bundle_dir, targets_dir
 from ..status import plain
 from ..tune.recorded import shown, tuning_document, write_tuning
-from ..tune.run import BoardResult, TuneOptions, bundle_set, pick_devices, tune_board
+from ..tune.run import BoardResult, TuneOptions, bundle_set, pick_devices, tune_group
 from ._errors import UsageError, exits_on_user_error
 
 
@@ -43,20 +43,27 @@ def print_tuning(results: list[BoardResult], console=None) -> None:
             table.add_row(r.board, r.device, "-", "-", "-", *["-"] * len(lengths), "-", plain(r.error[:160]))
             continue
         chosen = (r.choice.variant, r.choice.threads) if r.choice else (None, None)
+        device = r.device + (" (emulated)" if r.emulated else "")
+        skipped: dict[tuple[str, str], list[str]] = {}  # one row for a variant's skipped thread counts
         for c in r.measurement.configs:
-            mark = "CHOSEN" if (c.variant, c.threads) == chosen else ""
-            note = mark or (c.reason[:80] if c.status != "measured" else "")
-            goldens = "pass" if c.golden_passed else ("-" if c.status == "skipped" else "FAIL")
-            table.add_row(r.board, r.device + (" (emulated)" if r.emulated else ""), c.variant, str(c.threads),
-                          goldens, *[f"{c.p50_ms[n]:.2f}" if n in c.p50_ms else "-" for n in lengths],
+            if c.status == "skipped":
+                skipped.setdefault((c.variant, c.reason[:80]), []).append(str(c.threads))
+                continue
+            note = "CHOSEN" if (c.variant, c.threads) == chosen else c.reason[:80]
+            goldens = "pass" if c.golden_passed else "FAIL"
+            table.add_row(r.board, device, c.variant, str(c.threads), goldens,
+                          *[f"{c.p50_ms[n]:.2f}" if n in c.p50_ms else "-" for n in lengths],
                           f"{c.p50_ms['golden']:.2f}" if "golden" in c.p50_ms else "-", plain(note))
+        for (variant, reason), counts in skipped.items():
+            table.add_row(r.board, device, variant, ",".join(counts), "-", *["-"] * len(lengths), "-",
+                          plain(f"skipped: {reason}"))
     console.print(table)
     for r in results:
         if r.measurement is None or r.choice is None:
             continue
         m = r.measurement
         where = f" ({shown(r.path)})" if r.path else ""
-        what = (f"variant {r.choice.variant}, {r.choice.threads} threads" if r.choice.variant
+        what = (f"variant {r.choice.variant}, threads {r.choice.threads}" if r.choice.variant
                 else "no choice")
         console.print(plain(f"{r.board}: {what}{where}: {r.choice.reason}; onnxruntime {m.onnxruntime}, "
                             f"{m.rounds} rounds, control spread -> noise floor {r.choice.noise_floor:.0%}"))
@@ -88,13 +95,11 @@ def tune(c, group=None, target=None, bundle=None, rounds=5, threads=None, length
     bundles = bundle_set(Path(bundle) if bundle else bundle_dir(c))
     say = (lambda line: print(line, file=sys.stderr)) if json else print
     say(f"candidates: {', '.join(f'{v} ({p.name})' for v, p in bundles.items())}")
-    results = []
-    for board, devices in pick_devices(targets).items():
-        say(f"{board}: measuring on {devices[0].name if len(devices) == 1 else 'one of ' + str(len(devices))} ...")
-        result = tune_board(board, devices, bundles, options, log=say)
+    say(f"measuring on one device of each board class: {', '.join(sorted(pick_devices(targets)))} ...")
+    results = tune_group(targets, bundles, options, log=say)
+    for result in results:
         if result.measurement is not None:
             result.path = write_tuning(build_dir(c), result, bundles, options)
-        results.append(result)
     if json:
         print(jsonlib.dumps({"boards": {r.board: tuning_document(r, bundles, options) if r.measurement
                                         else {"device": r.device, "error": r.error} for r in results}}, indent=1))

@@ -14,6 +14,7 @@ import json
 import os
 import posixpath
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
@@ -34,7 +35,7 @@ from ..transport import connect
 from .choose import Choice, choose
 from .records import STEP, Measurement, TuneDataError, parse_measurement
 
-__all__ = ["TuneOptions", "BoardResult", "bundle_set", "pick_devices", "tune_board", "measure_on"]
+__all__ = ["TuneOptions", "BoardResult", "bundle_set", "pick_devices", "tune_board", "tune_group", "measure_on"]
 
 
 @dataclass(frozen=True)
@@ -185,3 +186,12 @@ def tune_board(board: str, devices: list[Target], bundles: dict[str, Path], opti
     default_threads = min(chosen.settings.threads or 1, len(measurement.usable_cores) or 1)
     choice = choose(measurement, str(options.length), default_threads, emulated)
     return BoardResult(board, chosen.name, emulated, measurement, choice)
+
+
+def tune_group(targets: list[Target], bundles: dict[str, Path], options: TuneOptions, log=print,
+               parallel: int = 4) -> list[BoardResult]:
+    """Tune every board class among `targets`, up to `parallel` boards at once (each on its own device)."""
+    boards = pick_devices(targets)
+    with ThreadPoolExecutor(max(1, min(parallel, len(boards))), thread_name_prefix="tune") as pool:
+        futures = [pool.submit(tune_board, board, devices, bundles, options, log) for board, devices in boards.items()]
+        return [f.result() for f in futures]
