@@ -79,10 +79,12 @@ def print_tuning(results: list[BoardResult], console=None) -> None:
     "length": "the board's typical length in tokens: the choice is the fastest p50 there (default 64)",
     "lengths": "the length sweep in tokens (default 16,64,128)",
     "json": "print one JSON document (per board: what build/tuning/<board>.json holds) instead of a table",
+    "parallel": "at most this many board classes measured at once (default 4; 1 where the devices share a "
+                "machine, as the lab's do)",
 })
 @exits_on_user_error
 def tune(c, group=None, target=None, bundle=None, rounds=5, threads=None, length=64, lengths="16,64,128",
-         json=False):
+         json=False, parallel=4):
     """Measure the bundle variants and thread counts on one device per board class; record the choice."""
     if bool(group) == bool(target):
         raise UsageError("give exactly one of --target or --group")
@@ -96,7 +98,7 @@ def tune(c, group=None, target=None, bundle=None, rounds=5, threads=None, length
     say = (lambda line: print(line, file=sys.stderr)) if json else print
     say(f"candidates: {', '.join(f'{v} ({p.name})' for v, p in bundles.items())}")
     say(f"measuring on one device of each board class: {', '.join(sorted(pick_devices(targets)))} ...")
-    results = tune_group(targets, bundles, options, log=say)
+    results = tune_group(targets, bundles, options, log=say, parallel=_numbers(parallel, "parallel", 1, 64)[0])
     for result in results:
         if result.measurement is not None:
             result.path = write_tuning(build_dir(c), result, bundles, options)

@@ -2,9 +2,10 @@
 
 The rule: only configurations that were measured and passed their own goldens on the device
 count. The fastest by p50 at the board's typical length wins when it leads every other one by
-more than the noise floor (the control's spread, and never less than MIN_NOISE); when others are
-within the floor of it and the default (int8 at one thread per big core) is among them, the
-default stays. A device under emulation is measured and reported, never chosen by speed.
+more than the noise floor (the control's spread, and never less than MIN_NOISE). When others are
+within the floor of it, the lead is noise: the default (int8 at the service's thread count) stays
+if it is among them, else the default variant (int8) at the thread count among them, else the
+fastest. A device under emulation is measured and reported, never chosen by speed.
 """
 
 from __future__ import annotations
@@ -65,10 +66,23 @@ def choose(measurement: Measurement, length: str, default_threads: int, emulated
         runner = f", {eligible[1].key} next at {eligible[1].p50_ms[length]:.2f} ms" if len(eligible) > 1 else ""
         return Choice(best.variant, best.threads, f"fastest at {length} tokens: {best.key} {p50:.2f} ms{runner} "
                       f"(noise floor {floor:.0%})", floor, length, ranked)
-    if default is not None and (default is best or default in close):
+    if default is best:
+        return Choice(best.variant, best.threads, f"fastest at {length} tokens: {best.key} {p50:.2f} ms, the default "
+                      f"(within the noise floor ({floor:.0%}): {_keys(close)})", floor, length, ranked)
+    if default is not None and default in close:
         return Choice(default.variant, default.threads,
                       f"the default {default.key}: the fastest ({best.key} {p50:.2f} ms) leads by no more than the "
                       f"noise floor ({floor:.0%}) at {length} tokens", floor, length, ranked)
+    # a lead within the noise is no reason to change the variant: the default variant if it is among them
+    same = next((c for c in close if c.variant == DEFAULT_VARIANT), None)
+    if same is not None:
+        return Choice(same.variant, same.threads,
+                      f"{same.key}: the default variant, within the noise floor ({floor:.0%}) of the fastest "
+                      f"({best.key} {p50:.2f} ms) at {length} tokens", floor, length, ranked)
     return Choice(best.variant, best.threads,
                   f"fastest at {length} tokens: {best.key} {p50:.2f} ms, within the noise floor ({floor:.0%}) of "
-                  f"{', '.join(c.key for c in close)}; the default is not among them", floor, length, ranked)
+                  f"{_keys(close)}; the default variant is not among them", floor, length, ranked)
+
+
+def _keys(configs: list[Config]) -> str:
+    return ", ".join(c.key for c in configs) or "none"

@@ -45,8 +45,13 @@ CHOICES = [
     ([("int8", 2, 10.0, True), ("fp32", 2, 7.0, True)], 10.1, False, ("fp32", 2), "fastest at 64 tokens: fp32/2"),
     # a lead within the floor (never under MIN_NOISE): the default (int8 at the service's threads) stays
     ([("int8", 2, 10.0, True), ("fp32", 2, 9.9, True)], 10.0, False, ("int8", 2), "the default int8/2"),
+    # the default is the fastest: it stays, whatever is within the floor of it
+    ([("int8", 2, 9.9, True), ("fp32", 2, 10.0, True)], 10.0, False, ("int8", 2), "int8/2 9.90 ms, the default"),
     # the control's spread is the floor: 20% apart is noise when the twin is 25% off itself
     ([("int8", 2, 10.0, True), ("fp32", 2, 8.0, True)], 12.5, False, ("int8", 2), "noise floor (25%)"),
+    # the fastest leads the default variant at other threads by less than the floor: int8 (the variant) stays
+    ([("int8", 2, 20.0, True), ("fp32", 1, 10.0, True), ("int8", 1, 10.2, True)], 20.0, False, ("int8", 1),
+     "int8/1: the default variant, within the noise floor"),
     # the fastest failed its goldens on the device: never chosen, whatever its speed
     ([("int8", 2, 10.0, True), ("fp32", 2, 2.0, False)], 10.0, False, ("int8", 2), "fastest at 64 tokens: int8/2"),
     # every candidate failed: no choice, and the file says why
