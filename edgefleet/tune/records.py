@@ -129,8 +129,9 @@ def parse_measurement(device: str, text: str, spec: dict) -> Measurement:
     read = _Reader(device)
     if len(text.encode(errors="replace")) > MAX_REPORT_BYTES:
         raise read.fail(f"is larger than {MAX_REPORT_BYTES // 1024} KB")
-    try:
-        data = json.loads(text)
+    lines = text.strip().splitlines()
+    try:  # the document is the program's last line (a library may have printed before it)
+        data = json.loads(lines[-1] if lines else "")
     except ValueError:
         raise read.fail(f"is not JSON: {text.strip()[-200:]!r}") from None
     if not isinstance(data, dict):
