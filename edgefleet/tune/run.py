@@ -165,8 +165,8 @@ def tune_board(board: str, devices: list[Target], bundles: dict[str, Path], opti
                 found = ask_facts(Device(conn, target))
             finally:
                 conn.close()
-        except EdgefleetError as exc:
-            errors.append(str(exc)[-200:])
+        except Exception as exc:  # one device that does not answer: the next of its board is asked
+            errors.append(str(exc)[-200:] or type(exc).__name__)
             continue
         if _healthy(found):
             chosen, facts = target, found
@@ -182,6 +182,9 @@ def tune_board(board: str, devices: list[Target], bundles: dict[str, Path], opti
         measurement = measure_on(chosen, bundles, options, log, facts)
     except EdgefleetError as exc:
         return BoardResult(board, chosen.name, emulated, None, None, str(exc)[-600:])
+    except Exception as exc:  # the link (Fabric raises paramiko's own errors): this board's failure, not the run's
+        return BoardResult(board, chosen.name, emulated, None, None,
+                           f"{chosen.name}: {type(exc).__name__}: {str(exc)[-500:]}")
     # the default: what the service runs now, on the cores that exist there
     default_threads = min(chosen.settings.threads or 1, len(measurement.usable_cores) or 1)
     choice = choose(measurement, str(options.length), default_threads, emulated)
