@@ -73,9 +73,16 @@ class _Config:
 
 
 def _load(config: _Config, bundle: str, providers, options) -> None:
+    import onnxruntime
+
     import edge_runtime
     from edge_runtime.selftest import selftest
 
+    offered = set(providers) & set(onnxruntime.get_available_providers()) & set(GPU_PROVIDERS)
+    if config.variant == "fp16" and not offered:  # known before a (slow) load: no GPU provider to run it
+        config.status, config.reason = "skipped", (f"no GPU provider active (requested {', '.join(providers)}; "
+                                                   f"this onnxruntime offers none of {', '.join(GPU_PROVIDERS)})")
+        return
     os.sched_setaffinity(0, config.cores)  # ORT's pool threads inherit it when the session is made
     try:
         model = edge_runtime.load(bundle, threads=config.threads, providers=providers, provider_options=options)
