@@ -24,7 +24,7 @@ from .settings import LOOPBACK
 
 __all__ = ["RenderedFile", "render_target", "write_rendered", "check_rendered", "check_rendered_many",
            "security_exposure", "RenderError", "CONTAINER_NAME", "UNIT_NAME", "TUNING_UNIT", "TUNING_SCRIPT",
-           "MAX_EXPOSURE", "RUNTIME_UNIT_EXPOSURE", "TOKEN_ENV", "TOKEN_FILE", "token_digest"]
+           "MAX_EXPOSURE", "RUNTIME_UNIT_EXPOSURE", "TOKEN_ENV", "TOKEN_FILE", "token_digest", "engine_cache_dir"]
 
 UNIT_NAME = "edgefleet-runtime.service"
 TUNING_UNIT = "edgefleet-tuning.service"
@@ -39,6 +39,15 @@ MAX_EXPOSURE = 2.0
 RUNTIME_UNIT_EXPOSURE = 1.2
 TOKEN_ENV = "EDGEFLEET_RUNTIME_TOKEN"  # the variable runtime.yaml's token_env names
 TOKEN_FILE = "secrets/runtime.env"  # under the device root: the token for systemd, root only, 0600
+ENGINE_CACHE = "cache/trt"  # under the device root: TensorRT engines, outside releases (pruned with them)
+
+
+def engine_cache_dir(settings) -> str | None:
+    """Return the device's TensorRT engine cache directory, when the target asks for TensorRT and
+    runs the venv runtime (an image's container has no GPU and no writable cache), else None."""
+    if "TensorrtExecutionProvider" not in settings.providers or settings.ship != "venv":
+        return None
+    return f"{settings.root}/{ENGINE_CACHE}"
 
 
 class RenderError(InputError):
@@ -99,6 +108,7 @@ def render_target(target: Target, templates_dir: Path | None = None) -> list[Ren
         "token_env": TOKEN_ENV,
         "token_file": TOKEN_FILE,
         "token_digest": token_digest(target.name, settings.runtime.token) if settings.runtime.token else "",
+        "engine_cache": engine_cache_dir(settings) or "",
     }
     # ship: image runs the same runtime from its image under docker (templates/*-image.service.j2)
     unit_template = UNIT_IMAGE_TEMPLATE if settings.ship == "image" else f"{UNIT_NAME}.j2"

@@ -71,6 +71,9 @@ class HealthSettings(_Strict):
     """The deploy's health gate: readiness, then the model judged on the device."""
 
     ready_timeout_s: float = Field(default=120.0, gt=0, description="how long the gate waits for `/readyz`")
+    warmup_s: float = Field(default=900.0, gt=0, description=(
+        "how long the gate waits while the runtime builds its TensorRT engine (`/readyz` building_engine); "
+        "`ready_timeout_s` applies again once the build is over"))
     latency_budget_ms: float | None = Field(default=None, gt=0, description=(
         "p95 at batch 1, on the device; null: not judged"))
     rss_budget_mib: float | None = Field(default=None, gt=0, description=(
