@@ -148,6 +148,7 @@ def test_tune_records_a_choice_per_board_class_and_the_next_deploy_takes_it(run_
     import dataclasses
 
     from edgefleet.deploy import deploy
+    from edgefleet.digest import sha256_file
     from edgefleet.model.fp16 import convert_fp16
     from edgefleet.tune.recorded import write_tuning
     from edgefleet.tune.run import TuneOptions, bundle_set, pick_devices, tune_group
@@ -163,14 +164,14 @@ def test_tune_records_a_choice_per_board_class_and_the_next_deploy_takes_it(run_
         if not run_on(target, f"readlink {target.settings.root}/current"):
             deploy(target, tmp_path / "set" / "tiny-int8", build, log=lambda _: None)
     real = [dataclasses.replace(t, settings=t.settings.model_copy(update={"emulated": False})) for t in two]
-    bundles = bundle_set(tmp_path / "set" / "tiny-int8")
-    assert list(bundles) == ["int8", "fp32"]
+    candidates = bundle_set(tmp_path / "set" / "tiny-int8")
+    assert list(candidates) == ["int8", "fp32"]
     options = TuneOptions(rounds=2, lengths=(16, 32), length=32, threads=(1, 2))
     chosen = {}
-    for result in tune_group(real, bundles, options, log=lambda _: None):  # the two boards at once
+    for result in tune_group(real, candidates, options, log=lambda _: None):  # the two boards at once
         assert result.measurement is not None, result.error
         board, devices = result.board, pick_devices(real)[result.board]
-        path = write_tuning(build, result, bundles, options)
+        path = write_tuning(build, result, candidates, options)
         doc = json.loads(path.read_text())
         assert path.name == f"{board}.json" and doc["device"] == devices[0].name and not doc["emulated"]
         # measured with the device's own onnxruntime (the board's pin), every candidate past its goldens
@@ -183,7 +184,8 @@ def test_tune_records_a_choice_per_board_class_and_the_next_deploy_takes_it(run_
         assert set(doc["configs"][0]["p50_ms"]) == {"16", "32", "golden"} and doc["noise_floor"] >= 0.03
         chosen[devices[0].name] = doc["choice"]
         # the scratch dir is gone; the candidates stay as verified objects
-        assert "tuning" not in run_on(devices[0], f"ls {devices[0].settings.root}").split()
+        assert "tuning" not in run_on(devices[0], f"ls {root}").split()
+        assert sha256_file(candidates["fp32"] / "model.onnx") in run_on(devices[0], f"ls {root}/objects").split()
     assert set(chosen) == {"lab-01", "lab-02"}
 
     # the next deploy takes the recorded choice (the lab's own targets, emulated: the gate judges no latency)
