@@ -144,6 +144,8 @@ def test_orin_providers_on_cpu_only_onnxruntime_warn_and_fail_when_required(run_
     # TensorRT asked for: the deploy made the engine cache, the service's one writable place
     root = lab_target.settings.root
     assert run_on(lab_target, f"stat -c '%U %a' {root}/cache/trt") == "edgefleet 755"
+    # the GPU's nodes: the service user joined video (this Debian has no render group: skipped, not failed)
+    assert "video" in run_on(lab_target, "id -nG edgefleet").split()
 
     needs_cuda = asking(providers=ORIN_PROVIDERS, require_providers=["CUDAExecutionProvider"])
     with pytest.raises(InputError, match="require_providers CUDAExecutionProvider needs onnxruntime-gpu"):

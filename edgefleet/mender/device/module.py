@@ -200,6 +200,9 @@ def install_units(spec: dict) -> None:
     if run(["id", "-u", user], "look up the service user", check=False) != 0:
         run(["useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell", "/usr/sbin/nologin", user],
             "create the service user")
+    for group in spec.get("gpu_groups") or []:  # the GPU's device nodes (a group the system lacks is skipped)
+        if run(["getent", "group", group], f"look up group {group}", check=False) == 0:
+            run(["usermod", "-a", "-G", group, user], f"add the service user to {group}")
     cache = spec.get("engine_cache")
     if cache:  # the runtime's TensorRT engines, outside releases (the unit's one writable place)
         run(["install", "-d", "-m", "0755", "-o", user, "-g", user, cache], "make the engine cache directory")
