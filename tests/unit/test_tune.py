@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -206,3 +207,33 @@ def test_the_bundle_set_is_found_from_any_member(tmp_path):
     (tmp_path / "m-fp16" / "bundle.json").write_text(json.dumps({"name": "m-fp16", "precision": "int8"}))
     with pytest.raises(InputError, match="m-fp16/bundle.json: variant int8, but its name says fp16"):
         bundle_set(tmp_path / "m-int8")
+
+
+def test_render_and_status_see_the_target_a_tuned_deploy_renders(fleet):
+    """The fleet tasks' targets carry the recorded choice: status compares a device with what its deploy gave it."""
+    from invoke import Config, Context
+
+    from edgefleet.render import render_target
+    from edgefleet.tasks.fleet import _target, _targets
+
+    inventory, build = fleet
+    _record(build, "pi5", {"variant": "fp32", "threads": 1})
+    c = Context(Config(overrides={"edgefleet": {"targets_dir": str(build.parent / "targets"),
+                                                "build_dir": str(build)}}))
+    target = _target(c, "pi5-free", "render")
+    assert (target.settings.bundle.precision, target.settings.affinity) == ("fp32", [0])
+    assert [t.settings.threads for t in _targets(c, None, "pinned")] == [1]
+    runtime_yaml = next(f for f in render_target(target) if f.name == "runtime.yaml").text
+    assert "threads: 1\naffinity: [0]" in runtime_yaml
+
+
+def test_a_real_device_is_tried_before_an_emulated_one(fleet):
+    from edgefleet.tune.run import pick_devices
+
+    inventory, _ = fleet
+    targets = [inventory.target(n) for n in ("pi5-free", "pi5-variant-pinned", "qemu-free")]
+    emulated = dataclasses.replace(targets[0], name="pi5-aa-emulated",
+                                   settings=targets[0].settings.model_copy(update={"emulated": True}))
+    order = pick_devices([emulated, *targets])
+    assert {board: [t.name for t in ts] for board, ts in order.items()} == {
+        "pi5": ["pi5-free", "pi5-variant-pinned", "pi5-aa-emulated"], "qemu-virt": ["qemu-free"]}
