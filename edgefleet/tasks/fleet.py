@@ -8,7 +8,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
 from ..deploy import deploy as deploy_target
 from ..deploy import rollback as rollback_target
@@ -28,6 +28,7 @@ from ..render import (
 )
 from ..status import plain
 from ._errors import UsageError, exits_on_user_error, require
+from ._task import task
 from .image import image_tag
 
 

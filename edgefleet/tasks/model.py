@@ -6,12 +6,13 @@ import json
 import os
 from pathlib import Path
 
-from invoke import Collection, task
+from invoke import Collection
 
 from edgefleet.errors import EdgefleetError, InputError
 from edgefleet.paths import build_dir
 
 from ._errors import UsageError, exits_on_user_error
+from ._task import task
 
 MB = 1e6
 

@@ -6,7 +6,7 @@ import json as jsonlib
 import sys
 from pathlib import Path
 
-from invoke import Exit, task
+from invoke import Exit
 
 from ..inventory import load_inventory
 from ..paths import build_dir, bundle_dir, targets_dir
@@ -14,6 +14,7 @@ from ..status import plain
 from ..tune.recorded import shown, tuning_document, write_tuning
 from ..tune.run import BoardResult, TuneOptions, bundle_set, pick_devices, tune_group
 from ._errors import UsageError, exits_on_user_error
+from ._task import task
 
 
 def _numbers(text, what: str, low: int, high: int) -> tuple[int, ...]:
