@@ -275,11 +275,19 @@ def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False, al
     for other in (also or "").split(","):
         if other.strip():
             parts += ["--also", str(_resolve(other.strip()))]
-    c.run(shlex.join(parts), pty=False)
+    result = c.run(shlex.join(parts), pty=False, warn=True, in_stream=False)
+    if result.exited != 0:
+        raise EdgefleetError(f"bench_model.py failed with exit status {result.exited} "
+                             "(its error is above)")
+
+
+CHECK_TARGET_MISSED = 3  # benchmarks/check_model.py's exit status when the bundle misses its target
 
 
 @task(help={
-    "texts": "text file, one text a line (default: tests/data/texts.txt)",
+    "texts": "check inputs: a text file, one text a line (default: tests/data/texts.txt), "
+             "or for a qa bundle JSON lines {\"question\", \"context\"} (default: "
+             "edgefleet/model/data/qa_check.jsonl)",
     "threads": "intra-op threads",
     "rounds": "interleaved rounds per length (median of these)",
     "plot": "PNG path (default: <repo>/build/reports/model-check.png)",
@@ -292,7 +300,11 @@ def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False, al
 @exits_on_user_error
 def check(c, texts=None, threads=1, rounds=15, plot=None, clock="wall", json=False,
           bundle=None, fp32=None):
-    """Accuracy vs FP32 PyTorch and latency per length: tables, --json and a PNG plot."""
+    """Accuracy vs FP32 (PyTorch, ORT) by the bundle's task, latency per length; exit 1 on a missed target.
+
+    embed: cosine and nearest-neighbour agreement; classify: top-1 agreement and probability
+    difference; qa: span agreement and score difference (targets in edgefleet/model/agreement.py).
+    """
     import shlex
     import sys
 
@@ -307,7 +319,15 @@ def check(c, texts=None, threads=1, rounds=15, plot=None, clock="wall", json=Fal
         parts += ["--plot", str(_resolve(plot))]
     if json:
         parts.append("--json")
-    c.run(shlex.join(parts), pty=False)
+    result = c.run(shlex.join(parts), pty=False, warn=True, in_stream=False)
+    if result.exited == CHECK_TARGET_MISSED:
+        raise EdgefleetError(f"{parts[parts.index('--bundle') + 1]} misses its accuracy target "
+                             "against FP32 PyTorch (see the report above)")
+    if result.exited == 2:
+        raise InputError("check_model.py refused its arguments (its message is above)")
+    if result.exited != 0:
+        raise EdgefleetError(f"check_model.py failed with exit status {result.exited} "
+                             "(its error is above)")
 
 
 @task(help={
