@@ -156,3 +156,24 @@ def test_check_and_bench_tasks_map_the_scripts_status(tiny_classify, tmp_path, s
     command = c.run.call_args.args[0]
     assert f"{script}_model.py" in command and "--json" in command
     assert f"--bundle {bundle} --fp32 {fp32}" in command
+
+
+def test_search_mode_on_a_classify_export(tiny_classify, tmp_path, capsys):
+    from edgefleet.model.bundle import verify
+
+    out = tmp_path / "bundle"
+    tasks.quantize(_context(tmp_path), model=str(tiny_classify["fp32_dir"]), out=str(out),
+                   mode="search", json=True)
+    document = json.loads(capsys.readouterr().out)
+    searched = document["search"]
+    assert searched["task"] == "classify"
+    assert searched["target"] == {"top1_agreement": 0.99, "max_prob_diff": 0.05}
+    names = {m["name"] for m in searched["candidates"]}
+    assert {"dynamic", "dynamic-per-tensor", "static-minmax"} <= names
+    for candidate in searched["candidates"]:
+        assert 0 <= candidate["top1_agreement"] <= 1 and "mean_cosine" not in candidate
+        assert candidate["meets_target"] == (candidate["top1_agreement"] >= 0.99
+                                             and candidate["max_prob_diff"] <= 0.05)
+    picked = next(m for m in searched["candidates"] if m["name"] == searched["picked"])
+    assert verify(out).task == "classify"
+    assert verify(out).quantization.fp32_nodes == picked["fp32_nodes"]
