@@ -28,7 +28,7 @@ from edgefleet.model.quantize import CALIBRATION_TEXTS, Recipe, build_graph, smo
 __all__ = ["Target", "Measured", "Search", "quantizable_ops", "sensitivity", "search",
            "render_table", "as_json"]
 
-QUANTIZABLE = ("MatMul", "Attention")
+QUANTIZABLE = ("MatMul", "Attention", "Gemm")  # Gemm: a classify head's pooler and classifier
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Search:
 
 
 def quantizable_ops(onnx_path) -> list[str]:
-    """Return the names of MatMul/Attention nodes whose weight is a 2-D initializer."""
+    """Return the names of MatMul/Attention/Gemm nodes whose weight is a 2-D initializer."""
     graph = graph_of(onnx_path)
     weights = {item.name for item in graph.initializer if len(item.dims) == 2}
     return [node.name for node in graph.node

@@ -177,3 +177,18 @@ def test_search_mode_on_a_classify_export(tiny_classify, tmp_path, capsys):
     picked = next(m for m in searched["candidates"] if m["name"] == searched["picked"])
     assert verify(out).task == "classify"
     assert verify(out).quantization.fp32_nodes == picked["fp32_nodes"]
+
+
+def test_a_gemm_named_in_fp32_nodes_stays_fp32(tiny_classify, tmp_path):
+    """ORT's quantizer turns a Gemm into <name>_MatMul + Add before it reads nodes_to_exclude,
+    so a classify head's Gemm (pooler, classifier) named by its own name was quantized anyway."""
+    from edgefleet.model.graph import graph_of, quantize_graph
+    from edgefleet.model.search import quantizable_ops
+
+    src = tiny_classify["fp32_dir"] / "model.onnx"
+    gemms = [node.name for node in graph_of(src).node if node.op_type == "Gemm"]
+    assert len(gemms) == 2 and set(gemms) <= set(quantizable_ops(src))
+    quantize_graph(src, tmp_path / "q.onnx", fp32_nodes=gemms)
+    quantized = [node.name for node in graph_of(tmp_path / "q.onnx").node
+                 if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    assert quantized and not [name for name in quantized if name.startswith(tuple(gemms))]
