@@ -192,3 +192,12 @@ def test_a_gemm_named_in_fp32_nodes_stays_fp32(tiny_classify, tmp_path):
     quantized = [node.name for node in graph_of(tmp_path / "q.onnx").node
                  if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
     assert quantized and not [name for name in quantized if name.startswith(tuple(gemms))]
+
+
+def test_bundle_lists_a_gemm_kept_in_fp32(tiny_classify, tmp_path):
+    from edgefleet.model.bundle import verify
+    from edgefleet.model.quantize import Recipe, quantize
+
+    recipe = Recipe(fp32_nodes=("/inner/classifier/Gemm",))
+    quantize(tiny_classify["fp32_dir"], tmp_path / "b", name="t", recipe=recipe)
+    assert verify(tmp_path / "b").quantization.fp32_nodes == ["/inner/classifier/Gemm"]
