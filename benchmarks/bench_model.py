@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_model.py [--threads 1,2] [--batch 1,8] [--rounds 30]
         [--clock wall|cpu] [--json] [--also BUNDLE ...]
+    .venv/bin/python benchmarks/bench_model.py --profile [--tokens 64] [--batch 1] [--also B]
 
 Compares PyTorch eager FP32 (transformers: the bundle's source model with its head, or mean
 pooling), ONNX Runtime FP32 (our optimized export), naive INT8 (`quantize_dynamic` defaults on
@@ -20,6 +21,11 @@ machine are noisy: read the ratios, which are measured round-robin in the same s
 thread PyTorch and ONNX Runtime both compute on that thread, so time slices given to other
 processes on a shared machine drop out (it is refused for more than one thread, where CPU time
 is not latency).
+`--profile` instead runs ORT's per-node profiler on ours, each `--also` bundle, naive INT8 and ORT
+FP32 (1 thread, one length, the first --batch) and prints each group of ops' (INT8 GEMMs, per-row
+quantize chain, attention core, layer norms...) and op type's share of the kernel time and that
+share of the CPU ms per call, side by side: where ours spends the time naive INT8 does not
+(benchmarks/profile_ops.py).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import time  # noqa: E402
 import edge_runtime  # noqa: E402
 
 from edgefleet.model import task_eval  # noqa: E402
-from edgefleet.model.evaluate import interleaved_medians  # noqa: E402
+from edgefleet.model.evaluate import interleaved_medians, text_of  # noqa: E402
 
 LENGTHS = (16, 64, 128)
 CONTROL = "ours-control"
@@ -144,6 +150,34 @@ def run(args, threads: int, batch: int) -> dict:
     return results
 
 
+def profile(args) -> int:
+    """Print (or --json) the per-op-type profile of every engine at one length and batch."""
+    from profile_ops import format_profiles, profile_engines
+
+    scratch = REPO / "build" / "bench" / content_hash(args.bundle / "bundle.json")[:16]
+    bundles = {"ours": args.bundle}
+    for other in args.also:
+        bundles[other.name if other.name not in bundles else f"{other.name}-also"] = other
+    bundles["naive-int8"] = fp32_bundle(naive_int8(args.fp32, scratch / "naive-int8.onnx"),
+                                        args.bundle, scratch / "naive-bundle")
+    bundles["ort-fp32"] = fp32_bundle(args.fp32 / "model.onnx", args.bundle,
+                                      scratch / "fp32-bundle")
+    tokenizer = edge_runtime.load(args.bundle, threads=1).tokenizer
+    batch = int(args.batch.split(",")[0])
+    texts = [text_of(args.tokens, tokenizer)] * batch
+    report = profile_engines(bundles, texts, rounds=args.rounds)
+    if args.json:
+        print(json.dumps({"tokens": args.tokens, "batch": batch, "rounds": args.rounds,
+                          "threads": 1, "engines": report}, indent=1))
+        return 0
+    print(f"per-node ORT profile, 1 thread, batch {batch}, {args.tokens} tokens, {args.rounds} "
+          "rotated rounds; kernel times are wall time inside ORT (they swell on a loaded "
+          "machine), CPU ms is the calling thread's CPU time per call")
+    for line in format_profiles(report):
+        print(line)
+    return 0
+
+
 def row_of(threads: int, batch: int, length: int, med: dict) -> dict:
     """Return one report row: medians, ratios, the control's spread and what lies within it."""
     noise = abs(med[CONTROL] / med["ours"] - 1.0)
@@ -173,11 +207,16 @@ def main(argv=None) -> int:
     parser.add_argument("--bundle", type=Path, default=REPO / "build/bundles/all-minilm-l6-v2-int8")
     parser.add_argument("--also", type=Path, action="append", default=[],
                         help="another bundle timed in the same rounds (repeatable)")
+    parser.add_argument("--profile", action="store_true",
+                        help="per-node ORT profile by op type instead of timings (1 thread)")
+    parser.add_argument("--tokens", type=int, default=64, help="--profile: text length")
     args = parser.parse_args(argv)
     for path in (args.fp32 / "model.onnx", args.bundle / "bundle.json",
                  *(other / "bundle.json" for other in args.also)):
         if not path.is_file():
             sys.exit(f"{path} missing: run `.venv/bin/invoke model.export model.quantize` first")
+    if args.profile:
+        return profile(args)
     if args.clock == "cpu" and args.threads != "1":
         sys.exit("--clock cpu needs --threads 1: with a pool, CPU time is not latency")
     task = json.loads((args.bundle / "bundle.json").read_text()).get("task", "embed")

@@ -147,6 +147,8 @@ def pin_requirements(text: str, pins: dict[str, str]) -> str:
     wanted = {norm(n): (n, v) for n, v in pins.items()}
     # onnxruntime-gpu is onnxruntime (the same `onnxruntime` module) with CUDA/TensorRT: never both
     replaced = {"onnxruntime"} if "onnxruntime-gpu" in wanted else set()
+    for name in replaced:  # also the board's own onnxruntime pin, under a group's onnxruntime-gpu
+        wanted.pop(name, None)
     out = []
     for line in text.splitlines():
         match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)

@@ -24,7 +24,8 @@ from .settings import LOOPBACK
 
 __all__ = ["RenderedFile", "render_target", "write_rendered", "check_rendered", "check_rendered_many",
            "security_exposure", "RenderError", "CONTAINER_NAME", "UNIT_NAME", "TUNING_UNIT", "TUNING_SCRIPT",
-           "MAX_EXPOSURE", "RUNTIME_UNIT_EXPOSURE", "TOKEN_ENV", "TOKEN_FILE", "token_digest"]
+           "MAX_EXPOSURE", "RUNTIME_UNIT_EXPOSURE", "GPU_UNIT_EXPOSURE", "GPU_GROUPS", "TOKEN_ENV", "TOKEN_FILE",
+           "token_digest", "engine_cache_dir", "uses_gpu", "gpu_groups_argv"]
 
 UNIT_NAME = "edgefleet-runtime.service"
 TUNING_UNIT = "edgefleet-tuning.service"
@@ -37,8 +38,37 @@ MAX_EXPOSURE = 2.0
 # what the venv runtime unit reaches on every board profile (the tests hold it there; the image
 # unit, which runs docker, stays under MAX_EXPOSURE only)
 RUNTIME_UNIT_EXPOSURE = 1.2
+# A unit that opens the GPU (CUDA/TensorRT providers) sees the device nodes and may map
+# writable-executable memory: it scores higher, and is held to this instead.
+GPU_UNIT_EXPOSURE = 1.5
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+# The groups that own a Jetson's GPU nodes (/dev/nvmap, /dev/nvhost-*, /dev/nvgpu/*: video;
+# /dev/dri/renderD*: render). Not SupplementaryGroups= in the unit: systemd fails the start
+# (216/GROUP) on a system without one of them; the deploy adds the user to those that exist.
+GPU_GROUPS = ("video", "render")
 TOKEN_ENV = "EDGEFLEET_RUNTIME_TOKEN"  # the variable runtime.yaml's token_env names
 TOKEN_FILE = "secrets/runtime.env"  # under the device root: the token for systemd, root only, 0600
+ENGINE_CACHE = "cache/trt"  # under the device root: TensorRT engines, outside releases (pruned with them)
+
+
+def uses_gpu(settings) -> bool:
+    """Return whether the target's runtime asks for a GPU provider (its unit then opens the GPU)."""
+    return settings.ship == "venv" and any(p in GPU_PROVIDERS for p in settings.providers)
+
+
+def gpu_groups_argv(user: str) -> list[str]:
+    """Return a root command adding `user` to each of GPU_GROUPS the device has (no shell quoting:
+    the names are arguments)."""
+    return ["sh", "-c", 'u=$1; shift; for g; do getent group "$g" >/dev/null && usermod -a -G "$g" "$u"; '
+            'done; exit 0', "sh", user, *GPU_GROUPS]
+
+
+def engine_cache_dir(settings) -> str | None:
+    """Return the device's TensorRT engine cache directory, when the target asks for TensorRT and
+    runs the venv runtime (an image's container has no GPU and no writable cache), else None."""
+    if "TensorrtExecutionProvider" not in settings.providers or settings.ship != "venv":
+        return None
+    return f"{settings.root}/{ENGINE_CACHE}"
 
 
 class RenderError(InputError):
@@ -99,6 +129,8 @@ def render_target(target: Target, templates_dir: Path | None = None) -> list[Ren
         "token_env": TOKEN_ENV,
         "token_file": TOKEN_FILE,
         "token_digest": token_digest(target.name, settings.runtime.token) if settings.runtime.token else "",
+        "engine_cache": engine_cache_dir(settings) or "",
+        "gpu": uses_gpu(settings),
     }
     # ship: image runs the same runtime from its image under docker (templates/*-image.service.j2)
     unit_template = UNIT_IMAGE_TEMPLATE if settings.ship == "image" else f"{UNIT_NAME}.j2"

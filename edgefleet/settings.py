@@ -71,6 +71,9 @@ class HealthSettings(_Strict):
     """The deploy's health gate: readiness, then the model judged on the device."""
 
     ready_timeout_s: float = Field(default=120.0, gt=0, description="how long the gate waits for `/readyz`")
+    warmup_s: float = Field(default=900.0, gt=0, description=(
+        "how long the gate waits while the runtime builds its TensorRT engine (`/readyz` building_engine); "
+        "`ready_timeout_s` applies again once the build is over"))
     latency_budget_ms: float | None = Field(default=None, gt=0, description=(
         "p95 at batch 1, on the device; null: not judged"))
     rss_budget_mib: float | None = Field(default=None, gt=0, description=(
@@ -85,8 +88,9 @@ class HealthSettings(_Strict):
 class BundleSettings(_Strict):
     """The bundle variant a target takes from a bundle set: int8 for CPUs, fp16 for GPU providers."""
 
-    precision: Literal["int8", "fp16"] = Field(default="int8", description=(
-        "the bundle variant taken from a bundle set (`<model>-int8/`, `<model>-fp16/`)"))
+    precision: Literal["int8", "int8-static", "fp32", "fp16"] = Field(default="int8", description=(
+        "the bundle variant taken from a bundle set (`<model>-int8/`, `<model>-fp16/`, ...); set here "
+        "(group or device), it wins over the choice `tune` recorded for the board class"))
 
 
 class DeploySettings(_Strict):

@@ -11,7 +11,7 @@ import time
 from shlex import quote
 
 from ..device_env import PYC_MARK
-from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME
+from ..render import GPU_GROUPS, TUNING_SCRIPT_PATH, TUNING_UNIT, UNIT_NAME, engine_cache_dir, gpu_groups_argv, uses_gpu
 from .converge import COPIED_FILES, STAMP, repair_command
 from .device import DeployError, Device, docker_argv, root_steps
 from .plan import DeployPlan
@@ -157,6 +157,13 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
         steps.append((["useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell", "/usr/sbin/nologin",
                        s.service_user], "create the service user", False))
         done.append(f"created service user {s.service_user}")
+    if uses_gpu(s) and plan.install_unit:  # read at the service's start (initgroups), so before it
+        steps.append((gpu_groups_argv(s.service_user), "let the service user open the GPU (groups "
+                      f"{', '.join(GPU_GROUPS)} where they exist)", False))
+    cache = engine_cache_dir(s)
+    if cache and plan.restart:  # the runtime's TensorRT engines, outside releases (idempotent)
+        steps.append((["install", "-d", "-m", "0755", "-o", s.service_user, "-g", s.service_user, cache],
+                      "make the engine cache directory", False))
     if plan.install_unit:
         unit_obj = dev.path("objects", release.unit.sha256)
         steps.append((["install", "-m", "0644", unit_obj, "/etc/systemd/system/" + UNIT_NAME],

@@ -20,7 +20,7 @@ from .health import (
     probe_request,
     wait_ready,
 )
-from .providers import provider_verdict
+from .providers import engine_note, provider_verdict
 from .regression import regression_verdict
 from .remote import source
 
@@ -91,7 +91,7 @@ def health_gate(dev: Device, golden: dict, judge_model: bool = True,
         return state in ("active", "activating")
 
     try:
-        waited = wait_ready(service_call(dev), s.health.ready_timeout_s, still_starting)
+        waited = wait_ready(service_call(dev), s.health.ready_timeout_s, still_starting, warmup_s=s.health.warmup_s)
     except NotReady as exc:
         return HealthResult(False, f"{exc}; journal:\n{_journal(dev)}")
     if not judge_model:
@@ -104,6 +104,7 @@ def health_gate(dev: Device, golden: dict, judge_model: bool = True,
         return HealthResult(False, unfit, ready_after_s=waited)
     provider_failures, provider_warnings = provider_verdict(
         info.get("providers"), list(s.providers), list(s.require_providers))
+    provider_warnings += engine_note(info.get("providers"))
     task = goldens.task_of(golden)
     requests = [goldens.request(task, item) for item in goldens.items(golden)]
     rounds = s.health.latency_rounds

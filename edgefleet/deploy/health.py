@@ -58,8 +58,9 @@ class Readiness:
     """Whether a device's runtime takes inference now, from its /readyz answer; the one
     definition of healthy that `status` and the deploy's gate share.
 
-    state: ready | loading | failed | too_hot | overloaded (the runtime's own words),
-    unreachable (no answer) or unknown (an answer we cannot read).
+    state: ready | loading | building_engine | failed | too_hot | overloaded (the runtime's own
+    words), unreachable (no answer) or unknown (an answer we cannot read). building_engine: TensorRT
+    builds its engine (minutes on a Jetson's first start): not ready, not failed either.
     """
 
     serving: bool
@@ -88,13 +89,17 @@ def parse_readiness(status: int | None, body: object) -> Readiness:
 
 # The runtime says these itself: waiting for the gate's timeout would not change them
 _SETTLED = ("failed", "too_hot", "overloaded")
+BUILDING = "building_engine"
 
 
-def wait_ready(call: Call, timeout_s: float, still_starting=lambda: True, poll_s: float = 1.0) -> float:
+def wait_ready(call: Call, timeout_s: float, still_starting=lambda: True, poll_s: float = 1.0,
+               warmup_s: float | None = None) -> float:
     """Poll `/readyz` until the service takes inference; return seconds waited.
 
     `still_starting()` False stops early; so does a service that says it failed its selftest
-    or refuses inference (too hot, queue full for long).
+    or refuses inference (too hot, queue full for long). While it says building_engine, the wait
+    runs up to `warmup_s` from the start (the board's `health.warmup_s`), then `timeout_s` more
+    once the build is over; an engine still building after `warmup_s` fails.
     """
     start = time.monotonic()
     deadline = start + timeout_s
@@ -116,10 +121,18 @@ def wait_ready(call: Call, timeout_s: float, still_starting=lambda: True, poll_s
             raise NotReady(f"service is up but not ready: {ready.reason}")
         if ready.state in _SETTLED:
             raise NotReady(f"service is up but refusing inference: {ready.reason}")
+        if ready.state == BUILDING:
+            now = time.monotonic()
+            limit = timeout_s if warmup_s is None else warmup_s
+            if now - start >= limit:
+                raise NotReady(f"still building the TensorRT engine after {now - start:.0f} s "
+                               f"(health.warmup_s {limit:g} s): {ready.reason}")
+            deadline = max(deadline, now + timeout_s)
+            last = f"{BUILDING}: {ready.reason}"
         if not still_starting():
             raise NotReady(f"service stopped before it was ready (last: {last})")
         time.sleep(poll_s)
-    raise NotReady(f"not ready after {timeout_s:.0f} s (last: {last})")
+    raise NotReady(f"not ready after {time.monotonic() - start:.0f} s (last: {last})")
 
 
 def golden_verdict(golden: dict, bodies: list) -> tuple[bool, str, float | None, str]:

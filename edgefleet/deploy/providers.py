@@ -6,7 +6,7 @@ warning, or a failure when the inventory requires that provider (`require_provid
 
 from __future__ import annotations
 
-__all__ = ["FALLBACK", "provider_verdict", "fallback_warning"]
+__all__ = ["FALLBACK", "provider_verdict", "fallback_warning", "engine_note"]
 
 FALLBACK = "provider fallback"  # how a fallback note starts (the gate, status and rollout show it)
 CPU = "CPUExecutionProvider"
@@ -52,3 +52,19 @@ def provider_verdict(reported, requested: list[str], required: list[str]) -> tup
                         "ship onnxruntime-gpu (packages.find_links) or drop require_providers")
     warning = fallback_warning({"requested": requested, "active": active})
     return failures, [warning] if warning and not failures else []
+
+
+def engine_note(reported) -> list[str]:
+    """Return a note on the TensorRT engine the service started from (/v1/info providers.engine_cache):
+    built now (and how long it took on the device), or loaded from the cache; [] when none."""
+    cache = reported.get("engine_cache") if isinstance(reported, dict) else None
+    if not isinstance(cache, dict):
+        return []
+    key = str(cache.get("key") or "?")[:12]
+    built = cache.get("build_s")
+    if cache.get("source") == "context model":
+        return [f"TensorRT engine {key} loaded from the device's cache"]
+    if isinstance(built, (int, float)) and not isinstance(built, bool):
+        return [f"TensorRT engine {key}: session created from model.onnx in {built:.1f} s on the device "
+                "(an engine build, or ORT's engine files)"]
+    return []

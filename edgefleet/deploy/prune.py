@@ -2,21 +2,27 @@
 
 The active release and the previous committed one (where `rollback` goes) always stay, whatever
 N is. Objects, unpacked package envs and leftovers of killed deploys (`*.tmp`) that no kept
-release refers to go with them. Runs only while the deploy lock is held.
+release refers to go with them, and so do TensorRT engine caches (`cache/trt/<key>/`, whose
+key.json names the model files they serve) built for a model no kept release has. Runs only
+while the deploy lock is held.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from shlex import quote
 
+from ..render import ENGINE_CACHE
 from .device import docker_argv
 from .state import parse_state
 
 __all__ = ["committed_releases", "previous_committed", "choose_releases", "unreferenced", "unused_images",
-           "listing_command", "parse_listing", "prune"]
+           "unused_caches", "listing_command", "parse_listing", "prune"]
 
-_MARKS = ("--releases--", "--envs--", "--objects--")
+_MARKS = ("--releases--", "--envs--", "--objects--", "--caches--")
+CACHE_KEY = re.compile(r"[0-9a-f]{8,64}")  # a key directory's name (timing-* and strays are never touched)
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def committed_releases(history: list[dict]) -> list[str]:
@@ -45,9 +51,8 @@ def choose_releases(releases: set[str], history: list[dict], active: str | None,
     return kept, sorted(releases - set(kept))
 
 
-def unreferenced(manifests: dict[str, tuple[str, dict]], kept: list[str], objects: set[str],
-                 envs: set[str]) -> tuple[list[str], list[str]]:
-    """Return (objects, envs) no kept release refers to; `manifests`: id -> (manifest sha256, manifest)."""
+def _used(manifests: dict[str, tuple[str, dict]], kept: list[str]) -> tuple[set, set]:
+    """Return (objects, envs) the kept releases refer to."""
     used_objects, used_envs = set(), set()
     for rid in kept:
         sha, m = manifests.get(rid, ("", {}))
@@ -56,7 +61,31 @@ def unreferenced(manifests: dict[str, tuple[str, dict]], kept: list[str], object
         # the packages' tarball is dropped once unpacked (its env dir is what a release uses)
         used_objects |= {m.get("unit", {}).get("sha256"), m.get("image", {}).get("sha256")}
         used_envs.add(m.get("env", {}).get("sha256"))
+    return used_objects, used_envs
+
+
+def unreferenced(manifests: dict[str, tuple[str, dict]], kept: list[str], objects: set[str],
+                 envs: set[str]) -> tuple[list[str], list[str]]:
+    """Return (objects, envs) no kept release refers to; `manifests`: id -> (manifest sha256, manifest)."""
+    used_objects, used_envs = _used(manifests, kept)
     return sorted(objects - used_objects), sorted(envs - used_envs)
+
+
+def unused_caches(caches: dict[str, dict | None], manifests: dict[str, tuple[str, dict]], kept: list[str]) -> list[str]:
+    """Return the engine cache keys no kept release uses: those whose key.json `model_files` are not
+    all objects of a kept release, or that have no readable key.json (the runtime writes it before
+    it builds anything: such a directory was never finished; a rebuild costs time, never a result)."""
+    used_objects = _used(manifests, kept)[0]
+    dead = []
+    for name, key in caches.items():
+        if not CACHE_KEY.fullmatch(name):
+            continue
+        files = key.get("model_files") if isinstance(key, dict) else None
+        shas = list(files.values()) if isinstance(files, dict) else []
+        if not shas or not all(isinstance(sha, str) and SHA256.fullmatch(sha) and sha in used_objects
+                                for sha in shas):
+            dead.append(name)
+    return sorted(dead)
 
 
 def unused_images(manifests: dict[str, tuple[str, dict]], kept: list[str], gone: list[str]) -> list[str]:
@@ -76,8 +105,25 @@ def listing_command(root: str) -> str:
         '  if [ -f "$r/manifest.json" ]; then printf "%s %s " "$n" "$(sha256sum < "$r/manifest.json" | cut -c1-64)";'
         ' tr -d "\\n" < "$r/manifest.json"; echo; else echo "$n"; fi; done',
         f"echo {_MARKS[1]}", 'ls -1 "$root/envs" 2>/dev/null',
-        f"echo {_MARKS[2]}", 'ls -1 "$root/objects" 2>/dev/null', "true",
+        f"echo {_MARKS[2]}", 'ls -1 "$root/objects" 2>/dev/null',
+        # each engine cache's key.json on one line (capped): what model it serves
+        f"echo {_MARKS[3]}",
+        f'for c in "$root"/{ENGINE_CACHE}/*/; do [ -d "$c" ] || continue; printf "%s " "$(basename "$c")";'
+        ' head -c 65536 "$c/key.json" 2>/dev/null | tr -d "\n"; echo; done', "true",
     ])
+
+
+def parse_caches(text: str) -> dict[str, dict | None]:
+    """Parse the listing's cache lines ("<key> <key.json>"): key -> key.json, None when unreadable."""
+    caches: dict[str, dict | None] = {}
+    for line in text.strip().splitlines():
+        name, _, doc = line.strip().partition(" ")
+        try:
+            parsed = json.loads(doc) if doc else None
+        except ValueError:
+            parsed = None
+        caches[name] = parsed if isinstance(parsed, dict) else None
+    return caches
 
 
 def parse_listing(output: str) -> tuple[dict | None, dict[str, tuple[str, dict]], set[str], set[str], set[str]]:
@@ -88,6 +134,7 @@ def parse_listing(output: str) -> tuple[dict | None, dict[str, tuple[str, dict]]
     state_text, _, rest = output.partition(_MARKS[0])
     rel_text, _, rest = rest.partition(_MARKS[1])
     env_text, _, obj_text = rest.partition(_MARKS[2])
+    obj_text = obj_text.partition(_MARKS[3])[0]
     state: dict | None = {"current": None, "history": []}
     if state_text.strip():
         try:
@@ -109,8 +156,9 @@ def parse_listing(output: str) -> tuple[dict | None, dict[str, tuple[str, dict]]
 
 def prune(dev, active: str | None, log) -> list[str]:
     """Delete what the device no longer needs beyond the last `deploy.keep_releases`; return the release ids deleted."""
-    state, manifests, releases, envs, objects = parse_listing(
-        dev.run(listing_command(dev.root), "list releases", privileged=False).stdout)
+    listing = dev.run(listing_command(dev.root), "list releases", privileged=False).stdout
+    state, manifests, releases, envs, objects = parse_listing(listing)
+    caches = parse_caches(listing.partition(_MARKS[3])[2])
     # without a sound history the last committed release cannot be told apart (names rank
     # nothing): keep everything until a deploy has written a sound state.json again
     if state is None or not state["history"] and releases - {active}:
@@ -118,14 +166,22 @@ def prune(dev, active: str | None, log) -> list[str]:
         return []
     history = state["history"]
     kept, gone = choose_releases(releases, history, active, dev.target.settings.deploy.keep_releases)
-    if not gone:
-        return []
     # a release without a readable manifest keeps everything (we cannot tell what it uses)
     if any(not manifests.get(r, ("", {}))[1] for r in kept):
         dead_objects: list[str] = []
         dead_envs: list[str] = []
+        dead_caches: list[str] = []
     else:
         dead_objects, dead_envs = unreferenced(manifests, kept, objects, envs)
+        dead_caches = unused_caches(caches, manifests, kept)
+    if dead_caches:  # owned by the service user: removed as root
+        dev.system(["rm", "-rf", "--", *[dev.path(ENGINE_CACHE, c) for c in dead_caches]],
+                   "prune unused engine caches")
+        log(f"  pruned {len(dead_caches)} TensorRT engine cache(s) no kept release uses "
+            f"({', '.join(c[:12] for c in dead_caches)}); kept "
+            f"{sum(bool(CACHE_KEY.fullmatch(c)) for c in caches) - len(dead_caches)}")
+    if not gone:
+        return []
     # an image goes only when a release that ran it goes, and no kept one runs it; a release
     # without a readable manifest among the gone ones leaves its image (unknown) in place
     dead_images = unused_images(manifests, kept, gone)

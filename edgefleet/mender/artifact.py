@@ -21,7 +21,7 @@ from ..deploy.release import Release
 from ..device_env import PYC_MARK
 from ..errors import EdgefleetError, InputError
 from ..inventory import Target
-from ..render import TUNING_SCRIPT_PATH, TUNING_UNIT
+from ..render import GPU_GROUPS, TUNING_SCRIPT_PATH, TUNING_UNIT, engine_cache_dir, uses_gpu
 from .device import MODULE_NAME
 from .device.module import SPEC_FORMAT, SPEC_NAME
 
@@ -100,7 +100,10 @@ def artifact_spec(board: BoardClass) -> dict:
         "env": {"sha256": env.sha256, "pyc_mark": PYC_MARK},
         "unit": {"name": release.unit.path, "sha256": release.unit.sha256},
         "tuning": tuning,
+        "gpu_groups": list(GPU_GROUPS) if uses_gpu(s) else [],  # the service user joins those that exist
+        "engine_cache": engine_cache_dir(s),  # TensorRT engines (None: the target does not ask for TensorRT)
         "gate": {"port": s.runtime.port, "token": s.runtime.token, "ready_timeout_s": s.health.ready_timeout_s,
+                 "warmup_s": s.health.warmup_s,
                  "latency_rounds": s.health.latency_rounds, "latency_budget_ms": s.health.latency_budget_ms,
                  "rss_budget_mib": s.health.rss_budget_mib, "emulated": s.emulated},
     }

@@ -49,8 +49,15 @@ def per_tensor_left(model) -> int:
                if node.op_type == "DynamicQuantizeLinear" and not _replaceable(node, readers))
 
 
-def per_row_activations(model):
-    """Return a copy of an INT8 graph with per-row activation scales (see the module doc)."""
+def per_row_activations(model, levels: int = 127, zero_point: int = ZERO_POINT,
+                        truncate: bool = False):
+    """Return a copy of an INT8 graph with per-row activation scales (see the module doc).
+
+    levels: the largest |q - zero_point| (127: 8-bit; 63 with zero_point 64: 7-bit, which
+    AVX2's U8S8 kernel multiplies without saturating). truncate: round by adding 0.5 and
+    casting (Cast truncates; every shifted value is positive) instead of Round + Add, one op
+    fewer per quantized MatMul (ties round up instead of to even).
+    """
     import copy
 
     import onnx
@@ -60,10 +67,11 @@ def per_row_activations(model):
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     readers = readers_of(graph.node)
-    shared = {"per_row/inv127": np.array(1.0 / 127.0, np.float32),
+    shared: dict[str, np.ndarray] = {"per_row/inv127": np.array(1.0 / levels, np.float32),
               "per_row/tiny": np.array(_TINY, np.float32),
-              "per_row/zero_point_f": np.array(float(ZERO_POINT), np.float32),
-              "per_row/zero_point": np.array(ZERO_POINT, np.uint8)}
+              "per_row/zero_point_f": np.array(zero_point + (0.5 if truncate else 0.0),
+                                               np.float32),
+              "per_row/zero_point": np.array(zero_point, np.uint8)}
     if opset >= 18:
         shared["per_row/last_axis"] = np.array([-1], np.int64)
     count = 0
@@ -91,9 +99,10 @@ def per_row_activations(model):
                           axes=[-1], keepdims=1)
         raw = make("Mul", [absmax, "per_row/inv127"], f"{name}/raw_scale", "raw_scale")
         row_scale = make("Max", [raw, "per_row/tiny"], scale or f"{name}/scale", "scale")
-        levels = make("Round", [make("Div", [x, row_scale], f"{name}/scaled", "div")],
-                      f"{name}/levels", "round")
-        shifted = make("Add", [levels, "per_row/zero_point_f"], f"{name}/shifted", "shift")
+        scaled = make("Div", [x, row_scale], f"{name}/scaled", "div")
+        if not truncate:
+            scaled = make("Round", [scaled], f"{name}/levels", "round")
+        shifted = make("Add", [scaled, "per_row/zero_point_f"], f"{name}/shifted", "shift")
         make("Cast", [shifted], quantized, "cast", to=TensorProto.UINT8)
         if zero_point:
             make("Identity", ["per_row/zero_point"], zero_point, "zero_point")

@@ -109,29 +109,32 @@ GRAPHS = ("arch-stable", "fused")
     "json": "print one JSON document (the bundle, its size and quantization; with mixed/search "
             "also every candidate) instead of tables",
     "force": "quantize even when the inputs are unchanged",
-    "precision": "int8 (default: the CPU variant, see --mode) or fp16 (the GPU variant: "
-                 "<build_dir>/bundles/<model-name>-fp16/, ONNX Runtime's float16 converter)",
+    "precision": "int8 (default: the CPU variant, see --mode), fp16 (the GPU variant: "
+                 "<build_dir>/bundles/<model-name>-fp16/, ONNX Runtime's float16 converter) or fp32 "
+                 "(the export as a bundle, <model-name>-fp32/: a candidate for `tune`)",
 })
 @exits_on_user_error
 def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="minmax",
              calibration_texts=None, texts=None, min_cosine=0.99, mean_cosine=0.998,
-             min_agreement=None, per_tensor=False, graph="arch-stable", json=False, force=False, precision="int8"):
-    """Quantize an FP32 export to INT8 (dynamic, static, mixed or searched) or FP16 into a bundle."""
+             min_agreement=None, per_tensor=False, graph="arch-stable", json=False, force=False,
+             precision="int8"):
+    """Quantize an FP32 export to INT8 (dynamic, static, mixed or searched) or FP16 (or keep FP32) into a bundle."""
     from edgefleet.model import export as exporter
     from edgefleet.model import quantize as quantizer
     from edgefleet.model.bundle import WEIGHTS_FILE, BundleError, verify
 
-    if precision not in ("int8", "fp16"):
-        raise UsageError(f"--precision {precision!r}: expected int8 or fp16")
-    if precision == "fp16":
+    if precision not in ("int8", "fp32", "fp16"):
+        raise UsageError(f"--precision {precision!r}: expected int8, fp32 or fp16")
+    if precision in ("fp32", "fp16"):
         from edgefleet.model.fp16 import write_fp16_bundle
 
         model = _resolve(model) if model else build_dir(c) / "models" / "all-minilm-l6-v2"
         if not (model / exporter.EXPORT_META).is_file():
             raise InputError(f"{model}: no {exporter.EXPORT_META}; run `invoke model.export` first")
-        name = name or quantizer.bundle_name(exporter.read_meta(model)["source_model"]["name"], "fp16")
+        name = name or quantizer.bundle_name(exporter.read_meta(model)["source_model"]["name"], precision)
         report = write_fp16_bundle(model, _resolve(out) if out else build_dir(c) / "bundles" / name, name,
-                                   force=force, log=lambda line: print(line, file=_stream(json)))
+                                   force=force, log=lambda line: print(line, file=_stream(json)),
+                                   precision=precision)
         if json:
             import json as jsonlib
 

@@ -83,6 +83,7 @@ class RuntimeConfig:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     provider_options: dict = field(default_factory=dict)
     require_providers: tuple[str, ...] = ()
+    engine_cache_dir: str | None = None  # TensorRT engines, one directory per key (engine_cache.py)
 
 
 INT_RANGES = {"threads": (1, 1024), "port": (0, 65535), "max_seq_len": (2, 1 << 20),

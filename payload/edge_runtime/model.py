@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,16 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from edge_runtime.heads import InputError, TaskError, answer_from, label_scores
-from edge_runtime.providers import ProviderChoice, choose_providers, profile_prefix, profiled_node_shares
+from edge_runtime.providers import (
+    ProviderChoice,
+    choose_providers,
+    profile_prefix,
+    profiled_node_shares,
+    with_options,
+)
 
 __all__ = ["EmbeddingModel", "BundleFormatError", "load", "read_meta", "mean_pool",
-           "l2_normalize", "session_options", "TASK_KEYS"]
+           "l2_normalize", "session_options", "TASK_KEYS", "OrtSessions", "ORT_SESSIONS"]
 
 BUNDLE_JSON = "bundle.json"
 _DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -244,17 +251,33 @@ def session_options(threads: int | None, spin: bool = False,
     return options
 
 
+class OrtSessions:
+    """The one seam where sessions are made: which providers onnxruntime offers, and a session.
+
+    Tests give the runtime their own (an onnxruntime that offers TensorRT and builds slowly).
+    """
+
+    def available(self) -> list[str]:
+        return list(ort.get_available_providers())
+
+    def create(self, source, options: ort.SessionOptions, providers) -> ort.InferenceSession:
+        return ort.InferenceSession(source, sess_options=options,
+                                    providers=[name for name, _ in providers],
+                                    provider_options=[dict(opts) for _, opts in providers])
+
+
+ORT_SESSIONS = OrtSessions()
+
+
 def _session(model_path: Path, options: ort.SessionOptions, from_bytes: bool = False,
-             providers=(("CPUExecutionProvider", {}),)) -> ort.InferenceSession:
+             providers=(("CPUExecutionProvider", {}),), sessions: OrtSessions = ORT_SESSIONS) -> ort.InferenceSession:
     # load-from-path measured faster and smaller than from bytes (benchmarks/bench_runtime.py)
     source: str | bytes = str(model_path)
     if from_bytes:
         source = model_path.read_bytes()  # external weights (model.onnx.data) resolve beside it
         options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                          str(model_path.parent))
-    return ort.InferenceSession(source, sess_options=options,
-                                providers=[name for name, _ in providers],
-                                provider_options=[dict(opts) for _, opts in providers])
+    return sessions.create(source, options, providers)
 
 
 def _check_outputs(bundle_dir: Path, meta: dict, session) -> None:
@@ -273,15 +296,41 @@ def _check_outputs(bundle_dir: Path, meta: dict, session) -> None:
                                     f"{len(meta['labels'])} labels, the graph gives {width}")
 
 
+TRT = "TensorrtExecutionProvider"
+
+
+def _engine_session(bundle_dir: Path, options, choice: ProviderChoice, sessions: OrtSessions, engine):
+    """Start from the engine cache's context model when there is one (no TensorRT builder), else
+    from model.onnx with the cache's options (ORT builds, or reads its engine files, and writes the
+    context model). A context model that fails to load is moved aside and the build path taken."""
+    started = time.perf_counter()
+    if engine.has_context_model():
+        try:
+            session = sessions.create(str(engine.context_model), options,
+                                      with_options(choice.session_providers, TRT, engine.context_options))
+            engine.source = "context model"
+            engine.record()
+            return session
+        except Exception as error:  # ORT's own exception types differ by build
+            engine.discard_context_model(f"{type(error).__name__}: {str(error)[:300]}")
+    session = sessions.create(str(bundle_dir / "model.onnx"), options,
+                              with_options(choice.session_providers, TRT, engine.engine_options))
+    engine.source = "model"
+    engine.record(built_s=time.perf_counter() - started)
+    return session
+
+
 def load(bundle_dir, threads: int | None = None, max_seq_len: int | None = None,
          spin: bool = False, from_bytes: bool = False, options=None,
          flush_denormals: bool = False, providers=("CPUExecutionProvider",),
-         provider_options: dict | None = None, profile_nodes: bool = False) -> EmbeddingModel:
+         provider_options: dict | None = None, profile_nodes: bool = False,
+         sessions: OrtSessions | None = None, engine=None) -> EmbeddingModel:
     """Load a bundle; max_seq_len may lower the bundle's limit, never raise it.
 
     `providers`: preferred first; those this onnxruntime does not offer are left out (the
     model's `providers` says which), CPU is always last. `profile_nodes`: run one probe with
     ORT's profiler to learn the share of nodes each provider took (model.node_share).
+    `engine`: an engine_cache.EngineCache, used when TensorRT is among the session's providers.
     """
     bundle_dir = Path(bundle_dir)
     meta = read_meta(bundle_dir)
@@ -297,11 +346,15 @@ def load(bundle_dir, threads: int | None = None, max_seq_len: int | None = None,
     # bundle-chosen ORT settings, e.g. keeping SkipLayerNorm unfused where that measured faster
     for key, value in (meta.get("session_config") or {}).items():
         options.add_session_config_entry(str(key), str(value))
-    choice = choose_providers(providers, provider_options or {}, ort.get_available_providers())
+    sessions = sessions or ORT_SESSIONS
+    choice = choose_providers(providers, provider_options or {}, sessions.available())
     if profile_nodes:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix()
-    session = _session(bundle_dir / "model.onnx", options, from_bytes, choice.session_providers)
+    if engine is not None and TRT in choice.names:
+        session = _engine_session(bundle_dir, options, choice, sessions, engine)
+    else:
+        session = _session(bundle_dir / "model.onnx", options, from_bytes, choice.session_providers, sessions)
     graph_inputs = {item.name: item.type for item in session.get_inputs()}
     unknown = set(graph_inputs) - {"input_ids", "attention_mask", "token_type_ids"}
     if unknown:

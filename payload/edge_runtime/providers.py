@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["ProviderChoice", "choose_providers", "node_shares", "profiled_node_shares", "CPU"]
+__all__ = ["ProviderChoice", "choose_providers", "with_options", "node_shares", "profiled_node_shares", "CPU"]
 
 CPU = "CPUExecutionProvider"
 
@@ -41,6 +41,12 @@ def choose_providers(requested: Iterable[str], options: dict, available: Iterabl
     session = tuple((name, {str(k): _option(v) for k, v in (options.get(name) or {}).items()})
                     for name in [*chosen, CPU])
     return ProviderChoice(requested, session, missing)
+
+
+def with_options(session_providers, name: str, options: dict) -> tuple[tuple[str, dict[str, str]], ...]:
+    """Return `session_providers` with `name`'s options replaced by `options` (as strings)."""
+    return tuple((n, {str(k): _option(v) for k, v in options.items()} if n == name else o)
+                 for n, o in session_providers)
 
 
 def _option(value) -> str:

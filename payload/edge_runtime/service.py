@@ -16,7 +16,7 @@ from edge_runtime.config import RuntimeConfig
 from edge_runtime.golden import ROUTES
 from edge_runtime.heads import InputError
 from edge_runtime.metrics import Metrics
-from edge_runtime.model import EmbeddingModel, load, read_meta
+from edge_runtime.model import ORT_SESSIONS, EmbeddingModel, OrtSessions, load, read_meta
 from edge_runtime.selftest import rss_mib, selftest
 from edge_runtime.sysfs import Sysfs, governor_drift
 from edge_runtime.thermal import HARD, SOFT, STATES, ThermalGuard
@@ -82,11 +82,18 @@ def single_malloc_arena() -> bool:
         return False
 
 
+TRT = "TensorrtExecutionProvider"
+BUILDING = "building_engine"
+
+
 class Service:
-    """The model, its readiness ("loading" | "ready" | "failed") and everything around it."""
+    """The model, its readiness ("loading" | "building_engine" | "ready" | "failed") and everything around it.
+
+    `sessions`: the seam where ONNX Runtime sessions are made (model.OrtSessions).
+    """
 
     def __init__(self, bundle_dir, config: RuntimeConfig | None = None, threads=None,
-                 max_seq_len=None):
+                 max_seq_len=None, sessions: OrtSessions | None = None):
         self.bundle_dir, self.config = bundle_dir, config or RuntimeConfig()
         self.threads, self.max_seq_len = threads, max_seq_len or self.config.max_seq_len
         self.model: EmbeddingModel | None = None
@@ -99,6 +106,8 @@ class Service:
         self._trim = False
         self.full_since: float | None = None  # when new work was first refused for a full queue
         self.batching = Decision(False, "not loaded")
+        self.sessions = sessions or ORT_SESSIONS
+        self.engine = None  # engine_cache.EngineCache when TensorRT is asked for and offered
         self.worker = InferenceWorker(self._run, self.config.limits.queue_depth,
                                       observe=self.metrics.inferred, spacing=self._spacing,
                                       idle=self._idle, settled=_malloc_trim)
@@ -111,7 +120,8 @@ class Service:
     def serving(self) -> tuple[str, str]:
         """Return (state, reason): whether the service takes inference now, and if not, why.
 
-        States: "ready" (serving; soft throttling only slows it), "loading", "failed" (load or
+        States: "ready" (serving; soft throttling only slows it), "loading", "building_engine"
+        (TensorRT builds its engine: minutes on a Jetson, not a failure), "failed" (load or
         selftest), "too_hot" (the thermal guard refuses new work), "overloaded" (the queue has
         refused work for QUEUE_FULL_S). /readyz answers from this, so the host's status and
         health gate see the same refusals a client of /v1/embed does.
@@ -143,17 +153,21 @@ class Service:
             placement = self.placement or self.place()
             self.guard.start() if poll else self.guard.tick()
             started = time.perf_counter()
-            self.model = model = load(self.bundle_dir, threads=placement.threads,
-                                      max_seq_len=self.max_seq_len, spin=placement.spin,
-                                      providers=self.config.providers,
-                                      provider_options=self.config.provider_options,
-                                      profile_nodes=True)
+            self.engine = self._engine_cache()
+            self.model = model = self._load(placement)
             if model.providers and model.providers.missing:
                 log.warning("providers_fallback missing=%s active=%s", ",".join(model.providers.missing),
                             ",".join(model.providers.names))
             log.info("model_loaded bundle=%s seconds=%.3f", self.bundle_dir,
                      time.perf_counter() - started)
             result = selftest(model)
+            engine = self.engine
+            if not result.passed and engine is not None and engine.source == "context model":
+                # an engine that loads but answers wrong: build from model.onnx instead, once
+                engine.discard_context_model(f"selftest failed: {result.reason}")
+                self.state, self.status = BUILDING, self._building_reason(engine)
+                self.model = model = self._load(placement)
+                result = selftest(model)
             gc.collect()
             gc.freeze()  # the model's objects live forever: keep them out of every GC pass
             _malloc_trim()
@@ -168,6 +182,37 @@ class Service:
         except Exception as error:  # the service stays up, not ready, and says why
             self.state, self.status = "failed", f"load failed: {error}"
             log.error("load_failed error=%s", error)
+
+    def _engine_cache(self):
+        """Return the engine cache when TensorRT is asked for and offered (else None), and say
+        "building engine" while a start has to build one."""
+        if TRT not in self.config.providers or TRT not in self.sessions.available():
+            return None
+        from edge_runtime import engine_cache  # only where TensorRT runs: hashing and /proc reads
+
+        meta = read_meta(self.bundle_dir)
+        limit = min(self.max_seq_len or meta["max_seq_len"], meta["max_seq_len"])
+        max_batch = max(self.config.limits.max_texts, self.config.batching.max_batch)
+        cache = engine_cache.prepare(self.bundle_dir, self.config.engine_cache_dir,
+                                     dict(self.config.provider_options.get(TRT) or {}), list(meta["inputs"]),
+                                     max_batch, limit, engine_cache.read_facts())
+        log.info("engine_cache dir=%s key=%s facts=%s engine=%s", cache.dir, cache.key, cache.facts,
+                 "cached" if cache.has_engine() else "to build")
+        if not cache.has_engine():
+            self.state, self.status = BUILDING, self._building_reason(cache)
+        return cache
+
+    @staticmethod
+    def _building_reason(cache) -> str:
+        return (f"building engine: TensorRT builds the engine for model "
+                f"{cache.model.get('model.onnx', '?')[:12]} (cache {cache.dir}); the first start on a "
+                "device takes minutes, later ones load it")
+
+    def _load(self, placement: Placement) -> EmbeddingModel:
+        return load(self.bundle_dir, threads=placement.threads, max_seq_len=self.max_seq_len,
+                    spin=placement.spin, providers=self.config.providers,
+                    provider_options=self.config.provider_options, profile_nodes=True,
+                    sessions=self.sessions, engine=self.engine)
 
     def _run(self, job):
         task, args = job
@@ -301,7 +346,8 @@ class Service:
         return {"requested": list(self.config.providers), "active": active,
                 "missing": [p for p in self.config.providers if model and p not in active],
                 "required": list(self.config.require_providers),
-                "node_share": dict(model.node_share) if model else {}}
+                "node_share": dict(model.node_share) if model else {},
+                "engine_cache": self.engine.describe() if self.engine is not None else None}
 
     def gauges(self) -> list:
         """Return the gauges for /metrics: queue, temperatures, throttle, governor drift."""

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from edgefleet.render import (
+    GPU_UNIT_EXPOSURE,
     MAX_EXPOSURE,
     RUNTIME_UNIT_EXPOSURE,
     TUNING_SCRIPT,
@@ -21,6 +22,7 @@ from edgefleet.render import (
     check_rendered,
     render_target,
     security_exposure,
+    uses_gpu,
 )
 
 from .regen import GOLDEN, golden_targets
@@ -53,7 +55,21 @@ def test_golden_files_pass_the_real_tools(board, target):
     exposure = security_exposure(next(f for f in files if f.name == UNIT_NAME))
     print(f"{board}: {UNIT_NAME} exposure {exposure}")
     assert exposure <= MAX_EXPOSURE
-    assert exposure <= RUNTIME_UNIT_EXPOSURE  # 1.4-1.6 before MemoryDenyWriteExecute, ~@resources, ...
+    # 1.4-1.6 before MemoryDenyWriteExecute, ~@resources, ...; a GPU unit sees device nodes
+    assert exposure <= (GPU_UNIT_EXPOSURE if uses_gpu(target.settings) else RUNTIME_UNIT_EXPOSURE)
+
+
+def test_a_gpu_unit_opens_the_gpu_and_a_cpu_unit_no_device():
+    """Orin profiles ask for CUDA/TensorRT: their unit must not hide /dev (PrivateDevices=) nor refuse
+    CUDA's JIT mappings; every other board keeps both."""
+    for board, target in TARGETS:
+        unit = (GOLDEN / board / UNIT_NAME).read_text().splitlines()
+        if board.startswith("orin"):
+            assert uses_gpu(target.settings)
+            assert "PrivateDevices=no" in unit and "MemoryDenyWriteExecute=yes" not in unit
+        else:
+            assert not uses_gpu(target.settings)
+            assert {"PrivateDevices=yes", "DevicePolicy=closed", "MemoryDenyWriteExecute=yes"} <= set(unit)
 
 
 @pytest.mark.parametrize("board, target", TARGETS, ids=[b for b, _ in TARGETS])

@@ -141,6 +141,11 @@ def test_orin_providers_on_cpu_only_onnxruntime_warn_and_fail_when_required(run_
     assert "TensorrtExecutionProvider, CUDAExecutionProvider not offered" in warning
     assert warning in fallback.health.summary()
     assert collect_status(orin).warnings == [warning]
+    # TensorRT asked for: the deploy made the engine cache, the service's one writable place
+    root = lab_target.settings.root
+    assert run_on(lab_target, f"stat -c '%U %a' {root}/cache/trt") == "edgefleet 755"
+    # the GPU's nodes: the service user joined video (this Debian has no render group: skipped, not failed)
+    assert "video" in run_on(lab_target, "id -nG edgefleet").split()
 
     needs_cuda = asking(providers=ORIN_PROVIDERS, require_providers=["CUDAExecutionProvider"])
     with pytest.raises(InputError, match="require_providers CUDAExecutionProvider needs onnxruntime-gpu"):
@@ -221,3 +226,33 @@ def test_a_slower_release_fails_the_regression_gate_and_rolls_back(run_on, lab_t
                       tmp_path / "slow", REPO / "build", log=lambda _: None)
     assert emulated.ok and any(n.startswith("regression seen") for n in emulated.health.notes), \
         emulated.health.summary()
+
+
+def test_prune_keeps_the_engine_cache_of_a_kept_releases_model_and_removes_the_others(run_on, lab_target, bundle):
+    """Engine caches as plain files (no GPU here): the one whose key.json names the model files of a
+    kept release survives prune, one for a model no kept release has goes, timing-* stays."""
+    from edgefleet.deploy.prune import prune
+
+    root = lab_target.settings.root
+    active = run_on(lab_target, f"readlink {root}/current").removeprefix("releases/")
+    if not active:  # run alone: the module's earlier tests left no committed release
+        active = deploy(lab_target, bundle, REPO / "build", log=lambda _: None).release_id
+    files = json.loads(run_on(lab_target, f"cat {root}/current/manifest.json"))["files"]
+    ours = {name: files[f"bundle/{name}"] for name in ("model.onnx", "model.onnx.data") if f"bundle/{name}" in files}
+    caches = {"0" * 24: ours, "f" * 24: {"model.onnx": "e" * 64}}
+    script = [f"mkdir -p {root}/cache/trt/timing-0123456789ab"]
+    for name, model in caches.items():
+        key = json.dumps({"key": name, "model_files": model})
+        script += [f"mkdir -p {root}/cache/trt/{name}/engines",
+                   f"printf %s '{key}' > {root}/cache/trt/{name}/key.json",
+                   f"printf engine > {root}/cache/trt/{name}/engines/TRTKernel_fp16_sm87.engine"]
+    run_on(lab_target, " && ".join(script))
+    lines: list[str] = []
+    conn = connect(lab_target)
+    try:
+        prune(Device(conn, lab_target), active, lines.append)
+    finally:
+        conn.close()
+    left = set(run_on(lab_target, f"ls {root}/cache/trt").split())
+    assert left == {"0" * 24, "timing-0123456789ab"}, "\n".join(lines)
+    assert any("pruned 1 TensorRT engine cache(s) no kept release uses (ffffffffffff)" in line for line in lines)

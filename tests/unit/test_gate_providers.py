@@ -32,3 +32,17 @@ def test_fallback_warning_for_status():
     assert fallback_warning(CPU_ONLY).endswith("running on CPUExecutionProvider")
     assert fallback_warning({"requested": ORIN, "active": ORIN}) is None
     assert fallback_warning("garbage") is None
+
+
+@pytest.mark.parametrize("reported, notes", [
+    ({"engine_cache": {"key": "0123456789abcdef", "source": "model", "build_s": 312.4}},
+     ["TensorRT engine 0123456789ab: session created from model.onnx in 312.4 s on the device "
+      "(an engine build, or ORT's engine files)"]),
+    ({"engine_cache": {"key": "0123456789abcdef", "source": "context model", "build_s": None}},
+     ["TensorRT engine 0123456789ab loaded from the device's cache"]),
+    ({"engine_cache": None}, []), ({"engine_cache": "x"}, []), ("garbage", []),
+    ({"engine_cache": {"key": "k", "source": "model", "build_s": True}}, []),  # device data of the wrong shape
+])
+def test_engine_note(reported, notes):
+    from edgefleet.deploy.providers import engine_note
+    assert engine_note(reported) == notes

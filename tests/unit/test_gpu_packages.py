@@ -48,3 +48,35 @@ def test_pinning_onnxruntime_gpu_replaces_onnxruntime():
     lines = [line for line in pinned.splitlines() if not line.startswith("#")]
     assert not any(line.startswith("onnxruntime==") for line in lines)
     assert "onnxruntime-gpu==1.23.0" in pinned and "numpy==2.4.6" in pinned
+
+
+JETSON = REPO / "targets" / "examples" / "jetson"
+
+
+@pytest.fixture(scope="module")
+def jetson():
+    return load_inventory(JETSON)
+
+
+def _requirement_lines(target) -> list[str]:
+    pinned = pin_requirements((REPO / "payload" / "requirements.txt").read_text(), target.settings.packages.pins)
+    return [line.split("#")[0].strip() for line in pinned.splitlines() if line.split("#")[0].strip()]
+
+
+@pytest.mark.parametrize("device, gpu_pin, source", [
+    ("cell-orin-61", "onnxruntime-gpu==1.23.0", ("index_url", "https://pypi.jetson-ai-lab.io/jp6/cu126")),
+    ("cell-orin-60", "onnxruntime-gpu==1.18.0", ("find_links", "/srv/wheels/jetpack-6.0")),
+])
+def test_jetpack_groups_pin_onnxruntime_gpu_instead_of_the_boards_onnxruntime(jetson, device, gpu_pin, source):
+    """A JetPack group over an Orin board profile (which pins PyPI's CPU onnxruntime): the device gets
+    onnxruntime-gpu from the group's wheel source and no onnxruntime (both are the same module)."""
+    target = jetson.target(device)
+    lines = _requirement_lines(target)
+    assert gpu_pin in lines and not any(line.startswith("onnxruntime==") for line in lines), lines
+    assert getattr(target.settings.packages, source[0]) == source[1]
+    assert gpu_package_check(target) == (None, None)
+
+
+def test_an_orin_without_a_jetpack_group_is_told_it_runs_on_cpu(jetson):
+    error, note = gpu_package_check(jetson.target("cell-orin-cpu"))
+    assert error is None and "will run on CPUExecutionProvider" in note

@@ -99,7 +99,13 @@ def test_a_commit_prunes_old_releases_as_a_deploy_does(tmp_path):
         history.append({"release": rid, "healthy": True, "active": rid})
     (tmp_path / "releases" / "r-aaaaaaaaaaa4.tmp").mkdir()  # a killed install's leftover
     (tmp_path / "state.json").write_text(json.dumps({"current": "r-aaaaaaaaaaa3", "history": history}))
+    # TensorRT engine caches: one for a kept release's model, one for the release that goes
+    for name, rid in (("a" * 24, "r-aaaaaaaaaaa3"), ("b" * 24, "r-aaaaaaaaaaa1")):
+        (tmp_path / "cache" / "trt" / name).mkdir(parents=True)
+        (tmp_path / "cache" / "trt" / name / "key.json").write_text(
+            json.dumps({"model_files": {"model.onnx": hashlib.sha256(rid.encode()).hexdigest()}}))
     deleted = module.prune_releases({**spec, "release_id": "r-aaaaaaaaaaa3"})
+    assert [p.name for p in (tmp_path / "cache" / "trt").iterdir()] == ["a" * 24]
     assert deleted == ["r-aaaaaaaaaaa1", "r-aaaaaaaaaaa4.tmp"]
     assert sorted(p.name for p in (tmp_path / "releases").iterdir()) == ["r-aaaaaaaaaaa2", "r-aaaaaaaaaaa3"]
     assert hashlib.sha256(b"r-aaaaaaaaaaa1").hexdigest() not in {p.name for p in objects.iterdir()}

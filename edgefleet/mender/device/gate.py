@@ -51,7 +51,7 @@ def health_gate(gate: dict, unit: str, release_dir: str) -> tuple[bool, str, flo
         return state in ("active", "activating")
 
     try:
-        wait_ready(service_call, gate["ready_timeout_s"], still_starting)
+        wait_ready(service_call, gate["ready_timeout_s"], still_starting, warmup_s=gate.get("warmup_s"))
     except NotReady as exc:
         return False, str(exc), None
     with open(os.path.join(release_dir, "bundle", "bundle.json")) as f:

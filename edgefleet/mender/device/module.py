@@ -20,7 +20,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from edgefleet.deploy.prune import choose_releases, unreferenced  # host only
+from edgefleet.deploy.prune import choose_releases, unreferenced, unused_caches  # host only
 from edgefleet.deploy.remote.build import build  # host only
 from edgefleet.mender.device.gate import health_gate  # host only
 
@@ -200,6 +200,12 @@ def install_units(spec: dict) -> None:
     if run(["id", "-u", user], "look up the service user", check=False) != 0:
         run(["useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell", "/usr/sbin/nologin", user],
             "create the service user")
+    for group in spec.get("gpu_groups") or []:  # the GPU's device nodes (a group the system lacks is skipped)
+        if run(["getent", "group", group], f"look up group {group}", check=False) == 0:
+            run(["usermod", "-a", "-G", group, user], f"add the service user to {group}")
+    cache = spec.get("engine_cache")
+    if cache:  # the runtime's TensorRT engines, outside releases (the unit's one writable place)
+        run(["install", "-d", "-m", "0755", "-o", user, "-g", user, cache], "make the engine cache directory")
     unit = spec["unit"]
     changed = install_file(path(spec, "objects", unit["sha256"]), "/etc/systemd/system/" + unit["name"], 0o644)
     tuning = spec.get("tuning")
@@ -281,7 +287,24 @@ def prune_releases(spec: dict) -> list[str]:
         os.unlink(os.path.join(objects_dir, name))
     for name in gone_envs:
         shutil.rmtree(os.path.join(envs_dir, name), ignore_errors=True)
+    cache_dir = spec.get("engine_cache") or path(spec, "cache", "trt")
+    for name in unused_caches(_engine_caches(cache_dir), manifests, kept):
+        shutil.rmtree(os.path.join(cache_dir, name), ignore_errors=True)
     return deleted
+
+
+def _engine_caches(cache_dir: str) -> dict[str, dict | None]:
+    """Return each engine cache directory's key.json (None when unreadable)."""
+    caches: dict[str, dict | None] = {}
+    names = os.listdir(cache_dir) if os.path.isdir(cache_dir) else []
+    for name in names:
+        try:
+            with open(os.path.join(cache_dir, name, "key.json")) as f:
+                key = json.load(f)
+        except (OSError, ValueError):
+            key = None
+        caches[name] = key if isinstance(key, dict) else None
+    return caches
 
 
 def load_install(work: str) -> dict:
