@@ -295,7 +295,8 @@ def quantize(fp32_dir, out_dir, name: str | None = None, recipe: Recipe = Recipe
             split = outlier_counts(tmp / "model.onnx") if recipe.smooth_alpha else {}
         externalize_weights(tmp / "model.onnx")
         present = {n.name for n in graph_of(tmp / "model.onnx").node}
-        excluded = [n for n in recipe.fp32_nodes if n in present]
+        # a Gemm kept FP32 is <name>_MatMul + <name>_Add after ORT's quantizer (graph.quantize_graph)
+        excluded = [n for n in recipe.fp32_nodes if n in present or f"{n}_MatMul" in present]
         shutil.copyfile(fp32_dir / "tokenizer.json", tmp / "tokenizer.json")
         document = _document(meta, name, recipe, tmp, key, excluded, split, calibration_texts)
         (tmp / BUNDLE_JSON).write_text(json.dumps(document) + "\n")  # runtime needs it to load
