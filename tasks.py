@@ -3,7 +3,7 @@
 from invoke import Collection
 
 from edgefleet.paths import DEFAULTS
-from edgefleet.tasks import demo, dev, fleet, image, inventory, lab, mender, model, rollout
+from edgefleet.tasks import demo, dev, fleet, image, inventory, lab, mender, model, rollout, tune
 
 ns = Collection()
 ns.add_collection(model.ns)
@@ -14,6 +14,7 @@ ns.add_collection(inventory.ns)
 for name in ("render", "deploy", "rollback", "status"):
     ns.add_task(fleet.ns.tasks[name])
 ns.add_task(rollout.rollout)
+ns.add_task(tune.tune)
 ns.add_task(demo.demo)
 ns.add_task(dev.check)
 # sub-collections' `edgefleet` sections would be shadowed by this one: merged here

@@ -4,9 +4,12 @@
         [--clock wall|cpu] [--json] [--also BUNDLE ...]
     .venv/bin/python benchmarks/bench_model.py --profile [--tokens 64] [--batch 1] [--also B]
 
-Compares PyTorch eager FP32 (transformers, mean pooling), ONNX Runtime FP32 (our optimized
-export), naive INT8 (`quantize_dynamic` defaults on that export) and the INT8 bundle through
-edge_runtime (tokenize + run + pool, as on the device); every engine is timed end to end.
+Compares PyTorch eager FP32 (transformers: the bundle's source model with its head, or mean
+pooling), ONNX Runtime FP32 (our optimized export), naive INT8 (`quantize_dynamic` defaults on
+that export) and the INT8 bundle through edge_runtime (tokenize + run + post-process, as on
+the device); every engine is timed end to end, by the bundle's task: embed (pooling), classify
+(softmax over labels) or qa (best span of a short question and a context filling the length;
+batch 1 only: the runtime answers one pair per call).
 Engines run in an order rotated every round, and an identical copy of ours ("ours-control",
 loaded apart) is timed with them: its distance from ours is printed as the noise floor, and
 ratios within it are reported as within noise.
@@ -41,33 +44,14 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
 import edge_runtime  # noqa: E402
+
+from edgefleet.model import task_eval  # noqa: E402
 from edgefleet.model.evaluate import interleaved_medians, text_of  # noqa: E402
 
 LENGTHS = (16, 64, 128)
 CONTROL = "ours-control"
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
-
-
-def torch_embedder(model_dir: Path, threads: int):
-    from transformers import AutoModel, AutoTokenizer
-
-    torch.set_num_threads(threads)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModel.from_pretrained(str(model_dir)).eval()
-
-    def embed(texts: list[str]) -> np.ndarray:
-        with torch.inference_mode():
-            enc = tok(list(texts), return_tensors="pt", truncation=True, max_length=256,
-                      padding=True)
-            hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1)
-            return torch.nn.functional.normalize(pooled, dim=-1).numpy()
-    return embed
 
 
 def content_hash(path: Path) -> str:
@@ -87,6 +71,8 @@ def naive_int8(fp32_dir: Path, dst: Path) -> Path:
     DefaultTensorType is not a tuning option: without it quantize_dynamic fails on the fused
     graph (no type for contrib-op outputs).
     """
+    import logging
+
     from onnx import TensorProto
     from onnxruntime.quantization import quantize_dynamic
 
@@ -95,8 +81,13 @@ def naive_int8(fp32_dir: Path, dst: Path) -> Path:
     dst = dst.with_name(f"{dst.stem}-{content_hash(fp32_dir / 'model.onnx')[:16]}{dst.suffix}")
     if not dst.is_file():
         dst.parent.mkdir(parents=True, exist_ok=True)
-        quantize_dynamic(str(fp32_dir / "model.onnx"), str(dst),
-                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        root = logging.getLogger()
+        level, root.level = root.level, logging.ERROR  # ORT's advice to pre-process, per run
+        try:
+            quantize_dynamic(str(fp32_dir / "model.onnx"), str(dst),
+                             extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        finally:
+            root.setLevel(level)
     return dst
 
 
@@ -138,19 +129,24 @@ def run(args, threads: int, batch: int) -> dict:
                                          scratch / "fp32-bundle"), threads=threads)
     naive = edge_runtime.load(fp32_bundle(naive_int8(args.fp32, scratch / "naive-int8.onnx"),
                                           args.bundle, scratch / "naive-bundle"), threads=threads)
+    call = task_eval.caller
     engines = {
-        "pytorch-fp32": torch_embedder(source_dir(args.bundle), threads),
-        "ort-fp32": fp32.embed, "naive-int8": naive.embed, "ours": int8.embed,
+        "pytorch-fp32": task_eval.torch_caller(source_dir(args.bundle), int8.task, threads,
+                                               int8.max_seq_len,
+                                               int8.meta.get("max_answer_len", 30)),
+        "ort-fp32": call(fp32), "naive-int8": call(naive), "ours": call(int8),
         # an identical copy of ours, loaded apart: its ratio to ours is the noise floor
-        CONTROL: edge_runtime.load(args.bundle, threads=threads).embed,
+        CONTROL: call(edge_runtime.load(args.bundle, threads=threads)),
     }
     for other in args.also:
         name = other.name if other.name not in engines else f"{other.name}-also"
-        engines[name] = edge_runtime.load(other, threads=threads).embed
+        engines[name] = call(edge_runtime.load(other, threads=threads))
     results = {}
     for length in LENGTHS:
-        texts = [text_of(length, int8.tokenizer)] * batch
-        results[length] = interleaved_medians(engines, texts, args.rounds, clock=CLOCKS[args.clock])
+        if length <= int8.max_seq_len:
+            inputs = [task_eval.timing_input(int8.task, length, int8.tokenizer)] * batch
+            results[length] = interleaved_medians(engines, inputs, args.rounds,
+                                                  clock=CLOCKS[args.clock])
     return results
 
 
@@ -199,7 +195,7 @@ def row_of(threads: int, batch: int, length: int, med: dict) -> dict:
                                    if abs(value - 1.0) <= noise)}
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="1", help="comma-separated, e.g. 1,2")
     parser.add_argument("--batch", default="1", help="comma-separated, e.g. 1,8")
@@ -214,7 +210,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="per-node ORT profile by op type instead of timings (1 thread)")
     parser.add_argument("--tokens", type=int, default=64, help="--profile: text length")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for path in (args.fp32 / "model.onnx", args.bundle / "bundle.json",
                  *(other / "bundle.json" for other in args.also)):
         if not path.is_file():
@@ -223,18 +219,23 @@ def main() -> int:
         return profile(args)
     if args.clock == "cpu" and args.threads != "1":
         sys.exit("--clock cpu needs --threads 1: with a pool, CPU time is not latency")
+    task = json.loads((args.bundle / "bundle.json").read_text()).get("task", "embed")
+    batches = [int(b) for b in args.batch.split(",")]
+    if task == "qa" and batches != [1]:
+        print("qa: batch 1 only (the runtime answers one pair per call)", file=sys.stderr)
+        batches = [1]
     report = []
     for threads in (int(t) for t in args.threads.split(",")):
-        for batch in (int(b) for b in args.batch.split(",")):
+        for batch in batches:
             results = run(args, threads, batch)
             for length, med in results.items():
                 report.append(row_of(threads, batch, length, med))
     if args.json:
-        print(json.dumps({"rounds": args.rounds, "clock": args.clock, "results": report},
-                         indent=1))
+        print(json.dumps({"task": task, "bundle": str(args.bundle), "rounds": args.rounds,
+                          "clock": args.clock, "results": report}, indent=1))
         return 0
-    print(f"{args.rounds} interleaved rounds, median ms ({args.clock} clock) end to end "
-          "(tokenize + infer + pool)")
+    print(f"{task}: {args.rounds} interleaved rounds, median ms ({args.clock} clock) end to end "
+          "(tokenize + infer + post-process)")
     names = list(report[0]["median_ms"])
     print(f"{'thr':>3} {'batch':>5} {'tok':>4} " + " ".join(f"{n:>12}" for n in names) +
           "  ours vs: pytorch  naive-int8  ort-fp32")

@@ -15,6 +15,13 @@ with `--restart runtime` the runtime itself, as edgefleet does.
 
 Needs root (nft), the lab (docker), and pulls the contenders (pinned) into build/race/venv.
 Starts its own lab unless --reuse-lab; the lab uses EDGEFLEET_LAB_SLOT.
+
+Code before and after a change, on the same devices: `--tree before=DIR --tree after=DIR` runs
+edgefleet from each work tree (tool `edgefleet@before`, ...) in turn, order rotated every round.
+Each tree makes its own release, so in the `noop` phase every turn starts with one untimed run
+that puts that tree's release on the devices (`switch`), then `--per-turn K` timed no-ops.
+`--op deploy` times `deploy()` of each device one after another in one process instead of one
+rollout wave (the no-op deploy a user runs device by device).
 """
 
 from __future__ import annotations
@@ -37,8 +44,11 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+# the edgefleet code a child runs: this tree's, or another work tree's (--tree)
+CODE = Path(os.environ.get("EDGEFLEET_RACE_TREE") or REPO)
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(CODE))
 
 import race_tools as rt  # noqa: E402
 
@@ -50,7 +60,7 @@ ANSIBLE_TOOLS = {"ansible": (False, "synchronize"), "ansible-copy": (False, "cop
 TOOLS = ("edgefleet", "rsync", "rsync-mux", *ANSIBLE_TOOLS, "pyinfra")
 DEFAULT_TOOLS = ("edgefleet", "rsync", "rsync-mux", "ansible", "mitogen", "mitogen-copy", "pyinfra")
 PHASES = ("first", "noop", "config")
-BUNDLE = REPO / "build" / "bundles" / "all-minilm-l6-v2-int8"
+BUNDLE = Path(os.environ.get("EDGEFLEET_RACE_BUNDLE") or REPO / "build" / "bundles" / "all-minilm-l6-v2-int8")
 RUN_TIMEOUT_S = 1800
 
 
@@ -162,6 +172,8 @@ def edgefleet_child(targets_dir: Path, build: Path) -> int:
     the deploy without the gate's CPU in it, and the gates follow together. Default (overlap): as
     a rollout runs, each gate as soon as its device is placed.
     """
+    if os.environ.get("EDGEFLEET_RACE_OP") == "deploy":
+        return deploy_child(targets_dir, build)
     import edgefleet.deploy.run as deploy_mod  # the module whose deploy() calls health_gate
     import edgefleet.rollout.run as run_mod
     from edgefleet.rollout import plan_rollout, rollout
@@ -218,6 +230,33 @@ def edgefleet_child(targets_dir: Path, build: Path) -> int:
     return 0
 
 
+def deploy_child(targets_dir: Path, build: Path) -> int:
+    """Run `deploy()` of every lab device one after another (the tree's own code); print timings as JSON."""
+    from edgefleet.deploy import deploy
+
+    t0 = time.monotonic()
+    counts: dict[str, int] = {}
+    errors, each = {}, []
+    for target in lab_targets(targets_dir):
+        start = time.monotonic()
+        result = deploy(target, BUNDLE, build, log=lambda _: None)
+        each.append(time.monotonic() - start)
+        kind = "failed" if not result.ok else "updated" if result.changed else "unchanged"
+        counts[kind] = counts.get(kind, 0) + 1
+        if not result.ok:
+            errors[target.name] = str(getattr(result.health, "reason", ""))[:600]
+    counts["ok"] = counts.get("updated", 0) + counts.get("unchanged", 0)
+    wall = time.monotonic() - t0
+    print(json.dumps({"counts": counts, "errors": errors, "wall": wall, "placed": wall, "uploaded_mb": 0.0,
+                      "uploading_devices": 0, "gate_median": 0.0, "deploy_median": statistics.median(each)}))
+    return 0
+
+
+def tree_of(tool: str, ctx: dict) -> Path | None:
+    """Return the work tree an `edgefleet@NAME` tool runs from (None: this one)."""
+    return ctx["trees"].get(tool.partition("@")[2]) if "@" in tool else None
+
+
 def run_tool(tool: str, ctx: dict) -> dict:
     """Run one tool once against all devices; return wall seconds and, for edgefleet, its own timings."""
     env, cwd = None, None
@@ -225,10 +264,14 @@ def run_tool(tool: str, ctx: dict) -> dict:
     if ctx["connections"] == "cold":
         stop_control_masters(masters)
     warm = live_masters(masters)
-    if tool == "edgefleet":
-        argv = [sys.executable, __file__, "--edgefleet-child", str(ctx["targets_dir"]), str(ctx["build"])]
+    if tool.startswith("edgefleet"):
+        tree = tree_of(tool, ctx)
+        build = ctx["build"] / tool if tree else ctx["build"]
+        inventory = build / "targets" if tree else ctx["targets_dir"]
+        argv = [sys.executable, __file__, "--edgefleet-child", str(inventory), str(build)]
         env = {**os.environ, "XDG_RUNTIME_DIR": str(masters),  # its masters: <dir>/edgefleet-ssh-<uid>/
-               "EDGEFLEET_RACE_GATES": ctx["gates"]}
+               "EDGEFLEET_RACE_GATES": ctx["gates"], "EDGEFLEET_RACE_OP": ctx["op"],
+               "EDGEFLEET_RACE_TREE": str(tree or REPO)}
     elif tool in ("rsync", "rsync-mux"):
         script = rt.rsync_loop_script(ctx["hosts"], ctx["stage"], ctx["key"], ctx["known_hosts"],
                                       control_dir=masters if tool == "rsync-mux" else None, tool=tool)
@@ -253,12 +296,13 @@ def run_tool(tool: str, ctx: dict) -> dict:
                            f"\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
     # CPU the tool's own processes used on the host (user + sys of it and its waited-for children)
     out = {"wall": wall, "cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), "warm": warm}
-    if tool == "edgefleet":
+    if tool.startswith("edgefleet"):
         child = json.loads(proc.stdout.strip().splitlines()[-1])
         if child["counts"].get("ok") != len(ctx["hosts"]):
-            raise RuntimeError(f"edgefleet rollout not ok: {child}")
+            raise RuntimeError(f"edgefleet {ctx['op']} not ok: {child}")
         out.update(placed=child["placed"] + (wall - child["wall"]), gate=child["wall"] - child["placed"],
-                   counts=child["counts"], uploaded_mb=child["uploaded_mb"], uploading=child["uploading_devices"])
+                   counts=child["counts"], uploaded_mb=child["uploaded_mb"], uploading=child["uploading_devices"],
+                   inner=child["wall"], deploy_median=child.get("deploy_median"))
     return out
 
 
@@ -291,13 +335,22 @@ def race(args, targets_dir: Path, build: Path) -> tuple[dict, int]:
     ctx = {"targets_dir": targets_dir, "build": build, "hosts": [(t.name, t.port) for t in targets],
            "key": paths.client_key.resolve(), "known_hosts": paths.known_hosts.resolve(),
            "stage": build / "stage", "work": build / "work", "connections": args.connections, "gates": args.gates,
-           "masters": Path(tempfile.mkdtemp(prefix="efr-", dir="/tmp"))}  # short: sockets live there
-    provision(targets, args.restart)
+           "masters": Path(tempfile.mkdtemp(prefix="efr-", dir="/tmp")),  # short: sockets live there
+           "trees": args.trees, "op": args.op}
+    others = [t for t in args.tools if not t.startswith("edgefleet")]  # the contenders need rsync and race@
+    if others:
+        provision(targets, args.restart)
+    for name, tree in args.trees.items():  # each tree: its own host caches, and its own board profiles
+        own = build / f"edgefleet@{name}"  # beside the lab's inventory (their keys differ between versions)
+        own.mkdir()
+        (own / "device-envs").symlink_to(REPO / "build" / "device-envs")
+        shutil.copytree(tree / "targets" / "boards", own / "targets" / "boards")
+        (own / "targets" / "lab.yaml").symlink_to(targets_dir / "lab.yaml")
     results: dict = {p: {t: [] for t in args.tools} for p in args.phases}
     failures: list[str] = []
     provisioned = False
     with Counters() as counters, _masters_cleaned(ctx["masters"]):
-        for tool in args.tools:
+        for tool in {"edgefleet", *args.tools}:
             (ctx["masters"] / tool).mkdir(mode=0o700)
         for rnd in range(args.rounds):
             order = args.tools[rnd % len(args.tools):] + args.tools[:rnd % len(args.tools)]
@@ -311,22 +364,37 @@ def race(args, targets_dir: Path, build: Path) -> tuple[dict, int]:
                     if args.restart == "runtime":  # the others' runtimes use the packages it unpacked
                         on_devices(targets, f"set -- /opt/edgefleet/envs/*; [ -d \"$1\" ] && ln -sfn \"$1\" {rt.RACE_SITE}")
                 reset(targets, keep_packages=args.job == "model")
-                stage(lab_targets(targets_dir), build, ctx["stage"], packages=args.job == "full")
+                if others:
+                    stage(lab_targets(targets_dir), build, ctx["stage"], packages=args.job == "full")
             if "first" not in args.phases and rnd == 0:  # the devices need the job once, untimed
                 for tool in order:
+                    if tree_of(tool, ctx):  # its turns begin with a switch to its release anyway
+                        continue
                     print(f"setup: first deploy by {tool} ({run_tool(tool, ctx)['wall']:.1f} s, not counted)", flush=True)
             for phase in args.phases:
                 if phase == "config":  # without first deploys in between, flip the value back and forth
                     level = "warning" if "first" in args.phases or rnd % 2 == 0 else "info"
                     set_log_level(targets_dir, level)
-                    stage(lab_targets(targets_dir), build, ctx["stage"], packages=args.job == "full")
-                for tool in order:
+                    if others:
+                        stage(lab_targets(targets_dir), build, ctx["stage"], packages=args.job == "full")
+                for tool, turn_run in [(t, k) for t in order for k in range(args.per_turn)]:
+                    if phase == "noop" and tree_of(tool, ctx) and turn_run == 0:
+                        # the devices may hold another tree's release: put this one's (every turn, so that
+                        # each turn starts alike, the A/A control's too)
+                        switch = run_tool(tool, ctx)
+                        print(f"round {rnd + 1} switch {tool} ({switch['wall']:.1f} s, {switch['counts']}, not "
+                              f"counted)", flush=True)
+                        time.sleep(args.settle)  # the restarted runtimes finish starting before the clock runs
                     if phase == "first" and tool == "edgefleet":  # a new fleet's configs were never
                         for cache in ("checked", "pyc"):  # checked, its payload never compiled: no host cache
                             shutil.rmtree(build / cache, ignore_errors=True)
                     before = counters.read()
+                    load_1m = os.getloadavg()[0]
                     try:
                         run = run_tool(tool, ctx)
+                        if phase == "noop" and tool.startswith("edgefleet") and \
+                                run["counts"].get("unchanged") != len(ctx["hosts"]):
+                            raise RuntimeError(f"not a no-op: {run['counts']}")
                     except RuntimeError as exc:  # reported and left out of the medians, the race goes on
                         print(f"round {rnd + 1} {phase:6} {tool:12} FAILED: {str(exc)[:1500]}", flush=True)
                         failures.append(f"round {rnd + 1} {phase} {tool}")
@@ -334,13 +402,14 @@ def race(args, targets_dir: Path, build: Path) -> tuple[dict, int]:
                     after = counters.read()
                     if args.restart == "runtime" and tool != "edgefleet":  # untimed: one runtime of theirs
                         on_devices(targets, f"systemctl stop race@{tool}.service")  # at a time (memory)
-                    run.update(sent=after["sent"] - before["sent"], received=after["received"] - before["received"])
+                    run.update(sent=after["sent"] - before["sent"], received=after["received"] - before["received"],
+                               load=load_1m)
                     results[phase][tool].append(run)
                     extra = (f" (placed {run['placed']:.1f} s, gate {run['gate']:.1f} s; {run['uploading']} device(s) "
                              f"uploaded {run['uploaded_mb']:.1f} MB)" if "gate" in run else "")
                     extra += f", {run['warm']} warm masters" if run["warm"] else ""
-                    print(f"round {rnd + 1} {phase:6} {tool:12} {run['wall']:7.1f} s{extra}, host CPU "
-                          f"{run['cpu']:6.1f} s, sent {run['sent'] / 1e6:8.3f} MB", flush=True)
+                    print(f"round {rnd + 1} {phase:6} {tool:12} {run['wall']:7.3f} s{extra}, host CPU "
+                          f"{run['cpu']:6.2f} s, sent {run['sent'] / 1e6:8.3f} MB, load {load_1m:.1f}", flush=True)
     if failures:
         print("failed runs (not in the medians): " + "; ".join(failures))
     return results, len(targets)
@@ -434,6 +503,55 @@ def verdict(results: dict) -> str:
     return "\n".join(lines)
 
 
+def quartiles(values: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return q[0], q[2]
+
+
+def tree_table(results: dict, n: int, op: str, names: list[str], per_turn: int = 1) -> str:
+    """Each tree's runs side by side: median, quartiles, the 1-minute load, ratio to the first tree,
+    and the median of the per-round ratios (each round's median against the first tree's in the
+    same round: slow drifts of the machine's load cancel out)."""
+    lines = [f"\n{op} from each work tree, {n} devices (wall s of the whole child process; in-proc: "
+             f"without its start-up)",
+             f"{'phase':7} {'tree':14} {'runs':>4} {'median':>7} {'q1-q3':>13} {'in-proc':>7} {'q1-q3':>13} "
+             f"{'load':>9} {'x first':>7} {'paired':>15}"]
+    for phase, by_tool in results.items():
+        first: dict | None = None
+        for name in names:
+            runs = by_tool.get(f"edgefleet@{name}") or []
+            if not runs:
+                continue
+            walls, inner = [r["wall"] for r in runs], [r["inner"] for r in runs]
+            rounds = {}
+            for i, r in enumerate(runs):
+                rounds.setdefault(i // per_turn, []).append(r["wall"])
+            median = statistics.median(walls)
+            if first is None:
+                first = {"median": median, "rounds": rounds}
+            paired = [statistics.median(w) / statistics.median(first["rounds"][k])
+                      for k, w in rounds.items() if k in first["rounds"]]
+            pq1, pq3 = quartiles(paired)
+            q1, q3 = quartiles(walls)
+            i1, i3 = quartiles(inner)
+            loads = [r["load"] for r in runs]
+            lines.append(f"{phase:7} {name:14} {len(runs):4} {median:7.3f} {q1:6.3f}-{q3:6.3f} "
+                         f"{statistics.median(inner):7.3f} {i1:6.3f}-{i3:6.3f} {min(loads):4.1f}-{max(loads):4.1f} "
+                         f"{median / first['median']:7.3f} {statistics.median(paired):5.3f} "
+                         f"({pq1:.2f}-{pq3:.2f})")
+    lines.append("x first: median / the first tree's median; paired: median (quartiles) of the per-round ratios")
+    return "\n".join(lines)
+
+
+def summarize(path: Path, op: str, per_turn: int) -> int:
+    """Print the tree table of a race written with --json (the trees in the order they were given;
+    `op` and `per_turn` where the file does not say)."""
+    doc = json.loads(path.read_text())
+    names = [t.partition("@")[2] for t in next(iter(doc["results"].values())) if t.startswith("edgefleet@")]
+    print(tree_table(doc["results"], doc["devices"], doc.get("op", op), names, doc.get("per_turn", per_turn)))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=10)
@@ -461,21 +579,48 @@ def main() -> int:
                          "gate's CPU (the same deploy path and gates, timed apart)")
     ap.add_argument("--reuse-lab", type=Path, metavar="TARGETS_DIR",
                     help="use the lab that is up, with its inventory in TARGETS_DIR (left up)")
+    ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
+                    help="also run edgefleet from work tree DIR as tool edgefleet@NAME (repeat: before=..., "
+                         "after=...; the same tree under two names is the A/A control whose spread is the noise floor)")
+    ap.add_argument("--op", choices=("rollout", "deploy"), default="rollout",
+                    help="what an edgefleet run is: one rollout wave of every device, or deploy() of each device "
+                         "one after another in one process")
+    ap.add_argument("--bundle", type=Path, help="the bundle every tool places (default: build/bundles/"
+                                                "all-minilm-l6-v2-int8)")
+    ap.add_argument("--per-turn", type=int, default=1, help="timed runs of a tool each time its turn comes")
+    ap.add_argument("--settle", type=float, default=3.0,
+                    help="seconds to wait after a --tree switch before the timed runs (runtimes finish starting)")
     ap.add_argument("--json", type=Path, help="also write every run to this file")
+    ap.add_argument("--summarize", type=Path, metavar="JSON", help="print the --tree table of a race's --json and stop")
     ap.add_argument("--edgefleet-child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.summarize:
+        return summarize(args.summarize, args.op, args.per_turn)
     if args.edgefleet_child:
         return edgefleet_child(*args.edgefleet_child)
-    args.tools = [t for t in args.tools.split(",") if t]
+    if args.bundle:
+        global BUNDLE
+        BUNDLE = args.bundle.resolve()
+        os.environ["EDGEFLEET_RACE_BUNDLE"] = str(BUNDLE)  # the edgefleet children read it
+    args.trees = {}
+    for spec in args.tree:
+        name, _, tree = spec.partition("=")
+        if not name or not (Path(tree) / "edgefleet" / "deploy").is_dir():
+            ap.error(f"--tree {spec}: want NAME=DIR, DIR an edgefleet work tree")
+        args.trees[name] = Path(tree).resolve()
+    args.tools = [t for t in args.tools.split(",") if t] if not args.trees or "--tools" in sys.argv else []
+    args.tools += [f"edgefleet@{name}" for name in args.trees]
     args.phases = [p for p in PHASES if p in args.phases.split(",")]
     if args.restart == "runtime" and args.job != "model":
         ap.error("--restart runtime needs --job model (the runtimes use the packages already on the devices)")
-    unknown = set(args.tools) - set(TOOLS)
+    unknown = {t for t in args.tools if not t.startswith("edgefleet@")} - set(TOOLS)
     if unknown:
         ap.error(f"--tools: unknown {', '.join(sorted(unknown))} (choose from {', '.join(TOOLS)})")
-    rt.ensure_venv()
+    if any(not t.startswith("edgefleet") for t in args.tools):
+        rt.ensure_venv()
     from edgefleet import lab
 
+    rt.RACE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-race-", dir=rt.RACE))
     build = tmp / "build"
     build.mkdir()
@@ -499,9 +644,11 @@ def main() -> int:
     loads.append(load())
     print(table(split_warm(results), n, args.rounds, tuple(loads), args.job, args.restart, args.gates))
     print(verdict(split_warm(results)))
+    if args.trees:
+        print(tree_table(results, n, args.op, list(args.trees), args.per_turn))
     if args.json:
         args.json.write_text(json.dumps({"devices": n, "rounds": args.rounds, "job": args.job, "restart": args.restart, "gates": args.gates, "load": loads,
-                                         "results": results}, indent=1))
+                                         "op": args.op, "per_turn": args.per_turn, "results": results}, indent=1))
     return 0
 
 

@@ -88,8 +88,9 @@ class HealthSettings(_Strict):
 class BundleSettings(_Strict):
     """The bundle variant a target takes from a bundle set: int8 for CPUs, fp16 for GPU providers."""
 
-    precision: Literal["int8", "fp16"] = Field(default="int8", description=(
-        "the bundle variant taken from a bundle set (`<model>-int8/`, `<model>-fp16/`)"))
+    precision: Literal["int8", "int8-static", "fp32", "fp16"] = Field(default="int8", description=(
+        "the bundle variant taken from a bundle set (`<model>-int8/`, `<model>-fp16/`, ...); set here "
+        "(group or device), it wins over the choice `tune` recorded for the board class"))
 
 
 class DeploySettings(_Strict):

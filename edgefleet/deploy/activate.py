@@ -133,9 +133,10 @@ def apply_plan(dev: Device, plan: DeployPlan, release: Release, log) -> None:
     batch: list[tuple[str, str, bool]] = []
     if move_in:
         batch.append((dev.file_command(move_in), "move verified objects in", False))
-    if plan.repair:  # the active release's files put back from verified objects (moved in just above)
-        batch.append((dev.file_command(repair_command(dev, [(p, sha) for p, sha, _ in plan.repair])),
-                      "repair the active release's files", False))
+    if plan.repair:  # the release's files put back from verified objects (moved in just above), before any switch
+        files = [(p, sha) for p, sha, _ in plan.repair]
+        batch.append((dev.file_command(repair_command(dev, files, dev.path("releases", plan.release_id))),
+                      f"repair releases/{plan.release_id}", False))
         done.append(f"repaired {', '.join(p for p, _, _ in plan.repair)} from verified objects")
     if plan.load_image:  # the image loads from its verified tarball before the release is built
         if batch:

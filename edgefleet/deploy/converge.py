@@ -18,7 +18,8 @@ from shlex import quote
 from .device import Device
 
 __all__ = ["COPIED_FILES", "STAMP", "ReleaseDrift", "release_check_lines", "parse_release_drift",
-           "stamp_command", "verify_objects", "repair_command", "describe_drift"]
+           "stamp_command", "verify_objects", "repair_command", "describe_drift", "kept_release_repairs",
+           "check_kept_release"]
 
 COPIED_FILES = ("runtime.yaml",)  # in a release dir: copies of their objects, never hard links
 STAMP = ".mtime0"  # in objects/: mtime 0; every verified object and copy carries the same mtime
@@ -46,25 +47,26 @@ def stamp_command(root_q: str) -> str:
     return f"{{ [ -e {stamp} ] || TZ=UTC0 touch -t 197001010000.00 {stamp}; }}"
 
 
-def release_check_lines() -> list[str]:
+def release_check_lines(release: str = "$root/current", always: bool = False) -> list[str]:
     """Return sh lines (with $root set) printing `release_drift=<kind>:<path>:<sha256> ...` for every
-    file of the active release that is missing, newer than the stamp, or not its object's own file,
-    and `suspects=<sha256> ...` for every object newer than the stamp (all of them when there is no
-    stamp).
+    file of the release at `release` (default: the active one) that is missing, newer than the
+    stamp, or not its object's own file, and `suspects=<sha256> ...` for every object newer than the
+    stamp (all of them when there is no stamp).
 
     The manifest is read line by line only when a cheap sign says something changed (most no-op
     deploys read none): an object written to, the copied files or the manifest newer than the
     stamp, or a directory of the release (their mtimes are the stamp's too: adding, removing or
-    replacing a file, as `sed -i` does, moves its directory's).
+    replacing a file, as `sed -i` does, moves its directory's). `always`: read it whatever the
+    signs say (a rollback, about to trust a release nobody ran for a while).
     """
     copies = "|".join(quote(p) for p in COPIED_FILES)
-    dirs = " ".join(f'"$root/current/{d}"' for d in _RELEASE_DIRS)
-    checked = " ".join(f'"$root/current/{p}"' for p in (*COPIED_FILES, "manifest.json"))
+    dirs = " ".join(f'"{release}/{d}"' for d in _RELEASE_DIRS)
+    checked = " ".join(f'"{release}/{p}"' for p in (*COPIED_FILES, "manifest.json"))
     return [
-        'st="$root/objects/.mtime0"; [ -e "$st" ] || st=; look=; sus=; dr=',
+        f'st="$root/objects/.mtime0"; [ -e "$st" ] || st=; look={"1" if always else ""}; sus=; dr=',
         'for f in "$root"/objects/*; do [ -e "$f" ] && { [ -z "$st" ] || [ "$f" -nt "$st" ]; } && '
         'sus="$sus ${f##*/}" && look=1; done',
-        'm="$root/current/manifest.json"',
+        f'm="{release}/manifest.json"',
         f'[ -n "$st" ] && [ -z "$look" ] && for f in {checked} {dirs}; do '
         '[ -e "$f" ] && [ "$f" -nt "$st" ] && look=1 && break; done',
         'if [ -n "$st" ] && [ -n "$look" ] && [ -f "$m" ]; then',
@@ -73,7 +75,7 @@ def release_check_lines() -> list[str]:
         "    '  \"files\": {'|'  \"compiled\": {') sec=1 ;;",
         "    '  }'*) sec= ;;",
         '    *) [ -n "$sec" ] || continue; l=${l#*\\"}; p=${l%%\\"*}; s=${l#*\\": \\"}; s=${s%%\\"*}',
-        '       f="$root/current/$p"',
+        f'       f="{release}/$p"',
         '       if [ ! -e "$f" ]; then dr="$dr missing:$p:$s"',
         '       elif [ "$f" -nt "$st" ]; then dr="$dr edited:$p:$s"',
         f'       else case $p in {copies}) ;; *) [ "$f" -ef "$root/objects/$s" ] || '
@@ -103,6 +105,48 @@ def describe_drift(files: tuple[tuple[str, str, str], ...]) -> list[str]:
     return [f"{path} {_KINDS[kind]}" for path, kind, _ in files]
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_kept_release(dev: Device, release_id: str) -> ReleaseDrift:
+    """Check releases/`release_id` (kept on the device, about to be switched to) file by file
+    against its manifest, whatever the cheap signs say; read-only.
+
+    `suspect_objects` are every object written to since verified, not only this release's."""
+    if not _PLAIN_NAME.fullmatch(release_id):  # it goes into a double-quoted sh word
+        raise ValueError(f"{release_id!r} is not a release name")
+    lines = [f"root={quote(dev.root)}", *release_check_lines(f"$root/releases/{release_id}", always=True)]
+    out = dev.run("\n".join(lines), f"check releases/{release_id}", privileged=False).stdout
+    values = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    return parse_release_drift(values)
+
+
+def kept_release_repairs(drift: ReleaseDrift, corrupt: set[str] | frozenset[str],
+                         objects: frozenset[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Split a kept release's drifted files into those its verified objects put back, as
+    (path, sha256), and a line naming each one nothing on the device can put back.
+
+    A file whose object is corrupt or gone cannot be repaired from the device; neither can an
+    edited manifest.json (the list every other file is checked against)."""
+    repairs: list[tuple[str, str]] = []
+    refusals: list[str] = []
+    for path, kind, sha in drift.files:
+        what = f"{path} {_KINDS[kind]}"
+        if not sha:
+            refusals.append(f"{what} (the list of the release's files cannot be trusted)")
+        elif sha in corrupt:
+            refusals.append(f"{what}, and its object {sha[:12]} no longer matches its sha256")
+        elif sha not in objects:
+            refusals.append(f"{what}, and its object {sha[:12]} is not on the device")
+        else:
+            repairs.append((path, sha))
+    return repairs, refusals
+
+
 def verify_objects(dev: Device, suspects: list[str], restamp: bool = True) -> set[str]:
     """Hash `suspects` (objects written to since verified) on the device; return those that are not
     their sha256 any more. The others get the stamp's mtime back (unless `restamp` is False: a dry run)."""
@@ -118,10 +162,11 @@ def verify_objects(dev: Device, suspects: list[str], restamp: bool = True) -> se
     return set(suspects) - good
 
 
-def repair_command(dev: Device, files: list[tuple[str, str]]) -> str:
-    """Return sh putting each (path, sha256) of the active release back from its verified object:
-    a copy (with the stamp's mtime) for `COPIED_FILES`, a hard link for the rest."""
-    current, objects = dev.path("current"), dev.path("objects")
+def repair_command(dev: Device, files: list[tuple[str, str]], release_dir: str | None = None) -> str:
+    """Return sh putting each (path, sha256) of the release at `release_dir` (default: the active
+    one) back from its verified object: a copy (with the stamp's mtime) for `COPIED_FILES`, a hard
+    link for the rest."""
+    current, objects = release_dir or dev.path("current"), dev.path("objects")
     steps = []
     for path, sha in files:
         dest, obj = quote(f"{current}/{path}"), quote(f"{objects}/{sha}")

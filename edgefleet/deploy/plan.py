@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ..inventory import Target
 from ..render import TUNING_UNIT, UNIT_NAME
-from .converge import describe_drift
+from .converge import ReleaseDrift, describe_drift
 from .facts import Facts, PlanError
 from .release import Release, ReleaseFile
 
@@ -86,10 +86,13 @@ class DeployPlan:
         return steps + [f"  note: {n}" for n in self.notes]
 
 
-def make_plan(target: Target, release: Release, facts: Facts, corrupt: frozenset[str] = frozenset()) -> DeployPlan:
+def make_plan(target: Target, release: Release, facts: Facts, corrupt: frozenset[str] = frozenset(),
+              kept_drift: ReleaseDrift | None = None) -> DeployPlan:
     """Check the device can take `release` and decide the steps.
 
     `corrupt`: objects on the device whose bytes are no longer their sha256 (`verify_objects`).
+    `kept_drift`: how `release`, kept on the device but not active, differs from its manifest
+    (`check_kept_release`); put back as the active release's drift is.
     """
     s = target.settings
     where = f"{target.name} ({target.host})"
@@ -132,7 +135,8 @@ def make_plan(target: Target, release: Release, facts: Facts, corrupt: frozenset
     if env_tarball is not None:
         wanted[env_tarball.sha256] = env_tarball
     # converge: the active release's files put back from objects, the objects it reuses re-sent when corrupt
-    repair = _repairs(release, facts) if facts.current == release.release_id else ()
+    drift = facts.drift if facts.current == release.release_id else kept_drift
+    repair = _repairs(release, drift) if drift is not None else ()
     by_sha = release.objects()
     kept = {f.sha256 for f in (*release.files, *release.compiled, release.manifest, release.unit, *release.tuning)}
     for sha in {sha for _, sha, _ in repair} | (corrupt & kept):
@@ -181,13 +185,13 @@ def make_plan(target: Target, release: Release, facts: Facts, corrupt: frozenset
                if release.tuning and drifted and not tuning_changed else ())
         + ((f"{len(corrupt - wanted.keys())} object(s) of other releases no longer match their sha256 "
             f"({', '.join(sorted(c[:12] for c in corrupt - wanted.keys()))}): left as they are (status "
-            f"reports them); do not roll back to a release that uses them",) if corrupt - wanted.keys() else ()),
+            f"reports them); a rollback to a release that needs them is refused",) if corrupt - wanted.keys() else ()),
     )
 
 
-def _repairs(release: Release, facts: Facts) -> tuple[tuple[str, str, str], ...]:
-    """Return (path, sha256, kind) for each file of the active release that differs from its manifest
-    or whose object turned out corrupt; the sha256 is this host's where it has the file."""
+def _repairs(release: Release, drift: ReleaseDrift) -> tuple[tuple[str, str, str], ...]:
+    """Return (path, sha256, kind) for each file of the release on the device that differs from its
+    manifest or whose object turned out corrupt; the sha256 is this host's where it has the file."""
     ours = {f.path: f.sha256 for f in (*release.files, *release.compiled, release.manifest)}
-    found = {path: (ours.get(path) or sha, kind) for path, kind, sha in facts.drift.files}
+    found = {path: (ours.get(path) or sha, kind) for path, kind, sha in drift.files}
     return tuple((path, sha, kind) for path, (sha, kind) in sorted(found.items()) if sha)

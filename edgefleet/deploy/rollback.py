@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ..inventory import Target
 from ..transport import SSHError, connect
 from .activate import IMAGE_ENV, restart_service, switch_current
+from .converge import check_kept_release, describe_drift, kept_release_repairs, repair_command, verify_objects
 from .device import DeployError, Device, now
 from .facts import Facts, PlanError, ask_facts, check_room
 from .gate import health_gate, release_golden
@@ -18,6 +19,7 @@ from .prune import previous_committed
 from .record import read_state, record_state
 
 __all__ = ["RollbackResult", "revert", "rollback"]
+
 
 
 @dataclass
@@ -59,6 +61,34 @@ def _check_image(dev: Device, facts: Facts, release_id: str) -> None:
                           f"is no longer in the device's docker")
 
 
+def _converge_kept_release(dev: Device, facts: Facts, release_id: str, log) -> None:
+    """Check releases/`release_id` file by file against its manifest, as a deploy checks the
+    active release, before anything switches to it; put back what verified objects can.
+
+    Raise DeployError naming each file that nothing on the device can put back (its object
+    corrupt or gone, or the manifest itself edited): the device then stays as it is. The host is
+    not asked for the bytes: a rollback works from what the device holds (the host may no longer
+    have that release's bundle), and a deploy of that bundle sends them again.
+    """
+    try:
+        drift = check_kept_release(dev, release_id)
+    except ValueError as exc:
+        raise DeployError(f"{dev.target.name}: cannot roll back: {exc}") from None
+    # objects written to since verified: hashed again (the intact ones get their mark back)
+    corrupt = verify_objects(dev, sorted(drift.suspect_objects))
+    repairs, refusals = kept_release_repairs(drift, corrupt, facts.objects)
+    if refusals:
+        raise DeployError(f"{dev.target.name}: cannot roll back to {release_id}: {'; '.join(refusals)}. Nothing "
+                          f"was changed (still on {facts.current}); deploy a bundle instead (it sends the "
+                          f"objects again), or roll back --to another release (status --releases lists them)")
+    if not repairs:
+        return
+    wanted = {path for path, _ in repairs}
+    for line in describe_drift(tuple(f for f in drift.files if f[0] in wanted)):
+        log(f"  repair: {line}")
+    dev.run(repair_command(dev, repairs, dev.path("releases", release_id)), f"repair releases/{release_id}")
+
+
 def revert(target: Target, release_id: str | None, reason: str, log=print) -> RollbackResult:
     """Switch `target` to `release_id` (None: the previous committed release), restart, gate, record.
 
@@ -87,6 +117,7 @@ def revert(target: Target, release_id: str | None, reason: str, log=print) -> Ro
             if to not in facts.releases:
                 raise DeployError(f"{target.name}: cannot roll back, releases/{to} is not on the device")
             _check_image(dev, facts, to)
+            _converge_kept_release(dev, facts, to, log)
             log(f"  rolling back {facts.current} -> {to} ({reason})")
             switch_current(dev, to)
             restart_service(dev)

@@ -15,7 +15,7 @@ from ..paths import repo_root
 from ..render import check_rendered, render_target
 from ..transport import SSHError, connect
 from .activate import apply_plan, restart_service, switch_current
-from .converge import verify_objects
+from .converge import check_kept_release, verify_objects
 from .device import DeployError, Device, now
 from .facts import Facts, PlanError, ask_facts, check_room
 from .gate import health_gate
@@ -47,7 +47,8 @@ class DeployResult:
     seconds: float = 0.0
     temperature_c: float | None = None  # hottest thermal zone during the gate, when the device has any
     pruned: list[str] = field(default_factory=list)  # old releases deleted after the commit
-    variant: str = "int8"  # the bundle precision the target got (its board's bundle.precision)
+    variant: str = "int8"  # the bundle variant the target got (its board's bundle.precision, or tuned)
+    tuned: str = ""  # the tuning file (`tune`) its variant and threads came from, when one did
     warnings: list[str] = field(default_factory=list)  # e.g. the board's variant was not in the set
 
     @property
@@ -145,7 +146,13 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
     `on_facts(facts)`: called once the device's facts are known (a report then knows its previous
     release even when a later step fails).
     """
+    from ..tune.recorded import apply_tuning, shown
+
     t0 = time.monotonic()
+    # the board class's recorded choice (`tune`) where the inventory pins nothing (a rollout applied it already)
+    target, tuned = apply_tuning(target, build_dir)
+    if tuned is not None:
+        log(f"  {target.name}: {tuned.note}")
     package_error, package_note = gpu_package_check(target)
     if package_error:
         raise InputError(package_error)
@@ -167,12 +174,16 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
         dev.owns_root = facts.owns_root
         # objects written to since they were verified: hashed again; the corrupt ones are sent again
         corrupt = frozenset(verify_objects(dev, sorted(facts.drift.suspect_objects), restamp=not dry_run))
-        plan: DeployPlan = make_plan(target, release, without_stale_lock(target, facts, log), corrupt)
+        # a release kept on the device and about to be switched to again is checked as the active one is
+        kept = (check_kept_release(dev, release.release_id)
+                if release.release_id in facts.releases and facts.current != release.release_id else None)
+        plan: DeployPlan = make_plan(target, release, without_stale_lock(target, facts, log), corrupt, kept)
         lines = plan.describe()
         for line in lines:
             log(line)
         result = DeployResult(target.name, release.release_id, facts.current, not plan.nothing_to_do, plan=lines,
-                              variant=variant.precision, warnings=[variant.warning] if variant.warning else [])
+                              variant=variant.precision, warnings=[variant.warning] if variant.warning else [],
+                              tuned=shown(tuned.path) if tuned is not None and tuned.variant else "")
         if dry_run:
             return result
         if plan.nothing_to_do:

@@ -2,7 +2,9 @@
 
 A bundle set is the bundles of one model side by side, named `<model>-<precision>`
 (`build/bundles/all-minilm-l6-v2-int8/`, `.../all-minilm-l6-v2-fp16/`, as `model.quantize`
-names them): given any one of them, a target gets its variant's sibling.
+names them): given any one of them, a target gets its variant's sibling. Variants: `int8` (dynamic,
+the CPU default), `int8-static` (`model.quantize --mode static --name <model>-int8-static`),
+`fp32` (`--precision fp32`) and `fp16` (`--precision fp16`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from pathlib import Path
 from ..errors import InputError
 from ..inventory import Target
 
-__all__ = ["Variant", "bundle_precision", "pick_variant", "PRECISIONS"]
+__all__ = ["Variant", "bundle_precision", "bundle_variant", "pick_variant", "sibling", "PRECISIONS", "VARIANTS"]
 
-PRECISIONS = ("int8", "fp16")
+PRECISIONS = ("int8", "fp32", "fp16")
+# longest suffix first: `m-int8-static` is the static variant, not `m-int8`'s name
+VARIANTS = ("int8-static", "int8", "fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,22 @@ def bundle_precision(bundle_dir: Path) -> str:
     return precision
 
 
-def _sibling(bundle_dir: Path, precision: str) -> Path | None:
-    for other in PRECISIONS:
+def bundle_variant(bundle_dir: Path) -> str:
+    """Return a bundle's variant: its precision, `int8-static` for a statically quantized INT8 one."""
+    precision = bundle_precision(bundle_dir)
+    if precision != "int8":
+        return precision
+    meta = json.loads((Path(bundle_dir) / "bundle.json").read_text())
+    quantization = meta.get("quantization")
+    static = isinstance(quantization, dict) and quantization.get("method") == "static"
+    return "int8-static" if static else "int8"
+
+
+def sibling(bundle_dir: Path, variant: str) -> Path | None:
+    """Return where `variant`'s bundle sits beside `bundle_dir` (None: its name ends in no variant)."""
+    for other in VARIANTS:
         if bundle_dir.name.endswith(f"-{other}"):
-            return bundle_dir.with_name(bundle_dir.name[: -len(other)] + precision)
+            return bundle_dir.with_name(bundle_dir.name[: -len(other)] + variant)
     return None
 
 
@@ -58,16 +74,23 @@ def pick_variant(target: Target, bundle_dir: Path) -> Variant:
     """
     bundle_dir = Path(bundle_dir)
     wanted = target.settings.bundle.precision
-    given = bundle_precision(bundle_dir)
+    given = bundle_variant(bundle_dir)
     if given == wanted:
         return Variant(bundle_dir, given)
-    sibling = _sibling(bundle_dir, wanted)
-    if sibling is not None and (sibling / "bundle.json").is_file():
-        found = bundle_precision(sibling)
+    other = sibling(bundle_dir, wanted)
+    if other is not None and (other / "bundle.json").is_file():
+        found = bundle_variant(other)
         if found != wanted:
-            raise InputError(f"{sibling / 'bundle.json'}: precision {found}, but its name says {wanted}")
-        return Variant(sibling, wanted)
-    where = sibling or bundle_dir.with_name(f"<model>-{wanted}")
+            what = "precision" if found in PRECISIONS and wanted in PRECISIONS else "variant"
+            raise InputError(f"{other / 'bundle.json'}: {what} {found}, but its name says {wanted}")
+        return Variant(other, wanted)
+    where = other or bundle_dir.with_name(f"<model>-{wanted}")
     return Variant(bundle_dir, given,
                    f"{target.name}: board {target.board.name} takes the {wanted} variant (bundle.precision), "
-                   f"but there is no {where}: deploying {given} (invoke model.quantize --precision {wanted})")
+                   f"but there is no {where}: deploying {given} ({_how_to_make(wanted)})")
+
+
+def _how_to_make(variant: str) -> str:
+    if variant == "int8-static":
+        return "invoke model.quantize --mode static --name <model>-int8-static"
+    return f"invoke model.quantize --precision {variant}"

@@ -138,9 +138,9 @@ class Bundle(_Strict):
     labels: list[str] | None = Field(default=None, min_length=1)  # classify only, in id order
     max_answer_len: int | None = Field(default=None, ge=1)  # qa only, in tokens
     source_model: SourceModel
-    # the variant: int8 for CPUs, fp16 for GPU providers (edgefleet.model.fp16); int8 bundles
-    # say how they were quantized, fp16 ones how they were converted
-    precision: Literal["int8", "fp16"] = "int8"
+    # the variant: int8 for CPUs, fp16 for GPU providers, fp32 the export as it is (edgefleet.model.fp16); int8 bundles
+    # say how they were quantized, fp16 and fp32 ones how they were converted
+    precision: Literal["int8", "fp32", "fp16"] = "int8"
     quantization: Quantization | None = None
     conversion: dict | None = None
     # ONNX Runtime session config entries the runtime should set (add_session_config_entry)

@@ -4,6 +4,9 @@ TensorRT run FP16, not dynamic INT8's MatMulInteger), with golden outputs.
 The conversion is ONNX Runtime's own (onnxruntime.transformers.float16): every float
 initializer and activation becomes float16, inputs and outputs stay as they are (ids in,
 float32 hidden states out), and the converter's default block list stays FP32.
+
+The same writer makes the FP32 bundle (`--precision fp32`): the export's graph as it is, with
+goldens, so `tune` can measure FP32 against INT8 on a board (INT8 is not always the faster there).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class Fp16Result:
     seconds: float
 
 
-def fp16_key(fp32_dir: Path, fp32_ops: tuple[str, ...] = FP32_OPS) -> str:
+def fp16_key(fp32_dir: Path, fp32_ops: tuple[str, ...] = FP32_OPS, precision: str = "fp16") -> str:
     """Hash what the FP16 bundle depends on: the FP32 files, the kept ops, the ORT version."""
     import onnxruntime
 
@@ -48,7 +51,7 @@ def fp16_key(fp32_dir: Path, fp32_ops: tuple[str, ...] = FP32_OPS) -> str:
 
     fp32_dir = Path(fp32_dir)
     files = [fp32_dir / "model.onnx", fp32_dir / "tokenizer.json", fp32_dir / EXPORT_META]
-    return inputs_digest(files, {"precision": "fp16", "fp32_ops": list(fp32_ops), "golden": GOLDEN_TEXTS,
+    return inputs_digest(files, {"precision": precision, "fp32_ops": list(fp32_ops), "golden": GOLDEN_TEXTS,
                                  "golden_qa": GOLDEN_QA, "onnxruntime": onnxruntime.__version__})
 
 
@@ -75,8 +78,10 @@ def _golden(bundle_dir: Path) -> dict:
     return expected(model, GOLDEN_TEXTS, GOLDEN_MIN_COSINE if model.task == "embed" else MAX_ABS_DIFF)
 
 
-def convert_fp16(fp32_dir, out_dir, name: str, fp32_ops: tuple[str, ...] = FP32_OPS) -> Fp16Result:
-    """Write out_dir (atomically): FP16 model.onnx, tokenizer.json, bundle.json with goldens."""
+def convert_fp16(fp32_dir, out_dir, name: str, fp32_ops: tuple[str, ...] = FP32_OPS,
+                 precision: str = "fp16") -> Fp16Result:
+    """Write out_dir (atomically): FP16 (or, `precision` fp32, the FP32) model.onnx, tokenizer.json,
+    bundle.json with goldens."""
     import onnxruntime
 
     from edgefleet.model.export import SESSION_CONFIG_UNFUSED
@@ -89,20 +94,26 @@ def convert_fp16(fp32_dir, out_dir, name: str, fp32_ops: tuple[str, ...] = FP32_
              "classify": {"labels": meta.get("labels")},
              "qa": {"max_answer_len": meta.get("max_answer_len")}}[task]
     with atomic_dir(out_dir) as tmp:
-        fp16_graph(fp32_dir / "model.onnx", tmp / "model.onnx", fp32_ops)
+        if precision == "fp32":
+            shutil.copyfile(fp32_dir / "model.onnx", tmp / "model.onnx")
+            if (fp32_dir / "model.onnx.data").is_file():
+                shutil.copyfile(fp32_dir / "model.onnx.data", tmp / "model.onnx.data")
+            conversion = {"tool": "none (the FP32 export)", "onnxruntime": onnxruntime.__version__}
+        else:
+            fp16_graph(fp32_dir / "model.onnx", tmp / "model.onnx", fp32_ops)
+            conversion = {"tool": "onnxruntime.transformers.float16", "keep_io_types": True,
+                          "fp32_ops": list(fp32_ops), "onnxruntime": onnxruntime.__version__}
         externalize_weights(tmp / "model.onnx")
         shutil.copyfile(fp32_dir / "tokenizer.json", tmp / "tokenizer.json")
         document = {
             "format": 1, "name": name, "task": task, "max_seq_len": meta["max_seq_len"],
             "inputs": meta["inputs"], "outputs": meta["outputs"], **heads,
-            "source_model": meta["source_model"], "precision": "fp16",
-            "conversion": {"tool": "onnxruntime.transformers.float16", "keep_io_types": True,
-                           "fp32_ops": list(fp32_ops), "onnxruntime": onnxruntime.__version__},
+            "source_model": meta["source_model"], "precision": precision, "conversion": conversion,
             "session_config": {} if meta.get("skip_layer_norm", True) else dict(SESSION_CONFIG_UNFUSED),
             "files": {f: file_record(tmp / f) for f in ("model.onnx", "model.onnx.data", "tokenizer.json")
                       if (tmp / f).is_file()},
-            "created_by": "edgefleet model.quantize --precision fp16",
-            "inputs_sha256": fp16_key(fp32_dir, fp32_ops),
+            "created_by": f"edgefleet model.quantize --precision {precision}",
+            "inputs_sha256": fp16_key(fp32_dir, fp32_ops, precision),
         }
         (tmp / BUNDLE_JSON).write_text(json.dumps(document) + "\n")  # the runtime needs it to load
         document["golden"] = _golden(tmp)
@@ -112,11 +123,12 @@ def convert_fp16(fp32_dir, out_dir, name: str, fp32_ops: tuple[str, ...] = FP32_
                       time.perf_counter() - started)
 
 
-def write_fp16_bundle(fp32_dir: Path, out_dir: Path, name: str, force: bool = False, log=print) -> dict:
-    """Write the FP16 bundle unless one from the same inputs is there (verified); return a report."""
+def write_fp16_bundle(fp32_dir: Path, out_dir: Path, name: str, force: bool = False, log=print,
+                      precision: str = "fp16") -> dict:
+    """Write the FP16 (or FP32) bundle unless one from the same inputs is there (verified); return a report."""
     from edgefleet.model.bundle import BundleError, verify
 
-    key = fp16_key(fp32_dir)
+    key = fp16_key(fp32_dir, precision=precision)
     try:
         current = verify(out_dir) if (out_dir / BUNDLE_JSON).is_file() else None
     except BundleError as error:
@@ -126,12 +138,12 @@ def write_fp16_bundle(fp32_dir: Path, out_dir: Path, name: str, force: bool = Fa
         log(f"up to date: {out_dir} (inputs unchanged, file hashes verified)")
         bundle = current
     else:
-        result = convert_fp16(fp32_dir, out_dir, name)
-        log(f"converted to FP16 in {result.seconds:.1f} s")
+        result = convert_fp16(fp32_dir, out_dir, name, precision=precision)
+        log(f"wrote the {precision.upper()} bundle in {result.seconds:.1f} s")
         bundle = result.bundle
     fp32 = (Path(fp32_dir) / "model.onnx").stat().st_size
     graph = model_bytes(out_dir)
-    log(f"wrote {out_dir}: precision fp16, graph {graph / 1e6:.1f} MB ({100 * graph / fp32:.1f}% of FP32), "
+    log(f"wrote {out_dir}: precision {precision}, graph {graph / 1e6:.1f} MB ({100 * graph / fp32:.1f}% of FP32), "
         "tokenizer.json, bundle.json")
-    return {"bundle": str(out_dir), "precision": "fp16", "model_bytes": graph, "fp32_bytes": fp32,
+    return {"bundle": str(out_dir), "precision": precision, "model_bytes": graph, "fp32_bytes": fp32,
             "conversion": bundle.conversion}

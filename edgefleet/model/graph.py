@@ -100,12 +100,18 @@ def quantize_graph(src: Path, dst: Path, per_channel: bool = True,
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    present = {node.name for node in graph_of(src).node}
+    nodes = graph_of(src).node
+    present = {node.name for node in nodes}
     # outlier paths (edgefleet.model.smooth) and the arch-stable graph's means, sums and
     # attention core (edgefleet.model.stable) stay FP32 by design
     fp32_nodes = list(fp32_nodes) + fp32_by_design(present)
+    excluded = [name for name in fp32_nodes if name in present]
+    # ORT's quantizer first rewrites each Gemm (a classify head's pooler and classifier) into
+    # <name>_MatMul + <name>_Add and then matches nodes_to_exclude against the new names
+    gemms = {node.name for node in nodes if node.op_type == "Gemm"}
+    excluded += [f"{name}_MatMul" for name in excluded if name in gemms]
     with quiet_ort_quantizer():
         quantize_dynamic(str(src), str(dst), weight_type=getattr(QuantType, weight_type),
                          per_channel=per_channel,
-                         nodes_to_exclude=[name for name in fp32_nodes if name in present],
+                         nodes_to_exclude=excluded,
                          extra_options={"DefaultTensorType": TensorProto.FLOAT}, **extra)

@@ -2,9 +2,12 @@
 meets an accuracy target; mixed precision keeps the most sensitive ops in FP32.
 
 Accuracy is against the FP32 export run by ONNX Runtime (the same graph PyTorch exported; it
-matches PyTorch eager to ~1e-6 cosine), one text per call as the device runs them. Sensitivity
-of an op is the mean cosine loss on the calibration texts when only that op is quantized
-(dynamic, per channel) and everything else stays FP32.
+matches PyTorch eager to ~1e-6 cosine), one input per call as the device runs them, by the
+export's task (edgefleet/model/agreement.py): embed by cosine, classify by top-1 agreement and
+probability difference, qa by span agreement and score difference. Sensitivity of an op is the
+task's loss (agreement.loss_of: for embed the mean cosine loss) on the calibration texts (qa:
+each text as the context of one generic question) when only that op is quantized (dynamic, per
+channel) and everything else stays FP32.
 """
 
 from __future__ import annotations
@@ -16,26 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefleet.model.agreement import Agreement, Target, loss_of, rank_of
 from edgefleet.model.calibrate import CALIBRATION_METHODS
-from edgefleet.model.evaluate import Accuracy, accuracy, interleaved_medians, text_of
+from edgefleet.model.evaluate import accuracy, interleaved_medians
 from edgefleet.model.graph import EXACT_SUFFIX, OUTLIER_MATMUL_SUFFIX, graph_of, quantize_graph
 from edgefleet.model.quantize import CALIBRATION_TEXTS, Recipe, build_graph, smoothed_fp32, stable_fp32
 
 __all__ = ["Target", "Measured", "Search", "quantizable_ops", "sensitivity", "search",
            "render_table", "as_json"]
 
-QUANTIZABLE = ("MatMul", "Attention")
-
-
-@dataclass(frozen=True)
-class Target:
-    """The accuracy a candidate must reach against FP32 on the evaluation texts."""
-
-    min_cosine: float = 0.99
-    mean_cosine: float = 0.998
-
-    def met(self, acc: Accuracy) -> bool:
-        return acc.min >= self.min_cosine and acc.mean >= self.mean_cosine
+QUANTIZABLE = ("MatMul", "Attention", "Gemm")  # Gemm: a classify head's pooler and classifier
 
 
 @dataclass(frozen=True)
@@ -47,7 +40,7 @@ class Measured:
     graph: Path
     bytes: int
     latency_ms: float
-    accuracy: Accuracy
+    accuracy: Agreement
     meets: bool
 
     def row(self, fp32_bytes: int) -> dict:
@@ -69,10 +62,11 @@ class Search:
     target: Target
     fp32_bytes: int
     tokens: int
+    task: str = "embed"
 
 
 def quantizable_ops(onnx_path) -> list[str]:
-    """Return the names of MatMul/Attention nodes whose weight is a 2-D initializer."""
+    """Return the names of MatMul/Attention/Gemm nodes whose weight is a 2-D initializer."""
     graph = graph_of(onnx_path)
     weights = {item.name for item in graph.initializer if len(item.dims) == 2}
     return [node.name for node in graph.node
@@ -81,15 +75,25 @@ def quantizable_ops(onnx_path) -> list[str]:
 
 
 class _Evaluator:
-    """Embed texts with ORT sessions configured like the runtime; compare with FP32."""
+    """Run inputs through ORT sessions configured like the runtime; compare with FP32.
 
-    def __init__(self, fp32_dir: Path, texts: list[str], session_config: dict[str, str]):
+    embed: raw sessions, mean pooled; classify and qa: each graph loaded by edge_runtime as a
+    bundle would be (its softmax, its span search), from a scratch bundle dir under work.
+    """
+
+    def __init__(self, fp32_dir: Path, inputs: list, session_config: dict[str, str],
+                 work: Path | None = None):
         from tokenizers import Tokenizer
 
+        from edgefleet.model.export import read_meta
+
+        self.fp32_dir = fp32_dir
+        self.task = read_meta(fp32_dir).get("task", "embed")
         self.tokenizer = Tokenizer.from_file(str(fp32_dir / "tokenizer.json"))
-        self.texts = texts
+        self.texts = inputs
         self.session_config = session_config
-        self.reference = self.embed(self.session(fp32_dir / "model.onnx"), texts)
+        self.work = work or fp32_dir
+        self.reference = self.run(fp32_dir / "model.onnx", inputs)
 
     def session(self, path: Path, threads: int = 1):
         import onnxruntime as ort
@@ -101,27 +105,68 @@ class _Evaluator:
         return ort.InferenceSession(str(path), sess_options=options,
                                     providers=["CPUExecutionProvider"])
 
+    def model(self, path: Path):
+        """Return path loaded by edge_runtime (classify, qa)."""
+        from edgefleet.model.task_eval import graph_model
+
+        return graph_model(path, self.fp32_dir, self.work / f"{path.stem}-bundle",
+                           self.session_config)
+
     def embed(self, session, texts: list[str]) -> np.ndarray:
         from edgefleet.model.evaluate import ort_embed
 
         return ort_embed(session, self.tokenizer, texts)
 
-    def accuracy(self, path: Path, texts: list[str] | None = None,
-                 reference: np.ndarray | None = None) -> Accuracy:
-        rows = self.embed(self.session(path), texts or self.texts)
-        return accuracy(rows, self.reference if reference is None else reference)
+    def run(self, path: Path, inputs: list):
+        """Return the task's outputs of the graph at path, one input per call."""
+        from edgefleet.model.task_eval import outputs
+
+        if self.task == "embed":
+            return self.embed(self.session(path), inputs)
+        return outputs(self.model(path), inputs)
+
+    def caller(self, path: Path):
+        """Return fn(inputs) running the graph at path (for timing)."""
+        from edgefleet.model.task_eval import caller
+
+        if self.task == "embed":
+            session = self.session(path)
+            return lambda texts: self.embed(session, texts)
+        return caller(self.model(path))
+
+    def timing_input(self, tokens: int):
+        from edgefleet.model.task_eval import timing_input
+
+        return timing_input(self.task, tokens, self.tokenizer)
+
+    def accuracy(self, path: Path, inputs: list | None = None, reference=None) -> Agreement:
+        from edgefleet.model.task_eval import compare
+
+        got = self.run(path, inputs or self.texts)
+        reference = self.reference if reference is None else reference
+        return accuracy(got, reference) if self.task == "embed" else compare(self.task, got,
+                                                                             reference)
+
+
+SENSITIVITY_QUESTION = "what is this about?"  # qa: the calibration texts become its contexts
+
+
+def sensitivity_inputs(task: str, texts: list[str]) -> list:
+    """Return the inputs op sensitivity is measured on: the texts, or (qa) question/text pairs."""
+    return [(SENSITIVITY_QUESTION, text) for text in texts] if task == "qa" else texts
 
 
 def sensitivity(evaluator: _Evaluator, smoothed: Path, fp32_dir: Path, work: Path,
                 ops: list[str], texts: list[str]) -> list[tuple[str, float]]:
-    """Return (op, mean cosine loss) with only that op quantized, most sensitive first."""
-    reference = evaluator.embed(evaluator.session(fp32_dir / "model.onnx"), texts)
+    """Return (op, the task's loss) with only that op quantized, most sensitive first."""
+    texts = sensitivity_inputs(evaluator.task, texts)
+    reference = evaluator.run(fp32_dir / "model.onnx", texts)
     losses = []
     for op in ops:
         dst = work / "sensitivity.onnx"
         quantize_graph(smoothed, dst, fp32_nodes=[o for o in ops if o != op],
                        op_types_to_quantize=list(QUANTIZABLE))
-        losses.append((op, 1.0 - evaluator.accuracy(dst, texts, reference).mean))
+        losses.append((op, loss_of(evaluator.accuracy(dst, texts, reference))))
     dst.unlink(missing_ok=True)
     return sorted(losses, key=lambda item: item[1], reverse=True)
 
@@ -132,12 +177,14 @@ def _label(recipe: Recipe) -> str:
     return base + (f"+fp32x{len(recipe.fp32_nodes)}" if recipe.fp32_nodes else "")
 
 
-def search(fp32_dir, work, texts: list[str], target: Target = Target(),
+def search(fp32_dir, work, texts: list, target: Target | None = None,
            calibration_texts: Path = CALIBRATION_TEXTS, tokens: int = 64, rounds: int = 20,
            methods=CALIBRATION_METHODS, session_config: dict[str, str] | None = None,
            log=print) -> Search:
     """Build and measure dynamic, per-tensor, static (each calibration method) and mixed
     candidates under work/; return them with the fastest that meets target picked.
+
+    texts: the evaluation inputs of the export's task (texts, or question/context pairs for qa).
 
     Mixed precision starts from the all-INT8 dynamic candidate and the static one with the
     highest min cosine (each only if it misses the target) and keeps the k most sensitive ops
@@ -147,9 +194,9 @@ def search(fp32_dir, work, texts: list[str], target: Target = Target(),
     """
     from edgefleet.model.evaluate import read_texts
 
-    fp32_dir, work = Path(fp32_dir), Path(work)
+    fp32_dir, work, target = Path(fp32_dir), Path(work), target or Target()
     work.mkdir(parents=True, exist_ok=True)
-    evaluator = _Evaluator(fp32_dir, texts, session_config or {})
+    evaluator = _Evaluator(fp32_dir, texts, session_config or {}, work)
     base = Recipe()
     assert base.smooth_alpha is not None  # the candidates share one smoothed graph (SMOOTH_ALPHA)
     smoothed = work / "smoothed.onnx"
@@ -166,7 +213,7 @@ def search(fp32_dir, work, texts: list[str], target: Target = Target(),
             acc = evaluator.accuracy(graph)
             measured[name] = Measured(name, recipe, graph, graph.stat().st_size, 0.0, acc,
                                       target.met(acc))
-            log(f"  {name}: mean {acc.mean:.5f} min {acc.min:.4f}")
+            log(f"  {name}: " + " ".join(f"{key} {value}" for key, value in acc.as_dict().items()))
         return measured[name]
 
     starts = [build(base), build(replace(base, per_channel=False))]
@@ -174,7 +221,7 @@ def search(fp32_dir, work, texts: list[str], target: Target = Target(),
     ops = quantizable_ops(smoothed)
     log(f"sensitivity of {len(ops)} ops (only that op in INT8) on {calibration_texts.name}")
     ranked = sensitivity(evaluator, smoothed, fp32_dir, work, ops, read_texts(calibration_texts))
-    best_static = sorted(statics, key=lambda m: (m.accuracy.min, m.accuracy.mean))[-1:]
+    best_static = sorted(statics, key=lambda m: rank_of(m.accuracy))[-1:]
     for start in [starts[0]] + best_static:
         if not start.meets:
             _mixed(build, start.recipe, [op for op, _ in ranked])
@@ -182,9 +229,12 @@ def search(fp32_dir, work, texts: list[str], target: Target = Target(),
     timed = list(measured.values())
     passing = [m for m in timed if m.meets]
     picked = min(passing, key=lambda m: m.latency_ms) if passing else max(
-        timed, key=lambda m: (m.accuracy.min, m.accuracy.mean))
+        timed, key=lambda m: rank_of(m.accuracy))
+    for name in measured:  # the scratch bundles of classify/qa candidates
+        shutil.rmtree(work / f"{name}-bundle", ignore_errors=True)
     return Search(candidates=timed, sensitivity=ranked, picked=picked, target=target,
-                  fp32_bytes=(fp32_dir / "model.onnx").stat().st_size, tokens=tokens)
+                  fp32_bytes=(fp32_dir / "model.onnx").stat().st_size, tokens=tokens,
+                  task=evaluator.task)
 
 
 def _mixed(build, recipe: Recipe, ranked: list[str]) -> None:
@@ -209,14 +259,19 @@ def _time(measured: dict[str, Measured], evaluator: _Evaluator, tokens: int,
     wall time mostly measures the other processes."""
     import time
 
-    text = text_of(tokens, evaluator.tokenizer)
-    engines = {}
-    for name, item in measured.items():
-        session = evaluator.session(item.graph)
-        engines[name] = lambda texts, s=session: evaluator.embed(s, texts)
-    medians = interleaved_medians(engines, [text], rounds, clock=time.thread_time)
+    engines = {name: evaluator.caller(item.graph) for name, item in measured.items()}
+    medians = interleaved_medians(engines, [evaluator.timing_input(tokens)], rounds,
+                                  clock=time.thread_time)
     for name, item in list(measured.items()):
         measured[name] = replace(item, latency_ms=medians[name])
+
+
+COLUMNS = {"embed": (("mean cos", "mean_cosine", 5), ("min cos", "min_cosine", 4),
+                     ("NN agree", "neighbour_agreement", 3)),
+           "classify": (("top-1 agree", "top1_agreement", 3), ("max |dp|", "max_prob_diff", 4),
+                        ("mean |dp|", "mean_prob_diff", 4)),
+           "qa": (("span agree", "span_agreement", 3), ("max |dscore|", "max_score_diff", 4),
+                  ("mean |dscore|", "mean_score_diff", 4))}
 
 
 def render_table(result: Search, console=None) -> None:
@@ -225,30 +280,30 @@ def render_table(result: Search, console=None) -> None:
     from rich.table import Table
 
     console = console or Console(width=132)
-    table = Table(title=f"INT8 candidates (target: mean cosine >= {result.target.mean_cosine}, "
-                        f"min >= {result.target.min_cosine}; CPU ms at ~{result.tokens} "
+    columns = COLUMNS[result.task]
+    table = Table(title=f"INT8 candidates, {result.task} (target: "
+                        f"{result.target.describe(result.task)}; CPU ms at ~{result.tokens} "
                         "tokens, batch 1, 1 thread, end to end)")
-    for column in ("candidate", "FP32 ops", "size", "% FP32", "ms", "mean cos", "min cos",
-                   "NN agree", "meets"):
+    for column in ("candidate", "FP32 ops", "size", "% FP32", "ms",
+                   *(label for label, _, _ in columns), "meets"):
         table.add_column(column, justify="left" if column == "candidate" else "right")
     for item in sorted(result.candidates, key=lambda m: m.latency_ms):
         mark = " <- picked" if item is result.picked else ""
+        metrics = item.accuracy.as_dict()
         table.add_row(item.name + mark, str(len(item.recipe.fp32_nodes)),
                       f"{item.bytes / 1e6:.1f} MB", f"{100 * item.bytes / result.fp32_bytes:.1f}",
-                      f"{item.latency_ms:.2f}", f"{item.accuracy.mean:.5f}",
-                      f"{item.accuracy.min:.4f}", f"{item.accuracy.neighbours:.3f}",
+                      f"{item.latency_ms:.2f}",
+                      *(f"{metrics[key]:.{digits}f}" for _, key, digits in columns),
                       "yes" if item.meets else "no")
     console.print(table)
 
 
 def as_json(result: Search) -> dict:
     """Return the search as plain data."""
-    return {"target": {"min_cosine": result.target.min_cosine,
-                       "mean_cosine": result.target.mean_cosine},
+    return {"task": result.task, "target": result.target.for_task(result.task),
             "tokens": result.tokens, "fp32_bytes": result.fp32_bytes,
             "candidates": [m.row(result.fp32_bytes) for m in result.candidates],
-            "sensitivity": [{"op": op, "mean_cosine_loss": round(loss, 7)}
-                            for op, loss in result.sensitivity],
+            "sensitivity": [{"op": op, "loss": round(loss, 7)} for op, loss in result.sensitivity],
             "picked": result.picked.name}
 
 

@@ -22,8 +22,11 @@ def rollout(targets: list[Target], plan: RolloutPlan, bundle_dir: Path, build_di
 
     `progress`: a live display (a terminal); else one plain line per device and per wave through `log`.
     """
+    from ..tune.recorded import apply_tuning
+
     t0 = time.monotonic()
-    by_name = {t.name: t for t in targets}
+    # each board class's recorded choice (`tune`), where the inventory pins nothing: before any release is made
+    by_name = {t.name: apply_tuning(t, build_dir)[0] for t in targets}
     chosen = [by_name[n] for n in plan.targets]
     # the first wave's devices are asked for their facts while the host prepares the releases; with a
     # canary, every device (the canary is chosen among those whose release changes)

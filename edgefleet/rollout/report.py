@@ -164,7 +164,8 @@ def _releases(d: dict) -> str:
     if not d.get("new"):
         return "-"
     previous = d.get("previous") or ("?" if d.get("previous_from", "device") == "unknown" else "(none)")
-    variant = f" ({d['variant']})" if d.get("variant") else ""
+    tuned = f", tuned: {d['tuned']}" if d.get("tuned") else ""
+    variant = f" ({d['variant']}{tuned})" if d.get("variant") else ""
     return f"{previous} -> {d['new']}{variant}"
 
 

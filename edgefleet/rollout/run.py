@@ -57,7 +57,8 @@ class DeviceOutcome:
     temperature_c: float | None = None  # hottest zone during the gate
     rss_mib: float | None = None
     gate_notes: list[str] = field(default_factory=list)  # measured but not judged (emulated, throttled)
-    variant: str | None = None  # the bundle precision the device got (int8, fp16)
+    variant: str | None = None  # the bundle variant the device got (int8, int8-static, fp32, fp16)
+    tuned: str = ""  # the tuning file its variant and threads came from (`tune`), when one did
     warnings: list[str] = field(default_factory=list)  # passed, but not as asked (variant, providers)
     seconds: float = 0.0
     error: str = ""
@@ -137,7 +138,7 @@ def _deploy_one(target: Target, release: Release, bundle_dir: Path, build_dir: P
             out.where = (f"still on {now.current}" if now.current == out.previous
                          else f"on {now.current or 'no release'} (was {out.previous or 'no release'})")
     else:
-        out.previous, out.temperature_c, out.variant = r.previous, r.temperature_c, r.variant
+        out.previous, out.temperature_c, out.variant, out.tuned = r.previous, r.temperature_c, r.variant, r.tuned
         out.warnings = list(r.warnings)
         if r.health is not None:
             out.latency_ms, out.rss_mib, out.gate_notes = r.health.p95_ms, r.health.rss_mib, list(r.health.notes)

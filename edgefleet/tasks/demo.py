@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
 from ..deploy import Device, service_call
 from ..deploy import deploy as deploy_target
@@ -15,6 +15,7 @@ from ..transport import connect
 from . import lab as lab_tasks
 from . import model as model_tasks
 from ._errors import exits_on_user_error
+from ._task import task
 
 PAIRS = [
     ("The delivery truck is parked at dock 4.", "A lorry is waiting at loading bay four."),

@@ -6,10 +6,11 @@ import shlex
 import sys
 import time
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
 from ..paths import repo_root
 from ._errors import exits_on_user_error
+from ._task import task
 
 LINTED = ("edgefleet", "payload", "tasks.py")
 FAST_TIER = ("tests/unit", "tests/golden")

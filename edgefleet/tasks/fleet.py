@@ -8,7 +8,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
 from ..deploy import deploy as deploy_target
 from ..deploy import rollback as rollback_target
@@ -28,6 +28,7 @@ from ..render import (
 )
 from ..status import plain
 from ._errors import UsageError, exits_on_user_error, require
+from ._task import task
 from .image import image_tag
 
 
@@ -38,16 +39,24 @@ def _sigterm_unwinds() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _tuned(c, target: Target) -> Target:
+    """Return `target` with its board's recorded choice (`tune`) applied: what a deploy renders for it,
+    so that render and status compare a device with what it was given."""
+    from ..tune.recorded import apply_tuning
+
+    return apply_tuning(target, build_dir(c))[0]
+
+
 def _target(c, name: str | None, task: str) -> Target:
-    return load_inventory(targets_dir(c)).target(require(name, "--target", task))
+    return _tuned(c, load_inventory(targets_dir(c)).target(require(name, "--target", task)))
 
 
 def _targets(c, target: str | None, group: str | None) -> list[Target]:
     """Return the one device of --target or every device of --group (exactly one given)."""
     if target and not group:
-        return [load_inventory(targets_dir(c)).target(target)]
+        return [_tuned(c, load_inventory(targets_dir(c)).target(target))]
     if group and not target:
-        return load_inventory(targets_dir(c)).group(group)
+        return [_tuned(c, t) for t in load_inventory(targets_dir(c)).group(group)]
     raise UsageError("give exactly one of --target or --group")
 
 
@@ -108,7 +117,8 @@ def deploy(c, target=None, bundle=None, dry_run=False):
     if not result.ok:
         raise Exit(f"{tgt.name}: release {result.release_id} is UNHEALTHY: {result.health.reason}", code=1)
     verb = ("unchanged" if not result.changed else "repaired" if result.repaired else "deployed")
-    print(f"{tgt.name}: {verb} {result.release_id} ({result.variant} variant) in {result.seconds:.1f} s")
+    tuned = f", tuned: {result.tuned}" if result.tuned else ""
+    print(f"{tgt.name}: {verb} {result.release_id} (variant {result.variant}{tuned}) in {result.seconds:.1f} s")
 
 
 def _print_rollback_table(results) -> None:

@@ -6,11 +6,12 @@ import json
 import time
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
 from edgefleet import paths
 
 from ._errors import UsageError, exits_on_user_error
+from ._task import task
 
 DEFAULTS = {
     "tag": "edgefleet/runtime:latest",

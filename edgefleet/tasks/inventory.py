@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
 from ..paths import repo_root
 from ._errors import exits_on_user_error
+from ._task import task
 
 
 @task(help={"check": "write nothing; exit 1 naming each generated file that is out of date"})

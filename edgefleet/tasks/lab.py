@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from invoke import Collection, task
+from invoke import Collection
 
 from edgefleet import lab, paths
 from edgefleet.errors import EdgefleetError
@@ -14,6 +14,7 @@ from edgefleet.lab import vm as labvm
 from edgefleet.lab.plan import ROUND_ROBIN
 
 from ._errors import UsageError, exits_on_user_error, require
+from ._task import task
 
 
 def _lab_paths(c) -> lab.LabPaths:

@@ -6,11 +6,12 @@ import json
 import sys
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
 from .. import paths
 from ..inventory import load_inventory
 from ._errors import UsageError, exits_on_user_error, require
+from ._task import task
 from .fleet import _targets
 from .image import image_tag
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
-from invoke import Collection, task
+from invoke import Collection
 
 from edgefleet.errors import EdgefleetError, InputError
 from edgefleet.paths import build_dir
 
 from ._errors import UsageError, exits_on_user_error
+from ._task import task
 
 MB = 1e6
 
@@ -94,9 +96,12 @@ GRAPHS = ("arch-stable", "fused")
     "calibration": "static: minmax, entropy or percentile",
     "calibration_texts": "text file for SmoothQuant and static calibration, one text a line "
                          "(default: edgefleet/model/data/calibration.txt)",
-    "texts": "mixed/search: evaluation texts (default: tests/data/texts.txt)",
-    "min_cosine": "mixed/search: every text's cosine vs FP32 at least this",
-    "mean_cosine": "mixed/search: mean cosine vs FP32 at least this",
+    "texts": "mixed/search: evaluation inputs (default: tests/data/texts.txt; a qa export: "
+             "JSON lines {\"question\", \"context\"}, default edgefleet/model/data/qa_check.jsonl)",
+    "min_cosine": "mixed/search, embed: every text's cosine vs FP32 at least this",
+    "mean_cosine": "mixed/search, embed: mean cosine vs FP32 at least this",
+    "min_agreement": "mixed/search, classify: top-1 agreement with FP32 at least this (default "
+                     "0.99); qa: span agreement (default 0.95)",
     "per_tensor": "quantize weights per tensor instead of per channel (less accurate)",
     "graph": "arch-stable (default: the same embeddings on arm64 and x86, somewhat more CPU "
              "time on x86) or fused (ORT's fused LayerNorm kernels, attention unfused for "
@@ -105,29 +110,32 @@ GRAPHS = ("arch-stable", "fused")
     "json": "print one JSON document (the bundle, its size and quantization; with mixed/search "
             "also every candidate) instead of tables",
     "force": "quantize even when the inputs are unchanged",
-    "precision": "int8 (default: the CPU variant, see --mode) or fp16 (the GPU variant: "
-                 "<build_dir>/bundles/<model-name>-fp16/, ONNX Runtime's float16 converter)",
+    "precision": "int8 (default: the CPU variant, see --mode), fp16 (the GPU variant: "
+                 "<build_dir>/bundles/<model-name>-fp16/, ONNX Runtime's float16 converter) or fp32 "
+                 "(the export as a bundle, <model-name>-fp32/: a candidate for `tune`)",
 })
 @exits_on_user_error
 def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="minmax",
              calibration_texts=None, texts=None, min_cosine=0.99, mean_cosine=0.998,
-             per_tensor=False, graph="arch-stable", json=False, force=False, precision="int8"):
-    """Quantize an FP32 export to INT8 (dynamic, static, mixed or searched) or FP16 into a bundle."""
+             min_agreement=None, per_tensor=False, graph="arch-stable", json=False, force=False,
+             precision="int8"):
+    """Quantize an FP32 export to INT8 (dynamic, static, mixed or searched) or FP16 (or keep FP32) into a bundle."""
     from edgefleet.model import export as exporter
     from edgefleet.model import quantize as quantizer
     from edgefleet.model.bundle import WEIGHTS_FILE, BundleError, verify
 
-    if precision not in ("int8", "fp16"):
-        raise UsageError(f"--precision {precision!r}: expected int8 or fp16")
-    if precision == "fp16":
+    if precision not in ("int8", "fp32", "fp16"):
+        raise UsageError(f"--precision {precision!r}: expected int8, fp32 or fp16")
+    if precision in ("fp32", "fp16"):
         from edgefleet.model.fp16 import write_fp16_bundle
 
         model = _resolve(model) if model else build_dir(c) / "models" / "all-minilm-l6-v2"
         if not (model / exporter.EXPORT_META).is_file():
             raise InputError(f"{model}: no {exporter.EXPORT_META}; run `invoke model.export` first")
-        name = name or quantizer.bundle_name(exporter.read_meta(model)["source_model"]["name"], "fp16")
+        name = name or quantizer.bundle_name(exporter.read_meta(model)["source_model"]["name"], precision)
         report = write_fp16_bundle(model, _resolve(out) if out else build_dir(c) / "bundles" / name, name,
-                                   force=force, log=lambda line: print(line, file=_stream(json)))
+                                   force=force, log=lambda line: print(line, file=_stream(json)),
+                                   precision=precision)
         if json:
             import json as jsonlib
 
@@ -151,17 +159,19 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
     try:
         recipe = quantizer.Recipe(method="static" if mode == "static" else "dynamic",
                            calibration=calibration if mode == "static" else None,
-                           per_channel=not per_tensor, arch_stable=graph == "arch-stable")
+                           per_channel=not per_tensor, arch_stable=graph == "arch-stable",
+                           fp32_nodes=quantizer.head_gemms(model))
     except ValueError as error:
         raise UsageError(f"--calibration: {error}") from None
     graph, searched = None, None
-    export_task = exporter.read_meta(model).get("task", "embed")
-    if mode in ("mixed", "search") and export_task != "embed":
-        raise UsageError(f"--mode {mode} compares embeddings; {model} is a {export_task} "
-                         "export (use dynamic or static)")
     if mode in ("mixed", "search"):
-        recipe, graph, searched = _search(c, model, out, calib, texts, mode, float(min_cosine),
-                                          float(mean_cosine), json)
+        from edgefleet.model.agreement import Target
+
+        target = Target(min_cosine=float(min_cosine), mean_cosine=float(mean_cosine))
+        if min_agreement is not None:
+            target = replace(target, top1_agreement=float(min_agreement),
+                             span_agreement=float(min_agreement))
+        recipe, graph, searched = _search(c, model, out, calib, texts, mode, target, json)
     key = quantizer.quantize_key(model, recipe, calibration_texts=calib)
     try:
         current = verify(out) if (out / "bundle.json").is_file() else None
@@ -205,23 +215,27 @@ def _stream(as_json: bool):
     return sys.stderr if as_json else sys.stdout
 
 
-def _search(c, model: Path, out: Path, calib: Path, texts, mode: str, min_cosine: float,
-            mean_cosine: float, as_json: bool):
+def _search(c, model: Path, out: Path, calib: Path, texts, mode: str, target, as_json: bool):
     """Run the candidate search; print the table (unless as_json); return the picked recipe,
     its graph and the search as plain data."""
     import sys
 
     from edgefleet.model import export as exporter
     from edgefleet.model import search as recipe_search
-    from edgefleet.model.evaluate import read_texts
+    from edgefleet.model import task_eval
 
-    eval_path = _resolve(texts) if texts else None
-    if eval_path is not None and not eval_path.is_file():
+    task = exporter.read_meta(model).get("task", "embed")
+    eval_path = _resolve(texts) if texts else task_eval.default_inputs(task)
+    if not eval_path.is_file():
         raise UsageError(f"--texts {eval_path}: no such file")
+    try:
+        inputs = task_eval.read_inputs(eval_path, task)
+    except ValueError as error:
+        raise UsageError(f"--texts: {error}") from None
     session_config = ({} if exporter.read_meta(model).get("skip_layer_norm", True)
                       else dict(exporter.SESSION_CONFIG_UNFUSED))
     work = build_dir(c) / "cache" / f"quantize-{mode}-{out.name}"
-    result = recipe_search.search(model, work, read_texts(eval_path), recipe_search.Target(min_cosine, mean_cosine),
+    result = recipe_search.search(model, work, inputs, target,
                        calibration_texts=calib, session_config=session_config,
                        methods=recipe_search.CALIBRATION_METHODS if mode == "search" else (),
                        log=lambda line: print(line, file=sys.stderr))
@@ -275,11 +289,19 @@ def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False, al
     for other in (also or "").split(","):
         if other.strip():
             parts += ["--also", str(_resolve(other.strip()))]
-    c.run(shlex.join(parts), pty=False)
+    result = c.run(shlex.join(parts), pty=False, warn=True, in_stream=False)
+    if result.exited != 0:
+        raise EdgefleetError(f"bench_model.py failed with exit status {result.exited} "
+                             "(its error is above)")
+
+
+CHECK_TARGET_MISSED = 3  # benchmarks/check_model.py's exit status when the bundle misses its target
 
 
 @task(help={
-    "texts": "text file, one text a line (default: tests/data/texts.txt)",
+    "texts": "check inputs: a text file, one text a line (default: tests/data/texts.txt), "
+             "or for a qa bundle JSON lines {\"question\", \"context\"} (default: "
+             "edgefleet/model/data/qa_check.jsonl)",
     "threads": "intra-op threads",
     "rounds": "interleaved rounds per length (median of these)",
     "plot": "PNG path (default: <repo>/build/reports/model-check.png)",
@@ -292,7 +314,11 @@ def bench(c, threads="1,2", batch="1,8", rounds=30, clock="wall", json=False, al
 @exits_on_user_error
 def check(c, texts=None, threads=1, rounds=15, plot=None, clock="wall", json=False,
           bundle=None, fp32=None):
-    """Accuracy vs FP32 PyTorch and latency per length: tables, --json and a PNG plot."""
+    """Accuracy vs FP32 (PyTorch, ORT) by the bundle's task, latency per length; exit 1 on a missed target.
+
+    embed: cosine and nearest-neighbour agreement; classify: top-1 agreement and probability
+    difference; qa: span agreement and score difference (targets in edgefleet/model/agreement.py).
+    """
     import shlex
     import sys
 
@@ -307,7 +333,15 @@ def check(c, texts=None, threads=1, rounds=15, plot=None, clock="wall", json=Fal
         parts += ["--plot", str(_resolve(plot))]
     if json:
         parts.append("--json")
-    c.run(shlex.join(parts), pty=False)
+    result = c.run(shlex.join(parts), pty=False, warn=True, in_stream=False)
+    if result.exited == CHECK_TARGET_MISSED:
+        raise EdgefleetError(f"{parts[parts.index('--bundle') + 1]} misses its accuracy target "
+                             "against FP32 PyTorch (see the report above)")
+    if result.exited == 2:
+        raise InputError("check_model.py refused its arguments (its message is above)")
+    if result.exited != 0:
+        raise EdgefleetError(f"check_model.py failed with exit status {result.exited} "
+                             "(its error is above)")
 
 
 @task(help={

@@ -6,13 +6,14 @@ import json
 import sys
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
 from ..inventory import Target, load_inventory
 from ..paths import build_dir, bundle_dir, targets_dir
 from ..rollout import latest_record, plan_rollout, print_table, resume_targets
 from ..rollout import rollout as run
 from ._errors import UsageError, exits_on_user_error
+from ._task import task
 from .fleet import _sigterm_unwinds
 from .image import image_tag
 

@@ -139,3 +139,61 @@ def test_mixed_boards_each_get_the_variant_their_board_asks_for(run_on, fleet, t
     out = StringIO()
     print_table(doc, Console(file=out, width=250))
     assert "(fp16)" in out.getvalue() and "provider fallback" in out.getvalue()
+
+
+def test_tune_records_a_choice_per_board_class_and_the_next_deploy_takes_it(run_on, fleet, bundles, tmp_path):
+    """`tune` on lab-01 (pi5) and lab-02 (orin-nano), marked not emulated for the test: each board's
+    choice is measured on the device with its own onnxruntime, written to build/tuning/<board>.json,
+    and the next deploy to that board takes the variant and the threads."""
+    import dataclasses
+
+    from edgefleet.deploy import deploy
+    from edgefleet.digest import sha256_file
+    from edgefleet.model.fp16 import convert_fp16
+    from edgefleet.tune.recorded import write_tuning
+    from edgefleet.tune.run import TuneOptions, bundle_set, pick_devices, tune_group
+
+    shutil.copytree(bundles["v1"], tmp_path / "set" / "tiny-int8")  # the module's tiny bundle and its FP32 export
+    convert_fp16(bundles["v1"].parent / "fp32", tmp_path / "set" / "tiny-fp32", name="tiny-fp32", precision="fp32")
+    build = tmp_path / "build"
+    build.mkdir()
+    (REPO / "build" / "device-envs").mkdir(parents=True, exist_ok=True)
+    (build / "device-envs").symlink_to(REPO / "build" / "device-envs")
+    two = fleet[:2]
+    for target in two:  # tune runs the device's own onnxruntime: a release must be there (the tests above leave one)
+        if not run_on(target, f"readlink {target.settings.root}/current"):
+            deploy(target, tmp_path / "set" / "tiny-int8", build, log=lambda _: None)
+    real = [dataclasses.replace(t, settings=t.settings.model_copy(update={"emulated": False})) for t in two]
+    candidates = bundle_set(tmp_path / "set" / "tiny-int8")
+    assert list(candidates) == ["int8", "fp32"]
+    options = TuneOptions(rounds=2, lengths=(16, 32), length=32, threads=(1, 2))
+    chosen = {}
+    for result in tune_group(real, candidates, options, log=lambda _: None):  # the two boards at once
+        assert result.measurement is not None, result.error
+        board, devices = result.board, pick_devices(real)[result.board]
+        path = write_tuning(build, result, candidates, options)
+        doc = json.loads(path.read_text())
+        assert path.name == f"{board}.json" and doc["device"] == devices[0].name and not doc["emulated"]
+        # measured with the device's own onnxruntime (the board's pin), every candidate past its goldens
+        root = devices[0].settings.root
+        assert doc["onnxruntime"] == run_on(devices[0], f"cd {root}/current && PYTHONPATH=site python3 -c "
+                                                        "'import onnxruntime; print(onnxruntime.__version__)'")
+        assert {(c["variant"], c["threads"]) for c in doc["configs"] if c["golden_passed"]} == \
+            {("int8", 1), ("int8", 2), ("fp32", 1), ("fp32", 2)}
+        assert doc["choice"]["variant"] in ("int8", "fp32") and doc["choice"]["threads"] in (1, 2), doc
+        assert set(doc["configs"][0]["p50_ms"]) == {"16", "32", "golden"} and doc["noise_floor"] >= 0.03
+        chosen[devices[0].name] = doc["choice"]
+        # the scratch dir is gone; the candidates stay as verified objects
+        assert "tuning" not in run_on(devices[0], f"ls {root}").split()
+        assert sha256_file(candidates["fp32"] / "model.onnx") in run_on(devices[0], f"ls {root}/objects").split()
+    assert set(chosen) == {"lab-01", "lab-02"}
+
+    # the next deploy takes the recorded choice (the lab's own targets, emulated: the gate judges no latency)
+    lab01 = fleet[0]
+    result = deploy(lab01, tmp_path / "set" / "tiny-int8", build, log=lambda _: None)
+    assert result.ok and result.changed and (result.variant, result.tuned.rsplit("/", 2)[-2:]) == \
+        (chosen["lab-01"]["variant"], ["tuning", "pi5.json"])
+    config = run_on(lab01, f"cat {lab01.settings.root}/current/runtime.yaml")
+    assert f"threads: {chosen['lab-01']['threads']}" in config
+    plan = deploy(fleet[1], tmp_path / "set" / "tiny-int8", build, dry_run=True, log=lambda _: None)
+    assert plan.variant == chosen["lab-02"]["variant"] and plan.tuned.endswith("orin-nano.json")

@@ -238,11 +238,3 @@ def test_static_mode_for_task_heads(task_models, tmp_path, task):
     bundle = verify(out)
     assert bundle.task == task and bundle.quantization.method == "static"
     assert selftest(edge_runtime.load(out), runs=1).passed
-
-
-def test_search_modes_refuse_task_heads(task_models, tmp_path):
-    c = Context(Config(overrides={"edgefleet": {"build_dir": str(tmp_path / "build")}}))
-    with pytest.raises(Exit, match="compares embeddings") as refused:
-        tasks.quantize(c, model=str(task_models["qa"]["fp32_dir"]), out=str(tmp_path / "b"),
-                       mode="mixed")
-    assert refused.value.code == 2

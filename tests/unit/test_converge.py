@@ -178,3 +178,103 @@ def test_status_names_the_bundle_the_device_runs(device):
     files = render_target(dev.target)
     out = subprocess.run(["sh", "-c", status_command(dev.target, files)], capture_output=True, text=True).stdout
     assert parse_status(out).bundle_id == release.bundle_id and len(release.bundle_id) == 12
+
+
+# -- rollback: a kept release is checked file by file before anything switches to it --------------
+
+def kept_release_check(dev, release_id):
+    """What a rollback to `release_id` does before the switch: (log lines, error or "")."""
+    from edgefleet.deploy.device import DeployError
+    from edgefleet.deploy.rollback import _converge_kept_release
+
+    lines: list[str] = []
+    try:
+        _converge_kept_release(dev, ask_facts(dev), release_id, lines.append)
+    except DeployError as exc:
+        return lines, str(exc)
+    return lines, ""
+
+
+def test_rollback_check_of_an_untouched_release_changes_nothing(device):
+    dev, release = device
+    assert kept_release_check(dev, release.release_id) == ([], "")
+
+
+def test_rollback_puts_back_an_edited_and_a_missing_file_of_the_release_it_goes_to(device):
+    dev, release = device
+    rel = Path(dev.path("releases", release.release_id))
+    subprocess.run(["sh", "-c", f"sed -i 's/^/ /' {rel}/runtime.yaml && rm {rel}/{PAYLOAD_FILE}"], check=True)
+    lines, error = kept_release_check(dev, release.release_id)
+    assert not error
+    assert "  repair: runtime.yaml edited on the device" in lines, lines
+    assert f"  repair: {PAYLOAD_FILE} missing on the device" in lines, lines
+    by_path = {f.path: f.sha256 for f in release.files}
+    assert sha256_file(rel / "runtime.yaml") == by_path["runtime.yaml"]
+    assert (rel / PAYLOAD_FILE).samefile(dev.path("objects", by_path[PAYLOAD_FILE]))
+    assert kept_release_check(dev, release.release_id) == ([], "")  # and the marks are back: clean again
+
+
+@pytest.mark.parametrize("corrupt", ["runtime.yaml", PAYLOAD_FILE])
+def test_rollback_refuses_a_release_whose_object_is_corrupt_naming_the_file(device, corrupt):
+    """The file edited and its object no longer its sha256: nothing on the device can put it back."""
+    dev, release = device
+    rel = Path(dev.path("releases", release.release_id))
+    sha = next(f.sha256 for f in release.files if f.path == corrupt)
+    subprocess.run(["sh", "-c", f"echo '# tweak' >> {rel}/{corrupt} && echo x >> {dev.path('objects', sha)}"],
+                   check=True)
+    lines, error = kept_release_check(dev, release.release_id)
+    assert f"cannot roll back to {release.release_id}: {corrupt} edited on the device, and its object " \
+           f"{sha[:12]} no longer matches its sha256" in error, error
+    assert not any(line.strip().startswith("repair:") for line in lines), lines
+
+
+def test_kept_release_repairs_from_a_table():
+    from edgefleet.deploy.converge import ReleaseDrift, kept_release_repairs
+
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    drift = ReleaseDrift(files=(("manifest.json", "edited", ""), ("p/x.py", "missing", a),
+                                ("p/y.py", "unlinked", b), ("runtime.yaml", "edited", c)))
+    repairs, refusals = kept_release_repairs(drift, {b}, frozenset({a, b}))
+    assert repairs == [("p/x.py", a)]
+    assert refusals == ["manifest.json edited on the device (the list of the release's files cannot be trusted)",
+                        f"p/y.py replaced on the device (no longer the release's own file), and its object "
+                        f"{b[:12]} no longer matches its sha256",
+                        f"runtime.yaml edited on the device, and its object {c[:12]} is not on the device"]
+
+
+def second_release(dev, tmp_path):
+    """Another release (runtime.log_level changed) built beside the first and made active."""
+    t = dev.target
+    runtime = t.settings.runtime.model_copy(update={"log_level": "warning"})
+    other = dataclasses.replace(t, settings=t.settings.model_copy(update={"runtime": runtime}))
+    release = make_release(t.name, fake_bundle(tmp_path / "b"), REPO / "payload", render_target(other),
+                           fake_env(tmp_path))
+    send(dev, release, [sha for sha in release.objects() if not Path(dev.path("objects", sha)).exists()])
+    build({**_build_spec(dev, release), "compile": False})
+    switch_current(dev, release.release_id)
+    return release
+
+
+def test_a_deploy_back_to_a_kept_release_repairs_it_before_the_switch(device, tmp_path):
+    """Deploying a release the device still keeps (after a rollback, say) checks that release too:
+    its edited copy put back, its corrupt object sent again, its missing file linked again."""
+    from edgefleet.deploy.converge import check_kept_release, repair_command, verify_objects
+
+    dev, first = device
+    second_release(dev, tmp_path)
+    kept = dev.path("releases", first.release_id)
+    sha = next(f.sha256 for f in first.files if f.path == "runtime.yaml")
+    subprocess.run(["sh", "-c", f"sed -i 's/^/ /' {kept}/runtime.yaml && echo x >> {dev.path('objects', sha)} && "
+                                f"rm {kept}/{PAYLOAD_FILE}"], check=True)
+    facts, _ = plan_now(dev, first)
+    corrupt = frozenset(verify_objects(dev, sorted(facts.drift.suspect_objects)))
+    assert corrupt == {sha}
+    plan = make_plan(dev.target, first, facts, corrupt, kept_drift=check_kept_release(dev, first.release_id))
+    lines = plan.describe()
+    assert "  repair: runtime.yaml edited on the device" in lines, lines
+    assert f"  repair: {PAYLOAD_FILE} missing on the device" in lines, lines
+    assert [f.sha256 for f in plan.upload] == [sha] and plan.activate
+    send(dev, first, [f.sha256 for f in plan.upload])
+    subprocess.run(["sh", "-c", repair_command(dev, [(p, s) for p, s, _ in plan.repair], kept)], check=True)
+    assert objects_intact(dev)
+    assert check_kept_release(dev, first.release_id).files == ()

@@ -32,6 +32,10 @@ def broken_inventory(tmp_path_factory) -> Path:
     (["status"], False, "exactly one of --target or --group"),
     (["rollout", "--targets", "pi5-01", "--batch", "0", "--dry-run"], False, "--batch '0': need at least 1"),
     (["lab.fault", "--device", "lab-01", "--knob", "nope"], False, "--knob 'nope': expected one of"),
+    (["tune", "--target", "pi5-01"], True, "broken.yaml:"),
+    (["tune"], False, "exactly one of --target or --group"),
+    (["tune", "--target", "pi5-01", "--threads", "0"], False, "--threads '0': each must be 1..256"),
+    (["tune", "--target", "pi5-01", "--bundle", "/nonexistent-bundle"], False, "/nonexistent-bundle: no bundle.json"),
 ])
 def test_input_and_usage_errors_exit_2(args, inventory_broken, message, broken_inventory):
     env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'payload'}"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
@@ -74,6 +75,16 @@ def test_every_listed_task_answers_help():
             flag = arg.replace("_", "-")
             shown = f"--{flag}" in proc.stdout or f"--[no-]{flag}" in proc.stdout  # a flag that defaults to True
             assert shown, f"{name}: --help does not show --{flag}"
+
+
+@pytest.mark.parametrize("name, task", sorted(flat_tasks(the_collection()).items()))
+def test_no_argument_takes_the_help_flag(name, task):
+    """`invoke <task> -h` is help: no argument may get -h as its short flag (tune's --threads did,
+    beside --target, and so did model.check's)."""
+    probe = copy.copy(task)
+    probe.help = dict(task.help)  # get_arguments() pops the help it uses
+    taken = [arg.name for arg in probe.get_arguments() if "h" in arg.names]
+    assert not taken, f"invoke {name} -h would set --{taken[0]}, not print help"
 
 
 @pytest.mark.parametrize("name, task", sorted(flat_tasks(the_collection()).items()))
