@@ -265,8 +265,9 @@ def test_large_tensors_do_not_fault_their_pages_in_on_every_call():
 
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc only")
+    payload = os.path.dirname(os.path.dirname(tuning.__file__))
     out = subprocess.run([sys.executable, "-c", FAULTS_PROBE], capture_output=True, text=True,
-                         timeout=60, env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(tuning.__file__))})
+                         timeout=60, env={**os.environ, "PYTHONPATH": payload})
     if "not glibc" in out.stderr:
         pytest.skip("glibc only")
     assert out.returncode == 0, out.stderr
