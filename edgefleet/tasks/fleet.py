@@ -92,6 +92,8 @@ def render(c, target=None, out=None, dry_run=False, explain=False, diff=False):
         out_dir = Path(out) if out else build_dir(c) / "rendered" / tgt.name
         for path in write_rendered(files, out_dir):
             print(f"wrote {path}")
+    print(f"variant: {tgt.settings.bundle.precision} (a deploy runs the bundle set's "
+          f"<model>-{tgt.settings.bundle.precision} bundle)")
     for note in notes:
         print(f"note: {note}")
 

@@ -74,8 +74,12 @@ def test_a_gpu_unit_opens_the_gpu_and_a_cpu_unit_no_device():
 
 @pytest.mark.parametrize("board, target", TARGETS, ids=[b for b, _ in TARGETS])
 def test_runtime_config_follows_the_contract(board, target):
-    config = yaml.safe_load((GOLDEN / board / "runtime.yaml").read_text())
+    text = (GOLDEN / board / "runtime.yaml").read_text()
+    config = yaml.safe_load(text)
     s = target.settings
+    # the variant the board asks for is named in the file (the Orin boards: FP16, for their GPU)
+    assert f"# bundle variant: {s.bundle.precision} " in text
+    assert (s.bundle.precision == "fp16") == board.startswith("orin")
     assert config["affinity"] == s.affinity and config["sysfs_root"] == "/sys"
     if config["affinity"]:
         assert config["threads"] == len(config["affinity"])
