@@ -18,8 +18,7 @@ from shlex import quote
 from .device import Device
 
 __all__ = ["COPIED_FILES", "STAMP", "ReleaseDrift", "release_check_lines", "parse_release_drift",
-           "stamp_command", "verify_objects", "repair_command", "describe_drift", "kept_release_repairs",
-           "check_kept_release"]
+           "stamp_command", "verify_objects", "repair_command", "describe_drift", "kept_release_repairs"]
 
 COPIED_FILES = ("runtime.yaml",)  # in a release dir: copies of their objects, never hard links
 STAMP = ".mtime0"  # in objects/: mtime 0; every verified object and copy carries the same mtime
@@ -103,26 +102,6 @@ def parse_release_drift(values: Mapping[str, str]) -> ReleaseDrift:
 def describe_drift(files: tuple[tuple[str, str, str], ...]) -> list[str]:
     """Return one line a person reads per drifted file: `runtime.yaml edited on the device`."""
     return [f"{path} {_KINDS[kind]}" for path, kind, _ in files]
-
-
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-def check_kept_release(dev: Device, release_id: str) -> ReleaseDrift:
-    """Check releases/`release_id` (kept on the device, about to be switched to) file by file
-    against its manifest, whatever the cheap signs say; read-only.
-
-    `suspect_objects` are every object written to since verified, not only this release's."""
-    if not _PLAIN_NAME.fullmatch(release_id):  # it goes into a double-quoted sh word
-        raise ValueError(f"{release_id!r} is not a release name")
-    lines = [f"root={quote(dev.root)}", *release_check_lines(f"$root/releases/{release_id}", always=True)]
-    out = dev.run("\n".join(lines), f"check releases/{release_id}", privileged=False).stdout
-    values = {}
-    for line in out.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key.strip()] = value.strip()
-    return parse_release_drift(values)
 
 
 def kept_release_repairs(drift: ReleaseDrift, corrupt: set[str] | frozenset[str],

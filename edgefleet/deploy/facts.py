@@ -10,6 +10,7 @@ trusted: a parser that meets a shape it does not expect raises `FactError`, nami
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -363,6 +364,21 @@ def facts_command(target: Target) -> str:
 def ask_facts(dev: Device) -> Facts:
     """Run `facts_command` on a `Device` (as the login user) and parse what it prints."""
     return parse_facts(dev.run(facts_command(dev.target), "gather facts", privileged=False).stdout)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def ask_kept_release(dev: Device, release_id: str) -> ReleaseDrift:
+    """Ask RELEASE_DRIFT of releases/`release_id` (kept on the device, about to be switched to):
+    file by file against its manifest, whatever the cheap signs say; read-only. Its
+    `suspect_objects` are every object written to since verified, not only this release's."""
+    if not _PLAIN_NAME.fullmatch(release_id):  # it goes into a double-quoted sh word
+        raise ValueError(f"{release_id!r} is not a release name")
+    kept = Fact(lambda target: release_check_lines(f"$root/releases/{release_id}", always=True),
+                parse_release_drift)
+    out = dev.run(script(dev.target, [kept]), f"check releases/{release_id}", privileged=False).stdout
+    return kept.parse(read_values(out))
 
 
 def parse_facts(output: str) -> Facts:

@@ -92,7 +92,7 @@ def make_plan(target: Target, release: Release, facts: Facts, corrupt: frozenset
 
     `corrupt`: objects on the device whose bytes are no longer their sha256 (`verify_objects`).
     `kept_drift`: how `release`, kept on the device but not active, differs from its manifest
-    (`check_kept_release`); put back as the active release's drift is.
+    (`facts.ask_kept_release`); put back as the active release's drift is.
     """
     s = target.settings
     where = f"{target.name} ({target.host})"

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from ..inventory import Target
 from ..transport import SSHError, connect
 from .activate import IMAGE_ENV, restart_service, switch_current
-from .converge import check_kept_release, describe_drift, kept_release_repairs, repair_command, verify_objects
+from .converge import describe_drift, kept_release_repairs, repair_command, verify_objects
 from .device import DeployError, Device, now
-from .facts import Facts, PlanError, ask_facts, check_room
+from .facts import Facts, PlanError, ask_facts, ask_kept_release, check_room
 from .gate import health_gate, release_golden
 from .health import HealthResult
 from .lock import device_lock
@@ -19,7 +19,6 @@ from .prune import previous_committed
 from .record import read_state, record_state
 
 __all__ = ["RollbackResult", "revert", "rollback"]
-
 
 
 @dataclass
@@ -71,7 +70,7 @@ def _converge_kept_release(dev: Device, facts: Facts, release_id: str, log) -> N
     have that release's bundle), and a deploy of that bundle sends them again.
     """
     try:
-        drift = check_kept_release(dev, release_id)
+        drift = ask_kept_release(dev, release_id)
     except ValueError as exc:
         raise DeployError(f"{dev.target.name}: cannot roll back: {exc}") from None
     # objects written to since verified: hashed again (the intact ones get their mark back)

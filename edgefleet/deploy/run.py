@@ -15,9 +15,9 @@ from ..paths import repo_root
 from ..render import check_rendered, render_target
 from ..transport import SSHError, connect
 from .activate import apply_plan, restart_service, switch_current
-from .converge import check_kept_release, verify_objects
+from .converge import verify_objects
 from .device import DeployError, Device, now
-from .facts import Facts, PlanError, ask_facts, check_room
+from .facts import Facts, PlanError, ask_facts, ask_kept_release, check_room
 from .gate import health_gate
 from .gpu_packages import gpu_package_check
 from .health import HealthResult
@@ -175,7 +175,7 @@ def deploy(target: Target, bundle_dir: Path, build_dir: Path, dry_run: bool = Fa
         # objects written to since they were verified: hashed again; the corrupt ones are sent again
         corrupt = frozenset(verify_objects(dev, sorted(facts.drift.suspect_objects), restamp=not dry_run))
         # a release kept on the device and about to be switched to again is checked as the active one is
-        kept = (check_kept_release(dev, release.release_id)
+        kept = (ask_kept_release(dev, release.release_id)
                 if release.release_id in facts.releases and facts.current != release.release_id else None)
         plan: DeployPlan = make_plan(target, release, without_stale_lock(target, facts, log), corrupt, kept)
         lines = plan.describe()

@@ -258,7 +258,8 @@ def second_release(dev, tmp_path):
 def test_a_deploy_back_to_a_kept_release_repairs_it_before_the_switch(device, tmp_path):
     """Deploying a release the device still keeps (after a rollback, say) checks that release too:
     its edited copy put back, its corrupt object sent again, its missing file linked again."""
-    from edgefleet.deploy.converge import check_kept_release, repair_command, verify_objects
+    from edgefleet.deploy.converge import repair_command, verify_objects
+    from edgefleet.deploy.facts import ask_kept_release
 
     dev, first = device
     second_release(dev, tmp_path)
@@ -269,7 +270,7 @@ def test_a_deploy_back_to_a_kept_release_repairs_it_before_the_switch(device, tm
     facts, _ = plan_now(dev, first)
     corrupt = frozenset(verify_objects(dev, sorted(facts.drift.suspect_objects)))
     assert corrupt == {sha}
-    plan = make_plan(dev.target, first, facts, corrupt, kept_drift=check_kept_release(dev, first.release_id))
+    plan = make_plan(dev.target, first, facts, corrupt, kept_drift=ask_kept_release(dev, first.release_id))
     lines = plan.describe()
     assert "  repair: runtime.yaml edited on the device" in lines, lines
     assert f"  repair: {PAYLOAD_FILE} missing on the device" in lines, lines
@@ -277,4 +278,4 @@ def test_a_deploy_back_to_a_kept_release_repairs_it_before_the_switch(device, tm
     send(dev, first, [f.sha256 for f in plan.upload])
     subprocess.run(["sh", "-c", repair_command(dev, [(p, s) for p, s, _ in plan.repair], kept)], check=True)
     assert objects_intact(dev)
-    assert check_kept_release(dev, first.release_id).files == ()
+    assert ask_kept_release(dev, first.release_id).files == ()
