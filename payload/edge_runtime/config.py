@@ -64,6 +64,7 @@ class RuntimeConfig:
 
     bundle: str | None = None
     threads: int | None = None
+    workers: int = 1  # inference threads sharing the session, threads // workers ORT threads each
     affinity: tuple[int, ...] = ()
     spin: bool = False
     nice: int | None = None
@@ -86,7 +87,7 @@ class RuntimeConfig:
     engine_cache_dir: str | None = None  # TensorRT engines, one directory per key (engine_cache.py)
 
 
-INT_RANGES = {"threads": (1, 1024), "port": (0, 65535), "max_seq_len": (2, 1 << 20),
+INT_RANGES = {"threads": (1, 1024), "workers": (1, 1024), "port": (0, 65535), "max_seq_len": (2, 1 << 20),
               "nice": (-20, 19), "max_body_bytes": (64, 1 << 30), "max_texts": (1, 1 << 16),
               "max_text_chars": (1, 1 << 24), "queue_depth": (1, 1 << 16), "max_batch": (1, 256)}
 FLOAT_RANGES = {"soft_c": (-50.0, 200.0), "hard_c": (-50.0, 200.0), "poll_s": (0.01, 3600.0),
@@ -235,6 +236,11 @@ def _cross_check(config: RuntimeConfig, source: str) -> None:
     if config.threads and config.affinity and config.threads != len(config.affinity):
         raise ConfigError(f"{source}: key 'threads' ({config.threads}) must equal the number "
                           f"of CPUs in 'affinity' ({len(config.affinity)})")
+    cpus = config.threads or len(config.affinity)
+    if cpus and (config.workers > cpus or cpus % config.workers):
+        given = "'threads'" if config.threads else "the CPUs in 'affinity'"
+        raise ConfigError(f"{source}: key 'workers' ({config.workers}) must divide {given} "
+                          f"({cpus}): each worker gets an equal share of the threads")
     if config.host and not is_loopback(config.host) and not config.token and config.token_env:
         raise ConfigError(f"{source}: key 'token_env' names {config.token_env}, which is not set: the runtime's "
                           f"unit sets it (EnvironmentFile=); to run by hand, export it")

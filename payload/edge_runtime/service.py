@@ -124,7 +124,8 @@ class Service:
         self.engine = None  # engine_cache.EngineCache when TensorRT is asked for and offered
         self.worker = InferenceWorker(self._run, self.config.limits.queue_depth,
                                       observe=self.metrics.inferred, spacing=self._spacing,
-                                      idle=self._idle, settled=self._settled)
+                                      idle=self._idle, settled=self._settled,
+                                      workers=1)  # resized by start() to the placement's workers
 
     @property
     def ready(self) -> bool:
@@ -186,6 +187,7 @@ class Service:
             gc.freeze()  # the model's objects live forever: keep them out of every GC pass
             _malloc_trim()
             if result.passed:
+                self._size_workers(placement)
                 self._batch_if_safe(model)
                 self.worker.start()
             self.state = "ready" if result.passed else "failed"
@@ -196,6 +198,16 @@ class Service:
         except Exception as error:  # the service stays up, not ready, and says why
             self.state, self.status = "failed", f"load failed: {error}"
             log.error("load_failed error=%s", error)
+
+    def _size_workers(self, placement: Placement) -> None:
+        """Give the worker the placement's inference threads, each pinned to its own CPUs."""
+        if placement.workers != self.worker.workers:
+            self.worker = InferenceWorker(self._run, self.config.limits.queue_depth,
+                                          observe=self.metrics.inferred, spacing=self._spacing,
+                                          idle=self._idle, settled=self._settled,
+                                          workers=placement.workers)
+        if placement.worker_cpus:
+            self.worker.pin(list(placement.worker_cpus))
 
     def _engine_cache(self):
         """Return the engine cache when TensorRT is asked for and offered (else None), and say
@@ -223,7 +235,7 @@ class Service:
                 "device takes minutes, later ones load it")
 
     def _load(self, placement: Placement) -> EmbeddingModel:
-        return load(self.bundle_dir, threads=placement.threads, max_seq_len=self.max_seq_len,
+        return load(self.bundle_dir, threads=placement.session_threads, max_seq_len=self.max_seq_len,
                     spin=placement.spin, providers=self.config.providers,
                     provider_options=self.config.provider_options, profile_nodes=True,
                     sessions=self.sessions, engine=self.engine)
@@ -337,6 +349,8 @@ class Service:
             "state": self.state,
             "serving": dict(zip(("state", "reason"), self.serving(), strict=True)),
             "threads": placement.threads if placement else None,
+            "workers": placement.workers if placement else self.config.workers,
+            "worker_cpus": [list(cpus) for cpus in placement.worker_cpus] if placement else [],
             "affinity": list(placement.affinity) if placement else None,
             "spin": placement.spin if placement else self.config.spin,
             "nice": placement.nice if placement else None,

@@ -6,20 +6,47 @@ import logging
 import os
 from dataclasses import dataclass
 
-__all__ = ["Placement", "apply_affinity", "apply_nice", "place"]
+__all__ = ["Placement", "apply_affinity", "apply_nice", "fit_workers", "place", "split_cpus"]
 
 log = logging.getLogger("edge_runtime")
 
 
 @dataclass(frozen=True)
 class Placement:
-    """What start-up achieved: CPUs the process runs on, ORT threads, spinning, nice value."""
+    """What start-up achieved: CPUs the process runs on, ORT threads (over all inference
+    workers), spinning, nice value, and the inference workers with each one's CPUs."""
 
     affinity: tuple[int, ...]
     threads: int
     spin: bool
     nice: int
     warnings: tuple[str, ...] = ()
+    workers: int = 1
+    worker_cpus: tuple[tuple[int, ...], ...] = ()  # one disjoint slice of affinity per worker
+
+    @property
+    def session_threads(self) -> int:
+        """Return the session's intra-op threads: each worker's share of threads."""
+        return max(1, self.threads // self.workers)
+
+
+def split_cpus(cpus: tuple[int, ...], workers: int) -> tuple[tuple[int, ...], ...]:
+    """Return workers disjoint, near-equal, contiguous slices of cpus (none when one worker,
+    or fewer CPUs than workers: then the workers share the process's CPUs)."""
+    if workers <= 1 or len(cpus) < workers:
+        return ()
+    size, extra = divmod(len(cpus), workers)
+    slices, start = [], 0
+    for i in range(workers):
+        end = start + size + (i < extra)
+        slices.append(tuple(cpus[start:end]))
+        start = end
+    return tuple(slices)
+
+
+def fit_workers(workers: int, threads: int) -> int:
+    """Return the largest worker count <= workers that divides threads."""
+    return next(n for n in range(min(workers, threads), 0, -1) if threads % n == 0)
 
 
 def _existing_cpus() -> set[int]:
@@ -81,8 +108,14 @@ def place(config, threads=None) -> Placement:
     if config.affinity and len(affinity) < chosen and not set(config.affinity) <= set(affinity):
         warnings.append(f"threads: {chosen} -> {len(affinity)} to match the CPUs it may run on")
         chosen = len(affinity)
+    wanted = getattr(config, "workers", 1)
+    workers = fit_workers(wanted, chosen)
+    if workers != wanted:
+        warnings.append(f"workers: {wanted} -> {workers} so that each gets an equal share of "
+                        f"{chosen} threads")
     for text in warnings:
         log.warning("tuning %s", text)
-    log.info("placement affinity=%s threads=%d spin=%s nice=%d", list(affinity), chosen,
-             config.spin, nice)
-    return Placement(affinity, chosen, config.spin, nice, tuple(warnings))
+    log.info("placement affinity=%s threads=%d workers=%d spin=%s nice=%d", list(affinity), chosen,
+             workers, config.spin, nice)
+    return Placement(affinity, chosen, config.spin, nice, tuple(warnings), workers,
+                     split_cpus(affinity, workers))

@@ -1,4 +1,9 @@
-"""One inference thread fed by a bounded queue; a full queue refuses work at once.
+"""Inference threads (one by default) fed by one bounded queue; a full queue refuses work at once.
+
+With several workers each thread takes its own jobs from the queue, keeps its own held-back
+job, and may be pinned to its own CPUs (cores[i]); they run the same ONNX Runtime session
+(its run is thread-safe). idle() and settled() run only when no worker runs a job, and no job
+starts while they run.
 
 With a batch policy the thread takes several queued jobs at once (micro-batching): it drains
 what already waits and, only when one of the recent batches held more than one job (clients are
@@ -10,6 +15,7 @@ client never waits (after a burst, for RECENT of its requests at most).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -42,8 +48,17 @@ class BatchPolicy:
     max_wait_s: float = 0.004
 
 
+class _Lane:
+    """One worker thread's own state: the job it holds back and how many jobs it runs now."""
+
+    def __init__(self, cores: tuple[int, ...] = ()):
+        self.cores = cores
+        self.held: tuple | None = None
+        self.busy = 0
+
+
 class InferenceWorker:
-    """Run run(job) for queued jobs on one thread; spacing() returns the idle time after each.
+    """Run run(job) for queued jobs on `workers` threads; spacing() returns the idle time after each.
 
     observe(seconds) is called with each job's run time (for metrics); spacing(seconds) lets the
     thermal guard stretch the gap between jobs; idle() runs after a job when no other waits
@@ -53,20 +68,42 @@ class InferenceWorker:
 
     def __init__(self, run, depth: int, observe=lambda s: None, spacing=lambda s: 0.0,
                  idle=lambda: None, settled=lambda: None, settle_s: float = 1.0,
-                 batch: BatchPolicy | None = None):
+                 batch: BatchPolicy | None = None, workers: int = 1):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.run, self.observe, self.spacing, self.idle = run, observe, spacing, idle
         self.settled, self.settle_s = settled, settle_s
         self.batch = batch  # None: one job at a time; set before start()
         self.jobs: queue.Queue = queue.Queue(maxsize=depth)
-        self.busy = 0  # jobs running now
         self.batches: list[int] = []  # jobs per batch run, the latest 64 (tests, metrics)
-        self._held: tuple | None = None  # taken from the queue but left for the next batch
-        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
+        self.lanes = [_Lane() for _ in range(workers)]  # cores set by pin() before start()
+        # held while a lane's busy count changes and while idle()/settled() run: housekeeping
+        # (malloc_trim) never overlaps a run, and runs wait for it to finish
+        self._quiet = threading.Lock()
+        self._unsettled = False  # a job ran since settled() last ran
+        self._threads = [threading.Thread(target=self._loop, args=(lane,), daemon=True,
+                                          name="inference" if workers == 1 else f"inference-{i}")
+                         for i, lane in enumerate(self.lanes)]
+
+    @property
+    def workers(self) -> int:
+        """Return the number of inference threads."""
+        return len(self.lanes)
+
+    @property
+    def busy(self) -> int:
+        """Return the number of jobs running now, over all workers."""
+        return sum(lane.busy for lane in self.lanes)
 
     @property
     def depth(self) -> int:
         """Return the number of jobs waiting or running."""
-        return self.jobs.qsize() + self.busy + (self._held is not None)
+        return self.jobs.qsize() + sum(lane.busy + (lane.held is not None) for lane in self.lanes)
+
+    def pin(self, cores: list[tuple[int, ...]]) -> None:
+        """Give worker i the CPUs cores[i] (set on its own thread when it starts); call before start()."""
+        for lane, own in zip(self.lanes, cores, strict=True):
+            lane.cores = tuple(own)
 
     @property
     def concurrent(self) -> bool:
@@ -74,8 +111,9 @@ class InferenceWorker:
         return max(self.batches[-RECENT:], default=1) > 1
 
     def start(self) -> InferenceWorker:
-        """Start the worker thread."""
-        self._thread.start()
+        """Start the worker threads."""
+        for thread in self._threads:
+            thread.start()
         return self
 
     def submit(self, job, wanted=None) -> Future:
@@ -92,8 +130,9 @@ class InferenceWorker:
         return future
 
     def stop(self) -> None:
-        """Ask the worker to finish after the jobs queued so far."""
-        self.jobs.put((None, None, None))
+        """Ask the workers to finish after the jobs queued so far."""
+        for _ in self.lanes:
+            self.jobs.put((None, None, None))
 
     def _housekeep(self, hook, name: str) -> None:
         try:
@@ -108,14 +147,18 @@ class InferenceWorker:
             log.exception("worker_wanted_check_failed")
             return True
 
-    def _next(self, timeout: float | None) -> tuple:
-        """Return the held-back job if any, else the next from the queue (queue.Empty)."""
-        if self._held is not None:
-            item, self._held = self._held, None
+    def _next(self, lane: _Lane, timeout: float | None) -> tuple:
+        """Return the lane's held-back job if any, else the next from the queue (queue.Empty)."""
+        if lane.held is not None:
+            item, lane.held = lane.held, None
             return item
         return self.jobs.get(timeout=timeout)
 
-    def _gather(self, first: tuple) -> list[tuple]:
+    def _quiet_now(self) -> bool:
+        """Return True when no worker runs or holds a job and none waits (call under _quiet)."""
+        return self.jobs.empty() and all(not lane.busy and lane.held is None for lane in self.lanes)
+
+    def _gather(self, lane: _Lane, first: tuple) -> list[tuple]:
         """Return first plus the jobs that join its batch (see the module docstring)."""
         batch = self.batch
         size = batch.size(first[0]) if batch else 0
@@ -134,7 +177,7 @@ class InferenceWorker:
                 break
             job_size = batch.size(item[0]) if item[1] is not None else 0
             if not job_size or items + job_size > batch.max_items:
-                self._held = item  # a stop, an unbatchable or a too-big job goes next, alone
+                lane.held = item  # a stop, an unbatchable or a too-big job goes next, alone
                 break
             taken.append(item)
             items += job_size
@@ -150,9 +193,11 @@ class InferenceWorker:
                 kept.append((job, future))
         return kept
 
-    def _execute(self, kept: list[tuple]) -> None:
+    def _execute(self, lane: _Lane, kept: list[tuple]) -> None:
         """Run the jobs (one alone, or as one batch) and settle their futures."""
-        self.busy = len(kept)
+        with self._quiet:
+            lane.busy = len(kept)
+            self._unsettled = True
         started = time.perf_counter()
         try:
             if len(kept) == 1:
@@ -169,7 +214,7 @@ class InferenceWorker:
                 if not future.done():
                     future.set_exception(error)
         finally:
-            self.busy = 0
+            lane.busy = 0
             self.observe(time.perf_counter() - started)
         self.batches = [*self.batches[-63:], len(kept)]
 
@@ -179,26 +224,40 @@ class InferenceWorker:
         except BaseException as error:
             return error
 
-    def _loop(self) -> None:
-        unsettled = False
+    def _settle(self) -> None:
+        """Run settled() once after the last job, when every worker is quiet."""
+        with self._quiet:
+            if self._unsettled and self._quiet_now():
+                self._unsettled = False
+                self._housekeep(self.settled, "settled")
+
+    def _pin(self, lane: _Lane) -> None:
+        if not lane.cores:
+            return
+        try:  # on Linux pid 0 is the calling thread: this pins the worker thread only
+            os.sched_setaffinity(0, lane.cores)
+        except OSError as error:
+            log.warning("worker_pin_failed cores=%s error=%s", list(lane.cores), error)
+
+    def _loop(self, lane: _Lane) -> None:
+        self._pin(lane)
         while True:
             try:
-                first = self._next(self.settle_s if unsettled else None)
+                first = self._next(lane, self.settle_s if self._unsettled else None)
             except queue.Empty:
-                unsettled = False
-                self._housekeep(self.settled, "settled")
+                self._settle()
                 continue
             if first[1] is None:
                 return
-            kept = self._wanted(self._gather(first))
+            kept = self._wanted(self._gather(lane, first))
             if not kept:
                 continue
             started = time.perf_counter()
-            self._execute(kept)
+            self._execute(lane, kept)
             took = time.perf_counter() - started
-            unsettled = True
-            if self.jobs.empty() and self._held is None:
-                self._housekeep(self.idle, "idle")
+            with self._quiet:
+                if self._quiet_now():
+                    self._housekeep(self.idle, "idle")
             gap = self.spacing(took)
             if gap > 0:
                 time.sleep(gap)
