@@ -22,7 +22,7 @@ class Placement:
     nice: int
     warnings: tuple[str, ...] = ()
     workers: int = 1
-    worker_cpus: tuple[tuple[int, ...], ...] = ()  # one disjoint slice of affinity per worker
+    worker_cpus: tuple[tuple[int, ...], ...] = ()  # one disjoint slice of affinity per worker, or none
 
     @property
     def session_threads(self) -> int:
@@ -117,5 +117,8 @@ def place(config, threads=None) -> Placement:
         log.warning("tuning %s", text)
     log.info("placement affinity=%s threads=%d workers=%d spin=%s nice=%d", list(affinity), chosen,
              workers, config.spin, nice)
-    return Placement(affinity, chosen, config.spin, nice, tuple(warnings), workers,
-                     split_cpus(affinity, workers))
+    # Workers pin to their own cores only where runtime.yaml names the cores (a device's big
+    # cores, the service's own): on a shared host a pinned worker waits whenever a neighbour
+    # holds its one core, and a lone client's latency suffers (benchmarks/RESULTS.md).
+    own = split_cpus(affinity, workers) if config.affinity else ()
+    return Placement(affinity, chosen, config.spin, nice, tuple(warnings), workers, own)

@@ -148,9 +148,11 @@ def test_config_refuses_workers_that_do_not_split_the_threads(data, message):
 
 def test_place_splits_threads_and_cpus_between_workers(monkeypatch):
     monkeypatch.setattr(tuning, "apply_affinity", lambda cpus: ((0, 1, 2, 3), None))
-    placement = tuning.place(parse_config({"workers": 2}))
+    placement = tuning.place(parse_config({"workers": 2, "affinity": [0, 1, 2, 3]}))
     assert (placement.threads, placement.workers, placement.session_threads) == (4, 2, 2)
     assert placement.worker_cpus == ((0, 1), (2, 3))
+    # no affinity in runtime.yaml (a shared host): the workers are not pinned
+    assert tuning.place(parse_config({"workers": 2})).worker_cpus == ()
     # no threads in runtime.yaml and 3 CPUs: 2 workers do not divide them -> 1, said so
     monkeypatch.setattr(tuning, "apply_affinity", lambda cpus: ((0, 1, 2), None))
     placement = tuning.place(parse_config({"workers": 2}))
