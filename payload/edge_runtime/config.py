@@ -64,7 +64,7 @@ class RuntimeConfig:
 
     bundle: str | None = None
     threads: int | None = None
-    workers: int = 1  # inference threads sharing the session, threads // workers ORT threads each
+    workers: int | None = None  # inference threads calling the one session; None: tuning.choose_workers
     affinity: tuple[int, ...] = ()
     spin: bool = False
     nice: int | None = None
@@ -236,11 +236,6 @@ def _cross_check(config: RuntimeConfig, source: str) -> None:
     if config.threads and config.affinity and config.threads != len(config.affinity):
         raise ConfigError(f"{source}: key 'threads' ({config.threads}) must equal the number "
                           f"of CPUs in 'affinity' ({len(config.affinity)})")
-    cpus = config.threads or len(config.affinity)
-    if cpus and (config.workers > cpus or cpus % config.workers):
-        given = "'threads'" if config.threads else "the CPUs in 'affinity'"
-        raise ConfigError(f"{source}: key 'workers' ({config.workers}) must divide {given} "
-                          f"({cpus}): each worker gets an equal share of the threads")
     if config.host and not is_loopback(config.host) and not config.token and config.token_env:
         raise ConfigError(f"{source}: key 'token_env' names {config.token_env}, which is not set: the runtime's "
                           f"unit sets it (EnvironmentFile=); to run by hand, export it")

@@ -200,14 +200,12 @@ class Service:
             log.error("load_failed error=%s", error)
 
     def _size_workers(self, placement: Placement) -> None:
-        """Give the worker the placement's inference threads, each pinned to its own CPUs."""
+        """Give the worker the placement's inference threads."""
         if placement.workers != self.worker.workers:
             self.worker = InferenceWorker(self._run, self.config.limits.queue_depth,
                                           observe=self.metrics.inferred, spacing=self._spacing,
                                           idle=self._idle, settled=self._settled,
                                           workers=placement.workers)
-        if placement.worker_cpus:
-            self.worker.pin(list(placement.worker_cpus))
 
     def _engine_cache(self):
         """Return the engine cache when TensorRT is asked for and offered (else None), and say
@@ -235,7 +233,7 @@ class Service:
                 "device takes minutes, later ones load it")
 
     def _load(self, placement: Placement) -> EmbeddingModel:
-        return load(self.bundle_dir, threads=placement.session_threads, max_seq_len=self.max_seq_len,
+        return load(self.bundle_dir, threads=placement.threads, max_seq_len=self.max_seq_len,
                     spin=placement.spin, providers=self.config.providers,
                     provider_options=self.config.provider_options, profile_nodes=True,
                     sessions=self.sessions, engine=self.engine)
@@ -350,7 +348,6 @@ class Service:
             "serving": dict(zip(("state", "reason"), self.serving(), strict=True)),
             "threads": placement.threads if placement else None,
             "workers": placement.workers if placement else self.config.workers,
-            "worker_cpus": [list(cpus) for cpus in placement.worker_cpus] if placement else [],
             "affinity": list(placement.affinity) if placement else None,
             "spin": placement.spin if placement else self.config.spin,
             "nice": placement.nice if placement else None,

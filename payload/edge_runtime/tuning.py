@@ -6,15 +6,15 @@ import logging
 import os
 from dataclasses import dataclass
 
-__all__ = ["Placement", "apply_affinity", "apply_nice", "fit_workers", "place", "split_cpus"]
+__all__ = ["Placement", "apply_affinity", "apply_nice", "choose_workers", "place"]
 
 log = logging.getLogger("edge_runtime")
 
 
 @dataclass(frozen=True)
 class Placement:
-    """What start-up achieved: CPUs the process runs on, ORT threads (over all inference
-    workers), spinning, nice value, and the inference workers with each one's CPUs."""
+    """What start-up achieved: CPUs the process runs on, ORT threads, spinning, nice value, and
+    the inference workers (threads that call the one session, sharing its ORT threads)."""
 
     affinity: tuple[int, ...]
     threads: int
@@ -22,31 +22,25 @@ class Placement:
     nice: int
     warnings: tuple[str, ...] = ()
     workers: int = 1
-    worker_cpus: tuple[tuple[int, ...], ...] = ()  # one disjoint slice of affinity per worker, or none
-
-    @property
-    def session_threads(self) -> int:
-        """Return the session's intra-op threads: each worker's share of threads."""
-        return max(1, self.threads // self.workers)
 
 
-def split_cpus(cpus: tuple[int, ...], workers: int) -> tuple[tuple[int, ...], ...]:
-    """Return workers disjoint, near-equal, contiguous slices of cpus (none when one worker,
-    or fewer CPUs than workers: then the workers share the process's CPUs)."""
-    if workers <= 1 or len(cpus) < workers:
-        return ()
-    size, extra = divmod(len(cpus), workers)
-    slices, start = [], 0
-    for i in range(workers):
-        end = start + size + (i < extra)
-        slices.append(tuple(cpus[start:end]))
-        start = end
-    return tuple(slices)
+AUTO_WORKERS = 2
 
 
-def fit_workers(workers: int, threads: int) -> int:
-    """Return the largest worker count <= workers that divides threads."""
-    return next(n for n in range(min(workers, threads), 0, -1) if threads % n == 0)
+def choose_workers(wanted: int | None, threads: int) -> tuple[int, str | None]:
+    """Return (inference workers, warning or None) for runtime.yaml's `workers`.
+
+    None (the default) is two where the session has two threads or more: a second model call
+    keeps the pool busy while the first worker is in Python (tokenizing, pooling, gathering its
+    next batch); more calls than that only contend for the same threads. With one thread, one
+    worker. An explicit count above the threads is cut to them: the extra calls would only queue
+    on the same cores.
+    """
+    if wanted is None:
+        return min(AUTO_WORKERS, threads), None
+    if wanted > threads:
+        return threads, f"workers: {wanted} -> {threads}, the session's threads (more would queue on the same cores)"
+    return wanted, None
 
 
 def _existing_cpus() -> set[int]:
@@ -108,17 +102,11 @@ def place(config, threads=None) -> Placement:
     if config.affinity and len(affinity) < chosen and not set(config.affinity) <= set(affinity):
         warnings.append(f"threads: {chosen} -> {len(affinity)} to match the CPUs it may run on")
         chosen = len(affinity)
-    wanted = getattr(config, "workers", 1)
-    workers = fit_workers(wanted, chosen)
-    if workers != wanted:
-        warnings.append(f"workers: {wanted} -> {workers} so that each gets an equal share of "
-                        f"{chosen} threads")
+    workers, warning = choose_workers(getattr(config, "workers", None), chosen)
+    if warning:
+        warnings.append(warning)
     for text in warnings:
         log.warning("tuning %s", text)
     log.info("placement affinity=%s threads=%d workers=%d spin=%s nice=%d", list(affinity), chosen,
              workers, config.spin, nice)
-    # Workers pin to their own cores only where runtime.yaml names the cores (a device's big
-    # cores, the service's own): on a shared host a pinned worker waits whenever a neighbour
-    # holds its one core, and a lone client's latency suffers (benchmarks/RESULTS.md).
-    own = split_cpus(affinity, workers) if config.affinity else ()
-    return Placement(affinity, chosen, config.spin, nice, tuple(warnings), workers, own)
+    return Placement(affinity, chosen, config.spin, nice, tuple(warnings), workers)

@@ -1,9 +1,10 @@
 """Inference threads (one by default) fed by one bounded queue; a full queue refuses work at once.
 
-With several workers each thread takes its own jobs from the queue, keeps its own held-back
-job, and may be pinned to its own CPUs (cores[i]); they run the same ONNX Runtime session
-(its run is thread-safe). idle() and settled() run only when no worker runs a job, and no job
-starts while they run.
+With several workers each thread takes its own jobs from the queue and keeps its own held-back
+job; they run the same ONNX Runtime session (its run is thread-safe) and share its intra-op
+pool, so one worker's model call runs while another tokenizes, pools or gathers its next batch,
+and a lone request still gets every pool thread. idle() and settled() run only when no worker
+runs a job, and no job starts while they run.
 
 With a batch policy the thread takes several queued jobs at once (micro-batching): it drains
 what already waits and, only when one of the recent batches held more than one job (clients are
@@ -15,7 +16,6 @@ client never waits (after a burst, for RECENT of its requests at most).
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -51,8 +51,7 @@ class BatchPolicy:
 class _Lane:
     """One worker thread's own state: the job it holds back and how many jobs it runs now."""
 
-    def __init__(self, cores: tuple[int, ...] = ()):
-        self.cores = cores
+    def __init__(self):
         self.held: tuple | None = None
         self.busy = 0
 
@@ -76,7 +75,7 @@ class InferenceWorker:
         self.batch = batch  # None: one job at a time; set before start()
         self.jobs: queue.Queue = queue.Queue(maxsize=depth)
         self.batches: list[int] = []  # jobs per batch run, the latest 64 (tests, metrics)
-        self.lanes = [_Lane() for _ in range(workers)]  # cores set by pin() before start()
+        self.lanes = [_Lane() for _ in range(workers)]
         # held while a lane's busy count changes and while idle()/settled() run: housekeeping
         # (malloc_trim) never overlaps a run, and runs wait for it to finish
         self._quiet = threading.Lock()
@@ -99,11 +98,6 @@ class InferenceWorker:
     def depth(self) -> int:
         """Return the number of jobs waiting or running."""
         return self.jobs.qsize() + sum(lane.busy + (lane.held is not None) for lane in self.lanes)
-
-    def pin(self, cores: list[tuple[int, ...]]) -> None:
-        """Give worker i the CPUs cores[i] (set on its own thread when it starts); call before start()."""
-        for lane, own in zip(self.lanes, cores, strict=True):
-            lane.cores = tuple(own)
 
     @property
     def concurrent(self) -> bool:
@@ -231,16 +225,7 @@ class InferenceWorker:
                 self._unsettled = False
                 self._housekeep(self.settled, "settled")
 
-    def _pin(self, lane: _Lane) -> None:
-        if not lane.cores:
-            return
-        try:  # on Linux pid 0 is the calling thread: this pins the worker thread only
-            os.sched_setaffinity(0, lane.cores)
-        except OSError as error:
-            log.warning("worker_pin_failed cores=%s error=%s", list(lane.cores), error)
-
     def _loop(self, lane: _Lane) -> None:
-        self._pin(lane)
         while True:
             try:
                 first = self._next(lane, self.settle_s if self._unsettled else None)

@@ -1,7 +1,6 @@
 """Several inference workers: jobs really run in parallel, results equal single requests, and the
 queue, abandoned jobs, thermal spacing and housekeeping keep their rules."""
 
-import os
 import threading
 import time
 
@@ -112,52 +111,35 @@ def test_housekeeping_never_runs_while_a_job_runs():
     worker.stop()
 
 
-def test_worker_threads_pin_to_their_own_cpus():
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        pytest.skip("needs 2 CPUs")
-    seen = {}
-
-    def run(job):
-        seen[threading.current_thread().name] = os.sched_getaffinity(0)
-        barrier.wait()
-        return job
-
-    barrier = threading.Barrier(2, timeout=3)
-    worker = InferenceWorker(run, depth=8, workers=2)
-    worker.pin([(cpus[0],), (cpus[1],)])
-    worker.start()
-    [f.result(5) for f in [worker.submit(n) for n in (1, 2)]]
-    assert sorted(seen.values(), key=min) == [{cpus[0]}, {cpus[1]}]
-    assert os.sched_getaffinity(0) == set(cpus)  # the process (this thread) stays unpinned
-    worker.stop()
-
-
 @pytest.mark.parametrize("data, message", [
     ({"workers": 0}, "key 'workers' must be in 1..1024"),
-    ({"workers": 3, "threads": 2}, "key 'workers' (3) must divide 'threads' (2)"),
-    ({"workers": 2, "threads": 3}, "key 'workers' (2) must divide 'threads' (3)"),
-    ({"workers": 3, "affinity": [0, 1]}, "key 'workers' (3) must divide the CPUs in 'affinity' (2)"),
     ({"workers": "auto"}, "key 'workers' must be an integer"),
 ])
-def test_config_refuses_workers_that_do_not_split_the_threads(data, message):
+def test_config_refuses_a_bad_workers_count(data, message):
     with pytest.raises(ConfigError) as error:
         parse_config(data)
     assert message in str(error.value)
 
 
-def test_place_splits_threads_and_cpus_between_workers(monkeypatch):
-    monkeypatch.setattr(tuning, "apply_affinity", lambda cpus: ((0, 1, 2, 3), None))
-    placement = tuning.place(parse_config({"workers": 2, "affinity": [0, 1, 2, 3]}))
-    assert (placement.threads, placement.workers, placement.session_threads) == (4, 2, 2)
-    assert placement.worker_cpus == ((0, 1), (2, 3))
-    # no affinity in runtime.yaml (a shared host): the workers are not pinned
-    assert tuning.place(parse_config({"workers": 2})).worker_cpus == ()
-    # no threads in runtime.yaml and 3 CPUs: 2 workers do not divide them -> 1, said so
-    monkeypatch.setattr(tuning, "apply_affinity", lambda cpus: ((0, 1, 2), None))
-    placement = tuning.place(parse_config({"workers": 2}))
-    assert placement.workers == 1 and placement.worker_cpus == ()
-    assert "workers: 2 -> 1" in placement.warnings[0]
+@pytest.mark.parametrize("cpus, data, expected", [
+    ((0, 1, 2, 3), {}, 2),  # the default: two model calls at once
+    ((0, 1), {}, 2),
+    ((0,), {}, 1),  # one thread: one worker
+    ((0, 1, 2, 3), {"workers": 1}, 1),
+    ((0, 1, 2, 3), {"workers": 4}, 4),
+    ((0, 1, 2), {"workers": 3}, 3),  # no equal shares needed: the workers share one pool
+])
+def test_place_chooses_the_workers_and_never_splits_the_threads(monkeypatch, cpus, data, expected):
+    monkeypatch.setattr(tuning, "apply_affinity", lambda wanted: (cpus, None))
+    placement = tuning.place(parse_config(data))
+    assert (placement.workers, placement.threads, placement.warnings) == (expected, len(cpus), ())
+
+
+def test_place_cuts_workers_to_the_threads_and_says_so(monkeypatch):
+    monkeypatch.setattr(tuning, "apply_affinity", lambda wanted: ((0, 1), None))
+    placement = tuning.place(parse_config({"workers": 3}))
+    assert placement.workers == 2
+    assert placement.warnings == ("workers: 3 -> 2, the session's threads (more would queue on the same cores)",)
 
 
 def test_service_with_two_workers_answers_as_single_requests(tiny_bundle, fake_sysfs):
@@ -167,7 +149,8 @@ def test_service_with_two_workers_answers_as_single_requests(tiny_bundle, fake_s
     service = Service(tiny_bundle, config)
     service.start(poll=False)
     assert service.ready, service.status
-    assert service.worker.workers == 2 and service.model.threads == 1
+    # both workers call the one session, which keeps all its threads (a lone request gets both)
+    assert service.worker.workers == 2 and service.model.threads == 2
     info = service.info()
     assert info["workers"] == 2 and info["threads"] == 2
     expected = {text: single.embed([text]) for text in TEXTS}
@@ -189,3 +172,28 @@ def test_service_with_two_workers_answers_as_single_requests(tiny_bundle, fake_s
             np.testing.assert_array_equal(row, expected[text])
     service.worker.stop()
     single.worker.stop()
+
+
+def test_the_default_service_runs_two_model_calls_at_once(tiny_bundle, fake_sysfs):
+    """Two requests meet inside the model at a barrier: with one inference thread (the default
+    before) the second waits in the queue behind the first, and the barrier breaks."""
+    service = Service(tiny_bundle, parse_config({"sysfs_root": str(fake_sysfs.root), "threads": 2,
+                                                 "batching": {"enabled": False}}))
+    service.start(poll=False)
+    assert service.ready, service.status
+    barrier, embed = threading.Barrier(2, timeout=3), service.model.embed
+
+    def meet(texts):
+        barrier.wait()
+        return embed(texts)
+
+    service.model.embed = meet  # type: ignore[method-assign]
+    results: list = []
+    clients = [threading.Thread(target=lambda t=t: results.append(service.embed([t]))) for t in TEXTS[:2]]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(10)
+    assert len(results) == 2 and not barrier.broken
+    assert service.info()["workers"] == 2
+    service.worker.stop()
