@@ -248,8 +248,8 @@ class Service:
         """Give the worker a batch policy when batching.py's rule allows it for this bundle."""
         settings = self.config.batching
         self.batching = decide(settings, model.meta)
-        log.info("batching enabled=%s max_batch=%d max_wait_ms=%s (%s)", self.batching.enabled,
-                 settings.max_batch, settings.max_wait_ms, self.batching.reason)
+        log.info("batching enabled=%s max_batch=%d max_tokens=%d max_wait_ms=%s (%s)", self.batching.enabled,
+                 settings.max_batch, settings.max_tokens, settings.max_wait_ms, self.batching.reason)
         if self.batching.enabled and settings.max_batch > 1:
             self.worker.batch = BatchPolicy(size=job_size, run_many=self._run_many,
                                             max_items=settings.max_batch,
@@ -261,7 +261,8 @@ class Service:
         task = jobs[0][0]
         if model is None or any(job[0] != task for job in jobs):
             return [self._outcome(job) for job in jobs]
-        outcomes = run_grouped(getattr(model, TASK_METHODS[task]), model.token_lengths, jobs)
+        outcomes = run_grouped(getattr(model, TASK_METHODS[task]), model.token_lengths, jobs,
+                               self.config.batching.max_tokens)
         self._trim = self._trim or model.last_tokens > TRIM_TOKENS
         return outcomes
 
@@ -365,6 +366,7 @@ class Service:
             "queue_depth": self.worker.depth,
             "batching": {"enabled": self.batching.enabled, "reason": self.batching.reason,
                          "max_batch": self.config.batching.max_batch,
+                         "max_tokens": self.config.batching.max_tokens,
                          "max_wait_ms": self.config.batching.max_wait_ms},
             "rss_bytes": rss_bytes(),
             "uptime_s": round(time.monotonic() - self.started, 3),
