@@ -253,7 +253,8 @@ class Service:
         if self.batching.enabled and settings.max_batch > 1:
             self.worker.batch = BatchPolicy(size=job_size, run_many=self._run_many,
                                             max_items=settings.max_batch,
-                                            max_wait_s=settings.max_wait_ms / 1e3)
+                                            max_wait_s=settings.max_wait_ms / 1e3,
+                                            max_cost=settings.max_tokens)
 
     def _run_many(self, jobs: list) -> list:
         """Run several queued jobs of one task as few model calls as padding allows."""
@@ -315,7 +316,7 @@ class Service:
             raise ApiError(503, f"too hot ({self.guard.hottest()} °C): refusing new work",
                            headers={"Retry-After": str(retry)}, throttle=HARD)
         try:
-            future = self.worker.submit((task, args), wanted)
+            future = self.worker.submit((task, args), wanted, self._tokens((task, args)))
         except QueueFull as error:
             self.full_since = self.full_since or time.monotonic()
             raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
@@ -326,6 +327,19 @@ class Service:
             raise ApiError(400, str(error)) from None
         except CancelledError:
             raise Abandoned(f"client gone before its {task} call ran") from None
+
+    def _tokens(self, job) -> int:
+        """Return a batched job's padded tokens (texts x the longest), counted on the caller's
+        thread, so a worker knows how much of the queue its batch can take (0: not batched,
+        or a text the tokenizer refuses, which then meets its own error on the worker)."""
+        model = self.model
+        if self.worker.batch is None or model is None or not job_size(job):
+            return 0
+        texts = job[1][0]
+        try:
+            return len(texts) * max(model.token_lengths(texts))
+        except Exception:
+            return 0
 
     def info(self) -> dict:
         """Return bundle, release, placement, governors with drift, temperatures, throttle."""

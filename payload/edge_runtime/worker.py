@@ -40,12 +40,14 @@ class Abandoned(ConnectionError):
 @dataclass(frozen=True)
 class BatchPolicy:
     """How the worker batches: size(job) is a job's text count (0: never batched), at most
-    max_items texts a batch, run_many(jobs) returns one result or exception per job."""
+    max_items texts and about max_cost of the jobs' cost (submit's `cost`: tokens) a batch,
+    run_many(jobs) returns one result or exception per job."""
 
     size: Callable[[object], int]
     run_many: Callable[[list], list]
     max_items: int = 16
     max_wait_s: float = 0.004
+    max_cost: int | None = None
 
 
 class _Lane:
@@ -110,15 +112,17 @@ class InferenceWorker:
             thread.start()
         return self
 
-    def submit(self, job, wanted=None) -> Future:
+    def submit(self, job, wanted=None, cost: int = 0) -> Future:
         """Queue a job; raise QueueFull when the queue is full.
 
         wanted() is asked just before the job runs; when it returns False the job is dropped
-        and its future cancelled (the client that asked for it has gone).
+        and its future cancelled (the client that asked for it has gone). cost (the job's
+        tokens) counts against the batch policy's max_cost: a worker leaves what its batch
+        cannot take to the next worker instead of running it after its own.
         """
         future: Future = Future()
         try:
-            self.jobs.put_nowait((job, future, wanted))
+            self.jobs.put_nowait((job, future, wanted, cost))
         except queue.Full:
             raise QueueFull(f"inference queue full ({self.jobs.maxsize} waiting)") from None
         return future
@@ -126,7 +130,7 @@ class InferenceWorker:
     def stop(self) -> None:
         """Ask the workers to finish after the jobs queued so far."""
         for _ in self.lanes:
-            self.jobs.put((None, None, None))
+            self.jobs.put((None, None, None, 0))
 
     def _housekeep(self, hook, name: str) -> None:
         try:
@@ -158,11 +162,12 @@ class InferenceWorker:
         size = batch.size(first[0]) if batch else 0
         if not batch or not size or size >= batch.max_items:
             return [first]
-        taken, items = [first], size
+        taken, items, cost = [first], size, first[3]
+        max_cost = batch.max_cost or 0
         expected = max(self.batches[-RECENT:], default=1)
         waiting = self.concurrent  # worth a short wait for the rest
         deadline = time.monotonic() + batch.max_wait_s
-        while items < batch.max_items:
+        while items < batch.max_items and not (max_cost and cost >= max_cost):
             left = deadline - time.monotonic()
             try:
                 item = self.jobs.get_nowait() if not waiting or left <= 0 or \
@@ -170,17 +175,18 @@ class InferenceWorker:
             except queue.Empty:
                 break
             job_size = batch.size(item[0]) if item[1] is not None else 0
-            if not job_size or items + job_size > batch.max_items:
+            if not job_size or items + job_size > batch.max_items or \
+                    (max_cost and cost + item[3] > max_cost):
                 lane.held = item  # a stop, an unbatchable or a too-big job goes next, alone
                 break
             taken.append(item)
-            items += job_size
+            items, cost = items + job_size, cost + item[3]
         return taken
 
     def _wanted(self, taken: list[tuple]) -> list[tuple]:
         """Drop the jobs whose client has gone (their futures cancelled); keep the rest."""
         kept = []
-        for job, future, wanted in taken:
+        for job, future, wanted, _ in taken:
             if wanted is not None and not self._still_wanted(wanted):
                 future.cancel()
             if future.set_running_or_notify_cancel():
