@@ -82,6 +82,12 @@ class InferenceWorker:
         # (malloc_trim) never overlaps a run, and runs wait for it to finish
         self._quiet = threading.Lock()
         self._unsettled = False  # a job ran since settled() last ran
+        # While the thermal guard asks for a gap after each job (spacing), the workers take turns
+        # (one job at a time, _turns) and the gap is one rest for all of them: a rest per worker
+        # let the other run meanwhile and kept the model running most of the time.
+        self._turns = threading.Lock()
+        self._spaced = False
+        self._rest_until = 0.0
         self._threads = [threading.Thread(target=self._loop, args=(lane,), daemon=True,
                                           name="inference" if workers == 1 else f"inference-{i}")
                          for i, lane in enumerate(self.lanes)]
@@ -231,24 +237,43 @@ class InferenceWorker:
                 self._unsettled = False
                 self._housekeep(self.settled, "settled")
 
+    def _rest(self) -> None:
+        """Wait out the thermal rest that any worker's last job asked for."""
+        while (left := self._rest_until - time.monotonic()) > 0:
+            time.sleep(left)
+
     def _loop(self, lane: _Lane) -> None:
         while True:
-            try:
-                first = self._next(lane, self.settle_s if self._unsettled else None)
-            except queue.Empty:
-                self._settle()
-                continue
-            if first[1] is None:
+            if self._spaced:
+                with self._turns:
+                    done = self._turn(lane)
+            else:
+                done = self._turn(lane)
+            if done:
                 return
-            kept = self._wanted(self._gather(lane, first))
-            if not kept:
-                continue
-            started = time.perf_counter()
-            self._execute(lane, kept)
-            took = time.perf_counter() - started
-            with self._quiet:
-                if self._quiet_now():
-                    self._housekeep(self.idle, "idle")
-            gap = self.spacing(took)
+
+    def _turn(self, lane: _Lane) -> bool:
+        """Take and run the next batch (after any thermal rest); return True on stop."""
+        self._rest()
+        try:
+            first = self._next(lane, self.settle_s if self._unsettled else None)
+        except queue.Empty:
+            self._settle()
+            return False
+        if first[1] is None:
+            return True
+        kept = self._wanted(self._gather(lane, first))
+        if not kept:
+            return False
+        started = time.perf_counter()
+        self._execute(lane, kept)
+        took = time.perf_counter() - started
+        with self._quiet:
+            if self._quiet_now():
+                self._housekeep(self.idle, "idle")
+        gap = self.spacing(took)
+        with self._quiet:
+            self._spaced = gap > 0
             if gap > 0:
-                time.sleep(gap)
+                self._rest_until = max(self._rest_until, time.monotonic() + gap)
+        return False

@@ -84,6 +84,33 @@ def test_spacing_applies_after_each_job_on_each_worker():
     worker.stop()
 
 
+def test_thermal_spacing_holds_for_the_workers_together():
+    """Above the soft limit the guard asks for a gap as long as each job (half the duty). Each
+    worker resting after its own job let the other run meanwhile, so the model ran most of the
+    time; the rest must hold for every worker: no job starts until it is over."""
+    spans: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def run(job):
+        started = time.monotonic()
+        time.sleep(job)
+        with lock:
+            spans.append((started, time.monotonic()))
+        return job
+
+    worker = InferenceWorker(run, depth=16, workers=2, spacing=lambda took: took).start()
+    futures = [worker.submit(0.02 if n % 2 else 0.06) for n in range(8)]
+    [f.result(10) for f in futures]
+    worker.stop()
+    spans.sort()
+    busy, end = 0.0, spans[0][0]
+    for start, stop in spans:  # the union of the running spans
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    duty = busy / (end - spans[0][0])
+    assert duty < 0.7, f"a job ran {duty:.0%} of the time under soft throttling"
+
+
 def test_housekeeping_never_runs_while_a_job_runs():
     """One worker goes quiet while the other still runs a long job: neither idle() nor
     settled() may run until both are quiet; settled() then runs once."""
