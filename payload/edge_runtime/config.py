@@ -55,7 +55,7 @@ class BatchingConfig:
 
     enabled: bool | str = "auto"
     max_batch: int = 16
-    max_tokens: int = 256  # texts x padded length of one model call (batching.group_by_length)
+    max_tokens: int = 128  # texts x padded length of one model call (batching.group_by_length)
     max_wait_ms: float = 4.0
 
 
