@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edgefleet.model.bundle import BUNDLE_JSON, WEIGHTS_FILE, Bundle, externalize_weights, model_bytes, parse_bundle
 from edgefleet.model.calibrate import CALIBRATION_METHODS, quantize_static_graph
-from edgefleet.model.export import EXPORT_META, SESSION_CONFIG_UNFUSED
+from edgefleet.model.export import EXPORT_META, SESSION_CONFIG_UNFUSED, read_meta
 from edgefleet.model.files import atomic_dir, file_record, inputs_digest
 from edgefleet.model.graph import WEIGHT_TYPE, graph_of, outlier_counts, quantize_graph, readers_of
 from edgefleet.model.per_row import PER_ROW_SUFFIX
@@ -79,8 +79,6 @@ CLASSIFY_FP32_LAYERS = 2
 def default_fp32_nodes(fp32_dir: Path) -> tuple[str, ...]:
     """Return the ops the default recipe keeps FP32 for the export at fp32_dir: FP32_NODES, and
     for a classify export its head's Gemms and its last encoder layers' ops (see above)."""
-    from edgefleet.model.export import read_meta
-
     if read_meta(fp32_dir).get("task") != "classify":
         return FP32_NODES
     graph = graph_of(fp32_dir / "model.onnx")
@@ -179,6 +177,8 @@ def quantize_key(fp32_dir, recipe: Recipe = Recipe(), min_cosine: float = MIN_CO
     settings = {"recipe": recipe.settings(), "min_cosine": min_cosine, "golden": GOLDEN_TEXTS,
                 "golden_qa": GOLDEN_QA, "max_abs_diff": MAX_ABS_DIFF,
                 "onnxruntime": onnxruntime.__version__, "format": 6}
+    if read_meta(fp32_dir).get("task") == "classify":
+        settings["cls_row_last_layer"] = True  # build_graph: cls_rows (other tasks' keys unchanged)
     return inputs_digest(files, settings)
 
 
@@ -272,6 +272,20 @@ def stable_fp32(fp32_dir: Path, dst: Path, norms: bool = True) -> Path:
     return Path(dst)
 
 
+def cls_row_fp32(src: Path, dst: Path) -> Path | None:
+    """Write dst: the FP32 classify graph at src with its last layer on the [CLS] row after the
+    attention (edgefleet.model.cls_rows); return None (nothing written) where it does not apply."""
+    import onnx
+
+    from edgefleet.model.cls_rows import cls_row_last_layer
+
+    model = cls_row_last_layer(onnx.load(str(src)))
+    if model is None:
+        return None
+    onnx.save(model, str(dst))
+    return Path(dst)
+
+
 def per_row_graph(path: Path) -> None:
     """Rewrite the INT8 graph at path in place with per-row activation scales."""
     import onnx
@@ -282,8 +296,10 @@ def per_row_graph(path: Path) -> None:
 
 
 def build_graph(fp32_dir: Path, recipe: Recipe, dst: Path, smoothed: Path | None = None,
-                calibration_texts: Path = CALIBRATION_TEXTS) -> dict[str, int]:
+                calibration_texts: Path = CALIBRATION_TEXTS, cls_row: bool = True) -> dict[str, int]:
     """Write dst: the INT8 graph of recipe; return the outlier channels split per node.
+
+    cls_row=False keeps a classify graph's last layer on every row (for comparison only).
 
     smoothed may name an already smoothed FP32 graph (smoothed_fp32 with the same alpha and
     outliers) so that several recipes share one calibration run.
@@ -317,6 +333,13 @@ def build_graph(fp32_dir: Path, recipe: Recipe, dst: Path, smoothed: Path | None
             quantize_static_graph(src, dst, tokenizer, read_texts(calibration_texts),
                                   recipe.calibration, recipe.per_channel, recipe.fp32_nodes)
         else:
+            # after SmoothQuant's calibration, which must see every token's activations; exact
+            # with per-row scales only (a per-tensor scale would be taken over one row)
+            if cls_row and recipe.per_row and read_meta(fp32_dir).get("task") == "classify":
+                sliced = cls_row_fp32(src, dst.with_name(dst.name + ".cls.onnx"))
+                if sliced is not None:
+                    src = sliced
+                    scratch.append(sliced)
             quantize_graph(src, dst, recipe.per_channel, recipe.fp32_nodes)
             if recipe.per_row:
                 per_row_graph(dst)
