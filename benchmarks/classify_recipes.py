@@ -1,7 +1,7 @@
 """Measure fixed classify recipes (which ops stay FP32) against ORT FP32 on four text sets.
 
     .venv/bin/python benchmarks/classify_recipes.py [--fp32 build/models/minilm-classify]
-        [--work build/classify-recipes] [--sensitivity] [--bundles]
+        [--work build/classify-recipes] [--sensitivity] [--bundles] [--every-row]
 
 Every candidate is the default dynamic recipe (SmoothQuant, outlier split, per-row scales,
 arch-stable graph) with a different set of ops kept FP32; all share one smoothed graph. Each is
@@ -14,6 +14,8 @@ margin (top-1 minus top-2 probability) is printed per set: an untrained head has
 near-ties, where any arithmetic change flips labels.
 --sensitivity ranks every op as the mixed search does (only that op INT8, calibration texts).
 --bundles writes each candidate as a bundle under WORK/bundles/ for `model.bench --also`.
+--every-row builds them without the [CLS]-row last layer (edgefleet.model.cls_rows), as the
+default was built before it (the same outputs, the last layer's time for every token).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / "build" / "classify-recipes"))
     parser.add_argument("--sensitivity", action="store_true")
     parser.add_argument("--bundles", action="store_true")
+    parser.add_argument("--every-row", action="store_true")
     args = parser.parse_args()
     fp32_dir, work = Path(args.fp32), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -97,7 +100,8 @@ def main() -> None:
         (name for name, nodes in recipes.items() if set(nodes) == set(default)), str(default)))
     for name, fp32_nodes in recipes.items():
         graph = work / "candidate.onnx"
-        build_graph(fp32_dir, Recipe(fp32_nodes=fp32_nodes), graph, smoothed)
+        build_graph(fp32_dir, Recipe(fp32_nodes=fp32_nodes), graph, smoothed,
+                    cls_row=not args.every_row)
         row = {"candidate": name, "fp32_nodes": list(fp32_nodes), "bytes": graph.stat().st_size}
         for set_name, evaluator in evaluators.items():
             row[set_name] = evaluator.accuracy(graph).as_dict()
