@@ -232,6 +232,9 @@ def main() -> None:
     parser.add_argument("--serving-rounds", type=int, default=3, help="0 skips serving")
     parser.add_argument("--serving-seconds", type=float, default=2.0, help="per cell and round")
     parser.add_argument("--serving-only", action="store_true", help="only the serving table")
+    parser.add_argument("--serving-workers", type=int, default=1,
+                        help="runtime.workers of one more server, batching on (default 1: the "
+                        "runtime's default before 2026-12-08; 0 leaves it out)")
     parser.add_argument("--serving-base", help="another checkout whose payload serves a fourth "
                         "server, batching on (before/after in one run)")
     args = parser.parse_args()
@@ -337,7 +340,7 @@ def serving(bundle: Path, args, texts) -> None:
         cells = serving_load.measure(bundle, args.threads, {k: v[0] for k, v in picked.items()},
                                      args.serving_rounds, args.serving_seconds, start_server,
                                      Path(workdir), Path(args.serving_base) if args.serving_base
-                                     else None)
+                                     else None, args.serving_workers or None)
     serving_load.report(cells, {k: v[1] for k, v in picked.items()}, args.serving_rounds,
                         args.serving_seconds)
 

@@ -40,6 +40,9 @@ class LimitSettings(_Strict):
 class RuntimeSettings(_Strict):
     threads: int | None = Field(default=None, ge=1, le=256, description=(
         "ORT intra-op threads; null: one per affinity core; must equal the number of affinity cores"))
+    workers: int | None = Field(default=None, ge=1, le=256, description=(
+        "inference threads calling the one model at once, sharing its ORT threads; null: 2 where the "
+        "runtime has 2 threads or more, else 1; at most the threads (docs/runtime.md)"))
     affinity: list[int] | None = Field(default=None, description="cores the runtime pins itself to; null: `big_cores`")
     spin: bool = Field(default=False, description="let ORT's threads spin while waiting")
     nice: int = Field(default=0, ge=-20, le=19, description=(
@@ -201,6 +204,10 @@ class Settings(_Strict):
         if self.runtime.threads is not None and self.affinity and self.runtime.threads != len(self.affinity):
             raise ValueError(f"runtime.threads ({self.runtime.threads}) must equal the number of cores in the "
                              f"affinity {self.affinity} (set runtime.affinity to fewer cores instead)")
+        workers, threads = self.runtime.workers, self.threads
+        if workers is not None and threads is not None and workers > threads:
+            raise ValueError(f"runtime.workers ({workers}) must be at most the runtime's threads ({threads}): "
+                             "more model calls than threads only queue on the same cores")
         return self
 
     @property

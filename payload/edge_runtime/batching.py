@@ -64,24 +64,31 @@ def job_size(job) -> int:
     return len(args[0]) if task in BATCHED_TASKS and args and isinstance(args[0], list) else 0
 
 
-def group_by_length(lengths: list[int]) -> list[list[int]]:
+def group_by_length(lengths: list[int], counts: list[int] | None = None,
+                    max_tokens: int | None = None) -> list[list[int]]:
     """Return indices grouped so that each group pads little: sorted by length, a new group
-    starts where a length exceeds the group's shortest by more than the slack."""
+    starts where a length exceeds the group's shortest by more than the slack, or where the
+    group's padded size (its texts x its longest) would pass max_tokens.
+
+    counts[i] is job i's number of texts (default one each). A model call on more tokens than
+    that costs more CPU a text, not less: its activations outgrow the caches (RESULTS.md)."""
     groups: list[list[int]] = []
-    shortest = 0
+    shortest = texts = 0
     for index in sorted(range(len(lengths)), key=lengths.__getitem__):
-        length = lengths[index]
-        if groups and length <= shortest + max(PAD_SLACK_TOKENS, shortest * PAD_SLACK_RATIO):
+        length, count = lengths[index], counts[index] if counts else 1
+        fits = max_tokens is None or (texts + count) * length <= max_tokens
+        if groups and fits and length <= shortest + max(PAD_SLACK_TOKENS, shortest * PAD_SLACK_RATIO):
             groups[-1].append(index)
+            texts += count
         else:
             groups.append([index])
-            shortest = length
+            shortest, texts = length, count
     return groups
 
 
-def run_grouped(call, token_lengths, jobs: list) -> list:
-    """Run jobs of one task as few model calls as padding allows; return one result or
-    exception per job, in order.
+def run_grouped(call, token_lengths, jobs: list, max_tokens: int | None = None) -> list:
+    """Run jobs of one task as few model calls as padding and max_tokens allow; return one
+    result or exception per job, in order.
 
     call(texts) runs the model on a list of texts (one row or result per text); token_lengths
     gives each text's tokens. A job's texts stay together; a group whose call fails is run
@@ -97,7 +104,7 @@ def run_grouped(call, token_lengths, jobs: list) -> list:
             start += len(texts)
     except Exception:  # a text the tokenizer refuses: let each job meet its own error
         lengths = [0] * len(jobs)
-    for group in group_by_length(lengths):
+    for group in group_by_length(lengths, [len(texts) for texts in texts_of], max_tokens):
         texts = [text for index in group for text in texts_of[index]]
         try:
             rows = call(texts)

@@ -55,6 +55,7 @@ class BatchingConfig:
 
     enabled: bool | str = "auto"
     max_batch: int = 16
+    max_tokens: int = 256  # texts x padded length of one model call (batching.group_by_length)
     max_wait_ms: float = 4.0
 
 
@@ -64,6 +65,7 @@ class RuntimeConfig:
 
     bundle: str | None = None
     threads: int | None = None
+    workers: int | None = None  # inference threads calling the one session; None: tuning.choose_workers
     affinity: tuple[int, ...] = ()
     spin: bool = False
     nice: int | None = None
@@ -86,9 +88,10 @@ class RuntimeConfig:
     engine_cache_dir: str | None = None  # TensorRT engines, one directory per key (engine_cache.py)
 
 
-INT_RANGES = {"threads": (1, 1024), "port": (0, 65535), "max_seq_len": (2, 1 << 20),
+INT_RANGES = {"threads": (1, 1024), "workers": (1, 1024), "port": (0, 65535), "max_seq_len": (2, 1 << 20),
               "nice": (-20, 19), "max_body_bytes": (64, 1 << 30), "max_texts": (1, 1 << 16),
-              "max_text_chars": (1, 1 << 24), "queue_depth": (1, 1 << 16), "max_batch": (1, 256)}
+              "max_text_chars": (1, 1 << 24), "queue_depth": (1, 1 << 16), "max_batch": (1, 256),
+              "max_tokens": (1, 1 << 20)}
 FLOAT_RANGES = {"soft_c": (-50.0, 200.0), "hard_c": (-50.0, 200.0), "poll_s": (0.01, 3600.0),
                 "max_wait_ms": (0.0, 100.0)}
 

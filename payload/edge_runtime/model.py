@@ -95,8 +95,7 @@ class EmbeddingModel:
     threads: int | None = None
     input_names: tuple[str, ...] = field(default=())
     input_types: dict = field(default_factory=dict)
-    _buffers: dict = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _local: threading.local = field(default_factory=threading.local, repr=False)
     _constant: dict = field(default_factory=dict, repr=False)
     last_tokens: int = 0  # batch x sequence length of the latest call
     last_encoding: Any = field(default=None, repr=False)
@@ -104,19 +103,26 @@ class EmbeddingModel:
     node_share: dict = field(default_factory=dict)  # provider -> share of graph nodes, when profiled
 
     def __post_init__(self):
-        self._buffers = {name: np.zeros(self.max_seq_len,
-                                        dtype=self.input_types.get(name, np.int64))
-                         for name in self.input_names}
         # One input is never padded, so its attention mask is all ones; one text's type ids are
         # all zeros when the tokenizer says so for a probe (a QA pair's are not: tokenize_one
-        # gives those their own array). Those two buffers are then filled once
-        # here instead of from Python lists on every call.
+        # gives those their own array). Those two buffers are then filled once per thread
+        # instead of from Python lists on every call.
         probe = self.tokenizer.encode("a probe, with two words")
         self._constant = {"attention_mask": True,
                           "token_type_ids": not any(probe.type_ids)}
-        for name, value in (("attention_mask", 1), ("token_type_ids", 0)):
-            if name in self._buffers:
-                self._buffers[name][:] = value
+
+    def _buffers(self) -> dict[str, np.ndarray]:
+        """Return the calling thread's input buffers: several inference workers run the one
+        session at once (ORT's run is thread-safe), so the batch-1 buffers are per thread."""
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = {name: np.zeros(self.max_seq_len, dtype=self.input_types.get(name, np.int64))
+                       for name in self.input_names}
+            for name, value in (("attention_mask", 1), ("token_type_ids", 0)):
+                if name in buffers:
+                    buffers[name][:] = value
+            self._local.buffers = buffers
+        return buffers
 
     @property
     def task(self) -> str:
@@ -149,29 +155,33 @@ class EmbeddingModel:
         return [sum(e.attention_mask) for e in self.tokenizer.encode_batch(list(texts))]
 
     def tokenize_one(self, text: str, pair: str | None = None) -> dict[str, np.ndarray]:
-        """Encode one text (or a pair) into the preallocated buffers; return (1, n) views.
+        """Encode one text (or a pair) into the thread's buffers; return (1, n) views.
 
         The encoding itself is kept in last_encoding (offsets and sequence ids for QA).
         """
+        feeds, self.last_encoding = self._encode_one(text, pair)
+        return feeds
+
+    def _encode_one(self, text: str, pair: str | None = None) -> tuple[dict[str, np.ndarray], Any]:
         try:
             encoding = self.tokenizer.encode(text, pair)
         except Exception as error:  # tokenizers raises a bare Exception when truncation fails
             raise InputError(f"cannot fit the input into {self.max_seq_len} tokens: "
                              f"{error}") from None
-        self.last_encoding = encoding
         n = len(encoding.ids)
         sources = {"input_ids": "ids", "attention_mask": "attention_mask",
                    "token_type_ids": "type_ids"}
         feeds = {}
+        buffers = self._buffers()
         for name in self.input_names:
-            buffer = self._buffers[name]
+            buffer = buffers[name]
             if name == "token_type_ids" and pair is not None:  # the pair's segment is 1
                 feeds[name] = np.array([encoding.type_ids], dtype=buffer.dtype)
                 continue
             if not self._constant.get(name):
                 buffer[:n] = getattr(encoding, sources[name])
             feeds[name] = buffer[:n].reshape(1, n)
-        return feeds
+        return feeds, encoding
 
     def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run the graph and return its first output (batch, seq, dim)."""
@@ -183,10 +193,9 @@ class EmbeddingModel:
         texts = list(texts)
         if not texts:
             return []
-        with self._lock:
-            feeds = self.tokenize_one(texts[0]) if len(texts) == 1 else self.tokenize(texts)
-            logits = self.infer(feeds)
-            self.last_tokens = int(feeds["input_ids"].size)
+        feeds = self._encode_one(texts[0])[0] if len(texts) == 1 else self.tokenize(texts)
+        logits = self.infer(feeds)
+        self.last_tokens = int(feeds["input_ids"].size)
         return label_scores(logits, self.meta["labels"])
 
     def answer(self, question: str, context: str) -> dict:
@@ -196,11 +205,9 @@ class EmbeddingModel:
         within the context tokens that remain, at most max_answer_len tokens long.
         """
         self._expect("qa")
-        with self._lock:
-            feeds = self.tokenize_one(question, context)
-            start_logits, end_logits = self.session.run(self.meta["outputs"][:2], feeds)
-            encoding = self.last_encoding
-            self.last_tokens = len(encoding.ids)
+        feeds, encoding = self._encode_one(question, context)
+        start_logits, end_logits = self.session.run(self.meta["outputs"][:2], feeds)
+        self.last_tokens = len(encoding.ids)
         return answer_from(start_logits[0], end_logits[0], encoding.sequence_ids,
                            encoding.offsets, context, self.meta["max_answer_len"])
 
@@ -210,12 +217,12 @@ class EmbeddingModel:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._lock:  # the batch-1 path reuses buffers: one call at a time
-            feeds = self.tokenize_one(texts[0]) if len(texts) == 1 else self.tokenize(texts)
-            hidden = self.infer(feeds).astype(np.float32, copy=False)
-            self.last_tokens = int(hidden.shape[0] * hidden.shape[1])
-            mask = feeds.get("attention_mask")
-            mask = mask.copy() if mask is not None else np.ones(hidden.shape[:2])
+        # the batch-1 path reuses the calling thread's buffers (one call at a time per thread)
+        feeds = self._encode_one(texts[0])[0] if len(texts) == 1 else self.tokenize(texts)
+        hidden = self.infer(feeds).astype(np.float32, copy=False)
+        self.last_tokens = int(hidden.shape[0] * hidden.shape[1])
+        mask = feeds.get("attention_mask")
+        mask = mask.copy() if mask is not None else np.ones(hidden.shape[:2])
         if self.meta["pooling"] == "cls":
             pooled = hidden[:, 0, :]
         elif len(texts) == 1:  # one text, no padding: a plain mean (cheaper than masked)

@@ -124,7 +124,8 @@ class Service:
         self.engine = None  # engine_cache.EngineCache when TensorRT is asked for and offered
         self.worker = InferenceWorker(self._run, self.config.limits.queue_depth,
                                       observe=self.metrics.inferred, spacing=self._spacing,
-                                      idle=self._idle, settled=self._settled)
+                                      idle=self._idle, settled=self._settled,
+                                      workers=1)  # resized by start() to the placement's workers
 
     @property
     def ready(self) -> bool:
@@ -186,6 +187,7 @@ class Service:
             gc.freeze()  # the model's objects live forever: keep them out of every GC pass
             _malloc_trim()
             if result.passed:
+                self._size_workers(placement)
                 self._batch_if_safe(model)
                 self.worker.start()
             self.state = "ready" if result.passed else "failed"
@@ -196,6 +198,14 @@ class Service:
         except Exception as error:  # the service stays up, not ready, and says why
             self.state, self.status = "failed", f"load failed: {error}"
             log.error("load_failed error=%s", error)
+
+    def _size_workers(self, placement: Placement) -> None:
+        """Give the worker the placement's inference threads."""
+        if placement.workers != self.worker.workers:
+            self.worker = InferenceWorker(self._run, self.config.limits.queue_depth,
+                                          observe=self.metrics.inferred, spacing=self._spacing,
+                                          idle=self._idle, settled=self._settled,
+                                          workers=placement.workers)
 
     def _engine_cache(self):
         """Return the engine cache when TensorRT is asked for and offered (else None), and say
@@ -238,12 +248,13 @@ class Service:
         """Give the worker a batch policy when batching.py's rule allows it for this bundle."""
         settings = self.config.batching
         self.batching = decide(settings, model.meta)
-        log.info("batching enabled=%s max_batch=%d max_wait_ms=%s (%s)", self.batching.enabled,
-                 settings.max_batch, settings.max_wait_ms, self.batching.reason)
+        log.info("batching enabled=%s max_batch=%d max_tokens=%d max_wait_ms=%s (%s)", self.batching.enabled,
+                 settings.max_batch, settings.max_tokens, settings.max_wait_ms, self.batching.reason)
         if self.batching.enabled and settings.max_batch > 1:
             self.worker.batch = BatchPolicy(size=job_size, run_many=self._run_many,
                                             max_items=settings.max_batch,
-                                            max_wait_s=settings.max_wait_ms / 1e3)
+                                            max_wait_s=settings.max_wait_ms / 1e3,
+                                            max_cost=settings.max_tokens)
 
     def _run_many(self, jobs: list) -> list:
         """Run several queued jobs of one task as few model calls as padding allows."""
@@ -251,7 +262,8 @@ class Service:
         task = jobs[0][0]
         if model is None or any(job[0] != task for job in jobs):
             return [self._outcome(job) for job in jobs]
-        outcomes = run_grouped(getattr(model, TASK_METHODS[task]), model.token_lengths, jobs)
+        outcomes = run_grouped(getattr(model, TASK_METHODS[task]), model.token_lengths, jobs,
+                               self.config.batching.max_tokens)
         self._trim = self._trim or model.last_tokens > TRIM_TOKENS
         return outcomes
 
@@ -304,7 +316,7 @@ class Service:
             raise ApiError(503, f"too hot ({self.guard.hottest()} °C): refusing new work",
                            headers={"Retry-After": str(retry)}, throttle=HARD)
         try:
-            future = self.worker.submit((task, args), wanted)
+            future = self.worker.submit((task, args), wanted, self._tokens((task, args)))
         except QueueFull as error:
             self.full_since = self.full_since or time.monotonic()
             raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
@@ -315,6 +327,19 @@ class Service:
             raise ApiError(400, str(error)) from None
         except CancelledError:
             raise Abandoned(f"client gone before its {task} call ran") from None
+
+    def _tokens(self, job) -> int:
+        """Return a batched job's padded tokens (texts x the longest), counted on the caller's
+        thread, so a worker knows how much of the queue its batch can take (0: not batched,
+        or a text the tokenizer refuses, which then meets its own error on the worker)."""
+        model = self.model
+        if self.worker.batch is None or model is None or not job_size(job):
+            return 0
+        texts = job[1][0]
+        try:
+            return len(texts) * max(model.token_lengths(texts))
+        except Exception:
+            return 0
 
     def info(self) -> dict:
         """Return bundle, release, placement, governors with drift, temperatures, throttle."""
@@ -337,6 +362,7 @@ class Service:
             "state": self.state,
             "serving": dict(zip(("state", "reason"), self.serving(), strict=True)),
             "threads": placement.threads if placement else None,
+            "workers": placement.workers if placement else self.config.workers,
             "affinity": list(placement.affinity) if placement else None,
             "spin": placement.spin if placement else self.config.spin,
             "nice": placement.nice if placement else None,
@@ -354,6 +380,7 @@ class Service:
             "queue_depth": self.worker.depth,
             "batching": {"enabled": self.batching.enabled, "reason": self.batching.reason,
                          "max_batch": self.config.batching.max_batch,
+                         "max_tokens": self.config.batching.max_tokens,
                          "max_wait_ms": self.config.batching.max_wait_ms},
             "rss_bytes": rss_bytes(),
             "uptime_s": round(time.monotonic() - self.started, 3),

@@ -6,20 +6,41 @@ import logging
 import os
 from dataclasses import dataclass
 
-__all__ = ["Placement", "apply_affinity", "apply_nice", "place"]
+__all__ = ["Placement", "apply_affinity", "apply_nice", "choose_workers", "place"]
 
 log = logging.getLogger("edge_runtime")
 
 
 @dataclass(frozen=True)
 class Placement:
-    """What start-up achieved: CPUs the process runs on, ORT threads, spinning, nice value."""
+    """What start-up achieved: CPUs the process runs on, ORT threads, spinning, nice value, and
+    the inference workers (threads that call the one session, sharing its ORT threads)."""
 
     affinity: tuple[int, ...]
     threads: int
     spin: bool
     nice: int
     warnings: tuple[str, ...] = ()
+    workers: int = 1
+
+
+AUTO_WORKERS = 2
+
+
+def choose_workers(wanted: int | None, threads: int) -> tuple[int, str | None]:
+    """Return (inference workers, warning or None) for runtime.yaml's `workers`.
+
+    None (the default) is two where the session has two threads or more: a second model call
+    keeps the pool busy while the first worker is in Python (tokenizing, pooling, gathering its
+    next batch); more calls than that only contend for the same threads. With one thread, one
+    worker. An explicit count above the threads is cut to them: the extra calls would only queue
+    on the same cores.
+    """
+    if wanted is None:
+        return min(AUTO_WORKERS, threads), None
+    if wanted > threads:
+        return threads, f"workers: {wanted} -> {threads}, the session's threads (more would queue on the same cores)"
+    return wanted, None
 
 
 def _existing_cpus() -> set[int]:
@@ -81,8 +102,11 @@ def place(config, threads=None) -> Placement:
     if config.affinity and len(affinity) < chosen and not set(config.affinity) <= set(affinity):
         warnings.append(f"threads: {chosen} -> {len(affinity)} to match the CPUs it may run on")
         chosen = len(affinity)
+    workers, warning = choose_workers(getattr(config, "workers", None), chosen)
+    if warning:
+        warnings.append(warning)
     for text in warnings:
         log.warning("tuning %s", text)
-    log.info("placement affinity=%s threads=%d spin=%s nice=%d", list(affinity), chosen,
-             config.spin, nice)
-    return Placement(affinity, chosen, config.spin, nice, tuple(warnings))
+    log.info("placement affinity=%s threads=%d workers=%d spin=%s nice=%d", list(affinity), chosen,
+             workers, config.spin, nice)
+    return Placement(affinity, chosen, config.spin, nice, tuple(warnings), workers)

@@ -102,6 +102,57 @@ def test_concurrent_requests_are_batched_and_equal_single_ones_fp32(fp32_bundle,
     service.worker.stop()
 
 
+def test_a_batch_of_long_texts_runs_as_model_calls_of_at_most_max_tokens(fp32_bundle, fake_sysfs):
+    """16 concurrent 66-token texts took one call of 16 x 66 tokens, which costs more CPU a text
+    than calls of 4 (RESULTS.md): the batch is split by batching.max_tokens, answers unchanged."""
+    service = started(fp32_bundle, fake_sysfs, batching={"max_tokens": 64})
+    assert service.info()["batching"]["max_tokens"] == 64
+    texts = [" ".join(["the lazy dog"] * 3) + f" {n}" + " x" * (n % 3) for n in range(8)]  # 12-14 tokens
+    single = [service.embed([text])[0] for text in texts]
+    calls_seen: list = []
+    embed = service.model.embed
+
+    def counted(batch):
+        calls_seen.append(len(batch) * max(service.model.token_lengths(batch)))
+        return embed(batch)
+
+    service.model.embed = counted  # type: ignore[method-assign]
+    before = len(service.worker.batches)
+    gate = hold_worker(service)
+    results: list = []
+    runner = threading.Thread(target=lambda: results.extend(
+        concurrently([lambda text=text: service.embed([text]) for text in texts])))
+    runner.start()
+    wait_for_depth(service, len(texts) + 1)
+    gate.set()
+    runner.join(30)
+    # the worker took at most ~64 tokens of the queue a batch (4-5 texts of 12-14), and each
+    # model call held at most 64 padded tokens; before, all eight ran as one call of 8 x 14
+    batches = service.worker.batches[before + 1:]  # after the held job
+    assert 1 < max(batches) < len(texts) and sum(batches) == len(texts), batches
+    assert max(calls_seen[1:]) <= 64, calls_seen
+    for text, expected, got in zip(texts, single, results, strict=True):
+        np.testing.assert_allclose(got[0], expected, rtol=0, atol=1e-6, err_msg=text)
+    service.worker.stop()
+
+
+def test_a_worker_takes_no_more_than_max_cost_and_leaves_the_rest(fake_sysfs):
+    calls: list = []
+
+    def run_many(jobs):
+        calls.append(list(jobs))
+        return jobs
+
+    policy = BatchPolicy(size=lambda job: 1, run_many=run_many, max_items=16, max_wait_s=0.0,
+                         max_cost=100)
+    worker = InferenceWorker(lambda job: job, depth=16, batch=policy)
+    futures = [worker.submit(n, cost=40) for n in range(5)]  # 200 tokens queued
+    worker.start()
+    assert [f.result(5) for f in futures] == list(range(5))
+    assert calls == [[0, 1], [2, 3]]  # 80 and 80 tokens; the last 40 ran alone (run, not run_many)
+    worker.stop()
+
+
 def test_a_malformed_job_in_a_batch_fails_alone(fp32_bundle, fake_sysfs):
     service = started(fp32_bundle, fake_sysfs)
     gate = hold_worker(service)
@@ -198,6 +249,16 @@ def test_decision(enabled, meta, expected):
 ])
 def test_group_by_length(lengths, groups):
     assert group_by_length(lengths) == groups
+
+
+@pytest.mark.parametrize(("lengths", "counts", "groups"), [
+    ([54] * 6, None, [[0, 1, 2, 3], [4, 5]]),  # 4 x 54 = 216 <= 256 < 5 x 54
+    ([15] * 18, None, [list(range(17)), [17]]),  # 17 x 15 = 255
+    ([50, 52, 300, 51], None, [[0, 3, 1], [2]]),  # a text over the budget runs alone
+    ([40, 40, 40], [3, 4, 1], [[0], [1, 2]]),  # texts of several-text jobs count: 3 + 4 > 6
+])
+def test_group_by_length_keeps_each_call_within_max_tokens(lengths, counts, groups):
+    assert group_by_length(lengths, counts, max_tokens=256) == groups
 
 
 @pytest.mark.parametrize(("job", "size"), [

@@ -124,6 +124,9 @@ OK_DEVICE = "devices: {d1: {board: pi5, host: h}}\n"
     # 23 a broken board profile
     (OK_DEVICE, {"boards/bad.yaml": "description: x\ncpu: y\ncores: 2\nsettings:\n  arch: arm64\n  gpu: yes\n"},
      "bad.yaml:6: settings.gpu: unknown key"),
+    # 24 more workers than threads (pi5: 4 big cores)
+    ("devices:\n  d1:\n    board: pi5\n    host: h\n    runtime:\n      workers: 5\n", None,
+     "runtime.workers (5) must be at most the runtime's threads (4)"),
 ])
 def test_errors_name_file_line_and_key(tmp_path, fleet, extra, expected):
     with pytest.raises(InventoryError) as err:
