@@ -160,7 +160,7 @@ def quantize(c, model=None, out=None, name=None, mode="dynamic", calibration="mi
         recipe = quantizer.Recipe(method="static" if mode == "static" else "dynamic",
                            calibration=calibration if mode == "static" else None,
                            per_channel=not per_tensor, arch_stable=graph == "arch-stable",
-                           fp32_nodes=quantizer.head_gemms(model))
+                           fp32_nodes=quantizer.default_fp32_nodes(model))
     except ValueError as error:
         raise UsageError(f"--calibration: {error}") from None
     graph, searched = None, None
