@@ -1,7 +1,8 @@
 """Inference threads (one by default) fed by one bounded queue; a full queue refuses work at once.
 
-With several workers each thread takes its own jobs from the queue and keeps its own held-back
-job; they run the same ONNX Runtime session (its run is thread-safe) and share its intra-op
+With several workers each thread takes its own jobs from the one queue; a job that does not fit
+a worker's batch stays at the head for the next worker that is free. They run the same ONNX
+Runtime session (its run is thread-safe) and share its intra-op
 pool, so one worker's model call runs while another tokenizes, pools or gathers its next batch,
 and a lone request still gets every pool thread. idle() and settled() run only when no worker
 runs a job, and no job starts while they run.
@@ -16,12 +17,13 @@ client never waits (after a burst, for RECENT of its requests at most).
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+
+from edge_runtime.jobqueue import Empty, Full, JobQueue, NoFit
 
 __all__ = ["InferenceWorker", "QueueFull", "Abandoned", "BatchPolicy"]
 
@@ -51,10 +53,9 @@ class BatchPolicy:
 
 
 class _Lane:
-    """One worker thread's own state: the job it holds back and how many jobs it runs now."""
+    """One worker thread's own state: how many jobs it runs now."""
 
     def __init__(self):
-        self.held: tuple | None = None
         self.busy = 0
 
 
@@ -75,7 +76,7 @@ class InferenceWorker:
         self.run, self.observe, self.spacing, self.idle = run, observe, spacing, idle
         self.settled, self.settle_s = settled, settle_s
         self.batch = batch  # None: one job at a time; set before start()
-        self.jobs: queue.Queue = queue.Queue(maxsize=depth)
+        self.jobs = JobQueue(depth)
         self.batches: list[int] = []  # jobs per batch run, the latest 64 (tests, metrics)
         self.lanes = [_Lane() for _ in range(workers)]
         # held while a lane's busy count changes and while idle()/settled() run: housekeeping
@@ -105,7 +106,7 @@ class InferenceWorker:
     @property
     def depth(self) -> int:
         """Return the number of jobs waiting or running."""
-        return self.jobs.qsize() + sum(lane.busy + (lane.held is not None) for lane in self.lanes)
+        return self.jobs.qsize() + self.busy
 
     @property
     def concurrent(self) -> bool:
@@ -129,7 +130,7 @@ class InferenceWorker:
         future: Future = Future()
         try:
             self.jobs.put_nowait((job, future, wanted, cost))
-        except queue.Full:
+        except Full:
             raise QueueFull(f"inference queue full ({self.jobs.maxsize} waiting)") from None
         return future
 
@@ -151,18 +152,11 @@ class InferenceWorker:
             log.exception("worker_wanted_check_failed")
             return True
 
-    def _next(self, lane: _Lane, timeout: float | None) -> tuple:
-        """Return the lane's held-back job if any, else the next from the queue (queue.Empty)."""
-        if lane.held is not None:
-            item, lane.held = lane.held, None
-            return item
-        return self.jobs.get(timeout=timeout)
-
     def _quiet_now(self) -> bool:
-        """Return True when no worker runs or holds a job and none waits (call under _quiet)."""
-        return self.jobs.empty() and all(not lane.busy and lane.held is None for lane in self.lanes)
+        """Return True when no worker runs a job and none waits (call under _quiet)."""
+        return self.jobs.empty() and not self.busy
 
-    def _gather(self, lane: _Lane, first: tuple) -> list[tuple]:
+    def _gather(self, first: tuple) -> list[tuple]:
         """Return first plus the jobs that join its batch (see the module docstring)."""
         batch = self.batch
         size = batch.size(first[0]) if batch else 0
@@ -173,20 +167,20 @@ class InferenceWorker:
         expected = max(self.batches[-RECENT:], default=1)
         waiting = self.concurrent  # worth a short wait for the rest
         deadline = time.monotonic() + batch.max_wait_s
+        def fits(item) -> bool:  # a stop, an unbatchable or a too-big job stays for the next take
+            size = batch.size(item[0]) if item[1] is not None else 0
+            return bool(size) and items + size <= batch.max_items and \
+                not (max_cost and cost + item[3] > max_cost)
+
         while items < batch.max_items and not (max_cost and cost >= max_cost):
             left = deadline - time.monotonic()
             try:
-                item = self.jobs.get_nowait() if not waiting or left <= 0 or \
-                    len(taken) >= expected else self.jobs.get(timeout=left)
-            except queue.Empty:
-                break
-            job_size = batch.size(item[0]) if item[1] is not None else 0
-            if not job_size or items + job_size > batch.max_items or \
-                    (max_cost and cost + item[3] > max_cost):
-                lane.held = item  # a stop, an unbatchable or a too-big job goes next, alone
+                item = self.jobs.take(0 if not waiting or left <= 0 or len(taken) >= expected
+                                      else left, fits)
+            except (Empty, NoFit):
                 break
             taken.append(item)
-            items, cost = items + job_size, cost + item[3]
+            items, cost = items + batch.size(item[0]), cost + item[3]
         return taken
 
     def _wanted(self, taken: list[tuple]) -> list[tuple]:
@@ -256,13 +250,13 @@ class InferenceWorker:
         """Take and run the next batch (after any thermal rest); return True on stop."""
         self._rest()
         try:
-            first = self._next(lane, self.settle_s if self._unsettled else None)
-        except queue.Empty:
+            first = self.jobs.take(self.settle_s if self._unsettled else None)
+        except Empty:
             self._settle()
             return False
         if first[1] is None:
             return True
-        kept = self._wanted(self._gather(lane, first))
+        kept = self._wanted(self._gather(first))
         if not kept:
             return False
         started = time.perf_counter()

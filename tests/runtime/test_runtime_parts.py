@@ -227,7 +227,7 @@ def test_concurrent_batches_leave_the_trim_to_the_quiet_spell(tiny_bundle, fake_
     service.start(poll=False)
     assert service.ready
     trims.clear()
-    jobs = [("embed", (["word " * 40],)) for _ in range(8)]
+    jobs = [("embed", (["word " * 40] * 4,)) for _ in range(4)]  # each over batching.max_tokens
     service.worker.batches = [len(jobs)]  # as the worker records a batch of concurrent jobs
     service._run_many(jobs)
     assert service.model.last_tokens > service_module.TRIM_TOKENS

@@ -9,7 +9,7 @@ import pytest
 from edge_runtime import tuning
 from edge_runtime.config import ConfigError, parse_config
 from edge_runtime.service import Service
-from edge_runtime.worker import InferenceWorker, QueueFull
+from edge_runtime.worker import BatchPolicy, InferenceWorker, QueueFull
 
 TEXTS = ["ok", "thanks!", "the quick brown fox", "hello there world", "a b c d e",
          "the lazy dog sleeps in the sun all day long", "edge boards", "one more text here"]
@@ -109,6 +109,38 @@ def test_thermal_spacing_holds_for_the_workers_together():
         end = max(end, stop)
     duty = busy / (end - spans[0][0])
     assert duty < 0.7, f"a job ran {duty:.0%} of the time under soft throttling"
+
+
+def test_a_job_that_does_not_fit_a_batch_goes_to_the_next_free_worker():
+    """A job that did not fit one worker's batch was held back by that worker until its batch
+    ended, while the other worker was free: that request waited a whole batch for nothing."""
+    gates = {"h1": threading.Event(), "h2": threading.Event()}
+    done: dict = {}
+
+    def finish(jobs):
+        time.sleep(0.5 if len(jobs) > 1 else 0.1)  # a batch of two, or one job alone
+        for job in jobs:
+            done[job] = time.monotonic()
+        return jobs
+
+    def run(job):
+        if job in gates:
+            gates[job].wait(5)
+            return job
+        return finish([job])[0]
+
+    policy = BatchPolicy(size=lambda job: 0 if job in gates else 1, run_many=finish,
+                         max_items=16, max_wait_s=0.0, max_cost=100)
+    worker = InferenceWorker(run, depth=16, workers=2, batch=policy).start()
+    held = [worker.submit(name) for name in gates]
+    assert wait_for(lambda: worker.busy == 2)  # both workers hold a gated job
+    futures = [worker.submit(n, cost=40) for n in (1, 2, 3)]  # 1 and 2 fit a batch of 100, 3 not
+    gates["h2"].set()  # one worker takes 1 and 2; 3 does not fit its batch
+    assert wait_for(lambda: worker.busy == 3)  # h1 on one worker, the batch of 1 and 2 on the other
+    gates["h1"].set()  # the other worker is free now: 3 is its job, done long before the batch
+    assert [f.result(5) for f in [*held, *futures]] == ["h1", "h2", 1, 2, 3]
+    assert done[3] < done[1], "job 3 waited for the batch it did not fit"
+    worker.stop()
 
 
 def test_housekeeping_never_runs_while_a_job_runs():
@@ -224,3 +256,24 @@ def test_the_default_service_runs_two_model_calls_at_once(tiny_bundle, fake_sysf
     assert len(results) == 2 and not barrier.broken
     assert service.info()["workers"] == 2
     service.worker.stop()
+
+
+def test_job_queue_take_leaves_a_head_that_does_not_fit():
+    from edge_runtime.jobqueue import Empty, Full, JobQueue, NoFit
+
+    jobs = JobQueue(2)
+    jobs.put_nowait("big")
+    jobs.put_nowait("small")
+    with pytest.raises(Full):
+        jobs.put_nowait("third")
+    with pytest.raises(NoFit):
+        jobs.take(0, fits=lambda item: item != "big")
+    assert jobs.qsize() == 2 and jobs.take(0) == "big" and jobs.take(0, fits=lambda item: True) == "small"
+    started = time.monotonic()
+    with pytest.raises(Empty):
+        jobs.take(0.05)
+    assert 0.04 < time.monotonic() - started < 1.0
+    waiter = threading.Thread(target=lambda: jobs.put("late"))  # put waits for room only when full
+    waiter.start()
+    assert jobs.take(2) == "late"
+    waiter.join(2)
