@@ -143,6 +143,23 @@ def test_a_job_that_does_not_fit_a_batch_goes_to_the_next_free_worker():
     worker.stop()
 
 
+def test_a_lone_clients_requests_all_run_on_the_same_worker():
+    """With one request at a time the two workers took turns (the longest waiting was woken),
+    so every request started on a core whose caches held the other worker's run."""
+    names = []
+
+    def run(job):
+        names.append(threading.current_thread().name)
+        return job
+
+    worker = InferenceWorker(run, depth=8, workers=2).start()
+    for n in range(12):
+        assert worker.submit(n).result(5) == n
+        time.sleep(0.005)  # the worker is waiting again before the next request
+    assert len(set(names)) == 1, names
+    worker.stop()
+
+
 def test_housekeeping_never_runs_while_a_job_runs():
     """One worker goes quiet while the other still runs a long job: neither idle() nor
     settled() may run until both are quiet; settled() then runs once."""
