@@ -167,6 +167,7 @@ class InferenceWorker:
         expected = max(self.batches[-RECENT:], default=1)
         waiting = self.concurrent  # worth a short wait for the rest
         deadline = time.monotonic() + batch.max_wait_s
+
         def fits(item) -> bool:  # a stop, an unbatchable or a too-big job stays for the next take
             size = batch.size(item[0]) if item[1] is not None else 0
             return bool(size) and items + size <= batch.max_items and \
