@@ -86,24 +86,17 @@ def group_by_length(lengths: list[int], counts: list[int] | None = None,
     return groups
 
 
-def run_grouped(call, token_lengths, jobs: list, max_tokens: int | None = None) -> list:
+def run_grouped(call, jobs: list, lengths: list[int], max_tokens: int | None = None) -> list:
     """Run jobs of one task as few model calls as padding and max_tokens allow; return one
     result or exception per job, in order.
 
-    call(texts) runs the model on a list of texts (one row or result per text); token_lengths
-    gives each text's tokens. A job's texts stay together; a group whose call fails is run
-    again job by job, so a bad request fails alone.
+    call(texts) runs the model on a list of texts (one row or result per text); lengths[i] is
+    job i's longest text in tokens (0 for one the tokenizer refused: its group's call fails and
+    each job then meets its own error). A job's texts stay together; a group whose call fails
+    is run again job by job, so a bad request fails alone.
     """
     outcomes: list = [None] * len(jobs)
     texts_of = [list(args[0]) for _, args in jobs]
-    try:
-        flat = token_lengths([text for texts in texts_of for text in texts])
-        lengths, start = [], 0
-        for texts in texts_of:
-            lengths.append(max(flat[start:start + len(texts)]))
-            start += len(texts)
-    except Exception:  # a text the tokenizer refuses: let each job meet its own error
-        lengths = [0] * len(jobs)
     for group in group_by_length(lengths, [len(texts) for texts in texts_of], max_tokens):
         texts = [text for index in group for text in texts_of[index]]
         try:

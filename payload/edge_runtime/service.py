@@ -122,10 +122,7 @@ class Service:
         self.batching = Decision(False, "not loaded")
         self.sessions = sessions or ORT_SESSIONS
         self.engine = None  # engine_cache.EngineCache when TensorRT is asked for and offered
-        self.worker = InferenceWorker(self._run, self.config.limits.queue_depth,
-                                      observe=self.metrics.inferred, spacing=self._spacing,
-                                      idle=self._idle, settled=self._settled,
-                                      workers=1)  # resized by start() to the placement's workers
+        self.worker = self._new_worker(1)  # start() gives it the placement's workers
 
     @property
     def ready(self) -> bool:
@@ -187,7 +184,8 @@ class Service:
             gc.freeze()  # the model's objects live forever: keep them out of every GC pass
             _malloc_trim()
             if result.passed:
-                self._size_workers(placement)
+                if placement.workers != self.worker.workers:
+                    self.worker = self._new_worker(placement.workers)
                 self._batch_if_safe(model)
                 self.worker.start()
             self.state = "ready" if result.passed else "failed"
@@ -199,13 +197,10 @@ class Service:
             self.state, self.status = "failed", f"load failed: {error}"
             log.error("load_failed error=%s", error)
 
-    def _size_workers(self, placement: Placement) -> None:
-        """Give the worker the placement's inference threads."""
-        if placement.workers != self.worker.workers:
-            self.worker = InferenceWorker(self._run, self.config.limits.queue_depth,
-                                          observe=self.metrics.inferred, spacing=self._spacing,
-                                          idle=self._idle, settled=self._settled,
-                                          workers=placement.workers)
+    def _new_worker(self, workers: int) -> InferenceWorker:
+        return InferenceWorker(self._run, self.config.limits.queue_depth,
+                               observe=self.metrics.inferred, spacing=self._spacing,
+                               idle=self._idle, settled=self._settled, workers=workers)
 
     def _engine_cache(self):
         """Return the engine cache when TensorRT is asked for and offered (else None), and say
@@ -256,13 +251,16 @@ class Service:
                                             max_wait_s=settings.max_wait_ms / 1e3,
                                             max_cost=settings.max_tokens)
 
-    def _run_many(self, jobs: list) -> list:
-        """Run several queued jobs of one task as few model calls as padding allows."""
+    def _run_many(self, jobs: list, costs: list[int] | None = None) -> list:
+        """Run several queued jobs of one task as few model calls as padding allows; costs are
+        their tokens as counted at submit (texts x the longest), so nothing is tokenized twice."""
         model = self.model
         task = jobs[0][0]
         if model is None or any(job[0] != task for job in jobs):
             return [self._outcome(job) for job in jobs]
-        outcomes = run_grouped(getattr(model, TASK_METHODS[task]), model.token_lengths, jobs,
+        costs = costs if costs is not None else [self._tokens(job) for job in jobs]
+        lengths = [cost // max(job_size(job), 1) for job, cost in zip(jobs, costs, strict=True)]
+        outcomes = run_grouped(getattr(model, TASK_METHODS[task]), jobs, lengths,
                                self.config.batching.max_tokens)
         self._trim = self._trim or model.last_tokens > TRIM_TOKENS
         return outcomes

@@ -102,7 +102,7 @@ def place(config, threads=None) -> Placement:
     if config.affinity and len(affinity) < chosen and not set(config.affinity) <= set(affinity):
         warnings.append(f"threads: {chosen} -> {len(affinity)} to match the CPUs it may run on")
         chosen = len(affinity)
-    workers, warning = choose_workers(getattr(config, "workers", None), chosen)
+    workers, warning = choose_workers(config.workers, chosen)
     if warning:
         warnings.append(warning)
     for text in warnings:

@@ -2,9 +2,9 @@
 
 With several workers each thread takes its own jobs from the one queue; a job that does not fit
 a worker's batch stays at the head for the next worker that is free. They run the same ONNX
-Runtime session (its run is thread-safe) and share its intra-op
-pool, so one worker's model call runs while another tokenizes, pools or gathers its next batch,
-and a lone request still gets every pool thread. idle() and settled() run only when no worker
+Runtime session (its run is thread-safe) and share its intra-op pool, so one worker's model call
+runs while another tokenizes, pools or gathers its next batch, and a lone request still gets
+every pool thread. idle() and settled() run only when no worker
 runs a job, and no job starts while they run.
 
 With a batch policy the thread takes several queued jobs at once (micro-batching): it drains
@@ -43,10 +43,10 @@ class Abandoned(ConnectionError):
 class BatchPolicy:
     """How the worker batches: size(job) is a job's text count (0: never batched), at most
     max_items texts and about max_cost of the jobs' cost (submit's `cost`: tokens) a batch,
-    run_many(jobs) returns one result or exception per job."""
+    run_many(jobs, costs) returns one result or exception per job."""
 
     size: Callable[[object], int]
-    run_many: Callable[[list], list]
+    run_many: Callable[[list, list], list]
     max_items: int = 16
     max_wait_s: float = 0.004
     max_cost: int | None = None
@@ -187,11 +187,11 @@ class InferenceWorker:
     def _wanted(self, taken: list[tuple]) -> list[tuple]:
         """Drop the jobs whose client has gone (their futures cancelled); keep the rest."""
         kept = []
-        for job, future, wanted, _ in taken:
+        for job, future, wanted, cost in taken:
             if wanted is not None and not self._still_wanted(wanted):
                 future.cancel()
             if future.set_running_or_notify_cancel():
-                kept.append((job, future))
+                kept.append((job, future, cost))
         return kept
 
     def _execute(self, lane: _Lane, kept: list[tuple]) -> None:
@@ -204,14 +204,15 @@ class InferenceWorker:
             if len(kept) == 1:
                 outcomes = [self._outcome(kept[0][0])]
             else:
-                outcomes = self.batch.run_many([job for job, _ in kept])  # type: ignore[union-attr]
-            for (_, future), outcome in zip(kept, outcomes, strict=True):
+                outcomes = self.batch.run_many([job for job, _, _ in kept],  # type: ignore[union-attr]
+                                               [cost for _, _, cost in kept])
+            for (_, future, _), outcome in zip(kept, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
         except BaseException as error:  # the worker outlives any batch
-            for _, future in kept:
+            for _, future, _ in kept:
                 if not future.done():
                     future.set_exception(error)
         finally:

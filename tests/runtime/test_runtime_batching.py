@@ -139,7 +139,7 @@ def test_a_batch_of_long_texts_runs_as_model_calls_of_at_most_max_tokens(fp32_bu
 def test_a_worker_takes_no_more_than_max_cost_and_leaves_the_rest(fake_sysfs):
     calls: list = []
 
-    def run_many(jobs):
+    def run_many(jobs, costs):
         calls.append(list(jobs))
         return jobs
 
@@ -183,7 +183,7 @@ def test_int8_bundle_with_per_row_scales_is_batched(tiny_bundle, fake_sysfs):
 
 
 def fake_policy(max_items=16, max_wait_s=0.05, calls=None):
-    def run_many(jobs):
+    def run_many(jobs, costs):
         if calls is not None:
             calls.append(list(jobs))
         return [job * 10 for job in jobs]

@@ -117,7 +117,7 @@ def test_a_job_that_does_not_fit_a_batch_goes_to_the_next_free_worker():
     gates = {"h1": threading.Event(), "h2": threading.Event()}
     done: dict = {}
 
-    def finish(jobs):
+    def finish(jobs, costs=None):
         time.sleep(0.5 if len(jobs) > 1 else 0.1)  # a batch of two, or one job alone
         for job in jobs:
             done[job] = time.monotonic()
