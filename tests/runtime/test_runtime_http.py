@@ -249,6 +249,37 @@ def test_concurrent_load_on_loopback(serve):
     assert 'edge_request_seconds_bucket{route="/v1/embed",le="+Inf"}' in metrics
 
 
+def test_default_two_workers_batch_16_http_clients_and_answer_as_alone(serve):
+    """The runtime's defaults with two threads, as a device runs them: 16 clients over HTTP, one
+    of them sending a request over max_texts in the middle. Every answer equals the same text
+    sent alone, bit for bit; the bad request gets its 413 and nobody else notices."""
+    service, port = serve(threads=2, limits={"max_texts": 4})
+    info = request(port, "GET", "/v1/info")[2]
+    assert info["workers"] == 2 and info["batching"]["enabled"] is True, info
+    texts = [f"client {i} says {'word ' * (i % 5)}hello" for i in range(16)]
+    alone = {text: embed(port, [text])[2]["embeddings"][0] for text in texts}
+    got: dict = {}
+
+    def client(text):
+        for n in range(6):
+            if text == texts[7] and n == 3:
+                got.setdefault("too many", []).append(embed(port, [text] * 5)[0])
+                continue
+            status, _, body = embed(port, [text])
+            got.setdefault(text, []).append((status, body["embeddings"][0]))
+
+    threads = [threading.Thread(target=client, args=(text,)) for text in texts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert got.pop("too many") == [413]
+    for text in texts:
+        assert [status for status, _ in got[text]] == [200] * len(got[text])
+        assert all(row == alone[text] for _, row in got[text]), text
+    assert max(service.worker.batches) > 1  # the concurrent requests did share calls
+
+
 _LEFTOVER: dict = {}  # bytes read past one response (pipelining), per socket
 
 
